@@ -1,0 +1,452 @@
+"""
+Ingest a night directory into its Zarr store with parallel Ray tasks.
+
+The night directory holds ``exposures/*.fits`` and ``references/*.fits`` (what ``skyblink sim
+night`` writes); a directory without those sub-folders is read as a flat folder of exposures.
+Each file becomes one Ray task that owns every shard it writes. The driver keeps the manifest:
+unchanged files (same size and mtime, or same sha256) are skipped, changed files are ingested
+again, bad files are quarantined with one line naming the file and the reason, and the rest of
+the night goes on.
+
+Notes
+-----
+The driver alone writes the manifest; tasks write only their own exposure groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import ray
+
+from skyblink.config import SkyblinkConfig
+from skyblink.storage import (
+    ExposureKind,
+    ExposureState,
+    InvalidExposureError,
+    Manifest,
+    ManifestEntry,
+    NightStore,
+    StoreLayout,
+    exposure_key,
+    open_fits_exposure,
+)
+
+from .ray_runtime import ray_session
+
+__all__ = ["IngestJob", "IngestOutcome", "IngestPlanError", "IngestReport", "discover_night", "ingest_file", "ingest_night", "plan_ingest"]
+
+log = logging.getLogger(__name__)
+
+#: File name endings read as FITS.
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fz")
+_KIND_FOLDERS: dict[ExposureKind, str] = {"exposure": "exposures", "reference": "references"}
+_MANIFEST_SAVE_SECONDS = 2.0
+
+
+class IngestPlanError(ValueError):
+    """The night directory cannot be ingested as it is (missing, or two files map to one key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestJob:
+    """One file to ingest: what a Ray task receives. Stable."""
+
+    night_dir: Path
+    path: str  # relative to night_dir
+    key: str
+    kind: ExposureKind
+    store_url: str
+    layout: StoreLayout
+    max_nonfinite_fraction: float
+    known_sha256: str | None = None  # sha256 of the version already in the store
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """What a task did with one file. Stable."""
+
+    key: str
+    kind: ExposureKind
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    result: Literal["ingested", "unchanged", "quarantined"]
+    reason: str | None = None
+    n_ccds: int = 0
+    mjd_obs: float | None = None
+    pixels: int = 0
+    pixel_bytes: int = 0
+    seconds: float = 0.0
+
+    def manifest_entry(self) -> ManifestEntry:
+        """Return the manifest entry recording this outcome."""
+        state = ExposureState.QUARANTINED if self.result == "quarantined" else ExposureState.INGESTED
+        return ManifestEntry(
+            key=self.key,
+            kind=self.kind,
+            path=self.path,
+            size=self.size,
+            mtime_ns=self.mtime_ns,
+            sha256=self.sha256,
+            state=state,
+            reason=self.reason,
+            n_ccds=self.n_ccds,
+            mjd_obs=self.mjd_obs,
+        )
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """The result of one ingest run. Stable."""
+
+    store_url: str
+    ingested: list[IngestOutcome] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    quarantined: list[ManifestEntry] = field(default_factory=list)
+    failed: list[ManifestEntry] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of the FITS files ingested in this run."""
+        return sum(o.size for o in self.ingested)
+
+    @property
+    def pixels(self) -> int:
+        """Pixels written in this run."""
+        return sum(o.pixels for o in self.ingested)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing of the night is quarantined or failed."""
+        return not self.quarantined and not self.failed
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stem(name: str) -> str:
+    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def ingest_file(job: IngestJob) -> IngestOutcome:
+    """
+    Validate one FITS file and write it into the store, or say why not.
+
+    This is the body of the Ray task; it is a plain function, testable without Ray.
+
+    Parameters
+    ----------
+    job : IngestJob
+        The file, its store key and the store layout.
+
+    Returns
+    -------
+    IngestOutcome
+        ``"ingested"``, ``"unchanged"`` (sha256 equals ``job.known_sha256``) or ``"quarantined"``
+        with the reason. Bad input never raises; store or file-system failures do.
+    """
+    start = time.perf_counter()
+    path = job.night_dir / job.path
+    try:
+        stat = path.stat()
+        sha256 = _sha256(path)
+    except OSError as exc:
+        reason = f"cannot be read ({exc.strerror or exc})"
+        return IngestOutcome(job.key, job.kind, job.path, 0, 0, None, "quarantined", reason)
+    common = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    if sha256 == job.known_sha256:
+        return IngestOutcome(**common, result="unchanged")
+    store = NightStore(job.store_url, mode="a", layout=job.layout)
+    try:
+        with open_fits_exposure(path, max_nonfinite_fraction=job.max_nonfinite_fraction) as reader:
+            source = {"path": job.path, "size": stat.st_size, "sha256": sha256}
+            nbytes = store.write_exposure(job.key, reader.exposure, reader.images(), kind=job.kind, source=source)
+            exposure = reader.exposure
+    except InvalidExposureError as exc:
+        store.delete(job.key)  # an earlier good version of a file that is now bad is gone too
+        return IngestOutcome(**common, result="quarantined", reason=exc.reason)
+    pixels = sum(c.shape[0] * c.shape[1] for c in exposure.ccds)
+    return IngestOutcome(
+        **common,
+        result="ingested",
+        n_ccds=len(exposure.ccds),
+        mjd_obs=exposure.metadata.get("mjd_obs"),
+        pixels=pixels,
+        pixel_bytes=nbytes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def discover_night(night_dir: Path) -> list[tuple[str, ExposureKind, str]]:
+    """
+    List the FITS files of a night with their kind and store key.
+
+    Parameters
+    ----------
+    night_dir : Path
+        Directory with ``exposures/`` and ``references/``, or a flat folder of exposures.
+
+    Returns
+    -------
+    list of (relative path, kind, store key)
+        Sorted by folder and name; empty when there are no FITS files.
+
+    Raises
+    ------
+    IngestPlanError
+        The directory is missing, or two files would share one store key (``a.fits`` and
+        ``a.fits.fz``).
+    """
+    if not night_dir.is_dir():
+        msg = f"night directory {night_dir} does not exist or is not a directory"
+        raise IngestPlanError(msg)
+    structured = any((night_dir / folder).is_dir() for folder in _KIND_FOLDERS.values())
+    found: list[tuple[str, ExposureKind, str]] = []
+    seen: dict[str, str] = {}
+    for kind, folder in _KIND_FOLDERS.items():
+        base = night_dir / folder if structured else night_dir
+        if not base.is_dir() or (not structured and kind == "reference"):
+            continue
+        for path in sorted(base.iterdir()):
+            if not path.is_file() or path.name.startswith(".") or not path.name.lower().endswith(FITS_SUFFIXES):
+                continue
+            rel = str(path.relative_to(night_dir))
+            key = exposure_key(kind, _stem(path.name))
+            if key in seen:
+                msg = f"{seen[key]} and {rel} would both be stored as {key!r}; rename one of them"
+                raise IngestPlanError(msg)
+            seen[key] = rel
+            found.append((rel, kind, key))
+    return found
+
+
+def plan_ingest(
+    night_dir: Path,
+    store: NightStore,
+    manifest: Manifest,
+    config: SkyblinkConfig,
+    *,
+    retry_quarantined: bool = False,
+) -> tuple[list[IngestJob], list[str]]:
+    """
+    Decide which files of a night need ingesting.
+
+    Parameters
+    ----------
+    night_dir : Path
+        The night directory.
+    store : NightStore
+        The open store.
+    manifest : Manifest
+        The store's manifest as it is now.
+    config : SkyblinkConfig
+        Ingest options.
+    retry_quarantined : bool
+        Look again at quarantined files even when they have not changed (e.g. after loosening
+        ``ingest.max_nonfinite_fraction``).
+
+    Returns
+    -------
+    jobs : list of IngestJob
+        Files that are new, changed, failed before, or missing from the store.
+    unchanged : list of str
+        Keys skipped because the file's size and mtime match the manifest.
+
+    Raises
+    ------
+    IngestPlanError
+        The directory is missing, or two files would share one store key.
+    """
+    present = set(store.exposure_keys("exposure")) | set(store.exposure_keys("reference"))
+    jobs: list[IngestJob] = []
+    unchanged: list[str] = []
+    for rel, kind, key in discover_night(night_dir):
+        stat = (night_dir / rel).stat()
+        prev = manifest.entries.get(key)
+        known = None
+        if prev is not None and prev.path == rel:
+            same_file = prev.size == stat.st_size and prev.mtime_ns == stat.st_mtime_ns
+            if prev.state is ExposureState.INGESTED and key in present:
+                if same_file:
+                    unchanged.append(key)
+                    continue
+                known = prev.sha256
+            elif prev.state is ExposureState.QUARANTINED and same_file and not retry_quarantined:
+                unchanged.append(key)
+                continue
+        jobs.append(
+            IngestJob(
+                night_dir=night_dir,
+                path=rel,
+                key=key,
+                kind=kind,
+                store_url=store.url,
+                layout=store.layout,
+                max_nonfinite_fraction=config.ingest.max_nonfinite_fraction,
+                known_sha256=known,
+            )
+        )
+    return jobs, unchanged
+
+
+def ingest_night(
+    night_dir: Path | str,
+    config: SkyblinkConfig,
+    *,
+    store_url: str | None = None,
+    retry_quarantined: bool = False,
+    on_planned: Callable[[int], None] | None = None,
+    on_outcome: Callable[[IngestOutcome | ManifestEntry], None] | None = None,
+) -> IngestReport:
+    """
+    Ingest every FITS file of a night into its Zarr store, in parallel Ray tasks.
+
+    Parameters
+    ----------
+    night_dir : Path or str
+        Directory with ``exposures/`` and ``references/`` (or a flat folder of FITS files).
+    config : SkyblinkConfig
+        Effective configuration (store, ingest layout and limits, Ray address).
+    store_url : str, optional
+        Store path or fsspec URL; default ``config.store``.
+    retry_quarantined : bool
+        Look again at unchanged quarantined files.
+    on_planned : callable, optional
+        Called once with the number of files that will be ingested (for a progress bar).
+    on_outcome : callable, optional
+        Called on the driver with each task's outcome (or failed entry) as it arrives.
+
+    Returns
+    -------
+    IngestReport
+        What was ingested, skipped as unchanged, quarantined (this run or before, file
+        unchanged) and failed, with timings.
+
+    Raises
+    ------
+    IngestPlanError
+        The night directory is missing, or two files map to one store key.
+    StoreLayoutError
+        The store exists with another layout than ``config.ingest`` asks for.
+    """
+    start = time.perf_counter()
+    night_dir = Path(night_dir).resolve()
+    url = store_url or config.store
+    layout = StoreLayout(
+        tile_size=config.ingest.tile_size,
+        shard_tiles=config.ingest.shard_tiles,
+        compressor=config.ingest.compressor,
+        compression_level=config.ingest.compression_level,
+    )
+    if not discover_night(night_dir):  # checks the directory before anything is created
+        log.warning("no FITS files found in %s", night_dir)
+    store = NightStore(url, mode="a", layout=layout)
+    manifest = Manifest.load(store.url)
+    jobs, unchanged = plan_ingest(night_dir, store, manifest, config, retry_quarantined=retry_quarantined)
+    report = IngestReport(store_url=store.url, unchanged=unchanged)
+    log.info("%d file(s) to ingest, %d unchanged", len(jobs), len(unchanged))
+    if on_planned is not None:
+        on_planned(len(jobs))
+    if jobs:
+        with ray_session(config.ray):
+            _run_jobs(jobs, manifest, report, on_outcome)
+    manifest.save()
+    for key in unchanged:
+        if manifest.entries[key].state is ExposureState.QUARANTINED:
+            report.quarantined.append(manifest.entries[key])
+    report.unchanged = [k for k in report.unchanged if manifest.entries[k].state is ExposureState.INGESTED]
+    report.wall_seconds = time.perf_counter() - start
+    return report
+
+
+def _run_jobs(
+    jobs: list[IngestJob],
+    manifest: Manifest,
+    report: IngestReport,
+    on_outcome: Callable[[IngestOutcome | ManifestEntry], None] | None,
+) -> None:
+    task = ray.remote(num_cpus=1, max_retries=2)(ingest_file)
+    # At most two tasks per CPU in flight (Ray's "limit pending tasks" pattern): results stream
+    # back and the manifest is saved as they arrive instead of after the whole night.
+    max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending: dict[ray.ObjectRef, IngestJob] = {}
+    queue = list(reversed(jobs))
+    last_save = time.monotonic()
+    try:
+        while queue or pending:
+            while queue and len(pending) < max_in_flight:
+                job = queue.pop()
+                pending[task.remote(job)] = job
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                job = pending.pop(ref)
+                try:
+                    outcome: IngestOutcome | ManifestEntry = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - any task failure is recorded, night goes on
+                    outcome = _failed_entry(job, exc)
+                    report.failed.append(outcome)
+                    log.debug("failed %s: %s", job.path, outcome.reason)
+                else:
+                    _record(outcome, report)
+                manifest.entries[job.key] = _updated_entry(manifest.entries.get(job.key), outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+            if time.monotonic() - last_save > _MANIFEST_SAVE_SECONDS:
+                manifest.save()
+                last_save = time.monotonic()
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+        manifest.save()
+
+
+def _updated_entry(previous: ManifestEntry | None, outcome: IngestOutcome | ManifestEntry) -> ManifestEntry:
+    if isinstance(outcome, ManifestEntry):
+        return outcome
+    if outcome.result == "unchanged" and previous is not None:
+        return previous.touched(size=outcome.size, mtime_ns=outcome.mtime_ns)
+    return outcome.manifest_entry()
+
+
+def _record(outcome: IngestOutcome, report: IngestReport) -> None:
+    if outcome.result == "ingested":
+        report.ingested.append(outcome)
+    elif outcome.result == "unchanged":
+        report.unchanged.append(outcome.key)
+    else:
+        entry = outcome.manifest_entry()
+        report.quarantined.append(entry)
+        log.debug("quarantined %s: %s", outcome.path, outcome.reason)
+
+
+def _failed_entry(job: IngestJob, exc: Exception) -> ManifestEntry:
+    path = job.night_dir / job.path
+    stat = path.stat() if path.exists() else None
+    cause = getattr(exc, "cause", None) or exc
+    return ManifestEntry(
+        key=job.key,
+        kind=job.kind,
+        path=job.path,
+        size=stat.st_size if stat else 0,
+        mtime_ns=stat.st_mtime_ns if stat else 0,
+        sha256=None,
+        state=ExposureState.FAILED,
+        reason=f"{type(cause).__name__}: {cause}".splitlines()[0],
+    )

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job: simulate a night and run the nightly pipeline on it with the embedded defaults
+# (local Ray, private Redis), as far as the pipeline is built. Writes into ./skyblink-demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+out=${SKYBLINK_DEMO_DIR:-skyblink-demo}
+.venv/bin/skyblink sim night "$out/night"
+.venv/bin/skyblink night run "$out/night" --store "$out/store.zarr"

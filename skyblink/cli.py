@@ -1,0 +1,274 @@
+"""
+The one ``skyblink`` command. Each subcommand validates its configuration, then calls one public
+function of the package; none holds pipeline logic of its own.
+
+Exit status: 0 success; 1 an error (bad configuration, missing directory, ...); 2 a usage error;
+3 the command finished but some input was quarantined or failed (see its report).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from ._version import __version__
+from .config import ConfigError, SkyblinkConfig, config_as_toml, load_config
+
+__all__ = ["app", "main"]
+
+EXIT_ERROR = 1
+EXIT_QUARANTINED = 3
+
+app = typer.Typer(
+    name="skyblink",
+    help="Find what changed in the sky overnight: simulate, ingest and process a night of exposures.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show and check the effective configuration.", no_args_is_help=True)
+sim_app = typer.Typer(help="The sky simulator.", no_args_is_help=True)
+night_app = typer.Typer(help="Run the nightly pipeline.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(sim_app, name="sim")
+app.add_typer(night_app, name="night")
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Options shared by several subcommands are defined once.
+StoreOption = Annotated[
+    str | None,
+    typer.Option("--store", help="Zarr store path or fsspec URL (config: store; env SKYBLINK_STORE)."),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="'local' starts a local Ray (default); 'auto' or ray://host:port joins one "
+        "(config: ray.address; env SKYBLINK_RAY__ADDRESS).",
+    ),
+]
+TileSizeOption = Annotated[
+    int | None,
+    typer.Option("--tile-size", help="Zarr tile edge in pixels, default 1024 (config: ingest.tile_size)."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"skyblink {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML configuration file (env SKYBLINK_CONFIG; default ./skyblink.toml if present)."),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="debug, info, warning or error (config: log_level).")
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    ctx.obj = {"config_file": config_file, "overrides": {"log_level": log_level}}
+
+
+def _config(ctx: typer.Context, **overrides: Any) -> SkyblinkConfig:
+    """Load the effective configuration with this command's flags on top, or exit naming the problem."""
+    merged = {**ctx.obj["overrides"], **overrides}
+    try:
+        config = load_config(ctx.obj["config_file"], overrides=merged)
+    except ConfigError as exc:
+        err_console.print(f"configuration error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
+    return config
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    output_format: Annotated[str, typer.Option("--format", help="toml or json.")] = "toml",
+) -> None:
+    """Print the effective configuration (defaults < file < environment < flags)."""
+    config = _config(ctx)
+    if output_format == "json":
+        console.print_json(config.model_dump_json())
+    elif output_format == "toml":
+        typer.echo(config_as_toml(config), nl=False)
+    else:
+        err_console.print(f"--format must be toml or json, got {output_format!r}")
+        raise typer.Exit(EXIT_ERROR)
+
+
+@config_app.command("validate")
+def config_validate(ctx: typer.Context, path: Annotated[Path, typer.Argument(help="TOML file to check.")]) -> None:
+    """Check a configuration file without running anything; exit 1 naming the bad key."""
+    ctx.obj["config_file"] = path
+    _config(ctx)
+    console.print(f"{path}: valid", markup=False)
+
+
+# --------------------------------------------------------------------------------------------- sim
+
+
+@sim_app.command("night")
+def sim_night(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the night into.")],
+    fields: Annotated[int | None, typer.Option(help="Sky fields, default 2 (sim.fields).")] = None,
+    exposures: Annotated[int | None, typer.Option(help="Exposures per field, default 5 (sim.exposures_per_field).")] = None,
+    size: Annotated[int | None, typer.Option(help="CCD edge in pixels, default 2048 (sim.image_size).")] = None,
+    ccds: Annotated[int | None, typer.Option(help="CCDs per exposure, default 1 (sim.ccds).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed; same seed, same files (sim.seed).")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="uint16 or float32 pixels (sim.pixel_dtype).")] = None,
+    rubin_visit: Annotated[
+        bool, typer.Option("--rubin-visit", help="One Rubin-size visit: 189 CCDs of 4096x4096 (benchmarks).")
+    ] = False,
+) -> None:
+    """Simulate a night: exposures with WCS, deep references and truth catalogs."""
+    from skyblink.sim import rubin_visit_config, simulate_night  # noqa: PLC0415 - keep --help fast
+
+    config = _config(
+        ctx,
+        **{
+            "sim.fields": fields,
+            "sim.exposures_per_field": exposures,
+            "sim.image_size": size,
+            "sim.ccds": ccds,
+            "sim.seed": seed,
+            "sim.pixel_dtype": dtype,
+        },
+    )
+    sim_config = rubin_visit_config(seed=config.sim.seed) if rubin_visit else config.sim
+    summary = simulate_night(out_dir, sim_config, progress=lambda line: err_console.print(line, markup=False, highlight=False))
+    console.print(
+        f"simulated {len(summary.exposure_paths)} exposure(s) and {len(summary.reference_paths)} "
+        f"reference(s) into {out_dir} in {summary.wall_seconds:.1f} s"
+    )
+
+
+# ------------------------------------------------------------------------------------------ ingest
+
+
+def _run_ingest(config: SkyblinkConfig, night_dir: Path, *, retry_quarantined: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn  # noqa: PLC0415
+
+    from skyblink.cluster import IngestPlanError, ingest_night  # noqa: PLC0415 - imports Ray
+    from skyblink.storage import StorageError  # noqa: PLC0415
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        bar = progress.add_task("ingest", total=None)
+        try:
+            report = ingest_night(
+                night_dir,
+                config,
+                retry_quarantined=retry_quarantined,
+                on_planned=lambda n_jobs: progress.update(bar, total=n_jobs),
+                on_outcome=lambda _outcome: progress.advance(bar),
+            )
+        except (IngestPlanError, StorageError) as exc:
+            err_console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_ERROR) from None
+    for entry in report.quarantined:
+        err_console.print(f"quarantined {entry.path}: {entry.reason}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    for entry in report.failed:
+        err_console.print(f"failed {entry.path}: {entry.reason}", style="red", markup=False, highlight=False, soft_wrap=True)
+    table = Table(title=f"ingest into {report.store_url}")
+    for column in ("ingested", "unchanged", "quarantined", "failed", "MB", "Mpix", "wall s", "MB/s"):
+        table.add_column(column, justify="right")
+    mb = report.file_bytes / 1e6
+    table.add_row(
+        str(len(report.ingested)),
+        str(len(report.unchanged)),
+        str(len(report.quarantined)),
+        str(len(report.failed)),
+        f"{mb:.1f}",
+        f"{report.pixels / 1e6:.1f}",
+        f"{report.wall_seconds:.1f}",
+        f"{mb / report.wall_seconds:.1f}" if report.wall_seconds > 0 else "-",
+    )
+    console.print(table)
+    return report
+
+
+@app.command("ingest")
+def ingest(
+    ctx: typer.Context,
+    night_dir: Annotated[Path, typer.Argument(help="Night directory (exposures/, references/) or a folder of FITS files.")],
+    store: StoreOption = None,
+    ray_address: RayAddressOption = None,
+    tile_size: TileSizeOption = None,
+    retry_quarantined: Annotated[
+        bool, typer.Option("--retry-quarantined", help="Look again at unchanged quarantined files.")
+    ] = False,
+) -> None:
+    """Validate a night's FITS files and write them into a sharded Zarr store (parallel Ray tasks)."""
+    config = _config(ctx, store=store, **{"ray.address": ray_address, "ingest.tile_size": tile_size})
+    report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined)
+    if not report.ok:
+        raise typer.Exit(EXIT_QUARANTINED)
+
+
+# ------------------------------------------------------------------------------------------- night
+
+#: Stages of the nightly run after ingest, and the issue that builds each; printed until they exist.
+_STAGES_NOT_YET_BUILT = (
+    ("plan and dispatch tiles to worker actors", "cluster"),
+    ("per-tile detection and real/bogus on the engines", "engines, workers"),
+    ("reduce: positions, association, moving-object linking", "science"),
+    ("publish Avro alerts to the Redis stream", "alerts"),
+)
+
+
+@night_app.command("run")
+def night_run(
+    ctx: typer.Context,
+    night_dir: Annotated[Path, typer.Argument(help="Night directory written by `skyblink sim night` or the observatory.")],
+    store: StoreOption = None,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Run the nightly pipeline on a night directory, as far as it is built."""
+    config = _config(ctx, store=store, **{"ray.address": ray_address})
+    report = _run_ingest(config, night_dir, retry_quarantined=False)
+    console.print(f"[green]ingest done[/green]: the store at {report.store_url} holds the night.")
+    console.print("The pipeline ends here for now; these stages are not built yet:")
+    for stage, owner in _STAGES_NOT_YET_BUILT:
+        console.print(f"  - {stage} (issue: {owner})")
+    if not report.ok:
+        raise typer.Exit(EXIT_QUARANTINED)
+
+
+def main() -> None:
+    """Entry point of the ``skyblink`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

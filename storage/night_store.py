@@ -1,0 +1,288 @@
+"""
+The Zarr v3 layout of a night.
+
+::
+
+    <store>/zarr.json                       root attrs: format_version, layout (tile, shard, codec)
+    <store>/manifest.json                   the night manifest (see `skyblink.storage.manifest`)
+    <store>/exposures/<exposure_id>/        group; attrs: kind, source path, sha256, metadata, complete
+    <store>/exposures/<exposure_id>/ccd000/ group; attrs: fits_header, wcs_header, metadata, source HDU
+    <store>/exposures/<exposure_id>/ccd000/image   array; chunk = one tile, shard = shard_tiles^2 tiles
+    <store>/references/<field>/ccd000/image        the same for each field's reference image
+
+Notes
+-----
+Each exposure group is written by exactly one writer, which owns every shard of its arrays:
+concurrent partial writes to one Zarr v3 shard lose data (zarr-python issue #3682). The group's
+``complete`` attribute is written last, so a writer killed midway leaves a group that readers
+and the next ingest treat as absent. Local paths and fsspec URLs are both accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import zarr
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
+from astropy.wcs import WCS
+from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+from .errors import StorageError, StoreLayoutError
+from .fits_exposure import CcdImage, FitsExposure
+
+__all__ = ["FORMAT_VERSION", "ExposureKind", "NightStore", "StoreLayout", "exposure_key"]
+
+#: Version of this layout; bumped on any incompatible change.
+FORMAT_VERSION = 1
+
+ExposureKind = Literal["exposure", "reference"]
+_GROUP_OF_KIND: dict[str, str] = {"exposure": "exposures", "reference": "references"}
+
+
+def exposure_key(kind: ExposureKind, name: str) -> str:
+    """Return the store key (``exposures/<name>`` or ``references/<name>``) of an exposure."""
+    if "/" in name or not name:
+        msg = f"exposure name must be a non-empty name without '/', got {name!r}"
+        raise ValueError(msg)
+    return f"{_GROUP_OF_KIND[kind]}/{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLayout:
+    """Chunking and compression of every image in a store. Stable."""
+
+    tile_size: int = 1024
+    shard_tiles: int = 2
+    compressor: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
+    compression_level: int = 5
+
+    @property
+    def shard_size(self) -> int:
+        """Edge of a shard in pixels."""
+        return self.tile_size * self.shard_tiles
+
+    def compressors(self, dtype: np.dtype) -> list[Any]:
+        """Return the zarr v3 compressor codecs (lossless) for images of ``dtype``."""
+        if self.compressor == "none":
+            return []
+        if self.compressor == "zstd":
+            return [ZstdCodec(level=self.compression_level)]
+        cname = self.compressor.removeprefix("blosc-")
+        # Byte shuffle groups the high and low bytes of neighbouring pixels: smooth sky compresses
+        # far better; it is lossless for integers and floats alike.
+        return [
+            BloscCodec(
+                cname=cname,
+                clevel=min(self.compression_level, 9),
+                shuffle=BloscShuffle.shuffle,
+                typesize=dtype.itemsize,
+            )
+        ]
+
+
+class NightStore:
+    """
+    A night's Zarr store: write whole exposures, read tiles, WCS and headers back. Stable.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of the store.
+    mode : {"r", "a"}
+        Read only, or read/write (created if absent).
+    layout : StoreLayout, optional
+        Required layout when writing. A new store records it; an existing store must match.
+
+    Raises
+    ------
+    StoreLayoutError
+        The existing store has another format version or layout than the one asked for.
+    StorageError
+        The store does not exist (mode ``"r"``).
+    """
+
+    def __init__(self, url: str, *, mode: Literal["r", "a"] = "r", layout: StoreLayout | None = None) -> None:
+        self.url = str(url)
+        # fsspec's local file system creates no parent folders unless told to.
+        options = {"auto_mkdir": True} if self.url.startswith("file://") and mode == "a" else None
+        try:
+            self.root = zarr.open_group(self.url, mode=mode, storage_options=options)
+        except FileNotFoundError as exc:
+            if mode == "a":
+                raise
+            msg = f"no skyblink store at {self.url}; run `skyblink ingest` first"
+            raise StorageError(msg) from exc
+        attrs = dict(self.root.attrs)
+        if not attrs and mode == "a":
+            if layout is None:
+                msg = f"creating store {self.url} needs a layout"
+                raise StoreLayoutError(msg)
+            self.root.attrs.update({"format_version": FORMAT_VERSION, "layout": asdict(layout)})
+            for group in _GROUP_OF_KIND.values():
+                self.root.require_group(group)
+            attrs = dict(self.root.attrs)
+        if attrs.get("format_version") != FORMAT_VERSION:
+            msg = (
+                f"store {self.url} has format_version {attrs.get('format_version')!r}; this skyblink "
+                f"reads and writes format_version {FORMAT_VERSION}"
+            )
+            raise StoreLayoutError(msg)
+        self.layout = StoreLayout(**attrs["layout"])
+        if layout is not None and layout != self.layout:
+            diffs = ", ".join(
+                f"{name} is {getattr(self.layout, name)!r} there but {getattr(layout, name)!r} here"
+                for name in asdict(layout)
+                if getattr(layout, name) != getattr(self.layout, name)
+            )
+            msg = f"store {self.url} was written with another layout ({diffs}); use a new store"
+            raise StoreLayoutError(msg)
+
+    # ---------------------------------------------------------------- writing
+
+    def write_exposure(
+        self,
+        key: str,
+        exposure: FitsExposure,
+        images: Iterable[CcdImage],
+        *,
+        kind: ExposureKind,
+        source: dict[str, Any],
+    ) -> int:
+        """
+        Write every CCD of ``exposure`` under ``key``, replacing what was there.
+
+        Parameters
+        ----------
+        key : str
+            Store key from `exposure_key`.
+        exposure : FitsExposure
+            The exposure with validated headers.
+        images : iterable of CcdImage
+            Its CCD images with pixels, e.g. ``ExposureReader.images()``; consumed one at a time.
+        kind : {"exposure", "reference"}
+            What the image is.
+        source : dict
+            JSON-safe facts about the input file (path, size, sha256) kept in the group's attrs.
+
+        Returns
+        -------
+        int
+            Bytes of pixel data written (uncompressed).
+
+        Raises
+        ------
+        Exception
+            Whatever ``images`` raises (e.g. `InvalidExposureError`); the partly written group
+            is deleted first, so nothing of the exposure stays in the store.
+        """
+        group = self.root.create_group(key, overwrite=True)
+        written = 0
+        names = []
+        try:
+            for ccd in images:
+                names.append(self._write_ccd(group, ccd))
+                written += ccd.data.nbytes
+        except BaseException:
+            self.delete(key)
+            raise
+        group.attrs.update(
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": kind,
+                "source": source,
+                "primary_header": exposure.primary_header.tostring(),
+                "metadata": exposure.metadata,
+                "ccds": names,
+                "complete": True,  # last: a reader trusts nothing of a group without it
+            }
+        )
+        return written
+
+    def _write_ccd(self, group: zarr.Group, ccd: CcdImage) -> str:
+        name = f"ccd{ccd.index:03d}"
+        ccd_group = group.create_group(name)
+        ccd_group.attrs.update(
+            {
+                "format_version": FORMAT_VERSION,
+                "hdu": ccd.hdu,
+                "extname": ccd.extname,
+                "fits_header": ccd.header.tostring(),
+                "wcs_header": ccd.wcs_header,
+                "metadata": ccd.metadata,
+            }
+        )
+        tile, shard = self.layout.tile_size, self.layout.shard_size
+        image = ccd_group.create_array(
+            "image",
+            shape=ccd.data.shape,
+            dtype=ccd.data.dtype,
+            chunks=(tile, tile),
+            shards=(shard, shard),
+            compressors=self.layout.compressors(ccd.data.dtype),
+            fill_value=np.nan if np.issubdtype(ccd.data.dtype, np.floating) else 0,
+            dimension_names=("y", "x"),
+        )
+        image[...] = ccd.data
+        return name
+
+    def delete(self, key: str) -> None:
+        """Remove an exposure's group (complete or not) from the store; absent is fine."""
+        parent, _, name = key.rpartition("/")
+        parent_group = self.root.get(parent)
+        if isinstance(parent_group, zarr.Group) and name in parent_group:
+            del parent_group[name]
+
+    # ---------------------------------------------------------------- reading
+
+    def exposure_keys(self, kind: ExposureKind = "exposure") -> list[str]:
+        """Return the keys of the completely written exposures (or references), sorted."""
+        parent = self.root.get(_GROUP_OF_KIND[kind])
+        if parent is None:
+            return []
+        keys = [
+            f"{_GROUP_OF_KIND[kind]}/{name}"
+            for name, group in parent.groups()
+            if group.attrs.get("complete") is True
+        ]
+        return sorted(keys)
+
+    def exposure_attrs(self, key: str) -> dict[str, Any]:
+        """Return the attributes of one exposure group; raise KeyError if absent or incomplete."""
+        group = self._group(key)
+        return dict(group.attrs)
+
+    def ccd_names(self, key: str) -> list[str]:
+        """Return the CCD group names of an exposure (``ccd000``, ...)."""
+        return list(self._group(key).attrs["ccds"])
+
+    def image(self, key: str, ccd: str = "ccd000") -> zarr.Array:
+        """Return the lazily read image array of one CCD; slice it to read a tile."""
+        return self._group(key)[f"{ccd}/image"]  # type: ignore[return-value]
+
+    def header(self, key: str, ccd: str = "ccd000") -> fits.Header:
+        """Return the CCD's original FITS header."""
+        return fits.Header.fromstring(self._group(key)[ccd].attrs["fits_header"])
+
+    def wcs(self, key: str, ccd: str = "ccd000") -> WCS:
+        """Return the CCD's celestial WCS (SIP distortion included)."""
+        text = self._group(key)[ccd].attrs["wcs_header"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)  # astropy's fix-up notes, not errors
+            return WCS(fits.Header.fromstring(text))
+
+    def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
+        """Return the JSON metadata of one CCD (gain, saturate, mjd_obs, ...)."""
+        return dict(self._group(key)[ccd].attrs["metadata"])
+
+    def _group(self, key: str) -> zarr.Group:
+        group = self.root.get(key)
+        if not isinstance(group, zarr.Group) or group.attrs.get("complete") is not True:
+            msg = f"{key!r} is not a completely ingested exposure in store {self.url}"
+            raise KeyError(msg)
+        return group

@@ -1,0 +1,109 @@
+"""The Zarr layout: exact pixels, headers and WCS back; layout recorded; partial writes leave nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from skyblink.storage import (
+    InvalidExposureError,
+    NightStore,
+    StorageError,
+    StoreLayout,
+    StoreLayoutError,
+    open_fits_exposure,
+)
+
+#: Required agreement of the stored WCS with astropy on the original header.
+ONE_MAS_DEG = 1e-3 / 3600.0
+
+
+def ingest_one(store: NightStore, path: Path, key: str) -> None:
+    with open_fits_exposure(path) as reader:
+        store.write_exposure(key, reader.exposure, reader.images(), kind="exposure", source={"path": str(path)})
+
+
+def assert_round_trip(store: NightStore, key: str, path: Path) -> None:
+    """Pixels equal exactly; header cards equal; WCS maps pixels to the sky within 1 mas."""
+    with fits.open(path) as hdul:
+        images = [(n, h) for n, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS", 0) == 2]
+        assert len(store.ccd_names(key)) == len(images)
+        for ccd, (number, hdu) in zip(store.ccd_names(key), images, strict=True):
+            np.testing.assert_array_equal(store.image(key, ccd)[...], hdu.data)
+            assert store.image(key, ccd).dtype == hdu.data.dtype.newbyteorder("=")
+            assert store.header(key, ccd) == hdu.header
+            original = WCS(hdu.header, fobj=hdul)
+            stored = store.wcs(key, ccd)
+            ny, nx = hdu.data.shape
+            yy, xx = np.mgrid[0 : ny : max(1, ny // 7), 0 : nx : max(1, nx // 7)]
+            a = original.pixel_to_world(xx.ravel(), yy.ravel())
+            b = stored.pixel_to_world(xx.ravel(), yy.ravel())
+            assert isinstance(a, SkyCoord)
+            assert np.max(a.separation(b).deg) < ONE_MAS_DEG, f"{path} HDU {number}"
+
+
+def test_simulated_like_exposures_round_trip(tmp_path: Path, exposure_writer) -> None:
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=64, shard_tiles=2))
+    for name, options in {"u16": {}, "f32": {"dtype": "float32"}, "mef": {"ccds": 3}, "fz": {"ccds": 2, "compressed": True}}.items():
+        path = tmp_path / f"{name}.fits"
+        exposure_writer(path, shape=(150, 200), **options)
+        ingest_one(store, path, f"exposures/{name}")
+        assert_round_trip(store, f"exposures/{name}", path)
+    reopened = NightStore(str(tmp_path / "s.zarr"))
+    assert reopened.exposure_keys() == ["exposures/f32", "exposures/fz", "exposures/mef", "exposures/u16"]
+    image = reopened.image("exposures/u16")
+    assert image.chunks == (64, 64)
+    assert image.shards == (128, 128)
+    assert reopened.ccd_metadata("exposures/u16")["mjd_obs"] == pytest.approx(61004.125)
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "astropy/m13.fits",
+        "astropy/m13_rice.fits",
+        "photutils-datasets/spitzer_example_image.fits",
+        "ccdproc/sip-wcs.fit",
+    ],
+)
+def test_real_survey_images_round_trip(tmp_path: Path, shared_data: Path, relative: str) -> None:
+    path = shared_data / relative
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=128))
+    ingest_one(store, path, "exposures/real")
+    assert_round_trip(store, "exposures/real", path)
+
+
+def test_m13_and_its_rice_copy_store_the_same_pixels(tmp_path: Path, shared_data: Path) -> None:
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=128))
+    ingest_one(store, shared_data / "astropy/m13.fits", "exposures/plain")
+    ingest_one(store, shared_data / "astropy/m13_rice.fits", "exposures/rice")
+    np.testing.assert_array_equal(store.image("exposures/plain")[...], store.image("exposures/rice")[...])
+
+
+def test_existing_store_with_another_layout_is_refused(tmp_path: Path) -> None:
+    NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=1024))
+    with pytest.raises(StoreLayoutError, match="tile_size is 1024 there but 512 here"):
+        NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=512))
+
+
+def test_missing_store_is_named(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="no skyblink store"):
+        NightStore(str(tmp_path / "absent.zarr"))
+
+
+def test_bad_ccd_midway_leaves_nothing_of_the_exposure(tmp_path: Path, exposure_writer) -> None:
+    path = tmp_path / "mef.fits"
+    exposure_writer(path, ccds=3, dtype="float32")
+    with fits.open(path, mode="update") as hdul:
+        hdul[3].data[:] = np.nan  # the last CCD is all NaN: found only when its pixels are read
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=64))
+    with pytest.raises(InvalidExposureError, match="HDU 3"):
+        ingest_one(store, path, "exposures/mef")
+    assert store.exposure_keys() == []
+    assert "mef" not in zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["exposures"]
