@@ -8,22 +8,26 @@ Exit status: 0 success; 1 an error (bad configuration, missing directory, ...); 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
+from ._cli_common import (
+    EXIT_QUARANTINED,
+    RayAddressOption,
+    StoreOption,
+    TileSizeOption,
+    console,
+    effective_config,
+    err_console,
+    fail,
+)
 from ._version import __version__
-from .config import ConfigError, SkyblinkConfig, config_as_toml, load_config
+from .config import SkyblinkConfig, config_as_toml
 
-__all__ = ["app", "main"]
-
-EXIT_ERROR = 1
-EXIT_QUARANTINED = 3
+__all__ = ["EXIT_QUARANTINED", "app", "main"]
 
 app = typer.Typer(
     name="skyblink",
@@ -38,28 +42,6 @@ night_app = typer.Typer(help="Run the nightly pipeline.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(sim_app, name="sim")
 app.add_typer(night_app, name="night")
-
-console = Console()
-err_console = Console(stderr=True)
-
-# Options shared by several subcommands are defined once.
-StoreOption = Annotated[
-    str | None,
-    typer.Option("--store", help="Zarr store path or fsspec URL (config: store; env SKYBLINK_STORE)."),
-]
-RayAddressOption = Annotated[
-    str | None,
-    typer.Option(
-        "--ray-address",
-        help="'local' starts a local Ray (default); 'auto' or ray://host:port joins one "
-        "(config: ray.address; env SKYBLINK_RAY__ADDRESS).",
-    ),
-]
-TileSizeOption = Annotated[
-    int | None,
-    typer.Option("--tile-size", help="Zarr tile edge in pixels, default 1024 (config: ingest.tile_size)."),
-]
-
 
 def _version(value: bool) -> None:
     if value:
@@ -84,23 +66,6 @@ def _root(
     ctx.obj = {"config_file": config_file, "overrides": {"log_level": log_level}}
 
 
-def _config(ctx: typer.Context, **overrides: Any) -> SkyblinkConfig:
-    """Load the effective configuration with this command's flags on top, or exit naming the problem."""
-    merged = {**ctx.obj["overrides"], **overrides}
-    try:
-        config = load_config(ctx.obj["config_file"], overrides=merged)
-    except ConfigError as exc:
-        err_console.print(f"configuration error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR) from None
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-        force=True,
-    )
-    return config
-
-
 # ------------------------------------------------------------------------------------------ config
 
 
@@ -110,21 +75,20 @@ def config_show(
     output_format: Annotated[str, typer.Option("--format", help="toml or json.")] = "toml",
 ) -> None:
     """Print the effective configuration (defaults < file < environment < flags)."""
-    config = _config(ctx)
+    config = effective_config(ctx)
     if output_format == "json":
         console.print_json(config.model_dump_json())
     elif output_format == "toml":
         typer.echo(config_as_toml(config), nl=False)
     else:
-        err_console.print(f"--format must be toml or json, got {output_format!r}")
-        raise typer.Exit(EXIT_ERROR)
+        raise fail(f"--format must be toml or json, got {output_format!r}")
 
 
 @config_app.command("validate")
 def config_validate(ctx: typer.Context, path: Annotated[Path, typer.Argument(help="TOML file to check.")]) -> None:
     """Check a configuration file without running anything; exit 1 naming the bad key."""
     ctx.obj["config_file"] = path
-    _config(ctx)
+    effective_config(ctx)
     console.print(f"{path}: valid", markup=False)
 
 
@@ -194,8 +158,7 @@ def _run_ingest(config: SkyblinkConfig, night_dir: Path, *, retry_quarantined: b
                 on_outcome=lambda _outcome: progress.advance(bar),
             )
         except (IngestPlanError, StorageError) as exc:
-            err_console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_ERROR) from None
+            raise fail(f"error: {exc}") from None
     for entry in report.quarantined:
         err_console.print(f"quarantined {entry.path}: {entry.reason}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     for entry in report.failed:
@@ -230,7 +193,7 @@ def ingest(
     ] = False,
 ) -> None:
     """Validate a night's FITS files and write them into a sharded Zarr store (parallel Ray tasks)."""
-    config = _config(ctx, store=store, **{"ray.address": ray_address, "ingest.tile_size": tile_size})
+    config = effective_config(ctx, store=store, **{"ray.address": ray_address, "ingest.tile_size": tile_size})
     report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined)
     if not report.ok:
         raise typer.Exit(EXIT_QUARANTINED)
@@ -255,7 +218,7 @@ def night_run(
     ray_address: RayAddressOption = None,
 ) -> None:
     """Run the nightly pipeline on a night directory, as far as it is built."""
-    config = _config(ctx, store=store, **{"ray.address": ray_address})
+    config = effective_config(ctx, store=store, **{"ray.address": ray_address})
     report = _run_ingest(config, night_dir, retry_quarantined=False)
     console.print(f"[green]ingest done[/green]: the store at {report.store_url} holds the night.")
     console.print("The pipeline ends here for now; these stages are not built yet:")
