@@ -112,7 +112,7 @@ def sim_night(
     """Simulate a night: exposures with WCS, deep references and truth catalogs."""
     from skyblink.sim import rubin_visit_config, simulate_night  # noqa: PLC0415 - keep --help fast
 
-    config = _config(
+    config = effective_config(
         ctx,
         **{
             "sim.fields": fields,
@@ -125,9 +125,11 @@ def sim_night(
     )
     sim_config = rubin_visit_config(seed=config.sim.seed) if rubin_visit else config.sim
     summary = simulate_night(out_dir, sim_config, progress=lambda line: err_console.print(line, markup=False, highlight=False))
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.counts.items()))
     console.print(
-        f"simulated {len(summary.exposure_paths)} exposure(s) and {len(summary.reference_paths)} "
-        f"reference(s) into {out_dir} in {summary.wall_seconds:.1f} s"
+        f"simulated {len(summary.exposures)} exposure(s) and {len(summary.references)} reference(s), "
+        f"{summary.megapixels:.0f} Mpix, into {out_dir} in {summary.wall_s:.1f} s; injected: {counts}",
+        markup=False,
     )
 
 

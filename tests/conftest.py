@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from astropy.io import fits
-from astropy.wcs import WCS
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def tan_wcs(shape: tuple[int, int], *, ra: float = 150.0, dec: float = 2.0, scale_arcsec: float = 0.6,
-            rotation_deg: float = 0.0) -> WCS:
+            rotation_deg: float = 0.0) -> Any:
     """Return a TAN WCS with a CD matrix centred on the image."""
+    from astropy.wcs import WCS  # noqa: PLC0415 - the GPU machines run the gpu tests without astropy
+
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.crval = [ra, dec]
@@ -45,6 +45,8 @@ def write_exposure(path: Path, *, shape: tuple[int, int] = (96, 128), dtype: str
                    seed: int = 0, compressed: bool = False, header: dict[str, Any] | None = None,
                    with_wcs: bool = True) -> list[np.ndarray]:
     """Write a FITS exposure (single-HDU, multi-extension or tile-compressed) and return its pixels."""
+    from astropy.io import fits  # noqa: PLC0415
+
     primary = fits.Header()
     primary.update({"DATE-OBS": "2026-11-25T03:00:00", "MJD-OBS": 61004.125, "EXPTIME": 30.0, "FILTER": "r",
                     "GAIN": 1.5, "RDNOISE": 5.0, "SATURATE": 60000.0})
@@ -75,6 +77,24 @@ def exposure_writer() -> Callable[..., list[np.ndarray]]:
     return write_exposure
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests, with the reason, where no CUDA device is visible (CI, laptops)."""
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device visible; GPU figures are in benchmarks/BENCHMARKS.md")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """One local Ray for the whole session (2 CPUs, as on CI); the pipeline reuses it."""
@@ -90,3 +110,36 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real survey data not found at {SHARED_DATA} (shared/ is beside the checkout in CI)")
     return SHARED_DATA
+
+
+#: Required agreement of a stored WCS with astropy on the original header.
+ONE_MAS_DEG = 1e-3 / 3600.0
+
+
+def _assert_round_trip(store: Any, key: str, path: Path) -> None:
+    """Pixels equal exactly; header cards equal; WCS maps pixels to the sky within 1 mas."""
+    from astropy.coordinates import SkyCoord  # noqa: PLC0415
+    from astropy.io import fits  # noqa: PLC0415
+    from astropy.wcs import WCS  # noqa: PLC0415
+
+    with fits.open(path) as hdul:
+        images = [(n, h) for n, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS", 0) == 2]
+        assert len(store.ccd_names(key)) == len(images)
+        for ccd, (number, hdu) in zip(store.ccd_names(key), images, strict=True):
+            np.testing.assert_array_equal(store.image(key, ccd)[...], hdu.data)
+            assert store.image(key, ccd).dtype == hdu.data.dtype.newbyteorder("=")
+            assert store.header(key, ccd) == hdu.header
+            original = WCS(hdu.header, fobj=hdul)
+            stored = store.wcs(key, ccd)
+            ny, nx = hdu.data.shape
+            yy, xx = np.mgrid[0 : ny : max(1, ny // 7), 0 : nx : max(1, nx // 7)]
+            a = original.pixel_to_world(xx.ravel(), yy.ravel())
+            b = stored.pixel_to_world(xx.ravel(), yy.ravel())
+            assert isinstance(a, SkyCoord)
+            assert np.max(a.separation(b).deg) < ONE_MAS_DEG, f"{path} HDU {number}"
+
+
+@pytest.fixture
+def assert_round_trip() -> Callable[[Any, str, Path], None]:
+    """`assert_round_trip(store, key, fits_path)`: the store holds exactly what the FITS file holds."""
+    return _assert_round_trip
