@@ -11,6 +11,16 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# The pipeline and the tests start their own redis-server when no Redis URL is configured.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing redis-server (Debian package) ..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "warning: redis-server is not installed; install it (e.g. 'sudo apt-get install redis-server')." >&2
+    echo "         Without it the Redis tests are skipped and 'night run' needs --redis-url." >&2
+  fi
+fi
 # Reinstall only when pyproject.toml changed since the last install.
 stamp=.venv/.skyblink-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ._cli_alerts import alerts_app
 from ._cli_common import (
     EXIT_QUARANTINED,
     RayAddressOption,
@@ -42,6 +43,7 @@ night_app = typer.Typer(help="Run the nightly pipeline.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(sim_app, name="sim")
 app.add_typer(night_app, name="night")
+app.add_typer(alerts_app, name="alerts")
 
 def _version(value: bool) -> None:
     if value:

@@ -26,10 +26,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 __all__ = [
     "ENV_PREFIX",
+    "AlertsConfig",
     "ConfigError",
     "IngestConfig",
     "RayConfig",
@@ -128,12 +129,94 @@ class RayConfig(_Section):
 
 
 class RedisConfig(_Section):
-    """Where alerts go."""
+    """Where alerts go, and how to authenticate to it. Secrets are never logged or shown."""
 
     url: str | None = Field(
         None,
         description="redis:// or rediss:// URL; unset starts a private redis-server on a free port.",
     )
+    username: str | None = Field(None, description="ACL user name (unset: the default user).")
+    password: SecretStr | None = Field(
+        None,
+        description="AUTH password; prefer the environment (SKYBLINK_REDIS__PASSWORD, from a K8s Secret). "
+        "Wins over a password inside url.",
+    )
+    tls_ca_file: Path | None = Field(
+        None, description="PEM file of the CA that signed the server certificate (rediss:// only)."
+    )
+    tls_cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    tls_key_file: Path | None = Field(None, description="Private key (PEM) of tls_cert_file.")
+    tls_verify: bool = Field(
+        True, description="Verify the server certificate and host name (rediss:// only)."
+    )
+    socket_timeout_s: float = Field(10.0, gt=0, description="Timeout of one command, seconds.")
+    connect_timeout_s: float = Field(3.0, gt=0, description="Timeout of a connection attempt, seconds.")
+
+    # No validator on url: a validation error would echo the value, and a URL may hold a password.
+    # skyblink.storage.alerts.connection checks the scheme and names the URL redacted.
+
+
+class AlertsConfig(_Section):
+    """The alert stream: its name, trimming, batching, retries, spool, cutouts and consumers."""
+
+    stream: str = Field(
+        "skyblink:alerts:{night}",
+        description="Stream name template; {night} is replaced by the night (e.g. 20261125).",
+    )
+    maxlen: int = Field(
+        1_000_000, ge=1000, description="Approximate MAXLEN of each night's stream (XADD MAXLEN ~)."
+    )
+    batch_size: int = Field(500, ge=1, le=100_000, description="Alerts per pipelined XADD batch.")
+    retries: int = Field(
+        5, ge=0, le=50, description="Retries of a batch while Redis is unreachable, before spooling."
+    )
+    backoff_s: float = Field(0.2, gt=0, description="First retry delay; doubles on every retry.")
+    backoff_max_s: float = Field(5.0, gt=0, description="Longest delay between two retries.")
+    spool_dir: Path = Field(
+        Path(".skyblink/alert-spool"),
+        description="Where alerts go when Redis stays unreachable; replayed at the next producer start.",
+    )
+    cutouts: Literal["inline", "side-store"] = Field(
+        "inline",
+        description="inline: cutouts inside each packet; side-store: in Redis hashes keyed by alertId "
+        "(with cutout_ttl_s), the packet carries the key.",
+    )
+    cutout_ttl_s: int = Field(7 * 86400, ge=60, description="Lifetime of side-store cutouts, seconds.")
+    cutout_gzip: Literal["rle", "deflate", "stored"] = Field(
+        "rle",
+        description="gzip of cutout FITS: rle (fast, zlib Z_RLE), deflate (level 6, smallest, slowest) "
+        "or stored (no compression, fastest).",
+    )
+    dedup_ttl_s: int = Field(
+        7 * 86400, ge=60, description="How long a stream remembers published alertIds (reruns)."
+    )
+    consumer_idle_timeout_s: float = Field(
+        60.0, gt=0, description="Pending entries idle this long are reclaimed (XAUTOCLAIM)."
+    )
+    max_deliveries: int = Field(
+        5, ge=1, description="An entry whose handler failed this many deliveries is dead-lettered."
+    )
+    read_count: int = Field(100, ge=1, description="Entries a consumer reads per XREADGROUP.")
+    block_ms: int = Field(2000, ge=0, description="How long XREADGROUP blocks waiting for entries.")
+    edge_min_score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Remote-site producers publish only candidates with real/bogus >= this (unset: all).",
+    )
+
+    @field_validator("stream")
+    @classmethod
+    def _night_placeholder(cls, value: str) -> str:
+        try:
+            formatted = value.format(night="20261125")
+        except (KeyError, IndexError, ValueError) as exc:
+            msg = f"stream must be a template whose only placeholder is {{night}}, got {value!r}"
+            raise ValueError(msg) from exc
+        if "{night}" not in value or "{" in formatted or "}" in formatted:
+            msg = f"stream must contain {{night}} and no braces otherwise, got {value!r}"
+            raise ValueError(msg)
+        return value
 
 
 class SkyblinkConfig(_Section):
@@ -145,6 +228,7 @@ class SkyblinkConfig(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
 
 def _section_names() -> set[str]:
