@@ -60,7 +60,7 @@ class StoreLayout:
     tile_size: int = 1024
     shard_tiles: int = 2
     compressor: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
-    compression_level: int = 5
+    compression_level: int = 1
 
     @property
     def shard_size(self) -> int:
@@ -97,12 +97,13 @@ class NightStore:
     mode : {"r", "a"}
         Read only, or read/write (created if absent).
     layout : StoreLayout, optional
-        Required layout when writing. A new store records it; an existing store must match.
+        Layout of new writes. A new store records it; an existing store must have the same
+        tile_size and shard_tiles (the compressor may differ: each array records its own codec).
 
     Raises
     ------
     StoreLayoutError
-        The existing store has another format version or layout than the one asked for.
+        The existing store has another format version or tiling than the one asked for.
     StorageError
         The store does not exist (mode ``"r"``).
     """
@@ -133,15 +134,20 @@ class NightStore:
                 f"reads and writes format_version {FORMAT_VERSION}"
             )
             raise StoreLayoutError(msg)
-        self.layout = StoreLayout(**attrs["layout"])
-        if layout is not None and layout != self.layout:
+        stored = StoreLayout(**attrs["layout"])
+        self.layout = stored
+        if layout is not None:
+            # Tiles and shards must agree across the night (the workers read tiles by index); the
+            # codec is recorded in each array, so new writes may use another one.
             diffs = ", ".join(
-                f"{name} is {getattr(self.layout, name)!r} there but {getattr(layout, name)!r} here"
-                for name in asdict(layout)
-                if getattr(layout, name) != getattr(self.layout, name)
+                f"{name} is {getattr(stored, name)!r} there but {getattr(layout, name)!r} here"
+                for name in ("tile_size", "shard_tiles")
+                if getattr(layout, name) != getattr(stored, name)
             )
-            msg = f"store {self.url} was written with another layout ({diffs}); use a new store"
-            raise StoreLayoutError(msg)
+            if diffs:
+                msg = f"store {self.url} was written with another tiling ({diffs}); use a new store"
+                raise StoreLayoutError(msg)
+            self.layout = layout
 
     # ---------------------------------------------------------------- writing
 

@@ -65,6 +65,9 @@ def test_existing_store_with_another_layout_is_refused(tmp_path: Path) -> None:
     NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=1024))
     with pytest.raises(StoreLayoutError, match="tile_size is 1024 there but 512 here"):
         NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=512))
+    # Another codec is fine: each array records its own.
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=1024, compressor="blosc-lz4"))
+    assert store.layout.compressor == "blosc-lz4"
 
 
 def test_missing_store_is_named(tmp_path: Path) -> None:
