@@ -1,3 +1,25 @@
-"""Models, ONNX export, TensorRT engine builds, the engine registry and runtime backends (later issues)."""
+"""
+Models and their lifecycle: network definitions and training (PyTorch), ONNX export, TensorRT
+engine builds with manifests, the engine registry, and runtime backends behind one interface.
 
-__all__: list[str] = []
+Knows nothing of Ray or Redis. TensorRT is imported only in `skyblink.engines._trt`; torch,
+onnx and onnxruntime only where a function needs them, so importing this package is cheap.
+"""
+
+from .catalog import MODEL_VERSIONS, ModelNotShippedError, load_card, onnx_path
+from .manifest import EngineManifest, ProfileSpec
+from .registry import DeviceInfo, EngineNotFoundError, EngineRegistry, EngineRequest, current_device
+
+__all__ = [
+    "MODEL_VERSIONS",
+    "DeviceInfo",
+    "EngineManifest",
+    "EngineNotFoundError",
+    "EngineRegistry",
+    "EngineRequest",
+    "ModelNotShippedError",
+    "ProfileSpec",
+    "current_device",
+    "load_card",
+    "onnx_path",
+]

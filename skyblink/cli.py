@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from ._cli_alerts import alerts_app
+from ._cli_engines import engines_app, train_app
 from ._cli_common import (
     EXIT_QUARANTINED,
     RayAddressOption,
@@ -44,6 +45,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(sim_app, name="sim")
 app.add_typer(night_app, name="night")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(train_app, name="train")
+app.add_typer(engines_app, name="engines")
 
 def _version(value: bool) -> None:
     if value:

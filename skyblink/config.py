@@ -32,6 +32,7 @@ __all__ = [
     "ENV_PREFIX",
     "AlertsConfig",
     "ConfigError",
+    "EnginesConfig",
     "IngestConfig",
     "RayConfig",
     "RedisConfig",
@@ -221,6 +222,20 @@ class AlertsConfig(_Section):
         return value
 
 
+class EnginesConfig(_Section):
+    """Where engines are kept and which inference backend runs."""
+
+    registry: str = Field(
+        "~/.cache/skyblink/engines",
+        description="Engine registry folder (engines and their manifests); a volume on Kubernetes.",
+    )
+    backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="auto: a TensorRT engine for this GPU, else torch on CUDA, else ONNX Runtime on the CPU.",
+    )
+    precision: Literal["fp32", "fp16"] = Field("fp16", description="Precision on GPU backends.")
+
+
 class SkyblinkConfig(_Section):
     """The effective configuration of one skyblink process."""
 
@@ -231,6 +246,7 @@ class SkyblinkConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    engines: EnginesConfig = Field(default_factory=EnginesConfig)
 
 
 def _section_names() -> set[str]:

@@ -1,0 +1,153 @@
+"""
+TensorRT (or TensorRT-RTX) runtime: deserialize an engine from the registry and run it with
+``execute_async_v3`` on a CUDA stream. Device memory, copies and the stream go through
+cuda-python (NVIDIA's maintained bindings); torch is not needed.
+
+Notes
+-----
+The optimization profile is chosen per call from the engine's manifest: the first profile whose
+[min, max] covers the input shape. Device buffers grow to the largest shape seen and are freed at
+``deactivate()``; with ``SKYBLINK_DEBUG_CHECKS=1`` deactivation checks that none is left.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._trt import load_trt
+from ..manifest import EngineManifest
+from .base import InferenceRunner
+
+__all__ = ["CudaError", "TensorRTRunner"]
+
+
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed; the message names the call and the error."""
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime  # noqa: PLC0415
+    except ImportError as exc:
+        msg = "the TensorRT backend needs cuda-python: install the `gpu` extra (pip install 'skyblink[gpu]')"
+        raise ImportError(msg) from exc
+    return runtime
+
+
+def _check(result: Any, call: str) -> Any:
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        msg = f"{call} failed: {err}"
+        raise CudaError(msg)
+    return rest[0] if len(rest) == 1 else tuple(rest)
+
+
+class TensorRTRunner(InferenceRunner):
+    """
+    Run one engine file on one CUDA stream. Experimental.
+
+    Parameters
+    ----------
+    engine_path : Path
+        The serialized engine (from the registry).
+    manifest : EngineManifest
+        Its manifest (profiles, input name).
+    device : int
+        CUDA device ordinal.
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_path: Path | str, manifest: EngineManifest, *, device: int = 0, name: str | None = None) -> None:
+        super().__init__(name or f"{manifest.model}/{manifest.builder}-{manifest.precision}")
+        self.engine_path = Path(engine_path)
+        self.manifest = manifest
+        self.device = device
+        self._buffers: dict[str, tuple[int, int]] = {}
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+        self._profile = -1
+
+    def _activate(self) -> None:
+        flavour = load_trt(self.manifest.builder)
+        trt = flavour.module
+        self._trt = trt
+        self._cuda = _cudart()
+        _check(self._cuda.cudaSetDevice(self.device), "cudaSetDevice")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self._engine is None:
+            msg = f"{self.name}: {flavour.name} {flavour.version} could not deserialize {self.engine_path} on device {self.device}"
+            raise RuntimeError(msg)
+        self._context = self._engine.create_execution_context()
+        self._stream = _check(self._cuda.cudaStreamCreate(), "cudaStreamCreate")
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in names if n not in self._inputs]
+
+    def _deactivate(self) -> None:
+        for ptr, _ in self._buffers.values():
+            _check(self._cuda.cudaFree(ptr), "cudaFree")
+        self._buffers.clear()
+        if self._stream is not None:
+            _check(self._cuda.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
+        self._context = self._engine = self._stream = None
+        if os.environ.get("SKYBLINK_DEBUG_CHECKS") == "1" and self._buffers:
+            msg = f"{self.name}: device buffers left after deactivate: {sorted(self._buffers)}"
+            raise RuntimeError(msg)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _check(self._cuda.cudaFree(ptr), "cudaFree")
+            ptr = _check(self._cuda.cudaMalloc(nbytes), "cudaMalloc")
+            self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def _select_profile(self, shape: tuple[int, ...]) -> None:
+        for index, spec in enumerate(self.manifest.profiles):
+            if spec.covers(shape):
+                if index != self._profile:
+                    self._context.set_optimization_profile_async(index, self._stream)
+                    self._profile = index
+                return
+        shapes = ", ".join(f"{p.name} {p.min}..{p.max}" for p in self.manifest.profiles)
+        msg = f"{self.name}: input shape {shape} is outside every optimization profile ({shapes}); rebuild with a profile covering it"
+        raise ValueError(msg)
+
+    def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cuda, trt = self._cuda, self._trt
+        h2d, d2h = cuda.cudaMemcpyKind.cudaMemcpyHostToDevice, cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        first = np.ascontiguousarray(inputs[self._inputs[0]])
+        self._select_profile(tuple(first.shape))
+        hosts = {}
+        for name in self._inputs:
+            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
+            host = np.ascontiguousarray(inputs[name], dtype=dtype)
+            hosts[name] = host
+            self._context.set_input_shape(name, host.shape)
+            ptr = self._buffer(name, host.nbytes)
+            _check(cuda.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self._stream), "cudaMemcpyAsync H2D")
+            self._context.set_tensor_address(name, ptr)
+        results = {}
+        for name in self._outputs:
+            shape = tuple(self._context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
+            out = np.empty(shape, dtype=dtype)
+            self._context.set_tensor_address(name, self._buffer(name, out.nbytes))
+            results[name] = out
+        if not self._context.execute_async_v3(self._stream):
+            msg = f"{self.name}: execute_async_v3 failed for input shape {first.shape}"
+            raise RuntimeError(msg)
+        for name, out in results.items():
+            ptr, _ = self._buffers[name]
+            _check(cuda.cudaMemcpyAsync(out.ctypes.data, ptr, out.nbytes, d2h, self._stream), "cudaMemcpyAsync D2H")
+        _check(cuda.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return results

@@ -1,0 +1,134 @@
+"""
+torch on a CUDA GPU (or the CPU): eager, ``torch.compile``, and CUDA graphs for fixed shapes.
+
+Modes:
+
+* ``eager``: the module as written;
+* ``compile``: ``torch.compile`` (Inductor) with dynamic shapes off, one graph per input shape;
+* ``cuda-graphs``: eager kernels captured once per input shape into a CUDA graph and replayed
+  (launch overhead gone; static input and output buffers);
+* ``compile+cuda-graphs``: both.
+
+`infer_tensors` keeps data on the device for the worker's tile program; `infer` is the
+numpy-in, numpy-out interface shared with the other backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+from .base import InferenceRunner
+
+__all__ = ["TorchMode", "TorchRunner"]
+
+TorchMode = Literal["eager", "compile", "cuda-graphs", "compile+cuda-graphs"]
+
+
+class TorchRunner(InferenceRunner):
+    """
+    Run a network with torch. Experimental.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The network with its weights (e.g. `skyblink.engines.catalog.load_network`).
+    input_name : str
+        Name of its input tensor (``tiles`` or ``stamps``).
+    output_names : tuple of str
+        Names of its outputs, in the order the module returns them.
+    device : str
+        ``cuda``, ``cuda:1`` or ``cpu``.
+    precision : {"fp32", "fp16"}
+        fp16 runs the half-precision module (inputs are cast on the device).
+    mode : TorchMode
+    channels_last : bool
+        Keep activations in NHWC, the layout cuDNN's tensor-core convolutions read directly.
+    """
+
+    backend = "torch"
+
+    def __init__(self, network: Any, *, input_name: str, output_names: tuple[str, ...], device: str = "cuda",
+                 precision: Literal["fp32", "fp16"] = "fp32", mode: TorchMode = "eager", channels_last: bool = False,
+                 name: str | None = None) -> None:
+        super().__init__(name or f"{type(network).__name__.lower()}/torch-{mode}-{precision}{'-nhwc' if channels_last else ''}")
+        self.channels_last = channels_last
+        self.network = network
+        self.input_name = input_name
+        self.output_names = output_names
+        self.device = device
+        self.precision = precision
+        self.mode = mode
+        if mode != "eager" and mode != "compile" and not device.startswith("cuda"):
+            msg = f"mode {mode!r} needs a CUDA device, got device={device!r}"
+            raise ValueError(msg)
+        self._module: Any = None
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, tuple[Any, ...]]] = {}
+        self._torch: Any = None
+
+    def _activate(self) -> None:
+        import torch  # noqa: PLC0415
+
+        self._torch = torch
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            msg = f"{self.name}: no CUDA device is visible"
+            raise RuntimeError(msg)
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        module = self.network.to(self.device, dtype).eval()
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if self.mode.startswith("compile"):
+            module = torch.compile(module, dynamic=False)
+        self._module = module
+
+    def _deactivate(self) -> None:
+        self._graphs.clear()
+        self._module = None
+        if self.device.startswith("cuda"):
+            self._torch.cuda.synchronize(self.device)
+            self._torch.cuda.empty_cache()
+
+    def infer_tensors(self, x: Any) -> tuple[Any, ...]:
+        """
+        Run on a device tensor and return device tensors (no host copies).
+
+        With CUDA graphs the returned tensors are the graph's static outputs: copy them before
+        the next call if they must be kept.
+        """
+        torch = self._torch
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        x = x.to(self.device, dtype, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if not self.mode.endswith("cuda-graphs"):
+                out = self._module(x)
+                return out if isinstance(out, tuple) else (out,)
+            key = tuple(x.shape)
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(x)
+            graph, static_in, static_out = self._graphs[key]
+            static_in.copy_(x)
+            graph.replay()
+            return static_out
+
+    def _capture(self, x: Any) -> tuple[Any, Any, tuple[Any, ...]]:
+        torch = self._torch
+        static_in = x.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm up: compilation, cuDNN autotuning, allocator
+                self._module(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._module(static_in)
+        return graph, static_in, out if isinstance(out, tuple) else (out,)
+
+    def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = self._torch.from_numpy(np.ascontiguousarray(inputs[self.input_name]))
+        outs = self.infer_tensors(x)
+        return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs, strict=True)}

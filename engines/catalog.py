@@ -1,0 +1,70 @@
+"""
+The models shipped with skyblink: where their ONNX graphs, weights and model cards are.
+
+Layout (package data, under 20 MB in all)::
+
+    engines/models/<name>/model.fp32.onnx   model.fp16.onnx   weights.pt   card.json
+
+Nothing is downloaded: the models are trained here on simulated nights (`skyblink train`) and
+shipped in the package.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MODEL_VERSIONS", "ModelNotShippedError", "load_card", "load_network", "model_dir", "onnx_path"]
+
+#: Version of each trained network; bumped when its architecture or training changes.
+MODEL_VERSIONS = {"detector": "1.0", "classifier": "1.0"}
+
+
+class ModelNotShippedError(FileNotFoundError):
+    """A model's files are not in the package (not trained yet, or a partial install)."""
+
+
+def model_dir(name: str, root: Path | None = None) -> Path:
+    """Return the folder of a shipped model (or of ``root / name`` when ``root`` is given)."""
+    if root is not None:
+        return Path(root) / name
+    return Path(str(resources.files("skyblink.engines") / "models" / name))
+
+
+def _require(path: Path, name: str) -> Path:
+    if not path.is_file():
+        msg = f"model {name!r}: {path} is missing; train it with `skyblink train {name}`"
+        raise ModelNotShippedError(msg)
+    return path
+
+
+def onnx_path(name: str, precision: str = "fp32", root: Path | None = None) -> Path:
+    """Return the ONNX graph of a model in ``precision`` (fp32 or fp16)."""
+    return _require(model_dir(name, root) / f"model.{precision}.onnx", name)
+
+
+def load_card(name: str, root: Path | None = None) -> dict[str, Any]:
+    """Return a model's card (data, hyperparameters, validation metrics, cost)."""
+    return json.loads(_require(model_dir(name, root) / "card.json", name).read_text())
+
+
+def load_network(name: str, root: Path | None = None) -> Any:
+    """
+    Return the torch network of a shipped model with its trained weights, in eval mode.
+
+    Raises
+    ------
+    ModelNotShippedError
+        The weights are not in the package.
+    """
+    import torch  # noqa: PLC0415 - torch is only needed by the torch backend and training
+
+    from .networks import Classifier, Detector  # noqa: PLC0415
+
+    card = load_card(name, root)
+    network = {"detector": Detector, "classifier": Classifier}[name](**card["architecture"])
+    state = torch.load(_require(model_dir(name, root) / "weights.pt", name), map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    return network.eval()

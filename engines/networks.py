@@ -1,0 +1,162 @@
+"""
+The networks: the tile detector, the stamp classifier, and the port of ZTF's braai (VGG6).
+
+All three are plain `torch.nn.Module`s with fixed input conventions, so the same definition
+trains on the CPU, exports to ONNX, and runs under torch on a GPU.
+
+Inputs are normalized before they reach a network (by the worker's tile program,
+`skyblink.workers.difference`, or for braai by `skyblink.engines.braai_port.braai_normalize`);
+the networks themselves do no data-dependent normalization, so ONNX Runtime, TensorRT and torch
+see identical graphs.
+
+Notes
+-----
+Detector channels, in order: science, reference warped onto the science grid, difference; each
+background-subtracted and divided by its noise (sigma units). Both networks apply ``asinh`` to
+their input first, which keeps faint pixels linear and compresses bright stars. Classifier stamps use the same order (ZTF/braai's
+science, template, difference), 63x63.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "CLASSIFIER_CLASSES",
+    "DETECTOR_CLASSES",
+    "STAMP_SIZE",
+    "Braai",
+    "Classifier",
+    "Detector",
+]
+
+#: Heatmap channels of the detector, in output order.
+DETECTOR_CLASSES = ("static", "transient", "moving", "artifact")
+#: Class-probability columns of the classifier, in output order.
+CLASSIFIER_CLASSES = ("star", "galaxy", "transient", "variable", "moving", "cosmic_ray", "artifact")
+#: Edge of a classifier stamp in pixels (the ZTF/braai layout).
+STAMP_SIZE = 63
+#: The detector's input height and width must be multiples of this.
+DETECTOR_STRIDE = 32
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Detector(nn.Module):
+    """
+    Fully convolutional U-Net that turns a normalized (science, reference, difference) tile into
+    per-pixel heatmaps and sub-pixel offsets. Experimental.
+
+    Parameters
+    ----------
+    width : int
+        Channels at full resolution; doubled at each of the five downsamplings (capped at 8x).
+
+    Notes
+    -----
+    Input ``(B, 3, H, W)`` float with H and W multiples of 32 (five stride-2 stages).
+    Outputs ``heatmaps (B, 4, H, W)``: per-class probabilities (sigmoid) that a source of that
+    class is centred on the pixel, classes in `DETECTOR_CLASSES`; ``offsets (B, 2, H, W)``: the
+    (dx, dy) from the pixel centre to the source centre, in pixels.
+    """
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        widths = [width * min(2**i, 8) for i in range(6)]
+        self.stem = _block(3, widths[0])
+        self.down = nn.ModuleList(_block(widths[i], widths[i + 1], stride=2) for i in range(5))
+        self.up = nn.ModuleList(_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(5)))
+        self.heatmap = nn.Conv2d(widths[0], len(DETECTOR_CLASSES), 1)
+        self.offset = nn.Conv2d(widths[0], 2, 1)
+        nn.init.constant_(self.heatmap.bias, -4.0)  # sources are rare: start near p=0.02
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (heatmaps, offsets) for a normalized input; see the class notes."""
+        skips = [self.stem(torch.asinh(x))]
+        for stage in self.down:
+            skips.append(stage(skips[-1]))
+        y = skips.pop()
+        for stage in self.up:
+            skip = skips.pop()
+            y = F.interpolate(y, scale_factor=2.0, mode="nearest")
+            y = stage(torch.cat([y, skip], dim=1))
+        return torch.sigmoid(self.heatmap(y)), self.offset(y)
+
+
+class Classifier(nn.Module):
+    """
+    Real/bogus score and class probabilities for 63x63 (science, reference, difference) stamps.
+    Experimental.
+
+    Notes
+    -----
+    Input ``(B, 3, 63, 63)`` float in sigma units, like the detector's input. Outputs ``real_bogus
+    (B, 1)``: probability that the difference shows a real astrophysical change (1 = real);
+    ``class_probs (B, 7)``: softmax over `CLASSIFIER_CLASSES`.
+    """
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _block(3, width),
+            nn.MaxPool2d(2),  # 31
+            _block(width, 2 * width),
+            nn.MaxPool2d(2),  # 15
+            _block(2 * width, 4 * width),
+            nn.MaxPool2d(2),  # 7
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * 7 * 7, 128), nn.ReLU(inplace=True), nn.Dropout(0.3))
+        self.real_bogus = nn.Linear(128, 1)
+        self.classes = nn.Linear(128, len(CLASSIFIER_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (real_bogus, class_probs) for normalized stamps; see the class notes."""
+        rb, classes = self.logits(x)
+        return torch.sigmoid(rb), torch.softmax(classes, dim=1)
+
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the pre-activation (real/bogus, class) logits, for training losses."""
+        h = self.head(self.features(torch.asinh(x)))
+        return self.real_bogus(h), self.classes(h)
+
+
+class Braai(nn.Module):
+    """
+    ZTF's braai VGG6 (model d6_m7; Duev et al. 2019, MIT licence), ported to torch. Stable.
+
+    Notes
+    -----
+    Input ``(B, 3, 63, 63)`` channels-first, normalized by `skyblink.engines.braai_port.braai_normalize`
+    (row-wise L2, as ZTF did for d6_m7). Output ``(B, 1)``: the ``drb`` score ZTF puts in its alerts.
+    Weights are converted from the upstream Keras HDF5 file by `skyblink.engines.braai_port`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3)
+        self.conv2 = nn.Conv2d(16, 16, 3)
+        self.conv3 = nn.Conv2d(16, 32, 3)
+        self.conv4 = nn.Conv2d(32, 32, 3)
+        self.fc_1 = nn.Linear(1152, 256)
+        self.fc_out = nn.Linear(256, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return drb for normalized stamps."""
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        x = F.max_pool2d(x, 2)
+        x = F.relu(self.conv4(F.relu(self.conv3(x))))
+        x = F.max_pool2d(x, 4)
+        # Keras flattened channels-last (H, W, C): permute before flattening to use its weights.
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+        return torch.sigmoid(self.fc_out(F.relu(self.fc_1(x))))

@@ -1,0 +1,158 @@
+"""
+``skyblink train ...`` and ``skyblink engines ...``: train the networks, build and list engines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ._cli_common import console, effective_config, err_console, fail
+
+__all__ = ["engines_app", "train_app"]
+
+train_app = typer.Typer(help="Train the networks on simulated nights (writes ONNX, weights and a model card).", no_args_is_help=True)
+engines_app = typer.Typer(help="Build, list and check TensorRT engines.", no_args_is_help=True)
+
+ModelsOption = Annotated[
+    Path | None, typer.Option("--models", help="Models folder to write (default: the package's shipped models).")
+]
+EpochsOption = Annotated[int | None, typer.Option("--epochs", help="Training epochs (default: the shipped model's).")]
+FieldsOption = Annotated[int | None, typer.Option("--fields", help="Simulated fields of training data (default 6).")]
+ExposuresOption = Annotated[int | None, typer.Option("--exposures", help="Exposures per field of training data (default 5).")]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of the training night (default 1).")]
+RegistryOption = Annotated[
+    Path | None,
+    typer.Option("--registry", help="Engine registry folder (config: engines.registry; env SKYBLINK_ENGINES__REGISTRY)."),
+]
+
+
+def _training_config(which: str, epochs: int | None, fields: int | None, exposures: int | None, seed: int | None):  # noqa: ANN202
+    from dataclasses import replace  # noqa: PLC0415
+
+    from skyblink.engines.training.train import CLASSIFIER_DEFAULTS, TrainingConfig  # noqa: PLC0415
+
+    base = TrainingConfig() if which == "detector" else CLASSIFIER_DEFAULTS
+    data = replace(
+        base.data,
+        **{k: v for k, v in {"fields": fields, "exposures_per_field": exposures, "seed": seed}.items() if v is not None},
+    )
+    return replace(base, data=data, **({"epochs": epochs} if epochs is not None else {}))
+
+
+def _print_card(card: dict) -> None:
+    val = card["validation"]
+    table = Table(title=f"{card['name']} {card['version']}: validation on simulated exposures")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in val.items():
+        if isinstance(value, (int, float)):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"trained in {card['training_seconds']:.0f} s; files: {', '.join(v['file'] for v in card['onnx'].values())}")
+
+
+def _train(ctx: typer.Context, which: str, epochs: int | None, fields: int | None, exposures: int | None,
+           seed: int | None, models: Path | None) -> None:
+    from skyblink.engines.training import train  # noqa: PLC0415 - imports torch
+
+    effective_config(ctx)
+    function = train.train_detector if which == "detector" else train.train_classifier
+    card = function(_training_config(which, epochs, fields, exposures, seed), out_root=models,
+                    progress=lambda line: err_console.print(line, markup=False, highlight=False))
+    _print_card(card)
+
+
+@train_app.command("detector")
+def train_detector_command(
+    ctx: typer.Context,
+    epochs: EpochsOption = None,
+    fields: FieldsOption = None,
+    exposures: ExposuresOption = None,
+    seed: SeedOption = None,
+    models: ModelsOption = None,
+) -> None:
+    """Train the tile detector on a simulated night and write it with its model card."""
+    _train(ctx, "detector", epochs, fields, exposures, seed, models)
+
+
+@train_app.command("classifier")
+def train_classifier_command(
+    ctx: typer.Context,
+    epochs: EpochsOption = None,
+    fields: FieldsOption = None,
+    exposures: ExposuresOption = None,
+    seed: SeedOption = None,
+    models: ModelsOption = None,
+) -> None:
+    """Train the real/bogus and class classifier on simulated stamps and write it with its model card."""
+    _train(ctx, "classifier", epochs, fields, exposures, seed, models)
+
+
+@engines_app.command("build")
+def engines_build(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", help="detector, classifier or braai.")],
+    precision: Annotated[str, typer.Option("--precision", help="fp32 or fp16 (from the fp16 ONNX export).")] = "fp32",
+    profiles: Annotated[
+        list[str] | None,
+        typer.Option("--profile", help="NAME:BMIN-BOPT-BMAX@HxW, repeatable (default: the model's standard set)."),
+    ] = None,
+    targets: Annotated[
+        list[str] | None,
+        typer.Option("--target", help="Compute capability to build for (TensorRT-RTX), repeatable; default 8.0 8.6 8.9 12.0."),
+    ] = None,
+    builder: Annotated[str | None, typer.Option("--builder", help="tensorrt or tensorrt_rtx (default: tensorrt if installed).")] = None,
+    registry: RegistryOption = None,
+    models: ModelsOption = None,
+) -> None:
+    """Build a TensorRT engine from a shipped ONNX model into the registry, with its manifest."""
+    from skyblink.engines.build import EngineBuildError, build_engine  # noqa: PLC0415
+    from skyblink.engines.catalog import MODEL_VERSIONS, ModelNotShippedError, onnx_path  # noqa: PLC0415
+    from skyblink.engines.manifest import ProfileSpec  # noqa: PLC0415
+    from skyblink.engines._trt import TensorRTUnavailableError  # noqa: PLC0415
+
+    config = effective_config(ctx, **{"engines.registry": str(registry) if registry else None})
+    if precision not in ("fp32", "fp16"):
+        raise fail(f"--precision must be fp32 or fp16, got {precision!r} (INT8 engines come from a Q/DQ graph)")
+    try:
+        specs = [ProfileSpec.parse(p) for p in profiles] if profiles else None
+        version = "d6_m7" if model == "braai" else MODEL_VERSIONS[model]
+        registry_dir = Path(config.engines.registry).expanduser()
+        source = _braai_onnx(precision, registry_dir) if model == "braai" else onnx_path(model, precision, models)
+        manifest = build_engine(source, registry_dir, model=model, model_version=version,
+                                precision=precision, profiles=specs, compute_capabilities=targets, builder=builder)
+    except (ValueError, ModelNotShippedError, EngineBuildError, TensorRTUnavailableError) as exc:
+        raise fail(f"error: {exc}") from None
+    console.print(f"built {manifest.engine_file} ({manifest.engine_bytes / 1e6:.1f} MB) in {manifest.build_seconds:.2f} s "
+                  f"with {manifest.builder} {manifest.builder_version} for {', '.join(manifest.compute_capabilities)}", markup=False)
+
+
+def _braai_onnx(precision: str, registry_dir: Path) -> Path:
+    """Export the shipped braai port (weights only) to ONNX beside the registry; reused when present."""
+    from skyblink.engines.braai_port import load_braai  # noqa: PLC0415
+    from skyblink.engines.export import export_onnx  # noqa: PLC0415
+
+    target = registry_dir / "onnx" / f"braai.{precision}.onnx"
+    if not target.exists():
+        export_onnx(load_braai(), target, precision=precision)  # type: ignore[arg-type]
+    return target
+
+
+@engines_app.command("list")
+def engines_list(ctx: typer.Context, registry: RegistryOption = None) -> None:
+    """List the engines in the registry with their manifests' key fields."""
+    from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
+
+    config = effective_config(ctx, **{"engines.registry": str(registry) if registry else None})
+    reg = EngineRegistry(Path(config.engines.registry).expanduser())
+    table = Table(title=f"engines in {reg.root}")
+    for column in ("engine", "model", "version", "precision", "builder", "targets", "profiles", "MB"):
+        table.add_column(column)
+    for m in reg.manifests():
+        table.add_row(m.engine_file, m.model, m.model_version, m.precision, f"{m.builder} {m.builder_version}",
+                      " ".join(m.compute_capabilities), " ".join(p.name for p in m.profiles), f"{m.engine_bytes / 1e6:.1f}")
+    console.print(table)

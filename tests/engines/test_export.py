@@ -1,0 +1,66 @@
+"""ONNX export: dynamic axes, the checker, and ONNX Runtime equal to torch within 1e-4 (fp32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from skyblink.engines.backends import OnnxRuntimeRunner, RunnerStateError, TorchRunner
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_detector_graph_has_dynamic_batch_and_spatial_axes(exported) -> None:
+    model = onnx.load(str(exported["detector_fp32"]))
+    onnx.checker.check_model(model, full_check=True)
+    (tiles,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in tiles.type.tensor_type.shape.dim]
+    assert dims[1] == 3
+    assert all(isinstance(d, str) for d in (dims[0], dims[2], dims[3])), dims
+    assert tiles.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    fp16 = onnx.load(str(exported["detector_fp16"]))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # strongly typed fp16
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (3, 3, 96, 160), (2, 3, 256, 128)])
+def test_onnxruntime_matches_torch_detector(exported, shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(0, 3, shape).astype(np.float32)  # sigma-unit pixels
+    with torch.no_grad():
+        heat, off = exported["detector"](torch.from_numpy(x))
+    with OnnxRuntimeRunner(exported["detector_fp32"]) as runner:
+        out = runner.infer({"tiles": x})
+    assert out["heatmaps"].shape == (shape[0], 4, shape[2], shape[3])
+    assert rel_err(out["heatmaps"], heat.numpy()) < 1e-4
+    assert rel_err(out["offsets"], off.numpy()) < 1e-4
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_onnxruntime_matches_torch_classifier(exported, batch: int) -> None:
+    x = np.random.default_rng(batch).normal(0, 3, (batch, 3, 63, 63)).astype(np.float32)
+    with torch.no_grad():
+        rb, probs = exported["classifier"](torch.from_numpy(x))
+    with OnnxRuntimeRunner(exported["classifier_fp32"]) as runner:
+        out = runner.infer({"stamps": x})
+    assert rel_err(out["real_bogus"], rb.numpy()) < 1e-4
+    assert rel_err(out["class_probs"], probs.numpy()) < 1e-4
+    np.testing.assert_allclose(out["class_probs"].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_torch_cpu_runner_gives_the_onnxruntime_outputs(exported) -> None:
+    x = np.random.default_rng(5).normal(0, 3, (2, 3, 64, 96)).astype(np.float32)
+    runner = TorchRunner(exported["detector"], input_name="tiles", output_names=("heatmaps", "offsets"), device="cpu")
+    with pytest.raises(RunnerStateError, match="activate"):
+        runner.infer({"tiles": x})
+    with runner:
+        assert runner.is_active
+        torch_out = runner.infer({"tiles": x})
+    assert not runner.is_active
+    with OnnxRuntimeRunner(exported["detector_fp32"]) as ort_runner:
+        ort_out = ort_runner.infer({"tiles": x})
+    for name in ("heatmaps", "offsets"):
+        assert rel_err(torch_out[name], ort_out[name]) < 1e-4

@@ -1,0 +1,54 @@
+"""Training on simulated nights writes what ships; the shipped models carry their cards and run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skyblink.engines.backends import OnnxRuntimeRunner
+from skyblink.engines.catalog import load_card, model_dir, onnx_path
+from skyblink.engines.training.dataset import TrainingDataConfig
+from skyblink.engines.training.train import TrainingConfig, train_classifier, train_detector
+
+TINY = TrainingDataConfig(fields=1, exposures_per_field=2, image_size=256, crop=64, random_crops_per_exposure=4,
+                          event_crops_per_exposure=4, stamps_per_class_per_exposure=20, workers=1)
+
+
+@pytest.mark.slow
+def test_tiny_training_runs_write_onnx_weights_and_cards(tmp_path: Path) -> None:
+    det = train_detector(TrainingConfig(data=TINY, validation_exposures=1, epochs=1, batch_size=4), out_root=tmp_path)
+    cls = train_classifier(TrainingConfig(data=TINY, validation_exposures=2, epochs=1, batch_size=32, width=8), out_root=tmp_path)
+    for name, card in (("detector", det), ("classifier", cls)):
+        folder = tmp_path / name
+        assert {p.name for p in folder.iterdir()} == {"card.json", "weights.pt", "model.fp32.onnx", "model.fp16.onnx"}
+        assert load_card(name, tmp_path) == card
+        assert card["data"]["train"]["seed"] != card["data"]["validation"]["seed"]  # validated on another sky
+    assert det["gflops_per_1024_tile"] > 1.0
+    assert {"completeness_by_magnitude", "purity", "completeness"} <= set(det["validation"])
+    assert {"roc_auc", "fpr_at_1pct_fnr", "completeness_by_magnitude", "purity_by_magnitude", "purity_at_0.5"} <= set(cls["validation"])
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    with OnnxRuntimeRunner(onnx_path("detector", "fp32", tmp_path)) as runner:
+        assert runner.infer({"tiles": x})["heatmaps"].shape == (1, 4, 64, 64)
+
+
+@pytest.mark.parametrize("name", ["detector", "classifier"])
+def test_shipped_models_have_cards_with_validation_metrics(name: str) -> None:
+    card = load_card(name)
+    assert card["validation"]["completeness_by_magnitude"], "no per-magnitude completeness in the card"
+    if name == "detector":
+        assert card["gflops_per_1024_tile"] > 0
+    else:
+        assert 0.5 < card["validation"]["roc_auc"] <= 1.0
+        assert 0.0 <= card["validation"]["fpr_at_1pct_fnr"] <= 1.0
+    for precision, entry in card["onnx"].items():
+        from skyblink.engines.manifest import file_sha256  # noqa: PLC0415
+
+        assert file_sha256(onnx_path(name, precision)) == entry["sha256"], f"{name} {precision} ONNX differs from its card"
+
+
+def test_shipped_models_fit_the_size_budget() -> None:
+    root = model_dir("detector").parent
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert total < 20e6, f"shipped models take {total / 1e6:.1f} MB, over the 20 MB budget"
