@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -72,16 +73,28 @@ def _validation_data(cfg: TrainingConfig) -> TrainingDataConfig:
     return TrainingDataConfig(**{**asdict(cfg.data), "fields": fields, "seed": cfg.data.seed + 1000})
 
 
-def _ship(name: str, model: torch.nn.Module, card: dict[str, Any], out_root: Path | None) -> Path:
+def _json_safe(value: Any) -> Any:
+    """Undefined metrics (NaN: no detections, an empty bin) become null; JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _ship(name: str, model: torch.nn.Module, card: dict[str, Any], out_root: Path | None) -> dict[str, Any]:
     out = model_dir(name, out_root)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "weights.pt")
     for precision in ("fp32", "fp16"):
         path = export_onnx(model, out / f"model.{precision}.onnx", precision=precision)
         card["onnx"][precision] = {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
-    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    card = _json_safe(card)
+    (out / "card.json").write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
     log.info("wrote %s", out)
-    return out
+    return card
 
 
 def _card_common(name: str, cfg: TrainingConfig, model: torch.nn.Module, seconds: float) -> dict[str, Any]:
@@ -215,8 +228,7 @@ def train_detector(cfg: TrainingConfig = TrainingConfig(), *, out_root: Path | N
         training_crops=len(x),
         validation=metrics,
     )
-    _ship("detector", model, card, out_root)
-    return card
+    return _ship("detector", model, card, out_root)
 
 
 # ---------------------------------------------------------------------------------- classifier
@@ -300,5 +312,4 @@ def train_classifier(cfg: TrainingConfig = CLASSIFIER_DEFAULTS, *,
         training_stamps={name: int((train.labels == i).sum()) for i, name in enumerate(CLASSIFIER_CLASSES)},
         validation=metrics,
     )
-    _ship("classifier", model, card, out_root)
-    return card
+    return _ship("classifier", model, card, out_root)
