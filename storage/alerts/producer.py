@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import TracebackType
 from typing import Self
 
@@ -97,16 +97,7 @@ class PublishReport:
 
     def __add__(self, other: PublishReport) -> PublishReport:
         """Return the sum of two reports."""
-        return PublishReport(
-            self.published + other.published,
-            self.duplicates + other.duplicates,
-            self.filtered + other.filtered,
-            self.spooled + other.spooled,
-            self.replayed + other.replayed,
-            self.retries + other.retries,
-            self.nbytes + other.nbytes,
-            self.wall_seconds + other.wall_seconds,
-        )
+        return PublishReport(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 @dataclass
