@@ -211,9 +211,9 @@ def ingest(
 #: Stages of the nightly run after ingest, and the issue that builds each; printed until they exist.
 _STAGES_NOT_YET_BUILT = (
     ("plan and dispatch tiles to worker actors", "cluster"),
-    ("per-tile detection and real/bogus on the engines", "engines, workers"),
-    ("reduce: positions, association, moving-object linking", "science"),
-    ("publish Avro alerts to the Redis stream", "alerts"),
+    ("per-tile program and engines on the workers (the models are trained and shipped)", "workers"),
+    ("reduce: positions, association, moving-object linking, alert decisions", "science"),
+    ("publish Avro alerts to the night's Redis stream (skyblink.storage.alerts is ready)", "cluster"),
 )
 
 
