@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import RectBivariateSpline
 from scipy.ndimage import median_filter
+
+from ._mesh_spline import mesh_to_pixel_operator
 
 __all__ = ["Background", "estimate_background"]
 
@@ -65,16 +66,9 @@ def _clipped_mesh_stats(blocks: np.ndarray, nsigma: float, max_iters: int) -> tu
 
 
 def _spline_to_pixels(grid: np.ndarray, mesh: int, shape: tuple[int, int]) -> np.ndarray:
-    ny, nx = grid.shape
-    yc = (np.arange(ny) + 0.5) * mesh - 0.5
-    xc = (np.arange(nx) + 0.5) * mesh - 0.5
-    if ny == 1 and nx == 1:
-        return np.full(shape, grid[0, 0], dtype=np.float32)
-    spline = RectBivariateSpline(yc, xc, grid, kx=min(3, ny - 1) or 1, ky=min(3, nx - 1) or 1) if ny > 1 and nx > 1 else None
-    if spline is None:  # a single row or column of meshes: interpolate along the other axis
-        line = np.interp(np.arange(shape[1] if ny == 1 else shape[0]), xc if ny == 1 else yc, grid.ravel())
-        return np.broadcast_to(line[None, :] if ny == 1 else line[:, None], shape).astype(np.float32)
-    return spline(np.arange(shape[0]), np.arange(shape[1])).astype(np.float32)
+    ay = mesh_to_pixel_operator(grid.shape[0], mesh, shape[0])
+    ax = mesh_to_pixel_operator(grid.shape[1], mesh, shape[1])
+    return (ay @ grid @ ax.T).astype(np.float32)
 
 
 def estimate_background(
