@@ -13,10 +13,14 @@ Pure numpy/scipy/astropy, thread-safe. The GPU tile program uses the same sampli
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from astropy.wcs import WCS
 from scipy.interpolate import RectBivariateSpline
 from scipy.ndimage import map_coordinates
+
+if TYPE_CHECKING:  # astropy is needed by the caller who built the WCS, not to import this module
+    from astropy.wcs import WCS
 
 __all__ = ["sampling_grid", "warp"]
 

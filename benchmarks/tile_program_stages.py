@@ -1,0 +1,126 @@
+"""
+Time per stage of the per-tile program on one GPU, synchronous (no copy/compute overlap yet).
+
+    python benchmarks/tile_program_stages.py [--batch 16] [--size 1024] [--repeat 20]
+
+Stages, each timed with CUDA events over ``repeat`` batches after a warm-up:
+
+1. H2D: the raw 16-bit science tiles, from pinned and from pageable host memory;
+2. warp: GridSample of the field's reference, resident on the device, onto each tile's grid;
+3. triplet: two mesh backgrounds, PSF matching, difference, noise normalisation;
+4. detector: the shipped detector, torch.compile + CUDA graphs, fp16, NHWC;
+5. peaks: 5x5 max-pool suppression, threshold and top-K on the new-source score.
+
+Inputs are synthetic (sky, noise and stars, a slightly rotated sampling grid), made on the
+device: the GPU machines have no astropy, and the work per pixel does not depend on content
+except in the sigma-clipping iterations, which real skies need as many of. Prints a table;
+writes JSON to ``$OUT/tile_program_stages.json`` when ``OUT`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from skyblink.engines.backends import TorchRunner
+from skyblink.engines.catalog import load_network
+from skyblink.engines.manifest import IO_NAMES
+from skyblink.workers import tile_program as tp
+
+
+def synthetic_batch(batch: int, size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device), indexing="ij")
+    stars = torch.zeros(batch, 1, size, size, device=device)
+    idx = torch.randint(0, size, (batch, 2, 300), device=device, generator=gen)
+    for b in range(batch):
+        stars[b, 0, idx[b, 1], idx[b, 0]] = torch.rand(300, device=device, generator=gen) * 50000.0
+    k = torch.arange(-6, 7, device=device, dtype=torch.float32)
+    psf = torch.exp(-(k[:, None] ** 2 + k[None, :] ** 2) / 4.0)
+    stars = F.conv2d(stars, (psf / psf.sum())[None, None], padding=6)[:, 0]
+    sky = 1000.0 + 0.05 * xx + torch.randn(batch, size, size, device=device, generator=gen) * 30.0 + stars
+    science = sky.clamp(0, 32767).to(torch.int16)  # 16 bits a pixel on the bus
+    reference = (1000.0 + 0.05 * F.pad(xx.float()[None], (64, 64, 64, 64), mode="replicate")[0]
+                 + torch.randn(size + 128, size + 128, device=device, generator=gen) * 12.0)
+    theta = 0.002
+    gx = 64 + torch.cos(torch.tensor(theta)) * xx - torch.sin(torch.tensor(theta)) * yy + 3.3
+    gy = 64 + torch.sin(torch.tensor(theta)) * xx + torch.cos(torch.tensor(theta)) * yy - 2.1
+    grid = torch.stack([gx, gy])[None].expand(batch, 2, size, size).contiguous().float()
+    return science, reference, grid
+
+
+def timed(fn, repeat: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    device = "cuda"
+    science, reference, grid = synthetic_batch(args.batch, args.size, device)
+    pinned = science.cpu().pin_memory()
+    pageable = science.cpu().clone()
+    on_device = torch.empty_like(science)
+    names = IO_NAMES["detector"]
+    detector = TorchRunner(load_network("detector"), input_name=names.inputs[0], output_names=names.outputs,
+                           device=device, precision="fp16", mode="compile+cuda-graphs", channels_last=True)
+    detector.activate()
+    state: dict[str, torch.Tensor] = {}
+
+    def warp() -> None:
+        state["ref"] = tp.warp_reference(reference, grid)
+
+    def triplet() -> None:
+        state["x"] = tp.normalized_triplet(science, state["ref"], science_fwhm_px=3.0, reference_fwhm_px=2.2)
+
+    def detect() -> None:
+        state["heat"], state["off"] = detector.infer_tensors(state["x"])
+
+    def peaks() -> None:
+        score = state["heat"][:, 1:3].amax(dim=1, keepdim=True).float()
+        keep = (score == F.max_pool2d(score, 5, 1, 2)) & (score >= 0.3)
+        state["top"] = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=256, dim=1)
+
+    rows = [
+        ("H2D 16-bit, pinned", timed(lambda: on_device.copy_(pinned, non_blocking=True), args.repeat)),
+        ("H2D 16-bit, pageable", timed(lambda: on_device.copy_(pageable, non_blocking=False), args.repeat)),
+        ("warp (GridSample)", timed(warp, args.repeat)),
+        ("triplet (2 backgrounds, PSF match, diff)", timed(triplet, args.repeat)),
+        ("detector (compile+graphs fp16 NHWC)", timed(detect, args.repeat)),
+        ("peaks (max-pool, top-K)", timed(peaks, args.repeat)),
+    ]
+    detector.deactivate()
+    name = torch.cuda.get_device_name(0)
+    print(f"\nper-tile program stages, batch {args.batch} of {args.size}x{args.size}, median of {args.repeat}, {name}, torch {torch.__version__}")
+    print(f"{'stage':<44} {'ms/batch':>9} {'tiles/s':>9}")
+    for stage, ms in rows:
+        print(f"{stage:<44} {ms:>9.3f} {args.batch / ms * 1e3:>9.0f}")
+    compute = sum(ms for stage, ms in rows[2:])
+    print(f"{'sum of device stages (no overlap)':<44} {compute:>9.3f} {args.batch / compute * 1e3:>9.0f}")
+    print(f"peak device memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "tile_program_stages.json").write_text(json.dumps({"device": name, "batch": args.batch, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
