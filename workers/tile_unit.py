@@ -1,0 +1,145 @@
+"""
+Work units (one tile of one CCD of one exposure) and their processing on the CPU.
+
+A tile is read from the night's store with a margin on every side, so that sources near its
+edge see their surroundings; the detector runs on the whole window and only the peaks inside the
+tile's own core are reported, so a source in the overlap of two windows is reported once, by the
+tile that owns its pixel.
+
+Notes
+-----
+Pure CPU (numpy, ONNX Runtime through the runners passed in); the GPU path runs the same steps
+with `skyblink.workers.device_program`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .align import sampling_grid, warp
+from .difference import flux_scale, normalized_triplet
+from .peaks import find_peaks
+
+__all__ = ["CandidateRecord", "WorkUnit", "plan_tiles", "process_tile"]
+
+STAMP_HALF = 31
+
+
+@dataclass(frozen=True, slots=True)
+class WorkUnit:
+    """One tile to process: what crosses from the cluster to a worker. Stable."""
+
+    store_url: str
+    exposure: str  # store key, e.g. "exposures/F00-003"
+    ccd: str  # "ccd000"
+    y0: int  # first row of the tile's core in the CCD
+    x0: int
+    size: int  # core edge in pixels
+    margin: int  # context read on every side (a multiple of 16)
+
+    @property
+    def key(self) -> str:
+        """Unique, stable id of the unit (results are written under it, idempotently)."""
+        return f"{self.exposure}/{self.ccd}/{self.y0}-{self.x0}"
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateRecord:
+    """One candidate found in a tile: what a worker returns. Stable."""
+
+    unit: str
+    exposure: str
+    ccd: str
+    x: float  # CCD pixel coordinates, 0-based
+    y: float
+    score: float  # detector new-source score
+    real_bogus: float
+    class_probs: tuple[float, ...]
+    stamp: np.ndarray  # (3, 63, 63) float16: science, reference, difference in sigma units
+
+
+def plan_tiles(store: Any, exposure: str, *, size: int, margin: int = 32) -> list[WorkUnit]:
+    """Return the work units covering every CCD of an exposure with cores of ``size`` pixels."""
+    units = []
+    for ccd in store.ccd_names(exposure):
+        ny, nx = store.image(exposure, ccd).shape
+        for y0 in range(0, ny, size):
+            for x0 in range(0, nx, size):
+                units.append(WorkUnit(store.url, exposure, ccd, y0, x0, size, margin))
+    return units
+
+
+def _window(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """Read [y0, y0+h) x [x0, x0+w) from a 2-D array, NaN outside it."""
+    ny, nx = array.shape
+    out = np.full((h, w), np.nan, dtype=np.float32)
+    ys, xs = max(0, y0), max(0, x0)
+    ye, xe = min(ny, y0 + h), min(nx, x0 + w)
+    if ye > ys and xe > xs:
+        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = array[ys:ye, xs:xe]
+    return out
+
+
+def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, threshold: float = 0.3,
+                 top_k: int = 64) -> list[CandidateRecord]:
+    """
+    Run the per-tile program on one work unit on the CPU and return its candidates.
+
+    Parameters
+    ----------
+    unit : WorkUnit
+    store : NightStore
+        The night's store (opened by the worker once).
+    detector, classifier : InferenceRunner
+        Active runners (ONNX Runtime on the CPU, or any backend taking numpy).
+    threshold, top_k : float, int
+        New-source score threshold; most candidates per tile.
+
+    Returns
+    -------
+    list of CandidateRecord
+        Candidates whose pixel lies in the tile's core; empty when there are none.
+    """
+    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415 - astropy only where a tile is processed
+
+    meta = store.ccd_metadata(unit.exposure, unit.ccd)
+    sci_header = store.header(unit.exposure, unit.ccd)
+    reference_key = f"references/{meta['field']}"
+    ref_ccd = unit.ccd
+    sci_wcs, ref_wcs = store.wcs(unit.exposure, unit.ccd), store.wcs(reference_key, ref_ccd)
+    ref_header = store.header(reference_key, ref_ccd)
+    edge = unit.size + 2 * unit.margin
+    h = w = int(math.ceil(edge / 32) * 32)  # the detector takes multiples of 32
+    oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
+    science = _window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
+    grid = sampling_grid(sci_wcs, ref_wcs, (h, w), origin=(oy, ox))
+    rx0, ry0 = int(np.floor(np.nanmin(grid[0]))) - 2, int(np.floor(np.nanmin(grid[1]))) - 2
+    rx1, ry1 = int(np.ceil(np.nanmax(grid[0]))) + 3, int(np.ceil(np.nanmax(grid[1]))) + 3
+    ref_window = _window(store.image(reference_key, ref_ccd), ry0, rx0, ry1 - ry0, rx1 - rx0)
+    shifted = np.stack([grid[0] - rx0, grid[1] - ry0])
+    reference = warp(np.nan_to_num(ref_window, nan=np.nanmedian(ref_window)), shifted)
+    scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
+    fwhm = [float(hdr.get("SEEING", 1.0)) / scale_arcsec for hdr in (sci_header, ref_header)]
+    scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))
+    sci_filled = np.where(np.isfinite(science), science, np.nanmedian(science))
+    triplet = normalized_triplet(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale)
+    out = detector.infer({"tiles": triplet[None]})
+    peaks = find_peaks(out["heatmaps"][0], threshold=threshold, offsets=out["offsets"][0], channels=(1, 2), top_k=top_k)
+    core = (peaks.y >= unit.margin - 0.5) & (peaks.y < unit.margin + unit.size - 0.5) & \
+           (peaks.x >= unit.margin - 0.5) & (peaks.x < unit.margin + unit.size - 0.5)
+    px, py, score = peaks.x[core], peaks.y[core], peaks.score[core]
+    if not len(score):
+        return []
+    padded = np.pad(triplet, ((0, 0), (STAMP_HALF, STAMP_HALF), (STAMP_HALF, STAMP_HALF)))
+    iy, ix = np.rint(py).astype(int) + STAMP_HALF, np.rint(px).astype(int) + STAMP_HALF
+    stamps = np.stack([padded[:, y - STAMP_HALF : y + STAMP_HALF + 1, x - STAMP_HALF : x + STAMP_HALF + 1] for y, x in zip(iy, ix, strict=True)])
+    scores = classifier.infer({"stamps": stamps.astype(np.float32)})
+    return [
+        CandidateRecord(unit.key, unit.exposure, unit.ccd, float(x + ox), float(y + oy), float(s),
+                        float(rb), tuple(float(p) for p in probs), stamp.astype(np.float16))
+        for x, y, s, rb, probs, stamp in zip(px, py, score, scores["real_bogus"][:, 0], scores["class_probs"], stamps, strict=True)
+    ]
