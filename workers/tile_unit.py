@@ -24,7 +24,7 @@ from .align import sampling_grid, warp
 from .difference import flux_scale, normalized_triplet
 from .peaks import find_peaks
 
-__all__ = ["CandidateRecord", "WorkUnit", "plan_tiles", "process_tile"]
+__all__ = ["CandidateRecord", "WorkUnit", "plan_tiles", "process_tile", "read_window"]
 
 STAMP_HALF = 31
 
@@ -73,8 +73,8 @@ def plan_tiles(store: Any, exposure: str, *, size: int, margin: int = 32) -> lis
     return units
 
 
-def _window(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """Read [y0, y0+h) x [x0, x0+w) from a 2-D array, NaN outside it."""
+def read_window(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """Read [y0, y0+h) x [x0, x0+w) from a 2-D (Zarr or numpy) array as float32, NaN outside it."""
     ny, nx = array.shape
     out = np.full((h, w), np.nan, dtype=np.float32)
     ys, xs = max(0, y0), max(0, x0)
@@ -115,11 +115,11 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     edge = unit.size + 2 * unit.margin
     h = w = int(math.ceil(edge / 32) * 32)  # the detector takes multiples of 32
     oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
-    science = _window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
+    science = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
     grid = sampling_grid(sci_wcs, ref_wcs, (h, w), origin=(oy, ox))
     rx0, ry0 = int(np.floor(np.nanmin(grid[0]))) - 2, int(np.floor(np.nanmin(grid[1]))) - 2
     rx1, ry1 = int(np.ceil(np.nanmax(grid[0]))) + 3, int(np.ceil(np.nanmax(grid[1]))) + 3
-    ref_window = _window(store.image(reference_key, ref_ccd), ry0, rx0, ry1 - ry0, rx1 - rx0)
+    ref_window = read_window(store.image(reference_key, ref_ccd), ry0, rx0, ry1 - ry0, rx1 - rx0)
     shifted = np.stack([grid[0] - rx0, grid[1] - ry0])
     reference = warp(np.nan_to_num(ref_window, nan=np.nanmedian(ref_window)), shifted)
     scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
