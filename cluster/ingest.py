@@ -239,6 +239,7 @@ def discover_night(night_dir: Path) -> list[tuple[str, ExposureKind, str]]:
 
 def plan_ingest(
     night_dir: Path,
+    files: list[tuple[str, ExposureKind, str]],
     store: NightStore,
     manifest: Manifest,
     config: SkyblinkConfig,
@@ -252,6 +253,8 @@ def plan_ingest(
     ----------
     night_dir : Path
         The night directory.
+    files : list of (relative path, kind, store key)
+        What `discover_night` found in it.
     store : NightStore
         The open store.
     manifest : Manifest
@@ -269,15 +272,11 @@ def plan_ingest(
     unchanged : list of str
         Keys skipped because the file's size and mtime match the manifest.
 
-    Raises
-    ------
-    IngestPlanError
-        The directory is missing, or two files would share one store key.
     """
     present = set(store.exposure_keys("exposure")) | set(store.exposure_keys("reference"))
     jobs: list[IngestJob] = []
     unchanged: list[str] = []
-    for rel, kind, key in discover_night(night_dir):
+    for rel, kind, key in files:
         stat = (night_dir / rel).stat()
         prev = manifest.entries.get(key)
         known = None
@@ -355,11 +354,12 @@ def ingest_night(
         compressor=config.ingest.compressor,
         compression_level=config.ingest.compression_level,
     )
-    if not discover_night(night_dir):  # checks the directory before anything is created
+    files = discover_night(night_dir)  # checks the directory before anything is created
+    if not files:
         log.warning("no FITS files found in %s", night_dir)
     store = NightStore(url, mode="a", layout=layout)
     manifest = Manifest.load(store.url)
-    jobs, unchanged = plan_ingest(night_dir, store, manifest, config, retry_quarantined=retry_quarantined)
+    jobs, unchanged = plan_ingest(night_dir, files, store, manifest, config, retry_quarantined=retry_quarantined)
     report = IngestReport(store_url=store.url, unchanged=unchanged)
     log.info("%d file(s) to ingest, %d unchanged", len(jobs), len(unchanged))
     if on_planned is not None:
