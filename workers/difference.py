@@ -22,7 +22,7 @@ from scipy.ndimage import gaussian_filter
 
 from .background import estimate_background
 
-__all__ = ["FWHM_PER_SIGMA", "flux_scale", "match_kernel_sigma", "normalized_triplet"]
+__all__ = ["FWHM_PER_SIGMA", "MIN_MATCH_SIGMA", "blurred_noise_factor", "flux_scale", "match_kernel_sigma", "normalized_triplet"]
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -54,12 +54,24 @@ def match_kernel_sigma(fwhm_a_px: float, fwhm_b_px: float) -> tuple[float, float
     return math.sqrt(sb * sb - sa * sa), 0.0
 
 
+#: Matching kernels narrower than this (pixels) are skipped: the image is already matched.
+MIN_MATCH_SIGMA = 0.05
+
+
+def blurred_noise_factor(sigma: float) -> float:
+    """
+    Factor by which a Gaussian blur of ``sigma`` pixels shrinks white noise.
+
+    White noise through a normalised Gaussian kernel keeps sqrt(sum k^2) = 1/(2 sqrt(pi) sigma)
+    of its rms (at most 1).
+    """
+    return min(1.0, 1.0 / (2.0 * math.sqrt(math.pi) * sigma))
+
+
 def _blur(image: np.ndarray, rms: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    if sigma < 0.05:
+    if sigma < MIN_MATCH_SIGMA:
         return image, rms
-    # White noise through a normalised Gaussian kernel: rms shrinks by sqrt(sum k^2) = 1/(2 sqrt(pi) sigma).
-    shrink = min(1.0, 1.0 / (2.0 * math.sqrt(math.pi) * sigma))
-    return gaussian_filter(image, sigma, mode="nearest"), rms * shrink
+    return gaussian_filter(image, sigma, mode="nearest"), rms * blurred_noise_factor(sigma)
 
 
 def normalized_triplet(

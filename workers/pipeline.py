@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from .tile_unit import STAMP_HALF
+
 __all__ = ["Candidates", "TilePipeline", "extract_stamps"]
 
-STAMP_HALF = 31  # 63x63 stamps
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +134,3 @@ class TilePipeline:
 def uint16_from_int16(x: torch.Tensor) -> torch.Tensor:
     """Reinterpret 16-bit pixels sent as int16 as unsigned ADU, in float32, on the device."""
     return (x.to(torch.int32) & 0xFFFF).to(torch.float32)
-
-
-def describe(pipeline: TilePipeline) -> dict[str, Any]:
-    """Sizes of the pipeline's fixed buffers."""
-    return {"slots": pipeline.slots, "host_bytes": sum(h.nbytes for h in pipeline.host), "device_bytes": sum(d.nbytes for d in pipeline.dev)}

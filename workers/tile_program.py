@@ -15,14 +15,12 @@ the CPU version does). Not thread-safe per stream; allocates only temporaries.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from ._mesh_spline import mesh_to_pixel_operator
-from .difference import match_kernel_sigma
+from .difference import MIN_MATCH_SIGMA, blurred_noise_factor, match_kernel_sigma
 
 __all__ = ["background", "gaussian_blur", "normalized_triplet", "warp_reference"]
 
@@ -156,10 +154,9 @@ def warp_reference(reference: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 def _blur(image: torch.Tensor, rms: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if sigma < 0.05:
+    if sigma < MIN_MATCH_SIGMA:
         return image, rms
-    shrink = min(1.0, 1.0 / (2.0 * math.sqrt(math.pi) * sigma))
-    return gaussian_blur(image, sigma), rms * shrink
+    return gaussian_blur(image, sigma), rms * blurred_noise_factor(sigma)
 
 
 def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *, science_fwhm_px: float,

@@ -26,6 +26,7 @@ from .peaks import find_peaks
 
 __all__ = ["CandidateRecord", "WorkUnit", "plan_tiles", "process_tile", "read_window"]
 
+#: Half the edge of a classifier stamp (63x63).
 STAMP_HALF = 31
 
 
