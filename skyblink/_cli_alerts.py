@@ -210,3 +210,56 @@ def validate(
     console.print(table)
     if not all(check.ok for check in checks):
         raise typer.Exit(EXIT_ERROR)
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+@alerts_app.command("score")
+def score(
+    files: Annotated[list[Path], typer.Argument(help="Alert packet files: ZTF or Rubin Avro containers, framed Rubin messages, ZTF JSON.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the table as CSV here too (default: print only).")] = None,
+    rubin_schemas: Annotated[
+        Path | None,
+        typer.Option("--rubin-schemas", help="Rubin's schema folder, for framed messages (env: SKYBLINK_RUBIN_SCHEMA_DIR)."),
+    ] = None,
+    braai: Annotated[bool, typer.Option("--braai/--no-braai", help="Also score ZTF alerts with the braai port (default on).")] = True,
+) -> None:
+    """Score real survey alerts with skyblink's classifier (and braai for ZTF), one row per alert."""
+    import csv  # noqa: PLC0415
+
+    from skyblink.engines.score_external import score_alerts  # noqa: PLC0415
+    from skyblink.storage.alerts.survey_packets import read_survey_files  # noqa: PLC0415
+
+    report = read_survey_files(files, rubin_schema_dir=rubin_schemas)
+    scores = score_alerts(report.alerts, braai=braai)
+    columns = ("alert_id", "survey", "object_id", "schema_version", "skyblink_rb", "skyblink_class", "braai_drb",
+               "packet_score", "packet_score_name", "drb", "rb", "reliability", "stamp_shape", "packet")
+    rows = []
+    for s in scores:
+        a = s.alert
+        shape = "" if a.stamps is None else "x".join(map(str, a.stamps.raw_shape))
+        rows.append((str(a.alert_id), str(a.survey), a.object_id, a.schema_version, _cell(s.skyblink_rb), s.skyblink_class or "",
+                     _cell(s.braai_drb), _cell(a.packet_score), a.packet_score_name or "", _cell(a.scores.get("drb")),
+                     _cell(a.scores.get("rb")), _cell(a.scores.get("reliability")), shape, a.packet))
+    table = Table(title=f"{len(rows)} alert(s) from {len(files)} file(s)")
+    shown = (0, 1, 4, 6, 7, 8)  # alert_id, survey, skyblink_rb, braai_drb, packet_score, packet_score_name
+    for i in shown:
+        table.add_column(columns[i], justify="right" if i in (4, 6, 7) else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[i][:8] if i in (4, 6, 7) else row[i] for i in shown))
+    console.print(table)
+    if out is not None:
+        try:
+            with out.open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(columns)
+                writer.writerows(rows)
+        except OSError as exc:
+            raise fail(f"error: cannot write {out}: {exc}") from None
+        err_console.print(f"wrote {len(rows)} row(s) to {out}", markup=False, highlight=False)
+    for error in report.errors:
+        err_console.print(f"unreadable: {error}", style="yellow", markup=False, soft_wrap=True)
+    if report.errors:
+        raise typer.Exit(3)
