@@ -19,103 +19,232 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ._mesh_spline import mesh_to_pixel_operator
+from . import background as _bg
 from .difference import MIN_MATCH_SIGMA, blurred_noise_factor, match_kernel_sigma
 
 __all__ = ["background", "gaussian_blur", "normalized_triplet", "warp_reference"]
 
 
-def _nanmedian(x: torch.Tensor) -> torch.Tensor:
-    """Median over the last axis ignoring NaN, the mean of the two middle values as numpy does."""
-    ordered, _ = torch.sort(x, dim=-1)  # NaN sort last
-    n = (~torch.isnan(x)).sum(dim=-1, keepdim=True)
-    lo = ((n - 1).clamp(min=0) // 2).to(torch.int64)
-    hi = (n // 2).clamp(max=x.shape[-1] - 1).to(torch.int64)
-    med = 0.5 * (ordered.gather(-1, lo) + ordered.gather(-1, hi))
-    return torch.where(n > 0, med, torch.full_like(med, float("nan")))
+def _mesh_statistics(data: torch.Tensor, usable: torch.Tensor, mesh: tuple[int, int], nsigma: float,
+                     max_iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mesh background and sigma (float32, NaN for bad meshes), (B, gy, gx) each; see `_bg`."""
+    b, h, w = data.shape
+    bh, bw = mesh
+    gy, gx = -(-h // bh), -(-w // bw)
+    pad = (0, gx * bw - w, 0, gy * bh - h)
+    x = F.pad(data, pad, value=0.0).reshape(b, gy, bh, gx, bw)
+    ok = F.pad(usable, pad, value=False).reshape(b, gy, bh, gx, bw)
+    x64 = torch.where(ok, x, torch.zeros_like(x)).to(torch.float64)
+    heights = torch.clamp(h - torch.arange(gy, device=data.device) * bh, max=bh)
+    widths = torch.clamp(w - torch.arange(gx, device=data.device) * bw, max=bw)
+    area = (heights[:, None] * widths[None, :]).to(torch.float32)
+
+    def per_mesh(values: torch.Tensor) -> torch.Tensor:
+        return values.sum(dim=(2, 4))
+
+    def spread(values: torch.Tensor) -> torch.Tensor:
+        return values[:, :, None, :, None]
+
+    n1 = per_mesh(ok.to(torch.float64))
+    bad = n1.to(torch.float32) < area * _bg.MIN_GOOD_FRACTION
+    mean = per_mesh(x64) / n1
+    var = per_mesh(x64 * x64) / n1 - mean * mean
+    sigma = torch.where(var > 0, var, torch.zeros_like(var)).sqrt()
+    lcut = (mean - _bg.PRECLIP_NSIGMA * sigma).to(torch.float32)
+    hcut = (mean + _bg.PRECLIP_NSIGMA * sigma).to(torch.float32)
+    keep = ok & (x >= spread(lcut)) & (x <= spread(hcut))
+    n2 = per_mesh(keep.to(torch.float64))
+    bad |= n2 == 0
+    kept = torch.where(keep, x64, torch.zeros_like(x64))
+    mean = per_mesh(kept) / n2
+    var = per_mesh(kept * kept) / n2 - mean * mean
+    sigma = torch.where(var > 0, var, torch.zeros_like(var)).sqrt()
+    mean = torch.where(bad, torch.zeros_like(mean), mean)
+    sigma = torch.where(bad, torch.zeros_like(sigma), sigma)
+    nlevels = torch.clamp((_bg.HISTOGRAM_STEP * n2 + 1.0).to(torch.int64), max=_bg.HISTOGRAM_MAX_LEVELS)
+    nlevels = torch.where(bad, torch.ones_like(nlevels), nlevels)
+    qscale = torch.where(sigma > 0, 2.0 * _bg.HISTOGRAM_NSIGMA * sigma / nlevels, torch.ones_like(sigma)).to(torch.float32)
+    qzero = (mean - _bg.HISTOGRAM_NSIGMA * sigma).to(torch.float32)
+    cste = (0.499999 - (qzero / qscale).to(torch.float64)).to(torch.float32)
+
+    # Histogram of every usable pixel, bins as SEP truncates them (float32 arithmetic).
+    n_bins = min(_bg.HISTOGRAM_MAX_LEVELS, int(_bg.HISTOGRAM_STEP * bh * bw + 1.0))
+    level = x / spread(qscale) + spread(cste)
+    inside = ok & (level > -1.0) & (level < spread(nlevels)) & ~spread(bad)
+    rows = torch.arange(b * gy * gx, device=data.device).reshape(b, gy, gx)
+    index = spread(rows) * n_bins + torch.where(inside, level, torch.zeros_like(level)).to(torch.int64)
+    trash = b * gy * gx * n_bins
+    index = torch.where(inside, index, torch.full_like(index, trash))
+    histo = torch.bincount(index.reshape(-1), minlength=trash + 1)[:trash].reshape(b * gy * gx, n_bins)
+
+    mode, clipped = _histogram_mode(histo, nlevels.reshape(-1), mean.to(torch.float32).reshape(-1), nsigma, max_iters)
+    back = (qzero.reshape(-1).to(torch.float64) + mode * qscale.reshape(-1)).to(torch.float32)
+    rms = (clipped * qscale.reshape(-1)).to(torch.float32)
+    nan = torch.full_like(back, float("nan"))
+    flat_bad = bad.reshape(-1)
+    return (torch.where(flat_bad, nan, back).reshape(b, gy, gx), torch.where(flat_bad, nan, rms).reshape(b, gy, gx))
 
 
-def _clipped_stats(blocks: torch.Tensor, nsigma: float, max_iters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    Iterative clipping about the median, as the CPU version does, with one sort per mesh.
+def _histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tensor, nsigma: float,
+                    max_iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SEP's ``backguess`` on every histogram row at once (the numpy version's rules, in torch)."""
+    n_rows, n_bins = histo.shape
+    device = histo.device
+    bins = torch.arange(n_bins, device=device)
+    zero = torch.zeros((n_rows, 1), dtype=torch.int64, device=device)
+    c0 = torch.cat([zero, histo.cumsum(1)], dim=1)
+    c1 = torch.cat([zero, (histo * bins).cumsum(1)], dim=1)
+    c2 = torch.cat([zero, (histo * bins * bins).cumsum(1)], dim=1)
+    pair = (c0[:, :-1] + c0[:, 1:]).contiguous()  # nondecreasing along each row
 
-    Keeping ``|x - median| <= nsigma * std`` keeps a contiguous run of the sorted values, so
-    every pass is a median read at two indices, mean and variance from prefix sums, and two
-    binary searches, instead of a new sort of the whole mesh.
-    """
-    ordered, _ = torch.sort(blocks, dim=-1)  # NaN sort last
-    n_valid = (~torch.isnan(blocks)).sum(dim=-1, keepdim=True)
-    finite = torch.nan_to_num(ordered, nan=0.0)
-    zero = torch.zeros_like(finite[..., :1])
-    c1 = torch.cat([zero, finite.cumsum(-1)], dim=-1)
-    c2 = torch.cat([zero, (finite * finite).cumsum(-1)], dim=-1)
-    searchable = torch.nan_to_num(ordered, nan=float("inf")).contiguous()
-    lo, hi = torch.zeros_like(n_valid), n_valid.clone()
-    last = ordered.shape[-1] - 1
+    def at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return table.gather(1, index[:, None])[:, 0]
 
-    def stats(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = (hi - lo).clamp(min=1)
-        med = 0.5 * (ordered.gather(-1, (lo + (n - 1) // 2).clamp(max=last)) + ordered.gather(-1, (lo + n // 2).clamp(max=last)))
-        mean = (c1.gather(-1, hi) - c1.gather(-1, lo)) / n
-        var = ((c2.gather(-1, hi) - c2.gather(-1, lo)) / n - mean * mean).clamp(min=0.0)
-        empty = hi <= lo
-        nan = torch.full_like(med, float("nan"))
-        return torch.where(empty, nan, med), torch.where(empty, nan, mean), torch.where(empty, nan, var.sqrt())
-
-    for _ in range(max_iters):
-        med, _, std = stats(lo, hi)
-        new_lo = torch.maximum(torch.searchsorted(searchable, med - nsigma * std, side="left"), lo)
-        new_hi = torch.minimum(torch.searchsorted(searchable, med + nsigma * std, side="right"), hi)
-        new_lo = torch.where(torch.isnan(med), lo, new_lo)
-        new_hi = torch.where(torch.isnan(med), hi, new_hi)
-        # On a GPU, asking whether every mesh has converged would stall the host each pass;
-        # running the remaining passes instead changes nothing once the ranges stop moving.
-        if blocks.device.type == "cpu" and bool(((new_lo == lo) & (new_hi == hi)).all()):
+    top = nlevels - 1
+    lo = torch.zeros_like(top)
+    hi = top.clone()
+    sig = 10.0 * top.to(torch.float64)
+    sig_prev = torch.ones_like(sig)
+    mea = mean.to(torch.float64)
+    med = mea.clone()
+    f64 = torch.float64
+    for it in range(max_iters):
+        active = (sig >= _bg.MIN_SIGMA_BINS) & ((sig / sig_prev - 1.0).abs() > _bg.CONVERGED)
+        # A convergence test costs a host sync on a GPU: ask every pass on the CPU, every 8th on a GPU;
+        # passes after convergence change nothing.
+        if (device.type == "cpu" or it % 8 == 0) and not bool(active.any()):
             break
-        lo, hi = new_lo, new_hi
-    return stats(lo, hi)
+        nonempty = hi >= lo
+        lo_c = lo.clamp(0, n_bins)
+        hi_c = (hi + 1).clamp(0, n_bins)
+        total = torch.where(nonempty, at(c0, hi_c) - at(c0, lo_c), torch.zeros_like(lo))
+        target = at(c0, hi_c) + at(c0, lo_c)
+        p = torch.searchsorted(pair, target[:, None], side="left")[:, 0]
+        p = torch.where(nonempty, torch.minimum(torch.maximum(p, lo), hi), lo)
+        high_ptr = torch.where(nonempty, p - 1, hi)
+        low_sum = torch.where(nonempty, at(c0, p.clamp(0, n_bins)) - at(c0, lo_c), torch.zeros_like(lo))
+        high_sum = total - low_sum
+        h_low = at(histo, p.clamp(0, n_bins - 1))
+        h_high = at(histo, high_ptr.clamp(0, n_bins - 1))
+        new_med = torch.where(high_ptr >= 0,
+                              high_ptr.to(f64) + 0.5 + (high_sum - low_sum).to(f64) / (2.0 * torch.maximum(h_low, h_high).to(f64)),
+                              torch.zeros_like(sig))
+        s1 = torch.where(nonempty, at(c1, hi_c) - at(c1, lo_c), torch.zeros_like(lo)).to(f64)
+        s2 = torch.where(nonempty, at(c2, hi_c) - at(c2, lo_c), torch.zeros_like(lo)).to(f64)
+        counted = total > 0
+        safe_total = torch.where(counted, total, torch.ones_like(total)).to(f64)
+        new_mea = torch.where(counted, s1 / safe_total, torch.zeros_like(sig))
+        var = torch.where(counted, s2 / safe_total - new_mea * new_mea, torch.zeros_like(sig))
+        new_sig = torch.where(var > 0, var, torch.zeros_like(var)).sqrt()
+        low = new_med - nsigma * new_sig
+        high = new_med + nsigma * new_sig
+        # SEP rounds half away from zero; the clamps only keep the casts finite.
+        new_lo = torch.where(low > 0, torch.floor(torch.where(low > 0, low.clamp(max=n_bins), torch.zeros_like(low)) + 0.5),
+                             torch.zeros_like(low)).to(torch.int64)
+        high_ok = high < top
+        high_round = torch.where(high > 0, high + 0.5, high - 0.5).clamp(min=-1.0)
+        new_hi = torch.where(high_ok, torch.trunc(torch.where(high_ok, high_round, torch.zeros_like(high))).to(torch.int64), top)
+        sig_prev = torch.where(active, sig, sig_prev)
+        sig = torch.where(active, new_sig, sig)
+        mea = torch.where(active, new_mea, mea)
+        med = torch.where(active, new_med, med)
+        lo = torch.where(active, new_lo, lo)
+        hi = torch.where(active, new_hi, hi)
+    skewed = ((mea - med) / sig).abs() >= _bg.SKEW_LIMIT
+    mode = torch.where(sig > 0, torch.where(skewed, med, 2.5 * med - 1.5 * mea), mea)
+    return mode, sig
 
 
-def background(images: torch.Tensor, *, mask: torch.Tensor | None = None, mesh: int = 64, filter_size: int = 3,
-               nsigma: float = 3.0, max_iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+def _fill_bad_meshes(level: torch.Tensor, rms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bad (NaN) meshes take the mean of the nearest good meshes of their image; (0, 1) when none is good."""
+    b, gy, gx = level.shape
+    iy, ix = torch.meshgrid(torch.arange(gy, device=level.device), torch.arange(gx, device=level.device), indexing="ij")
+    iy, ix = iy.reshape(-1), ix.reshape(-1)
+    d2 = ((iy[:, None] - iy[None, :]) ** 2 + (ix[:, None] - ix[None, :]) ** 2).to(torch.float32)
+    flat_level, flat_rms = level.reshape(b, -1), rms.reshape(b, -1)
+    good = ~torch.isnan(flat_level)
+    dist = torch.where(good[:, None, :], d2[None], torch.full_like(d2[None], float("inf")))
+    nearest = (dist == dist.amin(dim=2, keepdim=True)) & good[:, None, :]
+    count = nearest.sum(dim=2).to(torch.float32)
+    zero = torch.zeros_like(flat_level)
+    fill_level = torch.where(nearest, torch.where(good, flat_level, zero)[:, None, :], zero[:, None, :]).sum(dim=2) / count
+    fill_rms = torch.where(nearest, torch.where(good, flat_rms, zero)[:, None, :], zero[:, None, :]).sum(dim=2) / count
+    none = ~good.any(dim=1, keepdim=True)
+    fill_level = torch.where(none, zero, fill_level)
+    fill_rms = torch.where(none, torch.ones_like(fill_rms), fill_rms)
+    bad = ~good
+    return (torch.where(bad, fill_level, flat_level).reshape(b, gy, gx),
+            torch.where(bad, fill_rms, flat_rms).reshape(b, gy, gx))
+
+
+def _median_filter(level: torch.Tensor, rms: torch.Tensor, filter_size: tuple[int, int],
+                   threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SEP's median filter with windows shrinking symmetrically at the grid edges (see `_bg`)."""
+    b, gy, gx = level.shape
+    hy, hx = filter_size[0] // 2, filter_size[1] // 2
+    device = level.device
+    ay, ax = torch.arange(gy, device=device), torch.arange(gx, device=device)
+    ry = torch.minimum(torch.minimum(ay, gy - 1 - ay), torch.tensor(hy, device=device))
+    rx = torch.minimum(torch.minimum(ax, gx - 1 - ax), torch.tensor(hx, device=device))
+    dy = torch.arange(-hy, hy + 1, device=device).abs()
+    dx = torch.arange(-hx, hx + 1, device=device).abs()
+    outside = (dy[None, None, :, None] > ry[:, None, None, None]) | (dx[None, None, None, :] > rx[None, :, None, None])
+    outside = outside.reshape(gy, gx, -1)
+    middle = ((2 * ry[:, None] + 1) * (2 * rx[None, :] + 1) // 2)[None, :, :, None].expand(b, gy, gx, 1)
+
+    def med(grid: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(grid, (hx, hx, hy, hy), value=float("nan"))
+        windows = padded.unfold(1, 2 * hy + 1, 1).unfold(2, 2 * hx + 1, 1).reshape(b, gy, gx, -1)
+        windows = windows.masked_fill(outside[None], float("nan"))
+        ordered, _ = torch.sort(windows, dim=-1)  # NaN sort last
+        return ordered.gather(-1, middle)[..., 0]
+
+    med_level, med_rms = med(level), med(rms)
+    replace = (med_level - level).abs() >= threshold
+    return torch.where(replace, med_level, level), torch.where(replace, med_rms, rms)
+
+
+def background(images: torch.Tensor, *, mask: torch.Tensor | None = None, mesh: int | tuple[int, int] = 64,
+               filter_size: int | tuple[int, int] = 3, filter_threshold: float = 0.0, nsigma: float = 3.0,
+               max_iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Background level and noise at every pixel, batched (see `skyblink.workers.estimate_background`).
+    Background level and noise at every pixel, batched: SEP's rules, as `skyblink.workers.estimate_background`.
 
     Parameters
     ----------
-    images : (B, H, W) float tensor
+    images : (B, H, W) tensor
+        Pixels, used as float32 (as SEP does); non-finite pixels are ignored.
     mask : (B, H, W) bool tensor, optional
         True where pixels are ignored.
+    mesh, filter_size, filter_threshold, nsigma, max_iters
+        As in `skyblink.workers.estimate_background`.
 
     Returns
     -------
     level, rms : (B, H, W) float32 tensors
+        Equal to the numpy version's to float32 rounding; ``rms`` is at least 1e-6.
+
+    Notes
+    -----
+    Experimental. On a GPU, the histogram iterations ask whether every mesh has converged every
+    8th pass only (a host sync each time).
     """
     b, h, w = images.shape
-    gy, gx = -(-h // mesh), -(-w // mesh)
-    data = images.to(torch.float64)
+    mesh_yx = _bg.as_pair(mesh, "mesh", 4)
+    filter_yx = _bg.as_pair(filter_size, "filter_size", 1)
+    data = images.to(torch.float32)
+    usable = torch.isfinite(data)
     if mask is not None:
-        data = data.masked_fill(mask, float("nan"))
-    data = F.pad(data, (0, gx * mesh - w, 0, gy * mesh - h), value=float("nan"))
-    blocks = data.reshape(b, gy, mesh, gx, mesh).permute(0, 1, 3, 2, 4).reshape(b, gy * gx, mesh * mesh)
-    med, mean, std = _clipped_stats(blocks, nsigma, max_iters)
-    skew = (mean - med).abs() / torch.where(std > 0, std, torch.full_like(std, float("inf")))
-    level = torch.where(skew < 0.3, 2.5 * med - 1.5 * mean, med).reshape(b, gy, gx)
-    rms = std.reshape(b, gy, gx)
-    grids = []
-    for grid in (level, rms):
-        fill = _nanmedian(grid.reshape(b, 1, -1)).reshape(b, 1, 1)
-        grid = torch.where(torch.isnan(grid), fill, grid)
-        if filter_size > 1:
-            pad = filter_size // 2
-            padded = F.pad(grid[:, None], (pad, pad, pad, pad), mode="replicate")[:, 0]
-            windows = padded.unfold(1, filter_size, 1).unfold(2, filter_size, 1).reshape(b, gy, gx, -1)
-            grid = _nanmedian(windows)[..., 0]
-        grids.append(grid)
-    ay = torch.tensor(mesh_to_pixel_operator(gy, mesh, h), dtype=torch.float64, device=images.device)
-    ax = torch.tensor(mesh_to_pixel_operator(gx, mesh, w), dtype=torch.float64, device=images.device)
-    level_px = (ay @ grids[0] @ ax.T).to(torch.float32)
-    rms_px = (ay @ grids[1] @ ax.T).to(torch.float32).clamp(min=1e-6)
+        usable &= ~mask.to(torch.bool)
+    level, rms = _mesh_statistics(data, usable, mesh_yx, nsigma, max_iters)
+    level, rms = _fill_bad_meshes(level, rms)
+    level, rms = _median_filter(level, rms, filter_yx, filter_threshold)
+    gy, gx = level.shape[1:]
+    ay = torch.tensor(_bg.spline_operator(gy, mesh_yx[0], h, axis="y"), dtype=torch.float64, device=images.device)
+    ax = torch.tensor(_bg.spline_operator(gx, mesh_yx[1], w, axis="x", curved=gy > 1), dtype=torch.float64,
+                      device=images.device)
+    level_px = (ay @ level.to(torch.float64) @ ax.T).to(torch.float32)
+    rms_px = (ay @ rms.to(torch.float64) @ ax.T).to(torch.float32).clamp(min=1e-6)
     return level_px, rms_px
 
 
