@@ -1,5 +1,6 @@
 """
-Peak finding on detector heatmaps: max-pool suppression, a score threshold and top-K per tile.
+Peak finding on detector heatmaps: max-pool suppression, a score threshold, an optional S/N
+gate from the matched-filtered difference (`skyblink.workers.matched_filter`) and top-K per tile.
 
 Notes
 -----
@@ -18,12 +19,16 @@ __all__ = ["Peaks", "find_peaks"]
 
 @dataclass(frozen=True, slots=True)
 class Peaks:
-    """Peaks of one heatmap: positions (x, y, sub-pixel), score and channel. Empty when none."""
+    """
+    Peaks of one heatmap: positions (x, y, sub-pixel), score, channel and matched-filter S/N
+    (NaN when no S/N map was given). Empty when none.
+    """
 
     x: np.ndarray
     y: np.ndarray
     score: np.ndarray
     channel: np.ndarray
+    snr: np.ndarray
 
     def __len__(self) -> int:
         return len(self.score)
@@ -37,6 +42,8 @@ def find_peaks(
     top_k: int = 512,
     offsets: np.ndarray | None = None,
     channels: tuple[int, ...] | None = None,
+    snr: np.ndarray | None = None,
+    snr_threshold: float = 5.0,
 ) -> Peaks:
     """
     Find local maxima of per-class heatmaps.
@@ -56,16 +63,33 @@ def find_peaks(
         Sub-pixel (dx, dy) added to each peak's pixel position.
     channels : tuple of int, optional
         Channels to search (default all); suppression runs over their maximum.
+    snr : (H, W) ndarray, optional
+        Matched-filter S/N map of the difference (`skyblink.workers.matched_filter_snr`). A
+        peak's S/N is the map's maximum over its 3x3 neighbourhood (the detector's peak and the
+        filter's may differ by a pixel); peaks below ``snr_threshold`` are dropped before top-K.
+    snr_threshold : float
+        Minimum S/N of a peak when ``snr`` is given.
 
     Returns
     -------
     Peaks
         Sorted by decreasing score; zero-length arrays when nothing passes.
+
+    Raises
+    ------
+    ValueError
+        If ``snr`` does not have the heatmaps' spatial shape.
     """
     chosen = heatmaps if channels is None else heatmaps[list(channels)]
     best = chosen.max(axis=0)
     which = chosen.argmax(axis=0)
     is_peak = (best >= threshold) & (best == maximum_filter(best, size=kernel, mode="constant", cval=0.0))
+    if snr is not None:
+        if snr.shape != best.shape:
+            msg = f"snr must have the heatmaps' spatial shape {best.shape}, got {snr.shape}"
+            raise ValueError(msg)
+        peak_snr = maximum_filter(snr, size=3, mode="nearest")
+        is_peak &= peak_snr >= snr_threshold
     ys, xs = np.nonzero(is_peak)
     scores = best[ys, xs]
     order = np.argsort(-scores, kind="stable")[:top_k]
@@ -75,4 +99,5 @@ def find_peaks(
         fx = fx + offsets[0, ys, xs]
         fy = fy + offsets[1, ys, xs]
     channel_ids = np.asarray(channels if channels is not None else range(heatmaps.shape[0]))[which[ys, xs]]
-    return Peaks(fx, fy, scores.astype(np.float32), channel_ids.astype(np.int64))
+    snrs = peak_snr[ys, xs].astype(np.float32) if snr is not None else np.full(len(ys), np.nan, dtype=np.float32)
+    return Peaks(fx, fy, scores.astype(np.float32), channel_ids.astype(np.int64), snrs)

@@ -1,0 +1,139 @@
+"""
+The point-source matched filter of a difference image, in signal-to-noise units.
+
+The difference channel of the triplet (`skyblink.workers.normalized_triplet`) is in units of
+its own per-pixel noise. Correlating it with the PSF ``P`` (a Gaussian of the tile's FWHM,
+normalised to sum 1) and dividing by ``sqrt(sum P**2)`` gives, at every pixel, the S/N of a
+point source centred there: on white unit-variance noise the map has unit variance, and a
+source of amplitude ``A P`` (sigma units) peaks at ``A sqrt(sum P**2)``, the optimal S/N.
+
+Candidates are kept only where this S/N reaches a threshold (`snr_threshold`, 5 by default).
+
+Notes
+-----
+One formula, in numpy (`matched_filter_snr`, scipy's ``gaussian_filter``) and in torch
+(`matched_filter_snr_tensor`, the separable blur of `skyblink.workers.tile_program`), with the
+same discrete kernel and edge handling (``mode="nearest"``). The normalisation assumes white
+noise: where PSF matching blurred the noisier image, neighbouring pixels of the difference are
+correlated and the map's rms exceeds 1 (measured on simulated tiles: 1.05-1.1 when the
+reference is blurred, 2.2 when the science is); ``renormalize=True``, which the tile program
+uses, divides by the map's robust rms (1.4826 x the median absolute deviation) instead. Pure functions, thread-safe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+try:  # torch is the optional [ml] extra: the numpy functions work without it
+    import torch
+except ImportError:  # pragma: no cover - exercised only where torch is absent
+    torch = None  # type: ignore[assignment]
+
+from .difference import FWHM_PER_SIGMA
+
+__all__ = ["DEFAULT_SNR_THRESHOLD", "matched_filter_snr", "matched_filter_snr_tensor", "psf_norm"]
+
+#: Default S/N a candidate must reach in the matched-filtered difference.
+DEFAULT_SNR_THRESHOLD = 5.0
+
+_TRUNCATE = 4.0
+_MAD_TO_SIGMA = 1.4826
+
+
+def _sigma(fwhm_px: float) -> float:
+    if not fwhm_px > 0:
+        msg = f"fwhm_px must be positive, got {fwhm_px!r}"
+        raise ValueError(msg)
+    return fwhm_px / FWHM_PER_SIGMA
+
+
+def psf_norm(fwhm_px: float) -> float:
+    """
+    ``sqrt(sum P**2)`` of the discrete, unit-sum Gaussian PSF of ``fwhm_px`` that the filters use.
+
+    Raises
+    ------
+    ValueError
+        If ``fwhm_px`` is not positive.
+    """
+    sigma = _sigma(fwhm_px)
+    radius = int(_TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    k /= k.sum()
+    return float(np.sum(k * k))  # the 2-D kernel is the outer product: sum P^2 = (sum k^2)^2
+
+
+def matched_filter_snr(difference: np.ndarray, fwhm_px: float, *, renormalize: bool = False) -> np.ndarray:
+    """
+    S/N map of point sources in a difference image in sigma units.
+
+    Parameters
+    ----------
+    difference : (ny, nx) ndarray
+        Difference in units of its per-pixel noise (channel 2 of the triplet).
+    fwhm_px : float
+        PSF FWHM of the difference (the broader of the two images), pixels.
+    renormalize : bool
+        Divide by the map's robust rms over the pixels where ``difference`` is not exactly 0
+        (the triplet's uncovered pixels), for correlated noise, instead of trusting white noise.
+
+    Returns
+    -------
+    (ny, nx) ndarray of float32
+        The S/N of a point source centred at each pixel.
+
+    Raises
+    ------
+    ValueError
+        If ``fwhm_px`` is not positive or ``difference`` is not 2-D.
+    """
+    if np.ndim(difference) != 2:  # noqa: PLR2004
+        msg = f"difference must be 2-D, got shape {np.shape(difference)}"
+        raise ValueError(msg)
+    sigma = _sigma(fwhm_px)
+    snr = gaussian_filter(np.asarray(difference, dtype=np.float32), sigma, mode="nearest", truncate=_TRUNCATE)
+    snr = snr / np.float32(psf_norm(fwhm_px))
+    if renormalize:
+        values = snr[np.asarray(difference) != 0]  # the triplet is exactly 0 where the reference does not cover
+        mad = np.median(np.abs(values - np.median(values))) if values.size else 0.0
+        if mad > 0:
+            snr = snr / np.float32(_MAD_TO_SIGMA * mad)
+    return snr.astype(np.float32, copy=False)
+
+
+def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renormalize: bool = False) -> torch.Tensor:
+    """
+    `matched_filter_snr` for a batch on any device.
+
+    Parameters
+    ----------
+    difference : (B, H, W) float tensor
+    fwhm_px : float
+    renormalize : bool
+        Per tile: divide by its robust rms (``torch.median`` takes the lower of the two middle
+        values, so this differs from numpy's by at most one rank on even pixel counts).
+
+    Returns
+    -------
+    (B, H, W) float32 tensor
+
+    Raises
+    ------
+    ValueError
+        If ``fwhm_px`` is not positive or ``difference`` is not 3-D.
+    """
+    from .tile_program import gaussian_blur  # noqa: PLC0415 - tile_program imports this package's CPU modules
+
+    if difference.ndim != 3:  # noqa: PLR2004
+        msg = f"difference must be (B, H, W), got shape {tuple(difference.shape)}"
+        raise ValueError(msg)
+    snr = gaussian_blur(difference.to(torch.float32), _sigma(fwhm_px), truncate=_TRUNCATE) / float(np.float32(psf_norm(fwhm_px)))
+    if renormalize:
+        flat = torch.where(difference.flatten(1) != 0, snr.flatten(1), torch.full_like(snr.flatten(1), float("nan")))
+        med = flat.nanmedian(dim=1, keepdim=True).values
+        mad = (flat - med).abs().nanmedian(dim=1).values
+        scale = torch.where(mad > 0, mad * _MAD_TO_SIGMA, torch.ones_like(mad))
+        snr = snr / scale[:, None, None]
+    return snr
