@@ -1,6 +1,12 @@
 """
 Work units (one tile of one CCD of one exposure) and their processing on the CPU.
 
+The steps, the same on the GPU (`skyblink.workers.device_program`): calibrate the science
+window to electrons (gain from the header, bias and flat where given; saturated pixels
+masked), reject cosmic rays and hot pixels (L.A.Cosmic) and clean them, warp the reference,
+build the normalised triplet, run the detector, keep the peaks whose matched-filter S/N in the
+difference reaches ``snr_threshold``, cut stamps and classify them.
+
 A tile is read from the night's store with a margin on every side, so that sources near its
 edge see their surroundings; the detector runs on the whole window and only the peaks inside the
 tile's own core are reported, so a source in the overlap of two windows is reported once, by the
@@ -21,7 +27,10 @@ from typing import Any
 import numpy as np
 
 from .align import sampling_grid, warp
+from .calibration import CalibrationSpec, calibrate
+from .cosmics import detect_cosmics
 from .difference import flux_scale, normalized_triplet
+from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr
 from .peaks import find_peaks
 
 __all__ = ["CandidateRecord", "WorkUnit", "plan_tiles", "process_tile", "read_window"]
@@ -58,9 +67,18 @@ class CandidateRecord:
     x: float  # CCD pixel coordinates, 0-based
     y: float
     score: float  # detector new-source score
+    snr: float  # matched-filter S/N of a point source in the difference (at least the tile's snr_threshold)
     real_bogus: float
     class_probs: tuple[float, ...]
     stamp: np.ndarray  # (3, 63, 63) float16: science, reference, difference in sigma units
+
+
+#: Largest finite float16: stamps are stored in float16, saturated cores can exceed it in sigma units.
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _to_float16(stamp: np.ndarray) -> np.ndarray:
+    return np.clip(stamp, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
 
 
 def plan_tiles(store: Any, exposure: str, *, size: int, margin: int = 32) -> list[WorkUnit]:
@@ -86,7 +104,8 @@ def read_window(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:
 
 
 def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, threshold: float = 0.3,
-                 top_k: int = 64) -> list[CandidateRecord]:
+                 top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD, bias: float | Any | None = None,
+                 flat: Any | None = None, reject_cosmics: bool = True) -> list[CandidateRecord]:
     """
     Run the per-tile program on one work unit on the CPU and return its candidates.
 
@@ -99,11 +118,25 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
         Active runners (ONNX Runtime on the CPU, or any backend taking numpy).
     threshold, top_k : float, int
         New-source score threshold; most candidates per tile.
+    snr_threshold : float
+        Minimum matched-filter S/N of a candidate in the difference image.
+    bias : float or 2-D array of the CCD's shape, optional
+        Bias level or frame (ADU) of the unit's CCD; the tile's window is read from it.
+    flat : 2-D array of the CCD's shape, optional
+        Flat field of the unit's CCD, normalised to about 1.
+    reject_cosmics : bool
+        Flag and clean cosmic rays and hot pixels in the science window before the background.
 
     Returns
     -------
     list of CandidateRecord
         Candidates whose pixel lies in the tile's core; empty when there are none.
+
+    Notes
+    -----
+    The science window is calibrated with the header's ``GAIN`` and ``SATURATE`` (missing
+    keywords: no gain conversion, no saturation mask), so the reference, left in ADU, is
+    scaled by ``flux_scale * GAIN`` onto the science's electrons.
     """
     from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415 - astropy only where a tile is processed
 
@@ -116,7 +149,15 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     edge = unit.size + 2 * unit.margin
     h = w = int(math.ceil(edge / 32) * 32)  # the detector takes multiples of 32
     oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
-    science = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
+    raw = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
+    spec = CalibrationSpec.from_header(sci_header)
+    calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate,
+                           bias=read_window(bias, oy, ox, h, w) if np.ndim(bias) == 2 else bias,  # noqa: PLR2004
+                           flat=None if flat is None else read_window(flat, oy, ox, h, w))
+    science, bad = calibrated.electrons, calibrated.mask
+    if reject_cosmics:
+        cosmics = detect_cosmics(science, read_noise=spec.read_noise, mask=bad | ~np.isfinite(science))
+        science, bad = cosmics.cleaned, bad | cosmics.mask
     grid = sampling_grid(sci_wcs, ref_wcs, (h, w), origin=(oy, ox))
     rx0, ry0 = int(np.floor(np.nanmin(grid[0]))) - 2, int(np.floor(np.nanmin(grid[1]))) - 2
     rx1, ry1 = int(np.ceil(np.nanmax(grid[0]))) + 3, int(np.ceil(np.nanmax(grid[1]))) + 3
@@ -126,13 +167,17 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
     fwhm = [float(hdr.get("SEEING", 1.0)) / scale_arcsec for hdr in (sci_header, ref_header)]
     scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))
+    scale *= spec.gain or 1.0  # reference ADU -> science electrons
     sci_filled = np.where(np.isfinite(science), science, np.nanmedian(science))
-    triplet = normalized_triplet(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale)
+    triplet = normalized_triplet(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale,
+                                 science_mask=bad & np.isfinite(science))
     out = detector.infer({"tiles": triplet[None]})
-    peaks = find_peaks(out["heatmaps"][0], threshold=threshold, offsets=out["offsets"][0], channels=(1, 2), top_k=top_k)
+    snr = matched_filter_snr(triplet[2], max(fwhm), renormalize=True)
+    peaks = find_peaks(out["heatmaps"][0], threshold=threshold, offsets=out["offsets"][0], channels=(1, 2), top_k=top_k,
+                       snr=snr, snr_threshold=snr_threshold)
     core = (peaks.y >= unit.margin - 0.5) & (peaks.y < unit.margin + unit.size - 0.5) & \
            (peaks.x >= unit.margin - 0.5) & (peaks.x < unit.margin + unit.size - 0.5)
-    px, py, score = peaks.x[core], peaks.y[core], peaks.score[core]
+    px, py, score, peak_snr = peaks.x[core], peaks.y[core], peaks.score[core], peaks.snr[core]
     if not len(score):
         return []
     padded = np.pad(triplet, ((0, 0), (STAMP_HALF, STAMP_HALF), (STAMP_HALF, STAMP_HALF)))
@@ -140,7 +185,8 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     stamps = np.stack([padded[:, y - STAMP_HALF : y + STAMP_HALF + 1, x - STAMP_HALF : x + STAMP_HALF + 1] for y, x in zip(iy, ix, strict=True)])
     scores = classifier.infer({"stamps": stamps.astype(np.float32)})
     return [
-        CandidateRecord(unit.key, unit.exposure, unit.ccd, float(x + ox), float(y + oy), float(s),
-                        float(rb), tuple(float(p) for p in probs), stamp.astype(np.float16))
-        for x, y, s, rb, probs, stamp in zip(px, py, score, scores["real_bogus"][:, 0], scores["class_probs"], stamps, strict=True)
+        CandidateRecord(unit.key, unit.exposure, unit.ccd, float(x + ox), float(y + oy), float(s), float(sn),
+                        float(rb), tuple(float(p) for p in probs), _to_float16(stamp))
+        for x, y, s, sn, rb, probs, stamp in zip(px, py, score, peak_snr, scores["real_bogus"][:, 0], scores["class_probs"],
+                                                 stamps, strict=True)
     ]

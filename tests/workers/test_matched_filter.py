@@ -1,0 +1,115 @@
+"""The matched filter gives S/N units, the same in numpy and torch, and gates the peaks on both paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from skyblink.workers.difference import FWHM_PER_SIGMA
+from skyblink.workers.matched_filter import matched_filter_snr, psf_norm
+from skyblink.workers.peaks import find_peaks
+
+torch = pytest.importorskip("torch")
+
+from skyblink.workers.matched_filter import matched_filter_snr_tensor  # noqa: E402
+
+
+def _kernel(fwhm: float) -> np.ndarray:
+    """The discrete unit-sum Gaussian PSF the filter correlates with (scipy's kernel)."""
+    delta = np.zeros((41, 41))
+    delta[20, 20] = 1.0
+    return gaussian_filter(delta, fwhm / FWHM_PER_SIGMA, mode="constant", truncate=4.0)
+
+
+@pytest.mark.parametrize("fwhm", [1.5, 3.0, 5.0])
+def test_unit_variance_noise_gives_unit_variance_snr(fwhm: float) -> None:
+    noise = np.random.default_rng(0).normal(size=(512, 512)).astype(np.float32)
+    snr = matched_filter_snr(noise, fwhm)
+    assert snr.dtype == np.float32 and snr.shape == noise.shape
+    assert abs(float(snr[16:-16, 16:-16].std()) - 1.0) < 0.03
+
+
+def test_point_source_peaks_at_its_optimal_snr() -> None:
+    fwhm, amplitude = 3.0, 40.0
+    k = _kernel(fwhm)
+    assert psf_norm(fwhm) == pytest.approx(float(np.sqrt((k * k).sum())), rel=1e-9)
+    image = np.zeros((101, 101), dtype=np.float32)
+    image[30:71, 30:71] = amplitude * k
+    snr = matched_filter_snr(image, fwhm)
+    assert np.unravel_index(np.argmax(snr), snr.shape) == (50, 50)
+    # Optimal S/N of a source A*P in unit white noise: A * sqrt(sum P^2).
+    assert snr[50, 50] == pytest.approx(amplitude * np.sqrt((k * k).sum()), rel=1e-5)
+
+
+def test_renormalize_corrects_correlated_noise() -> None:
+    rng = np.random.default_rng(1)
+    blurred = gaussian_filter(rng.normal(size=(400, 400)), 1.0)
+    blurred /= blurred.std()  # unit per-pixel variance, but correlated, as a PSF-matched difference
+    plain = matched_filter_snr(blurred, 3.0)
+    fixed = matched_filter_snr(blurred, 3.0, renormalize=True)
+    assert plain[16:-16, 16:-16].std() > 1.5
+    assert abs(float(fixed[16:-16, 16:-16].std()) - 1.0) < 0.05
+
+
+def test_torch_equals_numpy() -> None:
+    rng = np.random.default_rng(2)
+    diff = rng.normal(size=(2, 96, 80)).astype(np.float32)
+    diff[1, :, :10] = 0.0  # not covered by the reference: left out of the robust rms
+    for renormalize in (False, True):
+        dev = matched_filter_snr_tensor(torch.from_numpy(diff), 2.7, renormalize=renormalize).numpy()
+        for i in range(2):
+            # torch's median is the lower middle value on even counts: 1e-2 relative at most here
+            tol = 2e-2 if renormalize else 1e-5
+            np.testing.assert_allclose(dev[i], matched_filter_snr(diff[i], 2.7, renormalize=renormalize), atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="fwhm_px"):
+        matched_filter_snr(diff[0], 0.0)
+
+
+def test_find_peaks_keeps_only_peaks_above_the_snr_threshold() -> None:
+    heat = np.zeros((3, 40, 40), dtype=np.float32)
+    heat[1, 10, 10] = 0.9
+    heat[2, 30, 25] = 0.8
+    snr = np.zeros((40, 40), dtype=np.float32)
+    snr[11, 10] = 7.5  # one pixel off the detector's peak: still its S/N
+    snr[30, 25] = 4.0
+    gated = find_peaks(heat, threshold=0.3, channels=(1, 2), snr=snr, snr_threshold=5.0)
+    assert len(gated) == 1 and (gated.x[0], gated.y[0]) == (10.0, 10.0) and gated.snr[0] == pytest.approx(7.5)
+    ungated = find_peaks(heat, threshold=0.3, channels=(1, 2))
+    assert len(ungated) == 2 and np.isnan(ungated.snr).all()
+    empty = find_peaks(heat, threshold=0.3, snr=snr, snr_threshold=100.0)
+    assert len(empty) == 0 and empty.snr.shape == (0,)
+    with pytest.raises(ValueError, match="snr"):
+        find_peaks(heat, snr=snr[:10])
+
+
+def test_device_program_on_cpu_gates_snr_and_cleans_cosmic_rays() -> None:
+    from skyblink.engines.backends import TorchRunner  # noqa: PLC0415
+    from skyblink.engines.catalog import load_network  # noqa: PLC0415
+    from skyblink.workers.device_program import make_device_program  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    size = 128
+    yy, xx = np.mgrid[:size, :size]
+    reference = torch.tensor(1000.0 + rng.normal(0, 8, (size + 64, size + 64)), dtype=torch.float32)
+    grid = torch.tensor(np.stack([xx + 32.0, yy + 32.0]), dtype=torch.float32)[None].expand(2, 2, size, size).contiguous()
+    tiles = 1000.0 + rng.normal(0, 30, (2, size, size))
+    tiles[0] += 3000.0 * np.exp(-((xx - 60.3) ** 2 + (yy - 70.6) ** 2) / (2 * 1.3**2))  # a new point source
+    tiles[1, 40, 90] += 5000.0  # a one-pixel cosmic ray
+    tiles[1, 41, 90] += 1500.0
+    science = torch.from_numpy(np.clip(tiles, 0, 65535).astype(np.uint16).view(np.int16))
+    det = TorchRunner(load_network("detector"), input_name="tiles", output_names=("heatmaps", "offsets"), device="cpu")
+    cls = TorchRunner(load_network("classifier"), input_name="stamps", output_names=("real_bogus", "class_probs"), device="cpu")
+    with det, cls:
+        out = make_device_program(det, cls, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=3.0, read_noise=6.0,
+                                  saturate=60000.0, threshold=0.05)(science, 0)
+        none = make_device_program(det, cls, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=3.0,
+                                   threshold=0.05, snr_threshold=1e9)(science, 0)
+    valid = out["valid"].numpy()
+    assert not none["valid"].any()
+    snr, tile, x, y = (out[k].numpy()[valid] for k in ("snr", "tile", "x", "y"))
+    assert len(snr) and (snr >= 5.0).all()  # the detector's noise peaks (score >= 0.05) fail the S/N gate
+    found = (tile == 0) & (np.hypot(x - 60.3, y - 70.6) < 2.0)
+    assert found.any() and snr[found].max() > 20.0
+    assert not ((tile == 1) & (np.hypot(x - 90, y - 40) < 3.0)).any(), "the cosmic ray became a candidate"
+    assert out["stamps"].dtype == torch.float16 and torch.isfinite(out["stamps"]).all()
