@@ -1,5 +1,6 @@
 """
-The Ray driver: ingest orchestration; planning, dispatch and the night's reduce come in later issues.
+The Ray driver: ingest, planning, dispatch to worker actors, the night's reduce, publishing and
+the run report (`run_night`, behind ``skyblink night run``).
 
 Knows nothing of CUDA.
 """
@@ -14,6 +15,7 @@ from .ingest import (
     ingest_night,
     plan_ingest,
 )
+from .night import NightRunReport, run_night
 from .ray_runtime import ray_session
 
 __all__ = [
@@ -21,9 +23,11 @@ __all__ = [
     "IngestOutcome",
     "IngestPlanError",
     "IngestReport",
+    "NightRunReport",
     "discover_night",
     "ingest_file",
     "ingest_night",
     "plan_ingest",
     "ray_session",
+    "run_night",
 ]

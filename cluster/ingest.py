@@ -313,6 +313,7 @@ def ingest_night(
     retry_quarantined: bool = False,
     on_planned: Callable[[int], None] | None = None,
     on_outcome: Callable[[IngestOutcome | ManifestEntry], None] | None = None,
+    settle_s: float = 0.0,
 ) -> IngestReport:
     """
     Ingest every FITS file of a night into its Zarr store, in parallel Ray tasks.
@@ -331,6 +332,9 @@ def ingest_night(
         Called once with the number of files that will be ingested (for a progress bar).
     on_outcome : callable, optional
         Called on the driver with each task's outcome (or failed entry) as it arrives.
+    settle_s : float, optional
+        Leave files modified less than this many seconds ago for a later call (``--watch``: a
+        file still being written is not read half-way).
 
     Returns
     -------
@@ -355,7 +359,10 @@ def ingest_night(
         compression_level=config.ingest.compression_level,
     )
     files = discover_night(night_dir)  # checks the directory before anything is created
-    if not files:
+    if settle_s > 0:
+        now = time.time()
+        files = [f for f in files if now - (night_dir / f[0]).stat().st_mtime >= settle_s]
+    if not files and settle_s <= 0:
         log.warning("no FITS files found in %s", night_dir)
     store = NightStore(url, mode="a", layout=layout)
     manifest = Manifest.load(store.url)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ._cli_alerts import alerts_app
 from ._cli_engines import engines_app, train_app
+from ._cli_night import night_app
 from ._cli_common import (
     EXIT_QUARANTINED,
     RayAddressOption,
@@ -40,7 +41,6 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show and check the effective configuration.", no_args_is_help=True)
 sim_app = typer.Typer(help="The sky simulator.", no_args_is_help=True)
-night_app = typer.Typer(help="Run the nightly pipeline.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(sim_app, name="sim")
 app.add_typer(night_app, name="night")
@@ -202,35 +202,6 @@ def ingest(
     """Validate a night's FITS files and write them into a sharded Zarr store (parallel Ray tasks)."""
     config = effective_config(ctx, store=store, **{"ray.address": ray_address, "ingest.tile_size": tile_size})
     report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined)
-    if not report.ok:
-        raise typer.Exit(EXIT_QUARANTINED)
-
-
-# ------------------------------------------------------------------------------------------- night
-
-#: Stages of the nightly run after ingest, and the issue that builds each; printed until they exist.
-_STAGES_NOT_YET_BUILT = (
-    ("plan and dispatch tiles to worker actors", "cluster"),
-    ("per-tile program and engines on the workers (the models are trained and shipped)", "workers"),
-    ("reduce: positions, association, moving-object linking, alert decisions", "science"),
-    ("publish Avro alerts to the night's Redis stream (skyblink.storage.alerts is ready)", "cluster"),
-)
-
-
-@night_app.command("run")
-def night_run(
-    ctx: typer.Context,
-    night_dir: Annotated[Path, typer.Argument(help="Night directory written by `skyblink sim night` or the observatory.")],
-    store: StoreOption = None,
-    ray_address: RayAddressOption = None,
-) -> None:
-    """Run the nightly pipeline on a night directory, as far as it is built."""
-    config = effective_config(ctx, store=store, **{"ray.address": ray_address})
-    report = _run_ingest(config, night_dir, retry_quarantined=False)
-    console.print(f"[green]ingest done[/green]: the store at {report.store_url} holds the night.")
-    console.print("The pipeline ends here for now; these stages are not built yet:")
-    for stage, owner in _STAGES_NOT_YET_BUILT:
-        console.print(f"  - {stage} (issue: {owner})")
     if not report.ok:
         raise typer.Exit(EXIT_QUARANTINED)
 

@@ -34,6 +34,7 @@ __all__ = [
     "ConfigError",
     "EnginesConfig",
     "IngestConfig",
+    "NightConfig",
     "RayConfig",
     "RedisConfig",
     "SimConfig",
@@ -236,6 +237,59 @@ class EnginesConfig(_Section):
     precision: Literal["fp32", "fp16"] = Field("fp16", description="Precision on GPU backends.")
 
 
+class NightConfig(_Section):
+    """The nightly run (``skyblink night run``): work units, worker actors, alert decisions, watch mode."""
+
+    tile_size: int | None = Field(
+        None, ge=64, le=8192, description="Core edge of a work unit in pixels (unset: ingest.tile_size)."
+    )
+    margin: int = Field(
+        32, ge=0, le=512, description="Context read on every side of a tile; sources in it belong to the neighbour."
+    )
+    tiles_per_task: int = Field(4, ge=1, le=1024, description="Work units in one call to a worker actor.")
+    workers: int | None = Field(
+        None, ge=1, description="Worker actors (unset: one per GPU, else one per CPU of the cluster)."
+    )
+    detector_threshold: float = Field(
+        0.3, gt=0.0, lt=1.0, description="Detector new-source score a peak must reach to become a candidate."
+    )
+    snr_threshold: float = Field(
+        5.0, gt=0.0, description="Matched-filter S/N (PSF) a candidate must reach in the difference image."
+    )
+    top_k: int = Field(64, ge=1, le=4096, description="Most candidates kept per tile.")
+    alert_min_real_bogus: float = Field(
+        0.5, ge=0.0, le=1.0, description="A candidate with real/bogus below this is catalogued, not alerted."
+    )
+    anomaly_max_class_probability: float = Field(
+        0.45,
+        ge=0.0,
+        le=1.0,
+        description="A real candidate whose most probable class is below this is alerted as an anomaly.",
+    )
+    match_radius_arcsec: float = Field(
+        1.0, gt=0.0, description="Detections closer than this on the sky are one object."
+    )
+    health_check_s: float = Field(
+        15.0, gt=0.0, description="How often the driver polls the worker actors' health check."
+    )
+    watch_poll_s: float = Field(1.0, gt=0.0, description="--watch: how often the night directory is listed.")
+    watch_idle_s: float = Field(
+        600.0, gt=0.0, description="--watch: stop after this long without a new exposure."
+    )
+    redis_dir: Path = Field(
+        Path(".skyblink/redis"),
+        description="Data directory of the private redis-server (append-only file, so a resumed run keeps its stream).",
+    )
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_multiple_of_32(cls, value: int | None) -> int | None:
+        if value is not None and value % 32:
+            msg = f"tile_size must be a multiple of 32 (the detector's stride), got {value}"
+            raise ValueError(msg)
+        return value
+
+
 class SkyblinkConfig(_Section):
     """The effective configuration of one skyblink process."""
 
@@ -247,6 +301,7 @@ class SkyblinkConfig(_Section):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
+    night: NightConfig = Field(default_factory=NightConfig)
 
 
 def _section_names() -> set[str]:

@@ -11,14 +11,19 @@ The CPU path runs `process_tile`; the GPU's pipelined path is `skyblink.workers.
 from __future__ import annotations
 
 import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
+from ray.util.metrics import Counter, Histogram
 
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
-__all__ = ["TileWorker", "WorkerLostGpuError"]
+__all__ = ["TileWorker", "UnitOutcome", "WorkerLostGpuError"]
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +32,35 @@ class WorkerLostGpuError(RuntimeError):
     """The actor's CUDA context is gone: the actor must be replaced, its units redone elsewhere."""
 
 
+@dataclass(frozen=True, slots=True)
+class UnitOutcome:
+    """
+    What a worker returns for one work unit. Stable.
+
+    Attributes
+    ----------
+    unit : WorkUnit
+    candidates : tuple of CandidateRecord
+        Empty when the tile holds none, or when it failed.
+    error : str or None
+        Why the unit failed (exception type, message and the innermost frame); None on success.
+    seconds : float
+        Wall time the unit took on the worker.
+    """
+
+    unit: WorkUnit
+    candidates: tuple[CandidateRecord, ...] = ()
+    error: str | None = None
+    seconds: float = 0.0
+
+
+_TILE_SECONDS_BOUNDARIES = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
+
+
 @ray.remote
 class TileWorker:
     """
-    Ray actor running the per-tile program. Experimental.
+    Ray actor running the per-tile program. Stable.
 
     Parameters
     ----------
@@ -38,9 +68,13 @@ class TileWorker:
         Inference backend (`skyblink.engines.backends.select_runner`).
     precision : {"fp32", "fp16"}
         Precision on GPU backends.
+    threshold, top_k, snr_threshold : float, int, float
+        The per-tile program's detector score threshold, candidates per tile and matched-filter
+        S/N gate (`process_tile`).
     """
 
-    def __init__(self, backend: str = "auto", precision: str = "fp16") -> None:
+    def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
+                 snr_threshold: float = 5.0) -> None:
         from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
 
         self._choices = {name: select_runner(name, backend=backend, precision=precision) for name in ("detector", "classifier")}
@@ -49,6 +83,12 @@ class TileWorker:
             runner.activate()
         self._stores: dict[str, Any] = {}
         self._units_done = 0
+        self._program_options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
+        # Exported to Prometheus through Ray's metrics agent (the dashboard's /metrics).
+        self._m_tiles = Counter("skyblink_tiles", "Work units processed by worker actors.", tag_keys=("outcome",))
+        self._m_candidates = Counter("skyblink_candidates", "Candidates found by worker actors.")
+        self._m_seconds = Histogram("skyblink_tile_seconds", "Wall time of one work unit on a worker actor.",
+                                    boundaries=_TILE_SECONDS_BOUNDARIES)
         # Warm up once: sessions, kernels and allocators are ready before the first real tile.
         self._runners["detector"].infer({"tiles": np.zeros((1, 3, 64, 64), np.float32)})
         self._runners["classifier"].infer({"stamps": np.zeros((1, 3, 63, 63), np.float32)})
@@ -61,12 +101,36 @@ class TileWorker:
             self._stores[url] = NightStore(url)
         return self._stores[url]
 
-    def process(self, units: list[WorkUnit]) -> list[CandidateRecord]:
-        """Run the program on each unit; return all their candidates (empty list when none)."""
-        out: list[CandidateRecord] = []
+    def process(self, units: list[WorkUnit]) -> list[UnitOutcome]:
+        """
+        Run the per-tile program on each unit and return one outcome per unit, in order.
+
+        A unit whose data make the program fail gets an outcome with ``error`` set and the others
+        go on. A lost CUDA context is not such a failure: the actor process exits, Ray restarts it
+        and retries the call, so the units are redone and none is lost.
+        """
+        out: list[UnitOutcome] = []
         for unit in units:
-            out.extend(process_tile(unit, self._store(unit.store_url), self._runners["detector"], self._runners["classifier"]))
+            start = time.perf_counter()
+            try:
+                records = process_tile(unit, self._store(unit.store_url), self._runners["detector"],
+                                       self._runners["classifier"], **self._program_options)
+            except Exception as exc:  # noqa: BLE001 - one bad tile is reported, the batch goes on
+                if _is_cuda_context_error(exc):
+                    log.error("TileWorker lost its CUDA context (%s); exiting so that Ray restarts it", exc)
+                    os._exit(1)
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                error = f"{type(exc).__name__}: {exc} (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
+                outcome = UnitOutcome(unit, error=error, seconds=time.perf_counter() - start)
+                self._m_tiles.inc(1, tags={"outcome": "failed"})
+            else:
+                outcome = UnitOutcome(unit, tuple(records), seconds=time.perf_counter() - start)
+                self._m_tiles.inc(1, tags={"outcome": "ok"})
+                if records:
+                    self._m_candidates.inc(len(records))
+            self._m_seconds.observe(outcome.seconds)
             self._units_done += 1
+            out.append(outcome)
         return out
 
     def check_health(self) -> dict[str, Any]:
@@ -93,3 +157,10 @@ class TileWorker:
         for runner in self._runners.values():
             if runner.is_active:
                 runner.deactivate()
+
+
+def _is_cuda_context_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("CUDA error" in text or "cudaError" in text) and (
+        "illegal" in text or "context" in text or "launch failure" in text or "device-side assert" in text
+    )

@@ -36,7 +36,9 @@ def test_actor_returns_each_candidate_once_with_stamps(night_store: tuple[Path, 
     worker = TileWorker.options(num_cpus=1).remote(backend="onnxruntime")
     health = ray.get(worker.check_health.remote())
     assert health == {"backends": {"detector": "onnxruntime", "classifier": "onnxruntime"}, "active": True, "units_done": 0}
-    candidates = ray.get(worker.process.remote(units))
+    outcomes = ray.get(worker.process.remote(units))
+    assert [o.unit for o in outcomes] == units and all(o.error is None for o in outcomes)
+    candidates = [c for o in outcomes for c in o.candidates]
     assert ray.get(worker.check_health.remote())["units_done"] == 4
     assert candidates, "no candidates on a night with transients and movers"
     for c in candidates:

@@ -1,0 +1,194 @@
+"""
+Dispatch work units to a pool of worker actors with Ray's own machinery.
+
+One `TileWorker` per GPU (``num_gpus=1``), or per CPU where the cluster has no GPU, in a
+`ray.util.ActorPool`. Each actor holds two calls (its mailbox queues the second while the first
+runs, so it never waits for the driver); further calls wait in the pool, which submits one
+whenever an actor frees a slot: the queue is bounded by the actors' slots, backpressure comes
+from the pool, and nothing here schedules by hand.
+
+Faults: the actors are created with ``max_restarts=-1`` and ``max_task_retries=-1``. An actor
+that dies (killed, out of memory, its process gone, or its CUDA context lost, on which it exits
+on purpose) is restarted by Ray and the calls it held are retried, so its units are redone and
+every unit's outcome arrives exactly once. The driver polls every actor's health check and
+restarts one that reports a lost GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import ray
+from ray.util.actor_pool import ActorPool
+
+from skyblink.config import SkyblinkConfig
+from skyblink.workers.actor import TileWorker, UnitOutcome, WorkerLostGpuError
+from skyblink.workers.tile_unit import WorkUnit
+
+__all__ = ["WorkerPool", "WorkerSpec", "worker_spec"]
+
+log = logging.getLogger(__name__)
+
+#: Calls each actor holds at once: one running, one queued in its mailbox.
+_SLOTS_PER_ACTOR = 2
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """How many worker actors, and what each asks Ray for."""
+
+    count: int
+    num_gpus: float
+    num_cpus: float
+
+    @property
+    def kind(self) -> str:
+        """``"gpu"`` or ``"cpu"``."""
+        return "gpu" if self.num_gpus else "cpu"
+
+
+def worker_spec(config: SkyblinkConfig) -> WorkerSpec:
+    """
+    Decide the actor pool from the running cluster's resources and ``night.workers``.
+
+    Returns
+    -------
+    WorkerSpec
+        One actor per GPU with ``num_gpus=1`` and ``num_cpus=1``. With no GPU (or the
+        onnxruntime backend), CPU actors that together leave one CPU of the cluster free, so
+        that ingest tasks (``--watch`` ingests while the actors live) can always be scheduled:
+        ``cpus - 1`` actors of one CPU each by default; ``night.workers`` actors share those
+        CPUs when more are asked for. On a one-CPU cluster, one actor of half a CPU.
+    """
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus and config.engines.backend != "onnxruntime":
+        count = min(gpus, config.night.workers or gpus)
+        return WorkerSpec(count, 1.0, 1.0)
+    cpus = float(resources.get("CPU", 1.0))
+    available = cpus - 1.0 if cpus > 1.0 else cpus / 2.0
+    count = config.night.workers or max(1, int(available))
+    return WorkerSpec(count, 0.0, min(1.0, available / count))
+
+
+class WorkerPool:
+    """
+    The night's worker actors. Use as a context manager; `run` yields outcomes as they arrive.
+
+    Parameters
+    ----------
+    config : SkyblinkConfig
+        ``engines.backend``/``precision`` for the actors, ``night.*`` for the program's
+        thresholds, the health-check period and the number of actors.
+    spec : WorkerSpec, optional
+        Default: `worker_spec` of the running cluster.
+    """
+
+    def __init__(self, config: SkyblinkConfig, spec: WorkerSpec | None = None) -> None:
+        self.config = config
+        self.spec = spec or worker_spec(config)
+        options = {
+            "num_gpus": self.spec.num_gpus,
+            "num_cpus": self.spec.num_cpus,
+            "max_restarts": -1,
+            "max_task_retries": -1,
+        }
+        night = config.night
+        # Named, so that the dashboard and `ray.util.list_named_actors` show whose they are.
+        self.name = f"skyblink-worker-{uuid.uuid4().hex[:8]}"
+        self.actors = [
+            TileWorker.options(**options, name=f"{self.name}-{i}").remote(
+                config.engines.backend,
+                config.engines.precision,
+                threshold=night.detector_threshold,
+                top_k=night.top_k,
+                snr_threshold=night.snr_threshold,
+            )
+            for i in range(self.spec.count)
+        ]
+        self.restarts = 0
+        self._last_health = time.monotonic()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def wait_ready(self) -> list[dict[str, object]]:
+        """Block until every actor has loaded its engines and warmed up; return their health."""
+        return ray.get([actor.check_health.remote() for actor in self.actors])
+
+    def run(
+        self, units: Sequence[WorkUnit], *, on_health: Callable[[list[dict[str, object]]], None] | None = None
+    ) -> Iterator[UnitOutcome]:
+        """
+        Process every unit; yield each unit's outcome once, in completion order.
+
+        Parameters
+        ----------
+        units : sequence of WorkUnit
+        on_health : callable, optional
+            Called with the actors' health answers each time they are polled.
+        """
+        tiles = self.config.night.tiles_per_task
+        pool = ActorPool([actor for actor in self.actors for _ in range(_SLOTS_PER_ACTOR)])
+        for start in range(0, len(units), tiles):
+            pool.submit(lambda actor, batch: actor.process.remote(batch), list(units[start : start + tiles]))
+        period = self.config.night.health_check_s
+        while pool.has_next():
+            try:
+                outcomes = pool.get_next_unordered(timeout=period)
+            except TimeoutError:
+                pass
+            else:
+                yield from outcomes
+            if time.monotonic() - self._last_health >= period:
+                health = self.poll_health()
+                if on_health is not None:
+                    on_health(health)
+
+    def poll_health(self) -> list[dict[str, object]]:
+        """
+        Ask every actor for its health; restart one whose GPU context is lost.
+
+        Returns
+        -------
+        list of dict
+            Each actor's answer (``{"error": ...}`` for one that did not answer in time or failed).
+        """
+        self._last_health = time.monotonic()
+        refs = [actor.check_health.remote() for actor in self.actors]
+        answers: list[dict[str, object]] = []
+        for actor, ref in zip(self.actors, refs, strict=True):
+            try:
+                answers.append(ray.get(ref, timeout=self.config.night.health_check_s))
+            except WorkerLostGpuError as exc:
+                log.error("worker actor lost its GPU (%s); restarting it, its units will be redone", exc)
+                ray.kill(actor, no_restart=False)
+                self.restarts += 1
+                answers.append({"error": str(exc)})
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, Exception) else exc
+                if isinstance(cause, WorkerLostGpuError):
+                    log.error("worker actor lost its GPU (%s); restarting it, its units will be redone", cause)
+                    ray.kill(actor, no_restart=False)
+                    self.restarts += 1
+                answers.append({"error": str(cause)})
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+                answers.append({"error": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+        return answers
+
+    def shutdown(self) -> None:
+        """Release the actors' engines and end the actors."""
+        for actor in self.actors:
+            try:
+                ray.get(actor.shutdown.remote(), timeout=30)
+            except ray.exceptions.RayError:
+                pass
+            ray.kill(actor, no_restart=True)
+        self.actors = []

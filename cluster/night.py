@@ -1,0 +1,461 @@
+"""
+The nightly run: ingest, plan, dispatch to worker actors, reduce, publish, catalog, report.
+
+`run_night` is what ``skyblink night run`` calls. Every stage is idempotent, so running the same
+command again after a crash resumes the night and ends with the same outputs:
+
+- ingest skips files the manifest already holds (`skyblink.cluster.ingest`);
+- a work unit whose result file exists is not processed again (`skyblink.cluster.results`);
+- the reduce step is a deterministic function of all unit results (`skyblink.cluster.reduce`);
+- alert ids are deterministic and the stream's producer drops ids it has published
+  (`skyblink.storage.alerts.AlertProducer`), so the stream never holds a duplicate.
+
+With no Redis URL configured the run starts a private ``redis-server`` on a free loopback port,
+with its append-only file in ``night.redis_dir`` (so a resumed run continues the same stream),
+and stops it at the end unless asked to keep it.
+
+With ``watch=True`` the run keeps listing the night directory and processes exposures as they
+land, publishing each one's alerts as soon as it is reduced; the report records, per exposure,
+the latency from the file appearing to its alerts being in Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from skyblink.config import SkyblinkConfig
+from skyblink.storage import NightStore
+from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
+from skyblink.storage.alerts.entry import stream_name
+from skyblink.storage.redis_server import RedisServer
+from skyblink.workers.actor import UnitOutcome
+from skyblink.workers.tile_unit import WorkUnit, plan_tiles
+
+from .dispatch import WorkerPool, worker_spec
+from .ingest import IngestReport, ingest_night
+from .ray_runtime import ray_session
+from .reduce import alert_counts, associate, build_alerts, decide, locate
+from .results import UnitStore
+
+__all__ = ["NightRunReport", "embedded_redis", "night_name", "plan_night", "run_night"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NightRunReport:
+    """
+    What a nightly run did; written as JSON (``--report``) and printed as the summary. Stable.
+
+    Times are seconds; ``latency_s`` maps an exposure id to the seconds from its file appearing
+    in the night directory to its alerts being in Redis (``--watch`` only).
+    """
+
+    night: str = ""
+    store_url: str = ""
+    redis_url: str = ""
+    stream: str = ""
+    started_utc: str = ""
+    exposures: int = 0
+    exposures_skipped: dict[str, str] = field(default_factory=dict)
+    quarantined: dict[str, str] = field(default_factory=dict)
+    tiles: int = 0
+    tiles_done_before: int = 0
+    tiles_processed: int = 0
+    tiles_failed: dict[str, str] = field(default_factory=dict)
+    megapixels: float = 0.0
+    candidates: int = 0
+    detections: int = 0
+    objects: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)
+    alerts_published: int = 0
+    alerts_already_published: int = 0
+    alerts_spooled: int = 0
+    workers: dict[str, Any] = field(default_factory=dict)
+    worker_restarts: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    latency_s: dict[str, float] = field(default_factory=dict)
+    catalogs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tiles_per_second(self) -> float:
+        """Tiles processed per second of dispatch (0 when none were processed)."""
+        busy = self.stage_seconds.get("dispatch", 0.0)
+        return self.tiles_processed / busy if busy > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        """No file quarantined and no tile failed."""
+        return not self.quarantined and not self.tiles_failed
+
+    def latency_percentiles(self) -> dict[str, float]:
+        """Return p50 and p95 of ``latency_s`` (empty when there is none)."""
+        if not self.latency_s:
+            return {}
+        values = np.array(list(self.latency_s.values()))
+        return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-safe dict (derived rates included)."""
+        out = asdict(self)
+        out["tiles_per_second"] = self.tiles_per_second
+        out["latency_percentiles_s"] = self.latency_percentiles()
+        return out
+
+
+@contextlib.contextmanager
+def embedded_redis(config: SkyblinkConfig, *, keep: bool = False, say: Callable[[str], None] = log.info) -> Iterator[str]:
+    """
+    Yield the Redis URL to publish to, starting a private server when none is configured.
+
+    Parameters
+    ----------
+    config : SkyblinkConfig
+        ``redis.url`` set: yield it, start nothing. Unset: start ``redis-server`` on a free
+        loopback port with its data (append-only file) in ``night.redis_dir``.
+    keep : bool
+        Leave the private server running at the end (its URL is said).
+    say : callable
+        Where to announce the private server.
+
+    Raises
+    ------
+    RedisServerError
+        redis-server is not installed or did not start.
+    """
+    if config.redis.url:
+        yield config.redis.url
+        return
+    data_dir = Path(config.night.redis_dir).expanduser().resolve()
+    _stop_stale_server(data_dir)
+    password = config.redis.password.get_secret_value() if config.redis.password else None
+    server = RedisServer(data_dir=data_dir, password=password, persistent=True)
+    server.start()
+    (data_dir / "server.json").write_text(json.dumps({"pid": server.pid, "port": server.port}))
+    say(f"started a private redis-server at {server.url} (data in {data_dir})")
+    try:
+        yield server.url
+    finally:
+        if keep:
+            say(f"the private redis-server keeps running at {server.url} (pid {server.pid}); stop it with: kill {server.pid}")
+        else:
+            server.stop()
+            (data_dir / "server.json").unlink(missing_ok=True)
+
+
+def _stop_stale_server(data_dir: Path) -> None:
+    """Stop a private server a killed run left on this data directory (two must not share it)."""
+    info = data_dir / "server.json"
+    if not info.exists():
+        return
+    try:
+        pid = int(json.loads(info.read_text())["pid"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        info.unlink(missing_ok=True)
+        return
+    if b"redis-server" in cmdline:
+        log.info("stopping the private redis-server (pid %d) that an interrupted run left running", pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    info.unlink(missing_ok=True)
+
+
+def night_name(store: NightStore, exposures: list[str]) -> str:
+    """
+    Return the night's name: the observing day (``YYYYMMDD``) of its first exposure.
+
+    Like Rubin's ``dayObs``, the day of (UTC time - 12 h), so one night never straddles two
+    names. ``"unknown"`` when no exposure has a time.
+    """
+    from astropy.time import Time  # noqa: PLC0415
+
+    mjds = [store.ccd_metadata(key, store.ccd_names(key)[0]).get("mjd_obs") for key in exposures]
+    mjds = [m for m in mjds if m is not None]
+    if not mjds:
+        return "unknown"
+    return Time(min(mjds) - 0.5, format="mjd", scale="utc").strftime("%Y%m%d")
+
+
+def plan_night(store: NightStore, config: SkyblinkConfig) -> tuple[list[WorkUnit], dict[str, str], list[str]]:
+    """
+    Plan the work units of every ingested exposure of the store.
+
+    Returns
+    -------
+    units : list of WorkUnit
+        Sorted by exposure, CCD, row and column.
+    skipped : dict
+        Exposure key -> why it has no units (no reference of its field, CCDs unlike the
+        reference's).
+    exposures : list of str
+        The exposure keys planned.
+    """
+    size = config.night.tile_size or config.ingest.tile_size
+    references = set(store.exposure_keys("reference"))
+    units: list[WorkUnit] = []
+    skipped: dict[str, str] = {}
+    planned: list[str] = []
+    for key in store.exposure_keys("exposure"):
+        ccd = store.ccd_names(key)[0]
+        field_id = store.ccd_metadata(key, ccd).get("field")
+        reference = f"references/{field_id}"
+        if reference not in references:
+            skipped[key] = f"no reference image of field {field_id!r} in the store"
+            continue
+        missing = set(store.ccd_names(key)) - set(store.ccd_names(reference))
+        if missing:
+            skipped[key] = f"the reference of field {field_id!r} lacks CCDs {sorted(missing)}"
+            continue
+        planned.append(key)
+        units.extend(plan_tiles(store, key, size=size, margin=config.night.margin))
+    return units, skipped, planned
+
+
+def _write_table(fs: Any, path: str, table: pa.Table) -> None:
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+    with fs.open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+    fs.mv(tmp, path)
+
+
+def _objects_table(detections: pa.Table) -> pa.Table:
+    if detections.num_rows == 0:
+        return pa.table({"object_id": pa.array([], pa.int64())})
+    grouped = detections.group_by("object_id").aggregate(
+        [("ra", "mean"), ("dec", "mean"), ("mjd", "min"), ("mjd", "max"), ("real_bogus", "max"),
+         ("candidate_id", "count"), ("alert_type", "count")]
+    )
+    return grouped.rename_columns(
+        ["object_id", "ra", "dec", "first_mjd", "last_mjd", "max_real_bogus", "n_detections", "n_alerts"]
+    ).sort_by("object_id")
+
+
+@dataclass
+class _Callbacks:
+    on_stage: Callable[[str], None] = lambda _stage: None
+    on_planned: Callable[[int, int], None] = lambda _total, _done: None
+    on_unit: Callable[[UnitOutcome], None] = lambda _outcome: None
+    say: Callable[[str], None] = log.info
+
+
+def run_night(
+    night_dir: Path | str,
+    config: SkyblinkConfig,
+    *,
+    night: str | None = None,
+    keep_redis: bool = False,
+    watch: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+    on_planned: Callable[[int, int], None] | None = None,
+    on_unit: Callable[[UnitOutcome], None] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> NightRunReport:
+    """
+    Run the nightly pipeline on a night directory.
+
+    Parameters
+    ----------
+    night_dir : Path or str
+        ``exposures/`` and ``references/`` (written by ``skyblink sim night`` or the observatory).
+    config : SkyblinkConfig
+        The effective configuration (store, ray, redis, alerts, engines, night).
+    night : str, optional
+        The night's name (stream name, alert ids); default `night_name` of its exposures.
+    keep_redis : bool
+        Leave a private redis-server running at the end.
+    watch : bool
+        Keep processing exposures as they land until none has come for ``night.watch_idle_s``
+        (or the process is interrupted).
+    on_stage, on_planned, on_unit, say : callable, optional
+        Progress hooks: a stage starts; ``(tiles to do, tiles already done)``; a unit's outcome
+        arrived; a line for the user.
+
+    Returns
+    -------
+    NightRunReport
+
+    Raises
+    ------
+    IngestPlanError
+        The night directory is missing.
+    RedisServerError, RedisAuthError, RedisUnavailableError
+        No Redis could be started or reached.
+    """
+    hooks = _Callbacks()
+    for name, hook in (("on_stage", on_stage), ("on_planned", on_planned), ("on_unit", on_unit), ("say", say)):
+        if hook is not None:
+            setattr(hooks, name, hook)
+    night_dir = Path(night_dir).resolve()
+    start = time.perf_counter()
+    report = NightRunReport(started_utc=datetime.now(UTC).isoformat(timespec="seconds"))
+    with ray_session(config.ray), embedded_redis(config, keep=keep_redis, say=hooks.say) as redis_url:
+        client = connect(config.redis, url=redis_url)
+        report.redis_url = redact_url(redis_url)
+        pool: WorkerPool | None = None
+        try:
+            idle_since = time.monotonic()
+            seen_files: dict[str, float] = {}
+            while True:
+                new_files, pool = _cycle(night_dir, config, night, report, hooks, client, pool, seen_files, watch=watch)
+                if not watch:
+                    break
+                if new_files:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= config.night.watch_idle_s:
+                    hooks.say(f"no new exposure for {config.night.watch_idle_s:.0f} s: the night is over")
+                    break
+                time.sleep(config.night.watch_poll_s)
+        finally:
+            if pool is not None:
+                report.worker_restarts = pool.restarts
+                pool.shutdown()
+            client.close()
+    report.wall_seconds = time.perf_counter() - start
+    return report
+
+
+def _timed(report: NightRunReport, stage: str) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def timer() -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    return timer()
+
+
+def _cycle(
+    night_dir: Path,
+    config: SkyblinkConfig,
+    night: str | None,
+    report: NightRunReport,
+    hooks: _Callbacks,
+    client: Any,
+    pool: WorkerPool | None,
+    seen_files: dict[str, float],
+    *,
+    watch: bool,
+) -> tuple[bool, WorkerPool | None]:
+    """
+    One pass: ingest what is new, process what is not done, reduce, publish.
+
+    Returns whether new files were ingested, and the worker pool (started on first need).
+    """
+    hooks.on_stage("ingest")
+    with _timed(report, "ingest"):
+        ingest = ingest_night(night_dir, config, settle_s=config.night.watch_poll_s if watch else 0.0)
+    _note_ingest(ingest, report, night_dir, seen_files)
+    new_files = bool(ingest.ingested)
+    store = NightStore(ingest.store_url)
+    report.store_url = store.url
+    units, skipped, exposures = plan_night(store, config)
+    report.exposures, report.exposures_skipped = len(exposures), skipped
+    report.tiles = len(units)
+    if not exposures:
+        return new_files, pool
+    name = night or report.night or night_name(store, exposures)
+    report.night = name
+    report.stream = stream_name(config.alerts.stream, name)
+    results = UnitStore(store.url)
+    done = results.done(units)
+    todo = [u for u in units if u.key not in done]
+    report.tiles_done_before = len(done) if not report.tiles_processed else report.tiles_done_before
+    hooks.on_planned(len(todo), len(done))
+    if todo:
+        hooks.on_stage("dispatch")
+        with _timed(report, "dispatch"):
+            if pool is None:
+                pool = WorkerPool(config, worker_spec(config))
+                spec = pool.spec
+                report.workers = {"count": spec.count, "kind": spec.kind, "backend": config.engines.backend}
+                pool.wait_ready()
+            for outcome in pool.run(todo):
+                if outcome.error is not None:
+                    report.tiles_failed[outcome.unit.key] = outcome.error
+                    hooks.say(f"tile {outcome.unit.key} failed: {outcome.error}")
+                else:
+                    results.write(outcome.unit, outcome.candidates)
+                    report.tiles_processed += 1
+                hooks.on_unit(outcome)
+        report.megapixels += sum(u.size * u.size for u in todo) / 1e6
+    fresh = {u.exposure.rsplit("/", 1)[-1] for u in todo}
+    if todo or not report.detections:
+        _reduce_and_publish(store, config, name, units, results, report, hooks, client, fresh if watch else None)
+    if watch:
+        now = time.time()
+        for exposure_id in sorted(fresh):
+            appeared = seen_files.get(exposure_id)
+            if appeared is not None:
+                report.latency_s[exposure_id] = now - appeared
+    return new_files, pool
+
+
+def _note_ingest(ingest: IngestReport, report: NightRunReport, night_dir: Path, seen_files: dict[str, float]) -> None:
+    for entry in ingest.quarantined:
+        report.quarantined[entry.path] = entry.reason or "quarantined"
+    for entry in ingest.failed:
+        report.quarantined[entry.path] = entry.reason or "failed"
+    for outcome in ingest.ingested:
+        # When the file appeared: its modification time (the observatory writes, then renames).
+        exposure_id = outcome.key.rsplit("/", 1)[-1]
+        seen_files.setdefault(exposure_id, (night_dir / outcome.path).stat().st_mtime)
+
+
+def _reduce_and_publish(
+    store: NightStore,
+    config: SkyblinkConfig,
+    night: str,
+    units: list[WorkUnit],
+    results: UnitStore,
+    report: NightRunReport,
+    hooks: _Callbacks,
+    client: Any,
+    exposures: set[str] | None,
+) -> None:
+    hooks.on_stage("reduce")
+    with _timed(report, "reduce"):
+        done = results.done(units)
+        candidates = results.read([u for u in units if u.key in done])
+        detections = decide(associate(locate(candidates, store, night), config.night.match_radius_arcsec), config.night)
+        objects = _objects_table(detections)
+        fs, root = fsspec.core.url_to_fs(store.url)
+        base = f"{root.rstrip('/')}/catalogs"
+        _write_table(fs, f"{base}/detections.parquet", detections)
+        _write_table(fs, f"{base}/objects.parquet", objects)
+        report.catalogs = {"detections": f"{base}/detections.parquet", "objects": f"{base}/objects.parquet"}
+        report.candidates = candidates.num_rows
+        report.detections = detections.num_rows
+        report.objects = objects.num_rows
+        report.alerts = alert_counts(detections)
+    hooks.on_stage("publish")
+    with _timed(report, "publish"):
+        builder = AlertBuilder(night, gzip_mode=config.alerts.cutout_gzip)
+        with AlertProducer(client, night, config=config.alerts) as producer:
+            published: PublishReport = producer.publish(build_alerts(detections, candidates, store, builder, exposures=exposures))
+        report.alerts_published += published.published
+        report.alerts_already_published += published.duplicates
+        report.alerts_spooled += published.spooled

@@ -1,0 +1,146 @@
+"""
+The night's per-tile results, kept beside the store and keyed by work unit.
+
+Every work unit's candidates are written as one small Parquet file named after the unit's key,
+by an atomic rename: a unit is done exactly when its file exists, a unit redone (its actor died,
+the driver was restarted) overwrites its file with the same rows, and nothing is ever counted
+twice. Resuming a night is listing these files.
+
+Layout, under the store::
+
+    results/units/<exposure name>/<ccd>/<y0>-<x0>.parquet
+
+Notes
+-----
+Works on any fsspec file system the store is on. One writer per unit (the driver) at a time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from skyblink.workers.tile_unit import STAMP_HALF, CandidateRecord, WorkUnit
+
+__all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "stamps_of"]
+
+_STAMP_SHAPE = (3, 2 * STAMP_HALF + 1, 2 * STAMP_HALF + 1)
+
+#: Columns of a unit's Parquet file (one row per candidate). Stable.
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("unit", pa.string()),
+        ("exposure", pa.string()),
+        ("ccd", pa.string()),
+        ("x", pa.float64()),
+        ("y", pa.float64()),
+        ("score", pa.float32()),
+        ("snr", pa.float32()),
+        ("real_bogus", pa.float32()),
+        ("class_probs", pa.list_(pa.float32())),
+        ("stamp", pa.binary()),  # (3, 63, 63) float16, C order: science, reference, difference
+    ]
+)
+
+
+def candidates_table(records: Sequence[CandidateRecord]) -> pa.Table:
+    """Return the records as a table of `CANDIDATE_SCHEMA` (empty table for no records)."""
+    return pa.table(
+        {
+            "unit": [r.unit for r in records],
+            "exposure": [r.exposure for r in records],
+            "ccd": [r.ccd for r in records],
+            "x": [r.x for r in records],
+            "y": [r.y for r in records],
+            "score": [r.score for r in records],
+            "snr": [r.snr for r in records],
+            "real_bogus": [r.real_bogus for r in records],
+            "class_probs": [list(r.class_probs) for r in records],
+            "stamp": [np.ascontiguousarray(r.stamp, dtype=np.float16).tobytes() for r in records],
+        },
+        schema=CANDIDATE_SCHEMA,
+    )
+
+
+def stamps_of(table: pa.Table) -> np.ndarray:
+    """Return the ``stamp`` column as an (n, 3, 63, 63) float32 array."""
+    raw = table.column("stamp").to_pylist()
+    if not raw:
+        return np.zeros((0, *_STAMP_SHAPE), np.float32)
+    return np.frombuffer(b"".join(raw), dtype=np.float16).reshape(-1, *_STAMP_SHAPE).astype(np.float32)
+
+
+class UnitStore:
+    """
+    Per-unit result files of one store. Stable.
+
+    Parameters
+    ----------
+    store_url : str
+        The night store's URL (`NightStore.url`); results live under ``<store>/results/units``.
+    """
+
+    def __init__(self, store_url: str) -> None:
+        self.fs, root = fsspec.core.url_to_fs(store_url)
+        self.root = f"{root.rstrip('/')}/results/units"
+
+    def path(self, unit: WorkUnit) -> str:
+        """Return the file of a unit."""
+        exposure_name = unit.exposure.rsplit("/", 1)[-1]
+        return f"{self.root}/{exposure_name}/{unit.ccd}/{unit.y0}-{unit.x0}.parquet"
+
+    def write(self, unit: WorkUnit, records: Sequence[CandidateRecord]) -> None:
+        """
+        Write (or overwrite with the same rows) a unit's candidates, atomically.
+
+        Parameters
+        ----------
+        unit : WorkUnit
+        records : sequence of CandidateRecord
+            May be empty: the empty file still marks the unit done.
+        """
+        path = self.path(unit)
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(tmp, "wb") as fh:
+            pq.write_table(candidates_table(records), fh, compression="zstd")
+        self.fs.mv(tmp, path)
+
+    def done(self, units: Iterable[WorkUnit]) -> set[str]:
+        """Return the keys of the given units whose result file exists."""
+        units = list(units)
+        exposures = {u.exposure.rsplit("/", 1)[-1] for u in units}
+        present: set[str] = set()
+        for name in exposures:
+            base = f"{self.root}/{name}"
+            if not self.fs.exists(base):
+                continue
+            present.update(p.rstrip("/") for p in self.fs.find(base) if p.endswith(".parquet"))
+        return {u.key for u in units if self.path(u).rstrip("/") in present or self._stripped(self.path(u)) in present}
+
+    def _stripped(self, path: str) -> str:
+        # Local file systems may list paths without the protocol prefix that url_to_fs kept.
+        return self.fs._strip_protocol(path)  # noqa: SLF001 - fsspec's own normaliser
+
+    def read(self, units: Iterable[WorkUnit]) -> pa.Table:
+        """
+        Return the candidates of the given (done) units as one table.
+
+        Raises
+        ------
+        FileNotFoundError
+            A unit has no result file.
+        """
+        tables = []
+        for unit in units:
+            with self.fs.open(self.path(unit), "rb") as fh:
+                tables.append(pq.read_table(fh))
+        if not tables:
+            return CANDIDATE_SCHEMA.empty_table()
+        return pa.concat_tables(tables).cast(CANDIDATE_SCHEMA)

@@ -1,0 +1,152 @@
+"""``skyblink night run``: the nightly pipeline with a progress bar, a summary and a JSON report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ._cli_common import (
+    EXIT_QUARANTINED,
+    RayAddressOption,
+    RedisUrlOption,
+    StoreOption,
+    console,
+    effective_config,
+    err_console,
+    fail,
+)
+
+if TYPE_CHECKING:
+    from skyblink.cluster.night import NightRunReport
+
+__all__ = ["night_app"]
+
+night_app = typer.Typer(help="Run the nightly pipeline.", no_args_is_help=True)
+
+@night_app.command("run")
+def night_run(
+    ctx: typer.Context,
+    night_dir: Annotated[Path, typer.Argument(help="Night directory written by `skyblink sim night` or the observatory.")],
+    store: StoreOption = None,
+    ray_address: RayAddressOption = None,
+    redis_url: RedisUrlOption = None,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="auto | tensorrt | torch | onnxruntime (config: engines.backend)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Worker actors (default: one per GPU, else per CPU).")
+    ] = None,
+    night: Annotated[
+        str | None, typer.Option("--night", help="Night name for the stream and alert ids (default: its dayObs).")
+    ] = None,
+    keep_redis: Annotated[
+        bool, typer.Option("--keep-redis", help="Leave the private redis-server running at the end.")
+    ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Process exposures as they land until none comes for night.watch_idle_s."),
+    ] = False,
+    report_path: Annotated[
+        Path | None, typer.Option("--report", help="Write the run report as JSON here.")
+    ] = None,
+) -> None:
+    """
+    Ingest a night, run every tile through the worker actors, reduce, and publish alerts to Redis.
+
+    Running it again resumes an interrupted night and ends with the same outputs.
+    """
+    config = effective_config(
+        ctx,
+        store=store,
+        **{"ray.address": ray_address, "redis.url": redis_url, "engines.backend": backend, "night.workers": workers},
+    )
+    from skyblink.cluster.ingest import IngestPlanError  # noqa: PLC0415 - Ray imports only when running
+    from skyblink.cluster.night import run_night  # noqa: PLC0415
+    from skyblink.storage import StorageError  # noqa: PLC0415
+
+    progress = Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    bar = progress.add_task("ingest", total=None, rate="")
+    clock = {"t0": time.perf_counter(), "n": 0}
+
+    def planned(todo: int, done: int) -> None:
+        clock["t0"], clock["n"] = time.perf_counter(), 0
+        progress.update(bar, description="tiles", total=todo + done, completed=done)
+
+    def unit_done(_outcome: object) -> None:
+        clock["n"] += 1
+        elapsed = time.perf_counter() - clock["t0"]
+        progress.update(bar, advance=1, rate=f"{clock['n'] / elapsed:.1f} tiles/s" if elapsed > 0 else "")
+
+    def stage(name: str) -> None:
+        if name != "dispatch":
+            progress.update(bar, description=name)
+
+    def say(line: str) -> None:
+        progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        with progress:
+            report = run_night(night_dir, config, night=night, keep_redis=keep_redis, watch=watch,
+                               on_stage=stage, on_planned=planned, on_unit=unit_done, say=say)
+    except (IngestPlanError, StorageError, ValueError) as exc:
+        raise fail(f"error: {exc}") from None
+    except KeyboardInterrupt:
+        raise fail("interrupted: run the same command again to resume the night") from None
+    for path, reason in report.quarantined.items():
+        err_console.print(f"quarantined {path}: {reason}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    for exposure, reason in report.exposures_skipped.items():
+        err_console.print(f"skipped {exposure}: {reason}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    for unit, reason in report.tiles_failed.items():
+        err_console.print(f"failed tile {unit}: {reason}", style="red", markup=False, highlight=False, soft_wrap=True)
+    _print_summary(report)
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        console.print(f"report: {report_path}")
+    if not report.ok:
+        raise typer.Exit(EXIT_QUARANTINED)
+
+
+def _print_summary(r: NightRunReport) -> None:
+    dispatch = r.stage_seconds.get("dispatch", 0.0)
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.alerts.items())) or "none"
+    rows = [
+        ("exposures", f"{r.exposures} ({len(r.exposures_skipped)} skipped, {len(r.quarantined)} files quarantined)"),
+        ("tiles", f"{r.tiles} ({r.tiles_done_before} done before, {r.tiles_processed} processed now, "
+                  f"{len(r.tiles_failed)} failed)"),
+        ("candidates", str(r.candidates)),
+        ("objects", str(r.objects)),
+        ("alerts", f"{sum(r.alerts.values())} ({kinds}); {r.alerts_published} new in the stream, "
+                   f"{r.alerts_already_published} already there, {r.alerts_spooled} spooled"),
+        ("stream", f"{r.stream} at {r.redis_url}"),
+        ("workers", f"{r.workers.get('count', 0)} x {r.workers.get('kind', '-')} ({r.worker_restarts} restarts)"),
+        ("throughput", f"{r.tiles_per_second:.2f} tiles/s, "
+                       f"{r.megapixels / dispatch if dispatch > 0 else 0.0:.2f} Mpix/s while dispatching"),
+        ("stages", ", ".join(f"{k} {v:.1f} s" for k, v in r.stage_seconds.items())),
+        ("wall time", f"{r.wall_seconds:.1f} s"),
+    ]
+    if r.latency_s:
+        p = r.latency_percentiles()
+        rows.append(("latency", f"file -> alerts in Redis: p50 {p['p50']:.1f} s, p95 {p['p95']:.1f} s "
+                                f"over {len(r.latency_s)} exposures"))
+    table = Table(title=f"night {r.night}: {r.store_url}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)

@@ -1,0 +1,213 @@
+"""
+`skyblink night run` end to end on a real local Ray with a real redis-server: alerts published,
+nothing lost, nothing twice; a worker actor killed mid-night; the driver killed and resumed; a
+corrupt exposure in the night; exposures processed as they land (--watch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import redis
+
+from skyblink.cluster.night import run_night
+from skyblink.config import SimConfig, SkyblinkConfig, load_config
+from skyblink.sim import simulate_night
+from skyblink.storage import Manifest
+from skyblink.storage.alerts import decode_entry
+from skyblink.storage.redis_server import find_redis_server
+
+pytestmark = [pytest.mark.cluster, pytest.mark.redis]
+
+if find_redis_server() is None:
+    pytest.skip("redis-server is not installed (apt-get install redis-server)", allow_module_level=True)
+
+SIM = SimConfig(fields=1, exposures_per_field=3, image_size=512, seed=11)
+
+
+@pytest.fixture(scope="module")
+def night_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("night")
+    simulate_night(root / "night", SIM, max_workers=1)
+    return root / "night"
+
+
+def _config(root: Path, **overrides: object) -> SkyblinkConfig:
+    values = {
+        "store": str(root / "store.zarr"),
+        "ingest.tile_size": 256,
+        "night.redis_dir": str(root / "redis"),
+        "night.tiles_per_task": 2,
+        "alerts.spool_dir": str(root / "spool"),
+        **overrides,
+    }
+    return load_config(overrides=values, environ={})
+
+
+def _stream_ids(redis_url: str, stream: str) -> list[int]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [decode_entry(fields)[0].alert_id for _, fields in client.xrange(stream)]
+    finally:
+        client.close()
+
+
+def _detections(store: Path) -> list[tuple[str, int]]:
+    table = pq.read_table(store / "catalogs" / "detections.parquet")
+    return sorted(zip(table.column("exposure_id").to_pylist(), table.column("candidate_id").to_pylist(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def reference_run(night_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> tuple[Path, dict, list[int]]:
+    """An uninterrupted run, keeping its redis-server so that the stream can be read."""
+    root = tmp_path_factory.mktemp("reference")
+    config = _config(root)
+    report = run_night(night_dir, config, keep_redis=True)
+    url = f"redis://{report.redis_url.split('://', 1)[1]}"
+    ids = _stream_ids(url, report.stream)
+    pid = json.loads((root / "redis" / "server.json").read_text())["pid"]
+    os.kill(pid, signal.SIGTERM)
+    return root, report.to_json(), ids
+
+
+def test_night_end_to_end_publishes_every_alert_once(reference_run: tuple[Path, dict, list[int]]) -> None:
+    root, report, ids = reference_run
+    assert report["exposures"] == 3 and report["tiles"] == 12 and report["tiles_processed"] == 12
+    assert not report["tiles_failed"] and not report["quarantined"]
+    n_alerts = sum(report["alerts"].values())
+    assert n_alerts > 0, "a night with injected transients and movers gave no alert"
+    assert len(ids) == len(set(ids)) == n_alerts == report["alerts_published"]
+    detections = pq.read_table(root / "store.zarr" / "catalogs" / "detections.parquet")
+    alerted = {a for a, t in zip(detections.column("alert_id").to_pylist(), detections.column("alert_type").to_pylist(),
+                                 strict=True) if t is not None}
+    assert alerted == set(ids), "the catalog's alerted detections and the stream differ"
+    objects = pq.read_table(root / "store.zarr" / "catalogs" / "objects.parquet")
+    assert objects.num_rows == report["objects"] and sum(objects.column("n_detections").to_pylist()) == report["detections"]
+
+
+def test_actor_killed_mid_night_loses_no_tile_and_counts_none_twice(
+    night_dir: Path, reference_run: tuple[Path, dict, list[int]], tmp_path: Path
+) -> None:
+    reference_root, reference, _ = reference_run
+    config = _config(tmp_path, **{"night.workers": 2})
+    killed: list[str] = []
+
+    def kill_one_worker(_outcome: object) -> None:
+        if not killed:
+            name = sorted(n for n in ray.util.list_named_actors() if n.startswith("skyblink-worker-"))[0]
+            ray.kill(ray.get_actor(name), no_restart=False)  # as a crash: Ray restarts it
+            killed.append(name)
+
+    report = run_night(night_dir, config, on_unit=kill_one_worker)
+    assert killed
+    assert report.tiles_processed == report.tiles == 12 and not report.tiles_failed
+    assert report.candidates == reference["candidates"]
+    assert _detections(tmp_path / "store.zarr") == _detections(reference_root / "store.zarr")
+    assert sum(report.alerts.values()) == report.alerts_published == reference["alerts_published"]
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "skyblink.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: killing it kills its Ray and redis-server too
+    )
+
+
+def _env(root: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SKYBLINK_STORE": str(root / "store.zarr"),
+        "SKYBLINK_INGEST__TILE_SIZE": "256",
+        "SKYBLINK_NIGHT__REDIS_DIR": str(root / "redis"),
+        "SKYBLINK_NIGHT__TILES_PER_TASK": "1",
+        "SKYBLINK_ALERTS__SPOOL_DIR": str(root / "spool"),
+        "SKYBLINK_RAY__NUM_CPUS": "2",
+        **extra,
+    }
+
+
+@pytest.mark.slow
+def test_driver_killed_then_rerun_resumes_with_the_same_alerts(
+    night_dir: Path, reference_run: tuple[Path, dict, list[int]], tmp_path: Path
+) -> None:
+    reference_root, _, reference_ids = reference_run
+    env = _env(tmp_path)
+    units = tmp_path / "store.zarr" / "results" / "units"
+    first = _cli("night", "run", str(night_dir), env=env)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        if units.exists() and len(list(units.rglob("*.parquet"))) >= 3:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, f"the run ended before it could be killed: {first.communicate()[0].decode()[-2000:]}"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    done_before = len(list(units.rglob("*.parquet")))
+    assert 3 <= done_before < 12
+
+    second = _cli("night", "run", str(night_dir), "--keep-redis", "--report", str(tmp_path / "report.json"), env=env)
+    output = second.communicate(timeout=300)[0].decode()
+    assert second.returncode == 0, output[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["tiles_done_before"] == done_before and report["tiles_processed"] == 12 - done_before
+    assert _detections(tmp_path / "store.zarr") == _detections(reference_root / "store.zarr")
+    server = json.loads((tmp_path / "redis" / "server.json").read_text())
+    try:
+        ids = _stream_ids(f"redis://127.0.0.1:{server['port']}/0", report["stream"])
+    finally:
+        os.kill(server["pid"], signal.SIGTERM)
+    assert len(ids) == len(set(ids)), "the resumed night published an alert twice"
+    assert sorted(ids) == sorted(reference_ids), "the resumed night's alerts differ from an uninterrupted run's"
+
+
+@pytest.mark.slow
+def test_corrupt_exposure_is_quarantined_and_watch_processes_exposures_as_they_land(
+    night_dir: Path, tmp_path: Path
+) -> None:
+    live = tmp_path / "live"
+    (live / "exposures").mkdir(parents=True)
+    shutil.copytree(night_dir / "references", live / "references")
+    env = _env(tmp_path, SKYBLINK_NIGHT__WATCH_POLL_S="0.5", SKYBLINK_NIGHT__WATCH_IDLE_S="20")
+    run = _cli("night", "run", str(live), "--watch", "--report", str(tmp_path / "report.json"), env=env)
+    output: list[bytes] = []
+    reader = threading.Thread(target=lambda: output.append(run.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+
+    def land(name: str, data: bytes) -> None:
+        # The observatory writes a file, then renames it into the night directory.
+        tmp = live / "exposures" / f".{name}.part"
+        tmp.write_bytes(data)
+        tmp.rename(live / "exposures" / name)
+
+    for path in sorted((night_dir / "exposures").glob("*.fits")):
+        land(path.name, path.read_bytes())
+        time.sleep(4.0)
+    good = (night_dir / "exposures" / "F00-000.fits").read_bytes()
+    land("F00-999.fits", good[: len(good) // 3])  # truncated mid-write by a crashing writer
+    run.wait(timeout=300)
+    reader.join(timeout=10)
+    text = b"".join(output).decode()
+    assert run.returncode == 3, text[-3000:]  # finished, with a quarantined file
+    assert "F00-999.fits" in text and "truncated" in text
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["exposures"] == 3 and report["tiles_processed"] == 12 and not report["tiles_failed"]
+    assert list(report["quarantined"]) == ["exposures/F00-999.fits"]
+    assert sorted(report["latency_s"]) == ["F00-000", "F00-001", "F00-002"]
+    assert all(0 < v < 120 for v in report["latency_s"].values())
+    assert report["latency_percentiles_s"]["p95"] >= report["latency_percentiles_s"]["p50"] > 0
+    manifest = Manifest.load(str(tmp_path / "store.zarr"))
+    assert manifest.counts().get("quarantined") == 1
