@@ -211,7 +211,7 @@ def main() -> None:
                       f"{s.star_hit / s.star_total:.3%} ({s.star_hit}/{s.star_total})",
                       f"{s.star_all_hit / s.star_all_total:.3%}",
                       f"{s.false_positive / (s.pixels / 1e6):.1f}", f"{s.seconds / (s.pixels / 1e6):.3f}")
-    Console().print(table)
+    Console(width=220).print(table)
     if "ours, torch (CPU)" in scores:
         Console().print(f"numpy and torch masks identical on every frame: {equal}")
 
