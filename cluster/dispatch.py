@@ -107,6 +107,9 @@ class WorkerPool:
                 threshold=night.detector_threshold,
                 top_k=night.top_k,
                 snr_threshold=night.snr_threshold,
+                tile_size=night.tile_size or config.ingest.tile_size,
+                margin=night.margin,
+                gpu_batch=night.tiles_per_task,
             )
             for i in range(self.spec.count)
         ]

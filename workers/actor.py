@@ -5,7 +5,8 @@ and returns candidates, and answers the health check the cluster polls.
 Notes
 -----
 One actor per GPU (``TileWorker.options(num_gpus=1)``) or per CPU slot where there is no GPU.
-The CPU path runs `process_tile`; the GPU's pipelined path is `skyblink.workers.pipeline`.
+The CPU path runs `process_tile` per unit; on a GPU the actor holds a `GpuUnitProcessor`
+(`skyblink.workers.pipeline` with the device program) for its whole life.
 """
 
 from __future__ import annotations
@@ -71,10 +72,15 @@ class TileWorker:
     threshold, top_k, snr_threshold : float, int, float
         The per-tile program's detector score threshold, candidates per tile and matched-filter
         S/N gate (`process_tile`).
+    tile_size, margin, gpu_batch : int
+        With torch on a GPU and ``tile_size`` given, the actor holds a `GpuUnitProcessor` for
+        units of that core edge and margin (pinned ring and device buffers of ``gpu_batch``
+        windows, allocated here once, with copy/compute overlap); otherwise each unit runs
+        `process_tile`.
     """
 
     def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
-                 snr_threshold: float = 5.0) -> None:
+                 snr_threshold: float = 5.0, tile_size: int | None = None, margin: int = 32, gpu_batch: int = 8) -> None:
         from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
 
         self._choices = {name: select_runner(name, backend=backend, precision=precision) for name in ("detector", "classifier")}
@@ -92,7 +98,21 @@ class TileWorker:
         # Warm up once: sessions, kernels and allocators are ready before the first real tile.
         self._runners["detector"].infer({"tiles": np.zeros((1, 3, 64, 64), np.float32)})
         self._runners["classifier"].infer({"stamps": np.zeros((1, 3, 63, 63), np.float32)})
-        log.info("TileWorker ready: %s", {n: c.reason for n, c in self._choices.items()})
+        self._gpu = None
+        if tile_size is not None and self._on_gpu():
+            from .gpu_units import GpuUnitProcessor  # noqa: PLC0415 - torch with CUDA only here
+
+            self._gpu = GpuUnitProcessor(self._runners["detector"], self._runners["classifier"], size=tile_size,
+                                         margin=margin, batch=gpu_batch, **self._program_options)
+        log.info("TileWorker ready (%s): %s", "GPU pipeline" if self._gpu else "per tile",
+                 {n: c.reason for n, c in self._choices.items()})
+
+    def _on_gpu(self) -> bool:
+        if any(choice.backend != "torch" for choice in self._choices.values()):
+            return False
+        import torch  # noqa: PLC0415
+
+        return torch.cuda.is_available()
 
     def _store(self, url: str) -> Any:
         if url not in self._stores:
@@ -110,28 +130,49 @@ class TileWorker:
         and retries the call, so the units are redone and none is lost.
         """
         out: list[UnitOutcome] = []
+        if self._gpu is not None:
+            start = time.perf_counter()
+            try:
+                found = self._gpu.process(units, self._store(units[0].store_url)) if units else {}
+            except Exception as exc:  # noqa: BLE001 - isolate the failing unit below
+                self._exit_if_context_lost(exc)
+                log.warning("GPU batch failed (%s); running its units one by one", exc)
+            else:
+                seconds = (time.perf_counter() - start) / max(1, len(units))
+                for unit in units:
+                    out.append(self._record(UnitOutcome(unit, tuple(found[unit.key]), seconds=seconds)))
+                return out
         for unit in units:
             start = time.perf_counter()
             try:
-                records = process_tile(unit, self._store(unit.store_url), self._runners["detector"],
-                                       self._runners["classifier"], **self._program_options)
+                if self._gpu is not None:
+                    records = self._gpu.process([unit], self._store(unit.store_url))[unit.key]
+                else:
+                    records = process_tile(unit, self._store(unit.store_url), self._runners["detector"],
+                                           self._runners["classifier"], **self._program_options)
             except Exception as exc:  # noqa: BLE001 - one bad tile is reported, the batch goes on
-                if _is_cuda_context_error(exc):
-                    log.error("TileWorker lost its CUDA context (%s); exiting so that Ray restarts it", exc)
-                    os._exit(1)
+                self._exit_if_context_lost(exc)
                 frame = traceback.extract_tb(exc.__traceback__)[-1]
                 error = f"{type(exc).__name__}: {exc} (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
                 outcome = UnitOutcome(unit, error=error, seconds=time.perf_counter() - start)
-                self._m_tiles.inc(1, tags={"outcome": "failed"})
             else:
                 outcome = UnitOutcome(unit, tuple(records), seconds=time.perf_counter() - start)
-                self._m_tiles.inc(1, tags={"outcome": "ok"})
-                if records:
-                    self._m_candidates.inc(len(records))
-            self._m_seconds.observe(outcome.seconds)
-            self._units_done += 1
-            out.append(outcome)
+            out.append(self._record(outcome))
         return out
+
+    @staticmethod
+    def _exit_if_context_lost(exc: Exception) -> None:
+        if _is_cuda_context_error(exc):
+            log.error("TileWorker lost its CUDA context (%s); exiting so that Ray restarts it", exc)
+            os._exit(1)
+
+    def _record(self, outcome: UnitOutcome) -> UnitOutcome:
+        self._m_tiles.inc(1, tags={"outcome": "failed" if outcome.error else "ok"})
+        if outcome.candidates:
+            self._m_candidates.inc(len(outcome.candidates))
+        self._m_seconds.observe(outcome.seconds)
+        self._units_done += 1
+        return outcome
 
     def check_health(self) -> dict[str, Any]:
         """
@@ -150,7 +191,13 @@ class TileWorker:
                 except RuntimeError as exc:
                     msg = f"CUDA context lost: {exc}"
                     raise WorkerLostGpuError(msg) from exc
-        return {"backends": backends, "active": all(r.is_active for r in self._runners.values()), "units_done": self._units_done}
+        health = {"backends": backends, "active": all(r.is_active for r in self._runners.values()),
+                  "units_done": self._units_done}
+        if self._gpu is not None:
+            import torch  # noqa: PLC0415
+
+            health["peak_device_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        return health
 
     def shutdown(self) -> None:
         """Release the runners' resources."""

@@ -92,7 +92,8 @@ def normalized_triplet(
     science : (ny, nx) ndarray
         Science pixels (ADU).
     reference_on_grid : (ny, nx) ndarray
-        Reference pixels on the science grid (NaN where the reference does not cover).
+        Reference pixels on the science grid (NaN where the reference does not cover, and where
+        the science window lies beyond its CCD).
     science_fwhm_px, reference_fwhm_px : float
         PSF FWHM of each image in pixels (e.g. header SEEING / pixel scale).
     scale : float
@@ -106,12 +107,17 @@ def normalized_triplet(
     -------
     (3, ny, nx) ndarray of float32
         science, reference and difference, each background-subtracted and in sigma units;
-        0 where the reference does not cover.
+        0 where the reference does not cover (those pixels are also left out of the science
+        background).
     """
     sci = science.astype(np.float32, copy=False)
     covered = np.isfinite(reference_on_grid)
     ref = np.where(covered, reference_on_grid, np.nan).astype(np.float32) * np.float32(scale)
-    sci_bkg = estimate_background(sci, mask=science_mask, mesh=mesh)
+    # Pixels the reference does not cover (or beyond the CCD's edge, which callers mark so) are
+    # zero in the output; they are left out of the science background too, so that a fill value
+    # there cannot pull the level or shrink the noise of the meshes next to them.
+    sci_mask = ~covered if science_mask is None else (science_mask | ~covered)
+    sci_bkg = estimate_background(sci, mask=sci_mask, mesh=mesh)
     ref_bkg = estimate_background(ref, mesh=mesh)
     sci_sub = sci - sci_bkg.level
     ref_sub = np.where(covered, ref - ref_bkg.level, 0.0).astype(np.float32)

@@ -312,7 +312,8 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
     sci = science.to(torch.float32)
     covered = ~torch.isnan(reference_on_grid)
     ref = reference_on_grid.to(torch.float32) * scale
-    sci_level, sci_rms = background(sci, mask=science_mask, mesh=mesh)
+    sci_mask = ~covered if science_mask is None else (science_mask | ~covered)  # as the numpy version
+    sci_level, sci_rms = background(sci, mask=sci_mask, mesh=mesh)
     ref_level, ref_rms = background(ref, mesh=mesh)
     sci_sub = sci - sci_level
     ref_sub = torch.where(covered, ref - ref_level, torch.zeros_like(ref))

@@ -150,6 +150,7 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     h = w = int(math.ceil(edge / 32) * 32)  # the detector takes multiples of 32
     oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
     raw = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
+    beyond_ccd = ~np.isfinite(raw)
     spec = CalibrationSpec.from_header(sci_header)
     calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate,
                            bias=read_window(bias, oy, ox, h, w) if np.ndim(bias) == 2 else bias,  # noqa: PLR2004
@@ -164,6 +165,7 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     ref_window = read_window(store.image(reference_key, ref_ccd), ry0, rx0, ry1 - ry0, rx1 - rx0)
     shifted = np.stack([grid[0] - rx0, grid[1] - ry0])
     reference = warp(np.nan_to_num(ref_window, nan=np.nanmedian(ref_window)), shifted)
+    reference[beyond_ccd] = np.nan  # no difference, and no background estimate, beyond the CCD
     scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
     fwhm = [float(hdr.get("SEEING", 1.0)) / scale_arcsec for hdr in (sci_header, ref_header)]
     scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))

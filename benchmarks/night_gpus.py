@@ -1,0 +1,106 @@
+"""
+`skyblink night run` on one node with 1, 2, ... GPUs (one worker actor per GPU) on the same
+simulated night, and the latency of one large visit from FITS to alerts in Redis.
+
+    python benchmarks/night_gpus.py [--gpus 1 2] [--fields 4] [--exposures 6] [--size 4096]
+                                    [--visit-ccds 16] [--work DIR]
+
+The night is simulated and ingested once; each GPU count then reprocesses every tile (the unit
+results and catalogs are removed between runs, the store is kept), so the runs differ only in
+the number of actors. Throughput is tiles (and Mpix of tile cores) per second of the dispatch
+stage, from each run's JSON report. The visit run is a fresh night of one exposure with
+``--visit-ccds`` CCDs of ``--size`` pixels, timed end to end (ingest, tiles, reduce, publish) by the
+command's own report. Prints a table; JSON to $OUT when set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def skyblink(*args: str, env: dict[str, str]) -> float:
+    """Run a skyblink command, fail loudly on a non-zero exit; return its wall time."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "skyblink.cli", *args], env=env, capture_output=True, text=True)  # noqa: S603
+    if done.returncode != 0:
+        raise SystemExit(f"skyblink {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--fields", type=int, default=4)
+    parser.add_argument("--exposures", type=int, default=6)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--tiles-per-task", type=int, default=8)
+    parser.add_argument("--visit-ccds", type=int, default=16)
+    parser.add_argument("--backend", default="torch", help="engines.backend of the worker actors")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/night-gpus"))
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "SKYBLINK_INGEST__TILE_SIZE": str(args.tile_size),
+        "SKYBLINK_NIGHT__TILES_PER_TASK": str(args.tiles_per_task),
+        "SKYBLINK_NIGHT__REDIS_DIR": str(args.work / "redis"),
+        "SKYBLINK_ALERTS__SPOOL_DIR": str(args.work / "spool"),
+        "SKYBLINK_ENGINES__BACKEND": args.backend,
+    }
+    night, store = args.work / "night", args.work / "store.zarr"
+    t_sim = skyblink("sim", "night", str(night), "--fields", str(args.fields), "--exposures", str(args.exposures),
+                     "--size", str(args.size), env=env)
+    t_ingest = skyblink("ingest", str(night), "--store", str(store), env=env)
+    rows = []
+    for gpus in args.gpus:
+        shutil.rmtree(store / "results", ignore_errors=True)
+        shutil.rmtree(store / "catalogs", ignore_errors=True)
+        shutil.rmtree(args.work / "redis", ignore_errors=True)
+        report_path = args.work / f"report-{gpus}.json"
+        wall = skyblink("night", "run", str(night), "--store", str(store), "--workers", str(gpus),
+                        "--report", str(report_path), env=env)
+        report = json.loads(report_path.read_text())
+        dispatch = report["stage_seconds"]["dispatch"]
+        rows.append({"gpus": gpus, "tiles": report["tiles_processed"], "dispatch_s": dispatch,
+                     "tiles_per_s": report["tiles_processed"] / dispatch, "mpix_per_s": report["megapixels"] / dispatch,
+                     "candidates": report["candidates"], "alerts": sum(report["alerts"].values()), "wall_s": wall,
+                     "stages": report["stage_seconds"], "workers": report["workers"]})
+    base = rows[0]["tiles_per_s"]
+    print(f"\nnight: {args.fields} fields x {args.exposures} exposures of {args.size}^2, tiles {args.tile_size}^2 "
+          f"(sim {t_sim:.0f} s, ingest {t_ingest:.0f} s)")
+    print(f"{'GPUs':>4} {'tiles':>6} {'dispatch s':>10} {'tiles/s':>8} {'Mpix/s':>8} {'vs 1':>6} {'cands':>6} {'alerts':>6}  stages")
+    for row in rows:
+        row["scaling"] = row["tiles_per_s"] / base
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages"].items())
+        print(f"{row['gpus']:>4} {row['tiles']:>6} {row['dispatch_s']:>10.1f} {row['tiles_per_s']:>8.1f} "
+              f"{row['mpix_per_s']:>8.1f} {row['scaling']:>6.2f} {row['candidates']:>6} {row['alerts']:>6}  {stages}")
+    visit = {}
+    if args.visit_ccds:
+        vnight, vstore = args.work / "visit", args.work / "visit.zarr"
+        skyblink("sim", "night", str(vnight), "--fields", "1", "--exposures", "1", "--size", str(args.size),
+                 "--ccds", str(args.visit_ccds), env=env)
+        shutil.rmtree(args.work / "redis", ignore_errors=True)
+        report_path = args.work / "report-visit.json"
+        wall = skyblink("night", "run", str(vnight), "--store", str(vstore), "--report", str(report_path), env=env)
+        report = json.loads(report_path.read_text())
+        visit = {"ccds": args.visit_ccds, "wall_s": wall, "run_s": report["wall_seconds"], "stages": report["stage_seconds"],
+                 "tiles": report["tiles_processed"], "alerts": sum(report["alerts"].values()), "workers": report["workers"]}
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in report["stage_seconds"].items())
+        print(f"\nvisit of {args.visit_ccds} CCDs of {args.size}^2 (+ its reference), FITS to alerts in Redis: "
+              f"{report['wall_seconds']:.1f} s in the run ({wall:.1f} s with process and Ray start); {stages}; "
+              f"{report['tiles_processed']} tiles, {visit['alerts']} alerts, workers {report['workers']}")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "night_gpus.json").write_text(json.dumps({"runs": rows, "visit": visit}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

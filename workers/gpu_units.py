@@ -1,0 +1,168 @@
+"""
+Work units on the GPU: the worker actor's pipelined path.
+
+`GpuUnitProcessor` holds one `TilePipeline` (pinned ring and device buffers sized once, for
+``batch`` windows of the work units' edge) and a small cache of reference CCDs resident on the
+device. Units of one exposure CCD share the reference and the calibration, so they are batched
+together: the raw 16-bit windows cross the bus, the device program
+(`skyblink.workers.device_program`) runs on the compute stream while the next batch is copied,
+and only candidate records and stamps come back. Candidates are kept where their pixel lies in the
+unit's core, as on the CPU (`process_tile`), so each source is reported once.
+
+Notes
+-----
+One processor per CUDA device; not thread-safe. Exposures stored as floating point (not 16-bit
+ADU) cannot cross the bus as raw 16-bit pixels: they go through `process_tile` with the same
+runners instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from itertools import groupby
+from typing import Any
+
+import numpy as np
+import torch
+
+from .align import sampling_grid
+from .calibration import CalibrationSpec
+from .device_program import make_device_program
+from .difference import flux_scale
+from .pipeline import TilePipeline
+from .tile_unit import CandidateRecord, WorkUnit, process_tile, read_window
+
+__all__ = ["GpuUnitProcessor", "window_edge"]
+
+#: Reference CCDs kept on the device (one per field and CCD being processed).
+_REFERENCE_CACHE = 4
+
+
+def window_edge(size: int, margin: int) -> int:
+    """Edge of the window read for a unit: core plus margins, rounded up to the detector's stride (32)."""
+    return int(math.ceil((size + 2 * margin) / 32) * 32)
+
+
+class GpuUnitProcessor:
+    """
+    Process work units on one GPU with copy/compute overlap. Stable.
+
+    Parameters
+    ----------
+    detector, classifier : TorchRunner
+        Active torch runners on the device.
+    size, margin : int
+        Core edge and margin of every unit this processor will see (fixes the buffers' shape).
+    batch : int
+        Windows per device batch.
+    threshold, top_k, snr_threshold : float, int, float
+        As `process_tile`.
+    slots : int
+        Pinned host buffers in the ring.
+    """
+
+    def __init__(self, detector: Any, classifier: Any, *, size: int, margin: int, batch: int = 8,
+                 threshold: float = 0.3, top_k: int = 64, snr_threshold: float = 5.0, slots: int = 3) -> None:
+        self.detector, self.classifier = detector, classifier
+        self.size, self.margin, self.batch = size, margin, batch
+        self.edge = window_edge(size, margin)
+        self.options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self._programs: list[Any] = []
+        self.pipeline = TilePipeline(lambda science, index: self._programs[index](science, index),
+                                     batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
+        self._references: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
+
+    def _reference(self, store: Any, key: str, ccd: str) -> torch.Tensor:
+        cache_key = (store.url, key, ccd)
+        if cache_key not in self._references:
+            image = np.asarray(store.image(key, ccd)[...], dtype=np.float32)
+            image = np.nan_to_num(image, nan=float(np.nanmedian(image)))
+            self._references[cache_key] = torch.from_numpy(image).to(self.device)
+            while len(self._references) > _REFERENCE_CACHE:
+                self._references.popitem(last=False)
+        self._references.move_to_end(cache_key)
+        return self._references[cache_key]
+
+    def process(self, units: Sequence[WorkUnit], store: Any) -> dict[str, list[CandidateRecord]]:
+        """
+        Run the program on every unit (all of one store) and return each unit's candidates.
+
+        Returns
+        -------
+        dict
+            Unit key -> its candidates (an empty list when it has none), for every unit given.
+
+        Raises
+        ------
+        ValueError
+            A unit's size or margin differs from the processor's.
+        """
+        out: dict[str, list[CandidateRecord]] = {}
+        for (exposure, ccd), group in groupby(units, key=lambda u: (u.exposure, u.ccd)):
+            group = list(group)
+            for unit in group:
+                if (unit.size, unit.margin) != (self.size, self.margin):
+                    msg = f"unit {unit.key} has size/margin {unit.size}/{unit.margin}, the processor {self.size}/{self.margin}"
+                    raise ValueError(msg)
+            if np.dtype(store.image(exposure, ccd).dtype) != np.uint16:
+                for unit in group:
+                    out[unit.key] = process_tile(unit, store, self.detector, self.classifier, **self.options)
+                continue
+            out.update(self._process_ccd(group, store, exposure, ccd))
+        return out
+
+    def _process_ccd(self, units: list[WorkUnit], store: Any, exposure: str, ccd: str) -> dict[str, list[CandidateRecord]]:
+        from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
+
+        meta = store.ccd_metadata(exposure, ccd)
+        reference_key = f"references/{meta['field']}"
+        sci_header, ref_header = store.header(exposure, ccd), store.header(reference_key, ccd)
+        sci_wcs, ref_wcs = store.wcs(exposure, ccd), store.wcs(reference_key, ccd)
+        spec = CalibrationSpec.from_header(sci_header)
+        scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
+        fwhm = [float(h.get("SEEING", 1.0)) / scale_arcsec for h in (sci_header, ref_header)]
+        scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))
+        reference = self._reference(store, reference_key, ccd)
+        image = store.image(exposure, ccd)
+        edge, b = self.edge, self.batch
+        windows, grids = [], []
+        for unit in units:
+            oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
+            window = read_window(image, oy, ox, edge, edge)
+            fill = float(np.nanmedian(window))  # beyond the CCD's edge, as process_tile fills it
+            windows.append(np.rint(np.where(np.isfinite(window), window, fill)).clip(0, 65535).astype(np.uint16))
+            grid = sampling_grid(sci_wcs, ref_wcs, (edge, edge), origin=(oy, ox))
+            grid[:, ~np.isfinite(window)] = -1e6  # beyond the CCD: off the reference, so not covered
+            grids.append(grid)
+        self._programs = []
+        batches = []
+        for start in range(0, len(units), b):
+            chunk_w, chunk_g = windows[start : start + b], grids[start : start + b]
+            pad = b - len(chunk_w)
+            raw = np.stack(chunk_w + [np.zeros((edge, edge), np.uint16)] * pad)
+            grid = np.stack(chunk_g + [chunk_g[-1]] * pad).astype(np.float32)
+            self._programs.append(make_device_program(
+                self.detector, self.classifier, reference, torch.from_numpy(grid).to(self.device),
+                science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale, gain=spec.gain,
+                saturate=spec.saturate, read_noise=spec.read_noise, **self.options))
+            batches.append(raw)
+        result: dict[str, list[CandidateRecord]] = {u.key: [] for u in units}
+        for found in self.pipeline.run(batches):
+            cols = found.columns
+            for i in range(len(found)):
+                index = found.batch * b + int(cols["tile"][i])
+                if index >= len(units):
+                    continue  # a padding slot
+                unit = units[index]
+                x, y = float(cols["x"][i]), float(cols["y"][i])
+                m = unit.margin
+                if not (m - 0.5 <= y < m + unit.size - 0.5 and m - 0.5 <= x < m + unit.size - 0.5):
+                    continue  # in the margin: the neighbouring unit reports it
+                result[unit.key].append(CandidateRecord(
+                    unit.key, unit.exposure, unit.ccd, x + unit.x0 - m, y + unit.y0 - m, float(cols["score"][i]),
+                    float(cols["snr"][i]), float(cols["real_bogus"][i]), tuple(float(p) for p in cols["class_probs"][i]),
+                    np.asarray(cols["stamps"][i], np.float16)))
+        return result
