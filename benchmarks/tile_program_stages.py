@@ -6,10 +6,12 @@ Time per stage of the per-tile program on one GPU, synchronous (no copy/compute 
 Stages, each timed with CUDA events over ``repeat`` batches after a warm-up:
 
 1. H2D: the raw 16-bit science tiles, from pinned and from pageable host memory;
+   calibration (gain, saturation mask) and cosmic-ray / hot-pixel rejection (L.A.Cosmic);
 2. warp: GridSample of the field's reference, resident on the device, onto each tile's grid;
 3. triplet: two mesh backgrounds, PSF matching, difference, noise normalisation;
 4. detector: the shipped detector, torch.compile + CUDA graphs, fp16, NHWC;
-5. peaks: 5x5 max-pool suppression, threshold and top-K on the new-source score.
+5. matched filter: the difference's S/N for a point source (PSF correlation);
+6. peaks: 5x5 max-pool suppression, threshold, S/N gate and top-K on the new-source score.
 
 Inputs are synthetic (sky, noise and stars, a slightly rotated sampling grid), made on the
 device: the GPU machines have no astropy, and the work per pixel does not depend on content
@@ -32,6 +34,10 @@ from skyblink.engines.backends import TorchRunner
 from skyblink.engines.catalog import load_network
 from skyblink.engines.manifest import IO_NAMES
 from skyblink.workers import tile_program as tp
+from skyblink.workers.calibration import calibrate_tensor
+from skyblink.workers.cosmics import detect_cosmics_tensor
+from skyblink.workers.matched_filter import matched_filter_snr_tensor
+from skyblink.workers.pipeline import uint16_from_int16
 
 
 def synthetic_batch(batch: int, size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,27 +93,39 @@ def main() -> None:
     detector.activate()
     state: dict[str, torch.Tensor] = {}
 
+    def calibrate_and_clean() -> None:
+        calibrated = calibrate_tensor(uint16_from_int16(science), gain=1.5, saturate=30000.0)
+        cosmics = detect_cosmics_tensor(calibrated.electrons, read_noise=5.0, mask=calibrated.mask)
+        state["sci"], state["bad"] = cosmics.cleaned, calibrated.mask | cosmics.mask
+
     def warp() -> None:
         state["ref"] = tp.warp_reference(reference, grid)
 
     def triplet() -> None:
-        state["x"] = tp.normalized_triplet(science, state["ref"], science_fwhm_px=3.0, reference_fwhm_px=2.2)
+        state["x"] = tp.normalized_triplet(state["sci"], state["ref"], science_fwhm_px=3.0, reference_fwhm_px=2.2,
+                                           scale=1.5, science_mask=state["bad"])
+
+    def matched() -> None:
+        state["snr"] = matched_filter_snr_tensor(state["x"][:, 2], 3.0, renormalize=True)
 
     def detect() -> None:
         state["heat"], state["off"] = detector.infer_tensors(state["x"])
 
     def peaks() -> None:
         score = state["heat"][:, 1:3].amax(dim=1, keepdim=True).float()
-        keep = (score == F.max_pool2d(score, 5, 1, 2)) & (score >= 0.3)
+        peak_snr = F.max_pool2d(state["snr"][:, None], 3, 1, 1)
+        keep = (score == F.max_pool2d(score, 5, 1, 2)) & (score >= 0.3) & (peak_snr >= 5.0)
         state["top"] = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=256, dim=1)
 
     rows = [
         ("H2D 16-bit, pinned", timed(lambda: on_device.copy_(pinned, non_blocking=True), args.repeat)),
         ("H2D 16-bit, pageable", timed(lambda: on_device.copy_(pageable, non_blocking=False), args.repeat)),
+        ("calibrate + cosmic rays (L.A.Cosmic)", timed(calibrate_and_clean, args.repeat)),
         ("warp (GridSample)", timed(warp, args.repeat)),
         ("triplet (2 backgrounds, PSF match, diff)", timed(triplet, args.repeat)),
         ("detector (compile+graphs fp16 NHWC)", timed(detect, args.repeat)),
-        ("peaks (max-pool, top-K)", timed(peaks, args.repeat)),
+        ("matched filter S/N", timed(matched, args.repeat)),
+        ("peaks (max-pool, S/N gate, top-K)", timed(peaks, args.repeat)),
     ]
     detector.deactivate()
     name = torch.cuda.get_device_name(0)
