@@ -50,7 +50,7 @@ from skyblink.workers.tile_unit import WorkUnit, plan_tiles
 from .dispatch import WorkerPool, worker_spec
 from .ingest import IngestReport, ingest_night
 from .ray_runtime import ray_session
-from .reduce import alert_counts, associate, build_alerts, decide, locate
+from .reduce import alert_counts, build_alerts, reduce_detections
 from .results import UnitStore
 
 __all__ = ["NightRunReport", "embedded_redis", "night_name", "plan_night", "run_night"]
@@ -440,7 +440,7 @@ def _reduce_and_publish(
     with _timed(report, "reduce"):
         done = results.done(units)
         candidates = results.read([u for u in units if u.key in done])
-        detections = decide(associate(locate(candidates, store, night), config.night.match_radius_arcsec), config.night)
+        detections = reduce_detections(candidates, store, night, config.night)
         objects = _objects_table(detections)
         fs, root = fsspec.core.url_to_fs(store.url)
         base = f"{root.rstrip('/')}/catalogs"

@@ -2,16 +2,31 @@
 The night's reduce step: candidates from the workers become detections on the sky, objects and
 alerts.
 
-1. `locate`: pixel to sky with each CCD's WCS (astropy), position errors from the PSF width and
-   the S/N, PSF flux and AB magnitude from the S/N and the exposure's noise and zero point, the
-   mid-exposure time in MJD (TAI).
-2. `associate`: detections closer than ``night.match_radius_arcsec`` on the sky, in any
-   exposure of the night, are one object (astropy's ``search_around_sky`` and connected
-   components); the object's id derives from its earliest detection, so reruns keep it.
-3. `decide`: a detection is alerted when its real/bogus reaches ``night.alert_min_real_bogus``;
-   its type is the classifier's most probable of transient, variable and moving, or anomaly when
-   no class reaches ``night.anomaly_max_class_probability``.
-4. `build_alerts`: Avro alert packets with their cutouts and the object's earlier detections.
+`reduce_detections` chains the steps:
+
+1. `locate`: windowed centroids and trails measured on each difference stamp
+   (`skyblink.cluster.measurement`), pixel to sky with each CCD's WCS (astropy), position errors
+   from the PSF width (and trail) and the S/N, PSF flux and AB magnitude from the S/N and the
+   exposure's noise and zero point, the mid-exposure time in MJD (TAI).
+2. `merge_tile_duplicates`: detections of one exposure closer than ``night.match_radius_arcsec``
+   (or on one trail) are one, the one with the highest S/N.
+3. `match_static`: each detection against the static sources of its field's reference image
+   (`skyblink.cluster.association.reference_sources`, detected once per field and cached).
+4. `link_moving`: detections of no reference source (and real/bogus of at least
+   ``night.link_min_real_bogus``) linked across the field's exposures into tracklets
+   (`skyblink.cluster.linking`), with rate, direction and the position predicted
+   ``night.predict_ahead_hours`` after the last detection, with its error ellipse.
+5. `associate`: a tracklet is one object; other detections closer than
+   ``night.match_radius_arcsec`` on the sky, in any exposure of the night, are one object
+   (``search_around_sky`` and connected components); the object's id is its earliest
+   detection's candidate id, so reruns keep it.
+6. `decide`: a detection is alerted when its real/bogus reaches ``night.alert_min_real_bogus``;
+   moving when linked; anomaly when no class reaches ``night.anomaly_max_class_probability``;
+   variable when it sits on a reference source and its difference S/N reaches
+   ``night.variable_min_snr``; moving when trailed or most probably moving to the classifier;
+   otherwise transient.
+7. `build_alerts`: Avro alert packets with their cutouts, the object's earlier detections and,
+   for linked moving objects, the motion and predicted position (`MovingObject`).
 
 Notes
 -----
@@ -42,12 +57,28 @@ from skyblink.storage.alerts import (
     Detection,
     DetectionFlag,
 )
-from skyblink.storage.alerts.packet import make_alert_id
+from skyblink.storage.alerts.packet import MovingObject, make_alert_id
 from skyblink.workers.tile_unit import STAMP_HALF
 
+from .association import group_objects, match_reference, merge_duplicates, reference_sources
+from .linking import LinkingParameters, Tracklet, link_tracklets, predict
+from .measurement import measure_stamps
 from .results import stamps_of
 
-__all__ = ["CcdContext", "alert_counts", "associate", "build_alerts", "ccd_context", "decide", "locate"]
+__all__ = [
+    "CcdContext",
+    "alert_counts",
+    "associate",
+    "build_alerts",
+    "ccd_context",
+    "decide",
+    "link_moving",
+    "linking_parameters",
+    "locate",
+    "match_static",
+    "merge_tile_duplicates",
+    "reduce_detections",
+]
 
 #: AB magnitude of 1 nJy.
 _AB_NJY_ZERO = 31.4
@@ -71,6 +102,8 @@ class CcdContext:
     fwhm_px: float
     noise_adu: float  # per pixel, one sigma
     njy_per_adu: float | None  # None without a zero point
+    exptime: float = 0.0  # seconds
+    difference_fwhm_px: float = 0.0  # PSF of the difference: the broader of science and reference
 
 
 def ccd_context(store: Any, exposure: str, ccd: str) -> CcdContext:
@@ -112,6 +145,11 @@ def ccd_context(store: Any, exposure: str, ccd: str) -> CcdContext:
         raise ValueError(msg) from None
     scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
     fwhm_px = float(header.get("SEEING", 1.0)) / scale
+    reference = f"references/{meta.get('field')}"
+    try:
+        reference_seeing = float(store.header(reference, ccd).get("SEEING", header.get("SEEING", 1.0)))
+    except (KeyError, FileNotFoundError):  # no reference of the field: the science PSF
+        reference_seeing = float(header.get("SEEING", 1.0))
     gain = float(meta.get("gain") or header.get("GAIN") or 1.0)
     if "SKYLEVEL" in header:
         read_noise = float(meta.get("rdnoise") or header.get("RDNOISE") or 0.0)
@@ -140,6 +178,8 @@ def ccd_context(store: Any, exposure: str, ccd: str) -> CcdContext:
         fwhm_px=fwhm_px,
         noise_adu=noise_adu,
         njy_per_adu=njy_per_adu,
+        exptime=exptime,
+        difference_fwhm_px=max(fwhm_px, reference_seeing / scale),
     )
 
 
@@ -158,30 +198,52 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
     Returns
     -------
     pyarrow.Table
-        The candidates' columns (stamps excluded) plus ``candidate_id`` (the detection's stable
-        id), ``alert_id`` (the id of its packet, if alerted), ``exposure_id, field, ccd_num, band, mjd, ra, dec, ra_err, dec_err, flux, flux_err, mag, mag_err`` and one
-        ``p_<class>`` column per classifier class; rows sorted by (mjd, exposure, ccd, y, x).
+        The candidates' columns (stamps excluded; ``x, y`` refined on the difference stamp, the
+        worker's peak kept as ``x_peak, y_peak``) plus ``candidate_id`` (the detection's stable
+        id), ``alert_id`` (the id of its packet, if alerted), ``exposure_id, field, ccd_num, band,
+        mjd, exptime, fwhm_arcsec, ra, dec, ra_err, dec_err, flux, flux_err, mag, mag_err,
+        trailed, trail_length_arcsec, trail_pa`` (degrees east of north modulo 180, NaN when not
+        trailed) and one ``p_<class>`` column per classifier class; rows sorted by (mjd,
+        exposure, ccd, y, x).
     """
     context = cache(lambda exposure, ccd: ccd_context(store, exposure, ccd))
     n = candidates.num_rows
     cols: dict[str, list[Any]] = {k: [] for k in (
-        "candidate_id", "alert_id", "exposure_id", "field", "ccd_num", "band", "mjd", "ra", "dec", "ra_err", "dec_err",
-        "flux", "flux_err", "mag", "mag_err")}
+        "candidate_id", "alert_id", "exposure_id", "field", "ccd_num", "band", "mjd", "exptime", "fwhm_arcsec", "ra",
+        "dec", "ra_err", "dec_err", "flux", "flux_err", "mag", "mag_err", "trail_length_arcsec", "trail_pa")}
     exposures = candidates.column("exposure").to_pylist()
     ccds = candidates.column("ccd").to_pylist()
-    xs = candidates.column("x").to_numpy()
-    ys = candidates.column("y").to_numpy()
+    x_peak = candidates.column("x").to_numpy()
+    y_peak = candidates.column("y").to_numpy()
     snrs = candidates.column("snr").to_numpy().astype(np.float64)
+    fwhm = np.array([context(e, c).difference_fwhm_px or context(e, c).fwhm_px for e, c in zip(exposures, ccds, strict=True)])
+    stamps = stamps_of(candidates)
+    base_x, base_y = np.round(x_peak), np.round(y_peak)
+    shapes = measure_stamps(stamps[:, 2], np.column_stack([x_peak - base_x, y_peak - base_y]), fwhm)
+    xs, ys = base_x + shapes.dx, base_y + shapes.dy
     sky = np.zeros((n, 2))
+    trail_pa = np.full(n, np.nan)
     for key in sorted(set(zip(exposures, ccds, strict=True))):
         rows = np.array([i for i in range(n) if (exposures[i], ccds[i]) == key], dtype=int)
-        world = context(*key).wcs.celestial.all_pix2world(np.column_stack([xs[rows], ys[rows]]), 0)
-        sky[rows] = world
+        wcs = context(*key).wcs.celestial
+        sky[rows] = wcs.all_pix2world(np.column_stack([xs[rows], ys[rows]]), 0)
+        trailed = rows[shapes.trailed[rows]]
+        if len(trailed):
+            angle = np.radians(shapes.trail_angle_deg[trailed])
+            ahead = wcs.all_pix2world(np.column_stack([xs[trailed] + np.cos(angle), ys[trailed] + np.sin(angle)]), 0)
+            from astropy import units as u  # noqa: PLC0415
+            from astropy.coordinates import SkyCoord  # noqa: PLC0415
+
+            here = SkyCoord(sky[trailed, 0] * u.deg, sky[trailed, 1] * u.deg)
+            trail_pa[trailed] = here.position_angle(SkyCoord(ahead[:, 0] * u.deg, ahead[:, 1] * u.deg)).deg % 180.0
     for i in range(n):
         ctx = context(exposures[i], ccds[i])
         snr = float(snrs[i]) if math.isfinite(snrs[i]) and snrs[i] > 0 else float("nan")
         sigma_px = ctx.fwhm_px / _FWHM_PER_SIGMA
-        pos_err = ctx.fwhm_px / (_FWHM_PER_SIGMA * snr) * ctx.pixel_scale_arcsec if snr == snr else 1.0
+        # Centroid error of a Gaussian PSF of the difference (background-limited): sqrt(2)
+        # sigma / (S/N) per axis; along a trail, the trail's length adds L^2 / 12 to sigma^2.
+        spread = math.hypot(fwhm[i] / _FWHM_PER_SIGMA, shapes.trail_length_px[i] / math.sqrt(12.0))
+        pos_err = math.sqrt(2.0) * spread / snr * ctx.pixel_scale_arcsec if snr == snr else 1.0
         pos_err = max(pos_err, _POSITION_ERROR_FLOOR_ARCSEC)
         # PSF-fit flux error of a Gaussian PSF: noise per pixel times sqrt(4 pi) sigma_psf.
         flux_err_adu = ctx.noise_adu * math.sqrt(4.0 * math.pi) * sigma_px
@@ -192,7 +254,7 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
         if flux > 0 and math.isfinite(flux):
             mag = _AB_NJY_ZERO - 2.5 * math.log10(flux)
             mag_err = 2.5 / math.log(10.0) / snr
-        candidate_id = make_alert_id(night, ctx.exposure_id, ctx.ccd, (float(xs[i]), float(ys[i])))
+        candidate_id = make_alert_id(night, ctx.exposure_id, ctx.ccd, (float(x_peak[i]), float(y_peak[i])))
         cols["candidate_id"].append(candidate_id)
         cols["alert_id"].append(make_alert_id(night, ctx.exposure_id, ctx.ccd, candidate_id))  # as AlertBuilder
         cols["exposure_id"].append(ctx.exposure_id)
@@ -200,6 +262,8 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
         cols["ccd_num"].append(ctx.ccd)
         cols["band"].append(ctx.band.value)
         cols["mjd"].append(ctx.mjd_tai)
+        cols["exptime"].append(ctx.exptime)
+        cols["fwhm_arcsec"].append(float(fwhm[i]) * ctx.pixel_scale_arcsec)
         cols["ra"].append(float(sky[i, 0]) % 360.0)
         cols["dec"].append(float(sky[i, 1]))
         cols["ra_err"].append(pos_err)
@@ -208,68 +272,301 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
         cols["flux_err"].append(flux_err)
         cols["mag"].append(mag)
         cols["mag_err"].append(mag_err)
-    table = candidates.drop_columns(["stamp", "class_probs"])
+        cols["trail_length_arcsec"].append(float(shapes.trail_length_px[i]) * ctx.pixel_scale_arcsec)
+        cols["trail_pa"].append(float(trail_pa[i]))
+    table = candidates.drop_columns(["stamp", "class_probs", "x", "y"])
+    table = table.append_column("x", pa.array(xs, pa.float64())).append_column("y", pa.array(ys, pa.float64()))
+    table = table.append_column("x_peak", pa.array(x_peak, pa.float64())).append_column("y_peak", pa.array(y_peak, pa.float64()))
+    table = table.append_column("trailed", pa.array(shapes.trailed, pa.bool_()))
     probs = np.array(candidates.column("class_probs").to_pylist(), dtype=np.float32).reshape(n, len(CLASSIFIER_CLASSES))
     for j, name in enumerate(CLASSIFIER_CLASSES):
         table = table.append_column(f"p_{name}", pa.array(probs[:, j]))
     for name, values in cols.items():
-        table = table.append_column(name, pa.array(values, type=pa.int64() if name in ("candidate_id", "alert_id", "ccd_num") else None))
+        kind = pa.int64() if name in ("candidate_id", "alert_id", "ccd_num") else (pa.float64() if name in ("trail_pa", "exptime", "fwhm_arcsec", "trail_length_arcsec") else None)
+        table = table.append_column(name, pa.array(values, type=kind))
     table = table.append_column("row", pa.array(np.arange(n)))
     return table.sort_by([("mjd", "ascending"), ("exposure", "ascending"), ("ccd", "ascending"),
                           ("y", "ascending"), ("x", "ascending")])
 
 
+def merge_tile_duplicates(detections: pa.Table, radius_arcsec: float) -> pa.Table:
+    """
+    Drop duplicate detections of one source in one exposure (tile overlaps, peaks along a trail).
+
+    Parameters
+    ----------
+    detections : pyarrow.Table
+        From `locate`.
+    radius_arcsec : float
+        Detections of one exposure and CCD closer than this, or than half a trail's length plus
+        this from a trailed one, are one source; the one with the highest S/N stays.
+
+    Returns
+    -------
+    pyarrow.Table
+        ``detections`` without the duplicates, in the same order.
+    """
+    if detections.num_rows < 2:  # noqa: PLR2004
+        return detections
+    group = np.array([f"{e}/{c}" for e, c in zip(detections.column("exposure_id").to_pylist(),
+                                                 detections.column("ccd_num").to_pylist(), strict=True)])
+    radius = radius_arcsec + 0.5 * detections.column("trail_length_arcsec").to_numpy()
+    keep = merge_duplicates(group, detections.column("ra").to_numpy(), detections.column("dec").to_numpy(),
+                            detections.column("snr").to_numpy(), radius)
+    return detections.filter(pa.array(keep))
+
+
+def match_static(detections: pa.Table, store: Any, radius_arcsec: float, *, snr_threshold: float = 5.0) -> pa.Table:
+    """
+    Match detections with the static sources of their field's reference image.
+
+    Parameters
+    ----------
+    detections : pyarrow.Table
+        From `locate` (``field``, ``ra``, ``dec``).
+    store : NightStore
+    radius_arcsec : float
+        Farther than this a detection is new against the reference.
+    snr_threshold : float
+        Detection threshold of the reference sources (S/N).
+
+    Returns
+    -------
+    pyarrow.Table
+        ``detections`` with ``reference_index`` (row of the field's reference catalog, -1 when
+        new) and ``reference_separation`` (arcsec to the nearest reference source).
+    """
+    n = detections.num_rows
+    index = np.full(n, -1, dtype=np.int64)
+    separation = np.full(n, np.inf)
+    fields = np.array(detections.column("field").to_pylist(), dtype=object)
+    ra, dec = detections.column("ra").to_numpy(), detections.column("dec").to_numpy()
+    for field in sorted(set(fields.tolist())):
+        rows = np.flatnonzero(fields == field)
+        catalog = reference_sources(store, field, snr_threshold=snr_threshold)
+        index[rows], separation[rows] = match_reference(ra[rows], dec[rows], catalog, radius_arcsec)
+    return detections.append_column("reference_index", pa.array(index)).append_column(
+        "reference_separation", pa.array(separation))
+
+
+#: Columns `link_moving` adds (null where a detection is not in a tracklet).
+TRACKLET_COLUMNS = {
+    "tracklet_id": pa.int64(), "tracklet_n": pa.int32(), "rate": pa.float64(), "rate_err": pa.float64(),
+    "position_angle": pa.float64(), "position_angle_err": pa.float64(), "predicted_mjd": pa.float64(),
+    "predicted_ra": pa.float64(), "predicted_dec": pa.float64(), "predicted_err_major": pa.float64(),
+    "predicted_err_minor": pa.float64(), "predicted_err_pa": pa.float64(),
+}
+
+
+def linking_parameters(config: NightConfig) -> LinkingParameters:
+    """Return the linking parameters of a night configuration."""
+    return LinkingParameters(
+        min_detections=config.link_min_detections,
+        max_rate=config.link_max_rate_arcsec_per_hour,
+        min_motion_arcsec=config.link_min_motion_arcsec,
+        n_sigma=config.link_n_sigma,
+        tolerance_arcsec=config.link_tolerance_arcsec,
+        max_reduced_chi2=config.link_max_reduced_chi2,
+        trail_angle_tolerance_deg=config.link_trail_angle_tolerance_deg,
+    )
+
+
+def link_moving(detections: pa.Table, config: NightConfig) -> tuple[pa.Table, list[Tracklet]]:
+    """
+    Link the night's new detections of each field into tracklets and predict their positions.
+
+    Parameters
+    ----------
+    detections : pyarrow.Table
+        From `match_static`.
+    config : NightConfig
+        ``link_*`` keys and ``predict_ahead_hours``.
+
+    Returns
+    -------
+    table : pyarrow.Table
+        ``detections`` with `TRACKLET_COLUMNS`: the tracklet's id (its earliest detection's
+        candidate id), its number of detections, rate and position angle with their errors
+        (arcsec/hour, degrees east of north), and the position predicted
+        ``predict_ahead_hours`` after its last detection with the 1-sigma error ellipse.
+    tracklets : list of Tracklet
+        Whose ``members`` index rows of ``table``.
+    """
+    n = detections.num_rows
+    values: dict[str, list[Any]] = {name: [None] * n for name in TRACKLET_COLUMNS}
+    tracklets: list[Tracklet] = []
+    if n:
+        new = (detections.column("reference_index").to_numpy() < 0) &               (detections.column("real_bogus").to_numpy() >= config.link_min_real_bogus)
+        fields = np.array(detections.column("field").to_pylist(), dtype=object)
+        get = {name: detections.column(name).to_numpy(zero_copy_only=False) for name in (
+            "mjd", "ra", "dec", "ra_err", "exptime", "fwhm_arcsec", "trail_length_arcsec", "trail_pa", "candidate_id")}
+        epochs = np.array([f"{e}/{c}" for e, c in zip(detections.column("exposure_id").to_pylist(),
+                                                      detections.column("ccd_num").to_pylist(), strict=True)])
+        params = linking_parameters(config)
+        for field in sorted(set(fields[new].tolist())):
+            rows = np.flatnonzero(new & (fields == field))
+            _, epoch = np.unique([e.split("/")[0] for e in epochs[rows]], return_inverse=True)
+            found = link_tracklets(get["mjd"][rows], get["ra"][rows], get["dec"][rows], get["ra_err"][rows], epoch,
+                                   trail_length_arcsec=get["trail_length_arcsec"][rows], trail_pa_deg=get["trail_pa"][rows],
+                                   exptime_s=get["exptime"][rows], fwhm_arcsec=get["fwhm_arcsec"][rows], params=params)
+            for tracklet in found:
+                members = rows[tracklet.members]
+                tracklets.append(_reindexed(tracklet, members))
+                last = float(get["mjd"][members].max())
+                guess = predict(tracklet, last + config.predict_ahead_hours / 24.0)
+                first = members[int(np.argmin(get["mjd"][members]))]
+                for i in members:
+                    row = {"tracklet_id": int(get["candidate_id"][first]), "tracklet_n": len(members),
+                           "rate": tracklet.rate, "rate_err": tracklet.rate_err, "position_angle": tracklet.position_angle,
+                           "position_angle_err": tracklet.position_angle_err, "predicted_mjd": guess.mjd,
+                           "predicted_ra": guess.ra, "predicted_dec": guess.dec, "predicted_err_major": guess.err_major,
+                           "predicted_err_minor": guess.err_minor, "predicted_err_pa": guess.err_pa}
+                    for name, value in row.items():
+                        values[name][i] = value
+    table = detections
+    for name, kind in TRACKLET_COLUMNS.items():
+        table = table.append_column(name, pa.array(values[name], kind))
+    return table, tracklets
+
+
+def _reindexed(tracklet: Tracklet, members: np.ndarray) -> Tracklet:
+    return Tracklet(members, tracklet.ref_mjd, tracklet.ra, tracklet.dec, tracklet.rate, tracklet.rate_err,
+                    tracklet.position_angle, tracklet.position_angle_err, tracklet.chi2, tracklet.covariance)
+
+
 def associate(detections: pa.Table, radius_arcsec: float) -> pa.Table:
     """
-    Group detections into objects: those within ``radius_arcsec`` of each other, transitively.
+    Group detections into objects: a tracklet is one; other detections within ``radius_arcsec``
+    of each other, transitively, are one.
+
+    Parameters
+    ----------
+    detections : pyarrow.Table
+        Sorted by time first; with a ``tracklet_id`` column (`link_moving`) tracklets are kept
+        whole and apart from the static grouping.
+    radius_arcsec : float
 
     Returns
     -------
     pyarrow.Table
         ``detections`` with an ``object_id`` column (int64): the candidate id of the object's
-        earliest detection (``detections`` is sorted by time first, so the first row of a group).
+        earliest detection (the first row of a group).
     """
     n = detections.num_rows
     if n == 0:
         return detections.append_column("object_id", pa.array([], pa.int64()))
-    from astropy import units as u  # noqa: PLC0415
-    from astropy.coordinates import SkyCoord, search_around_sky  # noqa: PLC0415
-    from scipy.sparse import coo_matrix  # noqa: PLC0415
-    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
-
-    coords = SkyCoord(detections.column("ra").to_numpy() * u.deg, detections.column("dec").to_numpy() * u.deg)
-    left, right, _, _ = search_around_sky(coords, coords, radius_arcsec * u.arcsec)
-    graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    first = {}
     candidate_ids = detections.column("candidate_id").to_numpy()
-    for i, label in enumerate(labels):
-        first.setdefault(label, int(candidate_ids[i]))
-    return detections.append_column("object_id", pa.array([first[label] for label in labels], pa.int64()))
+    tracklet = detections.column("tracklet_id").to_numpy(zero_copy_only=False) if "tracklet_id" in detections.column_names else np.full(n, None)
+    linked = np.array([t is not None and t == t for t in tracklet], dtype=bool)
+    object_id = np.zeros(n, dtype=np.int64)
+    object_id[linked] = np.asarray(tracklet[linked], dtype=np.int64)
+    rest = np.flatnonzero(~linked)
+    labels = group_objects(detections.column("ra").to_numpy()[rest], detections.column("dec").to_numpy()[rest], radius_arcsec)
+    first: dict[int, int] = {}
+    for i, label in zip(rest, labels, strict=True):
+        first.setdefault(int(label), int(candidate_ids[i]))
+        object_id[i] = first[int(label)]
+    return detections.append_column("object_id", pa.array(object_id, pa.int64()))
+
+
+def reduce_detections(candidates: pa.Table, store: Any, night: str, config: NightConfig) -> pa.Table:
+    """
+    Run the reduce steps on the night's candidates: locate, merge duplicates, match the
+    reference, link moving objects, associate objects, decide alerts.
+
+    Parameters
+    ----------
+    candidates : pyarrow.Table
+        Rows of `skyblink.cluster.results.CANDIDATE_SCHEMA`.
+    store : NightStore
+    night : str
+        Part of every alert id.
+    config : NightConfig
+
+    Returns
+    -------
+    pyarrow.Table
+        The detections catalog (one row per detection, ``row`` indexing ``candidates``) with
+        ``object_id`` and ``alert_type``.
+    """
+    located = merge_tile_duplicates(locate(candidates, store, night), config.match_radius_arcsec)
+    known = match_static(located, store, config.match_radius_arcsec, snr_threshold=config.reference_snr_threshold)
+    linked, _ = link_moving(known, config)
+    return decide(associate(linked, config.match_radius_arcsec), config)
 
 
 def decide(detections: pa.Table, config: NightConfig) -> pa.Table:
     """
     Decide which detections are alerted and why.
 
+    Parameters
+    ----------
+    detections : pyarrow.Table
+        From `associate`. Without the ``reference_index`` / ``tracklet_id`` columns of
+        `match_static` / `link_moving` the type is the classifier's alone.
+    config : NightConfig
+        ``alert_min_real_bogus``, ``anomaly_max_class_probability``, ``variable_min_snr``.
+
     Returns
     -------
     pyarrow.Table
         ``detections`` with an ``alert_type`` column: ``"transient" | "variable" | "moving" |
         "anomaly"``, or null for a detection that is catalogued but not alerted.
+
+    Notes
+    -----
+    In order: real/bogus below ``alert_min_real_bogus``: not alerted; in a tracklet: moving;
+    no class reaching ``anomaly_max_class_probability``: anomaly; on a reference source with a
+    difference S/N of at least ``variable_min_snr``: variable; trailed, or most probably moving
+    of the alertable classes: moving (unlinked, so without a prediction); otherwise transient.
+    Without a reference match column the classifier picks transient or variable.
     """
+    n = detections.num_rows
     rb = detections.column("real_bogus").to_numpy()
-    probs = np.column_stack([detections.column(f"p_{c}").to_numpy() for c in _ALERTABLE]) if detections.num_rows else np.zeros((0, 3))
-    top = np.column_stack([detections.column(f"p_{c}").to_numpy() for c in CLASSIFIER_CLASSES]).max(axis=1) if detections.num_rows else np.zeros(0)
+    probs = np.column_stack([detections.column(f"p_{c}").to_numpy() for c in _ALERTABLE]) if n else np.zeros((0, 3))
+    top = np.column_stack([detections.column(f"p_{c}").to_numpy() for c in CLASSIFIER_CLASSES]).max(axis=1) if n else np.zeros(0)
+    names = detections.column_names
+    linked = (pc.is_valid(detections.column("tracklet_id")).to_numpy(zero_copy_only=False) if "tracklet_id" in names
+              else np.zeros(n, bool))
+    known = detections.column("reference_index").to_numpy() >= 0 if "reference_index" in names else None
+    trailed = detections.column("trailed").to_numpy(zero_copy_only=False) if "trailed" in names else np.zeros(n, bool)
+    snr = detections.column("snr").to_numpy()
     types: list[str | None] = []
-    for i in range(detections.num_rows):
+    for i in range(n):
+        best = _ALERTABLE[int(np.argmax(probs[i]))]
         if rb[i] < config.alert_min_real_bogus:
             types.append(None)
+        elif linked[i]:
+            types.append(AlertType.MOVING.value)
         elif top[i] < config.anomaly_max_class_probability:
             types.append(AlertType.ANOMALY.value)
+        elif known is None:
+            types.append(best)
+        elif known[i] and snr[i] >= config.variable_min_snr:
+            types.append(AlertType.VARIABLE.value)
+        elif trailed[i] or best == AlertType.MOVING.value:
+            types.append(AlertType.MOVING.value)
         else:
-            types.append(_ALERTABLE[int(np.argmax(probs[i]))])
+            types.append(AlertType.TRANSIENT.value)
     return detections.append_column("alert_type", pa.array(types, pa.string()))
+
+
+def _moving_object(row: dict[str, Any]) -> MovingObject | None:
+    if row.get("tracklet_id") is None:
+        return None
+    return MovingObject(
+        rate=float(row["rate"]),
+        rate_err=float(row["rate_err"]),
+        position_angle=float(row["position_angle"]),
+        position_angle_err=float(row["position_angle_err"]),
+        n_detections=int(row["tracklet_n"]),
+        predicted_mjd=float(row["predicted_mjd"]),
+        predicted_ra=float(row["predicted_ra"]),
+        predicted_dec=float(row["predicted_dec"]),
+        predicted_err_major=float(row["predicted_err_major"]),
+        predicted_err_minor=float(row["predicted_err_minor"]),
+        predicted_err_pa=float(row["predicted_err_pa"]),
+    )
 
 
 def _class_probabilities(row: dict[str, Any]) -> ClassProbabilities:
@@ -343,7 +640,8 @@ def build_alerts(
         earlier = history.setdefault(int(row["object_id"]), [])
         if row["alert_type"] is not None and (wanted is None or row["exposure_id"] in wanted):
             stamp = stamps[int(row["row"])]
-            origin = (round(row["x"]) - STAMP_HALF, round(row["y"]) - STAMP_HALF)
+            x_peak, y_peak = row.get("x_peak", row["x"]), row.get("y_peak", row["y"])
+            origin = (round(x_peak) - STAMP_HALF, round(y_peak) - STAMP_HALF)
             yield builder.build(
                 detection,
                 object_id=int(row["object_id"]),
@@ -353,6 +651,7 @@ def build_alerts(
                 wcs=wcs_of(row["exposure"], row["ccd"]),
                 origin=origin,
                 prv_detections=tuple(earlier),
+                moving_object=_moving_object(row),
             )
         earlier.append(detection)
 

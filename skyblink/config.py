@@ -269,6 +269,31 @@ class NightConfig(_Section):
     match_radius_arcsec: float = Field(
         1.0, gt=0.0, description="Detections closer than this on the sky are one object."
     )
+    reference_snr_threshold: float = Field(
+        5.0, gt=0.0, description="S/N of the static sources detected on each field's reference (matched against)."
+    )
+    variable_min_snr: float = Field(
+        5.0, gt=0.0, description="Difference S/N a detection on a reference source needs to be alerted as variable."
+    )
+    link_min_detections: int = Field(3, ge=3, description="Detections (distinct exposures) a moving-object tracklet needs.")
+    link_min_real_bogus: float = Field(
+        0.5, ge=0.0, le=1.0, description="Real/bogus a new detection needs to be linked into tracklets."
+    )
+    link_max_rate_arcsec_per_hour: float = Field(4000.0, gt=0.0, description="Fastest motion linked, arcsec per hour.")
+    link_min_motion_arcsec: float = Field(
+        1.5, ge=0.0, description="Smallest displacement over a tracklet's span (slower: a stationary source)."
+    )
+    link_n_sigma: float = Field(5.0, gt=0.0, description="Inliers lie within this many sigma of a tracklet's prediction.")
+    link_tolerance_arcsec: float = Field(
+        0.3, gt=0.0, description="Floor of the inlier distance to a tracklet's prediction, arcsec."
+    )
+    link_max_reduced_chi2: float = Field(10.0, gt=0.0, description="Largest chi-square per degree of freedom of a tracklet fit.")
+    link_trail_angle_tolerance_deg: float = Field(
+        20.0, gt=0.0, le=90.0, description="Largest angle between a detection's trail and its tracklet's motion."
+    )
+    predict_ahead_hours: float = Field(
+        1.0, ge=0.0, description="A moving object's alert predicts its position this long after its last detection."
+    )
     health_check_s: float = Field(
         15.0, gt=0.0, description="How often the driver polls the worker actors' health check."
     )
