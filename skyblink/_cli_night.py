@@ -150,3 +150,88 @@ def _print_summary(r: NightRunReport) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+@night_app.command("score")
+def night_score(
+    ctx: typer.Context,
+    night_dir: Annotated[Path, typer.Argument(help="Simulated night directory (its truth/ and night.json).")],
+    store: StoreOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where score.json and the PNG plots go (default: <store>/score).")
+    ] = None,
+    baseline: Annotated[
+        bool, typer.Option("--baseline/--no-baseline", help="Also run and score SEP on the same difference images.")
+    ] = True,
+) -> None:
+    """
+    Score a processed simulated night against its truth, side by side with the SEP baseline.
+
+    Prints completeness, purity, astrometry, real/bogus ROC, linking and trajectory figures and
+    the targets met or missed; writes score.json and completeness/roc/linking PNGs.
+    """
+    config = effective_config(ctx, store=store)
+    from skyblink.cluster.scoring import score_night  # noqa: PLC0415 - astropy/matplotlib only when scoring
+
+    if baseline:
+        try:
+            import sep  # noqa: F401, PLC0415
+        except ImportError:
+            err_console.print("sep is not installed (pip install sep): scoring without the SEP baseline", style="yellow")
+            baseline = False
+    try:
+        report = score_night(night_dir, config.store, out_dir=out, baseline=baseline, config=config.night)
+    except FileNotFoundError as exc:
+        raise fail(f"error: {exc}") from None
+    _print_score(report)
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def _print_score(report: object) -> None:
+    methods = [m for m in (report.ours, report.sep) if m is not None]  # type: ignore[attr-defined]
+    table = Table(title=f"score: {report.night_dir}")  # type: ignore[attr-defined]
+    table.add_column("metric", style="bold")
+    for m in methods:
+        table.add_column(m.method, justify="right")
+    snr_bins = [(b["snr_lo"], b["snr_hi"]) for b in methods[0].astrometry_rms_arcsec]
+    rows: list[tuple[str, list[str]]] = [
+        ("detections / alerts", [f"{m.detections} / {m.alerts}" for m in methods]),
+        ("purity of alerts", [_fmt(m.purity) for m in methods]),
+        ("alert type right (real alerts)", [_fmt(m.type_accuracy) for m in methods]),
+        ("50 % completeness mag", [_fmt(m.m50, ".2f") for m in methods]),
+    ]
+    for k, (lo, hi) in enumerate(snr_bins):
+        label = f"astrometric RMS S/N {lo:g}-{hi:g} (\")" if hi else f"astrometric RMS S/N > {lo:g} (\")"
+        rows.append((label, [f"{_fmt(m.astrometry_rms_arcsec[k]['rms'])} ({m.astrometry_rms_arcsec[k]['n']})" for m in methods]))
+    rows += [
+        ("astrometric RMS S/N > 20 (\")", [_fmt(m.astrometry_rms_snr_gt_20) for m in methods]),
+        ("real/bogus ROC AUC", [_fmt(m.roc_auc) for m in methods]),
+        ("FPR at 1 % FNR", [_fmt(m.fpr_at_fnr_1pct) for m in methods]),
+        ("movers linked (>= 3 detections)", [f"{m.movers_linked}/{m.movers_3plus} ({_fmt(m.linking_efficiency)})" for m in methods]),
+        ("false tracklets", [f"{m.false_tracklets}/{m.tracklets} ({_fmt(m.false_tracklet_rate)})" for m in methods]),
+        ("trajectory error 1 h ahead, median / RMS (\")",
+         [f"{_fmt(m.trajectory_error_1h_median_arcsec, '.2f')} / {_fmt(m.trajectory_error_1h_rms_arcsec, '.2f')}" for m in methods]),
+        ("truth inside 1-sigma / 68 % ellipse",
+         [f"{_fmt(m.trajectory_inside_1sigma, '.2f')} / {_fmt(m.trajectory_inside_68, '.2f')}" for m in methods]),
+    ]
+    for name, values in rows:
+        table.add_row(name, *values)
+    console.print(table)
+    completeness = Table(title="completeness of alerts by change magnitude")
+    completeness.add_column("mag", style="bold")
+    for m in methods:
+        completeness.add_column(m.method, justify="right")
+    for k, b in enumerate(methods[0].completeness_bins):
+        if b["events"]:
+            completeness.add_row(f"{b['mag_lo']:.1f}-{b['mag_hi']:.1f}",
+                                 *[f"{m.completeness_bins[k]['found']}/{b['events']} ({_fmt(m.completeness_bins[k]['completeness'], '.2f')})"
+                                   for m in methods])
+    console.print(completeness)
+    for name, target in report.targets.items():  # type: ignore[attr-defined]
+        figures = ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in target.items() if k not in ("target", "met"))
+        console.print(f"{name}: {'MET' if target['met'] else 'MISSED'} ({target['target']}): {figures}", markup=False, highlight=False)
+    for path in report.plots:  # type: ignore[attr-defined]
+        console.print(f"plot: {path}", markup=False, highlight=False)

@@ -1,0 +1,213 @@
+"""
+The classic baseline: SEP (SExtractor as a library) on the same difference images as the tile
+program, turned into a detections catalog that the reduce and scoring code take like ours.
+
+The store keeps no difference images, so each work unit's difference is made again with the
+workers' public CPU functions, in the order `skyblink.workers.tile_unit.process_tile` uses them
+(calibrate, cosmic-ray cleaning, warp, normalised triplet). SEP then extracts at
+``thresh`` (per-pixel sigma, default 1.5 with 5 connected pixels, SExtractor's default
+detection) with its default 3x3 filter; each source gets SEP's windowed position
+(``sep.winpos``), its aperture S/N in a radius of 0.68 FWHM (the optimal aperture of a Gaussian),
+and a trail from its second moments (as ours). Sources of S/N below ``snr_threshold`` (the
+tile program's gate) or outside the unit's core are dropped.
+
+Notes
+-----
+Needs ``sep`` (a ``dev`` extra). Single process. Experimental.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from skyblink.workers.align import sampling_grid, warp
+from skyblink.workers.calibration import CalibrationSpec, calibrate
+from skyblink.workers.cosmics import detect_cosmics
+from skyblink.workers.difference import flux_scale, normalized_triplet
+from skyblink.workers.tile_unit import WorkUnit, read_window
+
+__all__ = ["difference_window", "sep_detections"]
+
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+def difference_window(unit: WorkUnit, store: Any) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """
+    Recompute a work unit's difference image (sigma units) as the tile program makes it.
+
+    Parameters
+    ----------
+    unit : WorkUnit
+    store : NightStore
+
+    Returns
+    -------
+    difference : (h, w) ndarray of float32
+        The unit's window (core plus margin, rounded up to a multiple of 32).
+    fwhm_px : float
+        PSF FWHM of the difference (the broader of science and reference).
+    origin : (int, int)
+        (y, x) of the window's first pixel in the CCD.
+    """
+    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
+
+    meta = store.ccd_metadata(unit.exposure, unit.ccd)
+    sci_header = store.header(unit.exposure, unit.ccd)
+    reference_key = f"references/{meta['field']}"
+    sci_wcs, ref_wcs = store.wcs(unit.exposure, unit.ccd), store.wcs(reference_key, unit.ccd)
+    ref_header = store.header(reference_key, unit.ccd)
+    edge = unit.size + 2 * unit.margin
+    h = w = int(math.ceil(edge / 32) * 32)
+    oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
+    raw = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
+    spec = CalibrationSpec.from_header(sci_header)
+    calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate)
+    science, bad = calibrated.electrons, calibrated.mask
+    cosmics = detect_cosmics(science, read_noise=spec.read_noise, mask=bad | ~np.isfinite(science))
+    science, bad = cosmics.cleaned, bad | cosmics.mask
+    grid = sampling_grid(sci_wcs, ref_wcs, (h, w), origin=(oy, ox))
+    rx0, ry0 = int(np.floor(np.nanmin(grid[0]))) - 2, int(np.floor(np.nanmin(grid[1]))) - 2
+    rx1, ry1 = int(np.ceil(np.nanmax(grid[0]))) + 3, int(np.ceil(np.nanmax(grid[1]))) + 3
+    ref_window = read_window(store.image(reference_key, unit.ccd), ry0, rx0, ry1 - ry0, rx1 - rx0)
+    reference = warp(np.nan_to_num(ref_window, nan=np.nanmedian(ref_window)), np.stack([grid[0] - rx0, grid[1] - ry0]))
+    scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
+    fwhm = [float(hdr.get("SEEING", 1.0)) / scale_arcsec for hdr in (sci_header, ref_header)]
+    scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP")) * (spec.gain or 1.0)
+    sci_filled = np.where(np.isfinite(science), science, np.nanmedian(science))
+    triplet = normalized_triplet(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale,
+                                 science_mask=bad & np.isfinite(science))
+    return triplet[2], max(fwhm), (oy, ox)
+
+
+def sep_detections(units: list[WorkUnit], store: Any, *, thresh: float = 1.5, minarea: int = 5,
+                   snr_threshold: float = 5.0) -> pa.Table:
+    """
+    Run SEP on the difference image of every unit and return its sources as candidates.
+
+    Parameters
+    ----------
+    units : list of WorkUnit
+    store : NightStore
+    thresh : float
+        SEP's detection threshold in units of the per-pixel noise.
+    minarea : int
+        Connected pixels a source needs.
+    snr_threshold : float
+        Minimum aperture S/N kept.
+
+    Returns
+    -------
+    pyarrow.Table
+        Columns ``exposure, ccd, x, y, snr, trail_length_px, trail_angle_deg`` (CCD pixels,
+        0-based; trail 0 and angle NaN for untrailed sources).
+
+    Raises
+    ------
+    ImportError
+        ``sep`` is not installed (``pip install sep``).
+    """
+    import sep  # noqa: PLC0415 - a dev extra, only for the baseline
+
+    rows: dict[str, list[Any]] = {k: [] for k in ("exposure", "ccd", "x", "y", "snr", "trail_length_px", "trail_angle_deg")}
+    for unit in units:
+        diff, fwhm, (oy, ox) = difference_window(unit, store)
+        data = np.ascontiguousarray(diff, dtype=np.float32)
+        objects = sep.extract(data, thresh, err=1.0, minarea=minarea)
+        if len(objects) == 0:
+            continue
+        sigma = fwhm / _FWHM_PER_SIGMA
+        x, y, _ = sep.winpos(data, objects["x"], objects["y"], np.full(len(objects), sigma))
+        flux, flux_err, _ = sep.sum_circle(data, x, y, 0.68 * fwhm, err=1.0)
+        snr = flux / np.maximum(flux_err, 1e-12)
+        a2, b2 = objects["a"].astype(float) ** 2, objects["b"].astype(float) ** 2
+        # SEP's a, b are the footprint's moments: the same trail rule as ours.
+        length = np.sqrt(np.maximum(12.0 * (a2 - b2), 0.0))
+        trailed = length > 1.5 * fwhm
+        core = (y >= unit.margin - 0.5) & (y < unit.margin + unit.size - 0.5) & (x >= unit.margin - 0.5) & \
+               (x < unit.margin + unit.size - 0.5) & (snr >= snr_threshold) & np.isfinite(x) & np.isfinite(y)
+        for k in np.flatnonzero(core):
+            rows["exposure"].append(unit.exposure)
+            rows["ccd"].append(unit.ccd)
+            rows["x"].append(float(x[k] + ox))
+            rows["y"].append(float(y[k] + oy))
+            rows["snr"].append(float(snr[k]))
+            rows["trail_length_px"].append(float(length[k]) if trailed[k] else 0.0)
+            rows["trail_angle_deg"].append(float(np.degrees(objects["theta"][k]) % 180.0) if trailed[k] else float("nan"))
+    return pa.table(rows, schema=pa.schema([("exposure", pa.string()), ("ccd", pa.string()), ("x", pa.float64()),
+                                            ("y", pa.float64()), ("snr", pa.float64()), ("trail_length_px", pa.float64()),
+                                            ("trail_angle_deg", pa.float64())]))
+
+
+def sep_catalog(sources: pa.Table, store: Any, config: Any) -> pa.Table:
+    """
+    Reduce SEP's sources like the night's candidates: sky positions, duplicates merged, reference
+    matched, moving objects linked, objects associated; every source is an alert.
+
+    Parameters
+    ----------
+    sources : pyarrow.Table
+        From `sep_detections`.
+    store : NightStore
+    config : NightConfig
+
+    Returns
+    -------
+    pyarrow.Table
+        The columns of the night's detections catalog that scoring reads (``exposure_id,
+        ccd_num, field, mjd, x, y, ra, dec, ra_err, snr, real_bogus`` (the S/N, SEP's only
+        score), ``trailed``, the tracklet columns, ``object_id`` and ``alert_type``).
+    """
+    from functools import cache  # noqa: PLC0415
+
+    from astropy import units as u  # noqa: PLC0415
+    from astropy.coordinates import SkyCoord  # noqa: PLC0415
+
+    from .reduce import associate, ccd_context, link_moving, match_static, merge_tile_duplicates  # noqa: PLC0415
+
+    context = cache(lambda exposure, ccd: ccd_context(store, exposure, ccd))
+    n = sources.num_rows
+    exposures, ccds = sources.column("exposure").to_pylist(), sources.column("ccd").to_pylist()
+    xs, ys = sources.column("x").to_numpy(), sources.column("y").to_numpy()
+    snr = sources.column("snr").to_numpy()
+    length_px = sources.column("trail_length_px").to_numpy()
+    angle = sources.column("trail_angle_deg").to_numpy()
+    cols: dict[str, list[Any]] = {k: [] for k in ("exposure_id", "field", "ccd_num", "mjd", "exptime", "fwhm_arcsec", "ra",
+                                                   "dec", "ra_err", "trail_length_arcsec", "trail_pa", "candidate_id")}
+    for i in range(n):
+        ctx = context(exposures[i], ccds[i])
+        wcs = ctx.wcs.celestial
+        ra, dec = (float(v) for v in wcs.all_pix2world(xs[i], ys[i], 0))
+        pa_deg = float("nan")
+        if length_px[i] > 0:
+            a = math.radians(angle[i])
+            ra1, dec1 = (float(v) for v in wcs.all_pix2world(xs[i] + math.cos(a), ys[i] + math.sin(a), 0))
+            pa_deg = SkyCoord(ra * u.deg, dec * u.deg).position_angle(SkyCoord(ra1 * u.deg, dec1 * u.deg)).deg % 180.0
+        fwhm = ctx.difference_fwhm_px or ctx.fwhm_px
+        spread = math.hypot(fwhm / _FWHM_PER_SIGMA, length_px[i] / math.sqrt(12.0))
+        cols["exposure_id"].append(ctx.exposure_id)
+        cols["field"].append(ctx.field)
+        cols["ccd_num"].append(ctx.ccd)
+        cols["mjd"].append(ctx.mjd_tai)
+        cols["exptime"].append(ctx.exptime)
+        cols["fwhm_arcsec"].append(fwhm * ctx.pixel_scale_arcsec)
+        cols["ra"].append(ra % 360.0)
+        cols["dec"].append(dec)
+        cols["ra_err"].append(max(math.sqrt(2.0) * spread / snr[i] * ctx.pixel_scale_arcsec, 0.01))
+        cols["trail_length_arcsec"].append(float(length_px[i]) * ctx.pixel_scale_arcsec)
+        cols["trail_pa"].append(pa_deg)
+        cols["candidate_id"].append(i)
+    table = pa.table({**cols, "x": xs, "y": ys, "snr": snr, "real_bogus": snr, "trailed": length_px > 0})
+    table = table.sort_by([("mjd", "ascending"), ("exposure_id", "ascending"), ("y", "ascending"), ("x", "ascending")])
+    table = merge_tile_duplicates(table, config.match_radius_arcsec)
+    table = match_static(table, store, config.match_radius_arcsec, snr_threshold=config.reference_snr_threshold)
+    table, _ = link_moving(table, config.model_copy(update={"link_min_real_bogus": 0.0}))
+    table = associate(table, config.match_radius_arcsec)
+    linked = table.column("tracklet_id").is_valid().to_numpy(zero_copy_only=False)
+    known = table.column("reference_index").to_numpy() >= 0
+    trailed = table.column("trailed").to_numpy(zero_copy_only=False)
+    types = np.where(linked | trailed, "moving", np.where(known, "variable", "transient"))
+    return table.append_column("alert_type", pa.array(types.tolist(), pa.string()))
