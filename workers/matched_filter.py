@@ -17,7 +17,14 @@ same discrete kernel and edge handling (``mode="nearest"``). The normalisation a
 noise: where PSF matching blurred the noisier image, neighbouring pixels of the difference are
 correlated and the map's rms exceeds 1 (measured on simulated tiles: 1.05-1.1 when the
 reference is blurred, 2.2 when the science is); ``renormalize=True``, which the tile program
-uses, divides by the map's robust rms (1.4826 x the median absolute deviation) instead. Pure functions, thread-safe.
+uses, divides by the map's robust rms (1.4826 x the median absolute deviation) instead.
+
+The robust rms is taken over a fixed subsample, every ``_RMS_STRIDE``-th row and column (65,536
+pixels of a 1024x1024 tile): the median and MAD of 65k values have a relative standard error
+of about 0.5 %, and the matched-filtered map is smooth on the PSF scale, so the full 1M pixels
+add nothing but cost (two sorts of a million values per tile on a GPU). Both versions use the
+same subsample and numpy's median (mean of the two middle values on even counts), so they give
+the same scale. Pure functions, thread-safe.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ DEFAULT_SNR_THRESHOLD = 5.0
 
 _TRUNCATE = 4.0
 _MAD_TO_SIGMA = 1.4826
+#: The robust rms of ``renormalize`` uses every this-many-th row and column.
+_RMS_STRIDE = 4
 
 
 def _sigma(fwhm_px: float) -> float:
@@ -77,7 +86,8 @@ def matched_filter_snr(difference: np.ndarray, fwhm_px: float, *, renormalize: b
         PSF FWHM of the difference (the broader of the two images), pixels.
     renormalize : bool
         Divide by the map's robust rms over the pixels where ``difference`` is not exactly 0
-        (the triplet's uncovered pixels), for correlated noise, instead of trusting white noise.
+        (the triplet's uncovered pixels), for correlated noise, instead of trusting white noise;
+        the rms is measured on every 4th row and column (see the module notes).
 
     Returns
     -------
@@ -96,7 +106,9 @@ def matched_filter_snr(difference: np.ndarray, fwhm_px: float, *, renormalize: b
     snr = gaussian_filter(np.asarray(difference, dtype=np.float32), sigma, mode="nearest", truncate=_TRUNCATE)
     snr = snr / np.float32(psf_norm(fwhm_px))
     if renormalize:
-        values = snr[np.asarray(difference) != 0]  # the triplet is exactly 0 where the reference does not cover
+        step = _RMS_STRIDE
+        # The triplet is exactly 0 where the reference does not cover.
+        values = snr[::step, ::step][np.asarray(difference)[::step, ::step] != 0]
         mad = np.median(np.abs(values - np.median(values))) if values.size else 0.0
         if mad > 0:
             snr = snr / np.float32(_MAD_TO_SIGMA * mad)
@@ -112,8 +124,8 @@ def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renor
     difference : (B, H, W) float tensor
     fwhm_px : float
     renormalize : bool
-        Per tile: divide by its robust rms (``torch.median`` takes the lower of the two middle
-        values, so this differs from numpy's by at most one rank on even pixel counts).
+        Per tile: divide by its robust rms, on the same subsample and with the same median as
+        numpy's (two sorts of 65k values per 1024x1024 tile, no host synchronisation).
 
     Returns
     -------
@@ -131,9 +143,22 @@ def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renor
         raise ValueError(msg)
     snr = gaussian_blur(difference.to(torch.float32), _sigma(fwhm_px), truncate=_TRUNCATE) / float(np.float32(psf_norm(fwhm_px)))
     if renormalize:
-        flat = torch.where(difference.flatten(1) != 0, snr.flatten(1), torch.full_like(snr.flatten(1), float("nan")))
-        med = flat.nanmedian(dim=1, keepdim=True).values
-        mad = (flat - med).abs().nanmedian(dim=1).values
+        step = _RMS_STRIDE
+        sub = snr[:, ::step, ::step].flatten(1)
+        covered = (difference[:, ::step, ::step] != 0).flatten(1)
+        n = covered.sum(dim=1, keepdim=True)
+        nan = torch.full_like(sub, float("nan"))
+        med = _median_rows(torch.where(covered, sub, nan), n)
+        mad = _median_rows(torch.where(covered, (sub - med).abs(), nan), n)[:, 0]
+        mad = torch.nan_to_num(mad, nan=0.0)  # no covered pixel: no rescaling, as numpy's
         scale = torch.where(mad > 0, mad * _MAD_TO_SIGMA, torch.ones_like(mad))
         snr = snr / scale[:, None, None]
     return snr
+
+
+def _median_rows(values: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """numpy's median (mean of the two middle values) of the first ``count`` non-NaN values of each row; (B, 1)."""
+    ordered, _ = torch.sort(values, dim=1)  # NaN sort last
+    lo = ((count - 1).clamp(min=0) // 2).to(torch.int64)
+    hi = (count // 2).clamp(max=values.shape[1] - 1).to(torch.int64)
+    return (ordered.gather(1, lo) + ordered.gather(1, hi)) * 0.5
