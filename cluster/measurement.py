@@ -10,8 +10,9 @@ The reduce step refines it on the candidate's 63x63 difference stamp (in sigma u
 * trails (a moving object's motion during the exposure): the second moments of the connected
   pixels above ``threshold`` around the peak give the trail's length and direction; a
   uniform segment of length L blurred by a Gaussian of sigma s has a variance of s^2 + L^2 / 12
-  along it, so L = sqrt(12 (a^2 - b^2)); the trail's position is its first moment (the object's
-  position at mid-exposure).
+  along it, so L = sqrt(12 (a^2 - b^2)) (moments of the PSF-smoothed stamp); a trail longer than
+  ``LONG_TRAIL_FWHM`` is located by its first moment (the object's position at mid-exposure),
+  shorter ones by the windowed centroid.
 
 Notes
 -----
@@ -31,6 +32,9 @@ __all__ = ["StampShapes", "measure_stamps", "windowed_centroid"]
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: A detection is trailed when its trail is longer than this many PSF FWHM (the simulator's rule).
 TRAIL_MIN_FWHM = 1.5
+#: Trails longer than this many FWHM are located by their first moment, shorter ones (and
+#: footprints that a neighbour or a host galaxy elongated) by the windowed centroid.
+LONG_TRAIL_FWHM = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +155,18 @@ def measure_stamps(difference: np.ndarray, offsets: np.ndarray, fwhm_px: np.ndar
             # The thresholded footprint truncates the PSF: compare with the minor axis, not sigma.
             trail = math.sqrt(max(12.0 * (a2 - max(b2, 0.0)), 0.0))
             touches_edge = gx.min() == 0 or gy.min() == 0 or gx.max() == image.shape[1] - 1 or gy.max() == image.shape[0] - 1
-            if trail > TRAIL_MIN_FWHM * float(fwhm_px[i]) and not touches_edge:
+            # Elongated, not a round footprint that a noise bump lengthened: a trail of 1.5 FWHM
+            # on a PSF-smoothed stamp has a2 / b2 of about 1.5.
+            elongated = a2 > 1.4 * max(b2, 1e-12)
+            if trail > TRAIL_MIN_FWHM * float(fwhm_px[i]) and elongated and not touches_edge:
                 trailed[i] = True
                 length[i] = trail
                 angle[i] = math.degrees(math.atan2(evecs[1, 1], evecs[0, 1])) % 180.0
-                dx[i], dy[i] = mx - half, my - half
-                converged[i] = True
-                continue
+                if trail > LONG_TRAIL_FWHM * float(fwhm_px[i]):
+                    # Longer than the centroid's window: the trail's middle is its first moment.
+                    dx[i], dy[i] = mx - half, my - half
+                    converged[i] = True
+                    continue
         x, y, ok = windowed_centroid(image, half + dx[i], half + dy[i], sigma)
         if ok:
             dx[i], dy[i] = x - half, y - half
