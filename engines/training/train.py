@@ -14,7 +14,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,8 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from skyblink.workers.peaks import find_peaks
+
+from skyblink.config import SimConfig
 
 from ..catalog import MODEL_VERSIONS, model_dir
 from ..export import export_onnx, file_sha256
@@ -138,32 +140,37 @@ def _fit(model: torch.nn.Module, n: int, batch_loss: Callable[[torch.Tensor, tor
 DETECTION_THRESHOLD = 0.3
 
 
-def _evaluate_detector(model: Detector, cfg: TrainingConfig) -> dict[str, Any]:
+def _evaluate_detector(model: Detector, cfg: TrainingConfig, *,
+                       exposures: Iterable[tuple[SimConfig, int, int]] | None = None) -> dict[str, Any]:
     """
     Run on whole validation CCDs; a detection is a peak of max(transient, moving) above
     `DETECTION_THRESHOLD`; it matches a truth transient or mover within 3 px.
+
+    ``exposures`` ((simulator config, field, exposure) triples) replaces the validation night of
+    ``cfg``: the INT8 accuracy gate adds dark, deep exposures to it.
     """
-    val = _validation_data(cfg)
-    sim = val.sim_config()
+    if exposures is None:
+        val = _validation_data(cfg)
+        sim = val.sim_config()
+        exposures = [(sim, f, e) for f in range(val.fields) for e in range(val.exposures_per_field)]
     mags, found, above_limit, n_detections, n_true_detections = [], [], [], 0, 0
     model.eval()
     channels = (DETECTOR_CLASSES.index("transient"), DETECTOR_CLASSES.index("moving"))
-    for f in range(val.fields):
-        for e in range(val.exposures_per_field):
-            triplet, truth, limit = exposure_triplet(sim, f, e)
-            with torch.no_grad():
-                heat, off = model(torch.from_numpy(triplet)[None])
-            peaks = find_peaks(heat[0].numpy(), threshold=DETECTION_THRESHOLD, offsets=off[0].numpy(), channels=channels)
-            events = np.isin(truth["type"].astype(str), ("transient", "moving")) & np.isfinite(truth["mag"])
-            ex, ey, em = truth["x"][events], truth["y"][events], truth["mag"][events]
-            for x, y, m in zip(ex, ey, em, strict=True):
-                d = np.hypot(peaks.x - x, peaks.y - y)
-                mags.append(m)
-                found.append(bool(len(d) and d.min() <= 3.0))
-                above_limit.append(m < limit)
-            n_detections += len(peaks)
-            for px, py in zip(peaks.x, peaks.y, strict=True):
-                n_true_detections += bool(len(ex) and np.hypot(ex - px, ey - py).min() <= 3.0)
+    for sim, f, e in exposures:
+        triplet, truth, limit = exposure_triplet(sim, f, e)
+        with torch.no_grad():
+            heat, off = model(torch.from_numpy(triplet)[None])
+        peaks = find_peaks(heat[0].numpy(), threshold=DETECTION_THRESHOLD, offsets=off[0].numpy(), channels=channels)
+        events = np.isin(truth["type"].astype(str), ("transient", "moving")) & np.isfinite(truth["mag"])
+        ex, ey, em = truth["x"][events], truth["y"][events], truth["mag"][events]
+        for x, y, m in zip(ex, ey, em, strict=True):
+            d = np.hypot(peaks.x - x, peaks.y - y)
+            mags.append(m)
+            found.append(bool(len(d) and d.min() <= 3.0))
+            above_limit.append(m < limit)
+        n_detections += len(peaks)
+        for px, py in zip(peaks.x, peaks.y, strict=True):
+            n_true_detections += bool(len(ex) and np.hypot(ex - px, ey - py).min() <= 3.0)
     mags_a, found_a, above = np.array(mags), np.array(found), np.array(above_limit, bool)
     return {
         "events": len(mags),

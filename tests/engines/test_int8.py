@@ -1,0 +1,105 @@
+"""INT8 by explicit quantization: the stratified calibration set, the Q/DQ graph, its engine, select_runner."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from skyblink.engines.calibration_set import (
+    DENSITY_RANGES, SEEING_RANGES, SKY_BANDS, bright_crowded_spec, build_calibration_set, stratified_spec,
+)
+from skyblink.engines.catalog import onnx_path
+from skyblink.engines.quantize import quantize_int8
+
+SMALL = {"image_size": 128}
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    return build_calibration_set(stratified_spec(**SMALL), cache_dir=tmp_path_factory.mktemp("cal"))
+
+
+@pytest.fixture(scope="module")
+def classifier_int8(calib, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    with contextlib.redirect_stdout(io.StringIO()):
+        return quantize_int8("classifier", onnx_path("classifier"), tmp_path_factory.mktemp("q") / "c.onnx", calib)
+
+
+def test_calibration_set_is_stratified_with_dark_deep_fields(calib, tmp_path: Path) -> None:  # noqa: ANN001
+    spec = calib.spec
+    assert len(spec.strata) == 16 and len(set(spec.strata)) == 16
+    assert any(s.sky == "dark" and s.depth == "deep" for s in spec.strata)
+    assert spec.id == stratified_spec(**SMALL).id != bright_crowded_spec(**SMALL).id
+    assert spec.id.startswith("cal-") and len(calib.tiles) == 16 and len(calib.stamps) == 16 * spec.stamps_per_exposure
+    for e, stratum in zip(calib.exposures, spec.strata, strict=True):
+        assert e["stratum"] == stratum.label and e["band"] == SKY_BANDS[stratum.sky]
+        assert DENSITY_RANGES[stratum.density][0] <= e["density_factor"] < DENSITY_RANGES[stratum.density][1]
+        assert SEEING_RANGES[stratum.seeing][0] <= e["fwhm_arcsec"] < SEEING_RANGES[stratum.seeing][1]
+    dark_deep = [e for e in calib.exposures if e["stratum"].startswith("dark") and e["stratum"].endswith("deep")]
+    assert min(e["limiting_mag"] for e in dark_deep) > max(e["limiting_mag"] for e in calib.exposures if e["band"] == "z")
+    again = build_calibration_set(spec, cache_dir=tmp_path)  # deterministic: the same pixels from scratch
+    np.testing.assert_array_equal(again.tiles, calib.tiles)
+    assert set(calib.manifest_strata()) >= {"strata", "axes", "exposures"}
+
+
+def test_qdq_graph_is_symmetric_without_int32_bias(classifier_int8: Path) -> None:
+    model = onnx.load(str(classifier_int8))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 6 and "DequantizeLinear" in ops
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in init:
+            zero = init[node.input[2]]
+            assert zero.dtype == np.int8 and not zero.any(), f"{node.name}: not symmetric"
+    assert not any(v.dtype == np.int32 for v in init.values()), "an int32 bias: TensorRT-RTX rejects it"
+
+
+def test_ort_runs_int8_close_to_fp32(classifier_int8: Path, calib) -> None:  # noqa: ANN001
+    from skyblink.engines.backends import OnnxRuntimeRunner  # noqa: PLC0415
+
+    stamps = calib.stamps[:128]
+    with OnnxRuntimeRunner(onnx_path("classifier")) as fp32, OnnxRuntimeRunner(classifier_int8) as int8:
+        a, b = fp32.infer({"stamps": stamps}), int8.infer({"stamps": stamps})
+    assert np.abs(a["real_bogus"] - b["real_bogus"]).max() < 0.15
+    assert np.mean((a["real_bogus"] > 0.5) == (b["real_bogus"] > 0.5)) > 0.95
+
+
+def test_tensorrt_rtx_builds_int8_engine_on_cpu(classifier_int8: Path, calib, tmp_path: Path) -> None:  # noqa: ANN001
+    pytest.importorskip("tensorrt_rtx")
+    from skyblink.engines.build import build_engine  # noqa: PLC0415
+    from skyblink.engines.manifest import EngineManifest  # noqa: PLC0415
+
+    manifest = build_engine(classifier_int8, tmp_path, model="classifier", model_version="1.0", precision="int8",
+                            builder="tensorrt_rtx", calibration_set=calib.id, calibration_strata=calib.manifest_strata())
+    assert (tmp_path / manifest.engine_file).stat().st_size == manifest.engine_bytes > 0
+    back = EngineManifest.read(tmp_path / (manifest.engine_file + ".manifest.json"))
+    assert back.precision == "int8" and back.calibration_set == calib.id
+    assert "dark-sparse-good-deep" in back.calibration_strata["strata"]
+
+
+def test_select_runner_runs_int8_production_release(classifier_int8: Path, tmp_path: Path) -> None:
+    from skyblink.engines.backends import select_runner  # noqa: PLC0415
+    from skyblink.engines.channels import Channels, register_release  # noqa: PLC0415
+    from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
+
+    registry = EngineRegistry(tmp_path / "reg")
+    with pytest.raises(RuntimeError, match="no INT8 release"):
+        select_runner("classifier", backend="onnxruntime", precision="int8", registry=registry)
+    channels = Channels(registry.root)
+    channels.set_candidate(register_release(registry.root, "classifier", classifier_int8, model_version="1.0", precision="int8"))
+    channels.advance("classifier", "canary")
+    channels.advance("classifier", "production")
+    choice = select_runner("classifier", backend="onnxruntime", registry=registry)
+    assert choice.runner.onnx_path.parent == registry.root and "int8" in choice.runner.onnx_path.name
+    assert "production release classifier 1.0 int8" in choice.reason
+    with choice.runner as runner:
+        out = runner.infer({"stamps": np.zeros((2, 3, 63, 63), np.float32)})
+    assert out["real_bogus"].shape == (2, 1)
+    # The detector has no release: the shipped fp32 graph.
+    assert select_runner("detector", backend="onnxruntime", registry=registry).runner.onnx_path == onnx_path("detector")
