@@ -17,8 +17,16 @@ One pass of the algorithm, on an image ``I`` with its sky (not background-subtra
 5. The flagged pixels are replaced by the median of the good pixels of their 5x5 neighbourhood
    and the pass repeats (at most ``niter`` times) until it finds nothing new.
 
-Medians use mirror edges (``scipy.ndimage`` ``mode="mirror"``), the Laplacian replicates edges,
-as L.A.Cosmic's reference code does. ``L+`` is computed without materialising the 4x larger
+The ``k x k`` medians ``med3``, ``med5``, ``med7`` are *separable* medians: the median of ``k``
+along each column, then the median of ``k`` of those along each row (a median of medians, as
+robust to a cosmic ray or a star core as the full ``k x k`` median). They replace L.A.Cosmic's
+full window medians because they cost a few dozen elementwise min/max per pixel (a pruned
+Batcher sorting network selecting the middle value: 12 for a median of 5, 22 for one of 7),
+against a sort of 25 or 49 values per pixel, and a min/max network is exact, so numpy and torch
+give bit-identical medians. Measured on the test frames (simulated, 20x the cosmic-ray rate,
+FWHM 1.59 and 1.33 px): recall 925/930 (99.5 %) and star-core pixels masked 2/4823 (0.04 %),
+against 925/930 and 4/4823 with the full medians. Medians use mirror edges (``scipy.ndimage``
+``mode="mirror"``), the Laplacian replicates edges, as L.A.Cosmic's reference code does. ``L+`` is computed without materialising the 4x larger
 subsampled image: with each pixel ``v`` repeated in a 2x2 block, each sub-pixel's Laplacian is
 ``2v - v_vertical_neighbour - v_horizontal_neighbour``, so ``L+`` is the mean of four clipped
 terms of the original pixels (the tests check it against the literal subsample-convolve-rebin).
@@ -28,13 +36,14 @@ pixel is one flagged in every exposure of the same CCD (`persistent_pixels`).
 
 Notes
 -----
-The numpy version evaluates the 5x5 median of ``S`` and the 7x7 median of ``med3(I)`` only at
-the pixels that can pass the thresholds (``S' <= S`` since ``S >= 0``), and runs passes after
-the first only in windows around the pixels the previous cleaning changed (one pass's mask at a
-pixel depends on the image within 6 pixels). The torch version computes every quantity densely,
-runs on any device without host synchronisation (on a GPU it runs all ``niter`` passes: a pass
-that finds nothing new changes nothing), and gives the same mask and cleaned image as the numpy
-version on the CPU (both compute in float32 with the same operations in the same order).
+The numpy version runs passes after the first only in windows around the pixels the previous
+cleaning changed (one pass's mask at a pixel depends on the image within 6 pixels). The torch
+version computes every quantity densely with elementwise min/max on shifted views (no sort, no
+per-pixel window tensors), synchronises with the host once per pass (the indices of the flagged
+pixels: only their 5x5 windows are gathered to clean them, and a pass that flags nothing new
+ends the loop), and gives the same mask and cleaned image as the numpy version (both compute
+in float32 with the same operations in the same order). Unusable pixels are filled with the
+median of the good pixels of every 4th row and column (a fixed subsample, in both versions).
 Thread-safe; no global state.
 """
 
@@ -42,11 +51,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.ndimage import binary_dilation, find_objects, label, median_filter
+from scipy.ndimage import binary_dilation, find_objects, label
 
 try:  # torch is the optional [ml] extra: the numpy functions work without it
     import torch
@@ -61,6 +71,8 @@ _REACH = 6
 #: Extra context read around each window of the later passes.
 _HALO = 8
 _EIGHT = np.ones((3, 3), dtype=bool)
+#: The fill value of unusable pixels is the median of the good pixels of every this-many-th row and column.
+_FALLBACK_STRIDE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,29 +135,71 @@ def _lplus(image: np.ndarray) -> np.ndarray:
     return total * np.float32(0.25)
 
 
-def _median_at(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
-    """``median_filter(image, size, mode="mirror")`` evaluated only at pixels (ys, xs)."""
-    half = size // 2
-    windows = sliding_window_view(np.pad(image, half, mode="reflect"), (size, size))[ys, xs]
-    return np.median(windows.reshape(len(ys), size * size), axis=1).astype(image.dtype, copy=False)
+def _sorting_network(n: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort of ``n`` wires: comparators (i, j), i < j, min to i."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+@lru_cache(maxsize=None)
+def _median_plan(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The comparators of `_sorting_network` that the middle wire depends on, with which outputs are used."""
+    need = {n // 2}
+    plan = []
+    for i, j in reversed(_sorting_network(n)):
+        low, high = i in need, j in need
+        if low or high:
+            plan.append((i, j, low, high))
+            need |= {i, j}
+    return tuple(reversed(plan))
+
+
+def _median_of(values: list[Any], minimum: Any, maximum: Any) -> Any:
+    """Elementwise median of an odd number of same-shape arrays (or tensors), with min/max only (exact)."""
+    wires: list[Any] = list(values)
+    for i, j, low, high in _median_plan(len(wires)):
+        a, b = wires[i], wires[j]
+        wires[i] = minimum(a, b) if low else None
+        wires[j] = maximum(a, b) if high else None
+    return wires[len(wires) // 2]
+
+
+def _separable_median(padded: Any, size: int, shape: tuple[int, int], minimum: Any, maximum: Any) -> Any:
+    """
+    Median of ``size`` along columns, then of those along rows, of an array padded by ``size // 2``
+    on its last two axes: the separable ``size x size`` median (see the module notes).
+    """
+    h, w = shape
+    columns = _median_of([padded[..., k : k + h, :] for k in range(size)], minimum, maximum)
+    return _median_of([columns[..., k : k + w] for k in range(size)], minimum, maximum)
+
+
+def _median_filter(image: np.ndarray, size: int) -> np.ndarray:
+    """The separable ``size x size`` median with mirror edges (``scipy.ndimage`` ``mode="mirror"``)."""
+    padded = np.pad(image, size // 2, mode="reflect")
+    return _separable_median(padded, size, image.shape, np.minimum, np.maximum)
 
 
 def _pass(image: np.ndarray, bad: np.ndarray, p: _Params) -> np.ndarray:
     """One L.A.Cosmic detection pass: the pixels it flags."""
     lplus = _lplus(image)
-    m5 = median_filter(image, size=5, mode="mirror")
+    m5 = _median_filter(image, 5)
     noise = np.sqrt(np.maximum(m5, np.float32(1e-5)) * np.float32(p.gain) + np.float32(p.read_noise_sq)) / np.float32(p.gain)
     s = lplus / (noise * np.float32(2.0))
-    # S' = S - med5(S) <= S because S >= 0: S' is needed only where S passes the lower threshold.
-    sp = np.full(image.shape, -np.inf, dtype=np.float32)
-    ys, xs = np.nonzero(s > np.float32(p.low))
-    sp[ys, xs] = s[ys, xs] - _median_at(s, ys, xs, 5)
-    cy, cx = np.nonzero((sp > np.float32(p.sigclip)) & ~bad)
-    m3 = median_filter(image, size=3, mode="mirror")
-    fine = (m3[cy, cx] - _median_at(m3, cy, cx, 7)) / noise[cy, cx]
-    fine = np.maximum(fine, np.float32(0.01))
-    candidates = np.zeros(image.shape, dtype=bool)
-    candidates[cy, cx] = sp[cy, cx] / fine > np.float32(p.objlim)
+    sp = s - _median_filter(s, 5)
+    m3 = _median_filter(image, 3)
+    fine = np.maximum((m3 - _median_filter(m3, 7)) / noise, np.float32(0.01))
+    candidates = (sp > np.float32(p.sigclip)) & (sp / fine > np.float32(p.objlim)) & ~bad
     grown = binary_dilation(candidates, _EIGHT) & (sp > np.float32(p.sigclip)) & ~bad
     return binary_dilation(grown, _EIGHT) & (sp > np.float32(p.low)) & ~bad
 
@@ -177,7 +231,7 @@ def _filled(image: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     data = np.asarray(image, dtype=np.float32)
     finite = np.isfinite(data)
     bad = bad | ~finite
-    good = data[~bad]
+    good = data[::_FALLBACK_STRIDE, ::_FALLBACK_STRIDE][~bad[::_FALLBACK_STRIDE, ::_FALLBACK_STRIDE]]
     fallback = np.float32(np.median(good)) if good.size else np.float32(0.0)
     return np.where(finite, data, fallback).astype(np.float32, copy=False), bad, fallback
 
@@ -305,19 +359,11 @@ def persistent_pixels(masks: Sequence[np.ndarray] | np.ndarray, *, min_fraction:
 # --------------------------------------------------------------------------------------- torch
 
 
-def _median_filter_tensor(x: torch.Tensor, size: int, *, max_elements: int) -> torch.Tensor:
-    """``median_filter(mode="mirror")`` of each (H, W) image of a (B, H, W) tensor, in row chunks."""
-    b, h, w = x.shape
+def _median_filter_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`_median_filter` of each (H, W) image of a (B, H, W) tensor."""
     half = size // 2
     padded = F.pad(x[:, None], (half,) * 4, mode="reflect")[:, 0]
-    out = torch.empty_like(x)
-    rows = max(1, max_elements // (w * size * size))
-    for i in range(b):
-        for r in range(0, h, rows):
-            stop = min(h, r + rows)
-            windows = padded[i, r : stop + 2 * half].unfold(0, size, 1).unfold(1, size, 1)
-            out[i, r:stop] = windows.reshape(stop - r, w, size * size).median(dim=-1).values
-    return out
+    return _separable_median(padded, size, tuple(x.shape[1:]), torch.minimum, torch.maximum)
 
 
 def _lplus_tensor(x: torch.Tensor) -> torch.Tensor:
@@ -334,14 +380,14 @@ def _dilate_tensor(mask: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(mask[:, None].to(torch.float32), 3, stride=1, padding=1)[:, 0] > 0
 
 
-def _pass_tensor(image: torch.Tensor, bad: torch.Tensor, p: _Params, max_elements: int) -> torch.Tensor:
+def _pass_tensor(image: torch.Tensor, bad: torch.Tensor, p: _Params) -> torch.Tensor:
     lplus = _lplus_tensor(image)
-    m5 = _median_filter_tensor(image, 5, max_elements=max_elements)
+    m5 = _median_filter_tensor(image, 5)
     noise = torch.sqrt(m5.clamp(min=_f32(1e-5)) * p.gain + p.read_noise_sq) / p.gain
     s = lplus / (noise * 2.0)
-    sp = s - _median_filter_tensor(s, 5, max_elements=max_elements)
-    m3 = _median_filter_tensor(image, 3, max_elements=max_elements)
-    fine = ((m3 - _median_filter_tensor(m3, 7, max_elements=max_elements)) / noise).clamp(min=_f32(0.01))
+    sp = s - _median_filter_tensor(s, 5)
+    m3 = _median_filter_tensor(image, 3)
+    fine = ((m3 - _median_filter_tensor(m3, 7)) / noise).clamp(min=_f32(0.01))
     candidates = (sp > p.sigclip) & (sp / fine > p.objlim) & ~bad
     grown = _dilate_tensor(candidates) & (sp > p.sigclip) & ~bad
     return _dilate_tensor(grown) & (sp > p.low) & ~bad
@@ -357,33 +403,22 @@ def _nanmedian_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return med[..., 0], n[..., 0]
 
 
-def _clean_tensor(image: torch.Tensor, replace: torch.Tensor, exclude: torch.Tensor, fallback: torch.Tensor,
-                  max_elements: int) -> torch.Tensor:
+def _clean_tensor(image: torch.Tensor, flagged: tuple[torch.Tensor, ...], exclude: torch.Tensor,
+                  fallback: torch.Tensor) -> torch.Tensor:
+    """`_clean` at the ``flagged`` (batch, y, x) indices: only their 5x5 windows are gathered."""
+    ib, iy, ix = flagged
     source = F.pad(torch.where(exclude, torch.full_like(image, float("nan")), image), (2, 2, 2, 2), value=float("nan"))
-    b, h, w = image.shape
-    if image.device.type == "cpu":  # gather only the flagged pixels
-        ib, iy, ix = torch.nonzero(replace, as_tuple=True)
-        d = torch.arange(5)
-        windows = source[ib[:, None, None], (iy[:, None] + d)[:, :, None], (ix[:, None] + d)[:, None, :]].reshape(-1, 25)
-        med, n = _nanmedian_rows(windows)
-        out = image.clone()
-        out[ib, iy, ix] = torch.where(n > 0, med, fallback[ib])
-        return out
-    # On a device: every pixel's value, then a select (no data-dependent shapes, no host sync).
-    values = torch.empty_like(image)
-    rows = max(1, max_elements // (w * 25))
-    for i in range(b):
-        for r in range(0, h, rows):
-            stop = min(h, r + rows)
-            windows = source[i, r : stop + 4].unfold(0, 5, 1).unfold(1, 5, 1).reshape(stop - r, w, 25)
-            med, n = _nanmedian_rows(windows)
-            values[i, r:stop] = torch.where(n > 0, med, fallback[i])
-    return torch.where(replace, values, image)
+    d = torch.arange(5, device=image.device)
+    windows = source[ib[:, None, None], (iy[:, None] + d)[:, :, None], (ix[:, None] + d)[:, None, :]].reshape(-1, 25)
+    med, n = _nanmedian_rows(windows)
+    out = image.clone()
+    out[ib, iy, ix] = torch.where(n > 0, med, fallback[ib])
+    return out
 
 
 def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float, gain: float = 1.0, mask: torch.Tensor | None = None,
                           sigclip: float = 5.0, sigfrac: float = 0.3, objlim: float = 8.0, niter: int = 4,
-                          protect: int = 2, max_elements: int = 1 << 25) -> Cosmics:
+                          protect: int = 2) -> Cosmics:
     """
     `detect_cosmics` in torch, for one frame or a batch of tiles on any device.
 
@@ -395,8 +430,6 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float, gain: floa
         As in `detect_cosmics`.
     mask : bool tensor of ``images``' shape, optional
         Known bad pixels.
-    max_elements : int
-        Bound on the temporaries of the median filters (elements per chunk).
 
     Returns
     -------
@@ -427,17 +460,22 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float, gain: floa
     bad = unusable
     if protect:
         bad = F.max_pool2d(unusable[:, None].to(torch.float32), 2 * protect + 1, stride=1, padding=protect)[:, 0] > 0
-    fallback, n_good = _nanmedian_rows(torch.where(unusable, torch.full_like(raw, float("nan")), raw).flatten(1))
+    step = _FALLBACK_STRIDE
+    sample = torch.where(unusable, torch.full_like(raw, float("nan")), raw)[:, ::step, ::step].flatten(1)
+    fallback, n_good = _nanmedian_rows(sample)
     fallback = torch.where(n_good > 0, fallback, torch.zeros_like(fallback))
     data = torch.where(finite, raw, fallback[:, None, None])
     current = data
     crmask = torch.zeros_like(bad)
+    n_flagged = 0
     for _ in range(niter):
-        final = _pass_tensor(current, bad, params, max_elements)
-        new = final & ~crmask
-        if data.device.type == "cpu" and not bool(new.any()):
+        crmask = crmask | _pass_tensor(current, bad, params)
+        # The one host synchronisation of a pass: the flagged pixels, to clean only them; a pass
+        # that flags nothing new ends the loop (as numpy's), on a GPU too.
+        flagged = torch.nonzero(crmask, as_tuple=True)
+        if len(flagged[0]) == n_flagged:
             break
-        crmask = crmask | new
-        current = _clean_tensor(data, crmask, crmask | unusable, fallback, max_elements)
+        n_flagged = len(flagged[0])
+        current = _clean_tensor(data, flagged, crmask | unusable, fallback)
     cleaned = torch.where(finite, current, raw)
     return Cosmics(mask=crmask[0] if single else crmask, cleaned=cleaned[0] if single else cleaned)

@@ -23,7 +23,7 @@ from skyblink.sim.artifacts import cosmic_rays
 from skyblink.sim.ccd_image import MaskBit, render_ccd
 from skyblink.sim.conditions import READ_NOISE, SATURATE_ADU, exposure_conditions
 from skyblink.sim.seeds import Stream, rng_for
-from skyblink.workers.cosmics import _lplus, _median_at, detect_cosmics, persistent_pixels
+from skyblink.workers.cosmics import _lplus, _median_filter, _median_of, _sorting_network, detect_cosmics, persistent_pixels
 
 torch = pytest.importorskip("torch")
 
@@ -131,10 +131,29 @@ def test_fast_laplacian_equals_subsample_convolve_rebin() -> None:
 
 
 @pytest.mark.parametrize("size", [3, 5, 7])
-def test_sparse_median_equals_scipy(size: int) -> None:
+def test_separable_median_equals_median_of_column_medians(size: int) -> None:
     image = np.random.default_rng(size).normal(size=(30, 41)).astype(np.float32)
-    ys, xs = np.nonzero(np.ones_like(image, dtype=bool))
-    np.testing.assert_array_equal(_median_at(image, ys, xs, size), median_filter(image, size=size, mode="mirror")[ys, xs])
+    half = size // 2
+    padded = np.pad(image, half, mode="reflect")  # scipy's "mirror"
+    columns = np.median(np.lib.stride_tricks.sliding_window_view(padded, size, axis=0), axis=-1)
+    literal = np.median(np.lib.stride_tricks.sliding_window_view(columns, size, axis=1), axis=-1)
+    np.testing.assert_array_equal(_median_filter(image, size), literal.astype(np.float32))
+    tensor = detect_cosmics_tensor.__globals__["_median_filter_tensor"](torch.from_numpy(image)[None], size)[0]
+    np.testing.assert_array_equal(tensor.numpy(), literal.astype(np.float32))
+
+
+@pytest.mark.parametrize("n", [3, 5, 7, 9, 25])
+def test_median_network_selects_the_median(n: int) -> None:
+    # The 0-1 principle: a comparator network sorts every input iff it sorts every 0-1 input.
+    if n <= 9:  # noqa: PLR2004 - exhaustive up to 2**9 inputs
+        inputs = np.array(np.meshgrid(*[[0, 1]] * n, indexing="ij")).reshape(n, -1).T
+        for bits in inputs:
+            wires = list(bits)
+            for i, j in _sorting_network(n):
+                wires[i], wires[j] = min(wires[i], wires[j]), max(wires[i], wires[j])
+            assert wires == sorted(bits)
+    values = np.random.default_rng(n).normal(size=(n, 500))
+    np.testing.assert_array_equal(_median_of(list(values), np.minimum, np.maximum), np.median(values, axis=0))
 
 
 def test_hot_pixels_are_the_pixels_flagged_in_every_exposure(frames: list[dict], results: list) -> None:
