@@ -61,11 +61,13 @@ class EngineRequest:
     device: DeviceInfo
     builder: str
     builder_version: str
+    onnx_sha256: str | None = None  # a specific graph (a channel's release); None: any of the model
 
     def describe(self) -> str:
         """One line naming every field."""
         return (
-            f"{self.model} {self.model_version} {self.precision} on {self.device.name} "
+            f"{self.model} {self.model_version} {self.precision}"
+            f"{' from ONNX ' + self.onnx_sha256[:12] if self.onnx_sha256 else ''} on {self.device.name} "
             f"(compute capability {self.device.compute_capability}) with {self.builder} {self.builder_version}"
         )
 
@@ -102,6 +104,8 @@ class EngineRegistry:
             ("builder", manifest.builder, request.builder),
             ("builder_version", manifest.builder_version, request.builder_version),
         )
+        if request.onnx_sha256 is not None:
+            checks = (*checks, ("onnx_sha256", manifest.onnx_sha256, request.onnx_sha256))
         for name, have, want in checks:
             if have != want:
                 return f"{manifest.engine_file}: {name} is {have!r}, wanted {want!r}"

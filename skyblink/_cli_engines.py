@@ -156,3 +156,111 @@ def engines_list(ctx: typer.Context, registry: RegistryOption = None) -> None:
         table.add_row(m.engine_file, m.model, m.model_version, m.precision, f"{m.builder} {m.builder_version}",
                       " ".join(m.compute_capabilities), " ".join(p.name for p in m.profiles), f"{m.engine_bytes / 1e6:.1f}")
     console.print(table)
+
+
+ModelArgument = Annotated[str, typer.Argument(help="detector or classifier.")]
+
+
+def _registry_dir(ctx: typer.Context, registry: Path | None, **more: object) -> tuple[Path, object]:
+    config = effective_config(ctx, **{"engines.registry": str(registry) if registry else None}, **more)
+    return Path(config.engines.registry).expanduser(), config
+
+
+def _check_model(model: str) -> None:
+    if model not in ("detector", "classifier"):
+        raise fail(f"MODEL must be detector or classifier, got {model!r}", 2)
+
+
+@engines_app.command("quantize")
+def engines_quantize(
+    ctx: typer.Context,
+    model: ModelArgument,
+    calibration: Annotated[str, typer.Option("--calibration", help="stratified (default) or bright-crowded (the careless set, for comparison).")] = "stratified",
+    method: Annotated[str, typer.Option("--method", help="percentile (default), minmax or entropy: ONNX Runtime's calibrator.")] = "percentile",
+    validation_exposures: Annotated[int, typer.Option("--validation-exposures", help="Exposures of the gate's validation night (default 10).")] = 10,
+    dark_deep_exposures: Annotated[int, typer.Option("--dark-deep-exposures", help="Dark deep validation exposures of the detector (default 10).")] = 10,
+    image_size: Annotated[int, typer.Option("--image-size", help="Validation CCD edge in pixels (default 1024).")] = 1024,
+    no_build: Annotated[bool, typer.Option("--no-build", help="Do not build the TensorRT-RTX engine from the Q/DQ graph.")] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """Quantize to INT8 (Q/DQ) on the stratified calibration set, gate against fp32, register as candidate, build."""
+    from skyblink.engines.calibration_set import bright_crowded_spec, stratified_spec  # noqa: PLC0415
+    from skyblink.engines.gate import AccuracyGateError, ValidationSpec  # noqa: PLC0415
+    from skyblink.engines.lifecycle import describe, quantize_candidate  # noqa: PLC0415
+
+    _check_model(model)
+    if calibration not in ("stratified", "bright-crowded") or method not in ("percentile", "minmax", "entropy"):
+        raise fail("--calibration must be stratified or bright-crowded; --method percentile, minmax or entropy", 2)
+    root, _ = _registry_dir(ctx, registry)
+    spec = stratified_spec() if calibration == "stratified" else bright_crowded_spec()
+    validation = ValidationSpec(exposures=validation_exposures, image_size=image_size, dark_deep_exposures=dark_deep_exposures)
+    try:
+        result = quantize_candidate(model, root, calibration=spec, method=method, validation=validation,  # type: ignore[arg-type]
+                                    cache_dir=root / "calibration", build=not no_build)
+    except AccuracyGateError as exc:
+        raise fail(str(exc)) from None
+    console.print(result.gate.report(), markup=False, highlight=False)
+    for key, value in describe(result).items():
+        console.print(f"{key}: {value}", markup=False, highlight=False)
+
+
+@engines_app.command("promote")
+def engines_promote(
+    ctx: typer.Context,
+    model: ModelArgument,
+    store: Annotated[str, typer.Option("--store", help="An ingested night's store whose work units the shadow run uses.")],
+    fraction: Annotated[float | None, typer.Option("--fraction", help="Fraction of work units run in shadow (config engines.canary_fraction, default 0.1).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="canary or production (default: the next step).")] = None,
+    registry: RegistryOption = None,
+) -> None:
+    """Run the candidate (or canary) in shadow next to production; promote one channel if within tolerances."""
+    from skyblink.engines.canary import PromotionError, PromotionTolerances, promote  # noqa: PLC0415
+    from skyblink.engines.channels import ChannelError  # noqa: PLC0415
+    from skyblink.storage import NightStore  # noqa: PLC0415
+
+    _check_model(model)
+    if to not in (None, "canary", "production"):
+        raise fail(f"--to must be canary or production, got {to!r}", 2)
+    root, config = _registry_dir(ctx, registry, **{"engines.canary_fraction": fraction})
+    night = config.night  # type: ignore[attr-defined]
+    try:
+        report = promote(model, root, NightStore(store), to=to, fraction=config.engines.canary_fraction,  # type: ignore[attr-defined]
+                         tolerances=PromotionTolerances.from_config(config.engines),  # type: ignore[attr-defined]
+                         tile_size=night.tile_size or config.ingest.tile_size, margin=night.margin,  # type: ignore[attr-defined]
+                         threshold=night.detector_threshold, snr_threshold=night.snr_threshold, top_k=night.top_k)
+    except (ChannelError, FileNotFoundError) as exc:
+        raise fail(f"error: {exc}") from None
+    except PromotionError as exc:
+        raise fail(str(exc)) from None
+    console.print(report.text(), markup=False, highlight=False)
+    console.print(f"promoted {report.release} to {report.target}", markup=False, highlight=False)
+
+
+@engines_app.command("rollback")
+def engines_rollback(ctx: typer.Context, model: ModelArgument, registry: RegistryOption = None) -> None:
+    """Put the previous production release of MODEL back (or the shipped model when there is none)."""
+    from skyblink.engines.channels import ChannelError, Channels  # noqa: PLC0415
+
+    _check_model(model)
+    root, _ = _registry_dir(ctx, registry)
+    try:
+        previous = Channels(root).rollback(model)
+    except ChannelError as exc:
+        raise fail(f"error: {exc}") from None
+    console.print(f"{model} production is now {previous.label if previous else 'the shipped model'}", markup=False)
+
+
+@engines_app.command("channels")
+def engines_channels(ctx: typer.Context, registry: RegistryOption = None) -> None:
+    """Show each model's candidate, canary and production releases."""
+    from skyblink.engines.channels import CHANNELS, Channels  # noqa: PLC0415
+
+    root, _ = _registry_dir(ctx, registry)
+    table = Table(title=f"release channels in {root}")
+    for column in ("model", *CHANNELS, "history"):
+        table.add_column(column)
+    channels = Channels(root)
+    for model, slots in channels.state().items():
+        cells = [slots[c].label.split(" ", 1)[1] if slots[c] else "-" for c in CHANNELS]
+        table.add_row(model, *cells, str(len(channels.history(model))))
+    console.print(table)

@@ -234,7 +234,27 @@ class EnginesConfig(_Section):
         "auto",
         description="auto: a TensorRT engine for this GPU, else torch on CUDA, else ONNX Runtime on the CPU.",
     )
-    precision: Literal["fp32", "fp16"] = Field("fp16", description="Precision on GPU backends.")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16",
+        description="Precision on GPU backends; a production-channel release in the registry overrides it.",
+    )
+    canary_fraction: float = Field(
+        0.1, gt=0.0, le=1.0, description="`engines promote`: fraction of a store's work units run in shadow."
+    )
+    shadow_match_radius_px: float = Field(
+        1.5, gt=0.0, description="A candidate's detection matches production's within this many pixels."
+    )
+    promote_min_matched_fraction: float = Field(
+        0.95, ge=0.0, le=1.0,
+        description="Promote only when at least this fraction of each side's detections is matched by the other.",
+    )
+    promote_max_real_bogus_delta: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="Promote only when the 95th percentile of |real/bogus change| over matched detections is within this.",
+    )
+    promote_max_count_change: float = Field(
+        0.05, ge=0.0, description="Promote only when the detection count changes by at most this fraction."
+    )
 
 
 class NightConfig(_Section):

@@ -3,6 +3,11 @@ Choose the inference backend: by flag or configuration, else automatically.
 
 Automatic order: a TensorRT engine that the registry holds (or can build) for this GPU; torch on
 CUDA; ONNX Runtime on the CPU. The choice and its reason are logged and returned.
+
+Which model: the release in the production channel of the registry (`skyblink.engines.channels`)
+when one is set, with its precision (an INT8 Q/DQ graph runs in ONNX Runtime on the CPU and is
+built into an INT8 TensorRT engine); otherwise the model shipped in the package. The registry is
+the one passed in, else the configured ``engines.registry`` (channels only).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Literal
 
 from ..build import EngineBuildError, build_engine
 from ..catalog import MODEL_VERSIONS, load_network, onnx_path
+from ..channels import CHANNELS_FILE, Channels, Release
 from ..manifest import IO_NAMES
 from ..registry import EngineNotFoundError, EngineRegistry, EngineRequest, current_device
 from ._trt_probe import trt_runtime_available
@@ -40,7 +46,7 @@ def select_runner(
     model: str,
     *,
     backend: BackendName = "auto",
-    precision: Literal["fp32", "fp16"] = "fp32",
+    precision: Literal["fp32", "fp16", "int8"] = "fp32",
     registry: EngineRegistry | None = None,
     models_root: Path | None = None,
     device: int = 0,
@@ -54,8 +60,9 @@ def select_runner(
         ``detector`` or ``classifier``.
     backend : {"auto", "tensorrt", "torch", "onnxruntime"}
         Forced backend, or ``auto``.
-    precision : {"fp32", "fp16"}
-        Precision on GPU backends; ONNX Runtime on the CPU always runs fp32.
+    precision : {"fp32", "fp16", "int8"}
+        Precision on GPU backends; ONNX Runtime on the CPU runs fp32 (or the production release).
+        A production release overrides it; ``int8`` needs an INT8 production release.
     registry : EngineRegistry, optional
         Where TensorRT engines are kept (needed for ``tensorrt``).
     models_root : Path, optional
@@ -71,6 +78,14 @@ def select_runner(
     names = IO_NAMES[model]
     gpu = current_device(device)
     reasons: list[str] = []
+    release, release_onnx = _production_release(model, registry)
+    if release is not None:
+        precision = release.precision  # type: ignore[assignment]
+        reasons.append(f"production release {release.label}")
+    elif precision == "int8":
+        msg = (f"{model}: int8 asked for, but the registry's production channel holds no INT8 release; "
+               f"run `skyblink engines quantize {model}` and `skyblink engines promote {model} --store ...`")
+        raise RuntimeError(msg)
     if backend in ("auto", "tensorrt"):
         why = _tensorrt_unavailable(gpu, registry)
         if why is None and registry is not None and gpu is not None:
@@ -78,10 +93,14 @@ def select_runner(
             from .tensorrt_runner import TensorRTRunner  # noqa: PLC0415
 
             flavour = load_trt()
-            request = EngineRequest(model, MODEL_VERSIONS[model], precision, gpu, flavour.name, flavour.version)
-            build = functools.partial(build_engine, onnx_path(model, precision, models_root), registry.root,
-                                      model=model, model_version=MODEL_VERSIONS[model], precision=precision,
-                                      compute_capabilities=[gpu.compute_capability])
+            request = EngineRequest(model, release.model_version if release else MODEL_VERSIONS[model], precision, gpu,
+                                    flavour.name, flavour.version, onnx_sha256=release.onnx_sha256 if release else None)
+            build = functools.partial(build_engine, release_onnx or onnx_path(model, precision, models_root), registry.root,
+                                      model=model, model_version=request.model_version, precision=precision,
+                                      compute_capabilities=[gpu.compute_capability],
+                                      calibration_set=release.calibration_set if release else None,
+                                      calibration_strata=release.calibration_strata if release else None,
+                                      validation=release.validation if release else None)
             try:
                 path, manifest = registry.get_or_build(request, build)
             except (EngineNotFoundError, EngineBuildError) as exc:
@@ -95,16 +114,42 @@ def select_runner(
         from .torch_runner import TorchRunner  # noqa: PLC0415
 
         target = f"cuda:{device}" if gpu is not None else "cpu"
+        torch_precision = precision if gpu is not None and precision in ("fp32", "fp16") else "fp32"
         runner = TorchRunner(load_network(model, models_root), input_name=names.inputs[0], output_names=names.outputs,
-                             device=target, precision=precision if gpu is not None else "fp32")
+                             device=target, precision=torch_precision)
         why = f"torch on {gpu.name}" if gpu is not None else "torch on the CPU (forced)"
+        if release is not None and release.precision == "int8":
+            why += " (runs the shipped weights in fp32/fp16: torch does not run the INT8 Q/DQ release)"
         return _chosen(runner, "torch", "; ".join([*reasons, why]))
     if backend == "torch":
         raise RuntimeError("torch backend asked for, but torch cannot run here")
     reasons.append("no CUDA device" if gpu is None else "onnxruntime forced")
     from .onnxruntime_runner import OnnxRuntimeRunner  # noqa: PLC0415
 
-    return _chosen(OnnxRuntimeRunner(onnx_path(model, "fp32", models_root)), "onnxruntime", "; ".join(reasons) + "; ONNX Runtime on the CPU")
+    ort_onnx = release_onnx or onnx_path(model, "fp32", models_root)
+    return _chosen(OnnxRuntimeRunner(ort_onnx), "onnxruntime", "; ".join(reasons) + "; ONNX Runtime on the CPU")
+
+
+def _production_release(model: str, registry: EngineRegistry | None) -> tuple[Release | None, Path | None]:
+    """The production release of ``model`` and its ONNX file, from ``registry`` or the configured one."""
+    root = registry.root if registry is not None else _configured_registry()
+    if root is None or not (root / CHANNELS_FILE).is_file():
+        return None, None
+    channels = Channels(root)
+    release = channels.get(model, "production")
+    if release is None:
+        return None, None
+    return release, channels.onnx_path(release)
+
+
+def _configured_registry() -> Path | None:
+    from skyblink.config import ConfigError, load_config  # noqa: PLC0415
+
+    try:
+        return Path(load_config().engines.registry).expanduser()
+    except (ConfigError, OSError) as exc:
+        log.warning("cannot read the configured engine registry for its channels: %s", exc)
+        return None
 
 
 def _tensorrt_unavailable(gpu: object, registry: EngineRegistry | None) -> str | None:
