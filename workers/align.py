@@ -2,7 +2,8 @@
 Bring a reference image onto a science image's pixel grid, using both WCS.
 
 The mapping from science pixels to reference pixels is computed exactly with astropy at a grid
-of control points and interpolated (bicubic) to every pixel: a sampling grid, as GridSample
+of control points and interpolated (cubic spline on the CPU, bilinear from a uniform lattice on the
+device) to every pixel: a sampling grid, as GridSample
 takes it. The warp then samples the reference bilinearly at those positions.
 
 Notes
@@ -22,7 +23,7 @@ from scipy.ndimage import map_coordinates
 if TYPE_CHECKING:  # astropy is needed by the caller who built the WCS, not to import this module
     from astropy.wcs import WCS
 
-__all__ = ["sampling_grid", "warp"]
+__all__ = ["control_points", "sampling_grid", "warp"]
 
 
 def sampling_grid(science_wcs: WCS, reference_wcs: WCS, shape: tuple[int, int], *, step: int = 32,
@@ -58,6 +59,38 @@ def sampling_grid(science_wcs: WCS, reference_wcs: WCS, shape: tuple[int, int], 
         spline = RectBivariateSpline(ys, xs, ref[:, axis].reshape(len(ys), len(xs)), kx=k, ky=k)
         out[axis] = spline(np.arange(ny), np.arange(nx))
     return out
+
+
+def control_points(science_wcs: WCS, reference_wcs: WCS, shape: tuple[int, int], *, step: int = 32,
+                   origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """
+    Return the exact science-to-reference mapping on a uniform lattice of control points.
+
+    The lattice spans the region's first and last pixels with at most ``step`` pixels between
+    points, so that upsampling it with corner-aligned interpolation (bilinear on the device, see
+    `skyblink.workers.gpu_units`) gives the full sampling grid without sending it over the bus.
+
+    Parameters
+    ----------
+    science_wcs, reference_wcs : astropy.wcs.WCS
+    shape : (ny, nx)
+    step : int
+        Largest spacing between control points, pixels.
+    origin : (y0, x0)
+        Science pixel of the region's first pixel.
+
+    Returns
+    -------
+    (2, my, mx) ndarray of float64
+        Reference (x, y) pixel coordinates at ``linspace(0, n - 1, m)`` along each axis.
+    """
+    ny, nx = shape
+    ys = np.linspace(0, ny - 1, int(np.ceil((ny - 1) / step)) + 1)
+    xs = np.linspace(0, nx - 1, int(np.ceil((nx - 1) / step)) + 1)
+    gx, gy = np.meshgrid(xs + origin[1], ys + origin[0])
+    world = science_wcs.all_pix2world(np.column_stack([gx.ravel(), gy.ravel()]), 0)
+    ref = reference_wcs.all_world2pix(world, 0)
+    return ref.T.reshape(2, len(ys), len(xs))
 
 
 def warp(image: np.ndarray, grid: np.ndarray, *, order: int = 1, fill: float = np.nan) -> np.ndarray:
