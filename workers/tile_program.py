@@ -75,7 +75,10 @@ def _mesh_statistics(data: torch.Tensor, usable: torch.Tensor, mesh: tuple[int, 
     index = spread(rows) * n_bins + torch.where(inside, level, torch.zeros_like(level)).to(torch.int64)
     trash = b * gy * gx * n_bins
     index = torch.where(inside, index, torch.full_like(index, trash))
-    histo = torch.bincount(index.reshape(-1), minlength=trash + 1)[:trash].reshape(b * gy * gx, n_bins)
+    # scatter-add, not bincount: CUDA's bincount reads the largest index back to the host.
+    histo = torch.zeros(trash + 1, dtype=torch.int32, device=data.device)
+    histo.index_add_(0, index.reshape(-1), torch.ones(1, dtype=torch.int32, device=data.device).expand(index.numel()))
+    histo = histo[:trash].reshape(b * gy * gx, n_bins)
 
     mode, clipped = _histogram_mode(histo, nlevels.reshape(-1), mean.to(torch.float32).reshape(-1), nsigma, max_iters)
     back = (qzero.reshape(-1).to(torch.float64) + mode * qscale.reshape(-1)).to(torch.float32)
@@ -87,27 +90,30 @@ def _mesh_statistics(data: torch.Tensor, usable: torch.Tensor, mesh: tuple[int, 
 
 def _histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tensor, nsigma: float,
                     max_iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SEP's ``backguess`` on every histogram row at once (the numpy version's rules, in torch)."""
+    """
+    SEP's ``backguess`` on every histogram row at once (the numpy version's rules, in torch).
+
+    The cumulative counts, first and second moments are one (rows, bins + 1, 3) float64 table
+    (exact integers, below 2**53), so a pass reads each window end with one gather: a pass is
+    about 50 small kernels, which is what it costs on a GPU (launches, not arithmetic).
+    """
     n_rows, n_bins = histo.shape
     device = histo.device
-    bins = torch.arange(n_bins, device=device)
-    zero = torch.zeros((n_rows, 1), dtype=torch.int64, device=device)
-    c0 = torch.cat([zero, histo.cumsum(1)], dim=1)
-    c1 = torch.cat([zero, (histo * bins).cumsum(1)], dim=1)
-    c2 = torch.cat([zero, (histo * bins * bins).cumsum(1)], dim=1)
+    f64 = torch.float64
+    bins = torch.arange(n_bins, device=device, dtype=f64)
+    counts = histo.to(f64)
+    zero = torch.zeros((n_rows, 1, 3), dtype=f64, device=device)
+    table = torch.cat([zero, torch.stack([counts, counts * bins, counts * bins * bins], dim=-1).cumsum(1)], dim=1)
+    c0 = table[:, :, 0]
     pair = (c0[:, :-1] + c0[:, 1:]).contiguous()  # nondecreasing along each row
-
-    def at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return table.gather(1, index[:, None])[:, 0]
-
     top = nlevels - 1
     lo = torch.zeros_like(top)
     hi = top.clone()
-    sig = 10.0 * top.to(torch.float64)
+    sig = 10.0 * top.to(f64)
     sig_prev = torch.ones_like(sig)
-    mea = mean.to(torch.float64)
+    mea = mean.to(f64)
     med = mea.clone()
-    f64 = torch.float64
+    zero1 = torch.zeros_like(sig)
     for it in range(max_iters):
         active = (sig >= _bg.MIN_SIGMA_BINS) & ((sig / sig_prev - 1.0).abs() > _bg.CONVERGED)
         # A convergence test costs a host sync on a GPU: ask every pass on the CPU, every 8th on a GPU
@@ -116,35 +122,28 @@ def _histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tens
         if (device.type == "cpu" or (it > 0 and it % 8 == 0)) and not bool(active.any()):
             break
         nonempty = hi >= lo
-        lo_c = lo.clamp(0, n_bins)
-        hi_c = (hi + 1).clamp(0, n_bins)
-        total = torch.where(nonempty, at(c0, hi_c) - at(c0, lo_c), torch.zeros_like(lo))
-        target = at(c0, hi_c) + at(c0, lo_c)
+        ends = torch.stack([lo, hi + 1], dim=1).clamp(0, n_bins)
+        at_ends = table.gather(1, ends[:, :, None].expand(n_rows, 2, 3))  # (rows, 2, 3)
+        sums = torch.where(nonempty[:, None], at_ends[:, 1] - at_ends[:, 0], 0.0)  # count, s1, s2
+        total, s1, s2 = sums.unbind(1)
+        target = at_ends[:, 1, 0] + at_ends[:, 0, 0]
         p = torch.searchsorted(pair, target[:, None], side="left")[:, 0]
         p = torch.where(nonempty, torch.minimum(torch.maximum(p, lo), hi), lo)
         high_ptr = torch.where(nonempty, p - 1, hi)
-        low_sum = torch.where(nonempty, at(c0, p.clamp(0, n_bins)) - at(c0, lo_c), torch.zeros_like(lo))
-        high_sum = total - low_sum
-        h_low = at(histo, p.clamp(0, n_bins - 1))
-        h_high = at(histo, high_ptr.clamp(0, n_bins - 1))
-        new_med = torch.where(high_ptr >= 0,
-                              high_ptr.to(f64) + 0.5 + (high_sum - low_sum).to(f64) / (2.0 * torch.maximum(h_low, h_high).to(f64)),
-                              torch.zeros_like(sig))
-        s1 = torch.where(nonempty, at(c1, hi_c) - at(c1, lo_c), torch.zeros_like(lo)).to(f64)
-        s2 = torch.where(nonempty, at(c2, hi_c) - at(c2, lo_c), torch.zeros_like(lo)).to(f64)
+        low_sum = torch.where(nonempty, c0.gather(1, p.clamp(0, n_bins)[:, None])[:, 0] - at_ends[:, 0, 0], 0.0)
+        peak = counts.gather(1, torch.stack([p, high_ptr], dim=1).clamp(0, n_bins - 1)).amax(dim=1)
+        new_med = torch.where(high_ptr >= 0, high_ptr.to(f64) + 0.5 + (total - 2.0 * low_sum) / (2.0 * peak), zero1)
         counted = total > 0
-        safe_total = torch.where(counted, total, torch.ones_like(total)).to(f64)
-        new_mea = torch.where(counted, s1 / safe_total, torch.zeros_like(sig))
-        var = torch.where(counted, s2 / safe_total - new_mea * new_mea, torch.zeros_like(sig))
-        new_sig = torch.where(var > 0, var, torch.zeros_like(var)).sqrt()
+        new_mea = torch.where(counted, s1 / total, zero1)
+        var = torch.where(counted, s2 / total - new_mea * new_mea, zero1)
+        new_sig = var.clamp(min=0.0).sqrt()
         low = new_med - nsigma * new_sig
         high = new_med + nsigma * new_sig
         # SEP rounds half away from zero; the clamps only keep the casts finite.
-        new_lo = torch.where(low > 0, torch.floor(torch.where(low > 0, low.clamp(max=n_bins), torch.zeros_like(low)) + 0.5),
-                             torch.zeros_like(low)).to(torch.int64)
+        new_lo = torch.where(low > 0, torch.floor(low.clamp(0.0, n_bins) + 0.5), zero1).to(torch.int64)
         high_ok = high < top
-        high_round = torch.where(high > 0, high + 0.5, high - 0.5).clamp(min=-1.0)
-        new_hi = torch.where(high_ok, torch.trunc(torch.where(high_ok, high_round, torch.zeros_like(high))).to(torch.int64), top)
+        high_round = torch.where(high > 0, high + 0.5, high - 0.5).clamp(-1.0, n_bins)
+        new_hi = torch.where(high_ok, torch.trunc(high_round).to(torch.int64), top)
         sig_prev = torch.where(active, sig, sig_prev)
         sig = torch.where(active, new_sig, sig)
         mea = torch.where(active, new_mea, mea)
@@ -231,7 +230,10 @@ def background(images: torch.Tensor, *, mask: torch.Tensor | None = None, mesh: 
     -----
     Experimental. On a GPU, the histogram iterations ask whether every mesh has converged every
     8th pass only, a host sync each time: one per call on simulated frames (they converge within
-    7 passes), up to three on real ones (24 passes measured on a Spitzer mosaic).
+    7 passes), up to three on real ones (24 passes measured on a Spitzer mosaic); the histogram
+    is built with a scatter-add (no sync). The cost on a GPU is mostly kernel launches, so call
+    it once for as many tiles as possible (`normalized_triplet` passes science and reference
+    together).
     """
     b, h, w = images.shape
     mesh_yx = _bg.as_pair(mesh, "mesh", 4)
@@ -313,8 +315,11 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
     covered = ~torch.isnan(reference_on_grid)
     ref = reference_on_grid.to(torch.float32) * scale
     sci_mask = ~covered if science_mask is None else (science_mask | ~covered)  # as the numpy version
-    sci_level, sci_rms = background(sci, mask=sci_mask, mesh=mesh)
-    ref_level, ref_rms = background(ref, mesh=mesh)
+    # One background call for both images: half the kernel launches and host syncs of two.
+    b = sci.shape[0]
+    level, rms = background(torch.cat([sci, ref]), mask=torch.cat([sci_mask, torch.zeros_like(sci_mask)]), mesh=mesh)
+    sci_level, ref_level = level[:b], level[b:]
+    sci_rms, ref_rms = rms[:b], rms[b:]
     sci_sub = sci - sci_level
     ref_sub = torch.where(covered, ref - ref_level, torch.zeros_like(ref))
     s_sci, s_ref = match_kernel_sigma(science_fwhm_px, reference_fwhm_px)
