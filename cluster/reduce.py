@@ -22,9 +22,8 @@ alerts.
    detection's candidate id, so reruns keep it.
 6. `decide`: a detection is alerted when its real/bogus reaches ``night.alert_min_real_bogus``;
    moving when linked; anomaly when no class reaches ``night.anomaly_max_class_probability``;
-   variable when it sits on a reference source and its difference S/N reaches
-   ``night.variable_min_snr``; moving when trailed or most probably moving to the classifier;
-   otherwise transient.
+   variable when it sits on a point-like reference source and its difference S/N reaches
+   ``night.variable_min_snr``; moving when trailed; otherwise (new, or on a galaxy) transient.
 7. `build_alerts`: Avro alert packets with their cutouts, the object's earlier detections and,
    for linked moving objects, the motion and predicted position (`MovingObject`).
 
@@ -334,19 +333,24 @@ def match_static(detections: pa.Table, store: Any, radius_arcsec: float, *, snr_
     -------
     pyarrow.Table
         ``detections`` with ``reference_index`` (row of the field's reference catalog, -1 when
-        new) and ``reference_separation`` (arcsec to the nearest reference source).
+        new), ``reference_separation`` (arcsec to the nearest reference source) and
+        ``reference_extended`` (the matched source is a galaxy).
     """
     n = detections.num_rows
     index = np.full(n, -1, dtype=np.int64)
     separation = np.full(n, np.inf)
+    extended = np.zeros(n, bool)
     fields = np.array(detections.column("field").to_pylist(), dtype=object)
     ra, dec = detections.column("ra").to_numpy(), detections.column("dec").to_numpy()
     for field in sorted(set(fields.tolist())):
         rows = np.flatnonzero(fields == field)
         catalog = reference_sources(store, field, snr_threshold=snr_threshold)
         index[rows], separation[rows] = match_reference(ra[rows], dec[rows], catalog, radius_arcsec)
+        matched = rows[index[rows] >= 0]
+        if len(matched):
+            extended[matched] = catalog.column("extended").to_numpy(zero_copy_only=False)[index[matched]]
     return detections.append_column("reference_index", pa.array(index)).append_column(
-        "reference_separation", pa.array(separation))
+        "reference_separation", pa.array(separation)).append_column("reference_extended", pa.array(extended))
 
 
 #: Columns `link_moving` adds (null where a detection is not in a tracklet).
@@ -516,10 +520,10 @@ def decide(detections: pa.Table, config: NightConfig) -> pa.Table:
     Notes
     -----
     In order: real/bogus below ``alert_min_real_bogus``: not alerted; in a tracklet: moving;
-    no class reaching ``anomaly_max_class_probability``: anomaly; on a reference source with a
-    difference S/N of at least ``variable_min_snr``: variable; trailed, or most probably moving
-    of the alertable classes: moving (unlinked, so without a prediction); otherwise transient.
-    Without a reference match column the classifier picks transient or variable.
+    no class reaching ``anomaly_max_class_probability``: anomaly; on a point-like reference
+    source with a difference S/N of at least ``variable_min_snr``: variable; trailed: moving
+    (unlinked, so without a prediction); otherwise (new, or on a galaxy) transient. Without the
+    reference match columns the classifier's most probable alertable class is the type.
     """
     n = detections.num_rows
     rb = detections.column("real_bogus").to_numpy()
@@ -529,6 +533,8 @@ def decide(detections: pa.Table, config: NightConfig) -> pa.Table:
     linked = (pc.is_valid(detections.column("tracklet_id")).to_numpy(zero_copy_only=False) if "tracklet_id" in names
               else np.zeros(n, bool))
     known = detections.column("reference_index").to_numpy() >= 0 if "reference_index" in names else None
+    if known is not None and "reference_extended" in names:  # a change on a galaxy is a transient
+        known &= ~detections.column("reference_extended").to_numpy(zero_copy_only=False)
     trailed = detections.column("trailed").to_numpy(zero_copy_only=False) if "trailed" in names else np.zeros(n, bool)
     snr = detections.column("snr").to_numpy()
     types: list[str | None] = []
@@ -544,7 +550,7 @@ def decide(detections: pa.Table, config: NightConfig) -> pa.Table:
             types.append(best)
         elif known[i] and snr[i] >= config.variable_min_snr:
             types.append(AlertType.VARIABLE.value)
-        elif trailed[i] or best == AlertType.MOVING.value:
+        elif trailed[i]:
             types.append(AlertType.MOVING.value)
         else:
             types.append(AlertType.TRANSIENT.value)

@@ -207,7 +207,7 @@ def sep_catalog(sources: pa.Table, store: Any, config: Any) -> pa.Table:
     table, _ = link_moving(table, config.model_copy(update={"link_min_real_bogus": 0.0}))
     table = associate(table, config.match_radius_arcsec)
     linked = table.column("tracklet_id").is_valid().to_numpy(zero_copy_only=False)
-    known = table.column("reference_index").to_numpy() >= 0
+    known = (table.column("reference_index").to_numpy() >= 0) & ~table.column("reference_extended").to_numpy(zero_copy_only=False)
     trailed = table.column("trailed").to_numpy(zero_copy_only=False)
     types = np.where(linked | trailed, "moving", np.where(known, "variable", "transient"))
     return table.append_column("alert_type", pa.array(types.tolist(), pa.string()))

@@ -54,15 +54,21 @@ def _gaussian(shape: tuple[int, int], x: float, y: float, sigma: float, flux: fl
     return flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
 
 
-def test_static_sources_found_at_their_positions() -> None:
+def test_static_sources_found_at_their_positions_and_galaxies_are_extended() -> None:
     rng = np.random.default_rng(1)
     image = rng.normal(1000.0, 10.0, (256, 256)).astype(np.float32)
     stars = [(40.3, 50.7), (120.6, 200.2), (210.1, 90.9)]
     fwhm = 3.0
     for x, y in stars:
         image += _gaussian(image.shape, x, y, fwhm / 2.3548, 20000.0).astype(np.float32)
-    xs, ys, snr = detect_static_sources(image, fwhm)
-    assert len(xs) == 3 and (snr > 50).all()
+    galaxy = _gaussian(image.shape, 200.0, 200.0, 4.0, 60000.0).astype(np.float32)  # extended
+    image += galaxy
+    xs, ys, snr, concentration = detect_static_sources(image, fwhm)
+    assert len(xs) == 4 and (snr > 50).all()
+    star_like = np.hypot(xs - 200.0, ys - 200.0) > 2
+    # A point source: 39 % of its flux within 1 sigma of 3 sigma's 99 %; the galaxy far less.
+    assert (concentration[star_like] > 0.3).all()  # pixel sampling spreads it around 0.40
+    assert concentration[~star_like][0] < 0.2
     for x, y in stars:
         assert np.min(np.hypot(xs - x, ys - y)) < 0.05  # S/N ~ 200: centroids within 0.05 px
 
