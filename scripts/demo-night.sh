@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: simulate a night and run the nightly pipeline on it with the embedded defaults
-# (local Ray, private Redis), as far as the pipeline is built. Writes into ./skyblink-demo/.
+# (local Ray, a private redis-server, ONNX Runtime on the CPU): ingest, tiles on worker actors,
+# reduce, alerts on the night's Redis stream, catalogs. Writes into ./skyblink-demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
