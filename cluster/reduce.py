@@ -59,7 +59,7 @@ from skyblink.storage.alerts import (
 from skyblink.storage.alerts.packet import MovingObject, make_alert_id
 from skyblink.workers.tile_unit import STAMP_HALF
 
-from .association import group_objects, match_reference, merge_duplicates, reference_sources
+from .association import EXTENDED_MAX_CONCENTRATION, group_objects, match_reference, merge_duplicates, reference_sources
 from .linking import LinkingParameters, Tracklet, link_tracklets, predict
 from .measurement import measure_stamps
 from .results import stamps_of
@@ -348,7 +348,8 @@ def match_static(detections: pa.Table, store: Any, radius_arcsec: float, *, snr_
         index[rows], separation[rows] = match_reference(ra[rows], dec[rows], catalog, radius_arcsec)
         matched = rows[index[rows] >= 0]
         if len(matched):
-            extended[matched] = catalog.column("extended").to_numpy(zero_copy_only=False)[index[matched]]
+            concentration = np.nan_to_num(catalog.column("concentration").to_numpy(zero_copy_only=False), nan=1.0)
+            extended[matched] = concentration[index[matched]] < EXTENDED_MAX_CONCENTRATION
     return detections.append_column("reference_index", pa.array(index)).append_column(
         "reference_separation", pa.array(separation)).append_column("reference_extended", pa.array(extended))
 
