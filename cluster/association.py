@@ -38,7 +38,18 @@ from skyblink.workers.matched_filter import matched_filter_snr
 
 from .measurement import windowed_centroid
 
-__all__ = ["EXTENDED_MAX_CONCENTRATION", "REFERENCE_SCHEMA", "detect_static_sources", "group_objects", "match_reference", "merge_duplicates", "reference_sources"]
+__all__ = [
+    "EXTENDED_MAX_CONCENTRATION",
+    "REFERENCE_SCHEMA",
+    "detect_static_sources",
+    "group_objects",
+    "match_reference",
+    "merge_duplicates",
+    "reference_catalog_path",
+    "reference_ccd_sources",
+    "reference_sources",
+    "write_reference_catalog",
+]
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -95,6 +106,53 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
     return out_x, out_y, snr[ys, xs].astype(np.float32), concentration
 
 
+def reference_catalog_path(store: Any, field: str, snr_threshold: float) -> tuple[Any, str]:
+    """Return the file system and path of a field's cached reference catalog."""
+    import fsspec  # noqa: PLC0415
+
+    fs, root = fsspec.core.url_to_fs(store.url)
+    return fs, f"{root.rstrip('/')}/catalogs/reference-{field}-snr{snr_threshold:g}-v{_CATALOG_VERSION}.parquet"
+
+
+def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: float = 5.0) -> pa.Table:
+    """
+    Detect the static sources of one CCD of a field's reference image.
+
+    The unit of parallel work: `skyblink.cluster.night` runs one Ray task per reference CCD
+    while the worker actors process tiles, so the catalog is ready when the reduce step needs it.
+
+    Returns
+    -------
+    pyarrow.Table
+        Of `REFERENCE_SCHEMA`.
+    """
+    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
+
+    key = f"references/{field}"
+    wcs = store.wcs(key, ccd)
+    header = store.header(key, ccd)
+    scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
+    x, y, snr, concentration = detect_static_sources(np.asarray(store.image(key, ccd)), float(header.get("SEEING", 1.0)) / scale,
+                                                     snr_threshold=snr_threshold)
+    ra, dec = wcs.celestial.all_pix2world(x, y, 0) if len(x) else (np.zeros(0), np.zeros(0))
+    return pa.table({"ra": np.asarray(ra) % 360.0, "dec": np.asarray(dec), "x": x, "y": y, "snr": snr,
+                     "concentration": concentration,
+                     "extended": np.nan_to_num(concentration, nan=1.0) < EXTENDED_MAX_CONCENTRATION,
+                     "ccd": [ccd] * len(x)}, schema=REFERENCE_SCHEMA)
+
+
+def write_reference_catalog(store: Any, field: str, parts: list[pa.Table], *, snr_threshold: float = 5.0) -> pa.Table:
+    """Join a field's per-CCD catalogs, cache them under ``<store>/catalogs`` (atomically) and return them."""
+    fs, path = reference_catalog_path(store, field, snr_threshold)
+    table = pa.concat_tables(parts) if parts else REFERENCE_SCHEMA.empty_table()
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+    fs.mv(tmp, path)
+    return table
+
+
 def reference_sources(store: Any, field: str, *, snr_threshold: float = 5.0, refresh: bool = False) -> pa.Table:
     """
     Return the static sources of a field's reference image, detecting them on first use.
@@ -115,37 +173,15 @@ def reference_sources(store: Any, field: str, *, snr_threshold: float = 5.0, ref
         Of `REFERENCE_SCHEMA` (``extended``: a galaxy by its concentration); empty when the
         store has no reference of the field.
     """
-    import fsspec  # noqa: PLC0415
-
-    fs, root = fsspec.core.url_to_fs(store.url)
-    path = f"{root.rstrip('/')}/catalogs/reference-{field}-snr{snr_threshold:g}-v{_CATALOG_VERSION}.parquet"
+    fs, path = reference_catalog_path(store, field, snr_threshold)
     if not refresh and fs.exists(path):
         with fs.open(path, "rb") as fh:
             return pq.read_table(fh).cast(REFERENCE_SCHEMA)
     key = f"references/{field}"
     if key not in store.exposure_keys("reference"):
         return REFERENCE_SCHEMA.empty_table()
-    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
-
-    parts = []
-    for ccd in store.ccd_names(key):
-        wcs = store.wcs(key, ccd)
-        header = store.header(key, ccd)
-        scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
-        x, y, snr, concentration = detect_static_sources(np.asarray(store.image(key, ccd)), float(header.get("SEEING", 1.0)) / scale,
-                                          snr_threshold=snr_threshold)
-        ra, dec = wcs.celestial.all_pix2world(x, y, 0) if len(x) else (np.zeros(0), np.zeros(0))
-        parts.append(pa.table({"ra": np.asarray(ra) % 360.0, "dec": np.asarray(dec), "x": x, "y": y, "snr": snr,
-                               "concentration": concentration,
-                               "extended": np.nan_to_num(concentration, nan=1.0) < EXTENDED_MAX_CONCENTRATION,
-                               "ccd": [ccd] * len(x)}, schema=REFERENCE_SCHEMA))
-    table = pa.concat_tables(parts) if parts else REFERENCE_SCHEMA.empty_table()
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
-    fs.mv(tmp, path)
-    return table
+    parts = [reference_ccd_sources(store, field, ccd, snr_threshold=snr_threshold) for ccd in store.ccd_names(key)]
+    return write_reference_catalog(store, field, parts, snr_threshold=snr_threshold)
 
 
 def match_reference(ra: np.ndarray, dec: np.ndarray, reference: pa.Table, radius_arcsec: float) -> tuple[np.ndarray, np.ndarray]:

@@ -38,6 +38,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
 from skyblink.config import SkyblinkConfig
 from skyblink.storage import NightStore
@@ -47,6 +48,7 @@ from skyblink.storage.redis_server import RedisServer
 from skyblink.workers.actor import UnitOutcome
 from skyblink.workers.tile_unit import WorkUnit, plan_tiles
 
+from .association import reference_catalog_path, reference_ccd_sources, write_reference_catalog
 from .dispatch import WorkerPool, worker_spec
 from .ingest import IngestReport, ingest_night
 from .ray_runtime import ray_session
@@ -385,14 +387,17 @@ def _cycle(
     todo = [u for u in units if u.key not in done]
     report.tiles_done_before = len(done) if not report.tiles_processed else report.tiles_done_before
     hooks.on_planned(len(todo), len(done))
+    catalogs = _start_reference_catalogs(store, exposures, config)  # CPU tasks, beside the GPU actors
     if todo:
-        hooks.on_stage("dispatch")
-        with _timed(report, "dispatch"):
-            if pool is None:
+        if pool is None:
+            hooks.on_stage("workers")
+            with _timed(report, "workers_start"):  # actors start, load their engines and warm up
                 pool = WorkerPool(config, worker_spec(config))
                 spec = pool.spec
                 report.workers = {"count": spec.count, "kind": spec.kind, "backend": config.engines.backend}
                 pool.wait_ready()
+        hooks.on_stage("dispatch")
+        with _timed(report, "dispatch"):
             for outcome in pool.run(todo):
                 if outcome.error is not None:
                     report.tiles_failed[outcome.unit.key] = outcome.error
@@ -402,6 +407,9 @@ def _cycle(
                     report.tiles_processed += 1
                 hooks.on_unit(outcome)
         report.megapixels += sum(u.size * u.size for u in todo) / 1e6
+    with _timed(report, "reference_catalogs"):  # usually finished while the tiles ran
+        for field, refs in catalogs.items():
+            write_reference_catalog(store, field, ray.get(refs), snr_threshold=config.night.reference_snr_threshold)
     fresh = {u.exposure.rsplit("/", 1)[-1] for u in todo}
     if todo or not report.detections:
         _reduce_and_publish(store, config, name, units, results, report, hooks, client, fresh if watch else None)
@@ -412,6 +420,24 @@ def _cycle(
             if appeared is not None:
                 report.latency_s[exposure_id] = now - appeared
     return new_files, pool
+
+
+def _start_reference_catalogs(store: NightStore, exposures: list[str], config: SkyblinkConfig) -> dict[str, list[Any]]:
+    """Start one Ray task per CCD of each planned field's reference whose source catalog is not cached yet."""
+    task = ray.remote(num_cpus=1, max_retries=2)(_reference_ccd_task)
+    threshold = config.night.reference_snr_threshold
+    started: dict[str, list[Any]] = {}
+    for key in exposures:
+        field = str(store.ccd_metadata(key, store.ccd_names(key)[0]).get("field"))
+        fs, path = reference_catalog_path(store, field, threshold)
+        if field in started or fs.exists(path):
+            continue
+        started[field] = [task.remote(store.url, field, ccd, threshold) for ccd in store.ccd_names(f"references/{field}")]
+    return started
+
+
+def _reference_ccd_task(store_url: str, field: str, ccd: str, snr_threshold: float) -> pa.Table:
+    return reference_ccd_sources(NightStore(store_url), field, ccd, snr_threshold=snr_threshold)
 
 
 def _note_ingest(ingest: IngestReport, report: NightRunReport, night_dir: Path, seen_files: dict[str, float]) -> None:

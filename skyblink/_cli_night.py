@@ -93,8 +93,7 @@ def night_run(
         progress.update(bar, advance=1, rate=f"{clock['n'] / elapsed:.1f} tiles/s" if elapsed > 0 else "")
 
     def stage(name: str) -> None:
-        if name != "dispatch":
-            progress.update(bar, description=name)
+        progress.update(bar, description="tiles" if name == "dispatch" else name)
 
     def say(line: str) -> None:
         progress.console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -33,9 +33,9 @@ from .calibration import CalibrationSpec
 from .device_program import make_device_program
 from .difference import flux_scale
 from .pipeline import TilePipeline
-from .tile_unit import CandidateRecord, WorkUnit, process_tile, read_window
+from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
-__all__ = ["GpuUnitProcessor", "upsample_grid", "window_edge"]
+__all__ = ["GpuUnitProcessor", "read_raw_region", "upsample_grid", "window_edge"]
 
 #: Reference CCDs kept on the device (one per field and CCD being processed).
 _REFERENCE_CACHE = 4
@@ -75,6 +75,21 @@ class GpuUnitProcessor:
         self.pipeline = TilePipeline(lambda science, index: self._programs[index](science, index),
                                      batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
         self._references: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run one batch of blank windows through the pipeline: kernels and allocator ready at start."""
+        edge = self.edge
+        ys, xs = torch.meshgrid(torch.linspace(0, edge - 1, 3, device=self.device),
+                                torch.linspace(0, edge - 1, 3, device=self.device), indexing="ij")
+        grid = upsample_grid(torch.stack([xs, ys])[None].expand(self.batch, 2, 3, 3).contiguous(), edge)
+        reference = torch.full((edge, edge), 1000.0, device=self.device)
+        self._programs = [make_device_program(self.detector, self.classifier, reference, grid, science_fwhm_px=3.0,
+                                              reference_fwhm_px=3.0, **self.options)]
+        blank = np.random.default_rng(0).poisson(1000.0, (self.batch, edge, edge)).astype(np.uint16)
+        for _ in self.pipeline.run([blank]):
+            pass
+        self._programs = []
 
     def _reference(self, store: Any, key: str, ccd: str) -> torch.Tensor:
         cache_key = (store.url, key, ccd)
@@ -128,14 +143,11 @@ class GpuUnitProcessor:
         scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))
         reference = self._reference(store, reference_key, ccd)
         edge, b = self.edge, self.batch
-        # One read of the region the group's windows cover: each stored chunk is decompressed once.
+        # One read of the region the group's windows cover: each stored chunk is decompressed once,
+        # and the 16-bit pixels stay 16-bit up to the device.
         oys, oxs = [u.y0 - u.margin for u in units], [u.x0 - u.margin for u in units]
         by0, bx0 = min(oys), min(oxs)
-        region = read_window(store.image(exposure, ccd), by0, bx0, max(oys) + edge - by0, max(oxs) + edge - bx0)
-        beyond = ~np.isfinite(region)
-        if beyond.any():  # beyond the CCD's edge: a fill value, left out of the statistics (not covered)
-            region[beyond] = float(np.nanmedian(region[::4, ::4]))
-        raw = np.rint(region).clip(0, 65535).astype(np.uint16)
+        raw, beyond = read_raw_region(store.image(exposure, ccd), by0, bx0, max(oys) + edge - by0, max(oxs) + edge - bx0)
 
         def batches() -> Iterator[np.ndarray]:
             # A generator: batch i+1 is prepared on the host while the device runs batch i.
@@ -179,6 +191,29 @@ class GpuUnitProcessor:
                     float(cols["snr"][i]), float(cols["real_bogus"][i]), tuple(float(p) for p in cols["class_probs"][i]),
                     np.asarray(cols["stamps"][i], np.float16)))
         return result
+
+
+def read_raw_region(array: Any, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Read [y0, y0+h) x [x0, x0+w) of a 16-bit image as 16-bit, filling what lies beyond its edge.
+
+    Returns
+    -------
+    raw : (h, w) ndarray of uint16
+        The pixels; beyond the image, the median of the pixels read (a neutral fill).
+    beyond : (h, w) ndarray of bool
+        Where the region lies beyond the image (to be left out of every statistic).
+    """
+    ny, nx = array.shape
+    raw = np.zeros((h, w), np.uint16)
+    beyond = np.ones((h, w), bool)
+    ys, xs, ye, xe = max(0, y0), max(0, x0), min(ny, y0 + h), min(nx, x0 + w)
+    if ye > ys and xe > xs:
+        raw[ys - y0 : ye - y0, xs - x0 : xe - x0] = array[ys:ye, xs:xe]
+        beyond[ys - y0 : ye - y0, xs - x0 : xe - x0] = False
+        if beyond.any():
+            raw[beyond] = np.uint16(np.median(raw[ys - y0 : ye - y0 : 8, xs - x0 : xe - x0 : 8]))
+    return raw, beyond
 
 
 def upsample_grid(points: torch.Tensor, edge: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ def test_gpu_units_match_the_per_tile_program(tmp_path: Path, ray_local: None) -
     assert set(found) == {u.key for u in units}
     gpu_xy = np.array([(c.x, c.y) for records in found.values() for c in records])
     cpu_xy = np.array([(c.x, c.y) for records in cpu.values() for c in records])
-    assert len(cpu_xy) >= 10
+    assert len(cpu_xy) >= 5
     # Each source once: no two GPU candidates within 2 px (tile margins overlap).
     d = np.hypot(*(gpu_xy[:, None] - gpu_xy[None]).transpose(2, 0, 1)) + np.eye(len(gpu_xy)) * 1e9
     assert d.min() > 2.0
