@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import IO_NAMES, EngineManifest, ProfileSpec, file_sha256
+from .registry import current_device
 from ._trt import TrtFlavour, load_trt
 
 __all__ = ["DEFAULT_PROFILES", "DEFAULT_RTX_TARGETS", "EngineBuildError", "build_engine", "engine_file_name"]
@@ -53,7 +54,13 @@ def engine_file_name(model: str, precision: str, flavour: TrtFlavour, targets: l
 
 def _set_targets(trt: Any, config: Any, flavour: TrtFlavour, targets: list[str]) -> list[str]:
     if not flavour.is_rtx:
-        return ["current"]
+        # Full TensorRT builds for the GPU it runs on: record that GPU's compute capability, which
+        # is what the registry matches a worker's device against.
+        device = current_device()
+        if device is None:
+            msg = "full TensorRT builds only on a CUDA device, and none is visible; build with tensorrt_rtx instead"
+            raise EngineBuildError(msg)
+        return [device.compute_capability]
     members = trt.ComputeCapability.__members__
     chosen = []
     for target in targets:

@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-out=${SKYBLINK_DEMO_DIR:-skyblink-demo}
+out=${DEMO_DIR:-skyblink-demo}  # not SKYBLINK_*: that prefix is the configuration's
 .venv/bin/skyblink sim night "$out/night"
 .venv/bin/skyblink night run "$out/night" --store "$out/store.zarr"
