@@ -95,7 +95,9 @@ class GpuUnitProcessor:
         cache_key = (store.url, key, ccd)
         if cache_key not in self._references:
             image = np.asarray(store.image(key, ccd)[...], dtype=np.float32)
-            image = np.nan_to_num(image, nan=float(np.nanmedian(image)))
+            holes = np.isnan(image)
+            if holes.any():  # a median of 1 pixel in 64 is a fill as good as the full median, 60x cheaper
+                image[holes] = float(np.nanmedian(image[::8, ::8]))
             self._references[cache_key] = torch.from_numpy(image).to(self.device)
             while len(self._references) > _REFERENCE_CACHE:
                 self._references.popitem(last=False)
