@@ -66,6 +66,7 @@ class IngestJob:
     layout: StoreLayout
     max_nonfinite_fraction: float
     known_sha256: str | None = None  # sha256 of the version already in the store
+    write_threads: int = 1  # CCDs written at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +178,8 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
     try:
         with open_fits_exposure(path, max_nonfinite_fraction=job.max_nonfinite_fraction) as reader:
             source = {"path": job.path, "size": stat.st_size, "sha256": sha256}
-            nbytes = store.write_exposure(job.key, reader.exposure, reader.images(), kind=job.kind, source=source)
+            nbytes = store.write_exposure(job.key, reader.exposure, reader.images(), kind=job.kind, source=source,
+                                          threads=min(job.write_threads, len(reader.exposure.ccds)))
             exposure = reader.exposure
     except InvalidExposureError as exc:
         store.delete(job.key)  # an earlier good version of a file that is now bad is gone too
@@ -299,6 +301,7 @@ def plan_ingest(
                 store_url=store.url,
                 layout=store.layout,
                 max_nonfinite_fraction=config.ingest.max_nonfinite_fraction,
+                write_threads=config.ingest.write_threads,
                 known_sha256=known,
             )
         )

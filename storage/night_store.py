@@ -20,11 +20,12 @@ and the next ingest treat as absent. Local paths and fsspec URLs are both accept
 
 from __future__ import annotations
 
+import warnings
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
-
-import warnings
-from collections.abc import Iterable
 
 import numpy as np
 import zarr
@@ -159,6 +160,7 @@ class NightStore:
         *,
         kind: ExposureKind,
         source: dict[str, Any],
+        threads: int = 1,
     ) -> int:
         """
         Write every CCD of ``exposure`` under ``key``, replacing what was there.
@@ -175,6 +177,9 @@ class NightStore:
             What the image is.
         source : dict
             JSON-safe facts about the input file (path, size, sha256) kept in the group's attrs.
+        threads : int, optional
+            CCDs compressed and written at once (a visit of many CCDs is one file); the images
+            are still read one at a time, and at most ``threads`` of them are held in memory.
 
         Returns
         -------
@@ -191,9 +196,19 @@ class NightStore:
         written = 0
         names = []
         try:
-            for ccd in images:
-                names.append(self._write_ccd(group, ccd))
-                written += ccd.data.nbytes
+            if threads <= 1:
+                for ccd in images:
+                    names.append(self._write_ccd(group, ccd))
+                    written += ccd.data.nbytes
+            else:
+                with ThreadPoolExecutor(threads, thread_name_prefix="ccd-writer") as pool:
+                    pending: deque[Future[str]] = deque()
+                    for ccd in images:
+                        if len(pending) >= threads:
+                            names.append(pending.popleft().result())
+                        pending.append(pool.submit(self._write_ccd, group, ccd))
+                        written += ccd.data.nbytes
+                    names.extend(f.result() for f in pending)
         except BaseException:
             self.delete(key)
             raise
