@@ -338,6 +338,27 @@ def run_night(
     return report
 
 
+class _DriverMetrics:
+    """The driver's Prometheus metrics (through Ray's metrics agent), created once per process."""
+
+    _instance: _DriverMetrics | None = None
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Histogram  # noqa: PLC0415
+
+        self.stage_seconds = Histogram("skyblink_stage_seconds", "Wall time of one stage of a nightly run cycle.",
+                                       boundaries=[0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000], tag_keys=("stage",))
+        self.alerts = Counter("skyblink_alerts_published", "Alerts newly published to the night's stream.")
+        self.latency = Histogram("skyblink_alert_latency_seconds", "--watch: from an exposure file appearing to its "
+                                 "alerts being in Redis.", boundaries=[1, 3, 10, 30, 60, 120, 300, 600])
+
+    @classmethod
+    def get(cls) -> _DriverMetrics:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+
 def _timed(report: NightRunReport, stage: str) -> contextlib.AbstractContextManager[None]:
     @contextlib.contextmanager
     def timer() -> Iterator[None]:
@@ -345,7 +366,9 @@ def _timed(report: NightRunReport, stage: str) -> contextlib.AbstractContextMana
         try:
             yield
         finally:
-            report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + seconds
+            _DriverMetrics.get().stage_seconds.observe(seconds, tags={"stage": stage})
 
     return timer()
 
@@ -419,6 +442,7 @@ def _cycle(
             appeared = seen_files.get(exposure_id)
             if appeared is not None:
                 report.latency_s[exposure_id] = now - appeared
+                _DriverMetrics.get().latency.observe(now - appeared)
     return new_files, pool
 
 
@@ -483,5 +507,7 @@ def _reduce_and_publish(
         with AlertProducer(client, night, config=config.alerts) as producer:
             published: PublishReport = producer.publish(build_alerts(detections, candidates, store, builder, exposures=exposures))
         report.alerts_published += published.published
+        if published.published:
+            _DriverMetrics.get().alerts.inc(published.published)
         report.alerts_already_published += published.duplicates
         report.alerts_spooled += published.spooled
