@@ -7,22 +7,36 @@ so the functions import without Ray).
 Knows nothing of Redis or Kubernetes.
 """
 
-from .align import sampling_grid, warp
+from .align import control_points, sampling_grid, warp
 from .background import Background, estimate_background
+from .calibration import Calibrated, CalibrationSpec, calibrate
+from .cosmics import Cosmics, detect_cosmics, persistent_pixels
 from .difference import flux_scale, match_kernel_sigma, normalized_triplet
+from .matched_filter import matched_filter_snr
 from .peaks import Peaks, find_peaks
+from .source_detection import detect_sources, estimate_fwhm
 from .tile_unit import CandidateRecord, WorkUnit, plan_tiles, process_tile
 
 __all__ = [
     "Background",
     "CandidateRecord",
+    "Calibrated",
+    "CalibrationSpec",
+    "Cosmics",
     "Peaks",
     "WorkUnit",
+    "calibrate",
+    "control_points",
+    "detect_cosmics",
+    "detect_sources",
     "estimate_background",
+    "estimate_fwhm",
     "find_peaks",
     "flux_scale",
     "match_kernel_sigma",
+    "matched_filter_snr",
     "normalized_triplet",
+    "persistent_pixels",
     "plan_tiles",
     "process_tile",
     "sampling_grid",
