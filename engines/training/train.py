@@ -15,7 +15,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,10 @@ from skyblink.config import SimConfig
 from ..catalog import MODEL_VERSIONS, model_dir
 from ..export import export_onnx, file_sha256
 from ..networks import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE, Classifier, Detector
-from .dataset import TrainingDataConfig, build_training_data, exposure_triplet
+from .dataset import StampRealism, TrainingDataConfig, build_training_data, exposure_triplet
 from .metrics import completeness_by_magnitude, fpr_at_fnr, roc_auc
 
-__all__ = ["CLASSIFIER_DEFAULTS", "TrainingConfig", "train_classifier", "train_detector"]
+__all__ = ["CLASSIFIER_DEFAULTS", "CLASSIFIER_REALISM", "TrainingConfig", "train_classifier", "train_detector"]
 
 log = logging.getLogger(__name__)
 MAG_BINS = np.arange(17.0, 27.01, 0.5)
@@ -72,7 +72,7 @@ def _gflops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
 
 def _validation_data(cfg: TrainingConfig) -> TrainingDataConfig:
     fields = max(1, cfg.validation_exposures // cfg.data.exposures_per_field)
-    return TrainingDataConfig(**{**asdict(cfg.data), "fields": fields, "seed": cfg.data.seed + 1000})
+    return replace(cfg.data, fields=fields, seed=cfg.data.seed + 1000)
 
 
 def _json_safe(value: Any) -> Any:
@@ -276,6 +276,9 @@ def _evaluate_classifier(model: Classifier, stamps: Any) -> dict[str, Any]:
 
 #: Defaults of the classifier run (the detector's are `TrainingConfig()`).
 CLASSIFIER_DEFAULTS = TrainingConfig(width=16, epochs=15, batch_size=64)
+#: The classifier run with the real-survey effects of `StampRealism` in its training and validation
+#: stamps. Experimental: measured 2026-11-26 (benchmarks/BENCHMARKS.md, real alerts) and not shipped.
+CLASSIFIER_REALISM = replace(CLASSIFIER_DEFAULTS, data=TrainingDataConfig(realism=StampRealism()))
 
 
 def train_classifier(cfg: TrainingConfig = CLASSIFIER_DEFAULTS, *,
