@@ -141,13 +141,16 @@ DETECTION_THRESHOLD = 0.3
 
 
 def _evaluate_detector(model: Detector, cfg: TrainingConfig, *,
-                       exposures: Iterable[tuple[SimConfig, int, int]] | None = None) -> dict[str, Any]:
+                       exposures: Iterable[tuple[SimConfig, int, int]] | None = None,
+                       render: Callable[[SimConfig, int, int], tuple[np.ndarray, dict[str, np.ndarray], float]] | None = None,
+                       ) -> dict[str, Any]:
     """
     Run on whole validation CCDs; a detection is a peak of max(transient, moving) above
     `DETECTION_THRESHOLD`; it matches a truth transient or mover within 3 px.
 
     ``exposures`` ((simulator config, field, exposure) triples) replaces the validation night of
-    ``cfg``: the INT8 accuracy gate adds dark, deep exposures to it.
+    ``cfg``: the INT8 accuracy gate adds dark, deep exposures to it. ``render`` (default
+    `exposure_triplet`) makes each exposure's (triplet, truth, limit): the gate's injects more events.
     """
     if exposures is None:
         val = _validation_data(cfg)
@@ -157,7 +160,7 @@ def _evaluate_detector(model: Detector, cfg: TrainingConfig, *,
     model.eval()
     channels = (DETECTOR_CLASSES.index("transient"), DETECTOR_CLASSES.index("moving"))
     for sim, f, e in exposures:
-        triplet, truth, limit = exposure_triplet(sim, f, e)
+        triplet, truth, limit = (render or exposure_triplet)(sim, f, e)
         with torch.no_grad():
             heat, off = model(torch.from_numpy(triplet)[None])
         peaks = find_peaks(heat[0].numpy(), threshold=DETECTION_THRESHOLD, offsets=off[0].numpy(), channels=channels)
