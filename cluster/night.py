@@ -44,7 +44,7 @@ from skyblink.config import SkyblinkConfig
 from skyblink.storage import NightStore
 from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
 from skyblink.storage.alerts.entry import stream_name
-from skyblink.storage.redis_server import RedisServer
+from skyblink.storage.redis_server import RedisServer, RedisServerError
 from skyblink.workers.actor import UnitOutcome
 from skyblink.workers.tile_unit import WorkUnit, plan_tiles
 
@@ -130,8 +130,9 @@ def embedded_redis(config: SkyblinkConfig, *, keep: bool = False, say: Callable[
     Parameters
     ----------
     config : SkyblinkConfig
-        ``redis.url`` set: yield it, start nothing. Unset: start ``redis-server`` on a free
-        loopback port with its data (append-only file) in ``night.redis_dir``.
+        ``redis.url`` set: yield it, start nothing. Unset: a private ``redis-server`` on a free
+        loopback port with its data (append-only file) in ``night.redis_dir``; one that an
+        earlier run left there (``--keep-redis``, or a run that was killed) is used again.
     keep : bool
         Leave the private server running at the end (its URL is said).
     say : callable
@@ -140,46 +141,79 @@ def embedded_redis(config: SkyblinkConfig, *, keep: bool = False, say: Callable[
     Raises
     ------
     RedisServerError
-        redis-server is not installed or did not start.
+        redis-server is not installed or did not start, or another running ``skyblink night
+        run`` uses the same data directory.
     """
     if config.redis.url:
         yield config.redis.url
         return
     data_dir = Path(config.night.redis_dir).expanduser().resolve()
-    _stop_stale_server(data_dir)
+    info_path = data_dir / "server.json"
+    info = _server_info(info_path)
+    driver = info.get("driver_pid")
+    if isinstance(driver, int) and driver != os.getpid() and _alive(driver):
+        msg = (f"another skyblink night run (pid {driver}) uses the private Redis in {data_dir}; wait for it, "
+               "pass --redis-url, or set night.redis_dir (SKYBLINK_NIGHT__REDIS_DIR)")
+        raise RedisServerError(msg)
     password = config.redis.password.get_secret_value() if config.redis.password else None
-    server = RedisServer(data_dir=data_dir, password=password, persistent=True)
-    server.start()
-    (data_dir / "server.json").write_text(json.dumps({"pid": server.pid, "port": server.port}))
-    say(f"started a private redis-server at {server.url} (data in {data_dir})")
+    pid, port = info.get("pid"), info.get("port")
+    server: RedisServer | None = None
+    if isinstance(pid, int) and isinstance(port, int) and _is_redis_server(pid):
+        url = f"redis://127.0.0.1:{port}/0"
+        say(f"using the private redis-server an earlier run left at {url} (pid {pid}, data in {data_dir})")
+    else:
+        server = RedisServer(data_dir=data_dir, password=password, persistent=True)
+        server.start()
+        pid, port, url = server.pid, server.port, server.url
+        say(f"started a private redis-server at {url} (data in {data_dir})")
+    info_path.write_text(json.dumps({"pid": pid, "port": port, "driver_pid": os.getpid()}))
     try:
-        yield server.url
+        yield url
     finally:
         if keep:
-            say(f"the private redis-server keeps running at {server.url} (pid {server.pid}); stop it with: kill {server.pid}")
+            info_path.write_text(json.dumps({"pid": pid, "port": port}))
+            say(f"the private redis-server keeps running at {url} (pid {pid}); stop it with: kill {pid}")
         else:
-            server.stop()
-            (data_dir / "server.json").unlink(missing_ok=True)
+            if server is not None:
+                server.stop()
+            else:
+                _terminate(int(pid))
+            info_path.unlink(missing_ok=True)
 
 
-def _stop_stale_server(data_dir: Path) -> None:
-    """Stop a private server a killed run left on this data directory (two must not share it)."""
-    info = data_dir / "server.json"
-    if not info.exists():
-        return
+def _server_info(path: Path) -> dict[str, Any]:
     try:
-        pid = int(json.loads(info.read_text())["pid"])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, KeyError, TypeError):
-        info.unlink(missing_ok=True)
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_redis_server(pid: int) -> bool:
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _terminate(pid: int) -> None:
+    """Stop a redis-server by pid (SIGTERM: it finishes its append-only file) and wait for it."""
+    if not _is_redis_server(pid):
         return
-    if b"redis-server" in cmdline:
-        log.info("stopping the private redis-server (pid %d) that an interrupted run left running", pid)
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    info.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _is_redis_server(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def night_name(store: NightStore, exposures: list[str]) -> str:
