@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from skyblink.cluster.night import embedded_redis
+from skyblink.cluster.private_redis import embedded_redis
 from skyblink.config import load_config
 from skyblink.storage.redis_server import RedisServerError, find_redis_server
 
