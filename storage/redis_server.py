@@ -183,7 +183,7 @@ class RedisServer:
                 cwd=self.data_dir,
             )
             if self._wait_ready():
-                log.info("private redis-server listening on %s (pid %d, dir %s)", self.url, self._process.pid, self.data_dir)
+                log.debug("private redis-server listening on %s (pid %d, dir %s)", self.url, self._process.pid, self.data_dir)
                 return
             if self._process.poll() is None:
                 self._process.kill()
@@ -246,7 +246,7 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-            log.info("stopped redis-server on port %d", self.port)
+            log.debug("stopped redis-server on port %d", self.port)
         self._process = None
         if self._own_dir:
             with contextlib.suppress(OSError):
