@@ -85,6 +85,7 @@ def embedded_redis(config: SkyblinkConfig, *, keep: bool = False, say: Callable[
             else:
                 _terminate(int(pid))
             info_path.unlink(missing_ok=True)
+            say(f"stopped the private redis-server (its data stays in {data_dir}; --keep-redis keeps it running)")
 
 
 def _server_info(path: Path) -> dict[str, Any]:
