@@ -334,8 +334,12 @@ def _validation_stamps(validation: ValidationSpec) -> Any:
 
 
 def default_cache_dir() -> Path:
-    """``$SKYBLINK_GATE_CACHE`` or ``~/.cache/skyblink/gate``: where fp32's validation metrics are kept."""
-    return Path(os.environ.get("SKYBLINK_GATE_CACHE") or Path.home() / ".cache" / "skyblink" / "gate")
+    """
+    ``$XDG_CACHE_HOME/skyblink/gate`` (default ``~/.cache/skyblink/gate``): where fp32's validation metrics are kept.
+
+    Not a ``SKYBLINK_*`` variable: those are the typed configuration's, which refuses unknown keys.
+    """
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "skyblink" / "gate"
 
 
 def _sha256(path: Path) -> str:

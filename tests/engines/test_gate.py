@@ -18,8 +18,8 @@ from skyblink.engines.quantize import quantize_int8
 from skyblink.engines.training.dataset import exposure_triplet
 
 #: Small but with dark deep fields and injected events: 5 median exposures and 10 dark deep ones
-#: of 512x512, 4 passes of 100 injected transients each (48 px spacing): ~6,000 events.
-VALIDATION = ValidationSpec(exposures=5, image_size=512, dark_deep_exposures=10, workers=1)
+#: of 512x512, 3 passes of 100 injected transients each (48 px spacing): ~4,500 events.
+VALIDATION = ValidationSpec(exposures=5, image_size=512, dark_deep_exposures=10, workers=1, injection_passes=3)
 
 
 def _quantized(model: str, spec, out: Path) -> Path:  # noqa: ANN001

@@ -103,3 +103,34 @@ def test_select_runner_runs_int8_production_release(classifier_int8: Path, tmp_p
     assert out["real_bogus"].shape == (2, 1)
     # The detector has no release: the shipped fp32 graph.
     assert select_runner("detector", backend="onnxruntime", registry=registry).runner.onnx_path == onnx_path("detector")
+
+
+@pytest.mark.slow
+def test_quantize_candidate_end_to_end_for_the_classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """quantize -> gate -> candidate -> engine (when tensorrt_rtx is installed), on a small config."""
+    import json  # noqa: PLC0415
+
+    from skyblink.engines.channels import Channels  # noqa: PLC0415
+    from skyblink.engines.gate import ValidationSpec  # noqa: PLC0415
+    from skyblink.engines.lifecycle import describe, quantize_candidate  # noqa: PLC0415
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # never the user's cache
+    registry = tmp_path / "reg"
+    validation = ValidationSpec(exposures=5, image_size=256, workers=1)
+    result = quantize_candidate("classifier", registry, calibration=stratified_spec(**SMALL), validation=validation,
+                                cache_dir=tmp_path / "cal")
+    assert result.gate.passed and result.gate.rows[0]["metric"] == "roc_auc"
+    assert (registry / result.release.onnx_file).is_file() and result.release.precision == "int8"
+    assert result.release.calibration_set == stratified_spec(**SMALL).id
+    assert result.release.validation["passed"] and result.release.validation["calibration_method"] == "percentile"
+    candidate = Channels(registry).get("classifier", "candidate")
+    assert candidate is not None and candidate.label == result.release.label
+    assert len(list((tmp_path / "skyblink" / "gate").glob("classifier-*.json"))) == 1  # fp32's metrics cached
+    try:
+        import tensorrt_rtx  # noqa: F401, PLC0415
+    except ImportError:
+        assert result.engine is None and result.engine_error
+    else:
+        assert result.engine is not None and (registry / result.engine.engine_file).is_file(), result.engine_error
+        assert result.engine.precision == "int8" and result.engine.validation["passed"]
+    assert json.dumps(describe(result))
