@@ -3,9 +3,11 @@ ONNX Runtime CPU: INT8 (Q/DQ, stratified calibration) against fp32 — speed and
 
 Prints ms per 1024x1024 detector tile and per 256-stamp classifier batch for both graphs, the
 speed-up, and the gate's numbers (completeness per magnitude bin, ROC AUC) for INT8 calibrated on
-the stratified set and on bright, crowded fields only.
+the stratified set and on bright, crowded fields only, with the gate's run time: fp32's reference
+metrics (cached by graph sha256 and validation-set id in ``--cache-dir``) and each candidate's.
 
     .venv/bin/python benchmarks/int8_cpu.py [--image-size 1024] [--validation-exposures 10] [--dark-deep 10]
+        [--injection-spacing 32] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from skyblink.engines.backends import OnnxRuntimeRunner
 from skyblink.engines.calibration_set import bright_crowded_spec, build_calibration_set, stratified_spec
 from skyblink.engines.catalog import onnx_path
-from skyblink.engines.gate import ValidationSpec, _validation_stamps, compare, evaluate
+from skyblink.engines.gate import ValidationSpec, _validation_stamps, compare, evaluate, reference_metrics
 from skyblink.engines.quantize import quantize_int8
 
 
@@ -43,9 +45,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--validation-exposures", type=int, default=10)
     parser.add_argument("--dark-deep", type=int, default=10)
+    parser.add_argument("--injection-spacing", type=int, default=ValidationSpec().injection_spacing_px)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="fp32 metrics cache (default: a temporary folder, cold).")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    validation = ValidationSpec(exposures=args.validation_exposures, image_size=args.image_size, dark_deep_exposures=args.dark_deep)
+    validation = ValidationSpec(exposures=args.validation_exposures, image_size=args.image_size, dark_deep_exposures=args.dark_deep,
+                                injection_spacing_px=args.injection_spacing)
     out: dict = {"speed": {}, "gate": {}}
     with tempfile.TemporaryDirectory() as tmp:
         graphs = {}
@@ -63,15 +68,23 @@ def main() -> None:
             int8 = _ms(graphs["stratified", model], name, x, args.repeats)
             out["speed"][model] = {"unit": unit, "fp32": round(fp32, 1), "int8": round(int8, 1), "speedup": round(fp32 / int8, 2)}
             print(f"{model}: fp32 {fp32:.1f} {unit}, int8 {int8:.1f}, speed-up x{fp32 / int8:.2f}", flush=True)
-        fp32_det = evaluate("detector", onnx_path("detector"), validation)
+        cache = args.cache_dir or Path(tmp) / "gate-cache"
+        start = time.perf_counter()
+        fp32_det = reference_metrics("detector", onnx_path("detector"), validation, cache_dir=cache)
         stamps_val = _validation_stamps(validation)
-        fp32_cls = evaluate("classifier", onnx_path("classifier"), validation, stamps=stamps_val)
+        fp32_cls = reference_metrics("classifier", onnx_path("classifier"), validation, stamps=stamps_val, cache_dir=cache)
+        out["gate_seconds"] = {"fp32_reference": round(time.perf_counter() - start, 1)}
+        print(f"validation set {validation.id}: fp32 reference {out['gate_seconds']['fp32_reference']} s "
+              f"({fp32_det['events']} detector events)", flush=True)
         for label in ("stratified", "bright-crowded"):
+            start = time.perf_counter()
             det = compare("detector", fp32_det, evaluate("detector", graphs[label, "detector"], validation))
             cls = compare("classifier", fp32_cls, evaluate("classifier", graphs[label, "classifier"], validation, stamps=stamps_val))
-            print(f"--- INT8 calibrated on {label} ({out['gate'][label]['calibration_set']})\n{det.report()}\n{cls.report()}", flush=True)
+            out["gate_seconds"][label] = round(time.perf_counter() - start, 1)
+            print(f"--- INT8 calibrated on {label} ({out['gate'][label]['calibration_set']}), candidate {out['gate_seconds'][label]} s\n"
+                  f"{det.report()}\n{cls.report()}", flush=True)
             out["gate"][label].update(detector_passed=det.passed, classifier_passed=cls.passed, detector_rows=det.rows, classifier=cls.rows)
-    print(json.dumps(out["speed"]))
+    print(json.dumps({"speed": out["speed"], "gate_seconds": out["gate_seconds"], "validation": validation.id}))
 
 
 if __name__ == "__main__":
