@@ -14,9 +14,10 @@ With no Redis URL configured the run starts a private ``redis-server`` on a free
 with its append-only file in ``night.redis_dir`` (so a resumed run continues the same stream),
 and stops it at the end unless asked to keep it (`skyblink.cluster.private_redis`).
 
-With ``watch=True`` the run keeps listing the night directory and processes exposures as they
-land, publishing each one's alerts as soon as it is reduced; the report records, per exposure,
-the latency from the file appearing to its alerts being in Redis.
+With ``watch=True`` the worker actors start (and warm up) first; the run then keeps listing the
+night directory and processes exposures as they land, publishing each one's alerts as soon as it
+is reduced; the report records, per exposure, the latency from the file appearing to its alerts
+being in Redis.
 """
 
 from __future__ import annotations
@@ -254,6 +255,8 @@ def run_night(
         report.redis_url = redact_url(redis_url)
         pool: WorkerPool | None = None
         try:
+            if watch:  # the observatory case: the actors are warm before the first exposure lands
+                pool = _start_workers(config, report, hooks)
             idle_since = time.monotonic()
             seen_files: dict[str, float] = {}
             while True:
@@ -350,12 +353,7 @@ def _cycle(
     catalogs = _start_reference_catalogs(store, exposures, config)  # CPU tasks, beside the GPU actors
     if todo:
         if pool is None:
-            hooks.on_stage("workers")
-            with _timed(report, "workers_start"):  # actors start, load their engines and warm up
-                pool = WorkerPool(config, worker_spec(config))
-                spec = pool.spec
-                report.workers = {"count": spec.count, "kind": spec.kind, "backend": config.engines.backend}
-                pool.wait_ready()
+            pool = _start_workers(config, report, hooks)
         hooks.on_stage("dispatch")
         with _timed(report, "dispatch"):
             for outcome in pool.run(todo):
@@ -381,6 +379,17 @@ def _cycle(
                 report.latency_s[exposure_id] = now - appeared
                 _DriverMetrics.get().latency.observe(now - appeared)
     return new_files, pool
+
+
+def _start_workers(config: SkyblinkConfig, report: NightRunReport, hooks: _Callbacks) -> WorkerPool:
+    """Start the worker actors and wait until each has loaded its engines and warmed up."""
+    hooks.on_stage("workers")
+    with _timed(report, "workers_start"):
+        pool = WorkerPool(config, worker_spec(config))
+        report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": config.engines.backend}
+        pool.wait_ready()
+    hooks.say(f"{pool.spec.count} {pool.spec.kind} worker actor(s) ready")
+    return pool
 
 
 def _start_reference_catalogs(store: NightStore, exposures: list[str], config: SkyblinkConfig) -> dict[str, list[Any]]:
