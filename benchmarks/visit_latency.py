@@ -3,13 +3,16 @@ Latency of one visit from its FITS file landing in the night directory to its al
 the observatory case: `skyblink night run --watch` with its worker actors already warm.
 
     python benchmarks/visit_latency.py [--ccds 16] [--size 4096] [--rubin-visit] [--work DIR]
+                                       [--sim-only | --reuse-sim]
 
 The visit (one exposure of ``--ccds`` CCDs, or ``--rubin-visit``: 189 CCDs of 4096x4096) and its
 field's reference are simulated; the reference is put in the night directory, the watch is
-started and, once it says its actors are ready, the visit's file is renamed into
+started and, once its actors are warm and it says the reference's source catalog is ready (at an
+observatory the template is in place long before the visit), the visit's file is renamed into
 ``exposures/`` (as an observatory writes, then renames). The run stops after
 ``night.watch_idle_s`` without a new file; its JSON report gives the latency and the stages.
-Prints a line and writes ``visit_latency.json`` to $OUT when set.
+Prints a line and writes ``visit_latency.json`` to $OUT when set. ``--sim-only`` then
+``--reuse-sim`` split the simulation (minutes for a Rubin-size visit) from the measurement.
 """
 
 from __future__ import annotations
@@ -34,9 +37,14 @@ def main() -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/visit-latency"))
+    parser.add_argument("--sim-only", action="store_true", help="simulate the visit into WORK/sim and stop")
+    parser.add_argument("--reuse-sim", action="store_true", help="take the visit from an earlier --sim-only run")
     args = parser.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
     sim, live = args.work / "sim", args.work / "live"
+    reuse = args.reuse_sim and (sim / "night.json").exists()
+    for path in args.work.iterdir() if args.work.exists() else []:
+        if not (reuse and path == sim):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     env = {
         **os.environ,
         "SKYBLINK_STORE": str(args.work / "store.zarr"),
@@ -50,14 +58,21 @@ def main() -> None:
     shape = ["--rubin-visit"] if args.rubin_visit else ["--fields", "1", "--exposures", "1", "--ccds", str(args.ccds),
                                                          "--size", str(args.size)]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "skyblink.cli", "sim", "night", str(sim), *shape], env=env, check=True,  # noqa: S603
-                   capture_output=True)
+    if not reuse:
+        subprocess.run([sys.executable, "-m", "skyblink.cli", "sim", "night", str(sim), *shape], env=env, check=True,  # noqa: S603
+                       capture_output=True)
     t_sim = time.perf_counter() - t0
+    if args.sim_only:
+        print(f"simulated the visit into {sim} in {t_sim:.0f} s")
+        return
     (live / "exposures").mkdir(parents=True)
     shutil.copytree(sim / "references", live / "references")
     visit = next((sim / "exposures").glob("*.fits"))
     staged = live / "exposures" / f".{visit.name}.part"  # same file system: the rename is atomic
-    shutil.copyfile(visit, staged)
+    try:
+        os.link(visit, staged)  # instant; the simulated file stays for a --reuse-sim run
+    except OSError:
+        shutil.copyfile(visit, staged)
     report_path = args.work / "report.json"
     run = subprocess.Popen([sys.executable, "-m", "skyblink.cli", "night", "run", str(live), "--watch",  # noqa: S603
                             "--report", str(report_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -67,14 +82,15 @@ def main() -> None:
     def read() -> None:
         for line in run.stdout:  # type: ignore[union-attr]
             lines.append(line)
-            if "worker actor(s) ready" in line:
+            if "reference catalog of" in line:  # actors warm, reference ingested and its catalog cached
                 ready.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     if not ready.wait(timeout=600):
         run.kill()
-        raise SystemExit("the worker actors did not get ready:\n" + "".join(lines[-40:]))
+        raise SystemExit("the reference's catalog was not ready:\n" + "".join(lines[-40:]))
+    t_ready = time.perf_counter() - t0 - t_sim
     time.sleep(2.0)  # a poll of the night directory with only the reference in it
     os.utime(staged)  # as if written just now: the run dates a file's appearance by its mtime
     staged.rename(live / "exposures" / visit.name)
@@ -84,11 +100,14 @@ def main() -> None:
         raise SystemExit(f"night run exited {run.returncode}:\n" + "".join(lines[-40:]))
     report = json.loads(report_path.read_text())
     latency = report["latency_s"].get(visit.stem.split(".")[0])
-    stages = ", ".join(f"{k} {v:.1f} s" for k, v in report["stage_seconds"].items())
+    actors = report["workers"].get("actors", [])
+    exposure_id = visit.stem.split(".")[0]
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in report["latency_stages_s"].get(exposure_id, {}).items())
     ccds, size = (189, 4096) if args.rubin_visit else (args.ccds, args.size)
     print(f"\nvisit of {ccds} CCDs of {size}^2 (sim {t_sim:.0f} s): latency from the file landing to its alerts in "
-          f"Redis {latency:.1f} s; {report['tiles_processed']} tiles, {sum(report['alerts'].values())} alerts, "
-          f"workers {report['workers']}; stages over the whole watch: {stages}")
+          f"Redis {latency:.1f} s (watch ready {t_ready:.0f} s after its start); {report['tiles_processed']} tiles, "
+          f"{sum(report['alerts'].values())} alerts, {len(actors)} {report['workers'].get('kind')} actor(s) "
+          f"{[a.get('seconds') for a in actors]}; stages of the visit's cycle: {stages}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "visit_latency.json").write_text(json.dumps({"ccds": ccds, "size": size, "latency_s": latency,
                                                                               "report": report}, indent=1))

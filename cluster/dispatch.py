@@ -2,8 +2,9 @@
 Dispatch work units to a pool of worker actors with Ray's own machinery.
 
 One `TileWorker` per GPU (``num_gpus=1``), or per CPU where the cluster has no GPU, in a
-`ray.util.ActorPool`. Each actor holds two calls (its mailbox queues the second while the first
-runs, so it never waits for the driver); further calls wait in the pool, which submits one
+`ray.util.ActorPool`. Each actor holds a few calls (a CPU actor's mailbox queues the second while
+the first runs; a GPU actor prepares the next calls on the host in threads while one runs on the
+device), so it never waits for the driver; further calls wait in the pool, which submits one
 whenever an actor frees a slot: the queue is bounded by the actors' slots, backpressure comes
 from the pool, and nothing here schedules by hand.
 
@@ -33,8 +34,10 @@ __all__ = ["WorkerPool", "WorkerSpec", "worker_spec"]
 
 log = logging.getLogger(__name__)
 
-#: Calls each actor holds at once: one running, one queued in its mailbox.
-_SLOTS_PER_ACTOR = 2
+#: Calls each actor holds at once. A CPU actor runs one and queues one in its mailbox. A GPU
+#: actor runs its calls in threads: one on the device while two are read and prepared on the
+#: host, so that the device never waits for the store between calls.
+_SLOTS_PER_ACTOR = {"cpu": 2, "gpu": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,9 @@ class WorkerPool:
             "num_cpus": self.spec.num_cpus,
             "max_restarts": -1,
             "max_task_retries": -1,
+            # GPU calls run in threads (prepare on the host, then the device in turn); one more
+            # thread answers the health check while the calls run.
+            "max_concurrency": _SLOTS_PER_ACTOR["gpu"] + 1 if self.spec.kind == "gpu" else 1,
         }
         night = config.night
         # Named, so that the dashboard and `ray.util.list_named_actors` show whose they are.
@@ -139,7 +145,7 @@ class WorkerPool:
             Called with the actors' health answers each time they are polled.
         """
         tiles = self.config.night.tiles_per_task
-        pool = ActorPool([actor for actor in self.actors for _ in range(_SLOTS_PER_ACTOR)])
+        pool = ActorPool([actor for actor in self.actors for _ in range(_SLOTS_PER_ACTOR[self.spec.kind])])
         for start in range(0, len(units), tiles):
             pool.submit(lambda actor, batch: actor.process.remote(batch), list(units[start : start + tiles]))
         period = self.config.night.health_check_s

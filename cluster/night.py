@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,7 +64,8 @@ class NightRunReport:
     What a nightly run did; written as JSON (``--report``) and printed as the summary. Stable.
 
     Times are seconds; ``latency_s`` maps an exposure id to the seconds from its file appearing
-    in the night directory to its alerts being in Redis (``--watch`` only).
+    in the night directory to its alerts being in Redis, and ``latency_stages_s`` to the stages
+    of the cycle that processed it, where that time went (``--watch`` only).
     """
 
     night: str = ""
@@ -92,6 +93,7 @@ class NightRunReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     latency_s: dict[str, float] = field(default_factory=dict)
+    latency_stages_s: dict[str, dict[str, float]] = field(default_factory=dict)
     catalogs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -254,13 +256,15 @@ def run_night(
         client = connect(config.redis, url=redis_url)
         report.redis_url = redact_url(redis_url)
         pool: WorkerPool | None = None
+        references = _ReferenceCatalogs(config.night.reference_snr_threshold, hooks.say)
         try:
             if watch:  # the observatory case: the actors are warm before the first exposure lands
                 pool = _start_workers(config, report, hooks)
             idle_since = time.monotonic()
             seen_files: dict[str, float] = {}
             while True:
-                new_files, pool = _cycle(night_dir, config, night, report, hooks, client, pool, seen_files, watch=watch)
+                new_files, pool = _cycle(night_dir, config, night, report, hooks, client, pool, seen_files, references,
+                                         watch=watch)
                 if not watch:
                     break
                 if new_files:
@@ -322,6 +326,7 @@ def _cycle(
     client: Any,
     pool: WorkerPool | None,
     seen_files: dict[str, float],
+    references: _ReferenceCatalogs,
     *,
     watch: bool,
 ) -> tuple[bool, WorkerPool | None]:
@@ -330,6 +335,7 @@ def _cycle(
 
     Returns whether new files were ingested, and the worker pool (started on first need).
     """
+    stages_before = dict(report.stage_seconds)
     hooks.on_stage("ingest")
     with _timed(report, "ingest"):
         ingest = ingest_night(night_dir, config, settle_s=config.night.watch_poll_s if watch else 0.0)
@@ -337,10 +343,14 @@ def _cycle(
     new_files = bool(ingest.ingested)
     store = NightStore(ingest.store_url)
     report.store_url = store.url
+    # A reference's catalog is started as soon as the reference is in the store (CPU tasks, beside
+    # the GPU actors), so that it is ready before the field's first exposure lands.
+    references.start(store)
     units, skipped, exposures = plan_night(store, config)
     report.exposures, report.exposures_skipped = len(exposures), skipped
     report.tiles = len(units)
     if not exposures:
+        references.collect(store, wait_for=())
         return new_files, pool
     name = night or report.night or night_name(store, exposures)
     report.night = name
@@ -350,7 +360,6 @@ def _cycle(
     todo = [u for u in units if u.key not in done]
     report.tiles_done_before = len(done) if not report.tiles_processed else report.tiles_done_before
     hooks.on_planned(len(todo), len(done))
-    catalogs = _start_reference_catalogs(store, exposures, config)  # CPU tasks, beside the GPU actors
     if todo:
         if pool is None:
             pool = _start_workers(config, report, hooks)
@@ -365,9 +374,12 @@ def _cycle(
                     report.tiles_processed += 1
                 hooks.on_unit(outcome)
         report.megapixels += sum(u.size * u.size for u in todo) / 1e6
-    with _timed(report, "reference_catalogs"):  # usually finished while the tiles ran
-        for field, refs in catalogs.items():
-            write_reference_catalog(store, field, ray.get(refs), snr_threshold=config.night.reference_snr_threshold)
+        # Each actor's own account (units, peak device memory, host and device seconds on a GPU):
+        # where the dispatch time went.
+        report.workers["actors"] = pool.poll_health()
+    with _timed(report, "reference_catalogs"):  # usually ready long before (see _ReferenceCatalogs)
+        references.collect(store, wait_for={str(store.ccd_metadata(key, store.ccd_names(key)[0]).get("field"))
+                                            for key in exposures})
     fresh = {u.exposure.rsplit("/", 1)[-1] for u in todo}
     if todo or not report.detections:
         _reduce_and_publish(store, config, name, units, results, report, hooks, client, fresh if watch else None)
@@ -377,6 +389,9 @@ def _cycle(
             appeared = seen_files.get(exposure_id)
             if appeared is not None:
                 report.latency_s[exposure_id] = now - appeared
+                report.latency_stages_s[exposure_id] = {
+                    stage: round(seconds - stages_before.get(stage, 0.0), 3)
+                    for stage, seconds in report.stage_seconds.items() if seconds > stages_before.get(stage, 0.0)}
                 _DriverMetrics.get().latency.observe(now - appeared)
     return new_files, pool
 
@@ -392,18 +407,41 @@ def _start_workers(config: SkyblinkConfig, report: NightRunReport, hooks: _Callb
     return pool
 
 
-def _start_reference_catalogs(store: NightStore, exposures: list[str], config: SkyblinkConfig) -> dict[str, list[Any]]:
-    """Start one Ray task per CCD of each planned field's reference whose source catalog is not cached yet."""
-    task = ray.remote(num_cpus=1, max_retries=2)(_reference_ccd_task)
-    threshold = config.night.reference_snr_threshold
-    started: dict[str, list[Any]] = {}
-    for key in exposures:
-        field = str(store.ccd_metadata(key, store.ccd_names(key)[0]).get("field"))
-        fs, path = reference_catalog_path(store, field, threshold)
-        if field in started or fs.exists(path):
-            continue
-        started[field] = [task.remote(store.url, field, ccd, threshold) for ccd in store.ccd_names(f"references/{field}")]
-    return started
+class _ReferenceCatalogs:
+    """
+    The static-source catalogs of the night's references, one Ray task per reference CCD.
+
+    `start` launches the tasks of every reference in the store whose catalog is neither cached
+    nor under way; `collect` writes the finished ones (waiting for those the reduce step needs).
+    In watch mode a reference's catalog is thus computed when the reference lands, not when the
+    field's first exposure does.
+    """
+
+    def __init__(self, snr_threshold: float, say: Callable[[str], None]) -> None:
+        self.snr_threshold = snr_threshold
+        self.say = say
+        self.pending: dict[str, list[Any]] = {}
+        self._task = ray.remote(num_cpus=1, max_retries=2)(_reference_ccd_task)
+
+    def start(self, store: NightStore) -> None:
+        """Start the tasks of each reference in ``store`` whose catalog is not cached or pending."""
+        for key in store.exposure_keys("reference"):
+            field = key.rsplit("/", 1)[-1]
+            fs, path = reference_catalog_path(store, field, self.snr_threshold)
+            if field in self.pending or fs.exists(path):
+                continue
+            self.pending[field] = [self._task.remote(store.url, field, ccd, self.snr_threshold)
+                                   for ccd in store.ccd_names(key)]
+
+    def collect(self, store: NightStore, *, wait_for: Iterable[str]) -> None:
+        """Write the catalogs of the fields in ``wait_for`` (waiting for them) and of any finished field."""
+        needed = set(wait_for)
+        for field, refs in list(self.pending.items()):
+            if field not in needed and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
+                continue
+            table = write_reference_catalog(store, field, ray.get(refs), snr_threshold=self.snr_threshold)
+            del self.pending[field]
+            self.say(f"reference catalog of {field} ready: {table.num_rows} sources")
 
 
 def _reference_ccd_task(store_url: str, field: str, ccd: str, snr_threshold: float) -> pa.Table:

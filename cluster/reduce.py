@@ -36,7 +36,10 @@ gives the same detections, object ids and alert ids as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -617,9 +620,13 @@ def build_alerts(
     builder: AlertBuilder,
     *,
     exposures: Iterable[str] | None = None,
+    threads: int | None = None,
 ) -> Iterator[Alert]:
     """
     Build the alert packets of the alerted detections, in time order.
+
+    The packets (their cutouts' FITS and gzip, most of the cost) are built by ``threads`` threads
+    (default: up to 8, one per CPU), a bounded window of them at a time, and yielded in order.
 
     Parameters
     ----------
@@ -632,6 +639,8 @@ def build_alerts(
     builder : AlertBuilder
     exposures : iterable of str, optional
         Only alerts of these exposure ids (e.g. those new in watch mode); default all.
+    threads : int, optional
+        Threads building packets; 1 builds them in this thread.
 
     Yields
     ------
@@ -642,25 +651,36 @@ def build_alerts(
     rows = detections.to_pylist()
     history: dict[int, list[Detection]] = {}
     wcs_of = cache(lambda exposure, ccd: store.wcs(exposure, ccd))
-    for row in rows:
-        detection = _detection(row, row["alert_type"])
-        earlier = history.setdefault(int(row["object_id"]), [])
-        if row["alert_type"] is not None and (wanted is None or row["exposure_id"] in wanted):
-            stamp = stamps[int(row["row"])]
-            x_peak, y_peak = row.get("x_peak", row["x"]), row.get("y_peak", row["y"])
-            origin = (round(x_peak) - STAMP_HALF, round(y_peak) - STAMP_HALF)
-            yield builder.build(
-                detection,
-                object_id=int(row["object_id"]),
-                science=stamp[0],
-                template=stamp[1],
-                difference=stamp[2],
-                wcs=wcs_of(row["exposure"], row["ccd"]),
-                origin=origin,
-                prv_detections=tuple(earlier),
-                moving_object=_moving_object(row),
-            )
-        earlier.append(detection)
+
+    def packets() -> Iterator[dict[str, Any]]:
+        for row in rows:
+            detection = _detection(row, row["alert_type"])
+            earlier = history.setdefault(int(row["object_id"]), [])
+            if row["alert_type"] is not None and (wanted is None or row["exposure_id"] in wanted):
+                stamp = stamps[int(row["row"])]
+                x_peak, y_peak = row.get("x_peak", row["x"]), row.get("y_peak", row["y"])
+                yield {"detection": detection, "object_id": int(row["object_id"]), "science": stamp[0],
+                       "template": stamp[1], "difference": stamp[2], "wcs": wcs_of(row["exposure"], row["ccd"]),
+                       "origin": (round(x_peak) - STAMP_HALF, round(y_peak) - STAMP_HALF),
+                       "prv_detections": tuple(earlier), "moving_object": _moving_object(row)}
+            earlier.append(detection)
+
+    def build(packet: dict[str, Any]) -> Alert:
+        return builder.build(packet.pop("detection"), **packet)
+
+    threads = threads or min(8, os.cpu_count() or 1)
+    if threads == 1:
+        yield from map(build, packets())
+        return
+    # zlib and numpy release the GIL: the packets' cutouts compress in parallel.
+    with ThreadPoolExecutor(threads, thread_name_prefix="alert-builder") as pool:
+        window: deque[Future[Alert]] = deque()
+        for packet in packets():
+            window.append(pool.submit(build, packet))
+            if len(window) >= 4 * threads:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 def alert_counts(detections: pa.Table) -> dict[str, int]:

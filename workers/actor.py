@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -77,6 +78,12 @@ class TileWorker:
         units of that core edge and margin (pinned ring and device buffers of ``gpu_batch``
         windows, allocated here once, with copy/compute overlap); otherwise each unit runs
         `process_tile`.
+
+    Notes
+    -----
+    Calls may run concurrently (``max_concurrency`` > 1, as `skyblink.cluster.WorkerPool` starts
+    GPU actors): on a GPU each call prepares its units on the host in its own thread and takes
+    the device in turn, so the device runs one call while the next is read from the store.
     """
 
     def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
@@ -89,6 +96,8 @@ class TileWorker:
             runner.activate()
         self._stores: dict[str, Any] = {}
         self._units_done = 0
+        self._device = threading.Lock()  # one call on the device at a time; others prepare meanwhile
+        self._count = threading.Lock()
         self._program_options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
         # Exported to Prometheus through Ray's metrics agent (the dashboard's /metrics).
         self._m_tiles = Counter("skyblink_tiles", "Work units processed by worker actors.", tag_keys=("outcome",))
@@ -130,15 +139,21 @@ class TileWorker:
         and retries the call, so the units are redone and none is lost.
         """
         out: list[UnitOutcome] = []
-        if self._gpu is not None:
-            start = time.perf_counter()
+        if self._gpu is not None and units:
             try:
-                found = self._gpu.process(units, self._store(units[0].store_url)) if units else {}
+                store = self._store(units[0].store_url)
+                start = time.perf_counter()
+                prepared = self._gpu.prepare(units, store)  # host side: concurrent with another call's device side
+                host = time.perf_counter() - start
+                with self._device:
+                    start = time.perf_counter()
+                    found = self._gpu.run(prepared, store)
+                    device = time.perf_counter() - start
             except Exception as exc:  # noqa: BLE001 - isolate the failing unit below
                 self._exit_if_context_lost(exc)
                 log.warning("GPU batch failed (%s); running its units one by one", exc)
             else:
-                seconds = (time.perf_counter() - start) / max(1, len(units))
+                seconds = (host + device) / len(units)
                 for unit in units:
                     out.append(self._record(UnitOutcome(unit, tuple(found[unit.key]), seconds=seconds)))
                 return out
@@ -146,7 +161,8 @@ class TileWorker:
             start = time.perf_counter()
             try:
                 if self._gpu is not None:
-                    records = self._gpu.process([unit], self._store(unit.store_url))[unit.key]
+                    with self._device:
+                        records = self._gpu.process([unit], self._store(unit.store_url))[unit.key]
                 else:
                     records = process_tile(unit, self._store(unit.store_url), self._runners["detector"],
                                            self._runners["classifier"], **self._program_options)
@@ -171,7 +187,8 @@ class TileWorker:
         if outcome.candidates:
             self._m_candidates.inc(len(outcome.candidates))
         self._m_seconds.observe(outcome.seconds)
-        self._units_done += 1
+        with self._count:
+            self._units_done += 1
         return outcome
 
     def check_health(self) -> dict[str, Any]:
@@ -197,6 +214,7 @@ class TileWorker:
             import torch  # noqa: PLC0415
 
             health["peak_device_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            health["seconds"] = {name: round(value, 3) for name, value in self._gpu.seconds.items()}
         return health
 
     def shutdown(self) -> None:

@@ -11,16 +11,22 @@ unit's core, as on the CPU (`process_tile`), so each source is reported once.
 
 Notes
 -----
-One processor per CUDA device; not thread-safe. Exposures stored as floating point (not 16-bit
-ADU) cannot cross the bus as raw 16-bit pixels: they go through `process_tile` with the same
-runners instead.
+One processor per CUDA device. A call is split in two: `GpuUnitProcessor.prepare` does the host
+side (the CCD's read, its control points, its reference when the device does not hold it) and may
+run in several threads at once; `GpuUnitProcessor.run` does the device side, one thread at a time.
+The actor prepares its next call while the device runs the current one, so the device does not wait
+for the host between calls. Exposures stored as floating point (not 16-bit ADU) cannot cross the
+bus as raw 16-bit pixels: they go through `process_tile` with the same runners instead.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
@@ -35,7 +41,7 @@ from .difference import flux_scale
 from .pipeline import TilePipeline
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
-__all__ = ["GpuUnitProcessor", "read_raw_region", "upsample_grid", "window_edge"]
+__all__ = ["GpuUnitProcessor", "PreparedCcd", "read_raw_region", "upsample_grid", "window_edge"]
 
 #: Reference CCDs kept on the device (one per field and CCD being processed).
 _REFERENCE_CACHE = 4
@@ -75,6 +81,9 @@ class GpuUnitProcessor:
         self.pipeline = TilePipeline(lambda science, index: self._programs[index](science, index),
                                      batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
         self._references: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
+        #: Seconds spent so far in `prepare` (host: reads, control points) and `run` (device).
+        self.seconds = {"prepare": 0.0, "device": 0.0}
+        self._seconds_lock = threading.Lock()
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -91,13 +100,17 @@ class GpuUnitProcessor:
             pass
         self._programs = []
 
-    def _reference(self, store: Any, key: str, ccd: str) -> torch.Tensor:
-        cache_key = (store.url, key, ccd)
+    def _host_reference(self, store: Any, key: str, ccd: str) -> np.ndarray:
+        image = np.asarray(store.image(key, ccd)[...], dtype=np.float32)
+        holes = np.isnan(image)
+        if holes.any():  # a median of 1 pixel in 64 is a fill as good as the full median, 60x cheaper
+            image[holes] = float(np.nanmedian(image[::8, ::8]))
+        return image
+
+    def _device_reference(self, store_url: str, key: str, ccd: str, host: np.ndarray | None, store: Any) -> torch.Tensor:
+        cache_key = (store_url, key, ccd)
         if cache_key not in self._references:
-            image = np.asarray(store.image(key, ccd)[...], dtype=np.float32)
-            holes = np.isnan(image)
-            if holes.any():  # a median of 1 pixel in 64 is a fill as good as the full median, 60x cheaper
-                image[holes] = float(np.nanmedian(image[::8, ::8]))
+            image = host if host is not None else self._host_reference(store, key, ccd)
             self._references[cache_key] = torch.from_numpy(image).to(self.device)
             while len(self._references) > _REFERENCE_CACHE:
                 self._references.popitem(last=False)
@@ -107,6 +120,8 @@ class GpuUnitProcessor:
     def process(self, units: Sequence[WorkUnit], store: Any) -> dict[str, list[CandidateRecord]]:
         """
         Run the program on every unit (all of one store) and return each unit's candidates.
+
+        Same as ``run(prepare(units, store), store)``.
 
         Returns
         -------
@@ -118,7 +133,26 @@ class GpuUnitProcessor:
         ValueError
             A unit's size or margin differs from the processor's.
         """
-        out: dict[str, list[CandidateRecord]] = {}
+        return self.run(self.prepare(units, store), store)
+
+    def prepare(self, units: Sequence[WorkUnit], store: Any) -> list[PreparedCcd]:
+        """
+        Do the host side of a call: read each CCD's windows, compute its control points, and read
+        its reference unless the device already holds it. Touches no device state, so that one
+        thread can prepare the next call while another thread runs this one (`run`).
+
+        Returns
+        -------
+        list of PreparedCcd
+            One per CCD of the units (consecutive units of one exposure CCD are grouped).
+
+        Raises
+        ------
+        ValueError
+            A unit's size or margin differs from the processor's.
+        """
+        start = time.perf_counter()
+        out = []
         for (exposure, ccd), group in groupby(units, key=lambda u: (u.exposure, u.ccd)):
             group = list(group)
             for unit in group:
@@ -126,13 +160,14 @@ class GpuUnitProcessor:
                     msg = f"unit {unit.key} has size/margin {unit.size}/{unit.margin}, the processor {self.size}/{self.margin}"
                     raise ValueError(msg)
             if np.dtype(store.image(exposure, ccd).dtype) != np.uint16:
-                for unit in group:
-                    out[unit.key] = process_tile(unit, store, self.detector, self.classifier, **self.options)
+                out.append(PreparedCcd(group, on_host=True))  # float pixels: the per-tile program
                 continue
-            out.update(self._process_ccd(group, store, exposure, ccd))
+            out.append(self._prepare_ccd(group, store, exposure, ccd))
+        with self._seconds_lock:
+            self.seconds["prepare"] += time.perf_counter() - start
         return out
 
-    def _process_ccd(self, units: list[WorkUnit], store: Any, exposure: str, ccd: str) -> dict[str, list[CandidateRecord]]:
+    def _prepare_ccd(self, units: list[WorkUnit], store: Any, exposure: str, ccd: str) -> PreparedCcd:
         from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
 
         meta = store.ccd_metadata(exposure, ccd)
@@ -142,37 +177,64 @@ class GpuUnitProcessor:
         spec = CalibrationSpec.from_header(sci_header)
         scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
         fwhm = [float(h.get("SEEING", 1.0)) / scale_arcsec for h in (sci_header, ref_header)]
-        scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))
-        reference = self._reference(store, reference_key, ccd)
+        options = {"science_fwhm_px": fwhm[0], "reference_fwhm_px": fwhm[1], "gain": spec.gain,
+                   "saturate": spec.saturate, "read_noise": spec.read_noise,
+                   "scale": flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))}
+        held = (store.url, reference_key, ccd) in self._references
+        reference = None if held else self._host_reference(store, reference_key, ccd)
         edge, b = self.edge, self.batch
         # One read of the region the group's windows cover: each stored chunk is decompressed once,
         # and the 16-bit pixels stay 16-bit up to the device.
         oys, oxs = [u.y0 - u.margin for u in units], [u.x0 - u.margin for u in units]
         by0, bx0 = min(oys), min(oxs)
         raw, beyond = read_raw_region(store.image(exposure, ccd), by0, bx0, max(oys) + edge - by0, max(oxs) + edge - bx0)
+        batches = []
+        for start in range(0, len(units), b):
+            chunk = range(start, min(start + b, len(units)))
+            windows, points, outside = [], [], []
+            for i in chunk:
+                y, x = oys[i] - by0, oxs[i] - bx0
+                windows.append(raw[y : y + edge, x : x + edge])
+                points.append(control_points(sci_wcs, ref_wcs, (edge, edge), origin=(oys[i], oxs[i])))
+                outside.append(beyond[y : y + edge, x : x + edge])
+            pad = b - len(windows)
+            windows += [np.zeros((edge, edge), np.uint16)] * pad
+            points += [points[-1]] * pad
+            outside += [np.ones((edge, edge), bool)] * pad
+            batches.append(_HostBatch(np.stack(windows), np.stack(points).astype(np.float32), np.stack(outside)))
+        return PreparedCcd(units, reference_key=reference_key, reference=reference, options=options, batches=batches)
+
+    def run(self, prepared: Sequence[PreparedCcd], store: Any) -> dict[str, list[CandidateRecord]]:
+        """
+        Run prepared CCDs on the device; return each unit's candidates (see `process`).
+
+        Not thread-safe: one thread runs at a time (the actor holds a lock around it).
+        """
+        start = time.perf_counter()
+        out: dict[str, list[CandidateRecord]] = {}
+        for ccd in prepared:
+            if ccd.on_host:
+                for unit in ccd.units:
+                    out[unit.key] = process_tile(unit, store, self.detector, self.classifier, **self.options)
+            else:
+                out.update(self._run_ccd(ccd, store))
+        with self._seconds_lock:
+            self.seconds["device"] += time.perf_counter() - start
+        return out
+
+    def _run_ccd(self, ccd: PreparedCcd, store: Any) -> dict[str, list[CandidateRecord]]:
+        units, edge, b = ccd.units, self.edge, self.batch
+        reference = self._device_reference(store.url, ccd.reference_key, units[0].ccd, ccd.reference, store)
 
         def batches() -> Iterator[np.ndarray]:
-            # A generator: batch i+1 is prepared on the host while the device runs batch i.
-            for start in range(0, len(units), b):
-                chunk = range(start, min(start + b, len(units)))
-                windows, points, outside = [], [], []
-                for i in chunk:
-                    y, x = oys[i] - by0, oxs[i] - bx0
-                    windows.append(raw[y : y + edge, x : x + edge])
-                    points.append(control_points(sci_wcs, ref_wcs, (edge, edge), origin=(oys[i], oxs[i])))
-                    outside.append(beyond[y : y + edge, x : x + edge])
-                pad = b - len(windows)
-                windows += [np.zeros((edge, edge), np.uint16)] * pad
-                points += [points[-1]] * pad
-                outside += [np.ones((edge, edge), bool)] * pad
-                grid = upsample_grid(torch.from_numpy(np.stack(points)).to(self.device, torch.float32), edge)
-                off = torch.from_numpy(np.stack(outside)).to(self.device, non_blocking=True)
+            # A generator: batch i+1 is copied while the device runs batch i.
+            for batch in ccd.batches:
+                grid = upsample_grid(torch.from_numpy(batch.points).to(self.device), edge)
+                off = torch.from_numpy(batch.outside).to(self.device, non_blocking=True)
                 grid = torch.where(off[:, None], torch.full_like(grid, -1e6), grid)  # not covered: left out
-                self._programs.append(make_device_program(
-                    self.detector, self.classifier, reference, grid,
-                    science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale, gain=spec.gain,
-                    saturate=spec.saturate, read_noise=spec.read_noise, **self.options))
-                yield np.stack(windows)
+                self._programs.append(make_device_program(self.detector, self.classifier, reference, grid,
+                                                          **ccd.options, **self.options))
+                yield batch.windows
 
         self._programs = []
         result: dict[str, list[CandidateRecord]] = {u.key: [] for u in units}
@@ -193,6 +255,29 @@ class GpuUnitProcessor:
                     float(cols["snr"][i]), float(cols["real_bogus"][i]), tuple(float(p) for p in cols["class_probs"][i]),
                     np.asarray(cols["stamps"][i], np.float16)))
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class _HostBatch:
+    windows: np.ndarray  # (batch, edge, edge) uint16
+    points: np.ndarray  # (batch, 2, my, mx) float32 control points
+    outside: np.ndarray  # (batch, edge, edge) bool: beyond the CCD
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCcd:
+    """
+    One CCD's units after `GpuUnitProcessor.prepare`: host arrays only. Internal to the actor.
+
+    ``on_host`` CCDs (stored as floating point) run the per-tile program in `run` instead.
+    """
+
+    units: list[WorkUnit]
+    on_host: bool = False
+    reference_key: str = ""
+    reference: np.ndarray | None = None  # None: the device held it when prepared
+    options: dict[str, Any] = field(default_factory=dict)
+    batches: list[_HostBatch] = field(default_factory=list)
 
 
 def read_raw_region(array: Any, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
