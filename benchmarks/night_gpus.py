@@ -76,20 +76,22 @@ def main() -> None:
                      "stages": report["stage_seconds"], "workers": report["workers"],
                      # Each actor's host (read, control points) and device seconds, summed.
                      "host_s": sum(a.get("seconds", {}).get("prepare", 0.0) for a in report["workers"].get("actors", [])),
-                     "device_s": sum(a.get("seconds", {}).get("device", 0.0) for a in report["workers"].get("actors", []))})
+                     "device_s": sum(a.get("seconds", {}).get("device", 0.0) for a in report["workers"].get("actors", [])),
+                     # Of which the host waited for the device's results.
+                     "wait_s": sum(a.get("seconds", {}).get("device_wait", 0.0) for a in report["workers"].get("actors", []))})
         print(f"{gpus} GPU(s): {rows[-1]['tiles_per_s']:.1f} tiles/s, stages {report['stage_seconds']}", flush=True)
     base = rows[0]["tiles_per_s"]
     print(f"\nnight: {args.fields} fields x {args.exposures} exposures of {args.size}^2, tiles {args.tile_size}^2 "
           f"(sim {t_sim:.0f} s, ingest {t_ingest:.0f} s)")
     print(f"{'GPUs':>4} {'tiles':>6} {'dispatch s':>10} {'tiles/s':>8} {'Mpix/s':>8} {'vs 1':>6} {'host s':>7} "
-          f"{'device s':>8} {'GPU busy':>8} {'cands':>6} {'alerts':>6}  stages")
+          f"{'device s':>8} {'wait s':>6} {'GPU busy':>8} {'cands':>6} {'alerts':>6}  stages")
     for row in rows:
         row["scaling"] = row["tiles_per_s"] / base
         # Fraction of the dispatch stage each GPU spent running calls (device side, mean over GPUs).
         row["gpu_busy"] = row["device_s"] / (row["gpus"] * row["dispatch_s"])
         stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages"].items())
         print(f"{row['gpus']:>4} {row['tiles']:>6} {row['dispatch_s']:>10.1f} {row['tiles_per_s']:>8.1f} "
-              f"{row['mpix_per_s']:>8.1f} {row['scaling']:>6.2f} {row['host_s']:>7.1f} {row['device_s']:>8.1f} "
+              f"{row['mpix_per_s']:>8.1f} {row['scaling']:>6.2f} {row['host_s']:>7.1f} {row['device_s']:>8.1f} {row['wait_s']:>6.1f} "
               f"{row['gpu_busy']:>8.2f} {row['candidates']:>6} {row['alerts']:>6}  {stages}")
     visit = {}
     if args.visit_ccds:

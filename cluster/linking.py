@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 from astropy import units as u
@@ -69,6 +68,11 @@ class LinkingParameters:
         Largest angle between a trail and the tracklet's motion.
     trail_length_tolerance : float
         Largest relative difference between a trail's length and the motion during the exposure.
+    seed_epochs : int
+        Hypotheses are seeded from pairs of detections whose exposures are at most this many
+        apart in time order (each is then extended over every exposure). A mover is found if two
+        of its detections are that close: the cost grows as exposures x seed_epochs x exposures
+        rather than as exposures cubed, which matters for fields observed dozens of times a night.
     """
 
     min_detections: int = 3
@@ -81,6 +85,7 @@ class LinkingParameters:
     trail_min_fwhm: float = 1.5
     trail_angle_tolerance_deg: float = 20.0
     trail_length_tolerance: float = 0.5
+    seed_epochs: int = 3
 
 
 class TangentPlane:
@@ -366,9 +371,10 @@ class _Trails:
 
 def _hypotheses(xi: np.ndarray, eta: np.ndarray, sigma: np.ndarray, mjd: np.ndarray, epochs: list, index: dict,
                 t_of: dict, trees: dict, trails: _Trails | None, p: LinkingParameters) -> list[np.ndarray]:
-    """Every pair's inliers, best first (most inliers, then smallest chi-square)."""
+    """Every seed pair's inliers (pairs of exposures at most ``p.seed_epochs`` apart), best first (most inliers, then smallest chi-square)."""
     found: dict[tuple[int, ...], float] = {}
-    for ea, eb in combinations(epochs, 2):
+    seeds = ((ea, eb) for a, ea in enumerate(epochs) for eb in epochs[a + 1 : a + 1 + p.seed_epochs])
+    for ea, eb in seeds:
         ia, ib = index[ea], index[eb]
         dt = (t_of[eb] - t_of[ea]) * _HOURS_PER_DAY
         if dt <= 0:

@@ -225,8 +225,11 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
     xs, ys = base_x + shapes.dx, base_y + shapes.dy
     sky = np.zeros((n, 2))
     trail_pa = np.full(n, np.nan)
-    for key in sorted(set(zip(exposures, ccds, strict=True))):
-        rows = np.array([i for i in range(n) if (exposures[i], ccds[i]) == key], dtype=int)
+    rows_of: dict[tuple[str, str], list[int]] = {}
+    for i, key in enumerate(zip(exposures, ccds, strict=True)):
+        rows_of.setdefault(key, []).append(i)
+    for key in sorted(rows_of):
+        rows = np.array(rows_of[key], dtype=int)
         wcs = context(*key).wcs.celestial
         sky[rows] = wcs.all_pix2world(np.column_stack([xs[rows], ys[rows]]), 0)
         trailed = rows[shapes.trailed[rows]]
@@ -375,6 +378,7 @@ def linking_parameters(config: NightConfig) -> LinkingParameters:
         n_sigma=config.link_n_sigma,
         tolerance_arcsec=config.link_tolerance_arcsec,
         max_reduced_chi2=config.link_max_reduced_chi2,
+        seed_epochs=config.link_seed_epochs,
         trail_angle_tolerance_deg=config.link_trail_angle_tolerance_deg,
     )
 

@@ -311,6 +311,9 @@ class NightConfig(_Section):
         0.3, gt=0.0, description="Floor of the inlier distance to a tracklet's prediction, arcsec."
     )
     link_max_reduced_chi2: float = Field(10.0, gt=0.0, description="Largest chi-square per degree of freedom of a tracklet fit.")
+    link_seed_epochs: int = Field(
+        3, ge=1, description="A tracklet is seeded from two detections at most this many exposures of its field apart."
+    )
     link_trail_angle_tolerance_deg: float = Field(
         20.0, gt=0.0, le=90.0, description="Largest angle between a detection's trail and its tracklet's motion."
     )

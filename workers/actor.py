@@ -214,7 +214,8 @@ class TileWorker:
             import torch  # noqa: PLC0415
 
             health["peak_device_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-            health["seconds"] = {name: round(value, 3) for name, value in self._gpu.seconds.items()}
+            seconds = {**self._gpu.seconds, "device_wait": self._gpu.pipeline.wait_seconds}
+            health["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
         return health
 
     def shutdown(self) -> None:

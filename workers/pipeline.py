@@ -13,6 +13,7 @@ allocator and are reported as peak device memory. One pipeline per CUDA device; 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -84,6 +85,9 @@ class TilePipeline:
         self.copied = [torch.cuda.Event() for _ in range(slots)]
         self.computed = [torch.cuda.Event() for _ in range(slots)]
         self.slots = slots
+        #: Seconds the host has spent waiting for the device's results (the rest of a call's
+        #: device side is the host launching work and handling results).
+        self.wait_seconds = 0.0
 
     def _fetch(self, index: int, outputs: dict[str, torch.Tensor], event: torch.cuda.Event) -> Candidates:
         # Device-to-host copies on their own stream: work on the legacy default stream would
@@ -93,7 +97,9 @@ class TilePipeline:
             host = {name: t.to("cpu", non_blocking=True) for name, t in outputs.items()}
             done = torch.cuda.Event()
             done.record(self.fetch_stream)
+        start = time.perf_counter()
         done.synchronize()
+        self.wait_seconds += time.perf_counter() - start
         columns = {name: t.numpy() for name, t in host.items()}
         valid = columns.pop("valid", None)
         if valid is not None:
