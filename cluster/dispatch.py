@@ -30,6 +30,8 @@ from skyblink.config import SkyblinkConfig
 from skyblink.workers.actor import TileWorker, UnitOutcome, WorkerLostGpuError
 from skyblink.workers.tile_unit import WorkUnit
 
+from .results import store_unit_results
+
 __all__ = ["WorkerPool", "WorkerSpec", "worker_spec"]
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ class WorkerPool:
                 tile_size=night.tile_size or config.ingest.tile_size,
                 margin=night.margin,
                 gpu_batch=night.tiles_per_task,
+                result_sink=store_unit_results,
             )
             for i in range(self.spec.count)
         ]

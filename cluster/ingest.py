@@ -19,9 +19,10 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import ray
 
@@ -139,6 +140,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _Sha256InBackground:
+    """The sha256 of a file, computed in a thread (hashlib releases the GIL on large reads)."""
+
+    def __init__(self, path: Path) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        self._future = self._pool.submit(_sha256, path)
+        self._pool.shutdown(wait=False)
+
+    def result(self) -> str:
+        """Wait for the digest; raise the thread's OSError if the file could not be read."""
+        return self._future.result()
+
+
 def _stem(name: str) -> str:
     for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
@@ -167,23 +181,32 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
     path = job.night_dir / job.path
     try:
         stat = path.stat()
-        sha256 = _sha256(path)
+        # A file seen before is hashed first (unchanged: nothing to write); a new one is hashed
+        # in a thread while its pixels are read and written (a visit is gigabytes).
+        digest = _Sha256InBackground(path) if job.known_sha256 is None else None
+        sha256 = _sha256(path) if digest is None else None
     except OSError as exc:
         reason = f"cannot be read ({exc.strerror or exc})"
         return IngestOutcome(job.key, job.kind, job.path, 0, 0, None, "quarantined", reason)
-    common = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
-    if sha256 == job.known_sha256:
-        return IngestOutcome(**common, result="unchanged")
+    if sha256 is not None and sha256 == job.known_sha256:
+        return IngestOutcome(job.key, job.kind, job.path, stat.st_size, stat.st_mtime_ns, sha256, "unchanged")
     store = NightStore(job.store_url, mode="a", layout=job.layout)
+
+    def source() -> dict[str, Any]:
+        return {"path": job.path, "size": stat.st_size, "sha256": sha256 if digest is None else digest.result()}
+
     try:
         with open_fits_exposure(path, max_nonfinite_fraction=job.max_nonfinite_fraction) as reader:
-            source = {"path": job.path, "size": stat.st_size, "sha256": sha256}
             nbytes = store.write_exposure(job.key, reader.exposure, reader.images(), kind=job.kind, source=source,
                                           threads=min(job.write_threads, len(reader.exposure.ccds)))
             exposure = reader.exposure
     except InvalidExposureError as exc:
         store.delete(job.key)  # an earlier good version of a file that is now bad is gone too
+        common = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                  "sha256": sha256 if digest is None else digest.result()}
         return IngestOutcome(**common, result="quarantined", reason=exc.reason)
+    common = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+              "sha256": source()["sha256"]}
     pixels = sum(c.shape[0] * c.shape[1] for c in exposure.ccds)
     return IngestOutcome(
         **common,

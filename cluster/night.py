@@ -369,8 +369,7 @@ def _cycle(
                 if outcome.error is not None:
                     report.tiles_failed[outcome.unit.key] = outcome.error
                     hooks.say(f"tile {outcome.unit.key} failed: {outcome.error}")
-                else:
-                    results.write(outcome.unit, outcome.candidates)
+                else:  # its candidates are in the store already (written by the actor)
                     report.tiles_processed += 1
                 hooks.on_unit(outcome)
         report.megapixels += sum(u.size * u.size for u in todo) / 1e6

@@ -12,11 +12,15 @@ Layout, under the store::
 
 Notes
 -----
-Works on any fsspec file system the store is on. One writer per unit (the driver) at a time.
+Works on any fsspec file system the store is on. The worker actor that ran a unit writes its
+file (`store_unit_results` is the actors' ``result_sink``), so results go to the store in
+parallel and not through the driver; the temporary name is unique, so even two writers of one
+unit (a call retried while its first actor was dying) leave one whole file.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -27,7 +31,7 @@ import pyarrow.parquet as pq
 
 from skyblink.workers.tile_unit import STAMP_HALF, CandidateRecord, WorkUnit
 
-__all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "stamps_of"]
+__all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "stamps_of", "store_unit_results"]
 
 _STAMP_SHAPE = (3, 2 * STAMP_HALF + 1, 2 * STAMP_HALF + 1)
 
@@ -144,3 +148,21 @@ class UnitStore:
         if not tables:
             return CANDIDATE_SCHEMA.empty_table()
         return pa.concat_tables(tables).cast(CANDIDATE_SCHEMA)
+
+
+@functools.lru_cache(maxsize=16)
+def _unit_store(store_url: str) -> UnitStore:
+    return UnitStore(store_url)
+
+
+def store_unit_results(unit: WorkUnit, records: Sequence[CandidateRecord]) -> None:
+    """
+    Write a unit's candidates into its store's results (the worker actors' ``result_sink``).
+
+    Parameters
+    ----------
+    unit : WorkUnit
+    records : sequence of CandidateRecord
+        May be empty: the empty file still marks the unit done.
+    """
+    _unit_store(unit.store_url).write(unit, records)

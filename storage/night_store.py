@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -159,7 +159,7 @@ class NightStore:
         images: Iterable[CcdImage],
         *,
         kind: ExposureKind,
-        source: dict[str, Any],
+        source: dict[str, Any] | Callable[[], dict[str, Any]],
         threads: int = 1,
     ) -> int:
         """
@@ -175,8 +175,10 @@ class NightStore:
             Its CCD images with pixels, e.g. ``ExposureReader.images()``; consumed one at a time.
         kind : {"exposure", "reference"}
             What the image is.
-        source : dict
-            JSON-safe facts about the input file (path, size, sha256) kept in the group's attrs.
+        source : dict or callable
+            JSON-safe facts about the input file (path, size, sha256) kept in the group's attrs,
+            or a function returning them, called once the pixels are written (e.g. to finish a
+            checksum computed meanwhile).
         threads : int, optional
             CCDs compressed and written at once (a visit of many CCDs is one file); the images
             are still read one at a time, and at most ``threads`` of them are held in memory.
@@ -209,6 +211,7 @@ class NightStore:
                         pending.append(pool.submit(self._write_ccd, group, ccd))
                         written += ccd.data.nbytes
                     names.extend(f.result() for f in pending)
+            facts = source() if callable(source) else source
         except BaseException:
             self.delete(key)
             raise
@@ -216,7 +219,7 @@ class NightStore:
             {
                 "format_version": FORMAT_VERSION,
                 "kind": kind,
-                "source": source,
+                "source": facts,
                 "primary_header": exposure.primary_header.tostring(),
                 "metadata": exposure.metadata,
                 "ccds": names,

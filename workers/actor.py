@@ -16,7 +16,8 @@ import os
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,17 +44,21 @@ class UnitOutcome:
     ----------
     unit : WorkUnit
     candidates : tuple of CandidateRecord
-        Empty when the tile holds none, or when it failed.
+        Empty when the tile holds none, when it failed, or when the actor stored them itself
+        (its ``result_sink``).
     error : str or None
         Why the unit failed (exception type, message and the innermost frame); None on success.
     seconds : float
         Wall time the unit took on the worker.
+    n_candidates : int
+        How many candidates the unit gave (also when they were stored rather than returned).
     """
 
     unit: WorkUnit
     candidates: tuple[CandidateRecord, ...] = ()
     error: str | None = None
     seconds: float = 0.0
+    n_candidates: int = 0
 
 
 _TILE_SECONDS_BOUNDARIES = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
@@ -78,6 +83,12 @@ class TileWorker:
         units of that core edge and margin (pinned ring and device buffers of ``gpu_batch``
         windows, allocated here once, with copy/compute overlap); otherwise each unit runs
         `process_tile`.
+    result_sink : callable, optional
+        ``result_sink(unit, candidates)`` stores a unit's candidates where the night keeps them
+        (`skyblink.cluster.results.store_unit_results`); the actor then calls it for every unit
+        that succeeded and returns outcomes without the candidates, so that results go from the
+        actors to the store in parallel and not through the driver. A unit whose results could
+        not be stored is reported failed.
 
     Notes
     -----
@@ -87,7 +98,8 @@ class TileWorker:
     """
 
     def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
-                 snr_threshold: float = 5.0, tile_size: int | None = None, margin: int = 32, gpu_batch: int = 8) -> None:
+                 snr_threshold: float = 5.0, tile_size: int | None = None, margin: int = 32, gpu_batch: int = 8,
+                 result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None) -> None:
         from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
 
         self._choices = {name: select_runner(name, backend=backend, precision=precision) for name in ("detector", "classifier")}
@@ -95,6 +107,7 @@ class TileWorker:
         for runner in self._runners.values():
             runner.activate()
         self._stores: dict[str, Any] = {}
+        self._result_sink = result_sink
         self._units_done = 0
         self._device = threading.Lock()  # one call on the device at a time; others prepare meanwhile
         self._count = threading.Lock()
@@ -136,8 +149,25 @@ class TileWorker:
 
         A unit whose data make the program fail gets an outcome with ``error`` set and the others
         go on. A lost CUDA context is not such a failure: the actor process exits, Ray restarts it
-        and retries the call, so the units are redone and none is lost.
+        and retries the call, so the units are redone and none is lost. With a ``result_sink``
+        each successful unit's candidates are stored (idempotently: a redone unit stores the same
+        rows) and left out of its outcome.
         """
+        outcomes = self._run_units(units)
+        if self._result_sink is None:
+            return outcomes
+        return [self._stored(outcome) for outcome in outcomes]
+
+    def _stored(self, outcome: UnitOutcome) -> UnitOutcome:
+        if outcome.error is not None:
+            return outcome
+        try:
+            self._result_sink(outcome.unit, outcome.candidates)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - reported as the unit's failure, the others go on
+            return replace(outcome, candidates=(), error=f"results not stored: {type(exc).__name__}: {exc}")
+        return replace(outcome, candidates=())
+
+    def _run_units(self, units: list[WorkUnit]) -> list[UnitOutcome]:
         out: list[UnitOutcome] = []
         if self._gpu is not None and units:
             try:
@@ -155,7 +185,8 @@ class TileWorker:
             else:
                 seconds = (host + device) / len(units)
                 for unit in units:
-                    out.append(self._record(UnitOutcome(unit, tuple(found[unit.key]), seconds=seconds)))
+                    out.append(self._record(UnitOutcome(unit, tuple(found[unit.key]), seconds=seconds,
+                                                        n_candidates=len(found[unit.key]))))
                 return out
         for unit in units:
             start = time.perf_counter()
@@ -172,7 +203,7 @@ class TileWorker:
                 error = f"{type(exc).__name__}: {exc} (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
                 outcome = UnitOutcome(unit, error=error, seconds=time.perf_counter() - start)
             else:
-                outcome = UnitOutcome(unit, tuple(records), seconds=time.perf_counter() - start)
+                outcome = UnitOutcome(unit, tuple(records), seconds=time.perf_counter() - start, n_candidates=len(records))
             out.append(self._record(outcome))
         return out
 
@@ -184,8 +215,8 @@ class TileWorker:
 
     def _record(self, outcome: UnitOutcome) -> UnitOutcome:
         self._m_tiles.inc(1, tags={"outcome": "failed" if outcome.error else "ok"})
-        if outcome.candidates:
-            self._m_candidates.inc(len(outcome.candidates))
+        if outcome.n_candidates:
+            self._m_candidates.inc(outcome.n_candidates)
         self._m_seconds.observe(outcome.seconds)
         with self._count:
             self._units_done += 1

@@ -163,7 +163,10 @@ def test_driver_killed_then_rerun_resumes_with_the_same_alerts(
     output = second.communicate(timeout=300)[0].decode()
     assert second.returncode == 0, output[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["tiles_done_before"] == done_before and report["tiles_processed"] == 12 - done_before
+    # The actors write results themselves: those orphaned by the killed driver may finish the
+    # units they held before they exit, so at least the units seen at the kill are done.
+    assert report["tiles_done_before"] >= done_before
+    assert report["tiles_done_before"] + report["tiles_processed"] == 12
     assert _detections(tmp_path / "store.zarr") == _detections(reference_root / "store.zarr")
     server = json.loads((tmp_path / "redis" / "server.json").read_text())
     try:

@@ -61,3 +61,26 @@ def test_actor_returns_each_candidate_once_with_stamps(night_store: tuple[Path, 
         assert np.hypot(xy[:, 0] - x, xy[:, 1] - y).min() < 3.0 + half, (x, y)
     ray.get(worker.shutdown.remote())
     ray.kill(worker)
+
+
+def test_actor_stores_results_itself_with_a_result_sink(night_store: tuple[Path, NightStore]) -> None:
+    from skyblink.cluster.results import UnitStore, store_unit_results  # noqa: PLC0415
+
+    _, store = night_store
+    units = plan_tiles(store, "exposures/F00-000", size=256, margin=32)
+    returning = TileWorker.options(num_cpus=1).remote(backend="onnxruntime")
+    storing = TileWorker.options(num_cpus=1).remote(backend="onnxruntime", result_sink=store_unit_results)
+    returned = ray.get(returning.process.remote(units))
+    stored = ray.get(storing.process.remote(units))
+    # The outcomes carry counts, not candidates; the store holds exactly what the actor found.
+    assert all(o.error is None and o.candidates == () for o in stored)
+    assert [o.n_candidates for o in stored] == [len(o.candidates) for o in returned]
+    results = UnitStore(store.url)
+    assert results.done(units) == {u.key for u in units}
+    table = results.read(units)
+    assert table.num_rows == sum(o.n_candidates for o in stored) > 0
+    expected = sorted((c.unit, round(c.x, 3), round(c.y, 3)) for o in returned for c in o.candidates)
+    assert sorted(zip(table.column("unit").to_pylist(), np.round(table.column("x").to_numpy(), 3),
+                      np.round(table.column("y").to_numpy(), 3), strict=True)) == expected
+    for worker in (returning, storing):
+        ray.kill(worker)
