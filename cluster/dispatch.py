@@ -36,10 +36,10 @@ __all__ = ["WorkerPool", "WorkerSpec", "worker_spec"]
 
 log = logging.getLogger(__name__)
 
-#: Calls each actor holds at once. A CPU actor runs one and queues one in its mailbox. A GPU
-#: actor runs its calls in threads: one on the device while two are read and prepared on the
-#: host, so that the device never waits for the store between calls.
-_SLOTS_PER_ACTOR = {"cpu": 2, "gpu": 3}
+#: Calls a CPU actor holds at once: one running, one queued in its mailbox. A GPU actor runs
+#: its calls in threads: one on the device while ``night.gpu_prepare_calls`` are read and
+#: prepared on the host, so that the device never waits for the store between calls.
+_CPU_SLOTS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,8 @@ class WorkerPool:
     def __init__(self, config: SkyblinkConfig, spec: WorkerSpec | None = None) -> None:
         self.config = config
         self.spec = spec or worker_spec(config)
+        #: Calls each actor holds at once.
+        self.slots = config.night.gpu_prepare_calls + 1 if self.spec.kind == "gpu" else _CPU_SLOTS
         options = {
             "num_gpus": self.spec.num_gpus,
             "num_cpus": self.spec.num_cpus,
@@ -103,7 +105,7 @@ class WorkerPool:
             "max_task_retries": -1,
             # GPU calls run in threads (prepare on the host, then the device in turn); one more
             # thread answers the health check while the calls run.
-            "max_concurrency": _SLOTS_PER_ACTOR["gpu"] + 1 if self.spec.kind == "gpu" else 1,
+            "max_concurrency": self.slots + 1 if self.spec.kind == "gpu" else 1,
         }
         night = config.night
         # Named, so that the dashboard and `ray.util.list_named_actors` show whose they are.
@@ -148,7 +150,7 @@ class WorkerPool:
             Called with the actors' health answers each time they are polled.
         """
         tiles = self.config.night.tiles_per_task
-        pool = ActorPool([actor for actor in self.actors for _ in range(_SLOTS_PER_ACTOR[self.spec.kind])])
+        pool = ActorPool([actor for actor in self.actors for _ in range(self.slots)])
         for start in range(0, len(units), tiles):
             pool.submit(lambda actor, batch: actor.process.remote(batch), list(units[start : start + tiles]))
         period = self.config.night.health_check_s

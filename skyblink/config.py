@@ -270,6 +270,9 @@ class NightConfig(_Section):
         32, ge=0, le=512, description="Context read on every side of a tile; sources in it belong to the neighbour."
     )
     tiles_per_task: int = Field(4, ge=1, le=1024, description="Work units in one call to a worker actor.")
+    gpu_prepare_calls: int = Field(
+        2, ge=1, le=16, description="Calls a GPU worker actor reads and prepares on the host while one runs on its device."
+    )
     workers: int | None = Field(
         None, ge=1, description="Worker actors (unset: one per GPU, else one per CPU of the cluster)."
     )
