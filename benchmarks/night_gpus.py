@@ -3,7 +3,7 @@
 simulated night, and the latency of one large visit from FITS to alerts in Redis.
 
     python benchmarks/night_gpus.py [--gpus 1 2] [--fields 4] [--exposures 6] [--size 4096]
-                                    [--visit-ccds 16] [--work DIR]
+                                    [--tiles-per-task 8] [--prepare-calls 2] [--visit-ccds 16] [--work DIR]
 
 The night is simulated and ingested once; each GPU count then reprocesses every tile (the unit
 results and catalogs are removed between runs, the store is kept), so the runs differ only in
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--tiles-per-task", type=int, default=8)
+    parser.add_argument("--prepare-calls", type=int, default=2, help="night.gpu_prepare_calls of the actors")
     parser.add_argument("--visit-ccds", type=int, default=16)
     parser.add_argument("--backend", default="torch", help="engines.backend of the worker actors")
     parser.add_argument("--work", type=Path, default=Path("/tmp/night-gpus"))
@@ -52,6 +53,7 @@ def main() -> None:
         **os.environ,
         "SKYBLINK_INGEST__TILE_SIZE": str(args.tile_size),
         "SKYBLINK_NIGHT__TILES_PER_TASK": str(args.tiles_per_task),
+        "SKYBLINK_NIGHT__GPU_PREPARE_CALLS": str(args.prepare_calls),
         "SKYBLINK_NIGHT__REDIS_DIR": str(args.work / "redis"),
         "SKYBLINK_ALERTS__SPOOL_DIR": str(args.work / "spool"),
         "SKYBLINK_ENGINES__BACKEND": args.backend,

@@ -663,8 +663,10 @@ def build_alerts(
             if row["alert_type"] is not None and (wanted is None or row["exposure_id"] in wanted):
                 stamp = stamps[int(row["row"])]
                 x_peak, y_peak = row.get("x_peak", row["x"]), row.get("y_peak", row["y"])
+                wcs = wcs_of(row["exposure"], row["ccd"])
+                builder.writer_for(wcs)  # here, in one thread: the builders then share it read-only
                 yield {"detection": detection, "object_id": int(row["object_id"]), "science": stamp[0],
-                       "template": stamp[1], "difference": stamp[2], "wcs": wcs_of(row["exposure"], row["ccd"]),
+                       "template": stamp[1], "difference": stamp[2], "wcs": wcs,
                        "origin": (round(x_peak) - STAMP_HALF, round(y_peak) - STAMP_HALF),
                        "prv_detections": tuple(earlier), "moving_object": _moving_object(row)}
             earlier.append(detection)
