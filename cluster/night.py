@@ -50,7 +50,7 @@ from .dispatch import WorkerPool, worker_spec
 from .ingest import IngestReport, ingest_night
 from .private_redis import embedded_redis
 from .ray_runtime import ray_session
-from .reduce import alert_counts, build_alerts, reduce_detections
+from .reduce import DETECTION_ORDER, alert_counts, build_alerts, night_detections, static_detections
 from .results import UnitStore
 
 __all__ = ["NightRunReport", "night_name", "plan_night", "run_night"]
@@ -257,6 +257,7 @@ def run_night(
         report.redis_url = redact_url(redis_url)
         pool: WorkerPool | None = None
         references = _ReferenceCatalogs(config.night.reference_snr_threshold, hooks.say)
+        static = _StaticDetections()
         try:
             if watch:  # the observatory case: the actors are warm before the first exposure lands
                 pool = _start_workers(config, report, hooks)
@@ -264,7 +265,7 @@ def run_night(
             seen_files: dict[str, float] = {}
             while True:
                 new_files, pool = _cycle(night_dir, config, night, report, hooks, client, pool, seen_files, references,
-                                         watch=watch)
+                                         static, watch=watch)
                 if not watch:
                     break
                 if new_files:
@@ -327,6 +328,7 @@ def _cycle(
     pool: WorkerPool | None,
     seen_files: dict[str, float],
     references: _ReferenceCatalogs,
+    static: _StaticDetections,
     *,
     watch: bool,
 ) -> tuple[bool, WorkerPool | None]:
@@ -381,7 +383,8 @@ def _cycle(
                                             for key in exposures})
     fresh = {u.exposure.rsplit("/", 1)[-1] for u in todo}
     if todo or not report.detections:
-        _reduce_and_publish(store, config, name, units, results, report, hooks, client, fresh if watch else None)
+        _reduce_and_publish(store, config, name, units, results, report, hooks, client, static,
+                            {u.exposure for u in todo}, fresh if watch else None)
     if watch:
         now = time.time()
         for exposure_id in sorted(fresh):
@@ -458,6 +461,52 @@ def _note_ingest(ingest: IngestReport, report: NightRunReport, night_dir: Path, 
         seen_files.setdefault(exposure_id, (night_dir / outcome.path).stat().st_mtime)
 
 
+class _StaticDetections:
+    """
+    Each exposure's `static_detections` (located, merged, matched against the reference), kept
+    across the cycles of a run: a cycle computes them for its new exposures only, and the
+    night's table is their concatenation, so that reducing a visit late in the night does not
+    redo the night.
+    """
+
+    def __init__(self) -> None:
+        self.tables: dict[str, pa.Table] = {}
+        self.candidates: dict[str, int] = {}
+
+    def update(self, store: NightStore, results: UnitStore, units: list[WorkUnit], night: str, config: SkyblinkConfig,
+               redo: set[str]) -> tuple[pa.Table, pa.Table]:
+        """
+        Compute the tables of the exposures not held yet or in ``redo`` (exposure keys).
+
+        Returns
+        -------
+        candidates : pyarrow.Table
+            The unit results read now (the ``row`` of the new detections indexes it).
+        static : pyarrow.Table
+            The night's static detections, sorted by `DETECTION_ORDER`.
+        """
+        done = results.done(units)
+        by_exposure: dict[str, list[WorkUnit]] = {}
+        for unit in units:
+            if unit.key in done:
+                by_exposure.setdefault(unit.exposure, []).append(unit)
+        for gone in set(self.tables) - set(by_exposure):
+            del self.tables[gone], self.candidates[gone]
+        need = [key for key in by_exposure if key not in self.tables or key in redo]
+        candidates = results.read([u for key in need for u in by_exposure[key]])
+        fresh = static_detections(candidates, store, night, config.night)
+        exposure_of = np.asarray(fresh.column("exposure").to_pylist(), dtype=object)
+        counts = dict(zip(*np.unique(np.asarray(candidates.column("exposure").to_pylist(), dtype=object),
+                                     return_counts=True), strict=True)) if candidates.num_rows else {}
+        for key in need:
+            self.tables[key] = fresh.filter(pa.array(exposure_of == key, pa.bool_())) if len(exposure_of) else fresh
+            self.candidates[key] = int(counts.get(key, 0))
+        held = [self.tables[key] for key in by_exposure]
+        # An exposure without detections has null-typed columns: promoted to the others' types.
+        static = pa.concat_tables(held, promote_options="default").sort_by(DETECTION_ORDER) if held else fresh
+        return candidates, static
+
+
 def _reduce_and_publish(
     store: NightStore,
     config: SkyblinkConfig,
@@ -467,20 +516,22 @@ def _reduce_and_publish(
     report: NightRunReport,
     hooks: _Callbacks,
     client: Any,
+    static: _StaticDetections,
+    fresh: set[str],
     exposures: set[str] | None,
 ) -> None:
     hooks.on_stage("reduce")
     with _timed(report, "reduce"):
-        done = results.done(units)
-        candidates = results.read([u for u in units if u.key in done])
-        detections = reduce_detections(candidates, store, night, config.night)
+        candidates, known = static.update(store, results, units, night, config, redo=fresh)
+        detections = night_detections(known, config.night)
         objects = _objects_table(detections)
         fs, root = fsspec.core.url_to_fs(store.url)
         base = f"{root.rstrip('/')}/catalogs"
-        _write_table(fs, f"{base}/detections.parquet", detections)
+        # ``row`` points into the results read in one cycle: meaningless outside this run.
+        _write_table(fs, f"{base}/detections.parquet", detections.drop_columns(["row"]))
         _write_table(fs, f"{base}/objects.parquet", objects)
         report.catalogs = {"detections": f"{base}/detections.parquet", "objects": f"{base}/objects.parquet"}
-        report.candidates = candidates.num_rows
+        report.candidates = sum(static.candidates.values())
         report.detections = detections.num_rows
         report.objects = objects.num_rows
         report.alerts = alert_counts(detections)

@@ -27,6 +27,10 @@ alerts.
 7. `build_alerts`: Avro alert packets with their cutouts, the object's earlier detections and,
    for linked moving objects, the motion and predicted position (`MovingObject`).
 
+Steps 1-3 (`static_detections`) look at one exposure at a time and steps 4-6
+(`night_detections`) at the whole night: in ``--watch`` the driver keeps each exposure's
+static table and, as an exposure lands, runs steps 1-3 on it alone.
+
 Notes
 -----
 Everything is a deterministic function of the unit results and the store, so a resumed night
@@ -68,6 +72,7 @@ from .measurement import measure_stamps
 from .results import stamps_of
 
 __all__ = [
+    "DETECTION_ORDER",
     "CcdContext",
     "alert_counts",
     "associate",
@@ -79,7 +84,9 @@ __all__ = [
     "locate",
     "match_static",
     "merge_tile_duplicates",
+    "night_detections",
     "reduce_detections",
+    "static_detections",
 ]
 
 #: AB magnitude of 1 nJy.
@@ -183,6 +190,11 @@ def ccd_context(store: Any, exposure: str, ccd: str) -> CcdContext:
         exptime=exptime,
         difference_fwhm_px=max(fwhm_px, reference_seeing / scale),
     )
+
+
+#: The order of the night's detections (time first): `locate` sorts by it.
+DETECTION_ORDER = [("mjd", "ascending"), ("exposure", "ascending"), ("ccd", "ascending"), ("y", "ascending"),
+                   ("x", "ascending")]
 
 
 def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
@@ -290,8 +302,7 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
         kind = pa.int64() if name in ("candidate_id", "alert_id", "ccd_num") else (pa.float64() if name in ("trail_pa", "exptime", "fwhm_arcsec", "trail_length_arcsec") else None)
         table = table.append_column(name, pa.array(values, type=kind))
     table = table.append_column("row", pa.array(np.arange(n)))
-    return table.sort_by([("mjd", "ascending"), ("exposure", "ascending"), ("ccd", "ascending"),
-                          ("y", "ascending"), ("x", "ascending")])
+    return table.sort_by(DETECTION_ORDER)
 
 
 def merge_tile_duplicates(detections: pa.Table, radius_arcsec: float) -> pa.Table:
@@ -501,9 +512,48 @@ def reduce_detections(candidates: pa.Table, store: Any, night: str, config: Nigh
         The detections catalog (one row per detection, ``row`` indexing ``candidates``) with
         ``object_id`` and ``alert_type``.
     """
+    return night_detections(static_detections(candidates, store, night, config), config)
+
+
+def static_detections(candidates: pa.Table, store: Any, night: str, config: NightConfig) -> pa.Table:
+    """
+    Run the reduce steps that look at one exposure at a time: locate, merge tile duplicates,
+    match the reference.
+
+    No row of one exposure changes another's, so the night's table is the concatenation of its
+    exposures' tables sorted by `DETECTION_ORDER`: `skyblink.cluster.night` keeps each
+    exposure's table and, as exposures land, runs this on the new ones only.
+
+    Parameters
+    ----------
+    candidates, store, night, config
+        As `reduce_detections`.
+
+    Returns
+    -------
+    pyarrow.Table
+        Detections (``row`` indexing ``candidates``), sorted by `DETECTION_ORDER`.
+    """
     located = merge_tile_duplicates(locate(candidates, store, night), config.match_radius_arcsec)
-    known = match_static(located, store, config.match_radius_arcsec, snr_threshold=config.reference_snr_threshold)
-    linked, _ = link_moving(known, config)
+    return match_static(located, store, config.match_radius_arcsec, snr_threshold=config.reference_snr_threshold)
+
+
+def night_detections(static: pa.Table, config: NightConfig) -> pa.Table:
+    """
+    Run the reduce steps over the whole night: link moving objects, associate objects, decide.
+
+    Parameters
+    ----------
+    static : pyarrow.Table
+        The night's `static_detections`, sorted by `DETECTION_ORDER`.
+    config : NightConfig
+
+    Returns
+    -------
+    pyarrow.Table
+        As `reduce_detections`.
+    """
+    linked, _ = link_moving(static, config)
     return decide(associate(linked, config.match_radius_arcsec), config)
 
 
@@ -651,6 +701,11 @@ def build_alerts(
     Alert
     """
     wanted = None if exposures is None else set(exposures)
+    if wanted is not None and detections.num_rows:  # only these exposures' objects need their history
+        alerted = pc.and_(pc.is_valid(detections.column("alert_type")),
+                          pc.is_in(detections.column("exposure_id"), pa.array(sorted(wanted), pa.string())))
+        objects = pc.unique(pc.filter(detections.column("object_id"), alerted))
+        detections = detections.filter(pc.is_in(detections.column("object_id"), objects))
     stamps = stamps_of(candidates)
     rows = detections.to_pylist()
     history: dict[int, list[Detection]] = {}

@@ -96,6 +96,35 @@ def test_night_end_to_end_publishes_every_alert_once(reference_run: tuple[Path, 
     assert objects.num_rows == report["objects"] and sum(objects.column("n_detections").to_pylist()) == report["detections"]
 
 
+def test_reducing_exposure_by_exposure_gives_the_night_of_a_single_reduce(reference_run: tuple[Path, dict, list[int]]) -> None:
+    """As in --watch: each cycle locates and matches its new exposure only; the night is the same."""
+    import math  # noqa: PLC0415
+
+    from skyblink.cluster.night import _StaticDetections, plan_night  # noqa: PLC0415
+    from skyblink.cluster.reduce import night_detections, reduce_detections  # noqa: PLC0415
+    from skyblink.cluster.results import UnitStore  # noqa: PLC0415
+    from skyblink.storage import NightStore  # noqa: PLC0415
+
+    root, _, _ = reference_run
+    config = _config(root)
+    store = NightStore(str(root / "store.zarr"))
+    units, _, _ = plan_night(store, config)
+    results = UnitStore(store.url)
+    whole = reduce_detections(results.read(units), store, "20261124", config.night)
+    static = _StaticDetections()
+    for key in sorted({u.exposure for u in units}):  # one exposure lands per cycle
+        landed = [u for u in units if u.exposure <= key]
+        candidates, known = static.update(store, results, landed, "20261124", config, redo={key})
+        assert set(candidates.column("exposure").to_pylist()) <= {key}  # only the new exposure was read
+    by_cycles = night_detections(known, config.night)
+    assert whole.num_rows == by_cycles.num_rows > 0
+    for name in whole.column_names:
+        if name == "row":  # points into the results read in one cycle
+            continue
+        for a, b in zip(whole.column(name).to_pylist(), by_cycles.column(name).to_pylist(), strict=True):
+            assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), name
+
+
 def test_actor_killed_mid_night_loses_no_tile_and_counts_none_twice(
     night_dir: Path, reference_run: tuple[Path, dict, list[int]], tmp_path: Path
 ) -> None:
