@@ -21,8 +21,10 @@ unit (a call retried while its first actor was dying) leave one whole file.
 from __future__ import annotations
 
 import functools
+import os
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
 import numpy as np
@@ -132,19 +134,30 @@ class UnitStore:
         # Local file systems may list paths without the protocol prefix that url_to_fs kept.
         return self.fs._strip_protocol(path)  # noqa: SLF001 - fsspec's own normaliser
 
-    def read(self, units: Iterable[WorkUnit]) -> pa.Table:
+    def read(self, units: Iterable[WorkUnit], *, threads: int | None = None) -> pa.Table:
         """
-        Return the candidates of the given (done) units as one table.
+        Return the candidates of the given (done) units as one table, in the units' order.
+
+        The files are small and many (a Rubin-size visit has 3,024), so ``threads`` read them at
+        once (default: up to 16, two per CPU); Parquet decoding releases the GIL.
 
         Raises
         ------
         FileNotFoundError
             A unit has no result file.
         """
-        tables = []
-        for unit in units:
+
+        def read_one(unit: WorkUnit) -> pa.Table:
             with self.fs.open(self.path(unit), "rb") as fh:
-                tables.append(pq.read_table(fh))
+                return pq.read_table(fh)
+
+        units = list(units)
+        threads = threads or min(16, 2 * (os.cpu_count() or 1))
+        if threads == 1 or len(units) < 2 * threads:
+            tables = [read_one(unit) for unit in units]
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix="unit-reader") as pool:
+                tables = list(pool.map(read_one, units))
         if not tables:
             return CANDIDATE_SCHEMA.empty_table()
         return pa.concat_tables(tables).cast(CANDIDATE_SCHEMA)
