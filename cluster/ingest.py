@@ -19,10 +19,10 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import ray
 
@@ -140,17 +140,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _Sha256InBackground:
+def _sha256_in_background(path: Path) -> Future[str]:
     """The sha256 of a file, computed in a thread (hashlib releases the GIL on large reads)."""
-
-    def __init__(self, path: Path) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-        self._future = self._pool.submit(_sha256, path)
-        self._pool.shutdown(wait=False)
-
-    def result(self) -> str:
-        """Wait for the digest; raise the thread's OSError if the file could not be read."""
-        return self._future.result()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+    try:
+        return pool.submit(_sha256, path)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _stem(name: str) -> str:
@@ -183,33 +179,32 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
         stat = path.stat()
         # A file seen before is hashed first (unchanged: nothing to write); a new one is hashed
         # in a thread while its pixels are read and written (a visit is gigabytes).
-        digest = _Sha256InBackground(path) if job.known_sha256 is None else None
-        sha256 = _sha256(path) if digest is None else None
+        sha256 = _sha256(path) if job.known_sha256 is not None else None
+        digest = _sha256_in_background(path) if sha256 is None else None
     except OSError as exc:
         reason = f"cannot be read ({exc.strerror or exc})"
         return IngestOutcome(job.key, job.kind, job.path, 0, 0, None, "quarantined", reason)
+
+    def file_sha256() -> str:
+        return sha256 if digest is None else digest.result()
+
+    common = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if sha256 is not None and sha256 == job.known_sha256:
-        return IngestOutcome(job.key, job.kind, job.path, stat.st_size, stat.st_mtime_ns, sha256, "unchanged")
+        return IngestOutcome(**common, sha256=sha256, result="unchanged")
     store = NightStore(job.store_url, mode="a", layout=job.layout)
-
-    def source() -> dict[str, Any]:
-        return {"path": job.path, "size": stat.st_size, "sha256": sha256 if digest is None else digest.result()}
-
     try:
         with open_fits_exposure(path, max_nonfinite_fraction=job.max_nonfinite_fraction) as reader:
-            nbytes = store.write_exposure(job.key, reader.exposure, reader.images(), kind=job.kind, source=source,
+            nbytes = store.write_exposure(job.key, reader.exposure, reader.images(), kind=job.kind,
+                                          source=lambda: {"path": job.path, "size": stat.st_size, "sha256": file_sha256()},
                                           threads=min(job.write_threads, len(reader.exposure.ccds)))
             exposure = reader.exposure
     except InvalidExposureError as exc:
         store.delete(job.key)  # an earlier good version of a file that is now bad is gone too
-        common = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                  "sha256": sha256 if digest is None else digest.result()}
-        return IngestOutcome(**common, result="quarantined", reason=exc.reason)
-    common = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-              "sha256": source()["sha256"]}
+        return IngestOutcome(**common, sha256=file_sha256(), result="quarantined", reason=exc.reason)
     pixels = sum(c.shape[0] * c.shape[1] for c in exposure.ccds)
     return IngestOutcome(
         **common,
+        sha256=file_sha256(),
         result="ingested",
         n_ccds=len(exposure.ccds),
         mjd_obs=exposure.metadata.get("mjd_obs"),
