@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -50,7 +51,7 @@ from .dispatch import WorkerPool, worker_spec
 from .ingest import IngestReport, ingest_night
 from .private_redis import embedded_redis
 from .ray_runtime import ray_session
-from .reduce import DETECTION_ORDER, alert_counts, build_alerts, night_detections, static_detections
+from .reduce import DETECTION_ORDER, alert_counts, build_alerts, night_detections, split_by_exposure, static_detections
 from .results import UnitStore
 
 __all__ = ["NightRunReport", "night_name", "plan_night", "run_night"]
@@ -158,8 +159,7 @@ def plan_night(store: NightStore, config: SkyblinkConfig) -> tuple[list[WorkUnit
     skipped: dict[str, str] = {}
     planned: list[str] = []
     for key in store.exposure_keys("exposure"):
-        ccd = store.ccd_names(key)[0]
-        field_id = store.ccd_metadata(key, ccd).get("field")
+        field_id = _field_of(store, key)
         reference = f"references/{field_id}"
         if reference not in references:
             skipped[key] = f"no reference image of field {field_id!r} in the store"
@@ -171,6 +171,10 @@ def plan_night(store: NightStore, config: SkyblinkConfig) -> tuple[list[WorkUnit
         planned.append(key)
         units.extend(plan_tiles(store, key, size=size, margin=config.night.margin))
     return units, skipped, planned
+
+
+def _field_of(store: NightStore, exposure: str) -> str:
+    return str(store.ccd_metadata(exposure, store.ccd_names(exposure)[0]).get("field"))
 
 
 def _write_table(fs: Any, path: str, table: pa.Table) -> None:
@@ -372,6 +376,7 @@ def _cycle(
                     report.tiles_failed[outcome.unit.key] = outcome.error
                     hooks.say(f"tile {outcome.unit.key} failed: {outcome.error}")
                 else:  # its candidates are in the store already (written by the actor)
+                    done.add(outcome.unit.key)
                     report.tiles_processed += 1
                 hooks.on_unit(outcome)
         report.megapixels += sum(u.size * u.size for u in todo) / 1e6
@@ -379,12 +384,11 @@ def _cycle(
         # where the dispatch time went.
         report.workers["actors"] = pool.poll_health()
     with _timed(report, "reference_catalogs"):  # usually ready long before (see _ReferenceCatalogs)
-        references.collect(store, wait_for={str(store.ccd_metadata(key, store.ccd_names(key)[0]).get("field"))
-                                            for key in exposures})
+        references.collect(store, wait_for={_field_of(store, key) for key in exposures})
     fresh = {u.exposure.rsplit("/", 1)[-1] for u in todo}
     if todo or not report.detections:
-        _reduce_and_publish(store, config, name, units, results, report, hooks, client, static,
-                            {u.exposure for u in todo}, fresh if watch else None)
+        _reduce_and_publish(store, config, name, [u for u in units if u.key in done], results, report, hooks, client,
+                            static, {u.exposure for u in todo}, only_new=watch)
     if watch:
         now = time.time()
         for exposure_id in sorted(fresh):
@@ -473,10 +477,15 @@ class _StaticDetections:
         self.tables: dict[str, pa.Table] = {}
         self.candidates: dict[str, int] = {}
 
-    def update(self, store: NightStore, results: UnitStore, units: list[WorkUnit], night: str, config: SkyblinkConfig,
+    def update(self, store: NightStore, results: UnitStore, done: list[WorkUnit], night: str, config: SkyblinkConfig,
                redo: set[str]) -> tuple[pa.Table, pa.Table]:
         """
         Compute the tables of the exposures not held yet or in ``redo`` (exposure keys).
+
+        Parameters
+        ----------
+        done : list of WorkUnit
+            The units whose results are in the store.
 
         Returns
         -------
@@ -485,22 +494,19 @@ class _StaticDetections:
         static : pyarrow.Table
             The night's static detections, sorted by `DETECTION_ORDER`.
         """
-        done = results.done(units)
         by_exposure: dict[str, list[WorkUnit]] = {}
-        for unit in units:
-            if unit.key in done:
-                by_exposure.setdefault(unit.exposure, []).append(unit)
+        for unit in done:
+            by_exposure.setdefault(unit.exposure, []).append(unit)
         for gone in set(self.tables) - set(by_exposure):
             del self.tables[gone], self.candidates[gone]
         need = [key for key in by_exposure if key not in self.tables or key in redo]
         candidates = results.read([u for key in need for u in by_exposure[key]])
         fresh = static_detections(candidates, store, night, config.night)
-        exposure_of = np.asarray(fresh.column("exposure").to_pylist(), dtype=object)
-        counts = dict(zip(*np.unique(np.asarray(candidates.column("exposure").to_pylist(), dtype=object),
-                                     return_counts=True), strict=True)) if candidates.num_rows else {}
+        tables = split_by_exposure(fresh)
+        counts = Counter(candidates.column("exposure").to_pylist())
         for key in need:
-            self.tables[key] = fresh.filter(pa.array(exposure_of == key, pa.bool_())) if len(exposure_of) else fresh
-            self.candidates[key] = int(counts.get(key, 0))
+            self.tables[key] = tables.get(key, fresh.slice(0, 0))
+            self.candidates[key] = counts[key]
         held = [self.tables[key] for key in by_exposure]
         # An exposure without detections has null-typed columns: promoted to the others' types.
         static = pa.concat_tables(held, promote_options="default").sort_by(DETECTION_ORDER) if held else fresh
@@ -511,18 +517,20 @@ def _reduce_and_publish(
     store: NightStore,
     config: SkyblinkConfig,
     night: str,
-    units: list[WorkUnit],
+    done: list[WorkUnit],
     results: UnitStore,
     report: NightRunReport,
     hooks: _Callbacks,
     client: Any,
     static: _StaticDetections,
-    fresh: set[str],
-    exposures: set[str] | None,
+    new: set[str],
+    *,
+    only_new: bool,
 ) -> None:
+    """Reduce the night (``done``: the units with results; ``new``: exposure keys processed now) and publish."""
     hooks.on_stage("reduce")
     with _timed(report, "reduce"):
-        candidates, known = static.update(store, results, units, night, config, redo=fresh)
+        candidates, known = static.update(store, results, done, night, config, redo=new)
         detections = night_detections(known, config.night)
         objects = _objects_table(detections)
         fs, root = fsspec.core.url_to_fs(store.url)
@@ -539,7 +547,8 @@ def _reduce_and_publish(
     with _timed(report, "publish"):
         builder = AlertBuilder(night, gzip_mode=config.alerts.cutout_gzip)
         with AlertProducer(client, night, config=config.alerts) as producer:
-            published: PublishReport = producer.publish(build_alerts(detections, candidates, store, builder, exposures=exposures))
+            published: PublishReport = producer.publish(build_alerts(detections, candidates, store, builder,
+                                                          exposures={key.rsplit("/", 1)[-1] for key in new} if only_new else None))
         report.alerts_published += published.published
         if published.published:
             _DriverMetrics.get().alerts.inc(published.published)

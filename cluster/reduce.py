@@ -86,6 +86,7 @@ __all__ = [
     "merge_tile_duplicates",
     "night_detections",
     "reduce_detections",
+    "split_by_exposure",
     "static_detections",
 ]
 
@@ -237,9 +238,7 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
     xs, ys = base_x + shapes.dx, base_y + shapes.dy
     sky = np.zeros((n, 2))
     trail_pa = np.full(n, np.nan)
-    rows_of: dict[tuple[str, str], list[int]] = {}
-    for i, key in enumerate(zip(exposures, ccds, strict=True)):
-        rows_of.setdefault(key, []).append(i)
+    rows_of = _rows_by_value(list(zip(exposures, ccds, strict=True)))
     for key in sorted(rows_of):
         rows = np.array(rows_of[key], dtype=int)
         wcs = context(*key).wcs.celestial
@@ -536,6 +535,19 @@ def static_detections(candidates: pa.Table, store: Any, night: str, config: Nigh
     """
     located = merge_tile_duplicates(locate(candidates, store, night), config.match_radius_arcsec)
     return match_static(located, store, config.match_radius_arcsec, snr_threshold=config.reference_snr_threshold)
+
+
+def split_by_exposure(detections: pa.Table) -> dict[str, pa.Table]:
+    """Return each exposure's rows of a detections table (keyed by ``exposure``), in their order."""
+    rows = _rows_by_value(detections.column("exposure").to_pylist())
+    return {key: detections.take(index) for key, index in rows.items()}
+
+
+def _rows_by_value(values: list[Any]) -> dict[Any, list[int]]:
+    rows: dict[Any, list[int]] = {}
+    for i, value in enumerate(values):
+        rows.setdefault(value, []).append(i)
+    return rows
 
 
 def night_detections(static: pa.Table, config: NightConfig) -> pa.Table:
