@@ -107,8 +107,8 @@ class GpuUnitProcessor:
             image[holes] = float(np.nanmedian(image[::8, ::8]))
         return image
 
-    def _device_reference(self, store_url: str, key: str, ccd: str, host: np.ndarray | None, store: Any) -> torch.Tensor:
-        cache_key = (store_url, key, ccd)
+    def _device_reference(self, store: Any, key: str, ccd: str, host: np.ndarray | None) -> torch.Tensor:
+        cache_key = (store.url, key, ccd)
         if cache_key not in self._references:
             image = host if host is not None else self._host_reference(store, key, ccd)
             self._references[cache_key] = torch.from_numpy(image).to(self.device)
@@ -224,7 +224,7 @@ class GpuUnitProcessor:
 
     def _run_ccd(self, ccd: PreparedCcd, store: Any) -> dict[str, list[CandidateRecord]]:
         units, edge, b = ccd.units, self.edge, self.batch
-        reference = self._device_reference(store.url, ccd.reference_key, units[0].ccd, ccd.reference, store)
+        reference = self._device_reference(store, ccd.reference_key, units[0].ccd, ccd.reference)
 
         def batches() -> Iterator[np.ndarray]:
             # A generator: batch i+1 is copied while the device runs batch i.
