@@ -4,13 +4,16 @@ simulated night, and the latency of one large visit from FITS to alerts in Redis
 
     python benchmarks/night_gpus.py [--gpus 1 2] [--fields 4] [--exposures 6] [--size 4096]
                                     [--tiles-per-task 8] [--prepare-calls 2] [--visit-ccds 16] [--work DIR]
+                                    [--reuse-night]
 
 The night is simulated and ingested once; each GPU count then reprocesses every tile (the unit
 results and catalogs are removed between runs, the store is kept), so the runs differ only in
 the number of actors. Throughput is tiles (and Mpix of tile cores) per second of the dispatch
 stage, from each run's JSON report. The visit run is a fresh night of one exposure with
 ``--visit-ccds`` CCDs of ``--size`` pixels, timed end to end (ingest, tiles, reduce, publish) by the
-command's own report. Prints a table; JSON to $OUT when set.
+command's own report. Prints a table; JSON to $OUT when set. ``--reuse-night`` takes the night and
+its store from an earlier run in the same ``--work`` (to compare code or settings on one night in
+separate calls).
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ def skyblink(*args: str, env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
+#: Columns of the table -> keys of the actors' ``seconds`` in the report.
+_ACTOR_SECONDS = {"host": "prepare", "launch": "launch", "finish": "finish", "wait": "device_wait", "gpu": "gpu"}
+
+
+def actor_seconds(report: dict, key: str) -> float:
+    """One of the actors' ``seconds`` (`skyblink.workers.TileWorker.check_health`), summed over the actors."""
+    return sum(a.get("seconds", {}).get(key, 0.0) for a in report["workers"].get("actors", []))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
@@ -46,9 +58,13 @@ def main() -> None:
     parser.add_argument("--visit-ccds", type=int, default=16)
     parser.add_argument("--backend", default="torch", help="engines.backend of the worker actors")
     parser.add_argument("--work", type=Path, default=Path("/tmp/night-gpus"))
+    parser.add_argument("--reuse-night", action="store_true", help="keep WORK's night and store from an earlier run")
     args = parser.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
+    night, store = args.work / "night", args.work / "store.zarr"
+    reuse = args.reuse_night and store.exists()
+    if not reuse:
+        shutil.rmtree(args.work, ignore_errors=True)
+        args.work.mkdir(parents=True)
     env = {
         **os.environ,
         "SKYBLINK_INGEST__TILE_SIZE": str(args.tile_size),
@@ -58,10 +74,11 @@ def main() -> None:
         "SKYBLINK_ALERTS__SPOOL_DIR": str(args.work / "spool"),
         "SKYBLINK_ENGINES__BACKEND": args.backend,
     }
-    night, store = args.work / "night", args.work / "store.zarr"
-    t_sim = skyblink("sim", "night", str(night), "--fields", str(args.fields), "--exposures", str(args.exposures),
-                     "--size", str(args.size), env=env)
-    t_ingest = skyblink("ingest", str(night), "--store", str(store), env=env)
+    t_sim = t_ingest = 0.0
+    if not reuse:
+        t_sim = skyblink("sim", "night", str(night), "--fields", str(args.fields), "--exposures", str(args.exposures),
+                         "--size", str(args.size), env=env)
+        t_ingest = skyblink("ingest", str(night), "--store", str(store), env=env)
     rows = []
     for gpus in args.gpus:
         shutil.rmtree(store / "results", ignore_errors=True)
@@ -76,25 +93,25 @@ def main() -> None:
                      "tiles_per_s": report["tiles_processed"] / dispatch, "mpix_per_s": report["megapixels"] / dispatch,
                      "candidates": report["candidates"], "alerts": sum(report["alerts"].values()), "wall_s": wall,
                      "stages": report["stage_seconds"], "workers": report["workers"],
-                     # Each actor's host (read, control points) and device seconds, summed.
-                     "host_s": sum(a.get("seconds", {}).get("prepare", 0.0) for a in report["workers"].get("actors", [])),
-                     "device_s": sum(a.get("seconds", {}).get("device", 0.0) for a in report["workers"].get("actors", [])),
-                     # Of which the host waited for the device's results.
-                     "wait_s": sum(a.get("seconds", {}).get("device_wait", 0.0) for a in report["workers"].get("actors", []))})
+                     # Each actor's seconds, summed over the actors: preparing calls on the host
+                     # (reads, control points), holding the device to launch them, reading results
+                     # back (of which waiting for the device), and the GPU's own busy time.
+                     **{f"{name}_s": actor_seconds(report, key) for name, key in _ACTOR_SECONDS.items()}})
         print(f"{gpus} GPU(s): {rows[-1]['tiles_per_s']:.1f} tiles/s, stages {report['stage_seconds']}", flush=True)
     base = rows[0]["tiles_per_s"]
     print(f"\nnight: {args.fields} fields x {args.exposures} exposures of {args.size}^2, tiles {args.tile_size}^2 "
-          f"(sim {t_sim:.0f} s, ingest {t_ingest:.0f} s)")
+          f"({'reused' if reuse else f'sim {t_sim:.0f} s, ingest {t_ingest:.0f} s'})")
     print(f"{'GPUs':>4} {'tiles':>6} {'dispatch s':>10} {'tiles/s':>8} {'Mpix/s':>8} {'vs 1':>6} {'host s':>7} "
-          f"{'device s':>8} {'wait s':>6} {'GPU busy':>8} {'cands':>6} {'alerts':>6}  stages")
+          f"{'launch s':>8} {'finish s':>8} {'wait s':>6} {'GPU s':>6} {'GPU busy':>8} {'cands':>6} {'alerts':>6}  stages")
     for row in rows:
         row["scaling"] = row["tiles_per_s"] / base
-        # Fraction of the dispatch stage each GPU spent running calls (device side, mean over GPUs).
-        row["gpu_busy"] = row["device_s"] / (row["gpus"] * row["dispatch_s"])
+        # Fraction of the dispatch stage each GPU's compute stream was busy (CUDA events, mean over GPUs).
+        row["gpu_busy"] = row["gpu_s"] / (row["gpus"] * row["dispatch_s"])
         stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages"].items())
         print(f"{row['gpus']:>4} {row['tiles']:>6} {row['dispatch_s']:>10.1f} {row['tiles_per_s']:>8.1f} "
-              f"{row['mpix_per_s']:>8.1f} {row['scaling']:>6.2f} {row['host_s']:>7.1f} {row['device_s']:>8.1f} {row['wait_s']:>6.1f} "
-              f"{row['gpu_busy']:>8.2f} {row['candidates']:>6} {row['alerts']:>6}  {stages}")
+              f"{row['mpix_per_s']:>8.1f} {row['scaling']:>6.2f} {row['host_s']:>7.1f} {row['launch_s']:>8.1f} "
+              f"{row['finish_s']:>8.1f} {row['wait_s']:>6.1f} {row['gpu_s']:>6.1f} {row['gpu_busy']:>8.2f} "
+              f"{row['candidates']:>6} {row['alerts']:>6}  {stages}")
     visit = {}
     if args.visit_ccds:
         vnight, vstore = args.work / "visit", args.work / "visit.zarr"

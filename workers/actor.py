@@ -93,8 +93,9 @@ class TileWorker:
     Notes
     -----
     Calls may run concurrently (``max_concurrency`` > 1, as `skyblink.cluster.WorkerPool` starts
-    GPU actors): on a GPU each call prepares its units on the host in its own thread and takes
-    the device in turn, so the device runs one call while the next is read from the store.
+    GPU actors): on a GPU each call prepares its units on the host in its own thread, launches
+    them on the device in turn and reads its results back while the next call launches, so the
+    device runs one call while the next is launched and later ones are read from the store.
     """
 
     def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
@@ -173,17 +174,15 @@ class TileWorker:
             try:
                 store = self._store(units[0].store_url)
                 start = time.perf_counter()
-                prepared = self._gpu.prepare(units, store)  # host side: concurrent with another call's device side
-                host = time.perf_counter() - start
+                prepared = self._gpu.prepare(units, store)  # host side: concurrent with the other calls
                 with self._device:
-                    start = time.perf_counter()
-                    found = self._gpu.run(prepared, store)
-                    device = time.perf_counter() - start
+                    launched = self._gpu.launch(prepared, store)  # queued on the device, not waited for
+                found = self._gpu.finish(launched)  # while the next call launches
             except Exception as exc:  # noqa: BLE001 - isolate the failing unit below
                 self._exit_if_context_lost(exc)
                 log.warning("GPU batch failed (%s); running its units one by one", exc)
             else:
-                seconds = (host + device) / len(units)
+                seconds = (time.perf_counter() - start) / len(units)
                 for unit in units:
                     out.append(self._record(UnitOutcome(unit, tuple(found[unit.key]), seconds=seconds,
                                                         n_candidates=len(found[unit.key]))))
@@ -245,7 +244,8 @@ class TileWorker:
             import torch  # noqa: PLC0415
 
             health["peak_device_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-            seconds = {**self._gpu.seconds, "device_wait": self._gpu.pipeline.wait_seconds}
+            pipeline = self._gpu.pipeline
+            seconds = {**self._gpu.seconds, "device_wait": pipeline.wait_seconds, "gpu": pipeline.compute_seconds}
             health["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
         return health
 

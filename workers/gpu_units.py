@@ -11,12 +11,19 @@ unit's core, as on the CPU (`process_tile`), so each source is reported once.
 
 Notes
 -----
-One processor per CUDA device. A call is split in two: `GpuUnitProcessor.prepare` does the host
-side (the CCD's read, its control points, its reference when the device does not hold it) and may
-run in several threads at once; `GpuUnitProcessor.run` does the device side, one thread at a time.
-The actor prepares its next call while the device runs the current one, so the device does not wait
-for the host between calls. Exposures stored as floating point (not 16-bit ADU) cannot cross the
-bus as raw 16-bit pixels: they go through `process_tile` with the same runners instead.
+One processor per CUDA device. A call is split in three:
+
+- `GpuUnitProcessor.prepare` does the host side (the CCD's read, its control points, its
+  reference when the device does not hold it); several threads may run it at once.
+- `GpuUnitProcessor.launch` queues the call's copies and programs on the device and returns
+  without waiting for them; one thread at a time (the actor holds a lock around it).
+- `GpuUnitProcessor.finish` waits for the call's results and builds its candidate records; any
+  thread, also while another call launches.
+
+So the device runs one call while the next is launched and the one before is read back, and the
+host never holds the device while it waits. Exposures stored as floating point (not 16-bit ADU)
+cannot cross the bus as raw 16-bit pixels: they go through `process_tile` with the same runners
+instead (in `launch`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
@@ -38,10 +45,10 @@ from .align import control_points
 from .calibration import CalibrationSpec
 from .device_program import make_device_program
 from .difference import flux_scale
-from .pipeline import TilePipeline
+from .pipeline import Candidates, InFlight, TilePipeline
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
-__all__ = ["GpuUnitProcessor", "PreparedCcd", "read_raw_region", "upsample_grid", "window_edge"]
+__all__ = ["GpuUnitProcessor", "LaunchedCall", "PreparedCcd", "read_raw_region", "upsample_grid", "window_edge"]
 
 #: Reference CCDs kept on the device (one per field and CCD being processed).
 _REFERENCE_CACHE = 4
@@ -77,12 +84,12 @@ class GpuUnitProcessor:
         self.edge = window_edge(size, margin)
         self.options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
         self.device = torch.device("cuda", torch.cuda.current_device())
-        self._programs: list[Any] = []  # the device program of each batch in flight (its grid)
-        self.pipeline = TilePipeline(lambda science, index: self._programs[index](science, index),
-                                     batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
+        self.pipeline = TilePipeline(batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
         self._references: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
-        #: Seconds spent so far in `prepare` (host: reads, control points) and `run` (device).
-        self.seconds = {"prepare": 0.0, "device": 0.0}
+        #: Seconds spent so far in `prepare` (host: reads, control points), `launch` (holding the
+        #: device: copies into the pinned ring, kernel launches) and `finish` (waiting for and
+        #: reading back results).
+        self.seconds = {"prepare": 0.0, "launch": 0.0, "finish": 0.0}
         self._seconds_lock = threading.Lock()
         self._warm_up()
 
@@ -93,12 +100,12 @@ class GpuUnitProcessor:
                                 torch.linspace(0, edge - 1, 3, device=self.device), indexing="ij")
         grid = upsample_grid(torch.stack([xs, ys])[None].expand(self.batch, 2, 3, 3).contiguous(), edge)
         reference = torch.full((edge, edge), 1000.0, device=self.device)
-        self._programs = [make_device_program(self.detector, self.classifier, reference, grid, science_fwhm_px=3.0,
-                                              reference_fwhm_px=3.0, **self.options)]
+        program = make_device_program(self.detector, self.classifier, reference, grid, science_fwhm_px=3.0,
+                                      reference_fwhm_px=3.0, **self.options)
         blank = np.random.default_rng(0).poisson(1000.0, (self.batch, edge, edge)).astype(np.uint16)
-        for _ in self.pipeline.run([blank]):
-            pass
-        self._programs = []
+        self.pipeline.collect(self.pipeline.submit(blank, program))
+        torch.cuda.synchronize(self.device)
+        self.pipeline.wait_seconds = self.pipeline.compute_seconds = 0.0
 
     def _host_reference(self, store: Any, key: str, ccd: str) -> np.ndarray:
         image = np.asarray(store.image(key, ccd)[...], dtype=np.float32)
@@ -111,7 +118,13 @@ class GpuUnitProcessor:
         cache_key = (store.url, key, ccd)
         if cache_key not in self._references:
             image = host if host is not None else self._host_reference(store, key, ccd)
-            self._references[cache_key] = torch.from_numpy(image).to(self.device)
+            # Queued on the copy stream, ahead of the science copy the programs wait for; kept
+            # from reuse by the allocator until the compute stream is done with it, also once
+            # it leaves the cache.
+            with torch.cuda.stream(self.pipeline.copy_stream):
+                tensor = torch.from_numpy(image).pin_memory().to(self.device, non_blocking=True)
+            tensor.record_stream(self.pipeline.compute_stream)
+            self._references[cache_key] = tensor
             while len(self._references) > _REFERENCE_CACHE:
                 self._references.popitem(last=False)
         self._references.move_to_end(cache_key)
@@ -121,7 +134,7 @@ class GpuUnitProcessor:
         """
         Run the program on every unit (all of one store) and return each unit's candidates.
 
-        Same as ``run(prepare(units, store), store)``.
+        Same as ``finish(launch(prepare(units, store), store))``.
 
         Returns
         -------
@@ -133,13 +146,13 @@ class GpuUnitProcessor:
         ValueError
             A unit's size or margin differs from the processor's.
         """
-        return self.run(self.prepare(units, store), store)
+        return self.finish(self.launch(self.prepare(units, store), store))
 
     def prepare(self, units: Sequence[WorkUnit], store: Any) -> list[PreparedCcd]:
         """
         Do the host side of a call: read each CCD's windows, compute its control points, and read
-        its reference unless the device already holds it. Touches no device state, so that one
-        thread can prepare the next call while another thread runs this one (`run`).
+        its reference unless the device already holds it. Touches no device state, so that
+        threads can prepare calls while another launches one (`launch`).
 
         Returns
         -------
@@ -187,81 +200,115 @@ class GpuUnitProcessor:
         # and the 16-bit pixels stay 16-bit up to the device.
         oys, oxs = [u.y0 - u.margin for u in units], [u.x0 - u.margin for u in units]
         by0, bx0 = min(oys), min(oxs)
-        raw, beyond = read_raw_region(store.image(exposure, ccd), by0, bx0, max(oys) + edge - by0, max(oxs) + edge - bx0)
+        image = store.image(exposure, ccd)
+        raw, _ = read_raw_region(image, by0, bx0, max(oys) + edge - by0, max(oxs) + edge - bx0)
+        ny, nx = image.shape
+        offsets = np.arange(edge)
         batches = []
         for start in range(0, len(units), b):
             chunk = range(start, min(start + b, len(units)))
-            windows, points, outside = [], [], []
-            for i in chunk:
+            windows, points = [], []
+            rows_in, cols_in = np.zeros((b, edge), bool), np.zeros((b, edge), bool)  # padding slots: all out
+            for slot, i in enumerate(chunk):
                 y, x = oys[i] - by0, oxs[i] - bx0
                 windows.append(raw[y : y + edge, x : x + edge])
                 points.append(control_points(sci_wcs, ref_wcs, (edge, edge), origin=(oys[i], oxs[i])))
-                outside.append(beyond[y : y + edge, x : x + edge])
+                rows_in[slot] = (oys[i] + offsets >= 0) & (oys[i] + offsets < ny)
+                cols_in[slot] = (oxs[i] + offsets >= 0) & (oxs[i] + offsets < nx)
             pad = b - len(windows)
             windows += [np.zeros((edge, edge), np.uint16)] * pad
             points += [points[-1]] * pad
-            outside += [np.ones((edge, edge), bool)] * pad
-            batches.append(_HostBatch(np.stack(windows), np.stack(points).astype(np.float32), np.stack(outside)))
+            batches.append(_HostBatch(np.stack(windows), np.stack(points).astype(np.float32), rows_in, cols_in))
         return PreparedCcd(units, reference_key=reference_key, reference=reference, options=options, batches=batches)
 
     def run(self, prepared: Sequence[PreparedCcd], store: Any) -> dict[str, list[CandidateRecord]]:
-        """
-        Run prepared CCDs on the device; return each unit's candidates (see `process`).
+        """Launch prepared CCDs and wait for them: ``finish(launch(prepared, store))``."""
+        return self.finish(self.launch(prepared, store))
 
-        Not thread-safe: one thread runs at a time (the actor holds a lock around it).
+    def launch(self, prepared: Sequence[PreparedCcd], store: Any) -> LaunchedCall:
+        """
+        Queue prepared CCDs on the device and return without waiting for their results.
+
+        Not thread-safe: one thread launches at a time (the actor holds a lock around it), while
+        others prepare or finish. CCDs stored as floating point run `process_tile` here, to the end.
+
+        Returns
+        -------
+        LaunchedCall
+            For `finish`.
         """
         start = time.perf_counter()
-        out: dict[str, list[CandidateRecord]] = {}
+        launched = LaunchedCall()
         for ccd in prepared:
             if ccd.on_host:
                 for unit in ccd.units:
-                    out[unit.key] = process_tile(unit, store, self.detector, self.classifier, **self.options)
-            else:
-                out.update(self._run_ccd(ccd, store))
+                    launched.done[unit.key] = process_tile(unit, store, self.detector, self.classifier, **self.options)
+                continue
+            reference = self._device_reference(store, ccd.reference_key, ccd.units[0].ccd, ccd.reference)
+            for index, batch in enumerate(ccd.batches):
+                program = self._batch_program(reference, batch, ccd.options)
+                launched.in_flight.append((ccd.units, self.pipeline.submit(batch.windows, program, index=index)))
         with self._seconds_lock:
-            self.seconds["device"] += time.perf_counter() - start
-        return out
+            self.seconds["launch"] += time.perf_counter() - start
+        return launched
 
-    def _run_ccd(self, ccd: PreparedCcd, store: Any) -> dict[str, list[CandidateRecord]]:
-        units, edge, b = ccd.units, self.edge, self.batch
-        reference = self._device_reference(store, ccd.reference_key, units[0].ccd, ccd.reference)
+    def _batch_program(self, reference: torch.Tensor, batch: _HostBatch, options: dict[str, Any]) -> Any:
+        # The small per-batch inputs cross on the copy stream, ahead of the science copy that the
+        # program waits for; the sampling grid is built on the compute stream, in the program.
+        with torch.cuda.stream(self.pipeline.copy_stream):
+            points, rows_in, cols_in = (torch.from_numpy(a).pin_memory().to(self.device, non_blocking=True)
+                                        for a in (batch.points, batch.rows_inside, batch.cols_inside))
+        for tensor in (points, rows_in, cols_in):
+            tensor.record_stream(self.pipeline.compute_stream)
+        edge = self.edge
 
-        def batches() -> Iterator[np.ndarray]:
-            # A generator: batch i+1 is copied while the device runs batch i.
-            for batch in ccd.batches:
-                grid = upsample_grid(torch.from_numpy(batch.points).to(self.device), edge)
-                off = torch.from_numpy(batch.outside).to(self.device, non_blocking=True)
-                grid = torch.where(off[:, None], torch.full_like(grid, -1e6), grid)  # not covered: left out
-                self._programs.append(make_device_program(self.detector, self.classifier, reference, grid,
-                                                          **ccd.options, **self.options))
-                yield batch.windows
+        def program(science: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
+            grid = upsample_grid(points, edge)
+            inside = rows_in[:, None, :, None] & cols_in[:, None, None, :]
+            grid = torch.where(inside, grid, torch.full_like(grid, -1e6))  # beyond the CCD: left out
+            return make_device_program(self.detector, self.classifier, reference, grid, **options,
+                                       **self.options)(science, index)
 
-        self._programs = []
-        result: dict[str, list[CandidateRecord]] = {u.key: [] for u in units}
-        for found in self.pipeline.run(batches()):
-            self._programs[found.batch] = None  # its grid can go
-            cols = found.columns
-            for i in range(len(found)):
-                index = found.batch * b + int(cols["tile"][i])
-                if index >= len(units):
-                    continue  # a padding slot
-                unit = units[index]
-                x, y = float(cols["x"][i]), float(cols["y"][i])
-                m = unit.margin
-                if not (m - 0.5 <= y < m + unit.size - 0.5 and m - 0.5 <= x < m + unit.size - 0.5):
-                    continue  # in the margin: the neighbouring unit reports it
-                result[unit.key].append(CandidateRecord(
-                    unit.key, unit.exposure, unit.ccd, x + unit.x0 - m, y + unit.y0 - m, float(cols["score"][i]),
-                    float(cols["snr"][i]), float(cols["real_bogus"][i]), tuple(float(p) for p in cols["class_probs"][i]),
-                    np.asarray(cols["stamps"][i], np.float16)))
+        return program
+
+    def finish(self, launched: LaunchedCall) -> dict[str, list[CandidateRecord]]:
+        """
+        Wait for a launched call's results and return each unit's candidates (see `process`).
+
+        Thread-safe: runs while another thread launches the next call.
+        """
+        start = time.perf_counter()
+        result: dict[str, list[CandidateRecord]] = dict(launched.done)
+        for units, in_flight in launched.in_flight:
+            result.update({u.key: [] for u in units[in_flight.batch * self.batch : (in_flight.batch + 1) * self.batch]})
+            self._records(units, self.pipeline.collect(in_flight), result)
+        with self._seconds_lock:
+            self.seconds["finish"] += time.perf_counter() - start
         return result
+
+    def _records(self, units: list[WorkUnit], found: Candidates, result: dict[str, list[CandidateRecord]]) -> None:
+        cols, b = found.columns, self.batch
+        for i in range(len(found)):
+            index = found.batch * b + int(cols["tile"][i])
+            if index >= len(units):
+                continue  # a padding slot
+            unit = units[index]
+            x, y = float(cols["x"][i]), float(cols["y"][i])
+            m = unit.margin
+            if not (m - 0.5 <= y < m + unit.size - 0.5 and m - 0.5 <= x < m + unit.size - 0.5):
+                continue  # in the margin: the neighbouring unit reports it
+            result[unit.key].append(CandidateRecord(
+                unit.key, unit.exposure, unit.ccd, x + unit.x0 - m, y + unit.y0 - m, float(cols["score"][i]),
+                float(cols["snr"][i]), float(cols["real_bogus"][i]), tuple(float(p) for p in cols["class_probs"][i]),
+                np.asarray(cols["stamps"][i], np.float16)))
 
 
 @dataclass(frozen=True, slots=True)
 class _HostBatch:
     windows: np.ndarray  # (batch, edge, edge) uint16
     points: np.ndarray  # (batch, 2, my, mx) float32 control points
-    outside: np.ndarray  # (batch, edge, edge) bool: beyond the CCD
+    rows_inside: np.ndarray  # (batch, edge) bool: the window's row lies on the CCD (padding slots: none)
+    cols_inside: np.ndarray  # (batch, edge) bool: the window's column lies on the CCD
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +316,7 @@ class PreparedCcd:
     """
     One CCD's units after `GpuUnitProcessor.prepare`: host arrays only. Internal to the actor.
 
-    ``on_host`` CCDs (stored as floating point) run the per-tile program in `run` instead.
+    ``on_host`` CCDs (stored as floating point) run the per-tile program in `launch` instead.
     """
 
     units: list[WorkUnit]
@@ -278,6 +325,16 @@ class PreparedCcd:
     reference: np.ndarray | None = None  # None: the device held it when prepared
     options: dict[str, Any] = field(default_factory=dict)
     batches: list[_HostBatch] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class LaunchedCall:
+    """A call queued on the device by `GpuUnitProcessor.launch`; `GpuUnitProcessor.finish` reads it back."""
+
+    #: (the CCD's units, one of its batches in flight), in launch order.
+    in_flight: list[tuple[list[WorkUnit], InFlight]] = field(default_factory=list)
+    #: Candidates of units already done (CCDs run on the host).
+    done: dict[str, list[CandidateRecord]] = field(default_factory=dict)
 
 
 def read_raw_region(array: Any, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
