@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/visit-latency"))
     parser.add_argument("--sim-only", action="store_true", help="simulate the visit into WORK/sim and stop")
     parser.add_argument("--reuse-sim", action="store_true", help="take the visit from an earlier --sim-only run")
+    parser.add_argument("--max-wait", type=float, default=3600.0,
+                        help="seconds to wait for the watch to end after the visit lands; then it is stopped")
     args = parser.parse_args()
     sim, live = args.work / "sim", args.work / "live"
     reuse = args.reuse_sim and (sim / "night.json").exists()
@@ -78,23 +80,32 @@ def main() -> None:
                             "--report", str(report_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ready = threading.Event()
     lines: list[str] = []
+    log = (args.work / "watch.log").open("w")  # the watch's output as it comes, also when the run is stopped
 
     def read() -> None:
         for line in run.stdout:  # type: ignore[union-attr]
             lines.append(line)
+            log.write(f"{time.perf_counter() - t0 - t_sim:8.1f} s  {line}")
+            log.flush()
             if "reference catalog of" in line:  # actors warm, reference ingested and its catalog cached
                 ready.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    if not ready.wait(timeout=600):
-        run.kill()
-        raise SystemExit("the reference's catalog was not ready:\n" + "".join(lines[-40:]))
+    deadline = time.monotonic() + 600
+    while not ready.wait(timeout=1.0):
+        if run.poll() is not None or time.monotonic() > deadline:
+            run.kill()
+            raise SystemExit("the watch ended or the reference's catalog was not ready in 600 s:\n" + "".join(lines[-40:]))
     t_ready = time.perf_counter() - t0 - t_sim
     time.sleep(2.0)  # a poll of the night directory with only the reference in it
     os.utime(staged)  # as if written just now: the run dates a file's appearance by its mtime
     staged.rename(live / "exposures" / visit.name)
-    run.wait(timeout=3600)
+    try:
+        run.wait(timeout=args.max_wait)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        raise SystemExit(f"the watch did not end within {args.max_wait:.0f} s of the visit landing:\n" + "".join(lines[-40:])) from None
     reader.join(timeout=10)
     if run.returncode not in (0, 3):
         raise SystemExit(f"night run exited {run.returncode}:\n" + "".join(lines[-40:]))

@@ -233,7 +233,7 @@ def run_night(
         Leave a private redis-server running at the end.
     watch : bool
         Keep processing exposures as they land until none has come for ``night.watch_idle_s``
-        (or the process is interrupted).
+        and no reference catalog is under way (or the process is interrupted).
     on_stage, on_planned, on_unit, say : callable, optional
         Progress hooks: a stage starts; ``(tiles to do, tiles already done)``; a unit's outcome
         arrived; a line for the user.
@@ -272,7 +272,7 @@ def run_night(
                                          static, watch=watch)
                 if not watch:
                     break
-                if new_files:
+                if new_files or references.pending:  # idle means nothing new and nothing under way
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since >= config.night.watch_idle_s:
                     hooks.say(f"no new exposure for {config.night.watch_idle_s:.0f} s: the night is over")

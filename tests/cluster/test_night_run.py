@@ -206,6 +206,26 @@ def test_driver_killed_then_rerun_resumes_with_the_same_alerts(
     assert sorted(ids) == sorted(reference_ids), "the resumed night's alerts differ from an uninterrupted run's"
 
 
+def test_watch_does_not_end_the_night_while_a_reference_catalog_is_under_way(
+    night_dir: Path, tmp_path: Path, ray_local: None
+) -> None:
+    """A watch idle for less time than a reference's catalog takes still writes that catalog."""
+    from skyblink.cluster.association import reference_catalog_path  # noqa: PLC0415
+    from skyblink.storage import NightStore  # noqa: PLC0415
+
+    live = tmp_path / "live"
+    (live / "exposures").mkdir(parents=True)
+    shutil.copytree(night_dir / "references", live / "references")
+    config = _config(tmp_path, **{"night.watch_poll_s": 0.05, "night.watch_idle_s": 0.05})
+    said: list[str] = []
+    report = run_night(live, config, watch=True, say=said.append)
+    assert report.exposures == 0
+    fs, path = reference_catalog_path(NightStore(report.store_url), "F00", config.night.reference_snr_threshold)
+    assert fs.exists(path), said
+    assert said.index(next(s for s in said if s.startswith("reference catalog of F00 ready"))) < said.index(
+        next(s for s in said if "the night is over" in s))
+
+
 @pytest.mark.slow
 def test_corrupt_exposure_is_quarantined_and_watch_processes_exposures_as_they_land(
     night_dir: Path, tmp_path: Path
