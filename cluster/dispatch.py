@@ -37,8 +37,9 @@ __all__ = ["WorkerPool", "WorkerSpec", "worker_spec"]
 log = logging.getLogger(__name__)
 
 #: Calls a CPU actor holds at once: one running, one queued in its mailbox. A GPU actor runs
-#: its calls in threads: one on the device while ``night.gpu_prepare_calls`` are read and
-#: prepared on the host, so that the device never waits for the store between calls.
+#: its calls in threads: one launching on the device while ``night.gpu_prepare_calls`` are read
+#: and prepared on the host (and earlier ones read back), so that the device never waits for the
+#: store or the host between calls.
 _CPU_SLOTS = 2
 
 

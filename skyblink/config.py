@@ -271,7 +271,7 @@ class NightConfig(_Section):
     )
     tiles_per_task: int = Field(4, ge=1, le=1024, description="Work units in one call to a worker actor.")
     gpu_prepare_calls: int = Field(
-        2, ge=1, le=16, description="Calls a GPU worker actor reads and prepares on the host while one runs on its device."
+        2, ge=1, le=16, description="Calls a GPU worker actor reads and prepares on the host while one launches on its device."
     )
     workers: int | None = Field(
         None, ge=1, description="Worker actors (unset: one per GPU, else one per CPU of the cluster)."
