@@ -68,6 +68,7 @@ class IngestJob:
     max_nonfinite_fraction: float
     known_sha256: str | None = None  # sha256 of the version already in the store
     write_threads: int = 1  # CCDs written at once
+    read_threads: int = 1  # CCDs read at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,8 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
     store = NightStore(job.store_url, mode="a", layout=job.layout)
     try:
         with open_fits_exposure(path, max_nonfinite_fraction=job.max_nonfinite_fraction) as reader:
-            nbytes = store.write_exposure(job.key, reader.exposure, reader.images(), kind=job.kind,
+            images = reader.images(threads=min(job.read_threads, len(reader.exposure.ccds)))
+            nbytes = store.write_exposure(job.key, reader.exposure, images, kind=job.kind,
                                           source=lambda: {"path": job.path, "size": stat.st_size, "sha256": file_sha256()},
                                           threads=min(job.write_threads, len(reader.exposure.ccds)))
             exposure = reader.exposure
@@ -320,6 +322,7 @@ def plan_ingest(
                 layout=store.layout,
                 max_nonfinite_fraction=config.ingest.max_nonfinite_fraction,
                 write_threads=config.ingest.write_threads,
+                read_threads=config.ingest.read_threads,
                 known_sha256=known,
             )
         )

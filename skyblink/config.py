@@ -109,6 +109,11 @@ class IngestConfig(_Section):
     write_threads: int = Field(
         4, ge=1, le=64, description="CCDs of one file compressed and written at once (a visit is one file of many CCDs)."
     )
+    read_threads: int = Field(
+        1, ge=1, le=64,
+        description=("CCDs of one file read at once, each thread through its own file handle (a gzip file is read by "
+                     "one); for many-core nodes, where reading one visit file by one thread can be the limit."),
+    )
     max_nonfinite_fraction: float = Field(
         0.5,
         ge=0.0,

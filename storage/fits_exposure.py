@@ -15,8 +15,11 @@ byte order exactly as astropy scales them (uint16 with BZERO=32768 stays uint16)
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -236,16 +239,21 @@ def _validated_hdu(index: int, number: int, hdu: Any, hdul: fits.HDUList, path: 
     return CcdHeader(index, number, extname, shape, header.copy(), wcs_header, metadata)
 
 
-def _read_pixels(ccd: CcdHeader, hdul: fits.HDUList, path: Path, max_nonfinite_fraction: float) -> CcdImage:
+def _read_pixels(ccd: CcdHeader, hdul: fits.HDUList, path: Path, max_nonfinite_fraction: float, *,
+                 watch_truncation: bool = True) -> CcdImage:
     where = f"HDU {ccd.hdu} ({ccd.extname})"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) if watch_truncation else _no_warning_capture() as caught:
+        if watch_truncation:
+            warnings.simplefilter("always")
         try:
             raw = hdul[ccd.hdu].data
             data = None if raw is None else np.array(raw, dtype=raw.dtype.newbyteorder("="))
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt data raise assorted errors
             msg = f"{where}: pixel data cannot be read ({type(exc).__name__}: {exc})"
             raise InvalidExposureError(path, msg) from exc
+        finally:
+            # Decompressed or read data would otherwise stay cached on the HDU.
+            hdul[ccd.hdu].__dict__.pop("data", None)
     _raise_on_truncation(caught, path, where)
     if data is None or data.shape != ccd.shape:
         got = None if data is None else data.shape
@@ -278,6 +286,16 @@ def _read_pixels(ccd: CcdHeader, hdul: fits.HDUList, path: Path, max_nonfinite_f
     return CcdImage(ccd.index, ccd.hdu, ccd.extname, data, ccd.header, ccd.wcs_header, metadata)
 
 
+class _no_warning_capture:  # noqa: N801 - stands where warnings.catch_warnings(record=True) would
+    """What a thread reads under instead of ``catch_warnings``, which is not thread-safe before 3.14."""
+
+    def __enter__(self) -> list[warnings.WarningMessage]:
+        return []
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def _raise_on_truncation(caught: list[warnings.WarningMessage], path: Path, where: str) -> None:
     for warning in caught:
         text = str(warning.message)
@@ -288,10 +306,11 @@ def _raise_on_truncation(caught: list[warnings.WarningMessage], path: Path, wher
 
 class ExposureReader:
     """
-    An open FITS exposure whose headers and WCS are validated; pixels are read one CCD at a time.
+    An open FITS exposure whose headers and WCS are validated; pixels are read CCD by CCD.
 
     Use as a context manager (`open_fits_exposure`). Memory stays at one CCD however many the
-    file has (a Rubin visit is 189 CCDs of 4096x4096). Not thread-safe.
+    file has (a Rubin visit is 189 CCDs of 4096x4096), or at a few when they are read in threads
+    (`images`). Not thread-safe: one thread iterates.
 
     Attributes
     ----------
@@ -304,20 +323,54 @@ class ExposureReader:
         self.exposure = exposure
         self._max_nonfinite_fraction = max_nonfinite_fraction
 
-    def images(self) -> Iterator[CcdImage]:
+    def images(self, *, threads: int = 1) -> Iterator[CcdImage]:
         """
         Yield each CCD with its pixels, in file order.
+
+        Parameters
+        ----------
+        threads : int, optional
+            CCDs read at once, each thread through its own handle on the file, holding at most
+            ``2 * threads`` CCDs read ahead. A gzip- or bzip2-wrapped file is read by one thread
+            whatever this says (it can only be read from its start).
 
         Raises
         ------
         InvalidExposureError
             Pixels cannot be read, have a non-numeric type, or are too often NaN/inf.
         """
-        for ccd in self.exposure.ccds:
-            image = _read_pixels(ccd, self._hdul, self.exposure.path, self._max_nonfinite_fraction)
-            # Decompressed or read data would otherwise stay cached on the HDU.
-            self._hdul[ccd.hdu].__dict__.pop("data", None)
-            yield image
+        path, fraction = self.exposure.path, self._max_nonfinite_fraction
+        if threads <= 1 or len(self.exposure.ccds) <= 1 or _stream_compressed(path):
+            for ccd in self.exposure.ccds:
+                yield _read_pixels(ccd, self._hdul, path, fraction)
+            return
+        # The whole file's length was checked against its headers when it was opened (a truncated
+        # file fails there), so the threads need not catch astropy's truncation warnings.
+        local, handles = threading.local(), []
+
+        def read(ccd: CcdHeader) -> CcdImage:
+            hdul = getattr(local, "hdul", None)
+            if hdul is None:
+                hdul = local.hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+                handles.append(hdul)
+            return _read_pixels(ccd, hdul, path, fraction, watch_truncation=False)
+
+        pending: deque[Future[CcdImage]] = deque()
+        try:
+            with ThreadPoolExecutor(threads, thread_name_prefix="ccd-reader") as pool:
+                try:
+                    for ccd in self.exposure.ccds:
+                        pending.append(pool.submit(read, ccd))
+                        if len(pending) >= 2 * threads:
+                            yield pending.popleft().result()
+                    while pending:
+                        yield pending.popleft().result()
+                finally:
+                    for future in pending:
+                        future.cancel()
+        finally:
+            for hdul in handles:
+                hdul.close()
 
     def close(self) -> None:
         """Close the file."""
@@ -380,6 +433,13 @@ def open_fits_exposure(path: Path | str, *, max_nonfinite_fraction: float = 0.5)
         hdul.close()
         raise
     return ExposureReader(hdul, FitsExposure(path, primary, metadata, ccds), max_nonfinite_fraction)
+
+
+def _stream_compressed(path: Path) -> bool:
+    """Whether the whole file is gzip, bzip2 or zip compressed (readable only from its start)."""
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    return magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"PK\x03\x04"
 
 
 def read_fits_exposure(path: Path | str, *, max_nonfinite_fraction: float = 0.5) -> tuple[FitsExposure, list[CcdImage]]:

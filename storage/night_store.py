@@ -180,8 +180,8 @@ class NightStore:
             or a function returning them, called once the pixels are written (e.g. to finish a
             checksum computed meanwhile).
         threads : int, optional
-            CCDs compressed and written at once (a visit of many CCDs is one file); the images
-            are still read one at a time, and at most ``threads`` of them are held in memory.
+            CCDs compressed and written at once (a visit of many CCDs is one file); at most
+            ``threads`` images taken from ``images`` are held here at once.
 
         Returns
         -------

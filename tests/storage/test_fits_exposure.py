@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from skyblink.storage import InvalidExposureError, read_fits_exposure
+from skyblink.storage import InvalidExposureError, open_fits_exposure, read_fits_exposure
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "int16", "float32", "float64"])
@@ -103,3 +103,25 @@ def test_mostly_nan_frame_is_refused_above_the_configured_fraction(tmp_path: Pat
     assert images[0].metadata["n_nonfinite"] == 60 * 128
     with pytest.raises(InvalidExposureError, match="max_nonfinite_fraction=0.5"):
         read_fits_exposure(path, max_nonfinite_fraction=0.5)
+
+
+@pytest.mark.parametrize(("name", "compressed"), [("mef.fits", False), ("c.fits.fz", True), ("mef.fits.gz", False)])
+def test_ccds_read_in_threads_are_those_read_one_by_one(tmp_path: Path, exposure_writer, name: str, compressed: bool) -> None:
+    """Threads (one file handle each; a gzip file falls back to one) give the same CCDs in file order."""
+    expected = exposure_writer(tmp_path / name, ccds=7, compressed=compressed, dtype="float32" if "gz" in name else "uint16")
+    for threads in (1, 3):
+        with open_fits_exposure(tmp_path / name) as reader:
+            images = list(reader.images(threads=threads))
+        assert [i.extname for i in images] == [f"CCD{k:03d}" for k in range(7)]
+        for image, pixels in zip(images, expected, strict=True):
+            np.testing.assert_array_equal(image.data, pixels)
+            assert image.data.dtype == pixels.dtype and image.metadata["shape"] == list(pixels.shape)
+
+
+def test_a_bad_ccd_read_in_a_thread_names_its_hdu(tmp_path: Path, exposure_writer) -> None:
+    path = tmp_path / "mef.fits"
+    exposure_writer(path, ccds=6, dtype="float32")
+    with fits.open(path, mode="update") as hdul:
+        hdul[4].data[:] = np.nan  # CCD003
+    with open_fits_exposure(path) as reader, pytest.raises(InvalidExposureError, match=r"HDU 4 \(CCD003\): every pixel is NaN"):
+        list(reader.images(threads=3))
