@@ -97,3 +97,28 @@ def test_windowed_centroid_beats_the_peak_and_trails_are_measured() -> None:
     assert one.trailed[0]
     assert abs(one.trail_length_px[0] - 20.0) < 3.0 and abs(one.trail_angle_deg[0] - 30.0) < 3.0
     assert abs(one.dx[0]) < 0.5 and abs(one.dy[0]) < 0.5  # the trail's middle
+
+
+def test_stamps_measured_together_as_one_by_one() -> None:
+    """Stamps of several PSFs, trails, empty stamps and sources by the edge: the stack's answer is each stamp's own."""
+    rng = np.random.default_rng(7)
+    fwhms = rng.choice([2.2, 2.5, 3.1], 40)
+    stamps = rng.normal(0, 1, (40, 63, 63))
+    for i, fwhm in enumerate(fwhms):
+        sigma = fwhm / 2.3548
+        if i % 4 == 1:  # a trail
+            angle, length = rng.uniform(0, math.pi), rng.uniform(4, 25)
+            for s in np.linspace(-length / 2, length / 2, 60):
+                stamps[i] += _gaussian((63, 63), 31 + s * math.cos(angle), 31 + s * math.sin(angle), sigma, 25.0)
+        elif i % 4 != 3:  # a point source (every fourth stamp is noise only)
+            stamps[i] += _gaussian((63, 63), 31 + rng.uniform(-0.5, 0.5), 31 + rng.uniform(-0.5, 0.5), sigma, 200.0)
+    stamps[5, :, :30] = np.nan  # half a stamp beyond its CCD
+    offsets = rng.uniform(-0.5, 0.5, (40, 2))
+    offsets[6] = (30.4, -30.6)  # a start by the stamp's corner
+    together = measure_stamps(stamps, offsets, fwhms)
+    for i in range(40):
+        one = measure_stamps(stamps[i : i + 1], offsets[i : i + 1], fwhms[i : i + 1])
+        for name in ("dx", "dy", "trail_length_px", "trail_angle_deg"):
+            np.testing.assert_allclose(getattr(together, name)[i], getattr(one, name)[0], rtol=0, atol=1e-9, err_msg=f"{name} {i}")
+        assert together.trailed[i] == one.trailed[0] and together.converged[i] == one.converged[0], i
+    assert together.trailed.sum() >= 5 and together.converged.sum() >= 20
