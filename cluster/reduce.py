@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -53,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from skyblink.config import NightConfig
+from skyblink.threads import ordered_map
 from skyblink.engines.networks import CLASSIFIER_CLASSES
 from skyblink.storage.alerts import (
     Alert,
@@ -742,18 +741,8 @@ def build_alerts(
         return builder.build(packet.pop("detection"), **packet)
 
     threads = threads or min(8, os.cpu_count() or 1)
-    if threads == 1:
-        yield from map(build, packets())
-        return
     # zlib and numpy release the GIL: the packets' cutouts compress in parallel.
-    with ThreadPoolExecutor(threads, thread_name_prefix="alert-builder") as pool:
-        window: deque[Future[Alert]] = deque()
-        for packet in packets():
-            window.append(pool.submit(build, packet))
-            if len(window) >= 4 * threads:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+    yield from ordered_map(build, packets(), threads=threads, ahead=4 * threads, name="alert-builder")
 
 
 def alert_counts(detections: pa.Table) -> dict[str, int]:

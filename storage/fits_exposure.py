@@ -14,12 +14,11 @@ byte order exactly as astropy scales them (uint16 with BZERO=32768 stays uint16)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import warnings
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -29,6 +28,8 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
+
+from skyblink.threads import ordered_map
 
 from .errors import InvalidExposureError
 
@@ -242,7 +243,8 @@ def _validated_hdu(index: int, number: int, hdu: Any, hdul: fits.HDUList, path: 
 def _read_pixels(ccd: CcdHeader, hdul: fits.HDUList, path: Path, max_nonfinite_fraction: float, *,
                  watch_truncation: bool = True) -> CcdImage:
     where = f"HDU {ccd.hdu} ({ccd.extname})"
-    with warnings.catch_warnings(record=True) if watch_truncation else _no_warning_capture() as caught:
+    # catch_warnings is not thread-safe before Python 3.14: threads read without it.
+    with warnings.catch_warnings(record=True) if watch_truncation else contextlib.nullcontext([]) as caught:
         if watch_truncation:
             warnings.simplefilter("always")
         try:
@@ -286,16 +288,6 @@ def _read_pixels(ccd: CcdHeader, hdul: fits.HDUList, path: Path, max_nonfinite_f
     return CcdImage(ccd.index, ccd.hdu, ccd.extname, data, ccd.header, ccd.wcs_header, metadata)
 
 
-class _no_warning_capture:  # noqa: N801 - stands where warnings.catch_warnings(record=True) would
-    """What a thread reads under instead of ``catch_warnings``, which is not thread-safe before 3.14."""
-
-    def __enter__(self) -> list[warnings.WarningMessage]:
-        return []
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _raise_on_truncation(caught: list[warnings.WarningMessage], path: Path, where: str) -> None:
     for warning in caught:
         text = str(warning.message)
@@ -331,7 +323,7 @@ class ExposureReader:
         ----------
         threads : int, optional
             CCDs read at once, each thread through its own handle on the file, holding at most
-            ``2 * threads`` CCDs read ahead. A gzip- or bzip2-wrapped file is read by one thread
+            ``2 * threads`` CCDs read ahead. A gzip-, bzip2- or zip-wrapped file is read by one thread
             whatever this says (it can only be read from its start).
 
         Raises
@@ -355,19 +347,8 @@ class ExposureReader:
                 handles.append(hdul)
             return _read_pixels(ccd, hdul, path, fraction, watch_truncation=False)
 
-        pending: deque[Future[CcdImage]] = deque()
         try:
-            with ThreadPoolExecutor(threads, thread_name_prefix="ccd-reader") as pool:
-                try:
-                    for ccd in self.exposure.ccds:
-                        pending.append(pool.submit(read, ccd))
-                        if len(pending) >= 2 * threads:
-                            yield pending.popleft().result()
-                    while pending:
-                        yield pending.popleft().result()
-                finally:
-                    for future in pending:
-                        future.cancel()
+            yield from ordered_map(read, self.exposure.ccds, threads=threads, name="ccd-reader")
         finally:
             for hdul in handles:
                 hdul.close()

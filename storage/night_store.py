@@ -21,9 +21,7 @@ and the next ingest treat as absent. Local paths and fsspec URLs are both accept
 from __future__ import annotations
 
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -33,6 +31,8 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+from skyblink.threads import ordered_map
 
 from .errors import StorageError, StoreLayoutError
 from .fits_exposure import CcdImage, FitsExposure
@@ -197,20 +197,14 @@ class NightStore:
         group = self.root.create_group(key, overwrite=True)
         written = 0
         names = []
+
+        def write(ccd: CcdImage) -> tuple[str, int]:
+            return self._write_ccd(group, ccd), ccd.data.nbytes
+
         try:
-            if threads <= 1:
-                for ccd in images:
-                    names.append(self._write_ccd(group, ccd))
-                    written += ccd.data.nbytes
-            else:
-                with ThreadPoolExecutor(threads, thread_name_prefix="ccd-writer") as pool:
-                    pending: deque[Future[str]] = deque()
-                    for ccd in images:
-                        if len(pending) >= threads:
-                            names.append(pending.popleft().result())
-                        pending.append(pool.submit(self._write_ccd, group, ccd))
-                        written += ccd.data.nbytes
-                    names.extend(f.result() for f in pending)
+            for name, nbytes in ordered_map(write, images, threads=threads, ahead=threads, name="ccd-writer"):
+                names.append(name)
+                written += nbytes
             facts = source() if callable(source) else source
         except BaseException:
             self.delete(key)
