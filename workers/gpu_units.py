@@ -201,7 +201,7 @@ class GpuUnitProcessor:
         oys, oxs = [u.y0 - u.margin for u in units], [u.x0 - u.margin for u in units]
         by0, bx0 = min(oys), min(oxs)
         image = store.image(exposure, ccd)
-        raw, _ = read_raw_region(image, by0, bx0, max(oys) + edge - by0, max(oxs) + edge - bx0)
+        raw = read_raw_region(image, by0, bx0, max(oys) + edge - by0, max(oxs) + edge - bx0)
         ny, nx = image.shape
         offsets = np.arange(edge)
         batches = []
@@ -220,10 +220,6 @@ class GpuUnitProcessor:
             points += [points[-1]] * pad
             batches.append(_HostBatch(np.stack(windows), np.stack(points).astype(np.float32), rows_in, cols_in))
         return PreparedCcd(units, reference_key=reference_key, reference=reference, options=options, batches=batches)
-
-    def run(self, prepared: Sequence[PreparedCcd], store: Any) -> dict[str, list[CandidateRecord]]:
-        """Launch prepared CCDs and wait for them: ``finish(launch(prepared, store))``."""
-        return self.finish(self.launch(prepared, store))
 
     def launch(self, prepared: Sequence[PreparedCcd], store: Any) -> LaunchedCall:
         """
@@ -337,16 +333,16 @@ class LaunchedCall:
     done: dict[str, list[CandidateRecord]] = field(default_factory=dict)
 
 
-def read_raw_region(array: Any, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def read_raw_region(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:
     """
     Read [y0, y0+h) x [x0, x0+w) of a 16-bit image as 16-bit, filling what lies beyond its edge.
 
     Returns
     -------
-    raw : (h, w) ndarray of uint16
-        The pixels; beyond the image, the median of the pixels read (a neutral fill).
-    beyond : (h, w) ndarray of bool
-        Where the region lies beyond the image (to be left out of every statistic).
+    (h, w) ndarray of uint16
+        The pixels; beyond the image, the median of the pixels read (a neutral fill; the device
+        program leaves those pixels out of every statistic, from the window's row and column
+        flags).
     """
     ny, nx = array.shape
     raw = np.zeros((h, w), np.uint16)
@@ -357,7 +353,7 @@ def read_raw_region(array: Any, y0: int, x0: int, h: int, w: int) -> tuple[np.nd
         beyond[ys - y0 : ye - y0, xs - x0 : xe - x0] = False
         if beyond.any():
             raw[beyond] = np.uint16(np.median(raw[ys - y0 : ye - y0 : 8, xs - x0 : xe - x0 : 8]))
-    return raw, beyond
+    return raw
 
 
 def upsample_grid(points: torch.Tensor, edge: int) -> torch.Tensor:
