@@ -213,7 +213,7 @@ def _measure_trails(images: np.ndarray, index: np.ndarray, fwhm: np.ndarray, hal
 
     Returns which of the stack are long trails, located here by their first moment.
     """
-    m, s = images.shape[0], images.shape[-1]
+    s = images.shape[-1]
     # Matched-filter the stamps (a Gaussian of the PSF's sigma, renormalised to unit noise) so
     # that a faint trail's pixels stand out of the noise and stay connected; one filter per PSF.
     smooth = np.empty_like(images)

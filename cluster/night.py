@@ -384,7 +384,7 @@ def _cycle(
         # where the dispatch time went.
         report.workers["actors"] = pool.poll_health()
     with _timed(report, "reference_catalogs"):  # usually ready long before (see _ReferenceCatalogs)
-        references.collect(store, wait_for={_field_of(store, key) for key in exposures})
+        references.collect(store, wait_for={_field_of(store, key) for key in exposures} if references.pending else ())
     fresh = {u.exposure.rsplit("/", 1)[-1] for u in todo}
     if todo or not report.detections:
         _reduce_and_publish(store, config, name, [u for u in units if u.key in done], results, report, hooks, client,
@@ -432,22 +432,22 @@ class _ReferenceCatalogs:
     def start(self, store: NightStore) -> None:
         """Start the tasks of each reference in ``store`` whose catalog is not cached or pending."""
         for key in store.exposure_keys("reference"):
-            field = key.rsplit("/", 1)[-1]
-            fs, path = reference_catalog_path(store, field, self.snr_threshold)
-            if field in self.pending or fs.exists(path):
+            field_id = key.rsplit("/", 1)[-1]
+            fs, path = reference_catalog_path(store, field_id, self.snr_threshold)
+            if field_id in self.pending or fs.exists(path):
                 continue
-            self.pending[field] = [self._task.remote(store.url, field, ccd, self.snr_threshold)
-                                   for ccd in store.ccd_names(key)]
+            self.pending[field_id] = [self._task.remote(store.url, field_id, ccd, self.snr_threshold)
+                                      for ccd in store.ccd_names(key)]
 
     def collect(self, store: NightStore, *, wait_for: Iterable[str]) -> None:
         """Write the catalogs of the fields in ``wait_for`` (waiting for them) and of any finished field."""
         needed = set(wait_for)
-        for field, refs in list(self.pending.items()):
-            if field not in needed and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
+        for field_id, refs in list(self.pending.items()):
+            if field_id not in needed and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
                 continue
-            table = write_reference_catalog(store, field, ray.get(refs), snr_threshold=self.snr_threshold)
-            del self.pending[field]
-            self.say(f"reference catalog of {field} ready: {table.num_rows} sources")
+            table = write_reference_catalog(store, field_id, ray.get(refs), snr_threshold=self.snr_threshold)
+            del self.pending[field_id]
+            self.say(f"reference catalog of {field_id} ready: {table.num_rows} sources")
 
 
 def _reference_ccd_task(store_url: str, field: str, ccd: str, snr_threshold: float) -> pa.Table:
