@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
+from skyblink.cluster.measurement import measure_stamps
 from skyblink.cluster.night import plan_night
 from skyblink.cluster.reduce import (
     associate,
@@ -45,10 +45,10 @@ from skyblink.cluster.reduce import (
     match_static,
     merge_tile_duplicates,
 )
-from skyblink.cluster.measurement import measure_stamps
 from skyblink.cluster.results import UnitStore, stamps_of
-from skyblink.config import load_config
 from skyblink.storage import NightStore
+
+from skyblink.config import load_config
 
 
 def timed(repeat: int, fn: Callable[[], Any]) -> tuple[Any, list[float]]:
