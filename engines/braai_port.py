@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .networks import STAMP_SIZE, Braai
+from .model_io import STAMP_SIZE
+from .networks import Braai
 
 __all__ = [
     "BRAAI_MODEL",

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .manifest import IO_NAMES, EngineManifest, ProfileSpec, file_sha256
+from .manifest import EngineManifest, ProfileSpec, file_sha256
+from .model_io import IO_NAMES
 from .registry import current_device
 from ._trt import TrtFlavour, load_trt
 

@@ -17,8 +17,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .manifest import IO_NAMES, file_sha256
-from .networks import STAMP_SIZE, Braai, Classifier, Detector
+from .manifest import file_sha256
+from .model_io import IO_NAMES, STAMP_SIZE
+from .networks import Braai, Classifier, Detector
 
 __all__ = ["IO_NAMES", "ModelKind", "Precision", "export_onnx", "file_sha256"]  # file_sha256 re-exported
 

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .model_io import IO_NAMES, IONames  # re-exported: the torch-free constants live in model_io
+
 __all__ = ["IO_NAMES", "MANIFEST_SUFFIX", "EngineManifest", "IONames", "ProfileSpec", "file_sha256"]
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -25,21 +27,6 @@ def file_sha256(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class IONames:
-    """Input and output tensor names of one network's ONNX graph."""
-
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-
-IO_NAMES: dict[str, IONames] = {
-    "detector": IONames(("tiles",), ("heatmaps", "offsets")),
-    "classifier": IONames(("stamps",), ("real_bogus", "class_probs")),
-    "braai": IONames(("stamps",), ("drb",)),
-}
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .model_io import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE  # the torch-free constants live in model_io
+
 __all__ = [
     "CLASSIFIER_CLASSES",
     "DETECTOR_CLASSES",
@@ -32,14 +34,6 @@ __all__ = [
     "Detector",
 ]
 
-#: Heatmap channels of the detector, in output order.
-DETECTOR_CLASSES = ("static", "transient", "moving", "artifact")
-#: Class-probability columns of the classifier, in output order.
-CLASSIFIER_CLASSES = ("star", "galaxy", "transient", "variable", "moving", "cosmic_ray", "artifact")
-#: Edge of a classifier stamp in pixels (the ZTF/braai layout).
-STAMP_SIZE = 63
-#: The detector's input height and width must be multiples of this.
-DETECTOR_STRIDE = 32
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

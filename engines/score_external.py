@@ -39,7 +39,7 @@ import numpy as np
 
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
-from .networks import CLASSIFIER_CLASSES, STAMP_SIZE
+from .model_io import CLASSIFIER_CLASSES, STAMP_SIZE
 from .stamps import sigma_normalize
 
 __all__ = [

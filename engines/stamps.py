@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .networks import STAMP_SIZE
+from .model_io import STAMP_SIZE
 
 __all__ = ["fit_stamp", "sigma_normalize", "sigma_triplet"]
 

@@ -24,6 +24,8 @@ import numpy as np
 import ray
 from ray.util.metrics import Counter, Histogram
 
+from skyblink.engines.model_io import IO_NAMES, STAMP_SIZE
+
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
 __all__ = ["TileWorker", "UnitOutcome", "WorkerLostGpuError"]
@@ -119,8 +121,8 @@ class TileWorker:
         self._m_seconds = Histogram("skyblink_tile_seconds", "Wall time of one work unit on a worker actor.",
                                     boundaries=_TILE_SECONDS_BOUNDARIES)
         # Warm up once: sessions, kernels and allocators are ready before the first real tile.
-        self._runners["detector"].infer({"tiles": np.zeros((1, 3, 64, 64), np.float32)})
-        self._runners["classifier"].infer({"stamps": np.zeros((1, 3, 63, 63), np.float32)})
+        self._runners["detector"].infer({IO_NAMES["detector"].inputs[0]: np.zeros((1, 3, 64, 64), np.float32)})
+        self._runners["classifier"].infer({IO_NAMES["classifier"].inputs[0]: np.zeros((1, 3, STAMP_SIZE, STAMP_SIZE), np.float32)})
         self._gpu = None
         if tile_size is not None and self._on_gpu():
             from .gpu_units import GpuUnitProcessor  # noqa: PLC0415 - torch with CUDA only here

@@ -21,7 +21,7 @@ from typing import Literal
 from ..build import EngineBuildError, build_engine
 from ..catalog import MODEL_VERSIONS, load_network, onnx_path
 from ..channels import CHANNELS_FILE, Channels, Release
-from ..manifest import IO_NAMES
+from ..model_io import IO_NAMES
 from ..registry import EngineNotFoundError, EngineRegistry, EngineRequest, current_device
 from ._trt_probe import trt_runtime_available
 from .base import InferenceRunner

@@ -44,7 +44,7 @@ from skyblink.sim.psf import render_point_sources
 from skyblink.workers.align import sampling_grid, warp
 from skyblink.workers.difference import flux_scale, normalized_triplet
 
-from ..networks import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE
+from ..model_io import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE
 
 __all__ = ["DetectorSamples", "StampRealism", "StampSamples", "TrainingData", "TrainingDataConfig", "build_training_data",
            "exposure_triplet"]

@@ -31,7 +31,8 @@ from skyblink.config import SimConfig
 
 from ..catalog import MODEL_VERSIONS, model_dir
 from ..export import export_onnx, file_sha256
-from ..networks import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE, Classifier, Detector
+from ..model_io import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE
+from ..networks import Classifier, Detector
 from .dataset import StampRealism, TrainingDataConfig, build_training_data, exposure_triplet
 from .metrics import completeness_by_magnitude, fpr_at_fnr, roc_auc
 

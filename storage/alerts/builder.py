@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from skyblink.engines.model_io import STAMP_SIZE
+
 from .cutouts import GzipMode, StampWriter
 from .packet import Alert, Cutout, CutoutKind, Detection, MovingObject, make_alert_id
 
@@ -29,8 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["STAMP_SIZE", "AlertBuilder", "cut_stamp"]
 
-#: Edge of a cutout in pixels (odd: the detection sits on the centre pixel).
-STAMP_SIZE = 63
 _WRITER_CACHE = 256
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from dataclasses import replace
 
-from skyblink.engines.networks import CLASSIFIER_CLASSES
+from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.engines.training.dataset import StampRealism, TrainingDataConfig, build_training_data
 
 SMALL = TrainingDataConfig(fields=1, exposures_per_field=1, image_size=512, crop=64, random_crops_per_exposure=1,

@@ -1,0 +1,48 @@
+"""
+What both sides of the cluster agree on about the networks, without importing any ML package.
+
+The driver (CLI, configuration, cluster driver, reduce, storage, alerts, sim) runs from the base
+install, with no torch, onnxruntime, tensorrt or CUDA packages; the workers add them. The class
+lists, the stamp edge and the ONNX tensor names are needed on both sides, so they live here, in a
+module that imports only the standard library. `skyblink.engines.networks` (torch) and
+`skyblink.engines.manifest` re-export them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CLASSIFIER_CLASSES",
+    "DETECTOR_CLASSES",
+    "DETECTOR_STRIDE",
+    "IO_NAMES",
+    "STAMP_SIZE",
+    "IONames",
+]
+
+#: Heatmap channels of the detector, in output order.
+DETECTOR_CLASSES = ("static", "transient", "moving", "artifact")
+#: Class-probability columns of the classifier, in output order.
+CLASSIFIER_CLASSES = ("star", "galaxy", "transient", "variable", "moving", "cosmic_ray", "artifact")
+#: Edge of a classifier stamp and of an alert cutout in pixels (the ZTF/braai layout; odd, so that
+#: the detection sits on the centre pixel).
+STAMP_SIZE = 63
+#: The detector's input height and width must be multiples of this.
+DETECTOR_STRIDE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class IONames:
+    """Input and output tensor names of one network's ONNX graph."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+#: Tensor names of each network's ONNX graph (and of its TensorRT engine), by model name.
+IO_NAMES: dict[str, IONames] = {
+    "detector": IONames(("tiles",), ("heatmaps", "offsets")),
+    "classifier": IONames(("stamps",), ("real_bogus", "class_probs")),
+    "braai": IONames(("stamps",), ("drb",)),
+}
