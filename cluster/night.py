@@ -42,7 +42,7 @@ import ray
 import redis
 
 from skyblink.config import SkyblinkConfig
-from skyblink.storage import NightStore
+from skyblink.storage import NightStore, damaged_store_key
 from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
 from skyblink.storage.alerts.entry import stream_name
 from skyblink.workers.actor import UnitOutcome
@@ -368,6 +368,10 @@ def _cycle(
     _note_ingest(ingest, report, night_dir, seen_files)
     new_files = bool(ingest.ingested)
     store = NightStore(ingest.store_url)
+    if not store.checksummed and not report.store_url:
+        hooks.say(f"store {store.url} was created before per-chunk checksums: its exposures ingested before are read "
+                  "unverified (a corrupt chunk may decode into wrong pixels); ingest the night into a new store to "
+                  "verify every read")
     report.store_url = store.url
     # A reference's catalog is started as soon as the reference is in the store (CPU tasks, beside
     # the GPU actors), so that it is ready before the field's first exposure lands.
@@ -399,6 +403,7 @@ def _cycle(
                     done.add(outcome.unit.key)
                     report.tiles_processed += 1
                 hooks.on_unit(outcome)
+        _mark_damaged(store, report, hooks)
         report.megapixels += sum(u.size * u.size for u in todo) / 1e6
         # Each actor's own account (units, peak device memory, host and device seconds on a GPU):
         # where the dispatch time went.
@@ -424,6 +429,20 @@ def _cycle(
                     for stage, seconds in report.stage_seconds.items() if seconds > stages_before.get(stage, 0.0)}
                 _DriverMetrics.get().latency.observe(now - appeared)
     return new_files, pool
+
+
+def _mark_damaged(store: NightStore, report: NightRunReport, hooks: _Callbacks) -> None:
+    """Flag the exposures whose tiles failed a chunk checksum, so that the next run's ingest writes them again."""
+    damaged = {damaged_store_key(error): error for error in report.tiles_failed.values()}
+    damaged.pop(None, None)
+    if not damaged:
+        return
+    writable = NightStore(store.url, mode="a")
+    for key, error in sorted(damaged.items()):
+        with contextlib.suppress(KeyError):  # deleted meanwhile: the next ingest writes it anyway
+            writable.mark_damaged(key, error)
+            hooks.say(f"{key} is corrupt in the store (a chunk failed its checksum): the next run re-ingests it from "
+                      "its file")
 
 
 def _incomplete_fields(store: NightStore, missing: list[WorkUnit]) -> dict[str, list[str]]:

@@ -11,6 +11,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 import redis
@@ -132,4 +133,33 @@ def test_killed_actor_loses_no_tile_and_the_stream_is_the_clean_one(
     config = fault_config(tmp_path, redis_server.url, **{"night.tiles_per_task": 1})
     report = run_night(clean_night.night_dir, config, night=NIGHT, on_unit=kill_one_worker)
     assert killed and report.ok and report.tiles_processed == 4, report.to_json()
+    _assert_clean_stream(clean_night, redis_server)
+
+
+def test_corrupt_shard_holds_the_field_back_then_the_repaired_rerun_publishes_the_clean_stream(
+    clean_night: CleanNight, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    store = clean_night.copy_store(tmp_path)
+    exposure = sorted(p.name for p in (store / "exposures").iterdir() if p.is_dir())[1]
+    for path in (store / "results" / "units" / exposure).rglob("*.parquet"):  # its tiles are read again
+        path.unlink()
+    shard = store / "exposures" / exposure / "ccd000" / "image" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[1000:5096] = np.random.default_rng(19).bytes(4096)  # 4 KB of random bytes, as in the issue
+    shard.write_bytes(bytes(data))
+
+    code, output, report = _night_run(clean_night, tmp_path, redis_server)
+    assert code == 3, output
+    flat = " ".join(output.split())
+    assert f"chunk checksum mismatch (crc32c) in exposures/{exposure}/ccd000/image" in flat
+    assert report["tiles_failed"] and all(key.startswith(f"exposures/{exposure}/") for key in report["tiles_failed"])
+    total = len(clean_night.entries)
+    assert sum(report["alerts_held_back"].values()) == sum(report["alerts"].values()) > 0 and "held back" in flat
+    assert stream_entries(redis_server.url, clean_night.stream) == {}, "alerts of an incomplete field went out"
+
+    # The repair is the same command: the damaged exposure is ingested again from its file.
+    code, output, report = _night_run(clean_night, tmp_path, redis_server)
+    assert code == 0, output
+    assert report["tiles_processed"] == 4 and not report["tiles_failed"] and not report["alerts_held_back"]
+    assert report["alerts_in_stream"] == report["alerts_published"] == total
     _assert_clean_stream(clean_night, redis_server)
