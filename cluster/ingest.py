@@ -295,7 +295,8 @@ def plan_ingest(
         Keys skipped because the file's size and mtime match the manifest.
 
     """
-    present = set(store.exposure_keys("exposure")) | set(store.exposure_keys("reference"))
+    # A damaged exposure (a chunk failed its checksum) is written again from its file.
+    present = (set(store.exposure_keys("exposure")) | set(store.exposure_keys("reference"))) - set(store.damaged_keys())
     jobs: list[IngestJob] = []
     unchanged: list[str] = []
     for rel, kind, key in files:

@@ -36,11 +36,13 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+import redis
 
 from skyblink.config import SkyblinkConfig
-from skyblink.storage import NightStore
+from skyblink.storage import NightStore, damaged_store_key
 from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
 from skyblink.storage.alerts.entry import stream_name
 from skyblink.workers.actor import UnitOutcome
@@ -63,6 +65,17 @@ log = logging.getLogger(__name__)
 class NightRunReport:
     """
     What a nightly run did; written as JSON (``--report``) and printed as the summary. Stable.
+
+    ``alerts_in_stream`` counts the alerts of this run that the stream was seen to hold after
+    publishing (`AlertProducer.confirm`); ``alerts_resent`` those sent again because a restarted
+    server had lost them; ``alerts_spooled`` those left in the local spool (Redis unreachable) and
+    ``alerts_unconfirmed`` those neither confirmed nor spooled: either makes the run not `ok`.
+    ``alerts_replayed`` counts the spooled alerts of earlier runs that this run delivered.
+
+    ``alerts_held_back`` maps a field to the number of its alerts not published because a tile of
+    one of its exposures failed or is missing (``held_back_because``: field -> those tiles): the
+    field's objects are linked across its exposures, so any of them could change once the tiles
+    are done. They are published, final, by the run that completes the field.
 
     Times are seconds; ``latency_s`` maps an exposure id to the seconds from its file appearing
     in the night directory to its alerts being in Redis, and ``latency_stages_s`` to the stages
@@ -89,6 +102,12 @@ class NightRunReport:
     alerts_published: int = 0
     alerts_already_published: int = 0
     alerts_spooled: int = 0
+    alerts_in_stream: int = 0
+    alerts_unconfirmed: int = 0
+    alerts_resent: int = 0
+    alerts_replayed: int = 0
+    alerts_held_back: dict[str, int] = field(default_factory=dict)
+    held_back_because: dict[str, list[str]] = field(default_factory=dict)
     workers: dict[str, Any] = field(default_factory=dict)
     worker_restarts: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -105,8 +124,9 @@ class NightRunReport:
 
     @property
     def ok(self) -> bool:
-        """No file quarantined and no tile failed."""
-        return not self.quarantined and not self.tiles_failed
+        """No file quarantined, no tile failed, no alert held back, and every alert confirmed in Redis."""
+        return (not self.quarantined and not self.tiles_failed and not self.alerts_held_back
+                and not self.alerts_spooled and not self.alerts_unconfirmed)
 
     def latency_percentiles(self) -> dict[str, float]:
         """Return p50 and p95 of ``latency_s`` (empty when there is none)."""
@@ -348,6 +368,10 @@ def _cycle(
     _note_ingest(ingest, report, night_dir, seen_files)
     new_files = bool(ingest.ingested)
     store = NightStore(ingest.store_url)
+    if not store.checksummed and not report.store_url:
+        hooks.say(f"store {store.url} was created before per-chunk checksums: its exposures ingested before are read "
+                  "unverified (a corrupt chunk may decode into wrong pixels); ingest the night into a new store to "
+                  "verify every read")
     report.store_url = store.url
     # A reference's catalog is started as soon as the reference is in the store (CPU tasks, beside
     # the GPU actors), so that it is ready before the field's first exposure lands.
@@ -379,6 +403,7 @@ def _cycle(
                     done.add(outcome.unit.key)
                     report.tiles_processed += 1
                 hooks.on_unit(outcome)
+        _mark_damaged(store, report, hooks)
         report.megapixels += sum(u.size * u.size for u in todo) / 1e6
         # Each actor's own account (units, peak device memory, host and device seconds on a GPU):
         # where the dispatch time went.
@@ -387,8 +412,12 @@ def _cycle(
         references.collect(store, wait_for={_field_of(store, key) for key in exposures} if references.pending else ())
     fresh = {u.exposure.rsplit("/", 1)[-1] for u in todo}
     if todo or not report.detections:
+        incomplete = _incomplete_fields(store, [u for u in units if u.key not in done])
+        # --watch publishes the new exposures' alerts; those of a field held back before go out too
+        # once the field is complete.
+        held_before = {key for key in exposures if _field_of(store, key) in report.alerts_held_back}
         _reduce_and_publish(store, config, name, [u for u in units if u.key in done], results, report, hooks, client,
-                            static, {u.exposure for u in todo}, only_new=watch)
+                            static, {u.exposure for u in todo} | held_before, only_new=watch, incomplete=incomplete)
     if watch:
         now = time.time()
         for exposure_id in sorted(fresh):
@@ -400,6 +429,87 @@ def _cycle(
                     for stage, seconds in report.stage_seconds.items() if seconds > stages_before.get(stage, 0.0)}
                 _DriverMetrics.get().latency.observe(now - appeared)
     return new_files, pool
+
+
+def _mark_damaged(store: NightStore, report: NightRunReport, hooks: _Callbacks) -> None:
+    """Flag the exposures whose tiles failed a chunk checksum, so that the next run's ingest writes them again."""
+    damaged = {damaged_store_key(error): error for error in report.tiles_failed.values()}
+    damaged.pop(None, None)
+    if not damaged:
+        return
+    writable = NightStore(store.url, mode="a")
+    for key, error in sorted(damaged.items()):
+        with contextlib.suppress(KeyError):  # deleted meanwhile: the next ingest writes it anyway
+            writable.mark_damaged(key, error)
+            hooks.say(f"{key} is corrupt in the store (a chunk failed its checksum): the next run re-ingests it from "
+                      "its file")
+
+
+def _incomplete_fields(store: NightStore, missing: list[WorkUnit]) -> dict[str, list[str]]:
+    """Return field -> the keys of its units without a result (failed or not processed), sorted."""
+    fields: dict[str, list[str]] = {}
+    field_of: dict[str, str] = {}
+    for unit in missing:
+        if unit.exposure not in field_of:
+            field_of[unit.exposure] = _field_of(store, unit.exposure)
+        fields.setdefault(field_of[unit.exposure], []).append(unit.key)
+    return {field_id: sorted(keys) for field_id, keys in sorted(fields.items())}
+
+
+def _hold_back(detections: pa.Table, incomplete: dict[str, list[str]]) -> tuple[pa.Table, dict[str, int]]:
+    """
+    Drop from ``detections`` every object of a field with an incomplete exposure.
+
+    Returns the detections whose alerts may be published (whole objects: their packets' history
+    is unchanged) and field -> the number of alerts held back.
+    """
+    if not incomplete or detections.num_rows == 0:
+        return detections, {}
+    fields = detections.column("field").cast(pa.string())
+    touched = pc.is_in(fields, pa.array(sorted(incomplete), pa.string()))
+    objects = pc.unique(pc.filter(detections.column("object_id"), touched))
+    held = pc.is_in(detections.column("object_id"), objects)
+    alerted = pc.and_(held, pc.is_valid(detections.column("alert_type")))
+    counts = Counter(pc.filter(fields, alerted).to_pylist())
+    return detections.filter(pc.invert(held)), dict(sorted(counts.items()))
+
+
+def _confirm_delivery(producer: AlertProducer, sent: list[int], detections: pa.Table, candidates: pa.Table,
+                      store: NightStore, builder: AlertBuilder, exposure_ids: set[str] | None, report: NightRunReport,
+                      hooks: _Callbacks, *, rounds: int = 3) -> PublishReport:
+    """
+    Ask the stream for the alerts just sent; re-send those it lacks (a server restarted without
+    them) until all are there or ``rounds`` re-sends were made. Record in ``report`` how many are
+    in the stream and how many could not be confirmed (spooled ones aside).
+
+    Returns what the re-sends did.
+    """
+    total = PublishReport()
+    missing: list[int] = []
+    for attempt in range(rounds + 1):
+        candidates_ids = [i for i in sent if i not in producer.spooled_ids]
+        try:
+            missing = producer.confirm(candidates_ids)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            hooks.say(f"could not confirm {len(candidates_ids)} alert(s) in {producer.stream}: Redis does not answer "
+                      f"({type(exc).__name__})")
+            missing = candidates_ids
+            break
+        if not missing or attempt == rounds:
+            break
+        hooks.say(f"{len(missing)} alert(s) sent are not in {producer.stream} (the server restarted without them?): "
+                  "sending them again")
+        wanted = pa.array(missing, pa.int64())
+        objects = pc.unique(pc.filter(detections.column("object_id"), pc.is_in(detections.column("alert_id"), wanted)))
+        again = detections.filter(pc.is_in(detections.column("object_id"), objects))
+        resent = producer.publish(a for a in build_alerts(again, candidates, store, builder, exposures=exposure_ids)
+                                  if a.alert_id in set(missing))
+        report.alerts_resent += resent.published
+        total += resent
+    unconfirmed = set(missing) - producer.spooled_ids
+    report.alerts_unconfirmed = len(unconfirmed)
+    report.alerts_in_stream = len(set(sent) - unconfirmed - producer.spooled_ids)
+    return total
 
 
 def _start_workers(config: SkyblinkConfig, report: NightRunReport, hooks: _Callbacks) -> WorkerPool:
@@ -526,8 +636,14 @@ def _reduce_and_publish(
     new: set[str],
     *,
     only_new: bool,
+    incomplete: dict[str, list[str]] | None = None,
 ) -> None:
-    """Reduce the night (``done``: the units with results; ``new``: exposure keys processed now) and publish."""
+    """
+    Reduce the night (``done``: the units with results; ``new``: exposure keys processed now) and publish.
+
+    ``incomplete`` (field -> its units without a result) holds back every alert of those fields
+    (`_hold_back`): nothing goes out that the run completing the field would change.
+    """
     hooks.on_stage("reduce")
     with _timed(report, "reduce"):
         candidates, known = static.update(store, results, done, night, config, redo=new)
@@ -543,14 +659,31 @@ def _reduce_and_publish(
         report.detections = detections.num_rows
         report.objects = objects.num_rows
         report.alerts = alert_counts(detections)
+        final, held = _hold_back(detections, incomplete or {})
+        report.alerts_held_back = held
+        report.held_back_because = {field_id: keys for field_id, keys in (incomplete or {}).items() if field_id in held}
+        for field_id, count in held.items():
+            keys = (incomplete or {})[field_id]
+            hooks.say(f"held back {count} alert(s) of field {field_id}: {len(keys)} tile(s) of its exposures have no "
+                      f"result ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); they go out, final, when a "
+                      "run completes the field")
     hooks.on_stage("publish")
     with _timed(report, "publish"):
         builder = AlertBuilder(night, gzip_mode=config.alerts.cutout_gzip)
+        exposure_ids = {key.rsplit("/", 1)[-1] for key in new} if only_new else None
+        sent: list[int] = []
         with AlertProducer(client, night, config=config.alerts) as producer:
-            published: PublishReport = producer.publish(build_alerts(detections, candidates, store, builder,
-                                                          exposures={key.rsplit("/", 1)[-1] for key in new} if only_new else None))
-        report.alerts_published += published.published
-        if published.published:
-            _DriverMetrics.get().alerts.inc(published.published)
-        report.alerts_already_published += published.duplicates
-        report.alerts_spooled += published.spooled
+            replayed = producer.opened  # alerts an earlier run spooled, sent now
+            published: PublishReport = producer.publish(build_alerts(final, candidates, store, builder,
+                                                                     exposures=exposure_ids), sent=sent)
+            hooks.on_stage("confirm")
+            published += _confirm_delivery(producer, sent, final, candidates, store, builder, exposure_ids, report,
+                                           hooks)
+        new_entries = published.published + replayed.published
+        report.alerts_published += new_entries
+        report.alerts_replayed += replayed.replayed
+        if new_entries:
+            _DriverMetrics.get().alerts.inc(new_entries)
+        # The replayed alerts of this night are found again by this run's publish: not "already there".
+        report.alerts_already_published += max(0, published.duplicates - replayed.published)
+        report.alerts_spooled += len(producer.spooled_ids)

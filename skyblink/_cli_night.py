@@ -112,6 +112,15 @@ def night_run(
         err_console.print(f"skipped {exposure}: {reason}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     for unit, reason in report.tiles_failed.items():
         err_console.print(f"failed tile {unit}: {reason}", style="red", markup=False, highlight=False, soft_wrap=True)
+    if report.alerts_spooled or report.alerts_unconfirmed:
+        err_console.print(f"{report.alerts_spooled} alert(s) spooled and {report.alerts_unconfirmed} unconfirmed: they "
+                          f"are not in {report.stream}; run the same command again once Redis answers",
+                          style="red", markup=False, highlight=False, soft_wrap=True)
+    for field_id, count in report.alerts_held_back.items():
+        tiles = report.held_back_because.get(field_id, [])
+        err_console.print(f"held back {count} alert(s) of field {field_id} until its {len(tiles)} missing tile(s) are "
+                          "done: repair and run the same command again", style="red", markup=False, highlight=False,
+                          soft_wrap=True)
     _print_summary(report)
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +139,10 @@ def _print_summary(r: NightRunReport) -> None:
                   f"{len(r.tiles_failed)} failed)"),
         ("candidates", str(r.candidates)),
         ("objects", str(r.objects)),
-        ("alerts", f"{sum(r.alerts.values())} ({kinds}); {r.alerts_published} new in the stream, "
-                   f"{r.alerts_already_published} already there, {r.alerts_spooled} spooled"),
+        ("alerts", f"{sum(r.alerts.values())} ({kinds}); {r.alerts_in_stream} confirmed in the stream "
+                   f"({r.alerts_published} new, {r.alerts_already_published} already there, {r.alerts_resent} re-sent, "
+                   f"{r.alerts_replayed} replayed from the spool); {r.alerts_spooled} spooled, "
+                   f"{r.alerts_unconfirmed} unconfirmed, {sum(r.alerts_held_back.values())} held back"),
         ("stream", f"{r.stream} at {r.redis_url}"),
         ("workers", f"{r.workers.get('count', 0)} x {r.workers.get('kind', '-')} ({r.worker_restarts} restarts)"),
         ("throughput", f"{r.tiles_per_second:.2f} tiles/s, "

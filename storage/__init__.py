@@ -4,7 +4,7 @@ FITS reading and validation, the Zarr layout of a night, and the night manifest.
 Knows nothing of CUDA. Alerts (Avro schema, Redis stream) join this package in a later issue.
 """
 
-from .errors import InvalidExposureError, StorageError, StoreLayoutError
+from .errors import ChunkChecksumError, InvalidExposureError, StorageError, StoreLayoutError, damaged_store_key
 from .fits_exposure import (
     CcdHeader,
     CcdImage,
@@ -20,6 +20,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "CcdHeader",
+    "ChunkChecksumError",
     "CcdImage",
     "ExposureKind",
     "ExposureReader",
@@ -32,6 +33,7 @@ __all__ = [
     "StorageError",
     "StoreLayout",
     "StoreLayoutError",
+    "damaged_store_key",
     "exposure_key",
     "open_fits_exposure",
     "read_fits_exposure",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-__all__ = ["InvalidExposureError", "StorageError", "StoreLayoutError"]
+__all__ = ["ChunkChecksumError", "InvalidExposureError", "StorageError", "StoreLayoutError", "damaged_store_key"]
 
 
 class StorageError(Exception):
@@ -37,3 +38,35 @@ class InvalidExposureError(StorageError):
 
 class StoreLayoutError(StorageError):
     """An existing store was written with another layout than the one asked for."""
+
+
+class ChunkChecksumError(StorageError):
+    """
+    A stored chunk's crc32c does not match its bytes: the store's copy of those pixels is corrupt.
+
+    Attributes
+    ----------
+    key : str
+        The exposure or reference (``exposures/<id>``, ``references/<field>``) holding the chunk.
+    where : str
+        The array and region read (``ccd000/image[0:256, 256:512]``).
+    store : str
+        The store's URL.
+    """
+
+    def __init__(self, key: str, where: str, store: str) -> None:
+        super().__init__(f"chunk checksum mismatch (crc32c) in {key}/{where} of store {store}: the stored pixels are "
+                         f"corrupt; the next run re-ingests {key} from its file")
+        self.key, self.where, self.store = key, where, store
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (type(self), (self.key, self.where, self.store))
+
+
+_DAMAGED = re.compile(r"chunk checksum mismatch \(crc32c\) in ((?:exposures|references)/[^/\s]+)/")
+
+
+def damaged_store_key(error: str) -> str | None:
+    """Return the exposure key named by a `ChunkChecksumError`'s message (a failed unit's error text), else None."""
+    match = _DAMAGED.search(error)
+    return match.group(1) if match else None

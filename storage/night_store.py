@@ -10,6 +10,14 @@ The Zarr v3 layout of a night.
     <store>/exposures/<exposure_id>/ccd000/image   array; chunk = one tile, shard = shard_tiles^2 tiles
     <store>/references/<field>/ccd000/image        the same for each field's reference image
 
+Every chunk carries a crc32c (zarr's ``Crc32cCodec``, the last bytes-to-bytes codec inside the
+sharding codec, whose shard index has its own), checked on every read whatever the compressor:
+blosc and zstd have no checksum of their payload, so random bytes in a shard could decode into
+wrong pixels without an error. `NightStore.image` raises `ChunkChecksumError` naming the exposure,
+CCD and region; `NightStore.mark_damaged` flags the exposure so that the next ingest writes it
+again from its file. Stores created before checksums (no ``checksums`` root attribute) stay
+readable: arrays without the codec are read unverified (`NightStore.checksummed` says which).
+
 Notes
 -----
 Each exposure group is written by exactly one writer, which owns every shard of its arrays:
@@ -30,14 +38,14 @@ import zarr
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
-from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from skyblink.threads import ordered_map
 
-from .errors import StorageError, StoreLayoutError
+from .errors import ChunkChecksumError, StorageError, StoreLayoutError
 from .fits_exposure import CcdImage, FitsExposure
 
-__all__ = ["FORMAT_VERSION", "ExposureKind", "NightStore", "StoreLayout", "exposure_key"]
+__all__ = ["FORMAT_VERSION", "CheckedImage", "ExposureKind", "NightStore", "StoreLayout", "exposure_key"]
 
 #: Version of this layout; bumped on any incompatible change.
 FORMAT_VERSION = 1
@@ -62,6 +70,7 @@ class StoreLayout:
     shard_tiles: int = 2
     compressor: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
     compression_level: int = 1
+    checksum: Literal["crc32c", "none"] = "crc32c"
 
     @property
     def shard_size(self) -> int:
@@ -69,11 +78,12 @@ class StoreLayout:
         return self.tile_size * self.shard_tiles
 
     def compressors(self, dtype: np.dtype) -> list[Any]:
-        """Return the zarr v3 compressor codecs (lossless) for images of ``dtype``."""
+        """Return the zarr v3 bytes-to-bytes codecs for images of ``dtype``: the (lossless) compressor, then the checksum."""
+        checksum = [Crc32cCodec()] if self.checksum == "crc32c" else []
         if self.compressor == "none":
-            return []
+            return checksum
         if self.compressor == "zstd":
-            return [ZstdCodec(level=self.compression_level)]
+            return [ZstdCodec(level=self.compression_level), *checksum]
         cname = self.compressor.removeprefix("blosc-")
         # Byte shuffle groups the high and low bytes of neighbouring pixels: smooth sky compresses
         # far better; it is lossless for integers and floats alike.
@@ -83,7 +93,8 @@ class StoreLayout:
                 clevel=min(self.compression_level, 9),
                 shuffle=BloscShuffle.shuffle,
                 typesize=dtype.itemsize,
-            )
+            ),
+            *checksum,
         ]
 
 
@@ -125,7 +136,7 @@ class NightStore:
             if layout is None:
                 msg = f"creating store {self.url} needs a layout"
                 raise StoreLayoutError(msg)
-            self.root.attrs.update({"format_version": FORMAT_VERSION, "layout": asdict(layout)})
+            self.root.attrs.update({"format_version": FORMAT_VERSION, "layout": asdict(layout), "checksums": "crc32c"})
             for group in _GROUP_OF_KIND.values():
                 self.root.require_group(group)
             attrs = dict(self.root.attrs)
@@ -135,6 +146,9 @@ class NightStore:
                 f"reads and writes format_version {FORMAT_VERSION}"
             )
             raise StoreLayoutError(msg)
+        #: Whether every chunk of the store carries a crc32c (False: created before checksums).
+        self.checksummed = attrs.get("checksums") == "crc32c"
+        # A layout recorded before checksums has no "checksum": its new writes get one all the same.
         stored = StoreLayout(**attrs["layout"])
         self.layout = stored
         if layout is not None:
@@ -279,9 +293,32 @@ class NightStore:
         """Return the CCD group names of an exposure (``ccd000``, ...)."""
         return list(self._group(key).attrs["ccds"])
 
-    def image(self, key: str, ccd: str = "ccd000") -> zarr.Array:
-        """Return the lazily read image array of one CCD; slice it to read a tile."""
-        return self._group(key)[f"{ccd}/image"]  # type: ignore[return-value]
+    def image(self, key: str, ccd: str = "ccd000") -> CheckedImage:
+        """
+        Return the lazily read image array of one CCD; slice it to read a tile.
+
+        Reads raise `ChunkChecksumError` (naming ``key``, ``ccd`` and the region) where a chunk's
+        crc32c does not match.
+        """
+        return CheckedImage(self._group(key)[f"{ccd}/image"], key, ccd, self.url)  # type: ignore[arg-type]
+
+    def mark_damaged(self, key: str, reason: str) -> None:
+        """
+        Flag a completely ingested exposure as damaged in the store: the next ingest writes it again.
+
+        Parameters
+        ----------
+        key : str
+            Exposure or reference key.
+        reason : str
+            Why (kept in its ``damaged`` attribute, e.g. a `ChunkChecksumError` message).
+        """
+        self._group(key).attrs["damaged"] = reason
+
+    def damaged_keys(self) -> list[str]:
+        """Return the keys of the exposures and references flagged by `mark_damaged`, sorted."""
+        keys = [*self.exposure_keys("exposure"), *self.exposure_keys("reference")]
+        return sorted(key for key in keys if self._group(key).attrs.get("damaged"))
 
     def header(self, key: str, ccd: str = "ccd000") -> fits.Header:
         """Return the CCD's original FITS header."""
@@ -304,3 +341,44 @@ class NightStore:
             msg = f"{key!r} is not a completely ingested exposure in store {self.url}"
             raise KeyError(msg)
         return group
+
+
+class CheckedImage:
+    """
+    A stored CCD image whose reads name the exposure when a chunk's checksum does not match.
+
+    Everything but reading is the wrapped `zarr.Array`'s (``shape``, ``dtype``, ``chunks``, ...).
+    """
+
+    def __init__(self, array: zarr.Array, key: str, ccd: str, store: str) -> None:
+        self.array, self.key, self.ccd, self.store = array, key, ccd, store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.array, name)
+
+    def __getitem__(self, selection: Any) -> Any:
+        """Read a region (as `zarr.Array`); raise `ChunkChecksumError` on a checksum mismatch."""
+        try:
+            return self.array[selection]
+        except ValueError as exc:
+            if "checksum" not in str(exc):
+                raise
+            raise ChunkChecksumError(self.key, f"{self.ccd}/image[{_region(selection)}]", self.store) from exc
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        data = np.asarray(self[...])
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+
+def _region(selection: Any) -> str:
+    parts = selection if isinstance(selection, tuple) else (selection,)
+    out = []
+    for part in parts:
+        if isinstance(part, slice):
+            out.append(f"{'' if part.start is None else part.start}:{'' if part.stop is None else part.stop}")
+        else:
+            out.append("..." if part is Ellipsis else str(part))
+    return ", ".join(out)

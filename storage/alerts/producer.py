@@ -12,6 +12,11 @@ When Redis does not answer, a batch is retried with exponential backoff (``alert
 ``alerts.backoff_s``, ``alerts.backoff_max_s``) and then written to the local spool; the spool is
 replayed when the producer starts and when Redis answers again.
 
+Sent is not delivered: a server killed after it answered may come back without the entries (no
+persistence, or the last second of an ``appendfsync everysec`` file). `AlertProducer.confirm`
+asks the stream itself which of a run's alert ids it lacks, so that the caller re-sends them and
+reports what is in Redis, not what was sent.
+
 Notes
 -----
 Not thread-safe: one producer per thread (they may share a stream and a spool directory).
@@ -60,6 +65,13 @@ return {1, id}
 """
 
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def _entry_order(entry_id: bytes | str) -> tuple[int, int]:
+    """Return a stream entry id (``ms-seq``) as a sortable pair."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +179,10 @@ class AlertProducer:
         self._sha: str | None = None
         self._degraded = False
         self._url = client_url(client)
+        #: What the spool replay at `open` did (the alerts an earlier run could not deliver).
+        self.opened = PublishReport()
+        #: The ids of the alerts written to the spool by this producer (not in Redis).
+        self.spooled_ids: set[int] = set()
 
     # ------------------------------------------------------------------------------- lifecycle
     def open(self) -> PublishReport:
@@ -198,7 +214,7 @@ class AlertProducer:
         """Nothing is buffered between calls; present for symmetry with `open`."""
 
     def __enter__(self) -> Self:
-        self.open()
+        self.opened = self.open()
         return self
 
     def __exit__(
@@ -231,13 +247,16 @@ class AlertProducer:
         return encode_alert(alert, self.stream, cutouts=self.config.cutouts, schema=self.schema)
 
     # --------------------------------------------------------------------------------- publish
-    def publish(self, alerts: Iterable[Alert]) -> PublishReport:
+    def publish(self, alerts: Iterable[Alert], *, sent: list[int] | None = None) -> PublishReport:
         """
         Encode, edge-filter and publish alerts in pipelined batches.
 
         Parameters
         ----------
         alerts : iterable of Alert
+        sent : list of int, optional
+            Receives the id of every alert that passed the edge filter (published, found already
+            published or spooled): what `confirm` should find in the stream.
 
         Returns
         -------
@@ -257,6 +276,8 @@ class AlertProducer:
         def encoded() -> Iterator[EncodedAlert]:
             for alert in alerts:
                 if self.edge.keep(alert):
+                    if sent is not None:
+                        sent.append(alert.alert_id)
                     yield self.encode(alert)
                 else:
                     tally.filtered += 1
@@ -374,6 +395,65 @@ class AlertProducer:
             log.exception("the alerts of this batch are lost: spool failed")
             raise
         tally.spooled += len(batch)
+        self.spooled_ids.update(entry.alert_id for entry in batch)
+
+    # --------------------------------------------------------------------------------- confirm
+    def confirm(self, alert_ids: Iterable[int], *, chunk: int = 1000) -> list[int]:
+        """
+        Return the ids, among ``alert_ids``, of the alerts that are not in this night's stream.
+
+        An alert is in the stream when the dedup hash maps its id to an entry that XRANGE finds,
+        or to an entry older than the stream's first one (trimmed by ``alerts.maxlen`` after it
+        was delivered). A hash field whose entry is gone otherwise (a server restarted from an
+        older append-only file) is deleted, so that publishing the alert again adds it.
+
+        Parameters
+        ----------
+        alert_ids : iterable of int
+        chunk : int
+            Ids asked per pipelined round trip.
+
+        Returns
+        -------
+        list of int
+            The missing ids, in the order given; empty when all are there.
+
+        Raises
+        ------
+        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
+            Redis does not answer: nothing could be confirmed.
+        RedisAuthError
+            Wrong or missing credentials.
+        """
+        ids = list(dict.fromkeys(alert_ids))
+        if not ids:
+            return []
+        dedup = dedup_key(self.stream)
+        try:
+            first = self._client.xrange(self.stream, count=1)
+            first_id = _entry_order(first[0][0]) if first else None
+            missing: list[int] = []
+            for start in range(0, len(ids), chunk):
+                part = ids[start : start + chunk]
+                entries = self._client.hmget(dedup, [str(i) for i in part])
+                pipe = self._client.pipeline(transaction=False)
+                looked: list[tuple[int, bytes]] = []
+                for alert_id, entry in zip(part, entries, strict=True):
+                    if entry is None:
+                        missing.append(alert_id)
+                    elif first_id is not None and _entry_order(entry) < first_id:
+                        continue  # delivered, then trimmed by MAXLEN
+                    else:
+                        pipe.xrange(self.stream, min=entry, max=entry, count=1)
+                        looked.append((alert_id, entry))
+                gone = [alert_id for (alert_id, _), found in zip(looked, pipe.execute(), strict=True) if not found]
+                if gone:
+                    self._client.hdel(dedup, *[str(i) for i in gone])
+                    missing.extend(gone)
+        except redis.exceptions.AuthenticationError:
+            raise RedisAuthError(self._url, "invalid user name or password") from None
+        order = {alert_id: n for n, alert_id in enumerate(ids)}
+        return sorted(missing, key=order.__getitem__)
 
     def _send(self, batch: Sequence[EncodedAlert]) -> tuple[int, int, int]:
         sha = self._sha or self._load_script()

@@ -10,11 +10,13 @@ import zarr
 from astropy.io import fits
 
 from skyblink.storage import (
+    ChunkChecksumError,
     InvalidExposureError,
     NightStore,
     StorageError,
     StoreLayout,
     StoreLayoutError,
+    damaged_store_key,
     open_fits_exposure,
 )
 
@@ -85,3 +87,47 @@ def test_bad_ccd_midway_leaves_nothing_of_the_exposure(tmp_path: Path, exposure_
         ingest_one(store, path, "exposures/mef")
     assert store.exposure_keys() == []
     assert "mef" not in zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["exposures"]
+
+
+def _corrupt(shard: Path, offset: int, nbytes: int = 4096, seed: int = 7) -> None:
+    """Write ``nbytes`` random bytes at ``offset`` of a shard file, as a bad disk or copy would."""
+    data = bytearray(shard.read_bytes())
+    data[offset : offset + nbytes] = np.random.default_rng(seed).bytes(nbytes)
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("compressor", ["blosc-zstd", "zstd", "none"])
+def test_random_bytes_in_a_shard_fail_the_read_by_name_whatever_the_compressor(
+    tmp_path: Path, exposure_writer, compressor: str
+) -> None:
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=128, compressor=compressor))
+    exposure_writer(tmp_path / "e.fits", shape=(256, 256))
+    ingest_one(store, tmp_path / "e.fits", "exposures/e")
+    assert store.checksummed
+    image = store.image("exposures/e")
+    intact = image[128:, 128:]
+    _corrupt(tmp_path / "s.zarr" / "exposures" / "e" / "ccd000" / "image" / "c" / "0" / "0", offset=1000)
+    image = NightStore(str(tmp_path / "s.zarr")).image("exposures/e")
+    with pytest.raises(ChunkChecksumError, match=r"exposures/e/ccd000/image\[0:128, 0:128\]") as caught:
+        image[0:128, 0:128]
+    assert damaged_store_key(f"ChunkChecksumError: {caught.value}") == "exposures/e"
+    with pytest.raises(ChunkChecksumError):
+        np.asarray(image)
+    np.testing.assert_array_equal(image[128:, 128:], intact)  # the other chunks of the shard still read
+
+
+def test_store_written_before_checksums_stays_readable_and_says_so(tmp_path: Path, exposure_writer) -> None:
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=128, checksum="none"))
+    pixels = exposure_writer(tmp_path / "e.fits", shape=(256, 256))[0]
+    ingest_one(store, tmp_path / "e.fits", "exposures/e")
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="a")
+    layout = dict(root.attrs["layout"])
+    del layout["checksum"]  # as an older skyblink recorded it
+    root.attrs.update({"layout": layout})
+    del root.attrs["checksums"]
+    old = NightStore(str(tmp_path / "s.zarr"))
+    assert not old.checksummed
+    np.testing.assert_array_equal(old.image("exposures/e")[...], pixels)
+    writable = NightStore(str(tmp_path / "s.zarr"), mode="a")
+    writable.mark_damaged("exposures/e", "test")
+    assert writable.damaged_keys() == ["exposures/e"] and writable.exposure_keys() == ["exposures/e"]

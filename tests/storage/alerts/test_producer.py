@@ -157,3 +157,41 @@ def test_redis_restarted_mid_publish_loses_and_duplicates_nothing(
     assert len(ids) == len(set(ids)) == 1500, "duplicates or losses"
     assert set(ids) == {a.alert_id for a in alerts}
     assert AlertSpool(config.spool_dir).pending() == []
+
+
+def test_confirm_finds_what_a_restarted_server_lost_and_a_resend_restores_it(
+    redis_server: RedisServer, persistent_redis: RedisServer, alerts_config: AlertsConfig
+) -> None:
+    alerts = make_alerts(30, with_cutouts=False)
+    for server, persistent in ((redis_server, False), (persistent_redis, True)):
+        client = connect(RedisConfig(), url=server.url)
+        sent: list[int] = []
+        with AlertProducer(client, NIGHT, config=alerts_config) as producer:
+            assert producer.publish(alerts, sent=sent).published == 30
+            assert producer.confirm(sent) == []
+            server.kill()
+            server.start()  # the same port: the client reconnects
+            missing = producer.confirm(sent)
+            if persistent:
+                assert missing == []
+                continue
+            assert missing == sent  # in the order given
+            again = producer.publish(a for a in alerts if a.alert_id in set(missing))
+            assert again.published == 30 and producer.confirm(sent) == []
+        assert sorted(stream_alert_ids(server)) == sorted(sent)
+
+
+def test_confirm_counts_trimmed_entries_as_delivered_and_spooled_ids_are_kept(
+    redis_server: RedisServer, alerts_config: AlertsConfig
+) -> None:
+    config = alerts_config.model_copy(update={"maxlen": 100, "batch_size": 100})
+    alerts = make_alerts(1000, with_cutouts=False)
+    client = connect(RedisConfig(), url=redis_server.url)
+    sent: list[int] = []
+    with AlertProducer(client, NIGHT, config=config) as producer:
+        producer.publish(alerts, sent=sent)
+        assert client.xlen(STREAM) < 1000
+        assert producer.confirm(sent) == []  # trimmed by MAXLEN after delivery: not lost
+        redis_server.kill()
+        producer.publish(make_alerts(3, start=5000, with_cutouts=False))
+        assert len(producer.spooled_ids) == 3
