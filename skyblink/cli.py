@@ -17,6 +17,7 @@ from rich.table import Table
 from ._cli_alerts import alerts_app
 from ._cli_engines import engines_app, train_app
 from ._cli_night import night_app
+from ._cli_subtract import register as _register_subtract
 from ._cli_common import (
     EXIT_QUARANTINED,
     RayAddressOption,
@@ -47,6 +48,7 @@ app.add_typer(night_app, name="night")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(train_app, name="train")
 app.add_typer(engines_app, name="engines")
+_register_subtract(app)
 
 def _version(value: bool) -> None:
     if value:

@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .headers import HeadersConfig
+
 __all__ = [
     "ENV_PREFIX",
     "AlertsConfig",
@@ -361,6 +363,7 @@ class SkyblinkConfig(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
     night: NightConfig = Field(default_factory=NightConfig)
+    headers: HeadersConfig = Field(default_factory=HeadersConfig)
 
 
 def _section_names() -> set[str]:

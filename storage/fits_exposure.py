@@ -29,6 +29,7 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
+from skyblink.headers import HeadersConfig, band_name
 from skyblink.threads import ordered_map
 
 from .errors import InvalidExposureError
@@ -42,10 +43,16 @@ __all__ = [
     "read_fits_exposure",
 ]
 
-#: Keywords tried, in order, for the saturation level (ADU).
-SATURATION_KEYWORDS = ("SATURATE", "SATURATN", "SATLEVEL")
-_FLOAT_KEYWORDS = {"exptime": ("EXPTIME", "EXPOSURE"), "gain": ("GAIN",), "rdnoise": ("RDNOISE", "READNOIS")}
-_TEXT_KEYWORDS = {"filter": ("FILTER", "BAND"), "field": ("FIELD", "OBJECT"), "imagetyp": ("IMAGETYP",), "bunit": ("BUNIT",)}
+#: Keywords tried, in order, for the saturation level (ADU), by default (``headers.saturate``).
+SATURATION_KEYWORDS = tuple(HeadersConfig().saturate)
+_TEXT_KEYWORDS = {"field": ("FIELD", "OBJECT"), "imagetyp": ("IMAGETYP",), "bunit": ("BUNIT",)}
+
+
+def _float_keywords(config: HeadersConfig) -> dict[str, tuple[tuple[str, ...], str]]:
+    """Metadata key -> (header keywords tried, configuration key naming them)."""
+    return {"exptime": (("EXPTIME", "EXPOSURE"), "EXPTIME"), "gain": (tuple(config.gain), "headers.gain"),
+            "rdnoise": (tuple(config.read_noise), "headers.read_noise"),
+            "fwhm_px": (tuple(config.fwhm_px), "headers.fwhm_px"), "seeing": (tuple(config.seeing_arcsec), "headers.seeing_arcsec")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +108,9 @@ class CcdImage:
         The celestial WCS as FITS header text (``WCS.to_header_string(relax=True)``, SIP included).
     metadata : dict
         JSON-safe per-CCD facts: saturate, saturate_source, gain, rdnoise, n_nonfinite, ...
+    mask : numpy.ndarray of bool, optional
+        True on bad pixels, from the file's mask plane (non-zero) and weight plane (zero), where
+        the file has them (``headers.mask_extensions``, ``headers.weight_extensions``).
     """
 
     index: int
@@ -110,6 +120,7 @@ class CcdImage:
     header: fits.Header
     wcs_header: str
     metadata: dict[str, Any]
+    mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,30 +149,34 @@ def _lookup(headers: tuple[fits.Header, ...], names: tuple[str, ...]) -> tuple[s
 
 
 def _observation_metadata(
-    headers: tuple[fits.Header, ...], path: Path, where: str
+    headers: tuple[fits.Header, ...], path: Path, where: str, config: HeadersConfig | None = None
 ) -> dict[str, Any]:
+    config = config or HeadersConfig()
     meta: dict[str, Any] = {}
-    for key, names in _FLOAT_KEYWORDS.items():
+    for key, (names, _) in _float_keywords(config).items():
         found = _lookup(headers, names)
         meta[key] = None if found is None else _number(found[1], found[0], path, where)
     for key, names in _TEXT_KEYWORDS.items():
         found = _lookup(headers, names)
         meta[key] = None if found is None else str(found[1]).strip()
-    mjd = _lookup(headers, ("MJD-OBS",))
-    date = _lookup(headers, ("DATE-OBS",))
+    found = _lookup(headers, tuple(config.filter))
+    meta["filter"] = None if found is None else str(found[1]).strip()
+    meta["band"] = band_name(meta["filter"], config)
+    mjd = _lookup(headers, tuple(config.mjd))
+    date = _lookup(headers, tuple(config.date))
     if mjd is not None:
-        meta["mjd_obs"] = _number(mjd[1], "MJD-OBS", path, where)
+        meta["mjd_obs"] = _number(mjd[1], mjd[0], path, where)
     elif date is not None:
         try:
             meta["mjd_obs"] = float(Time(str(date[1]), scale="utc").mjd)
         except ValueError as exc:
-            msg = f"{where}: keyword DATE-OBS={date[1]!r} is not a date ({exc})"
+            msg = f"{where}: keyword {date[0]}={date[1]!r} is not a date ({exc})"
             raise InvalidExposureError(path, msg) from exc
     else:
         meta["mjd_obs"] = None
     meta["date_obs"] = None if date is None else str(date[1])
     if meta["gain"] is not None and meta["gain"] <= 0:
-        msg = f"{where}: keyword GAIN={meta['gain']!r} must be positive (e-/ADU)"
+        msg = f"{where}: gain keyword ({', '.join(config.gain)}) = {meta['gain']!r} must be positive (e-/ADU)"
         raise InvalidExposureError(path, msg)
     if meta["exptime"] is not None and meta["exptime"] < 0:
         msg = f"{where}: keyword EXPTIME={meta['exptime']!r} must not be negative"
@@ -196,8 +211,9 @@ def _celestial_wcs(header: fits.Header, hdul: fits.HDUList, path: Path, where: s
         return wcs.to_header_string(relax=True)
 
 
-def _saturation(headers: tuple[fits.Header, ...], data: np.ndarray, path: Path, where: str) -> tuple[float | None, str]:
-    found = _lookup(headers, SATURATION_KEYWORDS)
+def _saturation(headers: tuple[fits.Header, ...], data: np.ndarray, path: Path, where: str,
+                keywords: tuple[str, ...] = SATURATION_KEYWORDS) -> tuple[float | None, str]:
+    found = _lookup(headers, keywords)
     if found is not None:
         value = _number(found[1], found[0], path, where)
         if value <= 0:
@@ -209,15 +225,44 @@ def _saturation(headers: tuple[fits.Header, ...], data: np.ndarray, path: Path, 
     return None, "none"
 
 
-def _image_hdus(hdul: fits.HDUList) -> list[tuple[int, fits.hdu.base.ExtensionHDU | fits.PrimaryHDU]]:
+def _image_hdus(hdul: fits.HDUList, config: HeadersConfig | None = None) -> list[tuple[int, fits.hdu.base.ExtensionHDU | fits.PrimaryHDU]]:
+    """The image HDUs that are CCDs (mask and weight planes are not)."""
+    planes = _plane_names(config or HeadersConfig())
     images = []
     for number, hdu in enumerate(hdul):
         if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.header.get("NAXIS", 0) > 0:
+            if str(hdu.header.get("EXTNAME", "")).strip().upper() in planes:
+                continue
             images.append((number, hdu))
     return images
 
 
-def _validated_hdu(index: int, number: int, hdu: Any, hdul: fits.HDUList, path: Path) -> CcdHeader:
+def _plane_names(config: HeadersConfig) -> set[str]:
+    return {name.upper() for name in (*config.mask_extensions, *config.weight_extensions)}
+
+
+def _quality_planes(hdul: fits.HDUList, config: HeadersConfig, n_ccds: int) -> dict[int, list[tuple[int, str]]]:
+    """
+    CCD index -> [(HDU number, "mask" or "weight")]: a plane belongs to the CCD of its EXTVER
+    (1-based), or to the only CCD of a single-CCD file.
+    """
+    masks = {name.upper() for name in config.mask_extensions}
+    weights = {name.upper() for name in config.weight_extensions}
+    out: dict[int, list[tuple[int, str]]] = {}
+    for number, hdu in enumerate(hdul):
+        name = str(hdu.header.get("EXTNAME", "")).strip().upper()
+        if number == 0 or name not in masks | weights or hdu.header.get("NAXIS", 0) != 2:  # noqa: PLR2004
+            continue
+        extver = hdu.header.get("EXTVER")
+        index = 0 if n_ccds == 1 else (int(extver) - 1 if isinstance(extver, int) else None)
+        if index is not None and 0 <= index < n_ccds:
+            out.setdefault(index, []).append((number, "mask" if name in masks else "weight"))
+    return out
+
+
+def _validated_hdu(index: int, number: int, hdu: Any, hdul: fits.HDUList, path: Path,
+                   config: HeadersConfig | None = None) -> CcdHeader:
+    config = config or HeadersConfig()
     extname = str(hdu.header.get("EXTNAME", "PRIMARY" if number == 0 else f"HDU{number}"))
     where = f"HDU {number} ({extname})"
     header = hdu.header
@@ -231,8 +276,8 @@ def _validated_hdu(index: int, number: int, hdu: Any, hdul: fits.HDUList, path: 
         raise InvalidExposureError(path, msg)
     wcs_header = _celestial_wcs(header, hdul, path, where, shape)
     headers = (header, hdul[0].header)
-    metadata = _observation_metadata(headers, path, where)
-    found = _lookup(headers, SATURATION_KEYWORDS)
+    metadata = _observation_metadata(headers, path, where, config)
+    found = _lookup(headers, tuple(config.saturate))
     if found is not None and _number(found[1], found[0], path, where) <= 0:
         msg = f"{where}: saturation keyword {found[0]}={found[1]!r} must be positive"
         raise InvalidExposureError(path, msg)
@@ -241,7 +286,9 @@ def _validated_hdu(index: int, number: int, hdu: Any, hdul: fits.HDUList, path: 
 
 
 def _read_pixels(ccd: CcdHeader, hdul: fits.HDUList, path: Path, max_nonfinite_fraction: float, *,
-                 watch_truncation: bool = True) -> CcdImage:
+                 watch_truncation: bool = True, config: HeadersConfig | None = None,
+                 planes: list[tuple[int, str]] = ()) -> CcdImage:  # type: ignore[assignment]
+    config = config or HeadersConfig()
     where = f"HDU {ccd.hdu} ({ccd.extname})"
     # catch_warnings is not thread-safe before Python 3.14: threads read without it.
     with warnings.catch_warnings(record=True) if watch_truncation else contextlib.nullcontext([]) as caught:
@@ -276,7 +323,15 @@ def _read_pixels(ccd: CcdHeader, hdul: fits.HDUList, path: Path, max_nonfinite_f
                 f"ingest.max_nonfinite_fraction={max_nonfinite_fraction}"
             )
             raise InvalidExposureError(path, msg)
-    saturate, saturate_source = _saturation((ccd.header, hdul[0].header), data, path, where)
+    saturate, saturate_source = _saturation((ccd.header, hdul[0].header), data, path, where, tuple(config.saturate))
+    mask = None
+    for number, kind in planes:
+        plane = np.asarray(hdul[number].data)
+        if plane.shape != data.shape:
+            msg = f"HDU {number} ({hdul[number].name}): {kind} plane of shape {plane.shape} for a {data.shape} image"
+            raise InvalidExposureError(path, msg)
+        bad = plane != 0 if kind == "mask" else ~(np.isfinite(plane) & (plane > 0))
+        mask = bad if mask is None else (mask | bad)
     metadata = {
         **ccd.metadata,
         "saturate": saturate,
@@ -285,7 +340,9 @@ def _read_pixels(ccd: CcdHeader, hdul: fits.HDUList, path: Path, max_nonfinite_f
         "shape": list(data.shape),
         "dtype": str(data.dtype),
     }
-    return CcdImage(ccd.index, ccd.hdu, ccd.extname, data, ccd.header, ccd.wcs_header, metadata)
+    if mask is not None:
+        metadata["n_masked"] = int(mask.sum())
+    return CcdImage(ccd.index, ccd.hdu, ccd.extname, data, ccd.header, ccd.wcs_header, metadata, mask)
 
 
 def _raise_on_truncation(caught: list[warnings.WarningMessage], path: Path, where: str) -> None:
@@ -310,10 +367,13 @@ class ExposureReader:
         Exposure-level metadata and every CCD's validated header.
     """
 
-    def __init__(self, hdul: fits.HDUList, exposure: FitsExposure, max_nonfinite_fraction: float) -> None:
+    def __init__(self, hdul: fits.HDUList, exposure: FitsExposure, max_nonfinite_fraction: float,
+                 headers: HeadersConfig | None = None) -> None:
         self._hdul = hdul
         self.exposure = exposure
         self._max_nonfinite_fraction = max_nonfinite_fraction
+        self._headers = headers or HeadersConfig()
+        self._planes = _quality_planes(hdul, self._headers, len(exposure.ccds))
 
     def images(self, *, threads: int = 1) -> Iterator[CcdImage]:
         """
@@ -334,7 +394,8 @@ class ExposureReader:
         path, fraction = self.exposure.path, self._max_nonfinite_fraction
         if threads <= 1 or len(self.exposure.ccds) <= 1 or _stream_compressed(path):
             for ccd in self.exposure.ccds:
-                yield _read_pixels(ccd, self._hdul, path, fraction)
+                yield _read_pixels(ccd, self._hdul, path, fraction, config=self._headers,
+                                   planes=self._planes.get(ccd.index, []))
             return
         # The whole file's length was checked against its headers when it was opened (a truncated
         # file fails there), so the threads need not catch astropy's truncation warnings.
@@ -345,7 +406,8 @@ class ExposureReader:
             if hdul is None:
                 hdul = local.hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
                 handles.append(hdul)
-            return _read_pixels(ccd, hdul, path, fraction, watch_truncation=False)
+            return _read_pixels(ccd, hdul, path, fraction, watch_truncation=False, config=self._headers,
+                                planes=self._planes.get(ccd.index, []))
 
         try:
             yield from ordered_map(read, self.exposure.ccds, threads=threads, name="ccd-reader")
@@ -364,7 +426,8 @@ class ExposureReader:
         self.close()
 
 
-def open_fits_exposure(path: Path | str, *, max_nonfinite_fraction: float = 0.5) -> ExposureReader:
+def open_fits_exposure(path: Path | str, *, max_nonfinite_fraction: float = 0.5,
+                       headers: HeadersConfig | None = None) -> ExposureReader:
     """
     Open a FITS file and validate every image HDU's header and WCS.
 
@@ -375,6 +438,10 @@ def open_fits_exposure(path: Path | str, *, max_nonfinite_fraction: float = 0.5)
     max_nonfinite_fraction : float, optional
         Largest tolerated fraction of NaN/inf pixels in one image, checked as pixels are read;
         an all-NaN image is always refused.
+    headers : HeadersConfig, optional
+        Header keywords of the facts read (the ``[headers]`` configuration section); default:
+        the simulator's and DECam's names. Mask and weight planes named there are not CCDs: they
+        become the ``mask`` of the CCD they belong to.
 
     Returns
     -------
@@ -403,17 +470,17 @@ def open_fits_exposure(path: Path | str, *, max_nonfinite_fraction: float = 0.5)
             raise InvalidExposureError(path, msg) from exc
     try:
         _raise_on_truncation(caught, path, "HDU list")
-        images = _image_hdus(hdul)
+        images = _image_hdus(hdul, headers)
         if not images:
             raise InvalidExposureError(path, f"no image HDU among {len(hdul)} HDU(s)")
-        ccds = tuple(_validated_hdu(i, number, hdu, hdul, path) for i, (number, hdu) in enumerate(images))
+        ccds = tuple(_validated_hdu(i, number, hdu, hdul, path, headers) for i, (number, hdu) in enumerate(images))
         primary = hdul[0].header.copy()
-        metadata = _observation_metadata((primary, ccds[0].header), path, "primary header")
+        metadata = _observation_metadata((primary, ccds[0].header), path, "primary header", headers)
         metadata["n_ccds"] = len(ccds)
     except BaseException:
         hdul.close()
         raise
-    return ExposureReader(hdul, FitsExposure(path, primary, metadata, ccds), max_nonfinite_fraction)
+    return ExposureReader(hdul, FitsExposure(path, primary, metadata, ccds), max_nonfinite_fraction, headers)
 
 
 def _stream_compressed(path: Path) -> bool:
@@ -423,12 +490,13 @@ def _stream_compressed(path: Path) -> bool:
     return magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"PK\x03\x04"
 
 
-def read_fits_exposure(path: Path | str, *, max_nonfinite_fraction: float = 0.5) -> tuple[FitsExposure, list[CcdImage]]:
+def read_fits_exposure(path: Path | str, *, max_nonfinite_fraction: float = 0.5,
+                       headers: HeadersConfig | None = None) -> tuple[FitsExposure, list[CcdImage]]:
     """
     Read and validate a whole FITS file into memory (small files, tests, notebooks).
 
     Returns the `FitsExposure` and every `CcdImage`; raises `InvalidExposureError` as
     `open_fits_exposure` and `ExposureReader.images` do.
     """
-    with open_fits_exposure(path, max_nonfinite_fraction=max_nonfinite_fraction) as reader:
+    with open_fits_exposure(path, max_nonfinite_fraction=max_nonfinite_fraction, headers=headers) as reader:
         return reader.exposure, list(reader.images())

@@ -16,13 +16,23 @@ matching kernel (the Alard-Lupton and ZOGY kernels are the refined alternatives)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from .background import estimate_background
 
-__all__ = ["FWHM_PER_SIGMA", "MIN_MATCH_SIGMA", "blurred_noise_factor", "flux_scale", "match_kernel_sigma", "normalized_triplet"]
+__all__ = [
+    "FWHM_PER_SIGMA",
+    "MIN_MATCH_SIGMA",
+    "MatchedDifference",
+    "blurred_noise_factor",
+    "flux_scale",
+    "match_kernel_sigma",
+    "matched_difference",
+    "normalized_triplet",
+]
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -74,6 +84,26 @@ def _blur(image: np.ndarray, rms: np.ndarray, sigma: float) -> tuple[np.ndarray,
     return gaussian_filter(image, sigma, mode="nearest"), rms * blurred_noise_factor(sigma)
 
 
+@dataclass(frozen=True, slots=True)
+class MatchedDifference:
+    """
+    The PSF-matched difference of one window and what the detector takes. Stable.
+
+    Attributes
+    ----------
+    triplet : (3, ny, nx) ndarray of float32
+        science, reference and difference, background-subtracted, each in units of its own noise.
+    difference : (ny, nx) ndarray of float32
+        PSF-matched science minus reference, in the science's units (0 where not covered).
+    noise : (ny, nx) ndarray of float32
+        Expected 1-sigma noise of ``difference`` per pixel, same units (NaN where not covered).
+    """
+
+    triplet: np.ndarray
+    difference: np.ndarray
+    noise: np.ndarray
+
+
 def normalized_triplet(
     science: np.ndarray,
     reference_on_grid: np.ndarray,
@@ -110,6 +140,26 @@ def normalized_triplet(
         0 where the reference does not cover (those pixels are also left out of the science
         background).
     """
+    return matched_difference(science, reference_on_grid, science_fwhm_px=science_fwhm_px,
+                              reference_fwhm_px=reference_fwhm_px, scale=scale, science_mask=science_mask,
+                              mesh=mesh).triplet
+
+
+def matched_difference(
+    science: np.ndarray,
+    reference_on_grid: np.ndarray,
+    *,
+    science_fwhm_px: float,
+    reference_fwhm_px: float,
+    scale: float = 1.0,
+    science_mask: np.ndarray | None = None,
+    mesh: int = 64,
+) -> MatchedDifference:
+    """
+    `normalized_triplet`, also returning the difference and its noise in the science's units.
+
+    Takes the arguments of `normalized_triplet`; returns a `MatchedDifference`.
+    """
     sci = science.astype(np.float32, copy=False)
     covered = np.isfinite(reference_on_grid)
     ref = np.where(covered, reference_on_grid, np.nan).astype(np.float32) * np.float32(scale)
@@ -125,10 +175,13 @@ def normalized_triplet(
     sci_m, sci_rms = _blur(sci_sub, sci_bkg.rms, s_sci)
     ref_m, ref_rms = _blur(ref_sub, ref_bkg.rms, s_ref)
     diff_rms = np.sqrt(sci_rms * sci_rms + ref_rms * ref_rms)
+    difference = (sci_m - ref_m).astype(np.float32)
     out = np.empty((3, *sci.shape), dtype=np.float32)
     out[0] = sci_m / sci_rms
     out[1] = ref_m / ref_rms
-    out[2] = (sci_m - ref_m) / diff_rms
+    out[2] = difference / diff_rms
     out[:, ~covered] = 0.0
     np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    return out
+    difference[~covered] = 0.0
+    noise = np.where(covered, diff_rms, np.nan).astype(np.float32)
+    return MatchedDifference(out, difference, noise)

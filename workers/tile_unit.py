@@ -26,14 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from skyblink.headers import HeaderFactError, HeadersConfig, psf_fwhm_px
+
 from .align import sampling_grid, warp
 from .calibration import CalibrationSpec, calibrate
 from .cosmics import detect_cosmics
-from .difference import flux_scale, normalized_triplet
+from .difference import MatchedDifference, flux_scale, matched_difference
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr
 from .peaks import find_peaks
 
-__all__ = ["CandidateRecord", "WorkUnit", "plan_tiles", "process_tile", "read_window"]
+__all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "plan_tiles", "prepare_tile", "process_tile", "read_window"]
 
 #: Half the edge of a classifier stamp (63x63).
 STAMP_HALF = 31
@@ -103,40 +105,42 @@ def read_window(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:
     return out
 
 
-def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, threshold: float = 0.3,
-                 top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD, bias: float | Any | None = None,
-                 flat: Any | None = None, reject_cosmics: bool = True) -> list[CandidateRecord]:
+@dataclass(frozen=True, slots=True)
+class PreparedTile:
     """
-    Run the per-tile program on one work unit on the CPU and return its candidates.
+    One work unit's window after the image steps, before detection: what `process_tile` detects on.
 
-    Parameters
+    Attributes
     ----------
-    unit : WorkUnit
-    store : NightStore
-        The night's store (opened by the worker once).
-    detector, classifier : InferenceRunner
-        Active runners (ONNX Runtime on the CPU, or any backend taking numpy).
-    threshold, top_k : float, int
-        New-source score threshold; most candidates per tile.
-    snr_threshold : float
-        Minimum matched-filter S/N of a candidate in the difference image.
-    bias : float or 2-D array of the CCD's shape, optional
-        Bias level or frame (ADU) of the unit's CCD; the tile's window is read from it.
-    flat : 2-D array of the CCD's shape, optional
-        Flat field of the unit's CCD, normalised to about 1.
-    reject_cosmics : bool
-        Flag and clean cosmic rays and hot pixels in the science window before the background.
+    origin : (int, int)
+        CCD pixel (y, x) of the window's first pixel (the core starts ``margin`` further in).
+    matched : MatchedDifference
+        The triplet, the difference and its noise; difference and noise in electrons.
+    gain : float
+        Electrons per science ADU used (1 when the header has no gain).
+    fwhm_px : (float, float)
+        PSF FWHM of the science and the reference, pixels.
+    """
 
-    Returns
-    -------
-    list of CandidateRecord
-        Candidates whose pixel lies in the tile's core; empty when there are none.
+    origin: tuple[int, int]
+    matched: MatchedDifference
+    gain: float
+    fwhm_px: tuple[float, float]
 
-    Notes
-    -----
-    The science window is calibrated with the header's ``GAIN`` and ``SATURATE`` (missing
-    keywords: no gain conversion, no saturation mask), so the reference, left in ADU, is
-    scaled by ``flux_scale * GAIN`` onto the science's electrons.
+
+def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None, flat: Any | None = None,
+                 reject_cosmics: bool = True, headers: HeadersConfig | None = None) -> PreparedTile:
+    """
+    Run the image steps of the per-tile program on one work unit: calibration, cosmic rays, warp
+    of the reference by both WCS, background, PSF matching and difference.
+
+    Parameters and notes as `process_tile`; ``headers`` names the header keywords (the
+    ``[headers]`` configuration section).
+
+    Raises
+    ------
+    HeaderFactError
+        No PSF size in a header and none measurable.
     """
     from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415 - astropy only where a tile is processed
 
@@ -162,17 +166,92 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     grid = sampling_grid(sci_wcs, ref_wcs, (h, w), origin=(oy, ox))
     rx0, ry0 = int(np.floor(np.nanmin(grid[0]))) - 2, int(np.floor(np.nanmin(grid[1]))) - 2
     rx1, ry1 = int(np.ceil(np.nanmax(grid[0]))) + 3, int(np.ceil(np.nanmax(grid[1]))) + 3
-    ref_window = read_window(store.image(reference_key, ref_ccd), ry0, rx0, ry1 - ry0, rx1 - rx0)
+    ref_image = store.image(reference_key, ref_ccd)
+    ref_window = read_window(ref_image, ry0, rx0, ry1 - ry0, rx1 - rx0)
     shifted = np.stack([grid[0] - rx0, grid[1] - ry0])
     reference = warp(np.nan_to_num(ref_window, nan=np.nanmedian(ref_window)), shifted)
     reference[beyond_ccd] = np.nan  # no difference, and no background estimate, beyond the CCD
+    rny, rnx = ref_image.shape  # nor where the reference does not reach (as `tile_program.warp_reference`)
+    reference[(grid[0] < 0) | (grid[0] > rnx - 1) | (grid[1] < 0) | (grid[1] > rny - 1)] = np.nan
     scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
-    fwhm = [float(hdr.get("SEEING", 1.0)) / scale_arcsec for hdr in (sci_header, ref_header)]
+    fwhm = (_fwhm(store, unit.exposure, unit.ccd, sci_header, scale_arcsec, headers),
+            _fwhm(store, reference_key, ref_ccd, ref_header, scale_arcsec, headers))
     scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))
     scale *= spec.gain or 1.0  # reference ADU -> science electrons
     sci_filled = np.where(np.isfinite(science), science, np.nanmedian(science))
-    triplet = normalized_triplet(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale,
+    matched = matched_difference(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale,
                                  science_mask=bad & np.isfinite(science))
+    return PreparedTile((oy, ox), matched, spec.gain or 1.0, fwhm)
+
+
+def _fwhm(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float, headers: HeadersConfig | None) -> float:
+    """The PSF FWHM (px) of one stored CCD: from its header, else measured once on the whole CCD and cached."""
+    cache = getattr(store, "_skyblink_fwhm_cache", None)
+    if cache is None:
+        cache = {}
+        try:
+            store._skyblink_fwhm_cache = cache  # noqa: SLF001 - a per-store memo of measured PSF sizes
+        except AttributeError:
+            pass
+    if (key, ccd) in cache:
+        return cache[key, ccd]
+    try:
+        value = psf_fwhm_px(header, scale_arcsec, source=f"{key}/{ccd}", config=headers)
+    except HeaderFactError:
+        if headers is not None and not headers.measure_fwhm:
+            raise
+        value = psf_fwhm_px(header, scale_arcsec, source=f"{key}/{ccd}", config=headers,
+                            image=np.asarray(store.image(key, ccd)[...]))
+    cache[key, ccd] = value
+    return value
+
+
+def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, threshold: float = 0.3,
+                 top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD, bias: float | Any | None = None,
+                 flat: Any | None = None, reject_cosmics: bool = True, headers: HeadersConfig | None = None,
+                 prepared: PreparedTile | None = None) -> list[CandidateRecord]:
+    """
+    Run the per-tile program on one work unit on the CPU and return its candidates.
+
+    Parameters
+    ----------
+    unit : WorkUnit
+    store : NightStore
+        The night's store (opened by the worker once).
+    detector, classifier : InferenceRunner
+        Active runners (ONNX Runtime on the CPU, or any backend taking numpy).
+    threshold, top_k : float, int
+        New-source score threshold; most candidates per tile.
+    snr_threshold : float
+        Minimum matched-filter S/N of a candidate in the difference image.
+    bias : float or 2-D array of the CCD's shape, optional
+        Bias level or frame (ADU) of the unit's CCD; the tile's window is read from it.
+    flat : 2-D array of the CCD's shape, optional
+        Flat field of the unit's CCD, normalised to about 1.
+    reject_cosmics : bool
+        Flag and clean cosmic rays and hot pixels in the science window before the background.
+    headers : HeadersConfig, optional
+        Header keywords (PSF size); default: `skyblink.headers.HeadersConfig`'s defaults.
+    prepared : PreparedTile, optional
+        The unit's `prepare_tile` result when the caller already has it (the image steps are skipped).
+
+    Returns
+    -------
+    list of CandidateRecord
+        Candidates whose pixel lies in the tile's core; empty when there are none.
+
+    Notes
+    -----
+    The science window is calibrated with the header's ``GAIN`` and ``SATURATE`` (missing
+    keywords: no gain conversion, no saturation mask), so the reference, left in ADU, is
+    scaled by ``flux_scale * GAIN`` onto the science's electrons. The PSF FWHM comes from the
+    header (``SEEING`` in arcsec or ``FWHM`` in pixels by default), else it is measured on the CCD.
+    """
+    if prepared is None:
+        prepared = prepare_tile(unit, store, bias=bias, flat=flat, reject_cosmics=reject_cosmics, headers=headers)
+    oy, ox = prepared.origin
+    triplet = prepared.matched.triplet
+    fwhm = prepared.fwhm_px
     out = detector.infer({"tiles": triplet[None]})
     snr = matched_filter_snr(triplet[2], max(fwhm), renormalize=True)
     peaks = find_peaks(out["heatmaps"][0], threshold=threshold, offsets=out["offsets"][0], channels=(1, 2), top_k=top_k,

@@ -1,0 +1,109 @@
+"""
+``skyblink subtract``: one science/reference pair through the workers' per-tile program, written
+as a difference image (with its noise map) and a candidates table.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._cli_common import console, effective_config, fail
+
+__all__ = ["register", "subtract", "write_candidates", "write_difference"]
+
+
+def write_difference(path: Path, result: Any, science: Any) -> None:
+    """
+    Write DIFF.fits: the difference in the science's units, with the science's WCS, in the primary
+    HDU, and its 1-sigma noise in an extension named ``NOISE``.
+    """
+    from astropy.io import fits  # noqa: PLC0415
+
+    header = fits.Header.fromstring(science.wcs_header)
+    for key in ("BUNIT", "FILTER", "MJD-OBS", "DATE-OBS", "EXPTIME", "GAIN"):
+        if key in science.header:
+            header[key] = science.header[key]
+    header["SCIFILE"] = (science.path.name[:68], "science image")
+    header["SKFWHMS"] = (round(result.fwhm_px[0], 3), "[px] science PSF FWHM used")
+    header["SKFWHMR"] = (round(result.fwhm_px[1], 3), "[px] reference PSF FWHM used")
+    noise_header = fits.Header.fromstring(science.wcs_header)
+    noise_header["EXTNAME"] = "NOISE"
+    fits.HDUList([fits.PrimaryHDU(result.difference, header=header),
+                  fits.ImageHDU(result.noise, header=noise_header, name="NOISE")]).writeto(path, overwrite=True)
+
+
+#: Columns of the candidates table, in order.
+CANDIDATE_COLUMNS = ("x", "y", "ra", "dec", "snr", "real_bogus", "class", "class_probability", "score", "alert")
+
+
+def write_candidates(path: Path, records: list[Any], science: Any, *, alert_min_real_bogus: float) -> None:
+    """Write the candidates as CSV: 0-based science pixels, ICRS degrees, S/N, real/bogus, class, alert flag."""
+    import numpy as np  # noqa: PLC0415
+
+    from skyblink.engines.networks import CLASSIFIER_CLASSES  # noqa: PLC0415
+
+    xy = np.array([[r.x, r.y] for r in records], dtype=float).reshape(-1, 2)
+    world = science.wcs.all_pix2world(xy, 0) if len(records) else np.empty((0, 2))
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CANDIDATE_COLUMNS)
+        for record, (ra, dec) in zip(records, world, strict=True):
+            best = int(np.argmax(record.class_probs))
+            writer.writerow([f"{record.x:.2f}", f"{record.y:.2f}", f"{ra:.7f}", f"{dec:.7f}", f"{record.snr:.2f}",
+                             f"{record.real_bogus:.4f}", CLASSIFIER_CLASSES[best], f"{record.class_probs[best]:.4f}",
+                             f"{record.score:.4f}", int(record.real_bogus >= alert_min_real_bogus)])
+
+
+def subtract(
+    ctx: typer.Context,
+    science_path: Annotated[Path, typer.Argument(metavar="SCIENCE.fits", help="Science image (FITS, any size, MEF or single HDU).")],
+    reference_path: Annotated[Path, typer.Argument(metavar="REFERENCE.fits", help="Reference image; any pixel grid (warped by both WCS).")],
+    out: Annotated[Path, typer.Option("--out", help="Difference image to write (primary: difference; NOISE: sigma map).")],
+    candidates: Annotated[Path | None, typer.Option("--candidates", help="CSV of candidates to write.")] = None,
+    hdu: Annotated[int, typer.Option("--ccd", help="Which image HDU of each file (0-based among its CCDs).")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="auto, onnxruntime (CPU), torch or tensorrt.")] = "auto",
+    tile_size: Annotated[int | None, typer.Option("--tile-size", help="Work-unit core edge (config: night.tile_size, else 1024).")] = None,
+) -> None:
+    """Subtract REFERENCE from SCIENCE with the workers' per-tile program; write the difference and candidates."""
+    config = effective_config(ctx, **{"night.tile_size": tile_size})
+    from skyblink.headers import HeaderFactError  # noqa: PLC0415
+    from skyblink.storage import InvalidExposureError  # noqa: PLC0415
+
+    try:
+        from skyblink.engines.backends import select_runner  # noqa: PLC0415 - worker side: ML extras
+        from skyblink.workers.subtract_pair import read_pair_image, subtract_pair  # noqa: PLC0415
+    except ImportError as exc:
+        raise fail(f"error: skyblink subtract needs the worker extras (torch or onnxruntime): {exc}") from None
+    try:
+        science = read_pair_image(science_path, ccd=hdu, headers=config.headers)
+        reference = read_pair_image(reference_path, ccd=hdu, headers=config.headers)
+    except InvalidExposureError as exc:
+        raise fail(f"error: {exc}") from None
+    try:
+        runners = [select_runner(name, backend=backend).runner for name in ("detector", "classifier")]  # type: ignore[arg-type]
+    except RuntimeError as exc:
+        raise fail(f"error: --backend {backend}: {exc}") from None
+    night = config.night
+    with runners[0], runners[1]:
+        try:
+            result = subtract_pair(science, reference, runners[0], runners[1], tile_size=night.tile_size or 1024,
+                                   margin=night.margin, threshold=night.detector_threshold, top_k=night.top_k,
+                                   snr_threshold=night.snr_threshold, headers=config.headers)
+        except HeaderFactError as exc:
+            raise fail(f"error: {exc}") from None
+    write_difference(out, result, science)
+    if candidates is not None:
+        write_candidates(candidates, result.candidates, science, alert_min_real_bogus=night.alert_min_real_bogus)
+    alerts = sum(r.real_bogus >= night.alert_min_real_bogus for r in result.candidates)
+    console.print(f"{out}: difference {result.difference.shape[1]}x{result.difference.shape[0]} "
+                  f"(FWHM science {result.fwhm_px[0]:.2f} px, reference {result.fwhm_px[1]:.2f} px); "
+                  f"{len(result.candidates)} candidate(s), {alerts} at real/bogus >= {night.alert_min_real_bogus}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``subtract`` command to the ``skyblink`` app."""
+    app.command("subtract")(subtract)
