@@ -15,7 +15,8 @@ to that input by one documented rule, `ExternalStampRule`:
    the finite pixels.
 4. **Template depth** (ZTF): the template channel times ``sqrt(6 / nframesref)``, so a static
    source has the signal-to-noise ratio a 6-exposure training reference gives it.
-5. **No data**: NaN pixels (masked, or outside the cutout) and the padding back to 63x63 are
+5. **No data**: NaN pixels (masked, or outside the cutout), float sentinels (|value| >= 1e30,
+   e.g. the -3.4e38 some ZTF templates carry where masked) and the padding back to 63x63 are
    filled with unit-variance Gaussian noise seeded by the alert id (deterministic), i.e. blank
    sky as the classifier saw it in training rather than a flat patch of zeros.
 
@@ -56,6 +57,8 @@ __all__ = [
 TRAINING_PIXEL_SCALE = 0.6
 #: Depth of the training references in single exposures (SimConfig.reference_depth default).
 TRAINING_REFERENCE_DEPTH = 6
+#: Pixel values at or beyond this magnitude are masked-pixel sentinels, not sky.
+_SENTINEL = 1e30
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,7 @@ def external_stamps(alert: SurveyAlert, rule: ExternalStampRule | None = None) -
     channels = []
     for index, image in enumerate(stamps.triplet):
         data = np.array(image, dtype=np.float32)
+        data[np.abs(data) >= _SENTINEL] = np.nan  # masked pixels written as -FLT_MAX
         if index == 2 and rule.difference == "science_minus_template":  # noqa: PLR2004 - the difference
             data *= np.float32(stamps.difference_sign)
         if factor >= 2:  # noqa: PLR2004 - only downsample by a whole factor

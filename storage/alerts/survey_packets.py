@@ -7,6 +7,9 @@ What is read
   many, as Fink re-writes them), and Kowalski/MongoDB extended-JSON exports. Cutouts are gzipped
   single-HDU FITS in DN with no WCS and a non-standard first card (read by
   `skyblink.engines.ztf_cutouts.read_cutout_image`).
+* Either survey's alerts as the Fink broker stores them: **Parquet** files, one alert a row (the
+  packet's fields as columns, cutouts as gzipped-FITS bytes); the history columns
+  (``prv_candidates``, ``prvDiaSources``, ...) are not read.
 * **Rubin** alert packets, ``lsst.v9_0`` to ``lsst.v11_1`` (and any later ``lsst.v<M>_<m>``):
   Avro container files (writer schema embedded, e.g. Fink's files) and single messages in the
   Confluent wire format as Rubin's Kafka sends them (byte 0, the 4-byte big-endian schema id
@@ -91,6 +94,7 @@ _ZTF_BANDS = {1: Band.G, 2: Band.R, 3: Band.I}
 _ZTF_QUADRANT = (3080, 3072)
 _CUTOUTS = (("science", "cutoutScience"), ("template", "cutoutTemplate"), ("difference", "cutoutDifference"))
 _CONTAINER_MAGIC = b"Obj\x01"
+_PARQUET_MAGIC = b"PAR1"
 
 
 class Survey(StrEnum):
@@ -731,15 +735,33 @@ def _iter_container(data: bytes, source: str) -> Iterator[SurveyAlert | SurveyPa
         index += 1
 
 
+def _iter_parquet(path: str | Path, source: str) -> Iterator[SurveyAlert | SurveyPacketError]:
+    import pyarrow.parquet as pq  # noqa: PLC0415 - only for Parquet files
+
+    try:
+        parquet = pq.ParquetFile(path)
+        columns = [name for name in parquet.schema_arrow.names if not name.startswith("prv")]
+        rows = parquet.read(columns=columns).to_pylist()
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        yield SurveyPacketError(_packet_name(source, 0), "parquet", f"not a readable Parquet file ({exc})")
+        return
+    for index, record in enumerate(rows):
+        try:
+            yield survey_alert_from_record(record, source=source, index=index,
+                                           schema_version=str(record.get("lsst_schema_version") or "?"))
+        except SurveyPacketError as exc:
+            yield exc
+
+
 def read_survey_packets(path: str | Path, *, rubin_schema_dir: str | Path | None = None) -> SurveyReadReport:
     """
-    Read every alert of one packet file: Avro container, Confluent-framed message, or ZTF JSON. Stable.
+    Read every alert of one packet file: Avro container, Confluent-framed message, ZTF JSON or Fink Parquet. Stable.
 
     Parameters
     ----------
     path : str or Path
-        ``*.avro`` (container: ``Obj\\x01`` magic; framed: byte 0 then a schema id) or a Kowalski
-        extended-JSON ``*.json``.
+        ``*.avro`` (container: ``Obj\\x01`` magic; framed: byte 0 then a schema id), a Kowalski
+        extended-JSON ``*.json``, or a Fink ``*.parquet`` (``PAR1`` magic; one alert a row).
     rubin_schema_dir : str or Path, optional
         Rubin's schema folder, needed for framed messages only (see the module notes).
 
@@ -758,6 +780,8 @@ def read_survey_packets(path: str | Path, *, rubin_schema_dir: str | Path | None
         return SurveyReadReport(errors=(SurveyPacketError(_packet_name(source, 0), "file", str(exc)),))
     if data[:4] == _CONTAINER_MAGIC:
         items = list(_iter_container(data, source))
+    elif data[:4] == _PARQUET_MAGIC:
+        items = list(_iter_parquet(path, source))
     elif data[:1] == bytes([_MAGIC]):
         try:
             items = [_read_framed(data, source, rubin_schema_dir)]
@@ -772,7 +796,7 @@ def read_survey_packets(path: str | Path, *, rubin_schema_dir: str | Path | None
             items = [SurveyPacketError(_packet_name(source, 0), "json", str(exc))]
     else:
         items = [SurveyPacketError(_packet_name(source, 0), "file",
-                                   f"not an Avro container, a Confluent-framed message or a JSON alert (starts {data[:8]!r})")]
+                                   f"not an Avro container, a Confluent-framed message, a JSON alert or a Parquet file (starts {data[:8]!r})")]
     alerts = tuple(i for i in items if isinstance(i, SurveyAlert))
     errors = tuple(i for i in items if isinstance(i, SurveyPacketError))
     return SurveyReadReport(alerts, errors)
