@@ -3,9 +3,10 @@ Association on the sky: duplicate detections merged, detections matched with the
 of the field's reference image, and detections grouped into objects over the night.
 
 * `reference_sources`: the static sky of a field, detected on its reference image in the store
-  with the workers' own CPU operations (SEP-like background, matched-filter S/N, local maxima,
-  windowed centroids) and put on the sky with the reference's WCS; cached as Parquet beside the
-  catalogs (``catalogs/reference-<field>.parquet``), once per field.
+  (`detect_static_sources`: SEP's background, the workers' matched-filter S/N, local maxima,
+  windowed centroids, all vectorised over the sources, at about SEP's own extraction speed) and
+  put on the sky with the reference's WCS; cached as Parquet beside the catalogs
+  (``catalogs/reference-<field>.parquet``), once per field.
 * `match_reference`: the nearest reference source of each detection
   (`~astropy.coordinates.SkyCoord.match_to_catalog_sky`).
 * `merge_duplicates`: detections of one exposure closer than a radius (a source reported by two
@@ -29,14 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from astropy import units as u
 from astropy.coordinates import SkyCoord, search_around_sky
-from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from skyblink.workers.background import estimate_background
 from skyblink.workers.matched_filter import matched_filter_snr
 
-from .measurement import windowed_centroid
+from .measurement import windowed_centroids
 
 __all__ = [
     "EXTENDED_MAX_CONCENTRATION",
@@ -60,12 +59,25 @@ REFERENCE_SCHEMA = pa.schema([("ra", pa.float64()), ("dec", pa.float64()), ("x",
 #: A point source holds 39 % of its flux within one PSF sigma of its centre, 99 % within three;
 #: a source whose ratio of the two is below this is extended (a galaxy).
 EXTENDED_MAX_CONCENTRATION = 0.25
-_CATALOG_VERSION = 2
+_CATALOG_VERSION = 3  # 3: SEP's background (sep.Background) instead of its numpy port
+#: A source is the largest S/N of its (2 x this + 1)^2 pixels.
+_PEAK_HALF = 2
+#: A windowed centroid farther than this from its peak pixel gives way to the peak (pixels).
+_MAX_CENTROID_SHIFT = 1.5
+#: Sources measured at once (bounds the stamps' temporaries).
+_CHUNK = 4096
 
 
 def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: float = 5.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """
     Detect point-like sources on an image (a reference).
+
+    SEP's background and noise (``sep.Background``: 64-pixel meshes, 3x3 filter) are subtracted
+    and divided out; a source is a pixel of the matched-filter S/N map
+    (`~skyblink.workers.matched_filter.matched_filter_snr`) at or above ``snr_threshold`` and
+    the largest of its 5x5 neighbourhood; its position is the windowed centroid
+    (`~skyblink.cluster.measurement.windowed_centroids`, the peak pixel where it moves by more
+    than 1.5 pixels). All of it is vectorised over the sources.
 
     Parameters
     ----------
@@ -74,36 +86,108 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
     fwhm_px : float
         PSF FWHM in pixels.
     snr_threshold : float
-        Minimum matched-filter S/N of a source.
+        Minimum matched-filter S/N of a source (positive).
 
     Returns
     -------
     x, y, snr : ndarray
-        0-based pixel positions (windowed centroids) and S/N; empty when none.
+        0-based pixel positions (windowed centroids) and S/N, in the row-major order of the peak
+        pixels; empty when none.
     concentration : ndarray
         Flux within one PSF sigma of the centre over the flux within three (0.40 for a point
-        source, less for an extended one).
+        source, less for an extended one; NaN where the latter is not positive).
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2-D or ``snr_threshold`` is not positive.
     """
-    data = np.asarray(image, dtype=np.float32)
-    finite = np.isfinite(data)
-    bkg = estimate_background(data, mask=~finite)
-    sub = np.where(finite, (data - bkg.level) / np.maximum(bkg.rms, 1e-12), 0.0).astype(np.float32)
+    import sep  # noqa: PLC0415 - C extension, loaded where a reference is measured
+
+    if np.ndim(image) != 2:  # noqa: PLR2004 - one image
+        msg = f"image must be 2-D, got shape {np.shape(image)}"
+        raise ValueError(msg)
+    if not snr_threshold > 0:
+        msg = f"snr_threshold must be positive, got {snr_threshold!r}"
+        raise ValueError(msg)
+    sub = np.array(image, dtype=np.float32, order="C")  # a native copy: SEP subtracts in place
+    unusable: np.ndarray | None = ~np.isfinite(sub)
+    if unusable.any():
+        sub[unusable] = 0.0
+        bkg = sep.Background(sub, mask=unusable)
+    else:
+        unusable = None
+        bkg = sep.Background(sub)
+    bkg.subfrom(sub)
+    rms = bkg.rms()
+    np.maximum(rms, np.float32(1e-12), out=rms)
+    sub /= rms
+    if unusable is not None:
+        sub[unusable] = 0.0
     snr = matched_filter_snr(sub, fwhm_px)
-    peaks = (snr >= snr_threshold) & (snr == ndimage.maximum_filter(snr, size=5, mode="constant", cval=0.0))
-    ys, xs = np.nonzero(peaks)
+    ys, xs = _local_maxima(snr, snr_threshold, _PEAK_HALF)
     sigma = fwhm_px / _FWHM_PER_SIGMA
-    out_x, out_y, concentration = np.empty(len(xs)), np.empty(len(ys)), np.empty(len(xs), np.float32)
-    ny, nx = sub.shape
-    half = int(math.ceil(3.0 * sigma)) + 1
-    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        out_x[k], out_y[k], _ = windowed_centroid(sub, float(x), float(y), sigma, max_shift=1.5)
-        y0, y1, x0, x1 = max(y - half, 0), min(y + half + 1, ny), max(x - half, 0), min(x + half + 1, nx)
-        gy, gx = np.mgrid[y0:y1, x0:x1]
-        r = np.hypot(gx - out_x[k], gy - out_y[k])
-        window = sub[y0:y1, x0:x1]
-        outer = float(window[r <= 3.0 * sigma].sum())
-        concentration[k] = float(window[r <= sigma].sum()) / outer if outer > 0 else np.nan
+    n = len(xs)
+    out_x, out_y, concentration = np.empty(n), np.empty(n), np.empty(n, np.float32)
+    for start in range(0, n, _CHUNK):
+        part = slice(start, start + _CHUNK)
+        out_x[part], out_y[part] = _windowed_positions(sub, xs[part], ys[part], sigma)
+        concentration[part] = _concentration(sub, out_x[part], out_y[part], xs[part], ys[part], sigma)
     return out_x, out_y, snr[ys, xs].astype(np.float32), concentration
+
+
+def _stamps(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, 2 half + 1, 2 half + 1) pixels about each (x, y) pixel, 0 beyond the image; and their rows and columns."""
+    ny, nx = image.shape
+    steps = np.arange(-half, half + 1)
+    rows, cols = ys[:, None] + steps, xs[:, None] + steps
+    inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
+    pixels = image[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
+    return np.where(inside, pixels, np.float32(0.0)), rows, cols
+
+
+def _local_maxima(snr: np.ndarray, threshold: float, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """
+    (rows, columns), in row-major order, of the pixels at or above ``threshold`` (positive)
+    that are the largest of their ``2 half + 1`` square (ties are all kept), as
+    ``snr == maximum_filter(snr, 2 half + 1, mode="constant", cval=0)``, looking only at the
+    pixels above the threshold.
+    """
+    ny, nx = snr.shape
+    ys, xs = np.divmod(np.flatnonzero(snr >= threshold), nx)
+    values = snr[ys, xs]
+    keep = np.ones(len(ys), bool)
+    for dy in range(-half, half + 1):
+        yy = ys + dy
+        row_inside = (yy >= 0) & (yy < ny)
+        yy = np.clip(yy, 0, ny - 1)
+        for dx in range(-half, half + 1):
+            if dy or dx:
+                xx = xs + dx
+                inside = row_inside & (xx >= 0) & (xx < nx)
+                keep &= ~inside | (values >= snr[yy, np.clip(xx, 0, nx - 1)])
+    return ys[keep], xs[keep]
+
+
+def _windowed_positions(sub: np.ndarray, xs: np.ndarray, ys: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed centroids (x, y) started on the peak pixels, the peak pixel where one moves more than 1.5 pixels."""
+    # The window is read within ceil(4 sigma) + 1 pixels of the rounded position, which stays
+    # within 2 pixels of the peak: stamps 2 pixels wider hold every pixel it reads.
+    half = int(math.ceil(4.0 * sigma)) + 1 + 2
+    stamps, _, _ = _stamps(sub, xs, ys, half)
+    centre = np.full(len(xs), float(half))
+    x, y, _ = windowed_centroids(stamps, centre, centre, sigma, max_shift=_MAX_CENTROID_SHIFT)
+    return x - half + xs, y - half + ys
+
+
+def _concentration(sub: np.ndarray, x: np.ndarray, y: np.ndarray, xs: np.ndarray, ys: np.ndarray, sigma: float) -> np.ndarray:
+    """Sum of the pixels (centres) within sigma of (x, y) over the sum within 3 sigma; NaN where that is not positive."""
+    stamps, rows, cols = _stamps(sub, xs, ys, int(math.ceil(3.0 * sigma)) + 1)
+    r = np.hypot(cols[:, None, :] - x[:, None, None], rows[:, :, None] - y[:, None, None])
+    outer = np.where(r <= 3.0 * sigma, stamps, np.float32(0.0)).sum(axis=(1, 2), dtype=np.float64)
+    inner = np.where(r <= sigma, stamps, np.float32(0.0)).sum(axis=(1, 2), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(outer > 0, inner / np.where(outer > 0, outer, 1.0), np.nan).astype(np.float32)
 
 
 def reference_catalog_path(store: Any, field: str, snr_threshold: float) -> tuple[Any, str]:

@@ -110,7 +110,7 @@ def sep_detections(units: list[WorkUnit], store: Any, *, thresh: float = 1.5, mi
     ImportError
         ``sep`` is not installed (``pip install sep``).
     """
-    import sep  # noqa: PLC0415 - a dev extra, only for the baseline
+    import sep  # noqa: PLC0415 - only for the baseline
 
     rows: dict[str, list[Any]] = {k: [] for k in ("exposure", "ccd", "x", "y", "snr", "trail_length_px", "trail_angle_deg")}
     for unit in units:
