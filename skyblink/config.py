@@ -242,6 +242,11 @@ class EnginesConfig(_Section):
         "~/.cache/skyblink/engines",
         description="Engine registry folder (engines and their manifests); a volume on Kubernetes.",
     )
+    trusted_manifest: Path | None = Field(
+        None,
+        description="JSON file of the sha256 of the promoted releases and vouched-for engines (`skyblink engines "
+        "trust`), mounted where the workers cannot write; set: nothing else is loaded.",
+    )
     backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = Field(
         "auto",
         description="auto: a TensorRT engine for this GPU, else torch on CUDA, else ONNX Runtime on the CPU.",
