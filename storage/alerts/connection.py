@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -32,7 +33,15 @@ log = logging.getLogger(__name__)
 _SCHEMES = ("redis", "rediss", "unix")
 
 
-def connect(config: RedisConfig, *, url: str | None = None, probe: bool = True) -> redis.Redis:
+def connect(
+    config: RedisConfig,
+    *,
+    url: str | None = None,
+    probe: bool = True,
+    retries: int = 0,
+    backoff_s: float = 0.2,
+    backoff_max_s: float = 5.0,
+) -> redis.Redis:
     """
     Return a client of the configured Redis, checked with PING.
 
@@ -43,7 +52,12 @@ def connect(config: RedisConfig, *, url: str | None = None, probe: bool = True) 
     url : str, optional
         Overrides ``config.url`` (e.g. a private server's URL).
     probe : bool, optional
-        PING once now (default), so a wrong URL or password fails at start, not mid-night.
+        PING now (default), so a wrong URL or password fails at start, not mid-night.
+    retries : int, optional
+        PINGs again this many times while the server does not answer (``alerts.retries``: a
+        Redis still starting, or restarting, at the start of a night), waiting ``backoff_s``
+        doubling up to ``backoff_max_s`` in between. Wrong credentials are never retried.
+    backoff_s, backoff_max_s : float, optional
 
     Returns
     -------
@@ -91,7 +105,17 @@ def connect(config: RedisConfig, *, url: str | None = None, probe: bool = True) 
             kwargs["ssl_keyfile"] = str(config.tls_key_file)
     client = redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]
     if probe:
-        ping(client, shown)
+        for attempt in range(retries + 1):
+            try:
+                ping(client, shown)
+                break
+            except RedisUnavailableError as exc:
+                if attempt == retries:
+                    client.close()
+                    raise RedisUnavailableError(shown, retries + 1, exc.cause) from None
+                delay = min(backoff_max_s, backoff_s * 2**attempt)
+                log.warning("Redis at %s does not answer (attempt %d of %d); retry in %.2f s", shown, attempt + 1, retries + 1, delay)
+                time.sleep(delay)  # backoff between two connection attempts
     return client
 
 
