@@ -277,7 +277,8 @@ def run_night(
     start = time.perf_counter()
     report = NightRunReport(started_utc=datetime.now(UTC).isoformat(timespec="seconds"))
     with ray_session(config.ray), embedded_redis(config, keep=keep_redis, say=hooks.say) as redis_url:
-        client = connect(config.redis, url=redis_url)
+        client = connect(config.redis, url=redis_url, retries=config.alerts.retries, backoff_s=config.alerts.backoff_s,
+                         backoff_max_s=config.alerts.backoff_max_s)
         report.redis_url = redact_url(redis_url)
         pool: WorkerPool | None = None
         references = _ReferenceCatalogs(config.night.reference_snr_threshold, hooks.say)

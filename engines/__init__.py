@@ -9,6 +9,7 @@ onnx and onnxruntime only where a function needs them, so importing this package
 from .catalog import MODEL_VERSIONS, ModelNotShippedError, load_card, onnx_path
 from .manifest import EngineManifest, ProfileSpec
 from .registry import DeviceInfo, EngineNotFoundError, EngineRegistry, EngineRequest, current_device
+from .trust import IntegrityError, TrustedManifest, write_trusted_manifest
 
 __all__ = [
     "MODEL_VERSIONS",
@@ -17,9 +18,12 @@ __all__ = [
     "EngineNotFoundError",
     "EngineRegistry",
     "EngineRequest",
+    "IntegrityError",
     "ModelNotShippedError",
     "ProfileSpec",
+    "TrustedManifest",
     "current_device",
     "load_card",
     "onnx_path",
+    "write_trusted_manifest",
 ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import sys
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,7 @@ import torch
 
 from .model_io import STAMP_SIZE
 from .networks import Braai
+from .trust import IntegrityError
 
 __all__ = [
     "BRAAI_MODEL",
@@ -227,13 +229,22 @@ def load_braai() -> Braai:
     FileNotFoundError
         The weights are not in the installed package (partial install); regenerate them with
         ``python -m skyblink.engines.braai_port d6_m7.weights.h5``.
+    IntegrityError
+        Their sha256 differs from the one in ``card.json``.
     """
     resource = resources.files(_PACKAGE).joinpath(*_NPZ_PARTS)
     if not resource.is_file():
         msg = (f"braai weights {'/'.join(_NPZ_PARTS)} are missing from package {_PACKAGE}; "
                "regenerate them with `python -m skyblink.engines.braai_port d6_m7.weights.h5`")
         raise FileNotFoundError(msg)
-    with np.load(io.BytesIO(resource.read_bytes()), allow_pickle=False) as npz:
+    data = resource.read_bytes()
+    card = json.loads(resources.files(_PACKAGE).joinpath("models", "braai", "card.json").read_text())
+    expected = card.get("weights", {}).get("sha256")
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        msg = (f"braai weights {'/'.join(_NPZ_PARTS)}: sha256 {hashlib.sha256(data).hexdigest()[:16]}... differs from "
+               f"{expected[:16]}... in its card.json (tampered or corrupt); refusing to load them")
+        raise IntegrityError(msg)
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         state = {key: torch.from_numpy(np.array(npz[key], dtype=np.float32)) for key in npz.files}
     model = Braai()
     model.load_state_dict(state, strict=True)

@@ -6,7 +6,8 @@ Layout (package data, under 20 MB in all)::
     engines/models/<name>/model.fp32.onnx   model.fp16.onnx   weights.pt   card.json
 
 Nothing is downloaded: the models are trained here on simulated nights (`skyblink train`) and
-shipped in the package.
+shipped in the package. ``card.json`` records the sha256 of each ONNX graph and of the weights;
+`onnx_path` and `load_network` check them before handing a file out (`IntegrityError`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from .trust import verify_file
 
 __all__ = ["MODEL_VERSIONS", "ModelNotShippedError", "load_card", "load_network", "model_dir", "onnx_path"]
 
@@ -41,8 +44,30 @@ def _require(path: Path, name: str) -> Path:
 
 
 def onnx_path(name: str, precision: str = "fp32", root: Path | None = None) -> Path:
-    """Return the ONNX graph of a model in ``precision`` (fp32 or fp16)."""
-    return _require(model_dir(name, root) / f"model.{precision}.onnx", name)
+    """
+    Return the ONNX graph of a model in ``precision`` (fp32 or fp16), checked against its card.
+
+    Raises
+    ------
+    ModelNotShippedError
+        The graph is not there.
+    IntegrityError
+        Its sha256 differs from the one in ``card.json``.
+    """
+    path = _require(model_dir(name, root) / f"model.{precision}.onnx", name)
+    return verify_file(path, _card_sha256(name, root, "onnx", precision), what=f"{name} {precision} in its card.json")
+
+
+def _card_sha256(name: str, root: Path | None, *keys: str) -> str | None:
+    """The sha256 a model card records under ``keys`` (None when the card or the entry is absent)."""
+    card_path = model_dir(name, root) / "card.json"
+    if not card_path.is_file():
+        return None
+    node: Any = json.loads(card_path.read_text())
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    sha = node.get("sha256") if isinstance(node, dict) else None
+    return sha if isinstance(sha, str) else None
 
 
 def load_card(name: str, root: Path | None = None) -> dict[str, Any]:
@@ -58,6 +83,8 @@ def load_network(name: str, root: Path | None = None) -> Any:
     ------
     ModelNotShippedError
         The weights are not in the package.
+    IntegrityError
+        The weights' sha256 differs from the one in ``card.json``.
     """
     import torch  # noqa: PLC0415 - torch is only needed by the torch backend and training
 
@@ -65,6 +92,8 @@ def load_network(name: str, root: Path | None = None) -> Any:
 
     card = load_card(name, root)
     network = {"detector": Detector, "classifier": Classifier}[name](**card["architecture"])
-    state = torch.load(_require(model_dir(name, root) / "weights.pt", name), map_location="cpu", weights_only=True)
+    weights = _require(model_dir(name, root) / "weights.pt", name)
+    verify_file(weights, _card_sha256(name, root, "weights"), what=f"{name} weights in its card.json")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     network.load_state_dict(state)
     return network.eval()

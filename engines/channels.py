@@ -31,7 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .manifest import file_sha256
+from .manifest import check_plain_file_name, file_sha256
+from .trust import TrustedManifest, verify_file
 
 __all__ = ["CHANNELS", "CHANNELS_FILE", "ChannelError", "Channels", "Release", "register_release"]
 
@@ -77,6 +78,9 @@ class Release:
     registered_at: str = ""
     promoted_at: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_plain_file_name(self.onnx_file, "onnx_file")  # a release never points outside the registry
+
     @property
     def label(self) -> str:
         """``classifier 1.0 int8 3f2a9c1d4e5b``."""
@@ -117,11 +121,19 @@ class Channels:
     """
     The candidate/canary/production pointers of one registry folder. Experimental; thread- and
     process-safe (every change holds an exclusive lock on ``channels.json.lock``).
+
+    Parameters
+    ----------
+    registry_root : Path or str
+    trusted : TrustedManifest, optional
+        With it, `onnx_path` hands out only releases whose sha256 it lists
+        (``engines.trusted_manifest``, a file the workers cannot write).
     """
 
-    def __init__(self, registry_root: Path | str) -> None:
+    def __init__(self, registry_root: Path | str, *, trusted: TrustedManifest | None = None) -> None:
         self.root = Path(registry_root)
         self.path = self.root / CHANNELS_FILE
+        self.trusted = trusted
 
     # ---------------------------------------------------------------------------- reading
     def _read(self) -> dict[str, Any]:
@@ -152,12 +164,24 @@ class Channels:
         return {m: {c: Release.from_json(v[c]) if v.get(c) else None for c in CHANNELS} for m, v in sorted(models.items())}
 
     def onnx_path(self, release: Release) -> Path:
-        """The release's ONNX file; raises FileNotFoundError naming it when it is gone or changed."""
+        """
+        The release's ONNX file, after checking its bytes.
+
+        Raises
+        ------
+        FileNotFoundError
+            The file is gone (the message names it).
+        IntegrityError
+            Its sha256 is not the release's ``onnx_sha256``, or a trusted manifest is configured
+            and does not list that sha256 for the model.
+        """
+        if self.trusted is not None:
+            self.trusted.check_release(release.model, release.onnx_sha256, release.label)
         path = self.root / release.onnx_file
         if not path.is_file():
             msg = f"{path}: the ONNX graph of release {release.label} is missing from the registry"
             raise FileNotFoundError(msg)
-        return path
+        return verify_file(path, release.onnx_sha256, what=f"release {release.label}")
 
     # ---------------------------------------------------------------------------- writing
     @contextlib.contextmanager

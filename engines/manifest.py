@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .model_io import IO_NAMES, IONames  # re-exported: the torch-free constants live in model_io
 
-__all__ = ["IO_NAMES", "MANIFEST_SUFFIX", "EngineManifest", "IONames", "ProfileSpec", "file_sha256"]
+__all__ = ["IO_NAMES", "MANIFEST_SUFFIX", "EngineManifest", "IONames", "ProfileSpec", "check_plain_file_name",
+           "file_sha256"]
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -27,6 +28,34 @@ def file_sha256(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_plain_file_name(name: object, what: str) -> str:
+    """
+    Return ``name`` when it is a plain file name (no folder part, no ``..``), else raise.
+
+    Parameters
+    ----------
+    name : object
+        A file name read from a manifest or a channel file.
+    what : str
+        The field, for the message (``engine_file``).
+
+    Raises
+    ------
+    ValueError
+        Not a string, empty, ``.``/``..``, absolute, or with a ``/`` or ``\\`` in it.
+    """
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or PurePosixPath(name).name != name
+        or PureWindowsPath(name).name != name
+        or "\x00" in name
+    ):
+        msg = f"{what} must be a plain file name inside the registry, got {name!r}"
+        raise ValueError(msg)
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +160,9 @@ class EngineManifest:
     calibration_set: str | None = None
     calibration_strata: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_plain_file_name(self.engine_file, "engine_file")  # a manifest never points outside its folder
 
     def to_json(self) -> dict[str, Any]:
         """Return the manifest as a JSON-safe dict."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .manifest import MANIFEST_SUFFIX, EngineManifest, file_sha256
+from .trust import TrustedManifest
 
 __all__ = ["DeviceInfo", "EngineNotFoundError", "EngineRegistry", "EngineRequest", "current_device"]
 
@@ -80,10 +81,29 @@ class EngineRegistry:
     ----------
     root : Path
         The folder; created on first write.
+    trusted : TrustedManifest, optional
+        With it, an engine is handed out only when its sha256 is listed there (a file the
+        workers cannot write, ``engines.trusted_manifest``), besides matching its own manifest;
+        engines this registry object built itself (`get_or_build`) count as trusted.
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, trusted: TrustedManifest | None = None) -> None:
         self.root = Path(root)
+        self.trusted = trusted
+        self._built_here: set[str] = set()
+
+    @classmethod
+    def from_config(cls, registry: str | Path, trusted_manifest: str | Path | None = None) -> EngineRegistry:
+        """
+        The registry of the configuration (``engines.registry``, ``engines.trusted_manifest``).
+
+        Raises
+        ------
+        IntegrityError
+            A trusted manifest is configured but cannot be read.
+        """
+        trusted = TrustedManifest.read(trusted_manifest) if trusted_manifest else None
+        return cls(Path(registry).expanduser(), trusted=trusted)
 
     def manifests(self) -> list[EngineManifest]:
         """Return every readable manifest in the registry, sorted by engine file name."""
@@ -120,6 +140,8 @@ class EngineRegistry:
         actual = file_sha256(path)
         if actual != manifest.engine_sha256:
             return f"{manifest.engine_file}: file sha256 {actual[:12]}... differs from engine_sha256 {manifest.engine_sha256[:12]}... in its manifest (tampered or corrupt)"
+        if self.trusted is not None and manifest.engine_sha256 not in self._built_here:
+            return self.trusted.check_engine(manifest)
         return None
 
     def find(self, request: EngineRequest) -> tuple[Path, EngineManifest]:
@@ -164,5 +186,7 @@ class EngineRegistry:
             if build is None:
                 raise
             log.info("%s; building one", exc)
-        build()
+        built = build()
+        if isinstance(built, EngineManifest):
+            self._built_here.add(built.engine_sha256)  # built by this process from a verified graph
         return self.find(request)

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from .config import ConfigError, SkyblinkConfig, load_config
+from .redaction import RedactingFilter, redact_text, register_secret, register_url_secrets
 
 __all__ = [
     "EXIT_ERROR",
@@ -60,8 +61,8 @@ RedisUrlOption = Annotated[
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    """Print one error line (no markup interpretation) and return the Exit to raise."""
-    err_console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    """Print one error line (no markup interpretation, secrets redacted) and return the Exit to raise."""
+    err_console.print(redact_text(message), style="red", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -77,10 +78,10 @@ def effective_config(ctx: typer.Context, **overrides: Any) -> SkyblinkConfig:
         config = load_config(ctx.obj["config_file"], overrides=merged)
     except ConfigError as exc:
         raise fail(f"configuration error: {exc}") from None
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-        force=True,
-    )
+    if config.redis.password is not None:
+        register_secret(config.redis.password.get_secret_value())
+    register_url_secrets(config.redis.url)
+    handler = RichHandler(console=err_console, show_path=False)
+    handler.addFilter(RedactingFilter())  # every log line goes through the one redaction
+    logging.basicConfig(level=config.log_level.upper(), format="%(message)s", handlers=[handler], force=True)
     return config

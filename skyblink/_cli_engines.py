@@ -264,3 +264,23 @@ def engines_channels(ctx: typer.Context, registry: RegistryOption = None) -> Non
         cells = [slots[c].label.split(" ", 1)[1] if slots[c] else "-" for c in CHANNELS]
         table.add_row(model, *cells, str(len(channels.history(model))))
     console.print(table)
+
+
+@engines_app.command("trust")
+def engines_trust(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Trusted manifest to write; mount it read-only into the workers "
+                                                   "and set engines.trusted_manifest to it.")],
+    registry: RegistryOption = None,
+) -> None:
+    """Vouch for the registry as it is: write the sha256 of the production releases (and their history) and engines."""
+    from skyblink.engines.trust import IntegrityError, write_trusted_manifest  # noqa: PLC0415
+
+    root, _ = _registry_dir(ctx, registry)
+    try:
+        trusted = write_trusted_manifest(root, out)
+    except (IntegrityError, OSError, ValueError) as exc:
+        raise fail(f"error: {exc}") from None
+    releases = sum(len(v) for v in trusted.releases.values())
+    console.print(f"{out}: {releases} release(s) of {len(trusted.releases)} model(s), {len(trusted.engines)} engine(s)",
+                  markup=False)

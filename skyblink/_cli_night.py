@@ -21,6 +21,7 @@ from ._cli_common import (
     err_console,
     fail,
 )
+from .redaction import redact_text
 
 if TYPE_CHECKING:
     from skyblink.cluster.night import NightRunReport
@@ -124,7 +125,7 @@ def night_run(
     _print_summary(report)
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        report_path.write_text(redact_text(json.dumps(report.to_json(), indent=2)) + "\n")
         console.print(f"report: {report_path}")
     if not report.ok:
         raise typer.Exit(EXIT_QUARANTINED)
@@ -158,7 +159,7 @@ def _print_summary(r: NightRunReport) -> None:
     table.add_column(style="bold")
     table.add_column()
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, redact_text(value))
     console.print(table)
 
 

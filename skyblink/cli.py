@@ -29,7 +29,7 @@ from ._cli_common import (
     fail,
 )
 from ._version import __version__
-from .config import SkyblinkConfig, config_as_toml
+from .config import SkyblinkConfig, config_as_json, config_as_toml
 
 __all__ = ["EXIT_QUARANTINED", "app", "main"]
 
@@ -84,7 +84,7 @@ def config_show(
     """Print the effective configuration (defaults < file < environment < flags)."""
     config = effective_config(ctx)
     if output_format == "json":
-        console.print_json(config.model_dump_json())
+        console.print_json(config_as_json(config))
     elif output_format == "toml":
         typer.echo(config_as_toml(config), nl=False)
     else:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .headers import HeadersConfig
+from .redaction import MASK, redact_text
 
 __all__ = [
     "ENV_PREFIX",
@@ -41,6 +42,8 @@ __all__ = [
     "RedisConfig",
     "SimConfig",
     "SkyblinkConfig",
+    "config_as_json",
+    "config_as_toml",
     "load_config",
 ]
 
@@ -239,6 +242,11 @@ class EnginesConfig(_Section):
     registry: str = Field(
         "~/.cache/skyblink/engines",
         description="Engine registry folder (engines and their manifests); a volume on Kubernetes.",
+    )
+    trusted_manifest: Path | None = Field(
+        None,
+        description="JSON file of the sha256 of the promoted releases and vouched-for engines (`skyblink engines "
+        "trust`), mounted where the workers cannot write; set: nothing else is loaded.",
     )
     backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = Field(
         "auto",
@@ -518,9 +526,16 @@ def load_config(
                 (name for name, layer in reversed(layers) if _has_key(layer, err["loc"])),
                 "the defaults",
             )
-            problems.append(f"{key} (from {source}): {err['msg']}, got {err.get('input')!r}")
+            problems.append(f"{key} (from {source}): {err['msg']}, got {_shown_input(key, err.get('input'))}")
         msg = "invalid configuration: " + "; ".join(problems)
         raise ConfigError(msg) from None
+
+
+def _shown_input(key: str, value: Any) -> str:
+    """The offending value for an error message, with secrets masked (a password is never echoed)."""
+    if any(word in key.lower() for word in ("password", "secret", "token")):
+        return MASK
+    return redact_text(repr(value))
 
 
 def _has_key(layer: Mapping[str, Any], loc: tuple[Any, ...]) -> bool:
@@ -540,7 +555,7 @@ def config_as_toml(config: SkyblinkConfig) -> str:
     """
     import tomli_w  # noqa: PLC0415 - only `config show` needs it
 
-    data = config.model_dump(mode="json")
+    data = _displayable(config)
     unset: list[str] = []
 
     def strip(node: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -558,3 +573,31 @@ def config_as_toml(config: SkyblinkConfig) -> str:
     if unset:
         text += "\n# unset (embedded default behaviour): " + ", ".join(unset) + "\n"
     return text
+
+
+def config_as_json(config: SkyblinkConfig) -> str:
+    """Render a configuration as JSON, with the same redaction as `config_as_toml`."""
+    import json  # noqa: PLC0415
+
+    return json.dumps(_displayable(config), indent=2)
+
+
+def _displayable(config: SkyblinkConfig) -> dict[str, Any]:
+    """
+    The configuration as plain data for showing: secrets masked (`skyblink.redaction`).
+
+    ``redis.password`` is already a masked SecretStr; the password or ``?password=`` inside
+    ``redis.url`` (and any other URL-valued key) is replaced by ``***``.
+    """
+    data = config.model_dump(mode="json")
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        if isinstance(node, str):
+            return redact_text(node)
+        return node
+
+    return walk(data)

@@ -1,4 +1,4 @@
-"""
+r"""
 A private ``redis-server`` on a free loopback port, for a laptop run and for the tests.
 
 When no Redis URL is configured, the pipeline starts one with `RedisServer` and stops it at the
@@ -6,7 +6,9 @@ end. Tests use it with persistence on (``appendonly yes``, ``appendfsync always`
 restart a server on the same port without losing acknowledged writes.
 
 The password, when set, goes into a configuration file readable only by the owner, never on the
-command line (where ``ps`` would show it).
+command line (where ``ps`` would show it). Every value written there is quoted with each byte
+outside a small safe set escaped (``\xHH``), so a ``"``, a backslash or a newline in a password
+or a path can never end the value or add a directive.
 
 Notes
 -----
@@ -32,7 +34,7 @@ import redis
 
 from .errors import StorageError
 
-__all__ = ["RedisServer", "RedisServerError", "find_redis_server"]
+__all__ = ["RedisServer", "RedisServerError", "conf_quote", "find_redis_server", "pid_listens_on"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,70 @@ def find_redis_server() -> Path | None:
     if found:
         return Path(found)
     return next((path for path in _KNOWN_PATHS if os.access(path, os.X_OK)), None)
+
+
+_CONF_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@+=,~%")
+
+
+def conf_quote(value: str) -> str:
+    r"""
+    Return ``value`` as one double-quoted redis.conf argument that reads back byte for byte.
+
+    Parameters
+    ----------
+    value : str
+        Any text (UTF-8 encoded); quotes, backslashes, spaces and newlines included.
+
+    Returns
+    -------
+    str
+        ``"..."`` with every byte outside a safe set written as ``\xHH`` (redis-server's
+        configuration parser reads these escapes inside double quotes).
+    """
+    out = []
+    for byte in value.encode():
+        char = chr(byte)
+        out.append(char if char in _CONF_SAFE else f"\\x{byte:02x}")
+    return '"' + "".join(out) + '"'
+
+
+def pid_listens_on(pid: int, port: int) -> bool:
+    """
+    Return whether process ``pid`` holds a TCP socket listening on ``port`` (Linux ``/proc``).
+
+    A pid and a port recorded in a file go stale: the pid may now be another program, and the port
+    another server. Only a listening socket owned by the pid ties the two together.
+
+    Parameters
+    ----------
+    pid : int
+    port : int
+
+    Returns
+    -------
+    bool
+        False when the process is gone, not ours to inspect, or listens elsewhere.
+    """
+    try:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            # local_address is HEXIP:HEXPORT, st 0A is LISTEN, the inode is the tenth column
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
+                return True
+    return False
 
 
 def _free_port() -> int:
@@ -142,7 +208,7 @@ class RedisServer:
         lines = [
             "bind 127.0.0.1",
             f"port {self.port}",
-            f'dir "{self.data_dir}"',
+            f"dir {conf_quote(str(self.data_dir))}",
             'logfile "redis.log"',
             'save ""',
             "protected-mode yes",
@@ -150,7 +216,7 @@ class RedisServer:
             "appendfsync always",
         ]
         if self._password is not None:
-            lines.append(f'requirepass "{self._password}"')
+            lines.append(f"requirepass {conf_quote(self._password)}")
         path = self.data_dir / "redis.conf"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:

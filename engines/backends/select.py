@@ -131,25 +131,29 @@ def select_runner(
 
 
 def _production_release(model: str, registry: EngineRegistry | None) -> tuple[Release | None, Path | None]:
-    """The production release of ``model`` and its ONNX file, from ``registry`` or the configured one."""
-    root = registry.root if registry is not None else _configured_registry()
-    if root is None or not (root / CHANNELS_FILE).is_file():
+    """
+    The production release of ``model`` and its ONNX file (sha256 checked, and listed in the
+    trusted manifest when one is configured), from ``registry`` or the configured one.
+    """
+    registry = registry if registry is not None else _configured_registry()
+    if registry is None or not (registry.root / CHANNELS_FILE).is_file():
         return None, None
-    channels = Channels(root)
+    channels = Channels(registry.root, trusted=registry.trusted)
     release = channels.get(model, "production")
     if release is None:
         return None, None
     return release, channels.onnx_path(release)
 
 
-def _configured_registry() -> Path | None:
+def _configured_registry() -> EngineRegistry | None:
     from skyblink.config import ConfigError, load_config  # noqa: PLC0415
 
     try:
-        return Path(load_config().engines.registry).expanduser()
+        engines = load_config().engines
     except (ConfigError, OSError) as exc:
         log.warning("cannot read the configured engine registry for its channels: %s", exc)
         return None
+    return EngineRegistry.from_config(engines.registry, engines.trusted_manifest)  # an unreadable trusted manifest raises
 
 
 def _tensorrt_unavailable(gpu: object, registry: EngineRegistry | None) -> str | None:

@@ -91,6 +91,7 @@ def _ship(name: str, model: torch.nn.Module, card: dict[str, Any], out_root: Pat
     out = model_dir(name, out_root)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "weights.pt")
+    card["weights"] = {"file": "weights.pt", "sha256": file_sha256(out / "weights.pt")}
     for precision in ("fp32", "fp16"):
         path = export_onnx(model, out / f"model.{precision}.onnx", precision=precision)
         card["onnx"][precision] = {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}

@@ -3,7 +3,9 @@ Connections to Redis from the typed configuration: URL, AUTH, TLS, and a connect
 
 The password comes from ``redis.password`` (env ``SKYBLINK_REDIS__PASSWORD``, a K8s Secret) or
 from the URL; it is never logged and never part of an error: every URL shown goes through
-`redact_url`. redis-py's own retries are off: the producer and consumer own the retry policy
+`skyblink.redaction.redact_url`, and every password met here is registered with
+`skyblink.redaction.register_secret` so that logs and messages mask it too. redis-py's own
+retries are off: the producer and consumer own the retry policy
 (``alerts.retries``, ``alerts.backoff_s``), so retries never multiply.
 """
 
@@ -11,14 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ...config import RedisConfig
+from ...redaction import redact_url, register_secret, register_url_secrets
 from ..redis_server import RedisServer
 from .errors import RedisAuthError, RedisUnavailableError
 
@@ -29,32 +33,15 @@ log = logging.getLogger(__name__)
 _SCHEMES = ("redis", "rediss", "unix")
 
 
-def redact_url(url: str) -> str:
-    """
-    Return a URL with its password replaced by ``***`` (user name kept).
-
-    Parameters
-    ----------
-    url : str
-
-    Returns
-    -------
-    str
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
-
-
-def connect(config: RedisConfig, *, url: str | None = None, probe: bool = True) -> redis.Redis:
+def connect(
+    config: RedisConfig,
+    *,
+    url: str | None = None,
+    probe: bool = True,
+    retries: int = 0,
+    backoff_s: float = 0.2,
+    backoff_max_s: float = 5.0,
+) -> redis.Redis:
     """
     Return a client of the configured Redis, checked with PING.
 
@@ -65,7 +52,12 @@ def connect(config: RedisConfig, *, url: str | None = None, probe: bool = True) 
     url : str, optional
         Overrides ``config.url`` (e.g. a private server's URL).
     probe : bool, optional
-        PING once now (default), so a wrong URL or password fails at start, not mid-night.
+        PING now (default), so a wrong URL or password fails at start, not mid-night.
+    retries : int, optional
+        PINGs again this many times while the server does not answer (``alerts.retries``: a
+        Redis still starting, or restarting, at the start of a night), waiting ``backoff_s``
+        doubling up to ``backoff_max_s`` in between. Wrong credentials are never retried.
+    backoff_s, backoff_max_s : float, optional
 
     Returns
     -------
@@ -87,6 +79,7 @@ def connect(config: RedisConfig, *, url: str | None = None, probe: bool = True) 
         raise ValueError(msg)
     shown = redact_url(url)
     scheme = urlsplit(url).scheme
+    register_url_secrets(url)
     if scheme not in _SCHEMES:
         msg = f"redis.url must start with redis://, rediss:// (TLS) or unix://, got {shown}"
         raise ValueError(msg)
@@ -100,6 +93,7 @@ def connect(config: RedisConfig, *, url: str | None = None, probe: bool = True) 
         kwargs["username"] = config.username
     if config.password is not None:
         kwargs["password"] = config.password.get_secret_value()
+        register_secret(kwargs["password"])  # type: ignore[arg-type]
     if scheme == "rediss":
         kwargs["ssl_cert_reqs"] = "required" if config.tls_verify else "none"
         kwargs["ssl_check_hostname"] = config.tls_verify
@@ -111,7 +105,17 @@ def connect(config: RedisConfig, *, url: str | None = None, probe: bool = True) 
             kwargs["ssl_keyfile"] = str(config.tls_key_file)
     client = redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]
     if probe:
-        ping(client, shown)
+        for attempt in range(retries + 1):
+            try:
+                ping(client, shown)
+                break
+            except RedisUnavailableError as exc:
+                if attempt == retries:
+                    client.close()
+                    raise RedisUnavailableError(shown, retries + 1, exc.cause) from None
+                delay = min(backoff_max_s, backoff_s * 2**attempt)
+                log.warning("Redis at %s does not answer (attempt %d of %d); retry in %.2f s", shown, attempt + 1, retries + 1, delay)
+                time.sleep(delay)  # backoff between two connection attempts
     return client
 
 

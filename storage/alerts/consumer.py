@@ -9,6 +9,13 @@ died, or a handler failed) are reclaimed with XAUTOCLAIM by a live consumer; one
 failed ``alerts.max_deliveries`` times, or one that is not a valid packet, goes to the dead-letter
 stream ``<stream>:dead`` with the error and is acked, and the consumer keeps going.
 
+No single entry can stop a group: anyone who can XADD may write anything, so field names and
+values are kept as the bytes they are (a field name that is not UTF-8 is dead-lettered as
+``field:<the same bytes>``), and every failure tied to one entry (it does not decode or validate,
+its ``cutoutStoreKey`` names a key outside the stream's side store, of another type, or one that
+does not answer, the handler raised) dead-letters that entry with the reason, never the consumer.
+Only failures of Redis itself (unreachable, wrong password) end `AlertConsumer.run`.
+
 Examples
 --------
 >>> with AlertConsumer(client, "my-broker", night="20261125") as consumer:  # doctest: +SKIP
@@ -38,7 +45,7 @@ import redis
 
 from ...config import AlertsConfig
 from .connection import client_url
-from .entry import dead_letter_stream, decode_entry, stream_name
+from .entry import cutout_key, dead_letter_stream, decode_entry, stream_name
 from .errors import AlertDecodeError, RedisAuthError, RedisUnavailableError
 from .packet import Alert, Cutout, CutoutKind
 
@@ -55,6 +62,8 @@ log = logging.getLogger(__name__)
 
 _KINDS = frozenset(kind.value for kind in CutoutKind)
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: Handler errors remembered per pending entry (for the dead letter's reason); oldest dropped first.
+_MAX_REMEMBERED_ERRORS = 10_000
 
 
 def default_consumer_name() -> str:
@@ -187,6 +196,7 @@ class AlertConsumer:
         self._next_claim = 0.0
         self.dead_lettered = 0
         self.reclaimed = 0
+        self._handler_errors: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------- lifecycle
     def open(self) -> None:
@@ -330,10 +340,19 @@ class AlertConsumer:
             (poison if n > self.config.max_deliveries else keep).append((entry, n))
         if poison:
             self._dead_letter(
-                [(eid, fields, f"handler failed on {n - 1} deliveries (alerts.max_deliveries = {self.config.max_deliveries})")
-                 for (eid, fields, _), n in poison]
+                [(eid, fields, self._handler_failure(eid, n - 1)) for (eid, fields, _), n in poison]
             )
         return [entry for entry, _ in keep]
+
+    def _handler_failure(self, entry_id: str, deliveries: int) -> str:
+        reason = f"handler failed on {deliveries} deliveries (alerts.max_deliveries = {self.config.max_deliveries})"
+        last = self._handler_errors.pop(entry_id, None)
+        return f"{reason}; last error: {last}" if last else reason
+
+    def _remember_handler_error(self, entry_id: str, error: BaseException) -> None:
+        if len(self._handler_errors) >= _MAX_REMEMBERED_ERRORS:
+            self._handler_errors.pop(next(iter(self._handler_errors)))
+        self._handler_errors[entry_id] = f"{type(error).__name__}: {error}"[:2000]
 
     def _read_new(self, count: int, block_ms: int) -> list[tuple[str, dict[bytes, bytes] | None, bool]]:
         reply = self._call(
@@ -357,41 +376,73 @@ class AlertConsumer:
             except AlertDecodeError as exc:
                 bad.append((entry_id, fields, str(exc)))
                 continue
+            except Exception as exc:  # noqa: BLE001 - whatever a hostile entry provokes, it must not stop the group
+                bad.append((entry_id, fields, f"entry {entry_id}: does not decode ({type(exc).__name__}: {exc})"))
+                continue
             received.append(ReceivedAlert(self.stream, entry_id, alert, schema.version, reclaimed))
         if trimmed:
             self._call(lambda: self._client.xack(self.stream, self.group, *trimmed))
+        if self.resolve_cutouts:
+            received = self._with_side_store_cutouts(received, {eid: fields for eid, fields, _ in raw}, bad)
         if bad:
             self._dead_letter(bad)
-        if self.resolve_cutouts:
-            received = self._with_side_store_cutouts(received)
         return received
 
-    def _with_side_store_cutouts(self, received: list[ReceivedAlert]) -> list[ReceivedAlert]:
-        wanted = [r for r in received if r.alert.cutout_store_key]
-        if not wanted:
-            return received
+    def _with_side_store_cutouts(
+        self,
+        received: list[ReceivedAlert],
+        fields_of: dict[str, dict[bytes, bytes] | None],
+        bad: list[tuple[str, dict[bytes, bytes] | None, str]],
+    ) -> list[ReceivedAlert]:
+        """
+        Fetch side-store cutouts (one pipelined round trip); an entry whose key is outside this
+        stream's side store, of another type, or refused by the server joins ``bad``.
+        """
+        prefix = cutout_key(self.stream, 0)[:-1]
+        wanted: list[ReceivedAlert] = []
+        for r in received:
+            key = r.alert.cutout_store_key
+            if key and not key.startswith(prefix):
+                reason = f"entry {r.entry_id}: cutoutStoreKey {key[:200]!r} is not in this stream's side store ({prefix}*)"
+                bad.append((r.entry_id, fields_of.get(r.entry_id), reason))
+            elif key:
+                wanted.append(r)
+        refused = {entry_id for entry_id, _, _ in bad}
 
         def fetch() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for r in wanted:
                 pipe.hgetall(r.alert.cutout_store_key)
-            return list(pipe.execute())
+            return list(pipe.execute(raise_on_error=False))
 
-        blobs = dict(zip((r.entry_id for r in wanted), self._call(fetch), strict=True))
+        blobs = dict(zip((r.entry_id for r in wanted), self._call(fetch) if wanted else [], strict=True))
         out = []
         for r in received:
+            if r.entry_id in refused:
+                continue
             hashes = blobs.get(r.entry_id)
             if hashes is None:
                 out.append(r)
                 continue
-            if not hashes:
-                log.warning("cutouts of alert %d expired from the side store", r.alert.alert_id)
-            cutouts = {
-                CutoutKind(_text(kind)): Cutout(f"{r.alert.alert_id}-{_text(kind)}.fits.gz", data)
-                for kind, data in hashes.items()
-                if _text(kind) in _KINDS
-            }
-            out.append(ReceivedAlert(r.stream, r.entry_id, r.alert.with_cutouts(cutouts), r.schema_version, r.reclaimed))
+            try:
+                if isinstance(hashes, Exception):
+                    raise hashes
+                if not hashes:
+                    log.warning("cutouts of alert %d expired from the side store", r.alert.alert_id)
+                cutouts = {
+                    CutoutKind(_text(kind)): Cutout(f"{r.alert.alert_id}-{_text(kind)}.fits.gz", data)
+                    for kind, data in hashes.items()
+                    if _text(kind) in _KINDS
+                }
+                alert = r.alert.with_cutouts(cutouts)
+            except _RETRYABLE:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one entry's cutouts must not stop the group
+                key = r.alert.cutout_store_key
+                reason = f"entry {r.entry_id}: cutouts at {key[:200]!r} cannot be read ({type(exc).__name__}: {exc})"  # type: ignore[index]
+                bad.append((r.entry_id, fields_of.get(r.entry_id), reason))
+                continue
+            out.append(ReceivedAlert(r.stream, r.entry_id, alert, r.schema_version, r.reclaimed))
         return out
 
     def _dead_letter(self, bad: Sequence[tuple[str, dict[bytes, bytes] | None, str]]) -> None:
@@ -404,14 +455,15 @@ class AlertConsumer:
                     "group": self.group,
                     "consumer": self.consumer,
                 }
-                for name, value in (fields or {}).items():
-                    letter[f"field:{_text(name)}"] = value
+                for name, value in (fields or {}).items():  # the entry's own bytes, whatever they are
+                    letter[b"field:" + name if isinstance(name, bytes) else f"field:{name}"] = value
                 pipe.xadd(self.dead_stream, letter, maxlen=self.config.maxlen, approximate=True)
             pipe.xack(self.stream, self.group, *(entry_id for entry_id, _, _ in bad))
             pipe.execute()
 
         self._call(move)
         for entry_id, _, error in bad:
+            self._handler_errors.pop(entry_id, None)
             self.dead_lettered += 1
             log.error("dead-lettered entry %s of %s to %s: %s", entry_id, self.stream, self.dead_stream, error)
             if self.on_dead_letter is not None:
@@ -504,11 +556,13 @@ class AlertConsumer:
             for received in batch:
                 try:
                     handler(received)
-                except Exception:  # noqa: BLE001 - a broker's handler may raise anything; we log and go on
+                except Exception as exc:  # noqa: BLE001 - a broker's handler may raise anything; we log and go on
                     failed += 1
+                    self._remember_handler_error(received.entry_id, exc)
                     log.exception("handler failed on entry %s (alert %d); left pending", received.entry_id, received.alert.alert_id)
                 else:
                     done.append(received)
+                    self._handler_errors.pop(received.entry_id, None)
             if done and before_ack is not None:
                 before_ack(done)
             self.ack(done)
@@ -546,9 +600,13 @@ def latest_alerts(client: redis.Redis, stream: str, count: int) -> tuple[list[Re
         except AlertDecodeError as exc:
             malformed.append(DeadLetter(stream, entry_id, str(exc)))
             continue
+        except Exception as exc:  # noqa: BLE001 - a hostile entry is reported, never fatal
+            malformed.append(DeadLetter(stream, entry_id, f"entry {entry_id}: does not decode ({type(exc).__name__}: {exc})"))
+            continue
         alerts.append(ReceivedAlert(stream, entry_id, alert, schema.version))
     return alerts, malformed
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    """Decode leniently: a name that is not UTF-8 keeps its bytes as escapes, never raises."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value

@@ -104,7 +104,7 @@ class RedisUnavailableError(AlertError):
             f"Redis at {url} unreachable after {attempts} attempt(s): {cause}. Check that it runs "
             "and the URL (redis.url / SKYBLINK_REDIS__URL); raise alerts.retries to wait longer."
         )
-        self.url, self.attempts = url, attempts
+        self.url, self.attempts, self.cause = url, attempts, cause
 
 
 class RedisAuthError(AlertError):

@@ -22,6 +22,7 @@ import ray
 import redis
 
 from skyblink.cluster.night import run_night
+from skyblink.cluster.private_redis import private_password
 from skyblink.config import SimConfig, SkyblinkConfig, load_config
 from skyblink.sim import simulate_night
 from skyblink.storage import Manifest
@@ -55,6 +56,11 @@ def _config(root: Path, **overrides: object) -> SkyblinkConfig:
     return load_config(overrides=values, environ={})
 
 
+def _private_url(redis_dir: Path, port: int) -> str:
+    """The kept private server's URL, with the password the run generated (and kept 0600)."""
+    return f"redis://:{private_password(redis_dir)}@127.0.0.1:{port}/0"
+
+
 def _stream_ids(redis_url: str, stream: str) -> list[int]:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -74,9 +80,10 @@ def reference_run(night_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray
     root = tmp_path_factory.mktemp("reference")
     config = _config(root)
     report = run_night(night_dir, config, keep_redis=True)
-    url = f"redis://{report.redis_url.split('://', 1)[1]}"
-    ids = _stream_ids(url, report.stream)
-    pid = json.loads((root / "redis" / "server.json").read_text())["pid"]
+    assert ":***@" in report.redis_url  # the private server's password, redacted in the report
+    server = json.loads((root / "redis" / "server.json").read_text())
+    ids = _stream_ids(_private_url(root / "redis", server["port"]), report.stream)
+    pid = server["pid"]
     os.kill(pid, signal.SIGTERM)
     return root, report.to_json(), ids
 
@@ -199,7 +206,7 @@ def test_driver_killed_then_rerun_resumes_with_the_same_alerts(
     assert _detections(tmp_path / "store.zarr") == _detections(reference_root / "store.zarr")
     server = json.loads((tmp_path / "redis" / "server.json").read_text())
     try:
-        ids = _stream_ids(f"redis://127.0.0.1:{server['port']}/0", report["stream"])
+        ids = _stream_ids(_private_url(tmp_path / "redis", server["port"]), report["stream"])
     finally:
         os.kill(server["pid"], signal.SIGTERM)
     assert len(ids) == len(set(ids)), "the resumed night published an alert twice"
