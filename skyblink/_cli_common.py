@@ -5,13 +5,16 @@ configuration loader that every command calls before acting.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from ._cli_checks import InputError
 from .config import ConfigError, SkyblinkConfig, load_config
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "effective_config",
     "err_console",
     "fail",
+    "inputs_checked",
 ]
 
 EXIT_ERROR = 1
@@ -65,6 +69,23 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _drop_token_auth_notice(record: logging.LogRecord) -> bool:
+    """
+    Drop Ray's notice that a local cluster has token authentication on (every run printed it; it is
+    the safe default, nothing to act on). Its warning that authentication is off still shows.
+    """
+    return not record.getMessage().startswith("Token authentication is enabled")
+
+
+@contextlib.contextmanager
+def inputs_checked() -> Iterator[None]:
+    """Turn an `InputError` raised by the checks of `skyblink._cli_checks` into one line and exit 1."""
+    try:
+        yield
+    except InputError as exc:
+        raise fail(f"error: {exc}") from None
+
+
 def effective_config(ctx: typer.Context, **overrides: Any) -> SkyblinkConfig:
     """
     Load the effective configuration with this command's flags on top, and set up logging.
@@ -77,6 +98,7 @@ def effective_config(ctx: typer.Context, **overrides: Any) -> SkyblinkConfig:
         config = load_config(ctx.obj["config_file"], overrides=merged)
     except ConfigError as exc:
         raise fail(f"configuration error: {exc}") from None
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_drop_token_auth_notice)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(message)s",

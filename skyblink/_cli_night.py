@@ -20,7 +20,9 @@ from ._cli_common import (
     effective_config,
     err_console,
     fail,
+    inputs_checked,
 )
+from ._cli_checks import check_night_dir, check_output_dir, check_output_file, check_ray_address, check_redis, check_store
 
 if TYPE_CHECKING:
     from skyblink.cluster.night import NightRunReport
@@ -67,6 +69,15 @@ def night_run(
         store=store,
         **{"ray.address": ray_address, "redis.url": redis_url, "engines.backend": backend, "night.workers": workers},
     )
+    with inputs_checked():  # everything the user typed, before Ray, Redis or the store start
+        check_store(config.store)
+        check_ray_address(config.ray.address)
+        check_redis(config)
+        if report_path is not None:
+            check_output_file(report_path, "--report")
+        if night is not None:
+            _check_night_name(config, night)
+        check_night_dir(night_dir, allow_empty=watch)  # --watch: the exposures land later
     from skyblink.cluster.ingest import IngestPlanError  # noqa: PLC0415 - Ray imports only when running
     from skyblink.cluster.night import run_night  # noqa: PLC0415
     from skyblink.storage import StorageError  # noqa: PLC0415
@@ -121,6 +132,15 @@ def night_run(
         raise typer.Exit(EXIT_QUARANTINED)
 
 
+def _check_night_name(config: object, night: str) -> None:
+    from skyblink.storage.alerts.entry import stream_name  # noqa: PLC0415
+
+    try:
+        stream_name(config.alerts.stream, night)  # type: ignore[attr-defined]
+    except ValueError as exc:
+        raise fail(f"error: --night: {exc}", code=2) from None
+
+
 def _print_summary(r: NightRunReport) -> None:
     dispatch = r.stage_seconds.get("dispatch", 0.0)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.alerts.items())) or "none"
@@ -170,6 +190,11 @@ def night_score(
     the targets met or missed; writes score.json and completeness/roc/linking PNGs.
     """
     config = effective_config(ctx, store=store)
+    with inputs_checked():
+        check_night_dir(night_dir)
+        check_store(config.store, must_exist=True)
+        if out is not None:
+            check_output_dir(out, "--out")
     from skyblink.cluster.scoring import score_night  # noqa: PLC0415 - astropy/matplotlib only when scoring
 
     if baseline:

@@ -26,7 +26,9 @@ from ._cli_common import (
     effective_config,
     err_console,
     fail,
+    inputs_checked,
 )
+from ._cli_checks import check_night_dir, check_ray_address, check_store
 from ._version import __version__
 from .config import SkyblinkConfig, config_as_toml
 
@@ -201,6 +203,10 @@ def ingest(
 ) -> None:
     """Validate a night's FITS files and write them into a sharded Zarr store (parallel Ray tasks)."""
     config = effective_config(ctx, store=store, **{"ray.address": ray_address, "ingest.tile_size": tile_size})
+    with inputs_checked():  # before Ray starts or the store is created
+        check_store(config.store)
+        check_ray_address(config.ray.address)
+        check_night_dir(night_dir)
     report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined)
     if not report.ok:
         raise typer.Exit(EXIT_QUARANTINED)

@@ -515,7 +515,10 @@ def load_config(
                 (name for name, layer in reversed(layers) if _has_key(layer, err["loc"])),
                 "the defaults",
             )
-            problems.append(f"{key} (from {source}): {err['msg']}, got {err.get('input')!r}")
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] != "value_error":  # our validators name the value themselves
+                message += f", got {err.get('input')!r}"
+            problems.append(f"{key} (from {source}): {message}")
         msg = "invalid configuration: " + "; ".join(problems)
         raise ConfigError(msg) from None
 
