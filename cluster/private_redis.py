@@ -23,7 +23,7 @@ from typing import Any
 from skyblink.config import SkyblinkConfig
 from skyblink.storage.redis_server import RedisServer, RedisServerError
 
-__all__ = ["embedded_redis"]
+__all__ = ["embedded_redis", "running_private_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,20 @@ def embedded_redis(config: SkyblinkConfig, *, keep: bool = False, say: Callable[
                 _terminate(int(pid))
             info_path.unlink(missing_ok=True)
             say(f"stopped the private redis-server (its data stays in {data_dir}; --keep-redis keeps it running)")
+
+
+def running_private_redis(config: SkyblinkConfig) -> str | None:
+    """
+    Return the URL of the private redis-server a run left running in ``night.redis_dir``.
+
+    What ``skyblink alerts`` reads when no ``redis.url`` is configured (after ``night run
+    --keep-redis``, as the demo runs it). None when no server is running there.
+    """
+    info = _server_info(Path(config.night.redis_dir).expanduser().resolve() / "server.json")
+    pid, port = info.get("pid"), info.get("port")
+    if isinstance(pid, int) and isinstance(port, int) and _is_redis_server(pid):
+        return f"redis://127.0.0.1:{port}/0"
+    return None
 
 
 def _server_info(path: Path) -> dict[str, Any]:

@@ -118,3 +118,38 @@ def test_a_value_the_user_typed_is_named_once(workdir: Path) -> None:
     code, output = _invoke(["ingest", "empty-night", "--tile-size", "1000"])
     assert code == 1
     assert "got 1000" in output and "got '1000'" not in output and output.count("got") == 1, output
+
+
+def test_config_show_with_an_unknown_format_is_a_usage_error(workdir: Path) -> None:
+    code, output = _invoke(["config", "show", "--format", "yaml"])
+    assert code == 2 and "--format must be toml or json, got 'yaml'" in output, output
+
+
+def test_help_shows_boolean_flags_as_flags() -> None:
+    code, output = _invoke(["night", "run", "--help"], env={"COLUMNS": "160"})
+    assert code == 0
+    assert "--keep-redis" in output and "--no-keep-redis" in output and "--watch" in output
+    assert "<bool>" not in output, output
+    assert "CPUs - 1" in output  # the same wording as [night] workers in the README
+
+
+def test_progress_is_plain_lines_without_a_terminal() -> None:
+    import io
+    import time
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from skyblink._cli_common import plain_progress
+
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, force_terminal=False, width=80), transient=True)
+    task = progress.add_task("starting workers", total=None, count="")
+    with progress, plain_progress(progress, every_s=0.3):
+        time.sleep(0.8)
+        progress.update(task, description="tiles", count="4/16 tiles")
+        time.sleep(0.5)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("starting workers (")
+    assert sum(line.startswith("starting workers") for line in lines) >= 2  # periodic, not only at the start
+    assert any(line.startswith("tiles 4/16 tiles (") for line in lines), lines
