@@ -37,7 +37,7 @@ from skyblink.config import SkyblinkConfig
 from skyblink.redaction import register_secret
 from skyblink.storage.redis_server import RedisServer, RedisServerError, pid_listens_on
 
-__all__ = ["embedded_redis", "private_password"]
+__all__ = ["embedded_redis", "private_password", "running_private_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,26 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+def running_private_redis(config: SkyblinkConfig) -> str | None:
+    """
+    Return the URL of the private redis-server a run left running in ``night.redis_dir``.
+
+    What ``skyblink alerts`` reads when no ``redis.url`` is configured (after ``night run
+    --keep-redis``, as the demo runs it). None when no server is running there.
+    """
+    data_dir = Path(config.night.redis_dir).expanduser().resolve()
+    info = _server_info(data_dir / "server.json")
+    pid, port = info.get("pid"), info.get("port")
+    if config.redis.password is not None:
+        password: str | None = config.redis.password.get_secret_value()
+    else:
+        password = private_password(data_dir)
+    if isinstance(pid, int) and isinstance(port, int) and password and _answers(pid, port, password):
+        register_secret(password)
+        return f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
+    return None
 
 
 def _server_info(path: Path) -> dict[str, Any]:

@@ -1,30 +1,52 @@
 #!/usr/bin/env bash
-# Create (or refresh) the project's virtual environment in .venv with skyblink and its dev tools.
-# Used by scripts/demo-night.sh and scripts/test.sh; safe to run again.
+# Create (or refresh) a virtual environment with skyblink and the extras asked for, saying what it does.
+#   bash scripts/setup.sh [VENV [EXTRAS]]      default: .venv dev (the tests' environment)
+# scripts/test.sh uses .venv with the dev extras (torch, ONNX, TensorRT-RTX, pytest, ...);
+# scripts/demo-night.sh uses .venv-demo with the cpu extra (ONNX Runtime only) or, on a machine
+# with an NVIDIA GPU, the gpu extra. Two environments, so that neither reinstalls the other's
+# packages when both are used. Safe to run again: it reinstalls only when pyproject.toml or the
+# extras changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+venv=${1:-.venv}
+extras=${2:-dev}
 PYTHON=${PYTHON:-python3}
+say() { echo "[setup] $*"; }
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "skyblink needs Python >= 3.11; $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=python3.11 (or newer)." >&2
   exit 1
 fi
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating the virtual environment $venv ($("$PYTHON" --version 2>&1))"
+  "$PYTHON" -m venv "$venv"
 fi
 # The pipeline and the tests start their own redis-server when no Redis URL is configured.
-if ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing redis-server (Debian package) ..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
-    echo "warning: redis-server is not installed; install it (e.g. 'sudo apt-get install redis-server')." >&2
-    echo "         Without it the Redis tests are skipped and 'night run' needs --redis-url." >&2
-  fi
+if command -v redis-server >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing redis-server (Debian package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+else
+  echo "warning: redis-server is not installed; install it (e.g. 'sudo apt-get install redis-server')." >&2
+  echo "         Without it the Redis tests are skipped and 'night run' needs --redis-url." >&2
 fi
-# Reinstall only when pyproject.toml changed since the last install.
-stamp=.venv/.skyblink-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
-  touch "$stamp"
+# Reinstall only when pyproject.toml or the extras changed since the last install.
+stamp="$venv/.skyblink-installed"
+want="skyblink[$extras] $(cksum < pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  start=$(date +%s)
+  log="$venv/pip-install.log"  # pip's own output; shown only when it fails
+  pip() {
+    if ! "$venv/bin/python" -m pip "$@" --disable-pip-version-check --progress-bar off >"$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      echo "error: pip $* failed; its whole output is in $log" >&2
+      exit 1
+    fi
+  }
+  say "upgrading pip in $venv"
+  pip install --upgrade pip
+  say "installing skyblink[$extras] and its dependencies into $venv (the first time takes a few minutes; log: $log)"
+  pip install -e ".[$extras]"
+  echo "$want" > "$stamp"
+  say "installed skyblink[$extras] into $venv in $(( $(date +%s) - start )) s ($(du -sh "$venv" | cut -f1))"
 fi

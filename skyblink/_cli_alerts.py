@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from ._cli_common import EXIT_ERROR, RedisUrlOption, console, effective_config, err_console, fail
+from ._cli_checks import check_output_dir
+from ._cli_common import EXIT_ERROR, RedisUrlOption, console, effective_config, err_console, fail, inputs_checked
 from .config import SkyblinkConfig
 
 __all__ = ["alerts_app"]
@@ -25,7 +26,11 @@ alerts_app = typer.Typer(
 
 NightOption = Annotated[
     str | None,
-    typer.Option("--night", help="Night whose stream to read, e.g. 20261125 (stream = alerts.stream with {night})."),
+    typer.Option(
+        "--night",
+        help="Night whose stream to read, e.g. 20261124 (stream = alerts.stream with {night}); "
+        "`skyblink alerts nights` lists them.",
+    ),
 ]
 StreamOption = Annotated[
     str | None,
@@ -36,14 +41,20 @@ StreamOption = Annotated[
 def _client(config: SkyblinkConfig) -> Any:
     from skyblink.storage.alerts import connect  # noqa: PLC0415 - keep --help fast
 
-    if not config.redis.url:
+    url = config.redis.url
+    if not url:
+        from skyblink.cluster.private_redis import running_private_redis  # noqa: PLC0415
+
+        url = running_private_redis(config)
+    if not url:
         msg = (
-            "error: no Redis to read from: pass --redis-url or set redis.url / SKYBLINK_REDIS__URL "
-            "(a private redis-server lives only as long as the run that started it)"
+            f"error: no Redis to read from: no private redis-server is running in {config.night.redis_dir} "
+            "(`skyblink night run --keep-redis` leaves one there, as scripts/demo-night.sh does); "
+            "pass --redis-url or set redis.url / SKYBLINK_REDIS__URL"
         )
         raise fail(msg)
     try:
-        return connect(config.redis)
+        return connect(config.redis, url=url)
     except (ValueError, _alert_errors()) as exc:
         raise fail(f"error: {exc}") from None
 
@@ -58,13 +69,53 @@ def _stream(config: SkyblinkConfig, night: str | None, stream: str | None) -> st
     from skyblink.storage.alerts import stream_name  # noqa: PLC0415
 
     if (night is None) == (stream is None):
-        raise fail("error: give exactly one of --night and --stream", code=2)
+        raise fail("error: give exactly one of --night and --stream (`skyblink alerts nights` lists the nights)", code=2)
     if stream is not None:
         return stream
     try:
         return stream_name(config.alerts.stream, night)  # type: ignore[arg-type]
     except ValueError as exc:
         raise fail(f"error: {exc}", code=2) from None
+
+
+def _nights(client: Any, config: SkyblinkConfig) -> dict[str, int]:
+    """The nights whose stream is in this Redis (dead-letter streams left out), with their lengths."""
+    from skyblink.storage.alerts import dead_letter_stream  # noqa: PLC0415
+
+    head, _, tail = config.alerts.stream.partition("{night}")
+    dead_suffix = dead_letter_stream("")
+    found: dict[str, int] = {}
+    for raw in client.scan_iter(match=f"{head}*{tail}", _type="STREAM", count=1000):
+        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        night = key[len(head):len(key) - len(tail)] if tail else key[len(head):]
+        if night and not key.endswith(dead_suffix):
+            found[night] = int(client.xlen(key))
+    return dict(sorted(found.items()))
+
+
+def _require_stream(client: Any, config: SkyblinkConfig, name: str) -> None:
+    """Exit 1 naming the stream and the nights that do exist when ``name`` is not in Redis."""
+    if client.exists(name):
+        return
+    nights = _nights(client, config)
+    there = ", ".join(nights) if nights else "none"
+    client.close()
+    raise fail(f"error: no stream {name} in this Redis; nights there: {there} (`skyblink alerts nights` lists them)")
+
+
+@alerts_app.command("nights")
+def nights(ctx: typer.Context, redis_url: RedisUrlOption = None) -> None:
+    """List the nights whose alert stream is in Redis, with their number of alerts."""
+    config = effective_config(ctx, **{"redis.url": redis_url})
+    client = _client(config)
+    try:
+        found = _nights(client, config)
+    finally:
+        client.close()
+    if not found:
+        raise fail(f"error: no alert stream matching {config.alerts.stream} in this Redis")
+    for night, length in found.items():
+        console.print(f"{night}  {length} alert(s)  (skyblink alerts tail --night {night})", markup=False, highlight=False)
 
 
 @alerts_app.command("consume")
@@ -93,6 +144,11 @@ def consume(
     start: Annotated[
         str, typer.Option("--start", help="Where a new group starts: earliest (default) or latest.")
     ] = "earliest",
+    wait_for_stream: Annotated[
+        bool,
+        typer.Option("--wait-for-stream/--no-wait-for-stream",
+                     help="Wait for a stream that does not exist yet (a night not yet started) instead of failing."),
+    ] = False,
 ) -> None:
     """Read alerts in a consumer group, write JSON lines (and cutouts), ack each once written."""
     from skyblink.storage.alerts import AlertConsumer, AlertError, JsonLinesSink  # noqa: PLC0415
@@ -104,7 +160,14 @@ def consume(
     name = _stream(config, night, stream)
     if cutouts and out == "-":
         raise fail("error: --cutouts writes files: pass --out DIR, not --out -", code=2)
+    if out != "-":
+        with inputs_checked():
+            check_output_dir(Path(out), "--out")
     client = _client(config)
+    if wait_for_stream:
+        _wait_for(client, name)
+    else:
+        _require_stream(client, config, name)
     letters: list[str] = []
     try:
         with (
@@ -140,6 +203,20 @@ def consume(
         raise typer.Exit(3)
 
 
+def _wait_for(client: Any, name: str) -> None:
+    import time  # noqa: PLC0415
+
+    if client.exists(name):
+        return
+    err_console.print(f"waiting for the stream {name} to appear (Ctrl-C to stop)", markup=False, highlight=False)
+    try:
+        while not client.exists(name):
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        client.close()
+        raise typer.Exit(130) from None
+
+
 @alerts_app.command("tail")
 def tail(
     ctx: typer.Context,
@@ -147,37 +224,48 @@ def tail(
     stream: StreamOption = None,
     redis_url: RedisUrlOption = None,
     lines: Annotated[int, typer.Option("-n", "--lines", min=1, help="Entries to show, newest last (default 20).")] = 20,
+    wide: Annotated[
+        bool, typer.Option("--wide/--narrow", help="Also show each entry's stream id and where its cutouts are.")
+    ] = False,
 ) -> None:
-    """Show the last entries of a stream as a table (reads only; no group, no ack)."""
+    """Show the last entries of a stream as a table (reads only; no group, no ack); fits 80 columns."""
     from skyblink.storage.alerts import latest_alerts  # noqa: PLC0415
 
     config = effective_config(ctx, **{"redis.url": redis_url})
     name = _stream(config, night, stream)
     client = _client(config)
+    _require_stream(client, config, name)
     try:
         alerts, malformed = latest_alerts(client, name, lines)
         length = client.xlen(name)
     finally:
         client.close()
-    table = Table(title=f"{name}: last {len(alerts) + len(malformed)} of {length} entries")
-    for column in ("entry", "alertId", "type", "band", "MJD", "RA", "Dec", "mag", "S/N", "real/bogus", "cutouts"):
-        table.add_column(column, justify="right" if column not in ("entry", "type", "cutouts") else "left")
+    # Narrow by default: 80 columns hold the id, type, band, time, position, magnitude and scores.
+    table = Table(title=f"{name}: last {len(alerts) + len(malformed)} of {length} entries", box=None,
+                  padding=(0, 1), collapse_padding=True, pad_edge=False, header_style="bold")
+    columns = [("alertId", "right"), ("type", "left"), ("band", "left"), ("MJD", "right"), ("RA", "right"),
+               ("Dec", "right"), ("mag", "right"), ("S/N", "right"), ("rb", "right")]
+    if wide:
+        columns = [("entry", "left"), *columns, ("cutouts", "left")]
+    for column, justify in columns:
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for received in alerts:
         det = received.alert.detection
-        where = "inline" if received.alert.cutouts() else ("side store" if received.alert.cutout_store_key else "none")
-        table.add_row(
-            received.entry_id,
+        row = [
             str(received.alert.alert_id),
             str(det.alert_type),
             str(det.band),
-            f"{det.mjd:.5f}",
-            f"{det.ra:.6f}",
-            f"{det.dec:+.6f}",
+            f"{det.mjd:.4f}",  # 9 s
+            f"{det.ra:.4f}",  # 0.4 arcsec
+            f"{det.dec:+.4f}",
             "-" if det.mag is None else f"{det.mag:.2f}",
             f"{det.snr:.1f}",
-            f"{det.real_bogus:.3f}",
-            where,
-        )
+            f"{det.real_bogus:.2f}",
+        ]
+        if wide:
+            where = "inline" if received.alert.cutouts() else ("side store" if received.alert.cutout_store_key else "none")
+            row = [received.entry_id, *row, where]
+        table.add_row(*row)
     console.print(table)
     for letter in malformed:
         err_console.print(f"malformed entry {letter.entry_id}: {letter.error}", style="yellow", markup=False, soft_wrap=True)

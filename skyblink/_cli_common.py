@@ -5,13 +5,19 @@ configuration loader that every command calls before acting.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import Progress
 
+from ._cli_checks import InputError
 from .config import ConfigError, SkyblinkConfig, load_config
 from .redaction import RedactingFilter, redact_text, register_secret, register_url_secrets
 
@@ -26,7 +32,12 @@ __all__ = [
     "effective_config",
     "err_console",
     "fail",
+    "inputs_checked",
+    "plain_progress",
 ]
+
+#: Seconds between the plain progress lines printed when stderr is not a terminal.
+PLAIN_PROGRESS_S = 10.0
 
 EXIT_ERROR = 1
 EXIT_QUARANTINED = 3
@@ -66,6 +77,69 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _drop_token_auth_notice(record: logging.LogRecord) -> bool:
+    """
+    Drop Ray's notice that a local cluster has token authentication on (every run printed it; it is
+    the safe default, nothing to act on). Its warning that authentication is off still shows.
+    """
+    return not record.getMessage().startswith("Token authentication is enabled")
+
+
+@contextlib.contextmanager
+def plain_progress(progress: Progress, *, every_s: float | None = None) -> Iterator[None]:
+    """
+    Print a rich ``progress`` as plain lines when stderr is not a terminal (a log file, CI, ssh
+    without a tty), where rich shows nothing: one line when a step starts and one every
+    ``every_s`` seconds (default `PLAIN_PROGRESS_S`) while it runs, e.g. ``tiles 8/16, 40 s``.
+    On a terminal it does nothing (the bar is drawn).
+    """
+    console = progress.console
+    if console.is_terminal:
+        yield
+        return
+    period = PLAIN_PROGRESS_S if every_s is None else every_s
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def line() -> str:
+        parts = []
+        for task in progress.tasks:
+            if not task.visible:
+                continue
+            if "count" in task.fields:  # the command says what to count, and when
+                done = f" {task.fields['count']}" if task.fields["count"] else ""
+            else:
+                done = "" if task.total is None else f" {task.completed:.0f}/{task.total:.0f}"
+            rate = task.fields.get("rate", "")
+            parts.append(f"{task.description.strip()}{done}{', ' + rate if rate else ''}")
+        return "; ".join(parts) + f" ({time.monotonic() - start:.0f} s)"
+
+    def tick() -> None:
+        last_desc, last_time = None, time.monotonic()
+        while not stop.wait(0.2):
+            desc = tuple(t.description for t in progress.tasks)
+            if desc != last_desc or time.monotonic() - last_time >= period:
+                console.print(line(), markup=False, highlight=False, soft_wrap=True)
+                last_desc, last_time = desc, time.monotonic()
+
+    thread = threading.Thread(target=tick, name="skyblink-plain-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def inputs_checked() -> Iterator[None]:
+    """Turn an `InputError` raised by the checks of `skyblink._cli_checks` into one line and exit 1."""
+    try:
+        yield
+    except InputError as exc:
+        raise fail(f"error: {exc}") from None
+
+
 def effective_config(ctx: typer.Context, **overrides: Any) -> SkyblinkConfig:
     """
     Load the effective configuration with this command's flags on top, and set up logging.
@@ -81,6 +155,7 @@ def effective_config(ctx: typer.Context, **overrides: Any) -> SkyblinkConfig:
     if config.redis.password is not None:
         register_secret(config.redis.password.get_secret_value())
     register_url_secrets(config.redis.url)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_drop_token_auth_notice)
     handler = RichHandler(console=err_console, show_path=False)
     handler.addFilter(RedactingFilter())  # every log line goes through the one redaction
     logging.basicConfig(level=config.log_level.upper(), format="%(message)s", handlers=[handler], force=True)

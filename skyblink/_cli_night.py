@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ._cli_common import (
@@ -20,7 +20,10 @@ from ._cli_common import (
     effective_config,
     err_console,
     fail,
+    inputs_checked,
+    plain_progress,
 )
+from ._cli_checks import check_night_dir, check_output_dir, check_output_file, check_ray_address, check_redis, check_store
 from .redaction import redact_text
 
 if TYPE_CHECKING:
@@ -42,13 +45,15 @@ def night_run(
         typer.Option("--backend", help="auto | tensorrt | torch | onnxruntime (config: engines.backend)."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Worker actors (default: one per GPU, else per CPU).")
+        int | None, typer.Option("--workers", min=1, help="Worker actors (default: one per GPU, else CPUs - 1, at least 1).")
     ] = None,
     night: Annotated[
         str | None, typer.Option("--night", help="Night name for the stream and alert ids (default: its dayObs).")
     ] = None,
     keep_redis: Annotated[
-        bool, typer.Option("--keep-redis", help="Leave the private redis-server running at the end.")
+        bool,
+        typer.Option("--keep-redis/--no-keep-redis",
+                     help="Leave the private redis-server running at the end, so `skyblink alerts` can read it."),
     ] = False,
     watch: Annotated[
         bool,
@@ -68,39 +73,58 @@ def night_run(
         store=store,
         **{"ray.address": ray_address, "redis.url": redis_url, "engines.backend": backend, "night.workers": workers},
     )
+    with inputs_checked():  # everything the user typed, before Ray, Redis or the store start
+        check_store(config.store)
+        check_ray_address(config.ray.address)
+        check_redis(config)
+        if report_path is not None:
+            check_output_file(report_path, "--report")
+        if night is not None:
+            _check_night_name(config, night)
+        check_night_dir(night_dir, allow_empty=watch)  # --watch: the exposures land later
     from skyblink.cluster.ingest import IngestPlanError  # noqa: PLC0415 - Ray imports only when running
     from skyblink.cluster.night import run_night  # noqa: PLC0415
     from skyblink.storage import StorageError  # noqa: PLC0415
 
     progress = Progress(
-        TextColumn("{task.description:>8}"),
+        TextColumn("{task.description:>16}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TextColumn("{task.fields[count]}"),
         TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
+        TimeElapsedColumn(),
         console=err_console,
         transient=True,
     )
-    bar = progress.add_task("ingest", total=None, rate="")
-    clock = {"t0": time.perf_counter(), "n": 0}
+    bar = progress.add_task("ingest", total=None, rate="", count="")
+    clock = {"t0": time.perf_counter(), "n": 0, "todo": 0, "done": 0}
 
     def planned(todo: int, done: int) -> None:
-        clock["t0"], clock["n"] = time.perf_counter(), 0
-        progress.update(bar, description="tiles", total=todo + done, completed=done)
+        clock["t0"], clock["n"], clock["todo"], clock["done"] = time.perf_counter(), 0, todo, done
+        progress.update(bar, total=todo + done, completed=done)
 
     def unit_done(_outcome: object) -> None:
         clock["n"] += 1
         elapsed = time.perf_counter() - clock["t0"]
-        progress.update(bar, advance=1, rate=f"{clock['n'] / elapsed:.1f} tiles/s" if elapsed > 0 else "")
+        rate = clock["n"] / elapsed if elapsed > 0 else 0.0
+        left = clock["todo"] - clock["n"]
+        eta = f", ETA {left / rate:.0f} s" if rate > 0 and left > 0 else ""
+        progress.update(bar, advance=1, count=f"{clock['done'] + clock['n']}/{clock['todo'] + clock['done']} tiles",
+                        rate=f"{rate:.2f} tiles/s{eta}")
 
     def stage(name: str) -> None:
-        progress.update(bar, description="tiles" if name == "dispatch" else name)
+        # Tiles are counted when a worker call returns (night.tiles_per_task at once): "tiles" and
+        # its count show from dispatch on; before, the stage's name and the elapsed time only.
+        if name == "dispatch":
+            progress.update(bar, description="tiles", count=f"{clock['done']}/{clock['todo'] + clock['done']} tiles",
+                            rate="first results when a worker call returns")
+        else:
+            progress.update(bar, description={"workers": "starting workers"}.get(name, name), count="", rate="")
 
     def say(line: str) -> None:
         progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     try:
-        with progress:
+        with progress, plain_progress(progress):
             report = run_night(night_dir, config, night=night, keep_redis=keep_redis, watch=watch,
                                on_stage=stage, on_planned=planned, on_unit=unit_done, say=say)
     except (IngestPlanError, StorageError, ValueError) as exc:
@@ -127,8 +151,35 @@ def night_run(
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(redact_text(json.dumps(report.to_json(), indent=2)) + "\n")
         console.print(f"report: {report_path}")
+    if not report.exposures:
+        raise fail(f"error: no exposure of {night_dir} was processed (none ingested, or none has a reference image)")
+    _print_next_steps(report.night, readable=bool(config.redis.url) or keep_redis)
     if not report.ok:
         raise typer.Exit(EXIT_QUARANTINED)
+
+
+def _print_next_steps(night: str, *, readable: bool) -> None:
+    """Say the exact commands that read the night's alerts (with this very executable)."""
+    import sys  # noqa: PLC0415
+
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "skyblink" else "skyblink"
+    if readable:
+        console.print(f"read its alerts: {prog} alerts tail --night {night}   "
+                      f"(all nights: {prog} alerts nights; to export them: "
+                      f"{prog} alerts consume --group mine --night {night} --out alerts/ --idle-exit 5)",
+                      markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(f"to read its alerts, run it again with --keep-redis (nothing is redone), then: "
+                      f"{prog} alerts tail --night {night}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _check_night_name(config: object, night: str) -> None:
+    from skyblink.storage.alerts.entry import stream_name  # noqa: PLC0415
+
+    try:
+        stream_name(config.alerts.stream, night)  # type: ignore[attr-defined]
+    except ValueError as exc:
+        raise fail(f"error: --night: {exc}", code=2) from None
 
 
 def _print_summary(r: NightRunReport) -> None:
@@ -182,6 +233,11 @@ def night_score(
     the targets met or missed; writes score.json and completeness/roc/linking PNGs.
     """
     config = effective_config(ctx, store=store)
+    with inputs_checked():
+        check_night_dir(night_dir)
+        check_store(config.store, must_exist=True)
+        if out is not None:
+            check_output_dir(out, "--out")
     from skyblink.cluster.scoring import score_night  # noqa: PLC0415 - astropy/matplotlib only when scoring
 
     if baseline:
@@ -190,8 +246,15 @@ def night_score(
         except ImportError:
             err_console.print("sep is not installed (pip install sep): scoring without the SEP baseline", style="yellow")
             baseline = False
+    where = out if out is not None else f"{config.store.rstrip('/')}/score"
+    err_console.print(f"scoring {night_dir} against its truth{' and the SEP baseline' if baseline else ''}; "
+                      f"score.json and the plots go to {where}", markup=False, highlight=False, soft_wrap=True)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                        transient=True)
+    progress.add_task("scoring (SEP on every difference image takes the longest)" if baseline else "scoring", total=None)
     try:
-        report = score_night(night_dir, config.store, out_dir=out, baseline=baseline, config=config.night)
+        with progress, plain_progress(progress):
+            report = score_night(night_dir, config.store, out_dir=out, baseline=baseline, config=config.night)
     except FileNotFoundError as exc:
         raise fail(f"error: {exc}") from None
     _print_score(report)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.table import Table
 
 from ._cli_alerts import alerts_app
@@ -27,11 +28,24 @@ from ._cli_common import (
     effective_config,
     err_console,
     fail,
+    inputs_checked,
+    plain_progress,
 )
+from ._cli_checks import check_night_dir, check_ray_address, check_store
 from ._version import __version__
 from .config import SkyblinkConfig, config_as_json, config_as_toml
 
 __all__ = ["EXIT_QUARANTINED", "app", "main"]
+
+def _flags_without_type(option: Any, ctx: Any) -> str | None:
+    """Help shows a boolean flag as ``--keep-redis`` (typer's rich help printed ``--keep-redis <bool>``)."""
+    return None if option.is_flag else _typer_display_type(option, ctx)
+
+
+# typer >= 0.2x prints a <bool> type next to every flag, as if it took a value; flags take none.
+_typer_display_type = getattr(typer.core.TyperOption, "display_type_rich", None)
+if _typer_display_type is not None:
+    typer.core.TyperOption.display_type_rich = _flags_without_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="skyblink",
@@ -88,7 +102,7 @@ def config_show(
     elif output_format == "toml":
         typer.echo(config_as_toml(config), nl=False)
     else:
-        raise fail(f"--format must be toml or json, got {output_format!r}")
+        raise fail(f"error: --format must be toml or json, got {output_format!r}", code=2)
 
 
 @config_app.command("validate")
@@ -156,7 +170,7 @@ def _run_ingest(config: SkyblinkConfig, night_dir: Path, *, retry_quarantined: b
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
-    ) as progress:
+    ) as progress, plain_progress(progress):
         bar = progress.add_task("ingest", total=None)
         try:
             report = ingest_night(
@@ -203,6 +217,10 @@ def ingest(
 ) -> None:
     """Validate a night's FITS files and write them into a sharded Zarr store (parallel Ray tasks)."""
     config = effective_config(ctx, store=store, **{"ray.address": ray_address, "ingest.tile_size": tile_size})
+    with inputs_checked():  # before Ray starts or the store is created
+        check_store(config.store)
+        check_ray_address(config.ray.address)
+        check_night_dir(night_dir)
     report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined)
     if not report.ok:
         raise typer.Exit(EXIT_QUARANTINED)

@@ -289,7 +289,7 @@ class NightConfig(_Section):
         2, ge=1, le=16, description="Calls a GPU worker actor reads and prepares on the host while one launches on its device."
     )
     workers: int | None = Field(
-        None, ge=1, description="Worker actors (unset: one per GPU, else one per CPU of the cluster)."
+        None, ge=1, description="Worker actors (unset: one per GPU, else CPUs of the cluster - 1, at least 1)."
     )
     detector_threshold: float = Field(
         0.3, gt=0.0, lt=1.0, description="Detector new-source score a peak must reach to become a candidate."
@@ -526,7 +526,10 @@ def load_config(
                 (name for name, layer in reversed(layers) if _has_key(layer, err["loc"])),
                 "the defaults",
             )
-            problems.append(f"{key} (from {source}): {err['msg']}, got {_shown_input(key, err.get('input'))}")
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] != "value_error":  # our validators name the value themselves
+                message += f", got {_shown_input(key, err.get('input'))}"
+            problems.append(f"{key} (from {source}): {message}")
         msg = "invalid configuration: " + "; ".join(problems)
         raise ConfigError(msg) from None
 

@@ -74,7 +74,8 @@ def test_cli_consume_to_stdout(redis_server: RedisServer, published: list[int]) 
 
 
 def test_cli_tail_shows_the_last_entries(redis_server: RedisServer, published: list[int]) -> None:
-    result = CliRunner().invoke(app, ["alerts", "tail", "--night", NIGHT, "--redis-url", redis_server.url, "-n", "3"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["alerts", "tail", "--night", NIGHT, "--redis-url", redis_server.url, "-n", "3", "--wide"],
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "last 3 of 6 entries" in result.output and "inline" in result.output
 
