@@ -15,12 +15,14 @@ from rich.logging import RichHandler
 from .config import ConfigError, SkyblinkConfig, load_config
 
 __all__ = [
+    "EXIT_BUSY",
     "EXIT_ERROR",
     "EXIT_QUARANTINED",
     "RayAddressOption",
     "RedisUrlOption",
     "StoreOption",
     "TileSizeOption",
+    "WaitOption",
     "console",
     "effective_config",
     "err_console",
@@ -29,6 +31,8 @@ __all__ = [
 
 EXIT_ERROR = 1
 EXIT_QUARANTINED = 3
+#: Another writer holds the store (sysexits' EX_TEMPFAIL: try again later).
+EXIT_BUSY = 75
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,6 +49,10 @@ RayAddressOption = Annotated[
         help="'local' starts a local Ray (default); 'auto' or ray://host:port joins one "
         "(config: ray.address; env SKYBLINK_RAY__ADDRESS).",
     ),
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait", help="If another night run or ingest writes the store, wait for it instead of exiting 75."),
 ]
 TileSizeOption = Annotated[
     int | None,
