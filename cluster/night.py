@@ -42,7 +42,7 @@ import ray
 import redis
 
 from skyblink.config import SkyblinkConfig
-from skyblink.storage import NightStore, damaged_store_key
+from skyblink.storage import NightStore, StoreLock, damaged_store_key
 from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
 from skyblink.storage.alerts.entry import stream_name
 from skyblink.workers.actor import UnitOutcome
@@ -233,6 +233,7 @@ def run_night(
     night: str | None = None,
     keep_redis: bool = False,
     watch: bool = False,
+    wait: bool = False,
     on_stage: Callable[[str], None] | None = None,
     on_planned: Callable[[int, int], None] | None = None,
     on_unit: Callable[[UnitOutcome], None] | None = None,
@@ -254,6 +255,8 @@ def run_night(
     watch : bool
         Keep processing exposures as they land until none has come for ``night.watch_idle_s``
         and no reference catalog is under way (or the process is interrupted).
+    wait : bool
+        When another writer holds the store's lock, wait for it instead of refusing.
     on_stage, on_planned, on_unit, say : callable, optional
         Progress hooks: a stage starts; ``(tiles to do, tiles already done)``; a unit's outcome
         arrived; a line for the user.
@@ -268,6 +271,8 @@ def run_night(
         The night directory is missing.
     RedisServerError, RedisAuthError, RedisUnavailableError
         No Redis could be started or reached.
+    StoreLockedError
+        Another ``night run`` or ``ingest`` writes the store (and ``wait`` is False).
     """
     hooks = _Callbacks()
     for name, hook in (("on_stage", on_stage), ("on_planned", on_planned), ("on_unit", on_unit), ("say", say)):
@@ -276,7 +281,9 @@ def run_night(
     night_dir = Path(night_dir).resolve()
     start = time.perf_counter()
     report = NightRunReport(started_utc=datetime.now(UTC).isoformat(timespec="seconds"))
-    with ray_session(config.ray), embedded_redis(config, keep=keep_redis, say=hooks.say) as redis_url:
+    # One writer per store: taken before anything is started, held to the end (watch included).
+    lock = StoreLock(config.store, "skyblink night run").acquire(wait=wait, say=hooks.say)
+    with lock, ray_session(config.ray), embedded_redis(config, keep=keep_redis, say=hooks.say) as redis_url:
         client = connect(config.redis, url=redis_url, retries=config.alerts.retries, backoff_s=config.alerts.backoff_s,
                          backoff_max_s=config.alerts.backoff_max_s)
         report.redis_url = redact_url(redis_url)

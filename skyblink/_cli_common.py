@@ -22,12 +22,14 @@ from .config import ConfigError, SkyblinkConfig, load_config
 from .redaction import RedactingFilter, redact_text, register_secret, register_url_secrets
 
 __all__ = [
+    "EXIT_BUSY",
     "EXIT_ERROR",
     "EXIT_QUARANTINED",
     "RayAddressOption",
     "RedisUrlOption",
     "StoreOption",
     "TileSizeOption",
+    "WaitOption",
     "console",
     "effective_config",
     "err_console",
@@ -41,6 +43,8 @@ PLAIN_PROGRESS_S = 10.0
 
 EXIT_ERROR = 1
 EXIT_QUARANTINED = 3
+#: Another writer holds the store (sysexits' EX_TEMPFAIL: try again later).
+EXIT_BUSY = 75
 
 console = Console()
 err_console = Console(stderr=True)
@@ -57,6 +61,10 @@ RayAddressOption = Annotated[
         help="'local' starts a local Ray (default); 'auto' or ray://host:port joins one "
         "(config: ray.address; env SKYBLINK_RAY__ADDRESS).",
     ),
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait", help="If another night run or ingest writes the store, wait for it instead of exiting 75."),
 ]
 TileSizeOption = Annotated[
     int | None,

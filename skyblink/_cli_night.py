@@ -12,10 +12,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from ._cli_common import (
+    EXIT_BUSY,
     EXIT_QUARANTINED,
     RayAddressOption,
     RedisUrlOption,
     StoreOption,
+    WaitOption,
     console,
     effective_config,
     err_console,
@@ -28,6 +30,7 @@ from .redaction import redact_text
 
 if TYPE_CHECKING:
     from skyblink.cluster.night import NightRunReport
+    from skyblink.config import SkyblinkConfig
 
 __all__ = ["night_app"]
 
@@ -62,6 +65,7 @@ def night_run(
     report_path: Annotated[
         Path | None, typer.Option("--report", help="Write the run report as JSON here.")
     ] = None,
+    wait: WaitOption = False,
 ) -> None:
     """
     Ingest a night, run every tile through the worker actors, reduce, and publish alerts to Redis.
@@ -82,6 +86,19 @@ def night_run(
         if night is not None:
             _check_night_name(config, night)
         check_night_dir(night_dir, allow_empty=watch)  # --watch: the exposures land later
+    from skyblink.storage import StoreLock, StoreLockedError  # noqa: PLC0415
+
+    try:  # one writer per store, refused before the pipeline's imports (seconds) are paid
+        lock = StoreLock(config.store, "skyblink night run").acquire(
+            wait=wait, say=lambda line: err_console.print(line, markup=False, highlight=False))
+    except StoreLockedError as exc:
+        raise fail(f"error: {exc}", EXIT_BUSY) from None
+    with lock:
+        _night_run(night_dir, config, night=night, keep_redis=keep_redis, watch=watch, report_path=report_path)
+
+
+def _night_run(night_dir: Path, config: SkyblinkConfig, *, night: str | None, keep_redis: bool, watch: bool,
+               report_path: Path | None) -> None:
     from skyblink.cluster.ingest import IngestPlanError  # noqa: PLC0415 - Ray imports only when running
     from skyblink.cluster.night import run_night  # noqa: PLC0415
     from skyblink.storage import StorageError  # noqa: PLC0415

@@ -20,10 +20,12 @@ from ._cli_engines import engines_app, train_app
 from ._cli_night import night_app
 from ._cli_subtract import register as _register_subtract
 from ._cli_common import (
+    EXIT_BUSY,
     EXIT_QUARANTINED,
     RayAddressOption,
     StoreOption,
     TileSizeOption,
+    WaitOption,
     console,
     effective_config,
     err_console,
@@ -214,6 +216,7 @@ def ingest(
     retry_quarantined: Annotated[
         bool, typer.Option("--retry-quarantined", help="Look again at unchanged quarantined files.")
     ] = False,
+    wait: WaitOption = False,
 ) -> None:
     """Validate a night's FITS files and write them into a sharded Zarr store (parallel Ray tasks)."""
     config = effective_config(ctx, store=store, **{"ray.address": ray_address, "ingest.tile_size": tile_size})
@@ -221,7 +224,15 @@ def ingest(
         check_store(config.store)
         check_ray_address(config.ray.address)
         check_night_dir(night_dir)
-    report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined)
+    from skyblink.storage import StoreLock, StoreLockedError  # noqa: PLC0415
+
+    try:  # one writer per store
+        lock = StoreLock(config.store, "skyblink ingest").acquire(
+            wait=wait, say=lambda line: err_console.print(line, markup=False, highlight=False))
+    except StoreLockedError as exc:
+        raise fail(f"error: {exc}", EXIT_BUSY) from None
+    with lock:
+        report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined)
     if not report.ok:
         raise typer.Exit(EXIT_QUARANTINED)
 

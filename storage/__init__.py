@@ -14,6 +14,7 @@ from .fits_exposure import (
     read_fits_exposure,
 )
 from .manifest import MANIFEST_NAME, ExposureState, Manifest, ManifestEntry
+from .store_lock import LockHolder, StoreLock, StoreLockedError
 from .night_store import FORMAT_VERSION, ExposureKind, NightStore, StoreLayout, exposure_key
 
 __all__ = [
@@ -27,12 +28,15 @@ __all__ = [
     "ExposureState",
     "FitsExposure",
     "InvalidExposureError",
+    "LockHolder",
     "Manifest",
     "ManifestEntry",
     "NightStore",
     "StorageError",
     "StoreLayout",
     "StoreLayoutError",
+    "StoreLock",
+    "StoreLockedError",
     "damaged_store_key",
     "exposure_key",
     "open_fits_exposure",

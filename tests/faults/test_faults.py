@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,4 +168,71 @@ def test_corrupt_shard_holds_the_field_back_then_the_repaired_rerun_publishes_th
     assert code == 0, output
     assert report["tiles_processed"] == 4 and not report["tiles_failed"] and not report["alerts_held_back"]
     assert report["alerts_in_stream"] == report["alerts_published"] == total
+    _assert_clean_stream(clean_night, redis_server)
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "skyblink.cli", *args], env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: killing it kills its Ray too
+    )
+
+
+def test_a_second_writer_is_refused_naming_the_first_or_waits_for_it(
+    clean_night: CleanNight, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    clean_night.copy_store(tmp_path)
+    env = fault_env(tmp_path, redis_server.url)
+    outcomes: dict[str, object] = {}
+
+    def start_others(stage: str) -> None:  # while this run holds the store
+        if stage != "publish":
+            return
+        refused = _cli("night", "run", str(clean_night.night_dir), env=env)
+        waiting = _cli("ingest", str(clean_night.night_dir), "--wait", env=env)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(line.decode() for line in waiting.stdout), daemon=True)
+        reader.start()
+        outcomes["refused"] = (refused.wait(timeout=120), refused.communicate()[0].decode())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("waiting for" in line for line in lines):
+            time.sleep(0.1)
+        outcomes["waited"] = waiting.poll() is None and any("waiting for" in line for line in lines)
+        outcomes["waiting"], outcomes["reader"], outcomes["lines"] = waiting, reader, lines
+
+    report = run_night(clean_night.night_dir, fault_config(tmp_path, redis_server.url), night=NIGHT,
+                       on_stage=start_others)
+    assert report.ok
+    code, output = outcomes["refused"]  # type: ignore[misc]
+    flat = " ".join(output.split())
+    assert code == 75, output
+    assert f"is being written by 'skyblink night run' (pid {os.getpid()} on {socket.gethostname()}" in flat
+    assert outcomes["waited"], f"ingest --wait did not wait for the running night: {outcomes['lines']}"
+    waiting: subprocess.Popen[bytes] = outcomes["waiting"]  # type: ignore[assignment]
+    assert waiting.wait(timeout=120) == 0, "".join(outcomes["lines"])  # type: ignore[arg-type]
+    _assert_clean_stream(clean_night, redis_server)
+
+
+@pytest.mark.slow
+def test_killed_driver_leaves_a_stale_lock_and_the_rerun_ends_with_the_clean_stream(
+    clean_night: CleanNight, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    store = clean_night.copy_store(tmp_path)
+    for exposure in sorted((store / "results" / "units").iterdir())[1:]:
+        shutil.rmtree(exposure)  # two exposures to process: the driver is killed midway
+    first = _cli("night", "run", str(clean_night.night_dir), "--night", NIGHT,
+                 env={**fault_env(tmp_path, redis_server.url), "SKYBLINK_RAY__NUM_CPUS": "2"})
+    units = store / "results" / "units"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None and len(list(units.rglob("*.parquet"))) < 5:
+        time.sleep(0.1)
+    assert first.poll() is None, f"the run ended before it could be killed: {first.communicate()[0].decode()[-2000:]}"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert (store / "writer.lock").exists()  # the killed driver could not release it
+
+    code, output, report = _night_run(clean_night, tmp_path, redis_server)
+    assert code == 0, output
+    assert report["tiles_done_before"] + report["tiles_processed"] == 12
     _assert_clean_stream(clean_night, redis_server)
