@@ -67,9 +67,12 @@ def subtract(
     hdu: Annotated[int, typer.Option("--ccd", help="Which image HDU of each file (0-based among its CCDs).")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="auto, onnxruntime (CPU), torch or tensorrt.")] = "auto",
     tile_size: Annotated[int | None, typer.Option("--tile-size", help="Work-unit core edge (config: night.tile_size, else 1024).")] = None,
+    psf_match: Annotated[str, typer.Option("--psf-match", help="kernel (solved on each tile's stars) or gaussian (of the FWHMs).")] = "kernel",
 ) -> None:
     """Subtract REFERENCE from SCIENCE with the workers' per-tile program; write the difference and candidates."""
     config = effective_config(ctx, **{"night.tile_size": tile_size})
+    if psf_match not in ("kernel", "gaussian"):
+        raise fail(f"error: --psf-match must be kernel or gaussian, got {psf_match!r}")
     from skyblink.headers import HeaderFactError  # noqa: PLC0415
     from skyblink.storage import InvalidExposureError  # noqa: PLC0415
 
@@ -92,7 +95,8 @@ def subtract(
         try:
             result = subtract_pair(science, reference, runners[0], runners[1], tile_size=night.tile_size or 1024,
                                    margin=night.margin, threshold=night.detector_threshold, top_k=night.top_k,
-                                   snr_threshold=night.snr_threshold, headers=config.headers)
+                                   snr_threshold=night.snr_threshold, headers=config.headers,
+                                   psf_match=psf_match)  # type: ignore[arg-type]
         except HeaderFactError as exc:
             raise fail(f"error: {exc}") from None
     write_difference(out, result, science)

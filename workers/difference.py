@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from .background import estimate_background
+from .psf_match import SolvedKernel, kernel_half_width, solve_kernel, source_pixels
 
 __all__ = [
     "FWHM_PER_SIGMA",
@@ -76,6 +78,18 @@ def blurred_noise_factor(sigma: float) -> float:
     of its rms (at most 1).
     """
     return min(1.0, 1.0 / (2.0 * math.sqrt(math.pi) * sigma))
+
+
+def _solve(sci: np.ndarray, sci_rms: np.ndarray, ref: np.ndarray, ref_rms: np.ndarray, usable: np.ndarray,
+           science_fwhm_px: float, reference_fwhm_px: float) -> SolvedKernel | None:
+    """The kernel taking the sharper image onto the broader one, or None (too few source pixels)."""
+    half = kernel_half_width(science_fwhm_px, reference_fwhm_px)
+    if science_fwhm_px >= reference_fwhm_px:
+        image, image_rms, target, target_rms = ref, ref_rms, sci, sci_rms
+    else:
+        image, image_rms, target, target_rms = sci, sci_rms, ref, ref_rms
+    fit = source_pixels(image, image_rms, target, target_rms, usable, half)
+    return solve_kernel(image, target, fit, half, image_rms=image_rms, target_rms=target_rms)
 
 
 def _blur(image: np.ndarray, rms: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -154,11 +168,16 @@ def matched_difference(
     scale: float = 1.0,
     science_mask: np.ndarray | None = None,
     mesh: int = 64,
+    psf_match: Literal["gaussian", "kernel"] = "gaussian",
 ) -> MatchedDifference:
     """
     `normalized_triplet`, also returning the difference and its noise in the science's units.
 
-    Takes the arguments of `normalized_triplet`; returns a `MatchedDifference`.
+    Takes the arguments of `normalized_triplet`, and ``psf_match``: ``"gaussian"`` convolves the
+    sharper image with the Gaussian that takes its FWHM to the broader one's; ``"kernel"`` solves
+    the kernel on the window's sources (`skyblink.workers.psf_match`: PSF shapes, sub-pixel shift
+    and flux ratio), falling back to the Gaussian where the window has too few source pixels.
+    Returns a `MatchedDifference`.
     """
     sci = science.astype(np.float32, copy=False)
     covered = np.isfinite(reference_on_grid)
@@ -171,9 +190,22 @@ def matched_difference(
     ref_bkg = estimate_background(ref, mesh=mesh)
     sci_sub = sci - sci_bkg.level
     ref_sub = np.where(covered, ref - ref_bkg.level, 0.0).astype(np.float32)
-    s_sci, s_ref = match_kernel_sigma(science_fwhm_px, reference_fwhm_px)
-    sci_m, sci_rms = _blur(sci_sub, sci_bkg.rms, s_sci)
-    ref_m, ref_rms = _blur(ref_sub, ref_bkg.rms, s_ref)
+    solved = None
+    if psf_match == "kernel":
+        solved = _solve(sci_sub, sci_bkg.rms, ref_sub, ref_bkg.rms, covered & ~sci_mask, science_fwhm_px, reference_fwhm_px)
+    if solved is None:
+        s_sci, s_ref = match_kernel_sigma(science_fwhm_px, reference_fwhm_px)
+        sci_m, sci_rms = _blur(sci_sub, sci_bkg.rms, s_sci)
+        ref_m, ref_rms = _blur(ref_sub, ref_bkg.rms, s_ref)
+    elif science_fwhm_px >= reference_fwhm_px:  # the reference is convolved onto the science
+        sci_m, sci_rms = sci_sub, sci_bkg.rms
+        ref_m = np.where(covered, solved.apply(ref_sub) + np.float32(solved.background), 0.0).astype(np.float32)
+        ref_rms = ref_bkg.rms * np.float32(solved.noise_factor)
+    else:  # the science is convolved onto the reference, then put back on the science's flux scale
+        ratio = np.float32(solved.flux_ratio)
+        sci_m = (solved.apply(sci_sub) + np.float32(solved.background)) / ratio
+        sci_rms = sci_bkg.rms * np.float32(solved.noise_factor) / ratio
+        ref_m, ref_rms = ref_sub / ratio, ref_bkg.rms / ratio
     diff_rms = np.sqrt(sci_rms * sci_rms + ref_rms * ref_rms)
     difference = (sci_m - ref_m).astype(np.float32)
     out = np.empty((3, *sci.shape), dtype=np.float32)

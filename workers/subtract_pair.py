@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from astropy.io import fits
@@ -178,7 +178,8 @@ class PairDifference:
 
 def subtract_pair(science: PairImage, reference: PairImage, detector: Any, classifier: Any, *, tile_size: int = 1024,
                   margin: int = 32, threshold: float = 0.3, top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD,
-                  reject_cosmics: bool = True, headers: HeadersConfig | None = None) -> PairDifference:
+                  reject_cosmics: bool = True, headers: HeadersConfig | None = None,
+                  psf_match: Literal["gaussian", "kernel"] = "kernel") -> PairDifference:
     """
     Subtract a reference from a science image with the workers' per-tile program.
 
@@ -194,6 +195,8 @@ def subtract_pair(science: PairImage, reference: PairImage, detector: Any, class
         As `skyblink.workers.process_tile`.
     headers : HeadersConfig, optional
         Header keywords for the PSF size.
+    psf_match : {"kernel", "gaussian"}
+        PSF matching (`skyblink.workers.difference.matched_difference`).
 
     Returns
     -------
@@ -214,7 +217,7 @@ def subtract_pair(science: PairImage, reference: PairImage, detector: Any, class
     fwhm = (0.0, 0.0)
     for unit in plan_tiles(store, _SCIENCE, size=size, margin=margin):
         start = time.perf_counter()
-        prepared = prepare_tile(unit, store, reject_cosmics=reject_cosmics, headers=headers)
+        prepared = prepare_tile(unit, store, reject_cosmics=reject_cosmics, headers=headers, psf_match=psf_match)
         seconds["prepare"] += time.perf_counter() - start
         start = time.perf_counter()
         records += process_tile(unit, store, detector, classifier, threshold=threshold, top_k=top_k,

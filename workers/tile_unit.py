@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -129,13 +129,15 @@ class PreparedTile:
 
 
 def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None, flat: Any | None = None,
-                 reject_cosmics: bool = True, headers: HeadersConfig | None = None) -> PreparedTile:
+                 reject_cosmics: bool = True, headers: HeadersConfig | None = None,
+                 psf_match: Literal["gaussian", "kernel"] = "gaussian") -> PreparedTile:
     """
     Run the image steps of the per-tile program on one work unit: calibration, cosmic rays, warp
     of the reference by both WCS, background, PSF matching and difference.
 
     Parameters and notes as `process_tile`; ``headers`` names the header keywords (the
-    ``[headers]`` configuration section).
+    ``[headers]`` configuration section); ``psf_match`` is `matched_difference`'s (a Gaussian of
+    the FWHMs, or a kernel solved on the window's sources).
 
     Raises
     ------
@@ -161,8 +163,9 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
                            flat=None if flat is None else read_window(flat, oy, ox, h, w))
     science, bad = calibrated.electrons, calibrated.mask
     if reject_cosmics:
-        cosmics = detect_cosmics(science, read_noise=spec.read_noise, mask=bad | ~np.isfinite(science))
-        science, bad = cosmics.cleaned, bad | cosmics.mask
+        pedestal = noise_pedestal(science, spec.read_noise, bad)
+        cosmics = detect_cosmics(science + pedestal, read_noise=spec.read_noise, mask=bad | ~np.isfinite(science))
+        science, bad = cosmics.cleaned - pedestal, bad | cosmics.mask
     grid = sampling_grid(sci_wcs, ref_wcs, (h, w), origin=(oy, ox))
     rx0, ry0 = int(np.floor(np.nanmin(grid[0]))) - 2, int(np.floor(np.nanmin(grid[1]))) - 2
     rx1, ry1 = int(np.ceil(np.nanmax(grid[0]))) + 3, int(np.ceil(np.nanmax(grid[1]))) + 3
@@ -180,8 +183,29 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     scale *= spec.gain or 1.0  # reference ADU -> science electrons
     sci_filled = np.where(np.isfinite(science), science, np.nanmedian(science))
     matched = matched_difference(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale,
-                                 science_mask=bad & np.isfinite(science))
+                                 science_mask=bad & np.isfinite(science), psf_match=psf_match)
     return PreparedTile((oy, ox), matched, spec.gain or 1.0, fwhm)
+
+
+def noise_pedestal(electrons: np.ndarray, read_noise: float, bad: np.ndarray | None = None) -> float:
+    """
+    The level (electrons) to add to a window so that Poisson statistics describe its noise.
+
+    Raw frames carry their sky, so their variance is ``level + read_noise**2`` and this is 0.
+    Survey products are often sky-subtracted (DECam's community pipeline) or stacked, so
+    their measured sky variance exceeds that by the subtracted sky (or a stack's gain): the
+    excess is returned, so that L.A.Cosmic's noise model does not take every noise peak of such a
+    frame for a cosmic ray. 0 unless the excess is at least half the Poisson prediction.
+    """
+    usable = np.isfinite(electrons) if bad is None else (np.isfinite(electrons) & ~bad)
+    values = electrons[usable][::7]
+    if values.size < 100:  # noqa: PLR2004 - too few pixels to say
+        return 0.0
+    level = float(np.median(values))
+    sigma = 1.4826 * float(np.median(np.abs(values - level)))
+    predicted = max(level, 0.0) + read_noise * read_noise
+    excess = sigma * sigma - predicted
+    return excess if excess > 0.5 * max(predicted, 1.0) else 0.0
 
 
 def _fwhm(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float, headers: HeadersConfig | None) -> float:

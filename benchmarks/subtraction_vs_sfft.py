@@ -1,0 +1,256 @@
+"""
+skyblink's image subtraction next to SFFT's (Hu et al. 2022) on real DECam images, and the time per
+pair of both, in one run.
+
+    python benchmarks/subtraction_vs_sfft.py [--no-singles] [--big 4096] [--sfft-big]
+
+Data: ``../shared/data/sfft-decam`` (SFFT's test images, read in place). Quality, on the stacks
+(OBS04 science, OBS18 reference) against SFFT's own ``4check/FinalDifference.fits``, then per
+single exposure (OBS04a..e against the OBS18 stack) against SFFT run here (numpy backend,
+`Customized_Packet`, the reference convolved, kernel half-width 7 px, kernel and background
+polynomials of degree 2, constant photometric ratio, no masks):
+
+- robust sigma (MAD) of difference / expected noise: skyblink's NOISE map; for SFFT
+  sqrt(sigma_sci^2 + sigma_ref^2 * sum(k^2)) with each image's SEP background rms and SFFT's
+  matching kernel k at the image centre;
+- residual RMS, in those sigma units, in apertures of radius 1.5 science FWHM on the 20 brightest
+  stars of the science (SEP, away from the edges and the transient);
+- S/N of the central transient in each difference: the PSF-weighted (Gaussian of the science
+  FWHM) sum over the expected noise, best within 3 px of SFFT's peak;
+- what skyblink does at the stars: candidates within 1.5 FWHM of a star, and how many reach
+  real/bogus >= night.alert_min_real_bogus (would be alerted).
+
+Time per pair: skyblink's whole per-tile program (`subtract_pair`, ONNX Runtime, this CPU) and
+SFFT's subtraction alone (`Customized_Packet.CP`, numpy backend), each image pair timed in the same
+run; then a simulated pair of ``--big`` pixels on a side (Gaussian stars, Poisson noise; SFFT on it
+only with ``--sfft-big``: minutes and GiBs on a CPU). Prints tables; results go to
+benchmarks/BENCHMARKS.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import sep
+from astropy.io import fits
+from astropy.stats import mad_std
+from astropy.utils.exceptions import AstropyWarning
+from astropy.wcs import WCS
+from rich.console import Console
+from rich.table import Table
+
+from skyblink.config import load_config
+from skyblink.engines.backends import select_runner
+from skyblink.workers.subtract_pair import PairImage, read_pair_image, subtract_pair
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sfft-decam"
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+SFFT_OPTIONS = {"ForceConv": "REF", "GKerHW": 7, "KerPolyOrder": 2, "BGPolyOrder": 2, "ConstPhotRatio": True}
+
+
+@dataclass
+class Quality:
+    robust: float
+    star_rms_median: float
+    star_rms_mean: float
+    transient_snr: float
+
+
+def sky_rms(image: np.ndarray) -> float:
+    """SEP's global background rms of an image."""
+    data = np.ascontiguousarray(np.nan_to_num(image, nan=float(np.nanmedian(image))), dtype=np.float32)
+    return float(sep.Background(data, bw=64, bh=64, fw=3, fh=3).globalrms)
+
+
+def bright_stars(science: np.ndarray, fwhm: float, transient: tuple[float, float], n: int = 20) -> np.ndarray:
+    """(n, 2) x, y of the brightest sources of the science, away from its edges and the transient."""
+    data = np.ascontiguousarray(science, dtype=np.float32)
+    bkg = sep.Background(data, bw=64, bh=64, fw=3, fh=3)
+    objects = sep.extract(data - bkg.back(), 5.0, err=bkg.globalrms, minarea=9)
+    edge = 2.0 * fwhm
+    ny, nx = data.shape
+    keep = ((objects["x"] > edge) & (objects["x"] < nx - 1 - edge) & (objects["y"] > edge) & (objects["y"] < ny - 1 - edge)
+            & (np.hypot(objects["x"] - transient[0], objects["y"] - transient[1]) > 3.0 * fwhm))
+    objects = objects[keep]
+    order = np.argsort(objects["flux"])[::-1][:n]
+    return np.column_stack([objects["x"][order], objects["y"][order]])
+
+
+def aperture_rms(z: np.ndarray, stars: np.ndarray, radius: float) -> np.ndarray:
+    """RMS of ``z`` in a circle of ``radius`` around each star (NaN ignored)."""
+    yy, xx = np.mgrid[: z.shape[0], : z.shape[1]]
+    out = []
+    for x, y in stars:
+        inside = (np.hypot(xx - x, yy - y) <= radius) & np.isfinite(z)
+        out.append(float(np.sqrt(np.mean(z[inside] ** 2))))
+    return np.array(out)
+
+
+def psf_snr(diff: np.ndarray, sigma: np.ndarray | float, x: float, y: float, fwhm: float, search: int = 3) -> float:
+    """Best PSF-weighted S/N (Gaussian PSF of ``fwhm``) at integer pixels within ``search`` of (x, y)."""
+    s = fwhm / FWHM_PER_SIGMA
+    r = int(np.ceil(3 * s))
+    d = np.arange(-r, r + 1)
+    psf = np.exp(-0.5 * (d[:, None] ** 2 + d[None, :] ** 2) / s**2)
+    psf /= psf.sum()
+    var = np.broadcast_to(np.asarray(sigma, dtype=float) ** 2, diff.shape)
+    best = -np.inf
+    for cy in range(int(round(y)) - search, int(round(y)) + search + 1):
+        for cx in range(int(round(x)) - search, int(round(x)) + search + 1):
+            cut = diff[cy - r: cy + r + 1, cx - r: cx + r + 1]
+            v = var[cy - r: cy + r + 1, cx - r: cx + r + 1]
+            ok = np.isfinite(cut) & np.isfinite(v)
+            best = max(best, float(np.sum((cut * psf)[ok]) / np.sqrt(np.sum((v * psf**2)[ok]))))
+    return best
+
+
+def quality(diff: np.ndarray, sigma: np.ndarray | float, stars: np.ndarray, fwhm: float,
+            transient: tuple[float, float]) -> Quality:
+    z = diff / sigma
+    rms = aperture_rms(z, stars, 1.5 * fwhm)
+    return Quality(float(mad_std(z, ignore_nan=True)), float(np.median(rms)), float(np.mean(rms)),
+                   psf_snr(diff, sigma, *transient, fwhm))
+
+
+def run_sfft(science: Path, reference: Path, tmp: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    """SFFT's difference (science orientation), its matching kernel at the centre, and its wall time."""
+    from sfft.CustomizedPacket import Customized_Packet  # noqa: PLC0415
+    from sfft.utils.SFFTSolutionReader import Realize_MatchingKernel  # noqa: PLC0415
+
+    out, solution = tmp / "sfft_diff.fits", tmp / "sfft_solution.fits"
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        Customized_Packet.CP(FITS_REF=str(reference), FITS_SCI=str(science), FITS_mREF=str(reference), FITS_mSCI=str(science),
+                             FITS_DIFF=str(out), FITS_Solution=str(solution), BACKEND_4SUBTRACT="Numpy",
+                             NUM_CPU_THREADS_4SUBTRACT=os.cpu_count() or 1, VERBOSE_LEVEL=0, **SFFT_OPTIONS)
+    seconds = time.perf_counter() - start
+    ny, nx = fits.getdata(science).shape
+    kernel = Realize_MatchingKernel(np.array([[nx / 2 + 0.5, ny / 2 + 0.5]])).FromFITS(str(solution))[0]
+    return fits.getdata(out).astype(float), kernel, seconds
+
+
+def star_calls(records: list, stars: np.ndarray, fwhm: float, rb_min: float) -> tuple[int, int, float]:
+    """Candidates within 1.5 FWHM of a star; those at real/bogus >= rb_min; the largest real/bogus there."""
+    near = [r for r in records if np.min(np.hypot(stars[:, 0] - r.x, stars[:, 1] - r.y)) <= 1.5 * fwhm]
+    return len(near), sum(r.real_bogus >= rb_min for r in near), max((r.real_bogus for r in near), default=float("nan"))
+
+
+def simulated_pair(size: int, seed: int = 4) -> tuple[PairImage, PairImage]:
+    """A science (FWHM 4 px) and reference (FWHM 3 px) of the same Gaussian stars, sky 1000 ADU, Poisson noise."""
+    rng = np.random.default_rng(seed)
+    n = size * size // 4000
+    x, y = rng.uniform(0, size, n), rng.uniform(0, size, n)
+    flux = 10 ** rng.uniform(2.5, 5.5, n)
+
+    def render(fwhm: float) -> np.ndarray:
+        s = fwhm / FWHM_PER_SIGMA
+        image = np.full((size, size), 1000.0)
+        r = int(4 * s) + 1
+        d = np.arange(-r, r + 1)
+        for xi, yi, fi in zip(x, y, flux, strict=True):
+            ix, iy = int(xi), int(yi)
+            gx = np.exp(-0.5 * ((ix + d - xi) / s) ** 2)
+            gy = np.exp(-0.5 * ((iy + d - yi) / s) ** 2)
+            y0, y1, x0, x1 = max(0, iy - r), min(size, iy + r + 1), max(0, ix - r), min(size, ix + r + 1)
+            stamp = fi * np.outer(gy, gx) / (2 * np.pi * s * s)
+            image[y0:y1, x0:x1] += stamp[y0 - (iy - r): y1 - (iy - r), x0 - (ix - r): x1 - (ix - r)]
+        return rng.poisson(image).astype(np.float32) - 1000.0
+
+    header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": size / 2, "CRPIX2": size / 2,
+                          "CRVAL1": 150.0, "CRVAL2": 2.0, "CDELT1": -0.26 / 3600, "CDELT2": 0.26 / 3600,
+                          "GAIN": 1.0, "SATURATE": 1e9})
+    wcs_text = WCS(header).to_header_string(relax=True)
+    sci = PairImage(render(4.0), fits.Header({**header, "FWHM": 4.0}), wcs_text, Path("sim-science.fits"))
+    ref = PairImage(render(3.0), fits.Header({**header, "FWHM": 3.0}), wcs_text, Path("sim-reference.fits"))
+    return sci, ref
+
+
+def main() -> None:  # noqa: PLR0915 - one table after the other
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-singles", action="store_true", help="Only the stacks.")
+    parser.add_argument("--big", type=int, default=4096, help="Edge of the simulated pair timed (0: none).")
+    parser.add_argument("--sfft-big", action="store_true", help="Also time SFFT (numpy) on the simulated pair.")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", AstropyWarning)
+    console = Console()
+    config = load_config(environ={})
+    rb_min = config.night.alert_min_real_bogus
+    det = select_runner("detector", backend="onnxruntime").runner
+    cls = select_runner("classifier", backend="onnxruntime").runner
+    quality_table = Table(title=f"Subtraction quality on DECam (sigma units; alert at real/bogus >= {rb_min})")
+    for column in ("pair", "method", "robust sigma", "star RMS median", "star RMS mean", "transient S/N",
+                   "cands at stars", "would alert", "max rb at stars"):
+        quality_table.add_column(column, justify="right")
+    time_table = Table(title="Time per pair (s), this CPU")
+    for column in ("pair", "pixels", "skyblink whole program", "SFFT subtraction", "SFFT / skyblink"):
+        time_table.add_column(column, justify="right")
+    reference_stack = DATA / "4check" / "Stack-DEC-OBS18.fits"
+    pairs = [("stacks", DATA / "4check" / "Stack-DEC-OBS04.fits")]
+    if not args.no_singles:
+        pairs += [(f"OBS04{c}", DATA / "input_data" / f"DEC-OBS04{c}.mini.fits") for c in "abcde"]
+    ratios = {"star": [], "snr": []}
+    with det, cls, tempfile.TemporaryDirectory(prefix="skyblink-sfft-") as tmp:
+        reference = read_pair_image(reference_stack)
+        subtract_pair(read_pair_image(pairs[0][1]), reference, det, cls)  # warm-up (sessions, numba in SFFT below)
+        for name, path in pairs:
+            science = read_pair_image(path)
+            start = time.perf_counter()
+            ours = subtract_pair(science, reference, det, cls)
+            t_ours = time.perf_counter() - start
+            sfft_diff, kernel, t_sfft = run_sfft(path, reference_stack, Path(tmp))
+            if name == "stacks":  # the published answer, on the same pixels
+                sfft_diff = fits.getdata(DATA / "4check" / "FinalDifference.fits").astype(float)
+                kernel = fits.getdata(DATA / "input_data" / "FinalMatchKernel.fits").astype(float)
+            fwhm = ours.fwhm_px[0]
+            sci_px = np.asarray(science.data, dtype=float)
+            sigma_sfft = float(np.hypot(sky_rms(sci_px), sky_rms(reference.data) * np.sqrt(np.sum(kernel**2))))
+            peak = np.unravel_index(np.nanargmax(sfft_diff[118:139, 118:139]), (21, 21))
+            transient = (118.0 + peak[1], 118.0 + peak[0])
+            stars = bright_stars(sci_px, fwhm, transient)
+            q_ours = quality(ours.difference, ours.noise, stars, fwhm, transient)
+            q_sfft = quality(sfft_diff, sigma_sfft, stars, fwhm, transient)
+            n_near, n_alert, rb_max = star_calls(ours.candidates, stars, fwhm, rb_min)
+            ratios["star"].append(q_ours.star_rms_median / q_sfft.star_rms_median)
+            ratios["snr"].append(q_ours.transient_snr / q_sfft.transient_snr)
+            label = "SFFT FinalDifference" if name == "stacks" else "SFFT (run here)"
+            quality_table.add_row(name, "skyblink", f"{q_ours.robust:.2f}", f"{q_ours.star_rms_median:.2f}", f"{q_ours.star_rms_mean:.2f}",
+                                  f"{q_ours.transient_snr:.1f}", str(n_near), str(n_alert), f"{rb_max:.2f}")
+            quality_table.add_row("", label, f"{q_sfft.robust:.2f}", f"{q_sfft.star_rms_median:.2f}", f"{q_sfft.star_rms_mean:.2f}",
+                                  f"{q_sfft.transient_snr:.1f}", "", "", "")
+            time_table.add_row(name, "256x256", f"{t_ours:.2f}", f"{t_sfft:.2f}", f"{t_sfft / t_ours:.1f}x")
+            transient_cands = [r for r in ours.candidates if np.hypot(r.x - transient[0], r.y - transient[1]) <= 3]
+            console.print(f"{name}: transient at ({transient[0]:.0f}, {transient[1]:.0f}); skyblink candidates there: "
+                          f"{[(round(r.snr, 1), round(r.real_bogus, 2)) for r in transient_cands]}; "
+                          f"all candidates: {len(ours.candidates)}; FWHM {ours.fwhm_px[0]:.2f}/{ours.fwhm_px[1]:.2f} px", markup=False)
+        console.print(quality_table)
+        console.print(f"skyblink/SFFT star-aperture RMS (median over pairs): {np.median(ratios['star']):.2f}; "
+                      f"transient S/N ratio: {np.median(ratios['snr']):.2f}", markup=False)
+        if args.big:
+            sci, ref = simulated_pair(args.big)
+            start = time.perf_counter()
+            big = subtract_pair(sci, ref, det, cls)
+            t_ours = time.perf_counter() - start
+            t_sfft = float("nan")
+            if args.sfft_big:
+                hdr = fits.Header.fromstring(sci.wcs_header)
+                paths = [Path(tmp) / "big_sci.fits", Path(tmp) / "big_ref.fits"]
+                for p, image in zip(paths, (sci, ref), strict=True):
+                    fits.PrimaryHDU(image.data.astype(np.float64), header=hdr).writeto(p, overwrite=True)
+                _, _, t_sfft = run_sfft(paths[0], paths[1], Path(tmp))
+            time_table.add_row("simulated", f"{args.big}x{args.big}", f"{t_ours:.1f} ({len(big.candidates)} cands)",
+                               f"{t_sfft:.1f}" if np.isfinite(t_sfft) else "not run (--sfft-big)",
+                               f"{t_sfft / t_ours:.1f}x" if np.isfinite(t_sfft) else "-")
+        console.print(time_table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The solved PSF-matching kernel (`skyblink.workers.psf_match`) and the noise pedestal of sky-subtracted frames."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import correlate, gaussian_filter, shift
+
+from skyblink.workers.difference import matched_difference
+from skyblink.workers.psf_match import kernel_half_width, solve_kernel, source_pixels
+from skyblink.workers.tile_unit import noise_pedestal
+
+FWHM_PER_SIGMA = 2.3548
+
+
+def _stars(rng: np.random.Generator, size: int, n: int) -> np.ndarray:
+    image = np.zeros((size, size))
+    ys, xs = rng.integers(12, size - 12, (2, n))
+    image[ys, xs] = 10 ** rng.uniform(3.0, 5.0, n)
+    return image
+
+
+def test_kernel_recovers_psf_shape_shift_and_flux_ratio() -> None:
+    """Sharp reference, broader science 1.07x brighter and shifted by 0.3 px: the difference of the stars vanishes."""
+    rng = np.random.default_rng(1)
+    truth = _stars(rng, 192, 60)
+    reference = gaussian_filter(truth, 3.0 / FWHM_PER_SIGMA)
+    # A non-Gaussian science PSF: a core and a wing, shifted.
+    science = 1.07 * shift(0.8 * gaussian_filter(truth, 4.5 / FWHM_PER_SIGMA) + 0.2 * gaussian_filter(truth, 9.0 / FWHM_PER_SIGMA),
+                           (0.3, -0.2), order=3)
+    noise = 5.0
+    sci = science + rng.normal(0, noise, science.shape)
+    ref = reference + rng.normal(0, noise, reference.shape)
+    usable = np.ones(sci.shape, bool)
+    half = kernel_half_width(4.5, 3.0)
+    solved = solve_kernel(ref, sci, source_pixels(ref, np.full_like(ref, noise), sci, np.full_like(sci, noise), usable, half),
+                          half, image_rms=noise, target_rms=noise)
+    assert solved is not None
+    assert abs(solved.flux_ratio - 1.07) < 0.02
+    residual = (sci - correlate(ref, solved.kernel, mode="nearest") - solved.background)[16:-16, 16:-16]
+    expected = noise * np.hypot(1.0, solved.noise_factor)
+    assert np.std(residual) < 1.15 * expected
+    # The Gaussian match of the FWHMs leaves the stars' wings and the flux ratio behind.
+    gauss = matched_difference(sci.astype(np.float32), ref.astype(np.float32), science_fwhm_px=4.5, reference_fwhm_px=3.0, mesh=64)
+    kern = matched_difference(sci.astype(np.float32), ref.astype(np.float32), science_fwhm_px=4.5, reference_fwhm_px=3.0, mesh=64,
+                              psf_match="kernel")
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.std(kern.triplet[2][inner]) < 1.2 < np.std(gauss.triplet[2][inner])
+    # The noise map is the difference's noise: unit scatter in sigma units on empty sky.
+    empty = (gaussian_filter(truth, 6.0) < 1e-3)[inner]
+    assert 0.85 < np.std(kern.triplet[2][inner][empty]) < 1.15
+
+
+def test_kernel_matches_the_science_onto_a_broader_reference() -> None:
+    rng = np.random.default_rng(2)
+    truth = _stars(rng, 160, 50)
+    science = gaussian_filter(truth, 2.5 / FWHM_PER_SIGMA) + rng.normal(0, 3.0, truth.shape)
+    reference = 0.9 * gaussian_filter(truth, 4.0 / FWHM_PER_SIGMA) + rng.normal(0, 3.0, truth.shape)
+    transient = np.zeros_like(truth)
+    transient[80, 80] = 3000.0
+    science += gaussian_filter(transient, 2.5 / FWHM_PER_SIGMA)
+    out = matched_difference(science.astype(np.float32), reference.astype(np.float32), science_fwhm_px=2.5,
+                             reference_fwhm_px=4.0, psf_match="kernel")
+    z = out.triplet[2]
+    assert z[78:83, 78:83].max() > 20  # the transient stands out ...
+    z[70:91, 70:91] = 0
+    assert np.abs(z[12:-12, 12:-12]).max() < 7  # ... and the stars do not
+    # In the science's flux units: the transient's flux survives the matching.
+    assert abs(out.difference[70:91, 70:91].sum() / 3000.0 - 1.0) < 0.1
+
+
+def test_too_few_source_pixels_fall_back_to_the_gaussian() -> None:
+    rng = np.random.default_rng(3)
+    sci = rng.normal(0, 1.0, (96, 96)).astype(np.float32)
+    ref = rng.normal(0, 1.0, (96, 96)).astype(np.float32)
+    assert solve_kernel(ref, sci, np.zeros(sci.shape, bool), 5) is None
+    a = matched_difference(sci, ref, science_fwhm_px=3.0, reference_fwhm_px=2.0, psf_match="kernel")
+    b = matched_difference(sci, ref, science_fwhm_px=3.0, reference_fwhm_px=2.0)
+    np.testing.assert_array_equal(a.difference, b.difference)
+
+
+def test_noise_pedestal_is_the_subtracted_sky() -> None:
+    rng = np.random.default_rng(4)
+    raw = rng.poisson(2000.0, (200, 200)).astype(np.float32) + rng.normal(0, 10.0, (200, 200)).astype(np.float32)
+    assert noise_pedestal(raw, 10.0) == 0.0  # a raw frame's noise is its counts'
+    pedestal = noise_pedestal(raw - 2000.0, 10.0)  # sky-subtracted: the sky comes back
+    assert abs(pedestal - 2000.0) < 150.0

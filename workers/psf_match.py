@@ -1,0 +1,151 @@
+"""
+PSF matching by a convolution kernel solved on the window's own stars (Alard & Lupton 1998 with a
+delta-function basis, as Bramich 2008): the kernel that best turns the sharper image into the
+broader one, by least squares on the pixels of the bright sources, with its sum the photometric
+ratio of the two images.
+
+A Gaussian match (`skyblink.workers.difference.match_kernel_sigma`) assumes Gaussian PSFs of the
+headers' FWHM and equal zero points; real PSFs are not Gaussian and real zero points differ, so a
+Gaussian match leaves dipoles at every bright star. A solved kernel absorbs the PSFs' shapes, a
+sub-pixel shift between the images and their flux ratio.
+
+Notes
+-----
+Pure numpy/scipy, thread-safe. One kernel per window (the per-tile program's tiles are small
+enough for the PSF to be constant on them). The torch version for the device program is
+`skyblink.workers.tile_program.solve_kernel_tensor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import binary_dilation, correlate, uniform_filter
+
+__all__ = ["SolvedKernel", "kernel_half_width", "solve_kernel", "source_pixels"]
+
+#: Detection level (sigma, 3x3 mean) of the pixels a kernel is fitted on.
+FIT_NSIGMA = 20.0
+#: Residuals beyond this many sigma are left out of the second fit (variables, transients, cosmic rays).
+CLIP_NSIGMA = 5.0
+#: Fewest fitted pixels per kernel coefficient; fewer and no kernel is solved.
+MIN_PIXELS_PER_COEFFICIENT = 4
+#: Tikhonov weight, relative to the normal matrix's mean diagonal.
+RIDGE = 1e-4
+#: Most pixels a kernel is fitted on (an even subsample beyond).
+MAX_PIXELS = 20000
+
+
+@dataclass(frozen=True, slots=True)
+class SolvedKernel:
+    """
+    A matching kernel. Stable.
+
+    Attributes
+    ----------
+    kernel : (2h+1, 2h+1) ndarray of float64
+        Applied by correlation (`scipy.ndimage.correlate`): model[y, x] = sum k[j, i] image[y+j-h, x+i-h].
+    background : float
+        Constant added to the model.
+    n_pixels : int
+        Pixels the final fit used.
+    """
+
+    kernel: np.ndarray
+    background: float
+    n_pixels: int
+
+    @property
+    def flux_ratio(self) -> float:
+        """Sum of the kernel: target flux per unit of the convolved image's flux."""
+        return float(self.kernel.sum())
+
+    @property
+    def noise_factor(self) -> float:
+        """sqrt(sum k^2): the factor by which the kernel scales white noise."""
+        return float(np.sqrt(np.sum(self.kernel**2)))
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """The image convolved with the kernel (edges replicated), float32."""
+        return correlate(image.astype(np.float64), self.kernel, mode="nearest").astype(np.float32)
+
+
+def kernel_half_width(fwhm_a_px: float, fwhm_b_px: float) -> int:
+    """Half-width of the kernel for two PSFs: 1.5 times the broader FWHM, between 3 and 10 pixels."""
+    return int(np.clip(np.ceil(1.5 * max(fwhm_a_px, fwhm_b_px)), 3, 10))
+
+
+def source_pixels(image: np.ndarray, rms: np.ndarray, target: np.ndarray, target_rms: np.ndarray,
+                  usable: np.ndarray, half_width: int) -> np.ndarray:
+    """
+    The pixels a kernel is fitted on: around sources detected in either image (3x3 mean above
+    `FIT_NSIGMA`), grown by the kernel's half-width, where both images are usable, away from the edges.
+    """
+    def detected(data: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return uniform_filter(np.nan_to_num(data / noise), 3) * 3.0 > FIT_NSIGMA
+
+    near = binary_dilation(detected(image, rms) | detected(target, target_rms), iterations=half_width)
+    bad = binary_dilation(~usable, iterations=half_width)
+    near &= ~bad
+    near[:half_width] = near[-half_width:] = False
+    near[:, :half_width] = near[:, -half_width:] = False
+    return near
+
+
+def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_width: int, *,
+                 image_rms: np.ndarray | float = 1.0, target_rms: np.ndarray | float = 1.0) -> SolvedKernel | None:
+    """
+    Solve the kernel k and constant b minimising sum (target - image * k - b)^2 / var on ``fit``.
+
+    Parameters
+    ----------
+    image : (ny, nx) ndarray
+        The image convolved (the sharper one), background-subtracted.
+    target : (ny, nx) ndarray
+        The image matched (the broader one), background-subtracted.
+    fit : (ny, nx) bool ndarray
+        Pixels to fit on (`source_pixels`); at least ``half_width`` from the edges.
+    half_width : int
+        Kernel half-width h (a (2h+1)^2 kernel).
+    image_rms, target_rms : ndarray or float
+        Background noise of each image, to weight the fit and clip outliers.
+
+    Returns
+    -------
+    SolvedKernel or None
+        None when there are too few pixels for the kernel's coefficients.
+    """
+    size = 2 * half_width + 1
+    ys, xs = np.nonzero(fit)
+    if ys.size < MIN_PIXELS_PER_COEFFICIENT * size * size:
+        return None
+    if ys.size > MAX_PIXELS:
+        step = int(np.ceil(ys.size / MAX_PIXELS))
+        ys, xs = ys[::step], xs[::step]
+    d = np.arange(-half_width, half_width + 1)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    src = image.astype(np.float64)
+    design = src[ys[:, None] + dy.ravel()[None, :], xs[:, None] + dx.ravel()[None, :]]
+    design = np.hstack([design, np.ones((ys.size, 1))])
+    t = target.astype(np.float64)[ys, xs]
+    var_t = np.broadcast_to(np.asarray(target_rms, dtype=np.float64) ** 2, target.shape)[ys, xs]
+    var_i = np.broadcast_to(np.asarray(image_rms, dtype=np.float64) ** 2, image.shape)[ys, xs]
+    keep = np.ones(ys.size, dtype=bool)
+    coef = None
+    for _ in range(2):
+        a, y = design[keep], t[keep]
+        if coef is None:
+            w = 1.0 / var_t[keep]
+        else:
+            w = 1.0 / (var_t[keep] + float(np.sum(coef[:-1] ** 2)) * var_i[keep])  # the model's noise too
+        normal = (a * w[:, None]).T @ a
+        diagonal = np.arange(size * size)
+        normal[diagonal, diagonal] += RIDGE * np.mean(np.diag(normal)[:-1])
+        coef = np.linalg.solve(normal, (a * w[:, None]).T @ y)
+        residual = (t - design @ coef) / np.sqrt(var_t + float(np.sum(coef[:-1] ** 2)) * var_i)
+        scale = 1.4826 * np.median(np.abs(residual[keep]))
+        keep = np.abs(residual) < CLIP_NSIGMA * max(scale, 1.0)
+        if keep.sum() < MIN_PIXELS_PER_COEFFICIENT * size * size:
+            return None
+    return SolvedKernel(coef[:-1].reshape(size, size), float(coef[-1]), int(keep.sum()))
