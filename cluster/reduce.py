@@ -138,9 +138,7 @@ def ccd_context(store: Any, exposure: str, ccd: str) -> CcdContext:
     from astropy.time import Time  # noqa: PLC0415 - astropy only where reducing
     from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
 
-    meta = store.ccd_metadata(exposure, ccd)
-    header = store.header(exposure, ccd)
-    wcs = store.wcs(exposure, ccd)
+    meta, header, wcs = store.ccd_description(exposure, ccd)  # one read of the CCD's attributes
     if meta.get("mjd_obs") is None:
         msg = f"{exposure}/{ccd}: no MJD-OBS or DATE-OBS, an alert needs the observation time"
         raise ValueError(msg)

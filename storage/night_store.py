@@ -326,14 +326,24 @@ class NightStore:
 
     def wcs(self, key: str, ccd: str = "ccd000") -> WCS:
         """Return the CCD's celestial WCS (SIP distortion included)."""
-        text = self._group(key)[ccd].attrs["wcs_header"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AstropyWarning)  # astropy's fix-up notes, not errors
-            return WCS(fits.Header.fromstring(text))
+        return _wcs_from_text(self._group(key)[ccd].attrs["wcs_header"])
 
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
         """Return the JSON metadata of one CCD (gain, saturate, mjd_obs, ...)."""
         return dict(self._group(key)[ccd].attrs["metadata"])
+
+    def ccd_description(self, key: str, ccd: str = "ccd000") -> tuple[dict[str, Any], fits.Header, WCS]:
+        """
+        Return `ccd_metadata`, `header` and `wcs` of one CCD from one read of its attributes
+        (each of the three opens the exposure's and the CCD's groups again).
+
+        Raises
+        ------
+        KeyError
+            If the exposure is absent or incomplete, or has no such CCD.
+        """
+        attrs = self._group(key)[ccd].attrs
+        return dict(attrs["metadata"]), fits.Header.fromstring(attrs["fits_header"]), _wcs_from_text(attrs["wcs_header"])
 
     def _group(self, key: str) -> zarr.Group:
         group = self.root.get(key)
@@ -382,3 +392,10 @@ def _region(selection: Any) -> str:
         else:
             out.append("..." if part is Ellipsis else str(part))
     return ", ".join(out)
+
+
+def _wcs_from_text(text: str) -> WCS:
+    """A WCS from the text of its header cards, without astropy's fix-up notes (they are not errors)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        return WCS(fits.Header.fromstring(text))

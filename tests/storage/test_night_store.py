@@ -38,6 +38,13 @@ def test_simulated_like_exposures_round_trip(tmp_path: Path, exposure_writer, as
     assert image.chunks == (64, 64)
     assert image.shards == (128, 128)
     assert reopened.ccd_metadata("exposures/u16")["mjd_obs"] == pytest.approx(61004.125)
+    for ccd in reopened.ccd_names("exposures/mef"):  # what the reduce reads of a CCD, in one read
+        metadata, header, wcs = reopened.ccd_description("exposures/mef", ccd)
+        assert metadata == reopened.ccd_metadata("exposures/mef", ccd)
+        assert header == reopened.header("exposures/mef", ccd)
+        assert wcs.to_header() == reopened.wcs("exposures/mef", ccd).to_header()
+    with pytest.raises(KeyError, match="exposures/nothing"):
+        reopened.ccd_description("exposures/nothing")
 
 
 @pytest.mark.parametrize(
