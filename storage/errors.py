@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["InvalidExposureError", "StorageError", "StoreLayoutError"]
+__all__ = ["InvalidExposureError", "StorageError", "StoreLayoutError", "StoreWriteError"]
 
 
 class StorageError(Exception):
@@ -37,3 +37,26 @@ class InvalidExposureError(StorageError):
 
 class StoreLayoutError(StorageError):
     """An existing store was written with another layout than the one asked for."""
+
+
+class StoreWriteError(StorageError):
+    """
+    A file of the store could not be written (disk full, read-only, no permission, quota).
+
+    Nothing half-written is left behind: the temporary file is removed and the previous version,
+    if any, is still in place.
+
+    Attributes
+    ----------
+    path : str
+        The file that was being written.
+    reason : str
+        What the operating system said, in words.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.path, self.reason))
