@@ -33,6 +33,7 @@ from astropy.coordinates import SkyCoord, search_around_sky
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from skyblink.storage.atomic import write_atomic
 from skyblink.workers.matched_filter import matched_filter_snr
 
 from .measurement import windowed_centroids
@@ -226,14 +227,17 @@ def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: fl
 
 
 def write_reference_catalog(store: Any, field: str, parts: list[pa.Table], *, snr_threshold: float = 5.0) -> pa.Table:
-    """Join a field's per-CCD catalogs, cache them under ``<store>/catalogs`` (atomically) and return them."""
+    """
+    Join a field's per-CCD catalogs, cache them under ``<store>/catalogs`` (atomically) and return them.
+
+    Raises
+    ------
+    skyblink.storage.StoreWriteError
+        The store refused the write (disk full, read-only): one line naming the file.
+    """
     fs, path = reference_catalog_path(store, field, snr_threshold)
     table = pa.concat_tables(parts) if parts else REFERENCE_SCHEMA.empty_table()
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
-    fs.mv(tmp, path)
+    write_atomic(fs, path, lambda fh: pq.write_table(table, fh, compression="zstd"))
     return table
 
 

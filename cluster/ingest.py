@@ -267,6 +267,7 @@ def plan_ingest(
     config: SkyblinkConfig,
     *,
     retry_quarantined: bool = False,
+    retry_failed: bool = False,
 ) -> tuple[list[IngestJob], list[str]]:
     """
     Decide which files of a night need ingesting.
@@ -286,6 +287,10 @@ def plan_ingest(
     retry_quarantined : bool
         Look again at quarantined files even when they have not changed (e.g. after loosening
         ``ingest.max_nonfinite_fraction``).
+    retry_failed : bool
+        Read back every stored CCD of the unchanged ingested files and ingest again those whose
+        stored pixels fail to read (a corrupt or truncated chunk or shard); files that failed
+        before are always retried.
 
     Returns
     -------
@@ -306,10 +311,14 @@ def plan_ingest(
         if prev is not None and prev.path == rel:
             same_file = prev.size == stat.st_size and prev.mtime_ns == stat.st_mtime_ns
             if prev.state is ExposureState.INGESTED and key in present:
-                if same_file:
+                broken = _unreadable(store, key) if same_file and retry_failed else None
+                if same_file and broken is None:
                     unchanged.append(key)
                     continue
-                known = prev.sha256
+                if broken is not None:
+                    log.warning("ingesting %s again: its stored pixels fail to read (%s)", rel, broken)
+                else:
+                    known = prev.sha256
             elif prev.state is ExposureState.QUARANTINED and same_file and not retry_quarantined:
                 unchanged.append(key)
                 continue
@@ -330,12 +339,26 @@ def plan_ingest(
     return jobs, unchanged
 
 
+def _unreadable(store: NightStore, key: str) -> str | None:
+    """Why an exposure's stored pixels cannot be read back (every chunk of every CCD), or None."""
+    try:
+        for ccd in store.ccd_names(key):
+            image = store.image(key, ccd)
+            rows = max(1, image.chunks[0]) if image.ndim else 1
+            for y0 in range(0, image.shape[0], rows):  # a chunk row at a time: bounded memory
+                image[y0 : y0 + rows]
+    except Exception as exc:  # noqa: BLE001 - whatever the codec or the file system says, the copy is unusable
+        return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return None
+
+
 def ingest_night(
     night_dir: Path | str,
     config: SkyblinkConfig,
     *,
     store_url: str | None = None,
     retry_quarantined: bool = False,
+    retry_failed: bool = False,
     on_planned: Callable[[int], None] | None = None,
     on_outcome: Callable[[IngestOutcome | ManifestEntry], None] | None = None,
     settle_s: float = 0.0,
@@ -353,6 +376,8 @@ def ingest_night(
         Store path or fsspec URL; default ``config.store``.
     retry_quarantined : bool
         Look again at unchanged quarantined files.
+    retry_failed : bool
+        Ingest again the unchanged files whose stored pixels fail to read (see `plan_ingest`).
     on_planned : callable, optional
         Called once with the number of files that will be ingested (for a progress bar).
     on_outcome : callable, optional
@@ -391,7 +416,8 @@ def ingest_night(
         log.warning("no FITS files found in %s", night_dir)
     store = NightStore(url, mode="a", layout=layout)
     manifest = Manifest.load(store.url)
-    jobs, unchanged = plan_ingest(night_dir, files, store, manifest, config, retry_quarantined=retry_quarantined)
+    jobs, unchanged = plan_ingest(night_dir, files, store, manifest, config, retry_quarantined=retry_quarantined,
+                                  retry_failed=retry_failed)
     report = IngestReport(store_url=store.url, unchanged=unchanged)
     log.info("%d file(s) to ingest, %d unchanged", len(jobs), len(unchanged))
     if on_planned is not None:

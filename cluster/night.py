@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ from skyblink.config import SkyblinkConfig
 from skyblink.storage import NightStore, StoreLock, damaged_store_key
 from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
 from skyblink.storage.alerts.entry import stream_name
+from skyblink.storage.atomic import write_atomic
 from skyblink.workers.actor import UnitOutcome
 from skyblink.workers.tile_unit import WorkUnit, plan_tiles
 
@@ -198,12 +198,7 @@ def _field_of(store: NightStore, exposure: str) -> str:
 
 
 def _write_table(fs: Any, path: str, table: pa.Table) -> None:
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    with fs.open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
-    fs.mv(tmp, path)
+    write_atomic(fs, path, lambda fh: pq.write_table(table, fh, compression="zstd"))
 
 
 def _objects_table(detections: pa.Table) -> pa.Table:

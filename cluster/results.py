@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from skyblink.storage.atomic import write_atomic
 from skyblink.workers.tile_unit import STAMP_HALF, CandidateRecord, WorkUnit
 
 __all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "stamps_of", "store_unit_results"]
@@ -110,13 +110,8 @@ class UnitStore:
         records : sequence of CandidateRecord
             May be empty: the empty file still marks the unit done.
         """
-        path = self.path(unit)
-        parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-        with self.fs.open(tmp, "wb") as fh:
-            pq.write_table(candidates_table(records), fh, compression="zstd")
-        self.fs.mv(tmp, path)
+        table = candidates_table(records)
+        write_atomic(self.fs, self.path(unit), lambda fh: pq.write_table(table, fh, compression="zstd"))
 
     def done(self, units: Iterable[WorkUnit]) -> set[str]:
         """Return the keys of the given units whose result file exists."""

@@ -159,7 +159,7 @@ def sim_night(
 # ------------------------------------------------------------------------------------------ ingest
 
 
-def _run_ingest(config: SkyblinkConfig, night_dir: Path, *, retry_quarantined: bool) -> Any:
+def _run_ingest(config: SkyblinkConfig, night_dir: Path, *, retry_quarantined: bool, retry_failed: bool = False) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn  # noqa: PLC0415
 
     from skyblink.cluster import IngestPlanError, ingest_night  # noqa: PLC0415 - imports Ray
@@ -179,6 +179,7 @@ def _run_ingest(config: SkyblinkConfig, night_dir: Path, *, retry_quarantined: b
                 night_dir,
                 config,
                 retry_quarantined=retry_quarantined,
+                retry_failed=retry_failed,
                 on_planned=lambda n_jobs: progress.update(bar, total=n_jobs),
                 on_outcome=lambda _outcome: progress.advance(bar),
             )
@@ -216,6 +217,10 @@ def ingest(
     retry_quarantined: Annotated[
         bool, typer.Option("--retry-quarantined", help="Look again at unchanged quarantined files.")
     ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Read back the stored pixels of unchanged files and ingest again those that fail to read."),
+    ] = False,
     wait: WaitOption = False,
 ) -> None:
     """Validate a night's FITS files and write them into a sharded Zarr store (parallel Ray tasks)."""
@@ -232,7 +237,7 @@ def ingest(
     except StoreLockedError as exc:
         raise fail(f"error: {exc}", EXIT_BUSY) from None
     with lock:
-        report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined)
+        report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined, retry_failed=retry_failed)
     if not report.ok:
         raise typer.Exit(EXIT_QUARANTINED)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["ChunkChecksumError", "InvalidExposureError", "StorageError", "StoreLayoutError", "damaged_store_key"]
+__all__ = ["ChunkChecksumError", "InvalidExposureError", "StorageError", "StoreLayoutError", "StoreWriteError",
+           "damaged_store_key"]
 
 
 class StorageError(Exception):
@@ -70,3 +71,26 @@ def damaged_store_key(error: str) -> str | None:
     """Return the exposure key named by a `ChunkChecksumError`'s message (a failed unit's error text), else None."""
     match = _DAMAGED.search(error)
     return match.group(1) if match else None
+
+
+class StoreWriteError(StorageError):
+    """
+    A file of the store could not be written (disk full, read-only, no permission, quota).
+
+    Nothing half-written is left behind: the temporary file is removed and the previous version,
+    if any, is still in place.
+
+    Attributes
+    ----------
+    path : str
+        The file that was being written.
+    reason : str
+        What the operating system said, in words.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.path, self.reason))

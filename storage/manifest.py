@@ -23,6 +23,8 @@ from typing import Any
 
 import fsspec
 
+from .atomic import describe_os_error
+from .errors import StoreWriteError
 from .night_store import FORMAT_VERSION
 
 __all__ = ["MANIFEST_NAME", "ExposureState", "Manifest", "ManifestEntry"]
@@ -138,7 +140,15 @@ class Manifest:
         return manifest
 
     def save(self) -> None:
-        """Write the whole manifest (atomically on a local file system)."""
+        """
+        Write the whole manifest (atomically on a local file system).
+
+        Raises
+        ------
+        StoreWriteError
+            Disk full, read-only, no permission: one line naming the file; no temporary file is
+            left and the previous manifest stays.
+        """
         document = {
             "format_version": FORMAT_VERSION,
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -147,11 +157,14 @@ class Manifest:
         }
         text = json.dumps(document, indent=1)
         fs, path = fsspec.core.url_to_fs(self.location)
-        if fs.protocol in ("file", "local") or "file" in fs.protocol:
-            _atomic_write(Path(path), text)
-        else:
-            with fs.open(path, "w") as fh:
-                fh.write(text)
+        try:
+            if fs.protocol in ("file", "local") or "file" in fs.protocol:
+                _atomic_write(Path(path), text)
+            else:
+                with fs.open(path, "w") as fh:
+                    fh.write(text)
+        except OSError as exc:
+            raise StoreWriteError(self.location, describe_os_error(exc)) from None
 
     def counts(self) -> dict[str, int]:
         """Return the number of entries in each state."""

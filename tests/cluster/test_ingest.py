@@ -117,3 +117,24 @@ def test_missing_night_directory_is_an_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "nope"), "--store", str(tmp_path / "s.zarr")])
     assert result.exit_code == 1
     assert "does not exist" in result.output
+
+
+def test_retry_failed_reingests_an_exposure_whose_stored_chunks_fail_to_read(tmp_path: Path, night: Path, ray_local: None) -> None:
+    cfg = config(tmp_path)
+    ingest_night(night, cfg)
+    shards = sorted(p for p in (tmp_path / "store.zarr" / "exposures" / "F00-001").rglob("*")
+                    if p.is_file() and "/c/" in str(p))
+    assert shards, "no chunk files found"
+    for shard in shards:  # a disk error, a bad copy: every stored chunk of one exposure is garbage now
+        shard.write_bytes(b"\x00garbage" * 64)
+    store = NightStore(str(tmp_path / "store.zarr"))
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the codec says: the pixels are unreadable
+        store.image("exposures/F00-001")[...]
+    again = ingest_night(night, cfg)
+    assert "exposures/F00-001" in again.unchanged  # the file did not change: a plain rerun cannot see it
+    result = CliRunner().invoke(app, ["ingest", str(night), "--store", str(tmp_path / "store.zarr"), "--tile-size", "64",
+                                      "--retry-failed"])
+    assert result.exit_code == EXIT_QUARANTINED  # the 3 bad files are still quarantined
+    with fits.open(night / "exposures" / "F00-001.fits") as hdul:
+        np.testing.assert_array_equal(NightStore(str(tmp_path / "store.zarr")).image("exposures/F00-001")[...], hdul[0].data)
+    assert Manifest.load(str(tmp_path / "store.zarr")).entries["exposures/F00-001"].state is ExposureState.INGESTED
