@@ -78,12 +78,24 @@ def test_tail_fits_80_columns(redis_server: RedisServer, published: list[int]) -
         assert str(alert_id) in output
 
 
-def test_alerts_read_the_private_redis_a_run_kept(redis_server: RedisServer, published: list[int], tmp_path: Path) -> None:
+def test_alerts_read_the_private_redis_a_run_kept(alerts_config: AlertsConfig, tmp_path: Path) -> None:
     redis_dir = tmp_path / "kept"
     env = {"SKYBLINK_NIGHT__REDIS_DIR": str(redis_dir), "SKYBLINK_REDIS__URL": ""}
     code, output = _run("alerts", "nights", env=env)
     assert code == 1 and "no private redis-server is running in" in output and "--keep-redis" in output, output
+    # What `night run --keep-redis` leaves: a password-protected server, its pid and port, its password.
     redis_dir.mkdir()
-    (redis_dir / "server.json").write_text(json.dumps({"pid": redis_server.pid, "port": redis_server.port}))
-    code, output = _run("alerts", "tail", "--night", NIGHT, env=env)
-    assert code == 0 and "last 6 of 6 entries" in output, output
+    password = "kept-run-password"
+    (redis_dir / "password").write_text(password + "\n")
+    server = RedisServer(password=password)
+    server.start()
+    try:
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+        with AlertProducer(connect(RedisConfig(), url=url), NIGHT, config=alerts_config) as producer:
+            producer.publish(make_alerts(6))
+        (redis_dir / "server.json").write_text(json.dumps({"pid": server.pid, "port": server.port}))
+        code, output = _run("alerts", "tail", "--night", NIGHT, env=env)
+        assert code == 0 and "last 6 of 6 entries" in output, output
+        assert password not in output
+    finally:
+        server.stop()
