@@ -126,6 +126,8 @@ class WorkerPool:
             for i in range(self.spec.count)
         ]
         self.restarts = 0
+        #: Every actor answered its first health check (engines loaded, warmed up).
+        self.ready = False
         self._last_health = time.monotonic()
 
     def __enter__(self) -> WorkerPool:
@@ -136,7 +138,9 @@ class WorkerPool:
 
     def wait_ready(self) -> list[dict[str, object]]:
         """Block until every actor has loaded its engines and warmed up; return their health."""
-        return ray.get([actor.check_health.remote() for actor in self.actors])
+        health = ray.get([actor.check_health.remote() for actor in self.actors])
+        self.ready = True
+        return health
 
     def run(
         self, units: Sequence[WorkUnit], *, on_health: Callable[[list[dict[str, object]]], None] | None = None

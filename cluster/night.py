@@ -288,6 +288,8 @@ def run_night(
         try:
             if watch:  # the observatory case: the actors are warm before the first exposure lands
                 pool = _start_workers(config, report, hooks)
+            else:  # the actors load their engines and warm up while the night is ingested and planned
+                pool = _create_workers(config, report)
             idle_since = time.monotonic()
             seen_files: dict[str, float] = {}
             while True:
@@ -396,6 +398,8 @@ def _cycle(
     if todo:
         if pool is None:
             pool = _start_workers(config, report, hooks)
+        elif not pool.ready:
+            _await_workers(pool, report, hooks)
         hooks.on_stage("dispatch")
         with _timed(report, "dispatch"):
             for outcome in pool.run(todo):
@@ -515,14 +519,30 @@ def _confirm_delivery(producer: AlertProducer, sent: list[int], detections: pa.T
     return total
 
 
-def _start_workers(config: SkyblinkConfig, report: NightRunReport, hooks: _Callbacks) -> WorkerPool:
-    """Start the worker actors and wait until each has loaded its engines and warmed up."""
+def _create_workers(config: SkyblinkConfig, report: NightRunReport) -> WorkerPool:
+    """Create the worker actors without waiting for them: Ray starts them and they warm up meanwhile."""
+    pool = WorkerPool(config, worker_spec(config))
+    report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": config.engines.backend}
+    return pool
+
+
+def _await_workers(pool: WorkerPool, report: NightRunReport, hooks: _Callbacks) -> None:
+    """
+    Wait until every actor has loaded its engines and warmed up.
+
+    ``workers_start`` in the report is the time spent waiting here: the part of the actors' start
+    that was not hidden behind the stages before dispatch.
+    """
     hooks.on_stage("workers")
     with _timed(report, "workers_start"):
-        pool = WorkerPool(config, worker_spec(config))
-        report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": config.engines.backend}
         pool.wait_ready()
     hooks.say(f"{pool.spec.count} {pool.spec.kind} worker actor(s) ready")
+
+
+def _start_workers(config: SkyblinkConfig, report: NightRunReport, hooks: _Callbacks) -> WorkerPool:
+    """Start the worker actors and wait until each has loaded its engines and warmed up."""
+    pool = _create_workers(config, report)
+    _await_workers(pool, report, hooks)
     return pool
 
 
