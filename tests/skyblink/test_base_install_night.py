@@ -7,11 +7,14 @@ distributions that ``skyblink``'s base requirements reach, taken from this envir
 needed) through a folder of links on a ``.pth`` path, so that nothing else (no torch) is
 importable there. A Ray head started from the full environment plays the worker pods; from the
 base environment ``skyblink sim night``, ``skyblink ingest``, ``skyblink night run --ray-address``
-and ``skyblink alerts consume`` take a small night to its alerts and read them back.
+and ``skyblink alerts consume`` take a small night to its alerts and read them back. With ray[default]
+the head runs its dashboard: its state API lists the night's named worker actors and the metrics
+agent serves the run's tiles, candidates, stage seconds and alerts published.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -21,8 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import venv
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -91,29 +96,45 @@ def base_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return env_dir / "bin"
 
 
+#: The dashboard and the metrics agent come with ray[default] (the dev extra; the images have it).
+DASHBOARD = importlib.util.find_spec("aiohttp") is not None and importlib.util.find_spec("prometheus_client") is not None
+
+
+@dataclass(frozen=True)
+class Head:
+    """A running `ray start --head`: its process, GCS address, log, dashboard and metrics ports."""
+
+    process: subprocess.Popen
+    address: str
+    log: Path
+    dashboard_port: int
+    metrics_port: int
+
+
 #: Ray's token authentication (on by default for `ray start`) with this test's own token, so that
 #: neither side reads or writes the user's ~/.ray/auth_token.
 RAY_AUTH_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[tuple[subprocess.Popen, str, Path]]:
+def ray_head() -> Iterator[Head]:
     """A Ray head from the full environment (the ML side) on free ports; stopped with its processes."""
     temp_dir = Path(tempfile.mkdtemp(prefix="sbray"))  # short: Ray's socket paths must stay < 108 bytes
     port = _free_port()
     ray_bin = Path(sys.executable).with_name("ray")
     ports = {f"--{name}": str(_free_port()) for name in (
         "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
+        "runtime-env-agent-port", "node-manager-port", "object-manager-port", "dashboard-port")}
+    dashboard = [f"--include-dashboard={str(DASHBOARD).lower()}", "--dashboard-host=127.0.0.1"]
     head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-         "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-         *[f"{k}={v}" for k, v in ports.items()]],
+        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0", *dashboard,
+         f"--temp-dir={temp_dir}", "--disable-usage-stats", *[f"{k}={v}" for k, v in ports.items()]],
         stdout=(temp_dir / "ray-start.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, **RAY_AUTH_ENV, "OMP_NUM_THREADS": "1"})
     try:
         # Waited for by the test (`_wait_for_ray`), so that Ray starts while the base venv is built.
-        yield head, f"127.0.0.1:{port}", temp_dir / "ray-start.log"
+        yield Head(head, f"127.0.0.1:{port}", temp_dir / "ray-start.log", int(ports["--dashboard-port"]),
+                   int(ports["--metrics-export-port"]))
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # --block: ray start stops the node's processes on SIGTERM
         try:
@@ -154,43 +175,87 @@ def _kill_leftovers(temp_dir: Path) -> None:
                 pass
 
 
-def test_base_install_runs_a_night_on_a_cluster_with_ml_workers(ray_head: tuple[subprocess.Popen, str, Path],
-                                                                  base_env: Path,
-                                                                  tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def night_on_cluster(ray_head: Head, base_env: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """From the base environment: sim night, ingest and night run on the head; the redis-server stays up."""
     if find_redis_server() is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    (tmp_path / "skyblink.toml").write_text(
-        f'store = "{tmp_path / "store.zarr"}"\n'
+    root = tmp_path_factory.mktemp("night-on-cluster")
+    (root / "skyblink.toml").write_text(
+        f'store = "{root / "store.zarr"}"\n'
         f'[ingest]\ntile_size = 256\n'
-        f'[night]\ntiles_per_task = 2\nredis_dir = "{tmp_path / "redis"}"\n'
-        f'[alerts]\nspool_dir = "{tmp_path / "spool"}"\n'
-        f'[engines]\nregistry = "{tmp_path / "engines"}"\n')
+        f'[night]\ntiles_per_task = 2\nredis_dir = "{root / "redis"}"\n'
+        f'[alerts]\nspool_dir = "{root / "spool"}"\n'
+        f'[engines]\nregistry = "{root / "engines"}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYBLINK_", "VIRTUAL_ENV", "PYTHONPATH"))}
     env.update(RAY_AUTH_ENV, PATH=f"{base_env}:{env.get('PATH', '')}", OMP_NUM_THREADS="1")
-    skyblink = str(base_env / "skyblink")
 
     def run(*args: str) -> str:
-        result = subprocess.run([skyblink, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+        result = subprocess.run([str(base_env / "skyblink"), *args], cwd=root, env=env, capture_output=True, text=True,
                                 timeout=300, check=False)
         assert result.returncode == 0, f"skyblink {' '.join(args)}: {result.stdout[-2000:]}\n{result.stderr[-4000:]}"
         return result.stdout
 
-    with RedisServer(data_dir=tmp_path / "redis-test") as server:
-        run("sim", "night", str(tmp_path / "night"), "--fields", "1", "--exposures", "2", "--size", "512", "--seed", "11")
-        address = _wait_for_ray(*ray_head)
-        run("ingest", str(tmp_path / "night"), "--ray-address", address)
-        out = run("night", "run", str(tmp_path / "night"), "--ray-address", address, "--redis-url", server.url,
-                  "--report", str(tmp_path / "report.json"))
-        report = json.loads((tmp_path / "report.json").read_text())
-        assert report["tiles"] == report["tiles_done_before"] + report["tiles_processed"] > 0, out
-        assert not report["tiles_failed"], report["tiles_failed"]
-        published = report["alerts_published"]
-        assert published == sum(report["alerts"].values()) > 0, out
-        consumed = run("alerts", "consume", "--redis-url", server.url, "--stream", report["stream"], "--group", "test",
-                       "--out", "-", "--idle-exit", "2")
-        lines = [json.loads(line) for line in consumed.splitlines() if line.startswith("{")]
-        assert len(lines) == published
-        assert {line["alertId"] for line in lines} == set(_catalog_alert_ids(tmp_path / "store.zarr"))
+    with RedisServer(data_dir=root / "redis-test") as server:
+        run("sim", "night", str(root / "night"), "--fields", "1", "--exposures", "2", "--size", "512", "--seed", "11")
+        address = _wait_for_ray(ray_head.process, ray_head.address, ray_head.log)
+        run("ingest", str(root / "night"), "--ray-address", address)
+        out = run("night", "run", str(root / "night"), "--ray-address", address, "--redis-url", server.url,
+                  "--report", str(root / "report.json"))
+        yield {"root": root, "run": run, "url": server.url, "out": out,
+               "report": json.loads((root / "report.json").read_text())}
+
+
+def test_base_install_runs_a_night_on_a_cluster_with_ml_workers(night_on_cluster: dict) -> None:
+    report, run, out = night_on_cluster["report"], night_on_cluster["run"], night_on_cluster["out"]
+    assert report["tiles"] == report["tiles_done_before"] + report["tiles_processed"] > 0, out
+    assert not report["tiles_failed"], report["tiles_failed"]
+    published = report["alerts_published"]
+    assert published == sum(report["alerts"].values()) > 0, out
+    # The registry's answer reached every actor and the report names it, per actor and model.
+    engines = report["workers"]["engines"]
+    assert engines and all(set(e) == {"detector", "classifier"} for e in engines.values())
+    assert all("no engine registry configured" not in c["reason"] for e in engines.values() for c in e.values())
+    consumed = run("alerts", "consume", "--redis-url", night_on_cluster["url"], "--stream", report["stream"],
+                   "--group", "test", "--out", "-", "--idle-exit", "2")
+    lines = [json.loads(line) for line in consumed.splitlines() if line.startswith("{")]
+    assert len(lines) == published
+    assert {line["alertId"] for line in lines} == set(_catalog_alert_ids(night_on_cluster["root"] / "store.zarr"))
+
+
+@pytest.mark.skipif(not DASHBOARD, reason="the dashboard and metrics agent need ray[default] (the dev extra)")
+def test_dashboard_lists_the_actors_and_the_metrics_agent_serves_the_runs_values(night_on_cluster: dict,
+                                                                                 ray_head: Head) -> None:
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    report = night_on_cluster["report"]
+    # The dashboard's state API: the night's named worker actors (dead now: the run is over).
+    headers = {"Authorization": f"Bearer {RAY_AUTH_ENV['RAY_AUTH_TOKEN']}"}
+    url = f"http://127.0.0.1:{ray_head.dashboard_port}/api/v0/actors?limit=1000&detail=1"
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:  # noqa: S310
+        actors = json.loads(response.read())["data"]["result"]["result"]
+    names = {a.get("name") for a in actors if (a.get("name") or "").startswith("skyblink-worker-")}
+    assert names == set(report["workers"]["engines"]), (names, [a.get("name") for a in actors])
+    # The metrics agent's Prometheus endpoint: the run's values, the driver's included.
+    wanted = {"ray_skyblink_tiles": report["tiles_processed"], "ray_skyblink_candidates": report["candidates"],
+              "ray_skyblink_alerts_published": report["alerts_published"]}
+    deadline = time.monotonic() + 30
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{ray_head.metrics_port}/metrics", timeout=30).read().decode()  # noqa: S310
+        totals: dict[str, float] = {}
+        stages: set[str] = set()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.endswith("_total") and family.name in wanted:
+                    totals[family.name] = totals.get(family.name, 0.0) + sample.value
+                if sample.name == "ray_skyblink_stage_seconds_count" and sample.value > 0:
+                    stages.add(sample.labels["stage"])
+        seen = {name: totals.get(name) for name in wanted}
+        if seen == {k: float(v) for k, v in wanted.items()} and {"dispatch", "publish"} <= stages:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"metrics served {seen}, stages {sorted(stages)}; the run had {wanted}")
+        time.sleep(2)
 
 
 def _catalog_alert_ids(store: Path) -> list[int]:
