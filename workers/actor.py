@@ -296,7 +296,7 @@ def _program_shapes(tile_size: int | None, margin: int, batch: int, top_k: int) 
     """
     The largest inputs of the device program (`skyblink.workers.gpu_units`) for units of
     ``tile_size``: ``batch`` windows of the core and margins rounded up to the detector's stride,
-    and ``top_k`` stamps per window. None without a tile size (the per-tile path).
+    and ``top_k`` stamps per window. Empty without a tile size (the per-tile path).
     """
     if tile_size is None:
         return {}

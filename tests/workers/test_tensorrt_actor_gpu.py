@@ -100,4 +100,4 @@ def test_actor_runs_the_registrys_engines_or_says_why_not(store: object, tmp_pat
         if why is None:
             assert choice["backend"] == "tensorrt" and choice["engine_file"] and choice["engine_sha256"], choice
         else:  # TensorRT-RTX on Hopper: the build is refused, torch runs, and the reason says so
-            assert choice["backend"] == "torch" and "not a target" in choice["reason"], choice
+            assert choice["backend"] == "torch" and "not a target" in choice["reason"] and "torch on" in choice["reason"], choice
