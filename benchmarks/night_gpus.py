@@ -98,6 +98,11 @@ def main() -> None:
                      # back (of which waiting for the device), and the GPU's own busy time.
                      **{f"{name}_s": actor_seconds(report, key) for name, key in _ACTOR_SECONDS.items()}})
         print(f"{gpus} GPU(s): {rows[-1]['tiles_per_s']:.1f} tiles/s, stages {report['stage_seconds']}", flush=True)
+        # Per actor and model: the backend (TensorRT with engines.registry set), its engine and why.
+        for actor, engines in report["workers"].get("engines", {}).items():
+            for model, c in engines.items():
+                engine = f" {c['engine_file']} sha256 {c['engine_sha256'][:12]}" if c.get("engine_file") else ""
+                print(f"  {actor} {model}: {c['backend']}{engine} ({c['reason']})", flush=True)
     base = rows[0]["tiles_per_s"]
     print(f"\nnight: {args.fields} fields x {args.exposures} exposures of {args.size}^2, tiles {args.tile_size}^2 "
           f"({'reused' if reuse else f'sim {t_sim:.0f} s, ingest {t_ingest:.0f} s'})")

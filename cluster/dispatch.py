@@ -122,6 +122,7 @@ class WorkerPool:
                 margin=night.margin,
                 gpu_batch=night.tiles_per_task,
                 result_sink=store_unit_results,
+                registry=config.engines.registry,
             )
             for i in range(self.spec.count)
         ]

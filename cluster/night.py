@@ -304,6 +304,7 @@ def run_night(
                     break
                 time.sleep(config.night.watch_poll_s)
         finally:
+            _DriverMetrics.wait_exported(config)  # the actors' too: they live until the pool shuts down
             if pool is not None:
                 report.worker_restarts = pool.restarts
                 pool.shutdown()
@@ -331,6 +332,22 @@ class _DriverMetrics:
         if cls._instance is None:
             cls._instance = cls()
         return cls._instance
+
+    @classmethod
+    def wait_exported(cls, config: SkyblinkConfig) -> None:
+        """
+        On a cluster this driver joined, wait until what it and its worker actors recorded has
+        reached the metrics agent.
+
+        Metrics are exported every ``metrics_report_interval_ms`` (10 s by default), not when a
+        process exits: without this wait the last cycle's (the alerts published, the reduce and
+        publish stages, the actors' last tiles) were lost with the driver and the actors. A local
+        Ray ends with the driver, so nothing would serve them: no wait there.
+        """
+        if config.ray.address in (None, "local"):
+            return
+        interval = max(ray._config.metrics_report_interval_ms(), 1000) / 1000.0  # noqa: SLF001 - no public accessor
+        time.sleep(interval + 1.0)
 
 
 def _timed(report: NightRunReport, stage: str) -> contextlib.AbstractContextManager[None]:
@@ -535,8 +552,14 @@ def _await_workers(pool: WorkerPool, report: NightRunReport, hooks: _Callbacks) 
     """
     hooks.on_stage("workers")
     with _timed(report, "workers_start"):
-        pool.wait_ready()
+        health = pool.wait_ready()
+    # Per actor and model: the backend, the TensorRT engine (file and sha256) and why.
+    report.workers["engines"] = {f"{pool.name}-{i}": answer.get("engines", {}) for i, answer in enumerate(health)}
     hooks.say(f"{pool.spec.count} {pool.spec.kind} worker actor(s) ready")
+    for actor, engines in report.workers["engines"].items():
+        for model, choice in engines.items():
+            engine = f" {choice['engine_file']} (sha256 {choice['engine_sha256']})" if choice.get("engine_file") else ""
+            hooks.say(f"{actor} {model}: {choice['backend']}{engine}: {choice['reason']}")
 
 
 def _start_workers(config: SkyblinkConfig, report: NightRunReport, hooks: _Callbacks) -> WorkerPool:

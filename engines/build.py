@@ -22,7 +22,8 @@ from .model_io import IO_NAMES
 from .registry import current_device
 from ._trt import TrtFlavour, load_trt
 
-__all__ = ["DEFAULT_PROFILES", "DEFAULT_RTX_TARGETS", "EngineBuildError", "build_engine", "engine_file_name"]
+__all__ = ["DEFAULT_PROFILES", "DEFAULT_RTX_TARGETS", "EngineBuildError", "build_engine", "engine_file_name",
+           "inspect_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ def build_engine(
         msg = f"{flavour.name} {flavour.version} could not parse {onnx_path}: {errors}"
         raise EngineBuildError(msg)
     config = builder_obj.create_builder_config()
+    if "DETAILED" in trt.ProfilingVerbosity.__members__:  # layer names, types and formats for the inspector
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     targets = _set_targets(trt, config, flavour, list(compute_capabilities or DEFAULT_RTX_TARGETS))
     for spec in specs:
         profile = builder_obj.create_optimization_profile()
@@ -197,7 +200,55 @@ def build_engine(
         calibration_set=calibration_set,
         calibration_strata=dict(calibration_strata or {}),
         validation=dict(validation or {}),
+        inspection=inspect_engine(bytes(serialized), flavour),
     )
     manifest.write(out_dir)
     log.info("built %s in %.2f s (%s %s, targets %s)", name, seconds, flavour.name, flavour.version, targets)
     return manifest
+
+
+def _layer_precision(layer: dict[str, Any]) -> str:
+    """A layer's precision from its outputs' format/datatype text (``Half``, ``Int8``, ``Float``...)."""
+    formats = " ".join(str(out.get("Format/Datatype", "")) for out in layer.get("Outputs", []))
+    for words, name in ((("Int8", "INT8"), "int8"), (("Half", "FP16"), "fp16"), (("BFloat16", "BF16"), "bf16"),
+                        (("Float", "FP32"), "fp32"), (("Int32", "INT32"), "int32"), (("Bool",), "bool")):
+        if any(word in formats for word in words):
+            return name
+    return "unknown"
+
+
+def inspect_engine(serialized: bytes, flavour: TrtFlavour) -> dict[str, Any]:
+    """
+    Summarise an engine's layers with the builder's engine inspector.
+
+    Returns
+    -------
+    dict
+        ``layers`` (count after fusion), ``precisions`` (layers per output precision) and
+        ``per_layer`` (name, type, precision, in execution order); or ``{"unavailable": reason}``
+        when the runtime cannot deserialize the engine here (no GPU, or a GPU it refuses).
+    """
+    trt = flavour.module
+    try:
+        runtime = trt.Runtime(trt.Logger(trt.Logger.INTERNAL_ERROR))  # a refusal is the answer, not an error
+        engine = runtime.deserialize_cuda_engine(serialized)
+    except Exception as exc:  # noqa: BLE001 - the runtime's refusal is the answer recorded
+        return {"unavailable": f"{flavour.name} {flavour.version} runtime: {type(exc).__name__}: {exc}"}
+    if engine is None:
+        device = current_device()
+        where = f"on {device.name} (compute capability {device.compute_capability})" if device else "without a CUDA device"
+        return {"unavailable": f"{flavour.name} {flavour.version} could not deserialize the engine {where}: "
+                               "the layer summary is recorded where an engine is built on its GPU"}
+    inspector = engine.create_engine_inspector()
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    per_layer = []
+    for layer in info.get("Layers", []):
+        if isinstance(layer, str):  # profiling verbosity below DETAILED: names only
+            per_layer.append({"name": layer, "type": "unknown", "precision": "unknown"})
+        else:
+            per_layer.append({"name": str(layer.get("Name", "")), "type": str(layer.get("LayerType", "")),
+                              "precision": _layer_precision(layer)})
+    precisions: dict[str, int] = {}
+    for layer in per_layer:
+        precisions[layer["precision"]] = precisions.get(layer["precision"], 0) + 1
+    return {"layers": len(per_layer), "precisions": precisions, "per_layer": per_layer}

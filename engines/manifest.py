@@ -140,6 +140,11 @@ class EngineManifest:
         The calibration set's strata (sky background, density, seeing, depth).
     validation : dict
         Metrics the engine passed before entering the registry.
+    inspection : dict
+        The builder's engine inspector on the built engine (`skyblink.engines.build.inspect_engine`):
+        ``layers`` (after fusion), ``precisions`` (layers per output precision) and ``per_layer``
+        (name, type, precision); or ``unavailable`` with the runtime's reason where the engine
+        cannot be deserialized here (TensorRT-RTX builds on a machine without a GPU).
     """
 
     model: str
@@ -160,6 +165,7 @@ class EngineManifest:
     calibration_set: str | None = None
     calibration_strata: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
+    inspection: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_plain_file_name(self.engine_file, "engine_file")  # a manifest never points outside its folder

@@ -59,17 +59,22 @@ class EngineRequest:
     model: str
     model_version: str
     precision: str
-    device: DeviceInfo
+    device: DeviceInfo | None  # None: no GPU in hand; every other field (and the file's sha256) is still checked
     builder: str
     builder_version: str
     onnx_sha256: str | None = None  # a specific graph (a channel's release); None: any of the model
+    #: Input shapes (NCHW) the caller will run; one optimization profile of the engine must cover each.
+    shapes: tuple[tuple[int, ...], ...] = ()
 
     def describe(self) -> str:
         """One line naming every field."""
+        where = (f"on {self.device.name} (compute capability {self.device.compute_capability})" if self.device
+                 else "with no GPU in hand")
         return (
             f"{self.model} {self.model_version} {self.precision}"
-            f"{' from ONNX ' + self.onnx_sha256[:12] if self.onnx_sha256 else ''} on {self.device.name} "
-            f"(compute capability {self.device.compute_capability}) with {self.builder} {self.builder_version}"
+            f"{' from ONNX ' + self.onnx_sha256[:12] if self.onnx_sha256 else ''} {where} "
+            f"with {self.builder} {self.builder_version}"
+            f"{' for inputs ' + ', '.join(map(str, self.shapes)) if self.shapes else ''}"
         )
 
 
@@ -129,11 +134,15 @@ class EngineRegistry:
         for name, have, want in checks:
             if have != want:
                 return f"{manifest.engine_file}: {name} is {have!r}, wanted {want!r}"
-        if request.device.compute_capability not in manifest.compute_capabilities:
+        if request.device is not None and request.device.compute_capability not in manifest.compute_capabilities:
             return (
                 f"{manifest.engine_file}: compute_capabilities {manifest.compute_capabilities} do not include "
                 f"{request.device.compute_capability} ({request.device.name})"
             )
+        for shape in request.shapes:
+            if not any(profile.covers(shape) for profile in manifest.profiles):
+                profiles = ", ".join(f"{p.name} {p.min}..{p.max}" for p in manifest.profiles)
+                return f"{manifest.engine_file}: no optimization profile covers input shape {shape} ({profiles})"
         path = self.root / manifest.engine_file
         if not path.is_file():
             return f"{manifest.engine_file}: the engine file is missing"

@@ -219,6 +219,10 @@ def _print_summary(r: NightRunReport) -> None:
         ("stages", ", ".join(f"{k} {v:.1f} s" for k, v in r.stage_seconds.items())),
         ("wall time", f"{r.wall_seconds:.1f} s"),
     ]
+    for actor, engines in r.workers.get("engines", {}).items():
+        rows.append((actor, "; ".join(
+            f"{model} {c['backend']}" + (f" {c['engine_file']} sha256 {c['engine_sha256']}" if c.get("engine_file") else "")
+            + f" ({c['reason']})" for model, c in engines.items())))
     if r.latency_s:
         p = r.latency_percentiles()
         rows.append(("latency", f"file -> alerts in Redis: p50 {p['p50']:.1f} s, p95 {p['p95']:.1f} s "

@@ -12,19 +12,21 @@ The CPU path runs `process_tile` per unit; on a GPU the actor holds a `GpuUnitPr
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 from ray.util.metrics import Counter, Histogram
 
-from skyblink.engines.model_io import IO_NAMES, STAMP_SIZE
+from skyblink.engines.model_io import DETECTOR_STRIDE, IO_NAMES, STAMP_SIZE
 
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
@@ -81,7 +83,7 @@ class TileWorker:
         The per-tile program's detector score threshold, candidates per tile and matched-filter
         S/N gate (`process_tile`).
     tile_size, margin, gpu_batch : int
-        With torch on a GPU and ``tile_size`` given, the actor holds a `GpuUnitProcessor` for
+        With torch or TensorRT on a GPU and ``tile_size`` given, the actor holds a `GpuUnitProcessor` for
         units of that core edge and margin (pinned ring and device buffers of ``gpu_batch``
         windows, allocated here once, with copy/compute overlap); otherwise each unit runs
         `process_tile`.
@@ -91,6 +93,13 @@ class TileWorker:
         that succeeded and returns outcomes without the candidates, so that results go from the
         actors to the store in parallel and not through the driver. A unit whose results could
         not be stored is reported failed.
+    registry : str, optional
+        The engine registry folder (configuration ``engines.registry``). On a GPU the actor asks
+        it for the TensorRT engine of each model, precision, builder and compute capability,
+        with profiles covering the device program's inputs (building one where a builder is
+        installed), and runs it on the program's compute stream; where the runtime refuses the
+        engine, or none matches, torch runs instead. `check_health` names, per model, the
+        backend, the engine file and its sha256, and why.
 
     Notes
     -----
@@ -102,13 +111,12 @@ class TileWorker:
 
     def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
                  snr_threshold: float = 5.0, tile_size: int | None = None, margin: int = 32, gpu_batch: int = 8,
-                 result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None) -> None:
-        from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
-
-        self._choices = {name: select_runner(name, backend=backend, precision=precision) for name in ("detector", "classifier")}
+                 result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None,
+                 registry: str | None = None) -> None:
+        self._registry = registry
+        shapes = _program_shapes(tile_size, margin, gpu_batch, top_k)
+        self._choices = {name: self._start_runner(name, backend, precision, shapes) for name in ("detector", "classifier")}
         self._runners = {name: choice.runner for name, choice in self._choices.items()}
-        for runner in self._runners.values():
-            runner.activate()
         self._stores: dict[str, Any] = {}
         self._result_sink = result_sink
         self._units_done = 0
@@ -120,9 +128,6 @@ class TileWorker:
         self._m_candidates = Counter("skyblink_candidates", "Candidates found by worker actors.")
         self._m_seconds = Histogram("skyblink_tile_seconds", "Wall time of one work unit on a worker actor.",
                                     boundaries=_TILE_SECONDS_BOUNDARIES)
-        # Warm up once: sessions, kernels and allocators are ready before the first real tile.
-        self._runners["detector"].infer({IO_NAMES["detector"].inputs[0]: np.zeros((1, 3, 64, 64), np.float32)})
-        self._runners["classifier"].infer({IO_NAMES["classifier"].inputs[0]: np.zeros((1, 3, STAMP_SIZE, STAMP_SIZE), np.float32)})
         self._gpu = None
         if tile_size is not None and self._on_gpu():
             from .gpu_units import GpuUnitProcessor  # noqa: PLC0415 - torch with CUDA only here
@@ -132,8 +137,36 @@ class TileWorker:
         log.info("TileWorker ready (%s): %s", "GPU pipeline" if self._gpu else "per tile",
                  {n: c.reason for n, c in self._choices.items()})
 
+    def _start_runner(self, name: str, backend: str, precision: str,
+                      shapes: dict[str, tuple[tuple[int, ...], ...]]) -> Any:
+        """
+        Select, activate and warm up ``name``'s runner (sessions, kernels and allocators ready
+        before the first real tile); a TensorRT engine the runtime refuses gives way to torch,
+        with the runtime's answer in the reason.
+        """
+        from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
+        from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
+
+        registry = EngineRegistry(Path(self._registry).expanduser()) if self._registry else None
+        choice = select_runner(name, backend=backend, precision=precision, registry=registry,  # type: ignore[arg-type]
+                               shapes=shapes.get(name, ()))
+        try:
+            _warm_up(name, choice.runner, shapes.get(name, ()))
+        except Exception as exc:  # noqa: BLE001 - the runtime's refusal, recorded and fallen back from
+            if choice.backend != "tensorrt" or backend == "tensorrt":
+                raise
+            if choice.runner.is_active:
+                choice.runner.deactivate()
+            refused = f"tensorrt: engine {choice.engine_file} refused by the runtime ({type(exc).__name__}: {exc})"
+            log.warning("%s; falling back to torch", refused)
+            fallback = select_runner(name, backend="torch", precision=precision)  # type: ignore[arg-type]
+            _warm_up(name, fallback.runner, ())
+            choice = replace(fallback, reason=f"{refused}; {fallback.reason}", engine_file=choice.engine_file,
+                             engine_sha256=choice.engine_sha256)
+        return choice
+
     def _on_gpu(self) -> bool:
-        if any(choice.backend != "torch" for choice in self._choices.values()):
+        if any(choice.backend not in ("torch", "tensorrt") for choice in self._choices.values()):
             return False
         import torch  # noqa: PLC0415
 
@@ -241,7 +274,8 @@ class TileWorker:
                     msg = f"CUDA context lost: {exc}"
                     raise WorkerLostGpuError(msg) from exc
         health = {"backends": backends, "active": all(r.is_active for r in self._runners.values()),
-                  "units_done": self._units_done}
+                  "units_done": self._units_done,
+                  "engines": {name: choice.describe() for name, choice in self._choices.items()}}
         if self._gpu is not None:
             import torch  # noqa: PLC0415
 
@@ -256,6 +290,28 @@ class TileWorker:
         for runner in self._runners.values():
             if runner.is_active:
                 runner.deactivate()
+
+
+def _program_shapes(tile_size: int | None, margin: int, batch: int, top_k: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """
+    The largest inputs of the device program (`skyblink.workers.gpu_units`) for units of
+    ``tile_size``: ``batch`` windows of the core and margins rounded up to the detector's stride,
+    and ``top_k`` stamps per window. Empty without a tile size (the per-tile path).
+    """
+    if tile_size is None:
+        return {}
+    edge = math.ceil((tile_size + 2 * margin) / DETECTOR_STRIDE) * DETECTOR_STRIDE
+    return {"detector": ((batch, 3, edge, edge),), "classifier": ((batch * top_k, 3, STAMP_SIZE, STAMP_SIZE),)}
+
+
+def _warm_up(name: str, runner: Any, shapes: tuple[tuple[int, ...], ...]) -> None:
+    """Activate ``runner`` and run it once on zeros (the program's input shape, batch 1, where known)."""
+    runner.activate()
+    if shapes:
+        shape = (1, *shapes[0][1:])
+    else:
+        shape = (1, 3, 64, 64) if name == "detector" else (1, 3, STAMP_SIZE, STAMP_SIZE)
+    runner.infer({IO_NAMES[name].inputs[0]: np.zeros(shape, np.float32)})
 
 
 def _is_cuda_context_error(exc: BaseException) -> bool:

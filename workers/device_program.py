@@ -34,8 +34,9 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
 
     Parameters
     ----------
-    detector, classifier : TorchRunner
-        Active runners (their ``infer_tensors`` is called on the current stream).
+    detector, classifier : TorchRunner or TensorRTRunner
+        Active runners (their ``infer_tensors`` is called on the current stream with device
+        tensors; a TensorRT engine reads and writes them in place through their pointers).
     reference : (Hr, Wr) tensor
         The field's reference CCD, resident on the device.
     grid : (B, 2, H, W) tensor

@@ -65,8 +65,8 @@ class GpuUnitProcessor:
 
     Parameters
     ----------
-    detector, classifier : TorchRunner
-        Active torch runners on the device.
+    detector, classifier : TorchRunner or TensorRTRunner
+        Active runners on the device (their ``infer_tensors`` takes and returns device tensors).
     size, margin : int
         Core edge and margin of every unit this processor will see (fixes the buffers' shape).
     batch : int

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..build import EngineBuildError, build_engine
+from .._trt import TensorRTUnavailableError, load_trt
+from ..build import DEFAULT_PROFILES, EngineBuildError, build_engine
 from ..catalog import MODEL_VERSIONS, load_network, onnx_path
 from ..channels import CHANNELS_FILE, Channels, Release
+from ..manifest import ProfileSpec
 from ..model_io import IO_NAMES
-from ..registry import EngineNotFoundError, EngineRegistry, EngineRequest, current_device
+from ..registry import DeviceInfo, EngineNotFoundError, EngineRegistry, EngineRequest, current_device
 from ._trt_probe import trt_runtime_available
 from .base import InferenceRunner
 
@@ -40,6 +43,13 @@ class BackendChoice:
     runner: InferenceRunner
     backend: str
     reason: str
+    engine_file: str | None = None  # the TensorRT engine's file in the registry, with its sha256
+    engine_sha256: str | None = None
+
+    def describe(self) -> dict[str, str | None]:
+        """The choice as a JSON-safe dict: backend, engine file and sha256, and the reason."""
+        return {"backend": self.backend, "engine_file": self.engine_file, "engine_sha256": self.engine_sha256,
+                "reason": self.reason}
 
 
 def select_runner(
@@ -50,6 +60,7 @@ def select_runner(
     registry: EngineRegistry | None = None,
     models_root: Path | None = None,
     device: int = 0,
+    shapes: Sequence[tuple[int, ...]] = (),
 ) -> BackendChoice:
     """
     Return an (inactive) runner for ``model`` on the best backend available, or the one asked for.
@@ -69,6 +80,9 @@ def select_runner(
         Models folder (default: the shipped models).
     device : int
         CUDA device ordinal.
+    shapes : sequence of tuple of int
+        Input shapes (NCHW, largest batch) the caller will run: a TensorRT engine must have an
+        optimization profile covering each (one built here gets them).
 
     Raises
     ------
@@ -87,27 +101,10 @@ def select_runner(
                f"run `skyblink engines quantize {model}` and `skyblink engines promote {model} --store ...`")
         raise RuntimeError(msg)
     if backend in ("auto", "tensorrt"):
-        why = _tensorrt_unavailable(gpu, registry)
-        if why is None and registry is not None and gpu is not None:
-            from .._trt import load_trt  # noqa: PLC0415
-            from .tensorrt_runner import TensorRTRunner  # noqa: PLC0415
-
-            flavour = load_trt()
-            request = EngineRequest(model, release.model_version if release else MODEL_VERSIONS[model], precision, gpu,
-                                    flavour.name, flavour.version, onnx_sha256=release.onnx_sha256 if release else None)
-            build = functools.partial(build_engine, release_onnx or onnx_path(model, precision, models_root), registry.root,
-                                      model=model, model_version=request.model_version, precision=precision,
-                                      compute_capabilities=[gpu.compute_capability],
-                                      calibration_set=release.calibration_set if release else None,
-                                      calibration_strata=release.calibration_strata if release else None,
-                                      validation=release.validation if release else None)
-            try:
-                path, manifest = registry.get_or_build(request, build)
-            except (EngineNotFoundError, EngineBuildError) as exc:
-                why = str(exc)
-            else:
-                return _chosen(TensorRTRunner(path, manifest, device=device), "tensorrt", f"engine {manifest.engine_file} matches {gpu.name}")
-        reasons.append(f"tensorrt: {why}")
+        found = _tensorrt(model, precision, release, release_onnx, registry, gpu, device, models_root, shapes)
+        if isinstance(found, BackendChoice):
+            return found
+        reasons.append(f"tensorrt: {found}")
         if backend == "tensorrt":
             raise RuntimeError("; ".join(reasons))
     if backend in ("auto", "torch") and (gpu is not None or backend == "torch"):
@@ -156,14 +153,58 @@ def _configured_registry() -> EngineRegistry | None:
     return EngineRegistry.from_config(engines.registry, engines.trusted_manifest)  # an unreadable trusted manifest raises
 
 
-def _tensorrt_unavailable(gpu: object, registry: EngineRegistry | None) -> str | None:
-    if gpu is None:
-        return "no CUDA device"
+def _tensorrt(model: str, precision: str, release: Release | None, release_onnx: Path | None,
+              registry: EngineRegistry | None, gpu: DeviceInfo | None, device: int, models_root: Path | None,
+              shapes: Sequence[tuple[int, ...]]) -> BackendChoice | str:
+    """A TensorRT runner from ``registry`` for the GPU in hand, or why there is none (naming the registry)."""
     if registry is None:
-        return "no engine registry configured"
-    return trt_runtime_available()
+        return "no CUDA device, and no engine registry configured" if gpu is None else "no engine registry configured"
+    where = f"registry {registry.root}"
+    try:
+        flavour = load_trt()
+    except TensorRTUnavailableError as exc:
+        return f"{where}: {exc}"
+    request = EngineRequest(model, release.model_version if release else MODEL_VERSIONS[model], precision, gpu,
+                            flavour.name, flavour.version, onnx_sha256=release.onnx_sha256 if release else None,
+                            shapes=tuple(tuple(s) for s in shapes))
+    runtime = "no CUDA device" if gpu is None else trt_runtime_available()
+    if runtime is not None:
+        # No runtime here; still say what the registry holds for this request, so that a missing or
+        # tampered engine is seen (and named) before a GPU needs it.
+        try:
+            _, manifest = registry.find(request)
+        except EngineNotFoundError as exc:
+            return f"{where}: {exc}; runtime: {runtime}"
+        return f"{where}: {manifest.engine_file} (sha256 {manifest.engine_sha256}) matches, but runtime: {runtime}"
+    from .tensorrt_runner import TensorRTRunner  # noqa: PLC0415
+
+    build = functools.partial(build_engine, release_onnx or onnx_path(model, precision, models_root), registry.root,
+                              model=model, model_version=request.model_version, precision=precision,
+                              profiles=_profiles_covering(model, request.shapes),
+                              compute_capabilities=[gpu.compute_capability],  # type: ignore[union-attr]
+                              calibration_set=release.calibration_set if release else None,
+                              calibration_strata=release.calibration_strata if release else None,
+                              validation=release.validation if release else None)
+    try:
+        path, manifest = registry.get_or_build(request, build)
+    except (EngineNotFoundError, EngineBuildError) as exc:
+        return f"{where}: {exc}"
+    return _chosen(TensorRTRunner(path, manifest, device=device), "tensorrt",
+                   f"{where}: engine {manifest.engine_file} matches {gpu.name} "  # type: ignore[union-attr]
+                   f"(compute capability {gpu.compute_capability})",  # type: ignore[union-attr]
+                   engine_file=manifest.engine_file, engine_sha256=manifest.engine_sha256)
 
 
-def _chosen(runner: InferenceRunner, backend: str, reason: str) -> BackendChoice:
+def _profiles_covering(model: str, shapes: Sequence[tuple[int, ...]]) -> list[ProfileSpec]:
+    """The model's default profiles, plus one (batch 1 up to the shape's) for each shape none covers."""
+    profiles = [ProfileSpec.parse(p) for p in DEFAULT_PROFILES[model]]
+    for shape in shapes:
+        if not any(p.covers(shape) for p in profiles):
+            profiles.append(ProfileSpec(f"run{'x'.join(map(str, shape))}", (1, *shape[1:]), shape, shape))
+    return profiles
+
+
+def _chosen(runner: InferenceRunner, backend: str, reason: str, *, engine_file: str | None = None,
+            engine_sha256: str | None = None) -> BackendChoice:
     log.info("backend for %s: %s (%s)", runner.name, backend, reason)
-    return BackendChoice(runner, backend, reason)
+    return BackendChoice(runner, backend, reason, engine_file, engine_sha256)

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._trt import load_trt
 from ..manifest import EngineManifest
+from ..model_io import IO_NAMES
 from .base import InferenceRunner
 
 __all__ = ["CudaError", "TensorRTRunner"]
@@ -46,6 +47,18 @@ def _check(result: Any, call: str) -> Any:
         msg = f"{call} failed: {err}"
         raise CudaError(msg)
     return rest[0] if len(rest) == 1 else tuple(rest)
+
+
+def _torch_dtype(torch: Any, trt: Any, dtype: Any) -> Any:
+    """The torch dtype of a TensorRT tensor type."""
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
+             trt.DataType.INT8: torch.int8, trt.DataType.BOOL: torch.bool}
+    if getattr(trt.DataType, "BF16", None) is not None:
+        table[trt.DataType.BF16] = torch.bfloat16
+    if dtype not in table:
+        msg = f"no torch dtype for TensorRT type {dtype}"
+        raise TypeError(msg)
+    return table[dtype]
 
 
 class TensorRTRunner(InferenceRunner):
@@ -118,16 +131,52 @@ class TensorRTRunner(InferenceRunner):
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
-    def _select_profile(self, shape: tuple[int, ...]) -> None:
+    def _select_profile(self, shape: tuple[int, ...], stream: Any = None) -> None:
         for index, spec in enumerate(self.manifest.profiles):
             if spec.covers(shape):
                 if index != self._profile:
-                    self._context.set_optimization_profile_async(index, self._stream)
+                    self._context.set_optimization_profile_async(index, self._stream if stream is None else stream)
                     self._profile = index
                 return
         shapes = ", ".join(f"{p.name} {p.min}..{p.max}" for p in self.manifest.profiles)
         msg = f"{self.name}: input shape {shape} is outside every optimization profile ({shapes}); rebuild with a profile covering it"
         raise ValueError(msg)
+
+    def infer_tensors(self, x: Any) -> tuple[Any, ...]:
+        """
+        Run on a torch CUDA tensor and return torch CUDA tensors: the device program's path.
+
+        The engine reads the tensor's device memory and writes outputs allocated by torch on the
+        same device, and runs on torch's current stream (the caller's compute stream): no host
+        round trip, no copy but a cast where the engine's input type differs. Nothing is waited
+        for; the outputs are ready in stream order, as torch's own kernels' would be. Outputs come
+        in the order of the model's ONNX outputs (`skyblink.engines.model_io.IO_NAMES`).
+        """
+        import torch  # noqa: PLC0415 - only the device program, which runs on torch's streams, calls this
+
+        name = self._inputs[0]
+        x = x.to(_torch_dtype(torch, self._trt, self._engine.get_tensor_dtype(name))).contiguous()
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        self._select_profile(tuple(x.shape), stream)
+        self._context.set_input_shape(name, tuple(x.shape))
+        self._context.set_tensor_address(name, x.data_ptr())
+        outputs = []
+        for out_name in self._output_order():
+            shape = tuple(self._context.get_tensor_shape(out_name))
+            out = torch.empty(shape, dtype=_torch_dtype(torch, self._trt, self._engine.get_tensor_dtype(out_name)),
+                              device=x.device)
+            self._context.set_tensor_address(out_name, out.data_ptr())
+            outputs.append(out)
+        if not self._context.execute_async_v3(stream):
+            msg = f"{self.name}: execute_async_v3 failed for input shape {tuple(x.shape)}"
+            raise RuntimeError(msg)
+        return tuple(outputs)
+
+    def _output_order(self) -> list[str]:
+        names = IO_NAMES.get(self.manifest.model)
+        if names is None or set(names.outputs) != set(self._outputs):
+            return list(self._outputs)
+        return list(names.outputs)
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         cuda, trt = self._cuda, self._trt

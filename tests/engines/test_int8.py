@@ -16,6 +16,7 @@ from skyblink.engines.calibration_set import (
 )
 from skyblink.engines.catalog import onnx_path
 from skyblink.engines.quantize import quantize_int8
+from skyblink.engines.registry import current_device
 
 SMALL = {"image_size": 128}
 
@@ -81,6 +82,30 @@ def test_tensorrt_rtx_builds_int8_engine_on_cpu(classifier_int8: Path, calib, tm
     back = EngineManifest.read(tmp_path / (manifest.engine_file + ".manifest.json"))
     assert back.precision == "int8" and back.calibration_set == calib.id
     assert "dark-sparse-good-deep" in back.calibration_strata["strata"]
+    # The inspector's layer summary, or where it cannot run (no GPU here) why not.
+    assert back.inspection == manifest.inspection
+    if current_device() is None:
+        assert "without a CUDA device" in back.inspection["unavailable"]
+    else:
+        assert back.inspection["precisions"].get("int8", 0) > 0, back.inspection
+
+
+@pytest.mark.gpu
+def test_engines_hold_layers_of_their_precision(classifier_int8: Path, tmp_path: Path) -> None:
+    """On a GPU the inspector sees the precision of the graph: INT8 layers in INT8, fp16 in fp16."""
+    from skyblink.engines._trt import load_trt  # noqa: PLC0415
+    from skyblink.engines.build import build_engine  # noqa: PLC0415
+
+    flavour, device = load_trt(), current_device()
+    if flavour.is_rtx and "SM" + device.compute_capability.replace(".", "") not in flavour.module.ComputeCapability.__members__:
+        pytest.skip(f"{flavour.name} has no compute capability {device.compute_capability} target ({device.name})")
+    targets = [device.compute_capability]
+    int8 = build_engine(classifier_int8, tmp_path, model="classifier", model_version="1.0", precision="int8",
+                        compute_capabilities=targets)
+    fp16 = build_engine(onnx_path("classifier", "fp16"), tmp_path, model="classifier", model_version="1.0",
+                        precision="fp16", compute_capabilities=targets)
+    assert int8.inspection["layers"] > 0 and int8.inspection["precisions"].get("int8", 0) > 0, int8.inspection
+    assert fp16.inspection["precisions"].get("fp16", 0) > 0 and "int8" not in fp16.inspection["precisions"], fp16.inspection
 
 
 def test_select_runner_runs_int8_production_release(classifier_int8: Path, tmp_path: Path) -> None:

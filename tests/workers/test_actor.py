@@ -35,7 +35,9 @@ def test_actor_returns_each_candidate_once_with_stamps(night_store: tuple[Path, 
     assert len(units) == 4
     worker = TileWorker.options(num_cpus=1).remote(backend="onnxruntime")
     health = ray.get(worker.check_health.remote())
-    assert health == {"backends": {"detector": "onnxruntime", "classifier": "onnxruntime"}, "active": True, "units_done": 0}
+    assert {k: health[k] for k in ("backends", "active", "units_done")} == {
+        "backends": {"detector": "onnxruntime", "classifier": "onnxruntime"}, "active": True, "units_done": 0}
+    assert health["engines"]["detector"]["backend"] == "onnxruntime" and health["engines"]["detector"]["engine_file"] is None
     outcomes = ray.get(worker.process.remote(units))
     assert [o.unit for o in outcomes] == units and all(o.error is None for o in outcomes)
     candidates = [c for o in outcomes for c in o.candidates]
