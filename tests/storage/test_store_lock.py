@@ -100,3 +100,20 @@ def test_the_holding_process_may_take_it_again_and_the_outer_holder_releases_it(
             pass
         assert outer.holder() == outer.held  # still held
     assert not (Path(url) / LOCK_NAME).exists()
+
+
+def test_a_lock_untouched_for_too_long_is_stale_from_any_host_and_a_holder_keeps_its_own_fresh(tmp_path: Path) -> None:
+    import os  # noqa: PLC0415
+
+    url = str(tmp_path / "s.zarr")
+    Path(url).mkdir()
+    path = Path(url) / LOCK_NAME
+    other = {"host": "evicted-driver-pod", "pid": 1, "started_utc": "2026-12-04T00:00:00+00:00", "command": "skyblink night run"}
+    path.write_text(json.dumps(other))
+    old = time.time() - 700
+    os.utime(path, (old, old))
+    with StoreLock(url, "skyblink night run", heartbeat_s=0.05, stale_after_s=600).acquire() as lock:
+        assert lock.held is not None and lock.held.host == socket.gethostname()
+        os.utime(path, (old, old))
+        time.sleep(0.3)  # the heartbeat touches it again
+        assert time.time() - path.stat().st_mtime < 5  # another host would not take it as stale
