@@ -133,7 +133,8 @@ class StoreLock:
     ...     ...
     """
 
-    def __init__(self, store_url: str, command: str, *, heartbeat_s: float = 30.0, stale_after_s: float = 600.0) -> None:
+    def __init__(self, store_url: str, command: str, *, heartbeat_s: float = 30.0,
+                 stale_after_s: float = 600.0) -> None:
         self.store = str(store_url)
         self.command = command
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
