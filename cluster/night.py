@@ -511,28 +511,30 @@ def _confirm_delivery(producer: AlertProducer, sent: list[int], detections: pa.T
     total = PublishReport()
     missing: list[int] = []
     for attempt in range(rounds + 1):
-        candidates_ids = [i for i in sent if i not in producer.spooled_ids]
         try:
-            missing = producer.confirm(candidates_ids)
+            missing = producer.confirm(sent)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            hooks.say(f"could not confirm {len(candidates_ids)} alert(s) in {producer.stream}: Redis does not answer "
+            hooks.say(f"could not confirm the {len(sent)} alert(s) of {producer.stream}: Redis does not answer "
                       f"({type(exc).__name__})")
-            missing = candidates_ids
+            missing = list(sent)
             break
         if not missing or attempt == rounds:
             break
-        hooks.say(f"{len(missing)} alert(s) sent are not in {producer.stream} (the server restarted without them?): "
-                  "sending them again")
-        wanted = pa.array(missing, pa.int64())
-        objects = pc.unique(pc.filter(detections.column("object_id"), pc.is_in(detections.column("alert_id"), wanted)))
+        # Lost by a restarted server, or spooled while it was away: Redis answers now, send them.
+        hooks.say(f"{len(missing)} alert(s) sent are not in {producer.stream}: sending them again")
+        lost = set(missing)
+        objects = pc.unique(pc.filter(detections.column("object_id"),
+                                      pc.is_in(detections.column("alert_id"), pa.array(sorted(lost), pa.int64()))))
         again = detections.filter(pc.is_in(detections.column("object_id"), objects))
         resent = producer.publish(a for a in build_alerts(again, candidates, store, builder, exposures=exposure_ids)
-                                  if a.alert_id in set(missing))
+                                  if a.alert_id in lost)
         report.alerts_resent += resent.published
         total += resent
-    unconfirmed = set(missing) - producer.spooled_ids
-    report.alerts_unconfirmed = len(unconfirmed)
-    report.alerts_in_stream = len(set(sent) - unconfirmed - producer.spooled_ids)
+    absent = set(missing)
+    spooled = absent & producer.spooled_ids  # the next producer start replays them
+    report.alerts_spooled += len(spooled)
+    report.alerts_unconfirmed += len(absent - spooled)  # summed over the cycles of --watch
+    report.alerts_in_stream += len(set(sent) - absent)
     return total
 
 
@@ -732,4 +734,3 @@ def _reduce_and_publish(
             _DriverMetrics.get().alerts.inc(new_entries)
         # The replayed alerts of this night are found again by this run's publish: not "already there".
         report.alerts_already_published += max(0, published.duplicates - replayed.published)
-        report.alerts_spooled += len(producer.spooled_ids)

@@ -4,7 +4,13 @@ FITS reading and validation, the Zarr layout of a night, and the night manifest.
 Knows nothing of CUDA. Alerts (Avro schema, Redis stream) join this package in a later issue.
 """
 
-from .errors import ChunkChecksumError, InvalidExposureError, StorageError, StoreLayoutError, damaged_store_key
+from .errors import (
+    ChunkChecksumError,
+    InvalidExposureError,
+    StorageError,
+    StoreLayoutError,
+    damaged_store_key,
+)
 from .fits_exposure import (
     CcdHeader,
     CcdImage,
@@ -14,15 +20,15 @@ from .fits_exposure import (
     read_fits_exposure,
 )
 from .manifest import MANIFEST_NAME, ExposureState, Manifest, ManifestEntry
-from .store_lock import LockHolder, StoreLock, StoreLockedError
 from .night_store import FORMAT_VERSION, ExposureKind, NightStore, StoreLayout, exposure_key
+from .store_lock import LockHolder, StoreLock, StoreLockedError
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "CcdHeader",
-    "ChunkChecksumError",
     "CcdImage",
+    "ChunkChecksumError",
     "ExposureKind",
     "ExposureReader",
     "ExposureState",

@@ -78,7 +78,7 @@ class StoreLayout:
         return self.tile_size * self.shard_tiles
 
     def compressors(self, dtype: np.dtype) -> list[Any]:
-        """Return the zarr v3 bytes-to-bytes codecs for images of ``dtype``: the (lossless) compressor, then the checksum."""
+        """Return the zarr v3 bytes-to-bytes codecs for ``dtype``: the lossless compressor, then the checksum."""
         checksum = [Crc32cCodec()] if self.checksum == "crc32c" else []
         if self.compressor == "none":
             return checksum

@@ -10,8 +10,10 @@ The lock file is created exclusively (``O_CREAT | O_EXCL`` on a local store, mod
 through fsspec elsewhere) and holds the holder's host, pid, process start time and command. A lock
 whose holder ran on this host and is gone (no such pid, or a pid reused by a later process, seen
 from its start time) is stale: the next writer removes it and takes the store. A holder on another
-host cannot be checked from here: its lock is removed by hand (the refusal says which file) once
-that host's run is known to be over.
+host cannot be checked from here, so the holder also touches the lock file every
+``heartbeat_s`` seconds: a lock not touched for ``stale_after_s`` (a driver pod evicted with its
+node, a host that went down) is stale from anywhere. Until then the refusal says which file to
+remove by hand once that run is known to be over.
 
 The lock is per process: taking it again in the process that holds it (the CLI around
 `run_night`) succeeds and leaves the release to the outer holder.
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -119,6 +122,10 @@ class StoreLock:
         creates the store).
     command : str
         What the holder runs, for the refusal message (``"night run"``, ``"ingest"``).
+    heartbeat_s : float
+        How often the holder touches the lock file.
+    stale_after_s : float
+        A lock file untouched for this long is stale, whatever host holds it.
 
     Examples
     --------
@@ -126,9 +133,12 @@ class StoreLock:
     ...     ...
     """
 
-    def __init__(self, store_url: str, command: str) -> None:
+    def __init__(self, store_url: str, command: str, *, heartbeat_s: float = 30.0,
+                 stale_after_s: float = 600.0) -> None:
         self.store = str(store_url)
         self.command = command
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
+        self._beating: threading.Event | None = None
         self.fs, root = fsspec.core.url_to_fs(self.store)
         self.root = root.rstrip("/")
         self.path = f"{self.root}/{LOCK_NAME}"
@@ -160,6 +170,7 @@ class StoreLock:
         for _ in range(3):
             if self._create(json.dumps(asdict(me)).encode()):
                 self.held = me
+                self._start_heartbeat()
                 return None
             holder = self.holder()
             if holder is None:
@@ -170,6 +181,12 @@ class StoreLock:
             if holder.host == me.host and holder.pid > 0 and not _alive(holder):
                 log.warning("removing the stale lock of %s on store %s (that process is gone)", holder.describe(),
                             self.store)
+                self._remove_stale()
+                continue
+            idle = self._idle_s()
+            if idle is not None and idle > self.stale_after_s:
+                log.warning("removing the stale lock of %s on store %s (not touched for %.0f s)", holder.describe(),
+                            self.store, idle)
                 self._remove_stale()
                 continue
             return holder
@@ -216,10 +233,39 @@ class StoreLock:
         if self._nested:  # the outer holder releases it
             self.held, self._nested = None, False
             return
+        if self._beating is not None:
+            self._beating.set()
+            self._beating = None
         if self.holder() == self.held:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(self.path)
         self.held = None
+
+    def _idle_s(self) -> float | None:
+        """Seconds since the lock file was last touched (None where the file system cannot say)."""
+        try:
+            modified = self.fs.modified(self.path)
+        except (FileNotFoundError, NotImplementedError, OSError):
+            return None
+        if modified.tzinfo is None:
+            modified = modified.replace(tzinfo=UTC) if not self._local else modified.astimezone(UTC)
+        return (datetime.now(UTC) - modified).total_seconds()
+
+    def _start_heartbeat(self) -> None:
+        stop = threading.Event()
+        self._beating = stop
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_s):
+                try:
+                    if self._local:
+                        os.utime(self.path)
+                    else:
+                        self.fs.touch(self.path, truncate=False)
+                except (OSError, NotImplementedError, ValueError) as exc:
+                    log.warning("cannot touch the lock %s (%s): it may be taken as stale", self.path, exc)
+
+        threading.Thread(target=beat, name="store-lock-heartbeat", daemon=True).start()
 
     def __enter__(self) -> Self:
         if self.held is None:

@@ -35,8 +35,8 @@ lock.release()
 
 def _holder(url: str) -> subprocess.Popen[str]:
     """Another process holding the store's lock until a line is written to its stdin."""
-    child = subprocess.Popen([sys.executable, "-c", _HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: S603
-                             text=True)
+    child = subprocess.Popen(  # noqa: S603 - our own code
+        [sys.executable, "-c", _HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None and child.stdout.readline().strip() == "held"
     return child
 
@@ -68,7 +68,8 @@ def test_a_lock_whose_holder_died_on_this_host_is_taken_over(tmp_path: Path) -> 
 def test_a_holder_on_another_host_is_not_guessed_dead(tmp_path: Path) -> None:
     url = str(tmp_path / "s.zarr")
     Path(url).mkdir()
-    other = {"host": "gpu-node-7", "pid": _dead_pid(), "started_utc": "2026-12-04T00:00:00+00:00", "command": "skyblink ingest"}
+    other = {"host": "gpu-node-7", "pid": _dead_pid(), "started_utc": "2026-12-04T00:00:00+00:00",
+             "command": "skyblink ingest"}
     (Path(url) / LOCK_NAME).write_text(json.dumps(other))
     with pytest.raises(StoreLockedError, match=r"gpu-node-7.*remove .*writer\.lock"):
         StoreLock(url, "skyblink night run").acquire()
@@ -100,3 +101,21 @@ def test_the_holding_process_may_take_it_again_and_the_outer_holder_releases_it(
             pass
         assert outer.holder() == outer.held  # still held
     assert not (Path(url) / LOCK_NAME).exists()
+
+
+def test_a_lock_untouched_for_too_long_is_stale_from_any_host_and_a_holder_keeps_its_own_fresh(tmp_path: Path) -> None:
+    import os  # noqa: PLC0415
+
+    url = str(tmp_path / "s.zarr")
+    Path(url).mkdir()
+    path = Path(url) / LOCK_NAME
+    other = {"host": "evicted-driver-pod", "pid": 1, "started_utc": "2026-12-04T00:00:00+00:00",
+             "command": "skyblink night run"}
+    path.write_text(json.dumps(other))
+    old = time.time() - 700
+    os.utime(path, (old, old))
+    with StoreLock(url, "skyblink night run", heartbeat_s=0.05, stale_after_s=600).acquire() as lock:
+        assert lock.held is not None and lock.held.host == socket.gethostname()
+        os.utime(path, (old, old))
+        time.sleep(0.3)  # the heartbeat touches it again
+        assert time.time() - path.stat().st_mtime < 5  # another host would not take it as stale
