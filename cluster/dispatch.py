@@ -122,6 +122,7 @@ class WorkerPool:
                 margin=night.margin,
                 gpu_batch=night.tiles_per_task,
                 result_sink=store_unit_results,
+                headers=config.headers,
             )
             for i in range(self.spec.count)
         ]
