@@ -123,6 +123,7 @@ class WorkerPool:
                 gpu_batch=night.tiles_per_task,
                 result_sink=store_unit_results,
                 headers=config.headers,
+                psf_match=night.psf_match,
             )
             for i in range(self.spec.count)
         ]

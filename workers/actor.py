@@ -85,6 +85,8 @@ class TileWorker:
         `process_tile`.
     headers : HeadersConfig, optional
         Header keywords of the PSF size (the ``[headers]`` configuration section).
+    psf_match : {"gaussian", "kernel"}
+        PSF matching of the per-tile program (``night.psf_match``).
     result_sink : callable, optional
         ``result_sink(unit, candidates)`` stores a unit's candidates where the night keeps them
         (`skyblink.cluster.results.store_unit_results`); the actor then calls it for every unit
@@ -103,7 +105,7 @@ class TileWorker:
     def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
                  snr_threshold: float = 5.0, tile_size: int | None = None, margin: int = 32, gpu_batch: int = 8,
                  result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None,
-                 headers: Any = None) -> None:
+                 headers: Any = None, psf_match: str = "gaussian") -> None:
         from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
 
         self._choices = {name: select_runner(name, backend=backend, precision=precision) for name in ("detector", "classifier")}
@@ -115,7 +117,8 @@ class TileWorker:
         self._units_done = 0
         self._device = threading.Lock()  # one call on the device at a time; others prepare meanwhile
         self._count = threading.Lock()
-        self._program_options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
+        self._program_options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold,
+                                 "psf_match": psf_match}
         self._headers = headers
         # Exported to Prometheus through Ray's metrics agent (the dashboard's /metrics).
         self._m_tiles = Counter("skyblink_tiles", "Work units processed by worker actors.", tag_keys=("outcome",))

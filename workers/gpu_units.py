@@ -79,12 +79,12 @@ class GpuUnitProcessor:
 
     def __init__(self, detector: Any, classifier: Any, *, size: int, margin: int, batch: int = 8,
                  threshold: float = 0.3, top_k: int = 64, snr_threshold: float = 5.0, slots: int = 3,
-                 headers: Any = None) -> None:
+                 headers: Any = None, psf_match: str = "gaussian") -> None:
         self.detector, self.classifier = detector, classifier
         self.headers = headers  # skyblink.headers.HeadersConfig: keywords of the PSF size
         self.size, self.margin, self.batch = size, margin, batch
         self.edge = window_edge(size, margin)
-        self.options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
+        self.options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold, "psf_match": psf_match}
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.pipeline = TilePipeline(batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
         self._references: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()

@@ -242,6 +242,7 @@ def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float
 def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, threshold: float = 0.3,
                  top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD, bias: float | Any | None = None,
                  flat: Any | None = None, reject_cosmics: bool = True, headers: HeadersConfig | None = None,
+                 psf_match: Literal["gaussian", "kernel"] = "gaussian",
                  prepared: PreparedTile | None = None) -> list[CandidateRecord]:
     """
     Run the per-tile program on one work unit on the CPU and return its candidates.
@@ -265,6 +266,8 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
         Flag and clean cosmic rays and hot pixels in the science window before the background.
     headers : HeadersConfig, optional
         Header keywords (PSF size); default: `skyblink.headers.HeadersConfig`'s defaults.
+    psf_match : {"gaussian", "kernel"}
+        PSF matching (`skyblink.workers.difference.matched_difference`).
     prepared : PreparedTile, optional
         The unit's `prepare_tile` result when the caller already has it (the image steps are skipped).
 
@@ -281,7 +284,8 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     header (``SEEING`` in arcsec or ``FWHM`` in pixels by default), else it is measured on the CCD.
     """
     if prepared is None:
-        prepared = prepare_tile(unit, store, bias=bias, flat=flat, reject_cosmics=reject_cosmics, headers=headers)
+        prepared = prepare_tile(unit, store, bias=bias, flat=flat, reject_cosmics=reject_cosmics, headers=headers,
+                                psf_match=psf_match)
     oy, ox = prepared.origin
     triplet = prepared.matched.triplet
     fwhm = prepared.fwhm_px
