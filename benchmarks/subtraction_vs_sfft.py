@@ -2,7 +2,7 @@
 skyblink's image subtraction next to SFFT's (Hu et al. 2022) on real DECam images, and the time per
 pair of both, in one run.
 
-    python benchmarks/subtraction_vs_sfft.py [--no-singles] [--big 4096] [--sfft-big]
+    python benchmarks/subtraction_vs_sfft.py [--no-singles] [--big 4096] [--sfft-big] [--gpu]
 
 Data: ``../shared/data/sfft-decam`` (SFFT's test images, read in place). Quality, on the stacks
 (OBS04 science, OBS18 reference) against SFFT's own ``4check/FinalDifference.fits``, then per
@@ -25,6 +25,12 @@ SFFT's subtraction alone (`Customized_Packet.CP`, numpy backend), each image pai
 run; then a simulated pair of ``--big`` pixels on a side (Gaussian stars, Poisson noise; SFFT on it
 only with ``--sfft-big``: minutes and GiBs on a CPU). Prints tables; results go to
 benchmarks/BENCHMARKS.md by hand.
+
+With ``--gpu`` (a CUDA device, ``pip install cupy-cuda12x``): the simulated pair also goes through
+the workers' device program (`skyblink.workers.device_program`: 16-bit pixels in, calibration,
+cosmic rays, warp, background, PSF matching, difference, detector, peaks, stamps, classifier on
+the device, torch runners), for both PSF matchings, and SFFT runs its cupy backend; the quality
+pairs run SFFT on cupy too.
 """
 
 from __future__ import annotations
@@ -121,7 +127,7 @@ def quality(diff: np.ndarray, sigma: np.ndarray | float, stars: np.ndarray, fwhm
                    psf_snr(diff, sigma, *transient, fwhm))
 
 
-def run_sfft(science: Path, reference: Path, tmp: Path) -> tuple[np.ndarray, np.ndarray, float]:
+def run_sfft(science: Path, reference: Path, tmp: Path, backend: str = "Numpy") -> tuple[np.ndarray, np.ndarray, float]:
     """SFFT's difference (science orientation), its matching kernel at the centre, and its wall time."""
     from sfft.CustomizedPacket import Customized_Packet  # noqa: PLC0415
     from sfft.utils.SFFTSolutionReader import Realize_MatchingKernel  # noqa: PLC0415
@@ -130,7 +136,7 @@ def run_sfft(science: Path, reference: Path, tmp: Path) -> tuple[np.ndarray, np.
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         Customized_Packet.CP(FITS_REF=str(reference), FITS_SCI=str(science), FITS_mREF=str(reference), FITS_mSCI=str(science),
-                             FITS_DIFF=str(out), FITS_Solution=str(solution), BACKEND_4SUBTRACT="Numpy",
+                             FITS_DIFF=str(out), FITS_Solution=str(solution), BACKEND_4SUBTRACT=backend,
                              NUM_CPU_THREADS_4SUBTRACT=os.cpu_count() or 1, VERBOSE_LEVEL=0, **SFFT_OPTIONS)
     seconds = time.perf_counter() - start
     ny, nx = fits.getdata(science).shape
@@ -174,23 +180,70 @@ def simulated_pair(size: int, seed: int = 4) -> tuple[PairImage, PairImage]:
     return sci, ref
 
 
+def device_program_seconds(sci: PairImage, ref: PairImage, *, device: str, psf_match: str, core: int = 1024,
+                           margin: int = 32, batch: int = 4, repeats: int = 2) -> tuple[float, int]:
+    """
+    Seconds per pair of the workers' device program on ``device`` (best of ``repeats``), and its
+    candidates: the science as 16-bit ADU (sky 1000), cut into tiles of ``core`` + margins, the
+    reference resident, ``batch`` tiles per call.
+    """
+    import torch  # noqa: PLC0415
+
+    from skyblink.engines.backends import TorchRunner  # noqa: PLC0415
+    from skyblink.engines.catalog import load_network  # noqa: PLC0415
+    from skyblink.engines.manifest import IO_NAMES  # noqa: PLC0415
+    from skyblink.workers.device_program import make_device_program  # noqa: PLC0415
+    from skyblink.workers.tile_unit import read_window  # noqa: PLC0415
+
+    raw = np.clip(np.rint(np.asarray(sci.data) + 1000.0), 0, 65535).astype(np.uint16)
+    size = raw.shape[0]
+    edge = int(np.ceil((core + 2 * margin) / 32) * 32)
+    origins = [(y0 - margin, x0 - margin) for y0 in range(0, size, core) for x0 in range(0, size, core)]
+    windows = [np.nan_to_num(read_window(raw, oy, ox, edge, edge), nan=1000.0).astype(np.uint16) for oy, ox in origins]
+    runners = [TorchRunner(load_network(m), input_name=IO_NAMES[m].inputs[0], output_names=IO_NAMES[m].outputs, device=device)
+               for m in ("detector", "classifier")]
+    reference = torch.from_numpy(np.asarray(ref.data, dtype=np.float32) + 1000.0).to(device)
+    yy, xx = torch.meshgrid(torch.arange(edge, device=device), torch.arange(edge, device=device), indexing="ij")
+    best, found = float("inf"), 0
+    with runners[0], runners[1]:
+        for _ in range(repeats):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            found = 0
+            for i in range(0, len(windows), batch):
+                chunk = origins[i:i + batch]
+                grid = torch.stack([torch.stack([xx + ox, yy + oy]) for oy, ox in chunk]).float()
+                program = make_device_program(runners[0], runners[1], reference, grid, science_fwhm_px=4.0, reference_fwhm_px=3.0,
+                                              gain=1.0, read_noise=5.0, psf_match=psf_match)
+                science = torch.from_numpy(np.stack(windows[i:i + batch]).view(np.int16)).to(device)
+                out = program(science, i)
+                found += int(out["valid"].sum())
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+    return best, found
+
+
 def main() -> None:  # noqa: PLR0915 - one table after the other
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-singles", action="store_true", help="Only the stacks.")
     parser.add_argument("--big", type=int, default=4096, help="Edge of the simulated pair timed (0: none).")
-    parser.add_argument("--sfft-big", action="store_true", help="Also time SFFT (numpy) on the simulated pair.")
+    parser.add_argument("--sfft-big", action="store_true", help="Also time SFFT on the simulated pair.")
+    parser.add_argument("--gpu", action="store_true", help="Device program on CUDA; SFFT on cupy.")
     args = parser.parse_args()
     warnings.simplefilter("ignore", AstropyWarning)
     console = Console()
     config = load_config(environ={})
     rb_min = config.night.alert_min_real_bogus
-    det = select_runner("detector", backend="onnxruntime").runner
-    cls = select_runner("classifier", backend="onnxruntime").runner
+    backend = "auto" if args.gpu else "onnxruntime"  # the GPU: TensorRT or torch, as the workers choose
+    det = select_runner("detector", backend=backend).runner
+    cls = select_runner("classifier", backend=backend).runner
     quality_table = Table(title=f"Subtraction quality on DECam (sigma units; alert at real/bogus >= {rb_min})")
     for column in ("pair", "method", "robust sigma", "star RMS median", "star RMS mean", "transient S/N",
                    "cands at stars", "would alert", "max rb at stars"):
         quality_table.add_column(column, justify="right")
-    time_table = Table(title="Time per pair (s), this CPU")
+    time_table = Table(title=f"Time per pair (s), {'GPU' if args.gpu else 'this CPU'}")
     for column in ("pair", "pixels", "skyblink whole program", "SFFT subtraction", "SFFT / skyblink"):
         time_table.add_column(column, justify="right")
     reference_stack = DATA / "4check" / "Stack-DEC-OBS18.fits"
@@ -206,7 +259,7 @@ def main() -> None:  # noqa: PLR0915 - one table after the other
             start = time.perf_counter()
             ours = subtract_pair(science, reference, det, cls)
             t_ours = time.perf_counter() - start
-            sfft_diff, kernel, t_sfft = run_sfft(path, reference_stack, Path(tmp))
+            sfft_diff, kernel, t_sfft = run_sfft(path, reference_stack, Path(tmp), "Cupy" if args.gpu else "Numpy")
             if name == "stacks":  # the published answer, on the same pixels
                 sfft_diff = fits.getdata(DATA / "4check" / "FinalDifference.fits").astype(float)
                 kernel = fits.getdata(DATA / "input_data" / "FinalMatchKernel.fits").astype(float)
@@ -245,10 +298,16 @@ def main() -> None:  # noqa: PLR0915 - one table after the other
                 paths = [Path(tmp) / "big_sci.fits", Path(tmp) / "big_ref.fits"]
                 for p, image in zip(paths, (sci, ref), strict=True):
                     fits.PrimaryHDU(image.data.astype(np.float64), header=hdr).writeto(p, overwrite=True)
-                _, _, t_sfft = run_sfft(paths[0], paths[1], Path(tmp))
+                _, _, t_sfft = run_sfft(paths[0], paths[1], Path(tmp), "Cupy" if args.gpu else "Numpy")
             time_table.add_row("simulated", f"{args.big}x{args.big}", f"{t_ours:.1f} ({len(big.candidates)} cands)",
                                f"{t_sfft:.1f}" if np.isfinite(t_sfft) else "not run (--sfft-big)",
                                f"{t_sfft / t_ours:.1f}x" if np.isfinite(t_sfft) else "-")
+            device = "cuda" if args.gpu else "cpu"
+            for mode in ("gaussian", "kernel"):
+                t_dev, n_dev = device_program_seconds(sci, ref, device=device, psf_match=mode)
+                time_table.add_row("simulated", f"{args.big}x{args.big}", f"{t_dev:.2f} (device program on {device}, {mode} match, "
+                                   f"{n_dev} cands)", f"{t_sfft:.1f}" if np.isfinite(t_sfft) else "-",
+                                   f"{t_sfft / t_dev:.1f}x" if np.isfinite(t_sfft) else "-")
         console.print(time_table)
 
 

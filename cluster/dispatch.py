@@ -123,6 +123,8 @@ class WorkerPool:
                 gpu_batch=night.tiles_per_task,
                 result_sink=store_unit_results,
                 registry=config.engines.registry,
+                headers=config.headers,
+                psf_match=night.psf_match,
             )
             for i in range(self.spec.count)
         ]

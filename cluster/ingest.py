@@ -27,6 +27,7 @@ from typing import Literal
 import ray
 
 from skyblink.config import SkyblinkConfig
+from skyblink.headers import HeadersConfig
 from skyblink.storage import (
     ExposureKind,
     ExposureState,
@@ -69,6 +70,7 @@ class IngestJob:
     known_sha256: str | None = None  # sha256 of the version already in the store
     write_threads: int = 1  # CCDs written at once
     read_threads: int = 1  # CCDs read at once
+    headers: HeadersConfig | None = None  # header keywords ([headers])
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +196,7 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
         return IngestOutcome(**common, sha256=sha256, result="unchanged")
     store = NightStore(job.store_url, mode="a", layout=job.layout)
     try:
-        with open_fits_exposure(path, max_nonfinite_fraction=job.max_nonfinite_fraction) as reader:
+        with open_fits_exposure(path, max_nonfinite_fraction=job.max_nonfinite_fraction, headers=job.headers) as reader:
             images = reader.images(threads=min(job.read_threads, len(reader.exposure.ccds)))
             nbytes = store.write_exposure(job.key, reader.exposure, images, kind=job.kind,
                                           source=lambda: {"path": job.path, "size": stat.st_size, "sha256": file_sha256()},
@@ -333,6 +335,7 @@ def plan_ingest(
                 max_nonfinite_fraction=config.ingest.max_nonfinite_fraction,
                 write_threads=config.ingest.write_threads,
                 read_threads=config.ingest.read_threads,
+                headers=config.headers,
                 known_sha256=known,
             )
         )

@@ -298,6 +298,10 @@ class NightConfig(_Section):
         5.0, gt=0.0, description="Matched-filter S/N (PSF) a candidate must reach in the difference image."
     )
     top_k: int = Field(64, ge=1, le=4096, description="Most candidates kept per tile.")
+    psf_match: Literal["gaussian", "kernel"] = Field(
+        "gaussian",
+        description="PSF matching of the per-tile program: a Gaussian of the FWHMs, or a kernel solved on each tile's stars.",
+    )
     alert_min_real_bogus: float = Field(
         0.5, ge=0.0, le=1.0, description="A candidate with real/bogus below this is catalogued, not alerted."
     )

@@ -87,6 +87,10 @@ class TileWorker:
         units of that core edge and margin (pinned ring and device buffers of ``gpu_batch``
         windows, allocated here once, with copy/compute overlap); otherwise each unit runs
         `process_tile`.
+    headers : HeadersConfig, optional
+        Header keywords of the PSF size (the ``[headers]`` configuration section).
+    psf_match : {"gaussian", "kernel"}
+        PSF matching of the per-tile program (``night.psf_match``).
     result_sink : callable, optional
         ``result_sink(unit, candidates)`` stores a unit's candidates where the night keeps them
         (`skyblink.cluster.results.store_unit_results`); the actor then calls it for every unit
@@ -112,7 +116,7 @@ class TileWorker:
     def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
                  snr_threshold: float = 5.0, tile_size: int | None = None, margin: int = 32, gpu_batch: int = 8,
                  result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None,
-                 registry: str | None = None) -> None:
+                 registry: str | None = None, headers: Any = None, psf_match: str = "gaussian") -> None:
         self._registry = registry
         shapes = _program_shapes(tile_size, margin, gpu_batch, top_k)
         self._choices = {name: self._start_runner(name, backend, precision, shapes) for name in ("detector", "classifier")}
@@ -122,7 +126,9 @@ class TileWorker:
         self._units_done = 0
         self._device = threading.Lock()  # one call on the device at a time; others prepare meanwhile
         self._count = threading.Lock()
-        self._program_options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
+        self._program_options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold,
+                                 "psf_match": psf_match}
+        self._headers = headers
         # Exported to Prometheus through Ray's metrics agent (the dashboard's /metrics).
         self._m_tiles = Counter("skyblink_tiles", "Work units processed by worker actors.", tag_keys=("outcome",))
         self._m_candidates = Counter("skyblink_candidates", "Candidates found by worker actors.")
@@ -133,7 +139,7 @@ class TileWorker:
             from .gpu_units import GpuUnitProcessor  # noqa: PLC0415 - torch with CUDA only here
 
             self._gpu = GpuUnitProcessor(self._runners["detector"], self._runners["classifier"], size=tile_size,
-                                         margin=margin, batch=gpu_batch, **self._program_options)
+                                         margin=margin, batch=gpu_batch, **self._program_options, headers=headers)
         log.info("TileWorker ready (%s): %s", "GPU pipeline" if self._gpu else "per tile",
                  {n: c.reason for n, c in self._choices.items()})
 
@@ -230,7 +236,8 @@ class TileWorker:
                         records = self._gpu.process([unit], self._store(unit.store_url))[unit.key]
                 else:
                     records = process_tile(unit, self._store(unit.store_url), self._runners["detector"],
-                                           self._runners["classifier"], **self._program_options)
+                                           self._runners["classifier"], **self._program_options,
+                                           headers=self._headers)
             except Exception as exc:  # noqa: BLE001 - one bad tile is reported, the batch goes on
                 self._exit_if_context_lost(exc)
                 frame = traceback.extract_tb(exc.__traceback__)[-1]

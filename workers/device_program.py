@@ -28,7 +28,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
                         threshold: float = 0.3, top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD,
                         gain: float | None = None, saturate: float | None = None, read_noise: float = 0.0,
                         bias: float | torch.Tensor | None = None, flat: torch.Tensor | None = None,
-                        reject_cosmics: bool = True) -> Callable[[torch.Tensor, int], dict[str, torch.Tensor]]:
+                        reject_cosmics: bool = True, psf_match: str = "gaussian") -> Callable[[torch.Tensor, int], dict[str, torch.Tensor]]:
     """
     Build the program for tiles sharing one reference and sampling grid (one field and CCD).
 
@@ -57,6 +57,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         Calibration of the tiles' pixels, where given.
     reject_cosmics : bool
         Flag and clean cosmic rays and hot pixels before the background.
+    psf_match : {"gaussian", "kernel"}
+        PSF matching (`skyblink.workers.tile_program.normalized_triplet`).
 
     Returns
     -------
@@ -72,7 +74,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
             sci, bad = cosmics.cleaned, bad | cosmics.mask
         ref = tp.warp_reference(reference, grid)
         triplet = tp.normalized_triplet(sci, ref, science_fwhm_px=science_fwhm_px, reference_fwhm_px=reference_fwhm_px,
-                                        scale=scale * (gain or 1.0), science_mask=bad & torch.isfinite(sci))
+                                        scale=scale * (gain or 1.0), science_mask=bad & torch.isfinite(sci),
+                                        psf_match=psf_match)
         heat, offsets = detector.infer_tensors(triplet)  # type: ignore[attr-defined]
         snr = matched_filter_snr_tensor(triplet[:, 2], max(science_fwhm_px, reference_fwhm_px), renormalize=True)
         peak_snr = F.max_pool2d(snr[:, None], 3, 1, 1)[:, 0]  # as find_peaks: the best S/N within 1 pixel

@@ -46,7 +46,7 @@ from .calibration import CalibrationSpec
 from .device_program import make_device_program
 from .difference import flux_scale
 from .pipeline import Candidates, InFlight, TilePipeline
-from .tile_unit import CandidateRecord, WorkUnit, process_tile
+from .tile_unit import CandidateRecord, WorkUnit, ccd_fwhm_px, process_tile
 
 __all__ = ["GpuUnitProcessor", "LaunchedCall", "PreparedCcd", "read_raw_region", "upsample_grid", "window_edge"]
 
@@ -78,11 +78,13 @@ class GpuUnitProcessor:
     """
 
     def __init__(self, detector: Any, classifier: Any, *, size: int, margin: int, batch: int = 8,
-                 threshold: float = 0.3, top_k: int = 64, snr_threshold: float = 5.0, slots: int = 3) -> None:
+                 threshold: float = 0.3, top_k: int = 64, snr_threshold: float = 5.0, slots: int = 3,
+                 headers: Any = None, psf_match: str = "gaussian") -> None:
         self.detector, self.classifier = detector, classifier
+        self.headers = headers  # skyblink.headers.HeadersConfig: keywords of the PSF size
         self.size, self.margin, self.batch = size, margin, batch
         self.edge = window_edge(size, margin)
-        self.options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
+        self.options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold, "psf_match": psf_match}
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.pipeline = TilePipeline(batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
         self._references: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
@@ -189,7 +191,8 @@ class GpuUnitProcessor:
         sci_wcs, ref_wcs = store.wcs(exposure, ccd), store.wcs(reference_key, ccd)
         spec = CalibrationSpec.from_header(sci_header)
         scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
-        fwhm = [float(h.get("SEEING", 1.0)) / scale_arcsec for h in (sci_header, ref_header)]
+        fwhm = [ccd_fwhm_px(store, key, ccd, h, scale_arcsec, self.headers)
+                for key, h in ((exposure, sci_header), (reference_key, ref_header))]
         options = {"science_fwhm_px": fwhm[0], "reference_fwhm_px": fwhm[1], "gain": spec.gain,
                    "saturate": spec.saturate, "read_noise": spec.read_noise,
                    "scale": flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))}
@@ -238,7 +241,8 @@ class GpuUnitProcessor:
         for ccd in prepared:
             if ccd.on_host:
                 for unit in ccd.units:
-                    launched.done[unit.key] = process_tile(unit, store, self.detector, self.classifier, **self.options)
+                    launched.done[unit.key] = process_tile(unit, store, self.detector, self.classifier, **self.options,
+                                                           headers=self.headers)
                 continue
             reference = self._device_reference(store, ccd.reference_key, ccd.units[0].ccd, ccd.reference)
             for index, batch in enumerate(ccd.batches):

@@ -35,7 +35,8 @@ from .difference import MatchedDifference, flux_scale, matched_difference
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr
 from .peaks import find_peaks
 
-__all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "plan_tiles", "prepare_tile", "process_tile", "read_window"]
+__all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "ccd_fwhm_px", "noise_pedestal", "plan_tiles", "prepare_tile",
+           "process_tile", "read_window"]
 
 #: Half the edge of a classifier stamp (63x63).
 STAMP_HALF = 31
@@ -177,8 +178,8 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     rny, rnx = ref_image.shape  # nor where the reference does not reach (as `tile_program.warp_reference`)
     reference[(grid[0] < 0) | (grid[0] > rnx - 1) | (grid[1] < 0) | (grid[1] > rny - 1)] = np.nan
     scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
-    fwhm = (_fwhm(store, unit.exposure, unit.ccd, sci_header, scale_arcsec, headers),
-            _fwhm(store, reference_key, ref_ccd, ref_header, scale_arcsec, headers))
+    fwhm = (ccd_fwhm_px(store, unit.exposure, unit.ccd, sci_header, scale_arcsec, headers),
+            ccd_fwhm_px(store, reference_key, ref_ccd, ref_header, scale_arcsec, headers))
     scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))
     scale *= spec.gain or 1.0  # reference ADU -> science electrons
     sci_filled = np.where(np.isfinite(science), science, np.nanmedian(science))
@@ -208,8 +209,16 @@ def noise_pedestal(electrons: np.ndarray, read_noise: float, bad: np.ndarray | N
     return excess if excess > 0.5 * max(predicted, 1.0) else 0.0
 
 
-def _fwhm(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float, headers: HeadersConfig | None) -> float:
-    """The PSF FWHM (px) of one stored CCD: from its header, else measured once on the whole CCD and cached."""
+def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float, headers: HeadersConfig | None) -> float:
+    """
+    The PSF FWHM (px) of one stored CCD: from its header (`skyblink.headers.psf_fwhm_px`), else
+    measured once on the whole CCD and remembered on the store object.
+
+    Raises
+    ------
+    HeaderFactError
+        No keyword gives it and ``headers.measure_fwhm`` is off.
+    """
     cache = getattr(store, "_skyblink_fwhm_cache", None)
     if cache is None:
         cache = {}
@@ -233,6 +242,7 @@ def _fwhm(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float, head
 def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, threshold: float = 0.3,
                  top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD, bias: float | Any | None = None,
                  flat: Any | None = None, reject_cosmics: bool = True, headers: HeadersConfig | None = None,
+                 psf_match: Literal["gaussian", "kernel"] = "gaussian",
                  prepared: PreparedTile | None = None) -> list[CandidateRecord]:
     """
     Run the per-tile program on one work unit on the CPU and return its candidates.
@@ -256,6 +266,8 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
         Flag and clean cosmic rays and hot pixels in the science window before the background.
     headers : HeadersConfig, optional
         Header keywords (PSF size); default: `skyblink.headers.HeadersConfig`'s defaults.
+    psf_match : {"gaussian", "kernel"}
+        PSF matching (`skyblink.workers.difference.matched_difference`).
     prepared : PreparedTile, optional
         The unit's `prepare_tile` result when the caller already has it (the image steps are skipped).
 
@@ -272,7 +284,8 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     header (``SEEING`` in arcsec or ``FWHM`` in pixels by default), else it is measured on the CCD.
     """
     if prepared is None:
-        prepared = prepare_tile(unit, store, bias=bias, flat=flat, reject_cosmics=reject_cosmics, headers=headers)
+        prepared = prepare_tile(unit, store, bias=bias, flat=flat, reject_cosmics=reject_cosmics, headers=headers,
+                                psf_match=psf_match)
     oy, ox = prepared.origin
     triplet = prepared.matched.triplet
     fwhm = prepared.fwhm_px

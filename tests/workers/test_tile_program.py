@@ -12,6 +12,7 @@ from skyblink.config import SimConfig  # noqa: E402
 from skyblink.sim.ccd_image import render_ccd  # noqa: E402
 from skyblink.workers import estimate_background, normalized_triplet, sampling_grid, warp  # noqa: E402
 from skyblink.workers import tile_program as tp  # noqa: E402
+from skyblink.workers.difference import matched_difference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,20 @@ def test_triplet_matches_numpy(tile) -> None:
     assert dev.shape == cpu.shape == (3, 320, 320)
     # sigma units; float32 rounding on star cores thousands of sigma bright adds a relative term
     assert (np.abs(dev - cpu) <= 2e-3 + 1e-5 * np.abs(cpu)).all()
+
+
+@pytest.mark.parametrize(("science_fwhm", "reference_fwhm"), [(3.1, 2.2), (2.0, 3.0)])
+def test_kernel_matched_triplet_matches_numpy(tile, science_fwhm: float, reference_fwhm: float) -> None:
+    """The kernel solved per tile in torch (the device program's) gives the numpy path's triplet."""
+    science, reference, grid = tile
+    ref_cpu = warp(reference.pixels.astype(np.float32), grid)
+    options = {"science_fwhm_px": science_fwhm, "reference_fwhm_px": reference_fwhm, "scale": 1.03, "psf_match": "kernel"}
+    cpu = matched_difference(science.pixels, ref_cpu, science_mask=science.mask > 0, **options).triplet
+    ref_dev = tp.warp_reference(tp.as_tensor(reference.pixels).float(), torch.from_numpy(grid)[None])
+    dev = tp.normalized_triplet(tp.as_tensor(science.pixels)[None], ref_dev, science_mask=torch.from_numpy(science.mask > 0)[None],
+                                **options)[0].numpy()
+    assert (np.abs(dev - cpu) <= 2e-3 + 1e-4 * np.abs(cpu)).mean() > 0.999
+    # and it is not the Gaussian match
+    gauss = matched_difference(science.pixels, ref_cpu, science_mask=science.mask > 0,
+                               **{**options, "psf_match": "gaussian"}).triplet
+    assert np.abs(gauss[2] - cpu[2]).max() > 0.1
