@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
 from ..networks import STAMP_SIZE, Classifier
-from ..score_external import TRAINING_PIXEL_SCALE, external_stamps
+from ..score_external import TRAINING_PIXEL_SCALE, ExternalStampRule, external_stamps
 
 __all__ = ["RealSkyPool", "RealSkyRecipe", "alert_targets", "build_pool", "psf_sigma_px", "real_sky_samples",
            "train_head", "trunk_features"]
@@ -249,17 +249,18 @@ class RealSkyPool:
 
 
 def build_pool(alerts: Sequence[SurveyAlert], recipe: RealSkyRecipe = RealSkyRecipe(), *, sim: Any | None = None,
-               trunk: Classifier | None = None) -> RealSkyPool:
+               trunk: Classifier | None = None, rule: ExternalStampRule | None = None) -> RealSkyPool:
     """
     Make every ingredient of ``recipe`` once (each injection from one alert's own cutouts) and
-    its trunk features (`trunk_features` of ``trunk``, default the shipped classifier).
+    its trunk features (`trunk_features` of ``trunk``, default the shipped classifier); the
+    alerts' stamps by ``rule`` (default `ExternalStampRule()`).
     """
     from ..catalog import load_network  # noqa: PLC0415
 
     torch.set_num_threads(recipe.threads)
     trunk = trunk if trunk is not None else load_network("classifier")
     rng = np.random.default_rng(recipe.seed)
-    stamps = np.stack([external_stamps(a) for a in alerts])
+    stamps = np.stack([external_stamps(a, rule) for a in alerts])
     xs = [stamps]
     kind = [np.full(len(alerts), "alert")]
     owner = [np.arange(len(alerts))]
