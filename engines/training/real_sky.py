@@ -10,8 +10,8 @@ Ingredients (each switchable in `RealSkyRecipe`, each measured in the grouped fo
 * **inject** -- fake injection on real cutouts (the DES / Rubin practice): a training alert's
   template is the sky; a Gaussian point source of the survey's seeing (the packet's PSF FWHM) is
   added to the science and difference channels at the centre, at S/N 5-80 (label real); the
-  difference background is white noise or another training alert's difference turned and
-  rolled so its own source is off centre.
+  difference background is white noise or the same alert's difference turned and rolled so its
+  own source is off centre (`build_pool` makes every sample from one alert's cutouts only).
 * **residuals** -- real-image bogus built from the same templates, centred on the brightest
   source of the template: misregistration dipoles (science = template shifted 0.3-1.5 px),
   PSF-mismatch rings (science = template blurred), and clean subtractions of a static source
@@ -21,9 +21,10 @@ Ingredients (each switchable in `RealSkyRecipe`, each measured in the grouped fo
 
 Within a fold every real ingredient comes from the training folds' alerts only (`RealSkyPool`
 records the alert each sample was made from). The shipped classifier's convolutional trunk is
-kept and its head (the two fully connected layers and both outputs) is trained on the trunk's
-features: a forward pass per sample once, then seconds per fold, which is what a 2-core CPU
-shared by several jobs affords; the network and its ONNX graph keep their shape.
+kept and only its head is trained on the trunk's features (`RealSkyRecipe.layers`: the
+real/bogus output layer, or both fully connected layers): a forward pass per sample once, then
+seconds per fold, which is what a 2-core CPU shared by several jobs affords; the network and its
+ONNX graph keep their shape. Training the trunk itself on real cutouts is not done here.
 
 Notes
 -----
@@ -71,6 +72,8 @@ class RealSkyRecipe:
         ``output``: only the real/bogus output layer is trained (a logistic regression on the
         shipped head's 128 features, L-BFGS, L2 penalty ``l2``); ``head``: both fully connected
         layers and the outputs (AdamW, ``epochs`` over mini-batches).
+    l2 : float
+        L2 penalty of the ``output`` logistic regression.
     epochs, batch_size, learning_rate, seed, threads : head training
     """
 
