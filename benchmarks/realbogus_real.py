@@ -44,6 +44,7 @@ RECIPES = {
     "all_l2_0.1": RealSkyRecipe(l2=0.1),
     "all_l2_0.001": RealSkyRecipe(l2=1e-3),
     "all_head": RealSkyRecipe(layers="head"),
+    "full_no_sim": RealSkyRecipe(layers="all", sim=False, epochs=2, learning_rate=3e-4),
 }
 
 
@@ -131,14 +132,15 @@ def main() -> None:
     cache = args.cache / f"realbogus_real_pool_{args.rule}.npz" if args.cache else None
     if cache is not None and cache.is_file():
         saved = np.load(cache)
-        pool = RealSkyPool(saved["kind"], saved["owner"], saved["rb"], saved["cls"], saved["features"])
+        pool = RealSkyPool(saved["kind"], saved["owner"], saved["rb"], saved["cls"], saved["features"],
+                           saved["stamps"] if "stamps" in saved else None)
         sim_features = saved["sim_features"]
     else:
         pool = build_pool(data.alerts, RealSkyRecipe(), rule=RULES[args.rule])
         sim_features = trunk_features(load_network("classifier"), sim_val.stamps)
         if cache is not None:
             np.savez(cache, kind=pool.kind, owner=pool.owner, rb=pool.rb, cls=pool.cls, features=pool.features,
-                     sim_features=sim_features)
+                     stamps=pool.stamps, sim_features=sim_features)
     alert_rows = pool.kind == "alert"
     counts = {k: int((pool.kind == k).sum()) for k in ("alert", "inject", "residual", "sim")}
     print(f"pool: {counts}, features in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -149,8 +151,13 @@ def main() -> None:
         t0 = time.perf_counter()
         for k in range(data.n_folds):
             model = train_head(pool, data.folds != k, recipe)
-            oof[data.folds == k] = head_scores(model, pool.features[alert_rows][data.folds == k])
-            sims.append(roc_auc(sim_val.real, head_scores(model, sim_features)))
+            if recipe.layers == "all":  # the trunk changed: score the stamps themselves
+                oof[data.folds == k] = torch_scores(model, pool.stamps[alert_rows][data.folds == k])
+                sims.append(roc_auc(sim_val.real, torch_scores(model, sim_val.stamps)))
+            else:
+                oof[data.folds == k] = head_scores(model, pool.features[alert_rows][data.folds == k])
+                sims.append(roc_auc(sim_val.real, head_scores(model, sim_features)))
+            print(f"    fold {k} done ({time.perf_counter() - t0:.0f} s)", flush=True)
         print(f"  {name}: {time.perf_counter() - t0:.0f} s for {data.n_folds} folds", flush=True)
         rows += summarize(f"recipe {name}", oof, data, float(np.mean(sims)))
     print(f"\nROC AUC (label: reference >= 0.5), pooled over held-out folds, bootstrap 95 % interval; per-fold AUC "

@@ -68,10 +68,11 @@ class RealSkyRecipe:
         Injected positives and residual negatives made from each training alert (each kind).
     sim_fields : int
         Simulated fields (3 exposures each) for the ``sim`` ingredient.
-    layers : {"output", "head"}
+    layers : {"output", "head", "all"}
         ``output``: only the real/bogus output layer is trained (a logistic regression on the
         shipped head's 128 features, L-BFGS, L2 penalty ``l2``); ``head``: both fully connected
-        layers and the outputs (AdamW, ``epochs`` over mini-batches).
+        layers and the outputs (AdamW, ``epochs`` over mini-batches); ``all``: the whole network
+        on the pool's stamps (rotations and flips; slow on a CPU).
     l2 : float
         L2 penalty of the ``output`` logistic regression.
     epochs, batch_size, learning_rate, seed, threads : head training
@@ -242,6 +243,8 @@ class RealSkyPool:
         Class index (simulated stamps), -1 elsewhere.
     features : (M, F) float32
         The shipped classifier's trunk features of each sample.
+    stamps : (M, 3, 63, 63) float32 or None
+        The samples themselves (kept by `build_pool` for ``layers="all"``).
     """
 
     kind: np.ndarray
@@ -249,6 +252,7 @@ class RealSkyPool:
     rb: np.ndarray
     cls: np.ndarray
     features: np.ndarray
+    stamps: np.ndarray | None = None
 
 
 def build_pool(alerts: Sequence[SurveyAlert], recipe: RealSkyRecipe = RealSkyRecipe(), *, sim: Any | None = None,
@@ -285,7 +289,7 @@ def build_pool(alerts: Sequence[SurveyAlert], recipe: RealSkyRecipe = RealSkyRec
         cls.append(sim.labels.astype(np.int64))
     x = np.concatenate(xs).astype(np.float32)
     return RealSkyPool(np.concatenate(kind), np.concatenate(owner), np.concatenate(rb).astype(np.float32),
-                       np.concatenate(cls), trunk_features(trunk, x))
+                       np.concatenate(cls), trunk_features(trunk, x), x)
 
 
 def train_head(pool: RealSkyPool, train_alerts: np.ndarray, recipe: RealSkyRecipe = RealSkyRecipe(), *,
@@ -339,6 +343,8 @@ def train_head(pool: RealSkyPool, train_alerts: np.ndarray, recipe: RealSkyRecip
 
         opt.step(closure)
         return model.eval()
+    if recipe.layers == "all":
+        return _train_all(model, pool, take, recipe)
     params = [*model.head.parameters(), *model.real_bogus.parameters(), *model.classes.parameters()]
     opt = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=1e-3)
     n = len(f)
@@ -353,6 +359,38 @@ def train_head(pool: RealSkyPool, train_alerts: np.ndarray, recipe: RealSkyRecip
             labelled = cls[idx] >= 0
             if labelled.any():
                 loss = loss + F.cross_entropy(model.classes(h)[labelled], cls[idx][labelled]) * labelled.float().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def _train_all(model: Classifier, pool: RealSkyPool, take: np.ndarray, recipe: RealSkyRecipe) -> Classifier:
+    """Fine-tune every layer on the pool's stamps chosen by ``take`` (AdamW, one-cycle)."""
+    if pool.stamps is None:
+        msg = "layers='all' needs the pool's stamps (a pool from build_pool, not from features alone)"
+        raise ValueError(msg)
+    torch.set_num_threads(recipe.threads)
+    x = torch.from_numpy(pool.stamps[take])
+    rb = torch.from_numpy(pool.rb[take])
+    cls = torch.from_numpy(pool.cls[take])
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=1e-4)
+    n = len(x)
+    steps = recipe.epochs * -(-n // recipe.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.learning_rate, total_steps=max(steps, 1))
+    gen = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    for _ in range(recipe.epochs):
+        for idx in torch.randperm(n, generator=gen).split(recipe.batch_size):
+            xb = torch.rot90(x[idx], int(torch.randint(0, 4, (1,), generator=gen)), dims=(2, 3))
+            if torch.rand(1, generator=gen).item() < 0.5:  # noqa: PLR2004
+                xb = xb.flip(-1)
+            rb_logit, class_logits = model.logits(xb)
+            loss = F.binary_cross_entropy_with_logits(rb_logit[:, 0], rb[idx])
+            labelled = cls[idx] >= 0
+            if labelled.any():
+                loss = loss + F.cross_entropy(class_logits[labelled], cls[idx][labelled]) * labelled.float().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
