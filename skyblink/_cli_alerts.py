@@ -306,7 +306,7 @@ def _cell(value: float | None) -> str:
 
 @alerts_app.command("score")
 def score(
-    files: Annotated[list[Path], typer.Argument(help="Alert packet files: ZTF or Rubin Avro containers, framed Rubin messages, ZTF JSON.")],
+    files: Annotated[list[Path], typer.Argument(help="Alert packet files: ZTF or Rubin Avro containers, framed Rubin messages, ZTF JSON, Fink Parquet.")],
     out: Annotated[Path | None, typer.Option("--out", help="Write the table as CSV here too (default: print only).")] = None,
     rubin_schemas: Annotated[
         Path | None,

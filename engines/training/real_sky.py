@@ -10,8 +10,8 @@ Ingredients (each switchable in `RealSkyRecipe`, each measured in the grouped fo
 * **inject** -- fake injection on real cutouts (the DES / Rubin practice): a training alert's
   template is the sky; a Gaussian point source of the survey's seeing (the packet's PSF FWHM) is
   added to the science and difference channels at the centre, at S/N 5-80 (label real); the
-  difference background is white noise or another training alert's difference turned and
-  rolled so its own source is off centre.
+  difference background is white noise or the same alert's difference turned and rolled so its
+  own source is off centre (`build_pool` makes every sample from one alert's cutouts only).
 * **residuals** -- real-image bogus built from the same templates, centred on the brightest
   source of the template: misregistration dipoles (science = template shifted 0.3-1.5 px),
   PSF-mismatch rings (science = template blurred), and clean subtractions of a static source
@@ -21,9 +21,10 @@ Ingredients (each switchable in `RealSkyRecipe`, each measured in the grouped fo
 
 Within a fold every real ingredient comes from the training folds' alerts only (`RealSkyPool`
 records the alert each sample was made from). The shipped classifier's convolutional trunk is
-kept and its head (the two fully connected layers and both outputs) is trained on the trunk's
-features: a forward pass per sample once, then seconds per fold, which is what a 2-core CPU
-shared by several jobs affords; the network and its ONNX graph keep their shape.
+kept and only its head is trained on the trunk's features (`RealSkyRecipe.layers`: the
+real/bogus output layer, or both fully connected layers): a forward pass per sample once, then
+seconds per fold, which is what a 2-core CPU shared by several jobs affords; the network and its
+ONNX graph keep their shape. Training the trunk itself on real cutouts is not done here.
 
 Notes
 -----
@@ -45,7 +46,7 @@ from torch.nn import functional as F
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
 from ..networks import STAMP_SIZE, Classifier
-from ..score_external import TRAINING_PIXEL_SCALE, external_stamps
+from ..score_external import TRAINING_PIXEL_SCALE, ExternalStampRule, external_stamps
 
 __all__ = ["RealSkyPool", "RealSkyRecipe", "alert_targets", "build_pool", "psf_sigma_px", "real_sky_samples",
            "train_head", "trunk_features"]
@@ -67,10 +68,13 @@ class RealSkyRecipe:
         Injected positives and residual negatives made from each training alert (each kind).
     sim_fields : int
         Simulated fields (3 exposures each) for the ``sim`` ingredient.
-    layers : {"output", "head"}
+    layers : {"output", "head", "all"}
         ``output``: only the real/bogus output layer is trained (a logistic regression on the
         shipped head's 128 features, L-BFGS, L2 penalty ``l2``); ``head``: both fully connected
-        layers and the outputs (AdamW, ``epochs`` over mini-batches).
+        layers and the outputs (AdamW, ``epochs`` over mini-batches); ``all``: the whole network
+        on the pool's stamps (rotations and flips; slow on a CPU).
+    l2 : float
+        L2 penalty of the ``output`` logistic regression.
     epochs, batch_size, learning_rate, seed, threads : head training
     """
 
@@ -239,6 +243,8 @@ class RealSkyPool:
         Class index (simulated stamps), -1 elsewhere.
     features : (M, F) float32
         The shipped classifier's trunk features of each sample.
+    stamps : (M, 3, 63, 63) float32 or None
+        The samples themselves (kept by `build_pool` for ``layers="all"``).
     """
 
     kind: np.ndarray
@@ -246,20 +252,22 @@ class RealSkyPool:
     rb: np.ndarray
     cls: np.ndarray
     features: np.ndarray
+    stamps: np.ndarray | None = None
 
 
 def build_pool(alerts: Sequence[SurveyAlert], recipe: RealSkyRecipe = RealSkyRecipe(), *, sim: Any | None = None,
-               trunk: Classifier | None = None) -> RealSkyPool:
+               trunk: Classifier | None = None, rule: ExternalStampRule | None = None) -> RealSkyPool:
     """
     Make every ingredient of ``recipe`` once (each injection from one alert's own cutouts) and
-    its trunk features (`trunk_features` of ``trunk``, default the shipped classifier).
+    its trunk features (`trunk_features` of ``trunk``, default the shipped classifier); the
+    alerts' stamps by ``rule`` (default `ExternalStampRule()`).
     """
     from ..catalog import load_network  # noqa: PLC0415
 
     torch.set_num_threads(recipe.threads)
     trunk = trunk if trunk is not None else load_network("classifier")
     rng = np.random.default_rng(recipe.seed)
-    stamps = np.stack([external_stamps(a) for a in alerts])
+    stamps = np.stack([external_stamps(a, rule) for a in alerts])
     xs = [stamps]
     kind = [np.full(len(alerts), "alert")]
     owner = [np.arange(len(alerts))]
@@ -281,7 +289,7 @@ def build_pool(alerts: Sequence[SurveyAlert], recipe: RealSkyRecipe = RealSkyRec
         cls.append(sim.labels.astype(np.int64))
     x = np.concatenate(xs).astype(np.float32)
     return RealSkyPool(np.concatenate(kind), np.concatenate(owner), np.concatenate(rb).astype(np.float32),
-                       np.concatenate(cls), trunk_features(trunk, x))
+                       np.concatenate(cls), trunk_features(trunk, x), x)
 
 
 def train_head(pool: RealSkyPool, train_alerts: np.ndarray, recipe: RealSkyRecipe = RealSkyRecipe(), *,
@@ -335,6 +343,8 @@ def train_head(pool: RealSkyPool, train_alerts: np.ndarray, recipe: RealSkyRecip
 
         opt.step(closure)
         return model.eval()
+    if recipe.layers == "all":
+        return _train_all(model, pool, take, recipe)
     params = [*model.head.parameters(), *model.real_bogus.parameters(), *model.classes.parameters()]
     opt = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=1e-3)
     n = len(f)
@@ -349,6 +359,38 @@ def train_head(pool: RealSkyPool, train_alerts: np.ndarray, recipe: RealSkyRecip
             labelled = cls[idx] >= 0
             if labelled.any():
                 loss = loss + F.cross_entropy(model.classes(h)[labelled], cls[idx][labelled]) * labelled.float().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def _train_all(model: Classifier, pool: RealSkyPool, take: np.ndarray, recipe: RealSkyRecipe) -> Classifier:
+    """Fine-tune every layer on the pool's stamps chosen by ``take`` (AdamW, one-cycle)."""
+    if pool.stamps is None:
+        msg = "layers='all' needs the pool's stamps (a pool from build_pool, not from features alone)"
+        raise ValueError(msg)
+    torch.set_num_threads(recipe.threads)
+    x = torch.from_numpy(pool.stamps[take])
+    rb = torch.from_numpy(pool.rb[take])
+    cls = torch.from_numpy(pool.cls[take])
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=1e-4)
+    n = len(x)
+    steps = recipe.epochs * -(-n // recipe.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.learning_rate, total_steps=max(steps, 1))
+    gen = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    for _ in range(recipe.epochs):
+        for idx in torch.randperm(n, generator=gen).split(recipe.batch_size):
+            xb = torch.rot90(x[idx], int(torch.randint(0, 4, (1,), generator=gen)), dims=(2, 3))
+            if torch.rand(1, generator=gen).item() < 0.5:  # noqa: PLR2004
+                xb = xb.flip(-1)
+            rb_logit, class_logits = model.logits(xb)
+            loss = F.binary_cross_entropy_with_logits(rb_logit[:, 0], rb[idx])
+            labelled = cls[idx] >= 0
+            if labelled.any():
+                loss = loss + F.cross_entropy(class_logits[labelled], cls[idx][labelled]) * labelled.float().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

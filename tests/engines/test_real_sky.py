@@ -66,3 +66,20 @@ def test_a_fold_sees_nothing_of_its_held_out_alerts(alerts: list) -> None:
     # while training on them does change it
     other = train_head(pool, np.ones(len(alerts), bool), recipe)
     assert not torch.equal(other.real_bogus.weight, model.real_bogus.weight)
+
+
+def test_whole_network_fine_tune_sees_nothing_of_held_out_alerts(alerts: list) -> None:
+    recipe = RealSkyRecipe(sim=False, per_alert=1, layers="all", epochs=1, batch_size=8, threads=1)
+    pool = build_pool(alerts, recipe)
+    train = np.array([True, False, True, True, False, True])
+    model = train_head(pool, train, recipe)
+    held = ~train[pool.owner]
+    pool.stamps[held] = np.random.default_rng(2).normal(size=pool.stamps[held].shape).astype(np.float32)
+    pool.rb[held] = 1.0 - pool.rb[held]
+    again = train_head(pool, train, recipe)
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    from skyblink.engines.catalog import load_network
+
+    shipped = load_network("classifier")
+    assert not torch.equal(shipped.features[0][0].weight, model.features[0][0].weight)  # the trunk was trained
