@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sep
 from astropy import units as u
 from astropy.coordinates import SkyCoord, search_around_sky
 from scipy.sparse import coo_matrix
@@ -102,8 +103,6 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
     ValueError
         If ``image`` is not 2-D or ``snr_threshold`` is not positive.
     """
-    import sep  # noqa: PLC0415 - C extension, loaded where a reference is measured
-
     if np.ndim(image) != 2:  # noqa: PLR2004 - one image
         msg = f"image must be 2-D, got shape {np.shape(image)}"
         raise ValueError(msg)
