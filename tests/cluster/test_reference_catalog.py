@@ -88,7 +88,7 @@ def test_no_sources_and_bad_input() -> None:
 
 
 def test_a_dense_reference_is_cataloged_within_three_times_seps_extraction() -> None:
-    """The ratio to SEP on the same image in one run (best of three, interleaved), not a timed assertion."""
+    """The ratio to SEP on the same image in one run (best of five, interleaved), not a timed assertion."""
     config = SimConfig(fields=1, exposures_per_field=1, image_size=2048)  # field 0: the densest of the seed's first 8
     image = np.ascontiguousarray(render_ccd(config, 0, 0, exposure=None).pixels.astype(np.float32))
     fwhm = reference_conditions(config, 0).fwhm_arcsec / config.pixel_scale_arcsec
@@ -100,7 +100,7 @@ def test_a_dense_reference_is_cataloged_within_three_times_seps_extraction() -> 
         return len(sep.extract(data, 1.5, err=bkg.globalrms))
 
     ours = theirs = math.inf
-    for _ in range(3):
+    for _ in range(5):
         start = time.perf_counter()
         found = len(detect_static_sources(image, fwhm)[0])
         ours = min(ours, time.perf_counter() - start)
