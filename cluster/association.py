@@ -212,8 +212,7 @@ def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: fl
     from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
 
     key = f"references/{field}"
-    wcs = store.wcs(key, ccd)
-    header = store.header(key, ccd)
+    _, header, wcs = store.ccd_description(key, ccd)
     scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
     x, y, snr, concentration = detect_static_sources(np.asarray(store.image(key, ccd)), float(header.get("SEEING", 1.0)) / scale,
                                                      snr_threshold=snr_threshold)
