@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sep
 from astropy import units as u
 from astropy.coordinates import SkyCoord, search_around_sky
 from scipy.sparse import coo_matrix
@@ -103,8 +104,6 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
     ValueError
         If ``image`` is not 2-D or ``snr_threshold`` is not positive.
     """
-    import sep  # noqa: PLC0415 - C extension, loaded where a reference is measured
-
     if np.ndim(image) != 2:  # noqa: PLR2004 - one image
         msg = f"image must be 2-D, got shape {np.shape(image)}"
         raise ValueError(msg)
@@ -214,8 +213,7 @@ def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: fl
     from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
 
     key = f"references/{field}"
-    wcs = store.wcs(key, ccd)
-    header = store.header(key, ccd)
+    _, header, wcs = store.ccd_description(key, ccd)
     scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
     x, y, snr, concentration = detect_static_sources(np.asarray(store.image(key, ccd)), float(header.get("SEEING", 1.0)) / scale,
                                                      snr_threshold=snr_threshold)
