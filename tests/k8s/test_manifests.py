@@ -7,6 +7,7 @@ configuration the CLI accepts, a RayJob entrypoint the CLI parses, a schedule th
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 from datetime import UTC, datetime
@@ -120,8 +121,8 @@ def test_gpu_workers_request_gpus_on_gpu_nodes(overlay: str, objects: Objects) -
         assert cluster["spec"]["enableInTreeAutoscaling"] is True
         assert 1 <= group["minReplicas"] <= group["replicas"] < group["maxReplicas"]
         assert head["rayStartParams"]["num-cpus"] == "0"
-        # The autoscaler sidecar needs the head's service account token; nothing else mounts one.
-        assert head["template"]["spec"]["automountServiceAccountToken"] is True
+        # The autoscaler sidecar needs the head's service account token: it alone mounts it.
+        assert head["template"]["spec"]["automountServiceAccountToken"] is False
         assert cluster["spec"]["autoscalerOptions"]["securityContext"]["allowPrivilegeEscalation"] is False
 
 
@@ -160,13 +161,97 @@ def test_every_pod_runs_non_root_without_privileges(objects: Objects, rayjob: di
     assert namespace["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
-def test_only_the_head_may_use_the_kubernetes_api(objects: Objects, rayjob: dict[str, Any]) -> None:
+def test_only_the_autoscaler_and_the_submitter_hold_a_kubernetes_token(overlay: str, objects: Objects, rayjob: dict[str, Any]) -> None:
+    token_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
     for where, _, spec in all_pods(objects, rayjob):
         if spec.get("serviceAccountName") == "skyblink-nightly":
             continue  # the submitter creates RayJobs (Role skyblink-nightly)
-        if where.endswith(" head") and spec.get("automountServiceAccountToken") is True:
-            continue  # prod: the autoscaler sidecar
         assert spec.get("automountServiceAccountToken") is False, where
+        projected = {v["name"] for v in spec.get("volumes", []) if any("serviceAccountToken" in src
+                                                                         for src in v.get("projected", {}).get("sources", []))}
+        for container in containers(spec):  # no container of ours mounts a token by hand either
+            assert not {m["name"] for m in container.get("volumeMounts", [])} & projected, f"{where} {container['name']}"
+            assert all(m["mountPath"] != token_dir for m in container.get("volumeMounts", [])), where
+    cluster = find(objects, "RayCluster")
+    autoscaler = cluster["spec"].get("autoscalerOptions")
+    if overlay == "prod":  # the autoscaler sidecar alone gets the head's token, through its own mount
+        [mount] = autoscaler["volumeMounts"]
+        assert mount["mountPath"] == token_dir and mount["readOnly"] is True
+        head_volumes = {v["name"]: v for v in cluster["spec"]["headGroupSpec"]["template"]["spec"]["volumes"]}
+        assert "serviceAccountToken" in str(head_volumes[mount["name"]]["projected"])
+    else:
+        assert autoscaler is None
+
+
+def test_every_container_has_a_read_only_root_filesystem(objects: Objects, rayjob: dict[str, Any]) -> None:
+    for where, _, spec in all_pods(objects, rayjob):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in containers(spec):
+            name = f"{where} container {container['name']}"
+            assert container.get("securityContext", {}).get("readOnlyRootFilesystem") is True, name
+            for mount in container.get("volumeMounts", []):  # where it writes is a volume, never the image
+                if mount["mountPath"] in ("/tmp", "/home/skyblink"):
+                    assert "emptyDir" in volumes[mount["name"]], name
+            if container["name"] in ("ray-head", "ray-worker", "engines-init", "ray-job-submitter"):
+                assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}, f"{name}: no writable /tmp"
+    autoscaler = find(objects, "RayCluster")["spec"].get("autoscalerOptions")
+    if autoscaler is not None:
+        assert autoscaler["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_ray_token_authentication_is_on_for_the_cluster_and_its_submitter(overlay: str, objects: Objects, rayjob: dict[str, Any]) -> None:
+    cluster = find(objects, "RayCluster")
+    auth = cluster["spec"]["authOptions"]
+    assert auth["mode"] == "token"
+    major, minor, *_ = (int(v) for v in cluster["spec"]["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52)  # Ray's token authentication
+    submitter = rayjob["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in submitter["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": auth["secretName"], "key": "auth_token"}
+    if overlay == "dev":
+        assert "auth_token" in find(objects, "Secret", auth["secretName"])["data"]
+
+
+RAY_HEAD_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
+
+
+def test_the_ray_head_takes_dashboard_and_client_connections_only_from_the_submitter_and_operators(
+    objects: Objects, rayjob: dict[str, Any]
+) -> None:
+    cluster = find(objects, "RayCluster")
+    head_spec = cluster["spec"]["headGroupSpec"]["template"]
+    head_labels = head_spec["metadata"]["labels"]
+    assert {p["name"]: p["containerPort"] for p in head_spec["spec"]["containers"][0]["ports"]} == RAY_HEAD_PORTS
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy" and selects(o["spec"]["podSelector"], head_labels)]
+    assert {p["metadata"]["name"] for p in policies} == {"skyblink-ray-head", "skyblink-ray"}
+
+    def reaches(labels: dict[str, str], namespace: dict[str, str] | None, port: int) -> bool:
+        return any(admitted(p, labels, namespace, port) for p in policies)  # policies add up
+
+    submitter = rayjob["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    operator = {"app.kubernetes.io/name": "kubectl", "skyblink.io/role": "operator"}
+    kuberay = {"app.kubernetes.io/name": "kuberay-operator"}
+    worker = cluster["spec"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"]
+    nightly = find(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    consumer = {"app.kubernetes.io/name": "my-broker", "skyblink.io/role": "alert-consumer"}
+    redis = find(objects, "StatefulSet", "skyblink-redis")["spec"]["template"]["metadata"]["labels"]
+    for port in (8265, 10001):
+        assert reaches(submitter, None, port) and reaches(operator, None, port)
+        assert reaches(operator, {"skyblink.io/operators": "true"}, port)
+        assert reaches(kuberay, {"skyblink.io/kuberay-operator": "true"}, port)
+        for outsider, ns in ((consumer, None), (redis, None), (nightly, None), ({}, None), (operator, {"team": "x"}),
+                             (kuberay, None), (submitter, {"kubernetes.io/metadata.name": "elsewhere"})):
+            assert not reaches(outsider, ns, port), (outsider, ns, port)
+    for port in RAY_HEAD_PORTS.values():
+        assert reaches(worker, None, port) and reaches(head_labels, None, port)  # Ray's own traffic
+    for outsider in (submitter, operator, consumer, redis, nightly, {}):
+        assert not reaches(outsider, None, 6379), outsider  # the GCS: Ray pods only
+    assert reaches({}, {"skyblink.io/monitoring": "true"}, 8080) and not reaches({}, {"skyblink.io/monitoring": "true"}, 8265)
+    # The GPU workers are closed the same way.
+    assert all(selects(p["spec"]["podSelector"], worker) for p in policies if p["metadata"]["name"] == "skyblink-ray")
+    assert not any(admitted(p, consumer, None, 10001) for p in objects if p["kind"] == "NetworkPolicy"
+                   and selects(p["spec"]["podSelector"], worker))
 
 
 def test_long_running_containers_have_probes(objects: Objects) -> None:
@@ -250,11 +335,33 @@ def test_redis_persists_and_authenticates_from_the_secret(objects: Objects) -> N
     (server,) = spec["containers"]
     assert {"name": "data", "mountPath": "/data"} in server["volumeMounts"]
     conf = find(objects, "ConfigMap", "skyblink-redis-conf")["data"]["redis.conf"]
-    assert "appendonly yes" in conf and "dir /data" in conf and "include /run/redis/auth.conf" in conf
+    assert "appendonly yes" in conf and "dir /data" in conf and "aclfile /run/redis/users.acl" in conf
+    assert "requirepass" not in conf
+    expected = {"auth": ["password", "publisher-password", "consumer-password"], "redis": ["password"]}
     for container in containers(spec):
         assert "requirepass" not in " ".join(container.get("args", [])), "the password must not be on a command line"
         refs = [e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
-        assert refs == [{"name": "skyblink-redis", "key": "password"}], container["name"]
+        assert refs == [{"name": "skyblink-redis", "key": k} for k in expected[container["name"]]], container["name"]
+
+
+def test_the_pipeline_publishes_as_an_acl_user_that_cannot_flush(objects: Objects) -> None:
+    """The ACL users themselves run against a real redis-server in test_redis_acl.py."""
+    acl = find(objects, "ConfigMap", "skyblink-redis-conf")["data"]["users.acl"]
+    users = {line.split()[1]: line.split()[2:] for line in acl.splitlines() if line.startswith("user ")}
+    assert set(users) == {"default", "skyblink-publisher", "skyblink-consumer"}
+    for name in ("skyblink-publisher", "skyblink-consumer"):
+        rules = users[name]
+        assert rules[:2] == ["on", "#@" + name.split("-")[1].upper() + "_HASH@"], name  # a hash, filled in at start
+        assert "-@all" in rules and "+@all" not in rules and not any("flush" in r.lower() for r in rules), name
+        assert {r for r in rules if r.startswith("~")} == {"~skyblink:alerts:*", "~{skyblink:alerts:*"}, name
+    assert {"+xadd", "+evalsha"} <= set(users["skyblink-publisher"])
+    assert {"+xreadgroup", "+xack", "+xautoclaim"} <= set(users["skyblink-consumer"])
+    assert "+xadd" not in users["skyblink-consumer"] and "(~skyblink:alerts:*:dead" in users["skyblink-consumer"]
+    for _, _, spec in pod_specs(find(objects, "RayCluster")):
+        for container in spec["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            assert env["SKYBLINK_REDIS__USERNAME"]["value"] == "skyblink-publisher"
+            assert env["SKYBLINK_REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "skyblink-redis", "key": "publisher-password"}
 
 
 def test_every_reference_resolves(overlay: str, objects: Objects, rayjob: dict[str, Any]) -> None:
@@ -278,9 +385,13 @@ def test_every_reference_resolves(overlay: str, objects: Objects, rayjob: dict[s
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref and ("Secret", ref["name"]) not in names:
                     # prod: made by the operator before `kubectl apply -k` (docs/operations.md says how)
-                    assert overlay == "prod" and ref["name"] == "skyblink-redis", f"{where}: Secret {ref['name']}"
+                    assert overlay == "prod" and ref["name"] in ("skyblink-redis", "skyblink-ray-auth"), f"{where}: Secret {ref['name']}"
+    secret = find(objects, "RayCluster")["spec"]["authOptions"]["secretName"]
+    assert ("Secret", secret) in names or overlay == "prod"
     guide = (REPO / "docs" / "operations.md").read_text()
     assert "kubectl -n skyblink create secret generic skyblink-redis" in guide
+    assert "--from-literal=publisher-password=" in guide and "--from-literal=consumer-password=" in guide
+    assert f"kubectl -n skyblink create secret generic {secret}" in guide
 
 
 # -------------------------------------------------------------------------------- configuration
@@ -380,11 +491,13 @@ def test_the_dashboard_service_selects_the_head(objects: Objects) -> None:
     assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
 
 
-def test_images_are_pinned(objects: Objects, rayjob: dict[str, Any]) -> None:
+def test_images_are_pinned(overlay: str, objects: Objects, rayjob: dict[str, Any]) -> None:
     for where, _, spec in all_pods(objects, rayjob):
         for container in containers(spec):
             image = container["image"]
             assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"{where}: {image}"
+            if overlay == "prod":  # a tag can be moved to other bytes; a digest cannot
+                assert re.fullmatch(r"[a-z0-9./-]+@sha256:[0-9a-f]{64}", image), f"{where}: {image} is not pinned by digest"
 
 
 # ------------------------------------------------------------------------------ external Redis
@@ -402,7 +515,7 @@ def test_an_external_redis_is_configuration_only(tmp_path: Path, need_crds: Path
     old = next(line for line in toml.splitlines() if line.startswith("url = "))
     (prod / "skyblink.toml").write_text(toml.replace(old, 'url = "rediss://alerts-redis.example.org:6380/0"'))
     objects = render(prod)
-    assert not {o["kind"] for o in objects} & {"StatefulSet", "NetworkPolicy"}
+    assert not [o for o in objects if o["kind"] == "StatefulSet" or o["metadata"]["name"] == "skyblink-redis"]
     assert [line for obj in objects for line in validate(obj)] == []
     path = tmp_path / "skyblink.toml"
     path.write_text(find(objects, "ConfigMap", "skyblink-config")["data"]["skyblink.toml"])
