@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 
 from skyblink.config import NightConfig
 from skyblink.threads import ordered_map
-from skyblink.engines.networks import CLASSIFIER_CLASSES
+from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.storage.alerts import (
     Alert,
     AlertBuilder,

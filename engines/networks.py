@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .model_io import CLASSIFIER_CLASSES  # noqa: F401 - re-exported: torch-free home of the class names
+
 __all__ = [
     "CLASSIFIER_CLASSES",
     "DETECTOR_CLASSES",
@@ -34,8 +36,6 @@ __all__ = [
 
 #: Heatmap channels of the detector, in output order.
 DETECTOR_CLASSES = ("static", "transient", "moving", "artifact")
-#: Class-probability columns of the classifier, in output order.
-CLASSIFIER_CLASSES = ("star", "galaxy", "transient", "variable", "moving", "cosmic_ray", "artifact")
 #: Edge of a classifier stamp in pixels (the ZTF/braai layout).
 STAMP_SIZE = 63
 #: The detector's input height and width must be multiples of this.

@@ -114,6 +114,7 @@ def night_run(
         # Tiles are counted when a worker call returns (night.tiles_per_task at once): "tiles" and
         # its count show from dispatch on; before, the stage's name and the elapsed time only.
         if name == "dispatch":
+            clock["t0"] = time.perf_counter()  # the rate counts from the first call, not from starting workers
             progress.update(bar, description="tiles", count=f"{clock['done']}/{clock['todo'] + clock['done']} tiles",
                             rate="first results when a worker call returns")
         else:
