@@ -23,6 +23,7 @@ from ._cli_common import (
     inputs_checked,
     plain_progress,
 )
+from ._cli_common import prog as _prog  # _print_next_steps names its local prog
 from ._cli_checks import check_night_dir, check_output_dir, check_output_file, check_ray_address, check_redis, check_store
 
 if TYPE_CHECKING:
@@ -151,9 +152,7 @@ def night_run(
 
 def _print_next_steps(night: str, *, readable: bool) -> None:
     """Say the exact commands that read the night's alerts (with this very executable)."""
-    import sys  # noqa: PLC0415
-
-    prog = sys.argv[0] if Path(sys.argv[0]).name == "skyblink" else "skyblink"
+    prog = _prog()
     if readable:
         console.print(f"read its alerts: {prog} alerts tail --night {night}   "
                       f"(all nights: {prog} alerts nights; to export them: "
