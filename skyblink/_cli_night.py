@@ -48,7 +48,8 @@ def night_run(
         int | None, typer.Option("--workers", min=1, help="Worker actors (default: one per GPU, else CPUs - 1, at least 1).")
     ] = None,
     night: Annotated[
-        str | None, typer.Option("--night", help="Night name for the stream and alert ids (default: its dayObs).")
+        str | None, typer.Option("--night", help="Night name for the stream and alert ids (default: its dayObs; "
+                     "`skyblink alerts nights` lists those in Redis).")
     ] = None,
     keep_redis: Annotated[
         bool,

@@ -109,7 +109,7 @@ def test_demo_then_the_first_commands_from_a_fresh_clone(clone: Path, tmp_path: 
         assert "[demo] no NVIDIA GPU (nvidia-smi absent or failing): the run uses ONNX Runtime on the CPU" in out
         assert "Token authentication is enabled" not in out
         assert "Traceback" not in out
-        match = re.search(rf"read its alerts: (\S+) alerts tail --night (\S+)", out)
+        match = re.search(r"read its alerts: (\S+) alerts tail --night (\S+)", out)
         assert match, out[-3000:]
         assert match.group(1) == skyblink
         night = match.group(2)
