@@ -1,13 +1,13 @@
 # syntax=docker/dockerfile:1.7
 # skyblink-cpu: the slim image of the Ray head (the night's driver and the dashboard), the nightly
-# submitter (skyblink-nightly), alert consumers, and CPU-only workers (with EXTRAS=ml: ONNX Runtime).
+# submitter (skyblink-nightly), alert consumers, and CPU-only workers (with EXTRAS=cpu: ONNX Runtime, no torch).
 #   docker build -f docker/cpu.Dockerfile -t skyblink-cpu:0.1.0 .
 # Ray and Python must be the same in both images: RAY_VERSION here, in gpu.Dockerfile and
 # rayVersion in k8s/base/raycluster.yaml agree (tests/k8s checks it).
 ARG PYTHON_VERSION=3.12
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ARG RAY_VERSION=2.60.0
-# Extras of pyproject.toml to add, comma-separated: "" for the head, "ml" for a CPU worker.
+# Extras of pyproject.toml to add, comma-separated: "" for the head, "cpu" for a CPU worker.
 ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/skyblink

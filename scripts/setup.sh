@@ -49,4 +49,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pip install -e ".[$extras]"
   echo "$want" > "$stamp"
   say "installed skyblink[$extras] into $venv in $(( $(date +%s) - start )) s ($(du -sh "$venv" | cut -f1))"
+else
+  say "$venv has skyblink[$extras] installed and pyproject.toml unchanged: nothing to install"
 fi

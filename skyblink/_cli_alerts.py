@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from ._cli_checks import check_output_dir
-from ._cli_common import EXIT_ERROR, RedisUrlOption, console, effective_config, err_console, fail, inputs_checked
+from ._cli_common import EXIT_ERROR, RedisUrlOption, console, effective_config, err_console, fail, inputs_checked, prog
 from .config import SkyblinkConfig
 
 __all__ = ["alerts_app"]
@@ -100,7 +100,7 @@ def _require_stream(client: Any, config: SkyblinkConfig, name: str) -> None:
     nights = _nights(client, config)
     there = ", ".join(nights) if nights else "none"
     client.close()
-    raise fail(f"error: no stream {name} in this Redis; nights there: {there} (`skyblink alerts nights` lists them)")
+    raise fail(f"error: no stream {name} in this Redis; nights there: {there} (`{prog()} alerts nights` lists them)")
 
 
 @alerts_app.command("nights")
@@ -115,7 +115,7 @@ def nights(ctx: typer.Context, redis_url: RedisUrlOption = None) -> None:
     if not found:
         raise fail(f"error: no alert stream matching {config.alerts.stream} in this Redis")
     for night, length in found.items():
-        console.print(f"{night}  {length} alert(s)  (skyblink alerts tail --night {night})", markup=False, highlight=False)
+        console.print(f"{night}  {length} alert(s)  ({prog()} alerts tail --night {night})", markup=False, highlight=False)
 
 
 @alerts_app.command("consume")

@@ -36,6 +36,7 @@ __all__ = [
     "fail",
     "inputs_checked",
     "plain_progress",
+    "prog",
 ]
 
 #: Seconds between the plain progress lines printed when stderr is not a terminal.
@@ -77,6 +78,14 @@ RedisUrlOption = Annotated[
         help="redis:// or rediss:// URL; unset starts a private redis-server (config: redis.url; env SKYBLINK_REDIS__URL).",
     ),
 ]
+
+
+def prog() -> str:
+    """How the user called skyblink (``.venv-demo/bin/skyblink``), for commands printed to copy."""
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    return sys.argv[0] if sys.argv and Path(sys.argv[0]).name == "skyblink" else "skyblink"
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:

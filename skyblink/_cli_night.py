@@ -25,6 +25,7 @@ from ._cli_common import (
     inputs_checked,
     plain_progress,
 )
+from ._cli_common import prog as _prog  # _print_next_steps names its local prog
 from ._cli_checks import check_night_dir, check_output_dir, check_output_file, check_ray_address, check_redis, check_store
 from .redaction import redact_text
 
@@ -51,7 +52,8 @@ def night_run(
         int | None, typer.Option("--workers", min=1, help="Worker actors (default: one per GPU, else CPUs - 1, at least 1).")
     ] = None,
     night: Annotated[
-        str | None, typer.Option("--night", help="Night name for the stream and alert ids (default: its dayObs).")
+        str | None, typer.Option("--night", help="Night name for the stream and alert ids (default: its dayObs; "
+                     "`skyblink alerts nights` lists those in Redis).")
     ] = None,
     keep_redis: Annotated[
         bool,
@@ -132,6 +134,7 @@ def _night_run(night_dir: Path, config: SkyblinkConfig, *, night: str | None, ke
         # Tiles are counted when a worker call returns (night.tiles_per_task at once): "tiles" and
         # its count show from dispatch on; before, the stage's name and the elapsed time only.
         if name == "dispatch":
+            clock["t0"] = time.perf_counter()  # the rate counts from the first call, not from starting workers
             progress.update(bar, description="tiles", count=f"{clock['done']}/{clock['todo'] + clock['done']} tiles",
                             rate="first results when a worker call returns")
         else:
@@ -177,9 +180,7 @@ def _night_run(night_dir: Path, config: SkyblinkConfig, *, night: str | None, ke
 
 def _print_next_steps(night: str, *, readable: bool) -> None:
     """Say the exact commands that read the night's alerts (with this very executable)."""
-    import sys  # noqa: PLC0415
-
-    prog = sys.argv[0] if Path(sys.argv[0]).name == "skyblink" else "skyblink"
+    prog = _prog()
     if readable:
         console.print(f"read its alerts: {prog} alerts tail --night {night}   "
                       f"(all nights: {prog} alerts nights; to export them: "

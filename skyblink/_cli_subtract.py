@@ -44,7 +44,7 @@ def write_candidates(path: Path, records: list[Any], science: Any, *, alert_min_
     """Write the candidates as CSV: 0-based science pixels, ICRS degrees, S/N, real/bogus, class, alert flag."""
     import numpy as np  # noqa: PLC0415
 
-    from skyblink.engines.networks import CLASSIFIER_CLASSES  # noqa: PLC0415
+    from skyblink.engines.model_io import CLASSIFIER_CLASSES  # noqa: PLC0415
 
     xy = np.array([[r.x, r.y] for r in records], dtype=float).reshape(-1, 2)
     world = science.wcs.all_pix2world(xy, 0) if len(records) else np.empty((0, 2))

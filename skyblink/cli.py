@@ -33,7 +33,7 @@ from ._cli_common import (
     inputs_checked,
     plain_progress,
 )
-from ._cli_checks import check_night_dir, check_ray_address, check_store
+from ._cli_checks import check_night_dir, check_output_dir, check_ray_address, check_store
 from ._version import __version__
 from .config import SkyblinkConfig, config_as_json, config_as_toml
 
@@ -146,6 +146,8 @@ def sim_night(
             "sim.pixel_dtype": dtype,
         },
     )
+    with inputs_checked():
+        check_output_dir(out_dir, "OUT_DIR")
     sim_config = rubin_visit_config(seed=config.sim.seed) if rubin_visit else config.sim
     summary = simulate_night(out_dir, sim_config, progress=lambda line: err_console.print(line, markup=False, highlight=False))
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.counts.items()))

@@ -45,7 +45,8 @@ from torch.nn import functional as F
 
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
-from ..networks import STAMP_SIZE, Classifier
+from ..model_io import STAMP_SIZE
+from ..networks import Classifier
 from ..score_external import TRAINING_PIXEL_SCALE, ExternalStampRule, external_stamps
 
 __all__ = ["RealSkyPool", "RealSkyRecipe", "alert_targets", "build_pool", "psf_sigma_px", "real_sky_samples",

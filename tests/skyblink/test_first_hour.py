@@ -91,6 +91,7 @@ BAD_INPUTS = [
     (["night", "run", "empty-night", "--report", "."], "--report . is a directory"),
     (["ingest", "empty-night", "--store", "nosuchfs://bucket/x"], "unknown file system 'nosuchfs'"),
     (["night", "score", "empty-night", "--store", "missing.zarr"], "holds no FITS files"),
+    (["sim", "night", "a-file/night", "--size", "64"], "OUT_DIR a-file/night: "),
 ]
 
 
