@@ -8,6 +8,7 @@ print it and exit 1. None of them creates a file or folder.
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -135,25 +136,30 @@ def check_redis(config: SkyblinkConfig, *, flag: str = "--redis-url") -> None:
         raise InputError(msg)
 
 
-def check_ray_address(address: str | None) -> None:
+def check_ray_address(address: str | None, *, connect_timeout_s: float = 3.0) -> None:
     """
-    Check a Ray address: unset, ``local``, ``auto``, ``ray://host:port`` or ``host:port``.
+    Check a Ray address: unset, ``local``, ``auto``, or ``ray://host:port`` / ``host:port`` where
+    something accepts a connection (Ray would otherwise retry for minutes).
 
     Raises
     ------
     InputError
-        Anything else.
+        Another form, or nothing listening at the host and port.
     """
     if address in (None, "local", "auto"):
         return
     assert address is not None
-    parts = urlsplit(address)
-    if parts.scheme == "ray" and parts.hostname:
-        return
-    if "://" not in address and _RAY_HOST_PORT.match(address):
-        return
-    msg = f"--ray-address {address}: must be local, auto, ray://HOST:PORT or HOST:PORT"
-    raise InputError(msg)
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    if not ((parts.scheme == "ray" and parts.hostname) or ("://" not in address and _RAY_HOST_PORT.match(address))):
+        msg = f"--ray-address {address}: must be local, auto, ray://HOST:PORT or HOST:PORT"
+        raise InputError(msg)
+    port = parts.port or 10001  # ray:// without a port: Ray Client's default
+    try:
+        socket.create_connection((parts.hostname, port), timeout=connect_timeout_s).close()
+    except OSError as exc:
+        msg = (f"--ray-address {address}: nothing answers at {parts.hostname}:{port} ({exc.strerror or exc}); "
+               "is a Ray head running there (`ray start --head`)?")
+        raise InputError(msg) from None
 
 
 def check_output_file(path: Path, flag: str) -> None:

@@ -88,6 +88,8 @@ def night_run(
         if night is not None:
             _check_night_name(config, night)
         check_night_dir(night_dir, allow_empty=watch)  # --watch: the exposures land later
+    if config.redis.url:  # a wrong host or password fails now, not after Ray has started
+        _probe_redis(config)
     from skyblink.storage import StoreLock, StoreLockedError  # noqa: PLC0415
 
     try:  # one writer per store, refused before the pipeline's imports (seconds) are paid
@@ -189,6 +191,15 @@ def _print_next_steps(night: str, *, readable: bool) -> None:
     else:
         console.print(f"to read its alerts, run it again with --keep-redis (nothing is redone), then: "
                       f"{prog} alerts tail --night {night}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _probe_redis(config: object) -> None:
+    from skyblink.storage.alerts import AlertError, connect  # noqa: PLC0415
+
+    try:
+        connect(config.redis).close()  # type: ignore[attr-defined]
+    except (ValueError, AlertError) as exc:
+        raise fail(f"error: {exc}") from None
 
 
 def _check_night_name(config: object, night: str) -> None:
