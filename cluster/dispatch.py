@@ -123,6 +123,7 @@ class WorkerPool:
                 gpu_batch=night.tiles_per_task,
                 result_sink=store_unit_results,
                 registry=config.engines.registry,
+                trusted_manifest=config.engines.trusted_manifest,
                 headers=config.headers,
                 psf_match=night.psf_match,
             )

@@ -104,6 +104,10 @@ class TileWorker:
         installed), and runs it on the program's compute stream; where the runtime refuses the
         engine, or none matches, torch runs instead. `check_health` names, per model, the
         backend, the engine file and its sha256, and why.
+    trusted_manifest : str, optional
+        The hashes of promoted releases and engines, mounted where workers cannot write
+        (configuration ``engines.trusted_manifest``): an engine or ONNX file that differs from
+        them is refused, even when its own manifest was rewritten to match.
 
     Notes
     -----
@@ -116,8 +120,10 @@ class TileWorker:
     def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
                  snr_threshold: float = 5.0, tile_size: int | None = None, margin: int = 32, gpu_batch: int = 8,
                  result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None,
-                 registry: str | None = None, headers: Any = None, psf_match: str = "gaussian") -> None:
+                 registry: str | None = None, trusted_manifest: str | Path | None = None, headers: Any = None,
+                 psf_match: str = "gaussian") -> None:
         self._registry = registry
+        self._trusted_manifest = trusted_manifest
         shapes = _program_shapes(tile_size, margin, gpu_batch, top_k)
         self._choices = {name: self._start_runner(name, backend, precision, shapes) for name in ("detector", "classifier")}
         self._runners = {name: choice.runner for name, choice in self._choices.items()}
@@ -153,7 +159,7 @@ class TileWorker:
         from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
         from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
 
-        registry = EngineRegistry(Path(self._registry).expanduser()) if self._registry else None
+        registry = EngineRegistry.from_config(self._registry, self._trusted_manifest) if self._registry else None
         choice = select_runner(name, backend=backend, precision=precision, registry=registry,  # type: ignore[arg-type]
                                shapes=shapes.get(name, ()))
         try:
