@@ -169,6 +169,7 @@ def test_killed_actor_loses_no_tile_and_the_stream_is_the_clean_one(
     _assert_clean_stream(clean_night, redis_server)
 
 
+@pytest.mark.slow  # two runs that start a worker actor
 def test_corrupt_shard_holds_the_field_back_then_the_repaired_rerun_publishes_the_clean_stream(
     clean_night: CleanNight, tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -206,6 +207,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.slow  # two CLI processes beside a run
 def test_a_second_writer_is_refused_naming_the_first_or_waits_for_it(
     clean_night: CleanNight, tmp_path: Path, redis_server: RedisServer
 ) -> None:
