@@ -317,8 +317,14 @@ class NightStore:
 
     def damaged_keys(self) -> list[str]:
         """Return the keys of the exposures and references flagged by `mark_damaged`, sorted."""
-        keys = [*self.exposure_keys("exposure"), *self.exposure_keys("reference")]
-        return sorted(key for key in keys if self._group(key).attrs.get("damaged"))
+        keys = []
+        for kind_group in _GROUP_OF_KIND.values():
+            parent = self.root.get(kind_group)
+            if parent is None:
+                continue
+            keys.extend(f"{kind_group}/{name}" for name, group in parent.groups()
+                        if group.attrs.get("complete") is True and group.attrs.get("damaged"))
+        return sorted(keys)
 
     def header(self, key: str, ccd: str = "ccd000") -> fits.Header:
         """Return the CCD's original FITS header."""

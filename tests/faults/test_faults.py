@@ -71,6 +71,32 @@ def test_redis_down_at_publish_spools_exits_3_and_the_next_run_delivers_them(
     _assert_clean_stream(clean_night, redis_server)
 
 
+def test_redis_lost_at_publish_makes_the_cli_exit_3_with_the_count(
+    clean_night: CleanNight, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """What a scheduler sees: not 0, and how many alerts are not in Redis."""
+    store = clean_night.copy_store(tmp_path)
+    shutil.rmtree(store / "catalogs")
+    catalog = store / "catalogs" / "objects.parquet"  # written by reduce, just before publishing
+
+    def kill_when_reduced() -> None:
+        deadline = time.monotonic() + 120
+        while not catalog.exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        redis_server.kill()
+
+    killer = threading.Thread(target=kill_when_reduced, daemon=True)
+    killer.start()
+    code, output, report = _night_run(clean_night, tmp_path, redis_server)
+    killer.join()
+    n = len(clean_night.entries)
+    assert code == 3, output
+    absent = report["alerts_spooled"] + report["alerts_unconfirmed"]
+    assert absent == n and report["alerts_in_stream"] == 0, report
+    flat = " ".join(output.split())
+    assert f"{report['alerts_spooled']} alert(s) spooled and {report['alerts_unconfirmed']} unconfirmed" in flat
+
+
 @pytest.mark.parametrize("persistent", [False, True], ids=["persistence-off", "persistence-on"])
 def test_redis_restarted_during_publish_ends_with_every_alert_in_the_stream(
     clean_night: CleanNight, tmp_path: Path, persistent: bool
@@ -143,6 +169,7 @@ def test_killed_actor_loses_no_tile_and_the_stream_is_the_clean_one(
     _assert_clean_stream(clean_night, redis_server)
 
 
+@pytest.mark.slow  # two runs that start a worker actor
 def test_corrupt_shard_holds_the_field_back_then_the_repaired_rerun_publishes_the_clean_stream(
     clean_night: CleanNight, tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -180,6 +207,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.slow  # two CLI processes beside a run
 def test_a_second_writer_is_refused_naming_the_first_or_waits_for_it(
     clean_night: CleanNight, tmp_path: Path, redis_server: RedisServer
 ) -> None:
