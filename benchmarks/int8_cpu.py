@@ -25,7 +25,7 @@ import numpy as np
 from skyblink.engines.backends import OnnxRuntimeRunner
 from skyblink.engines.calibration_set import bright_crowded_spec, build_calibration_set, stratified_spec
 from skyblink.engines.catalog import onnx_path
-from skyblink.engines.gate import ValidationSpec, _validation_stamps, compare, evaluate, reference_metrics
+from skyblink.engines.gate import ValidationSpec, validation_stamps, compare, evaluate, reference_metrics
 from skyblink.engines.quantize import quantize_int8
 
 
@@ -71,7 +71,7 @@ def main() -> None:
         cache = args.cache_dir or Path(tmp) / "gate-cache"
         start = time.perf_counter()
         fp32_det = reference_metrics("detector", onnx_path("detector"), validation, cache_dir=cache)
-        stamps_val = _validation_stamps(validation)
+        stamps_val = validation_stamps(validation)
         fp32_cls = reference_metrics("classifier", onnx_path("classifier"), validation, stamps=stamps_val, cache_dir=cache)
         out["gate_seconds"] = {"fp32_reference": round(time.perf_counter() - start, 1)}
         print(f"validation set {validation.id}: fp32 reference {out['gate_seconds']['fp32_reference']} s "

@@ -6,8 +6,8 @@ accuracy on a held-out simulated validation set.
   fp32 (the faintest bins included, which is where careless INT8 loses sources).
 * Classifier: ROC AUC (real/bogus) within ``auc`` of fp32.
 
-The metrics are the model cards' own (`skyblink.engines.training.train._evaluate_detector` and
-``_evaluate_classifier``), run on both graphs through ONNX Runtime, on the same simulated
+The metrics are the model cards' own (`skyblink.engines.training.train.evaluate_detector` and
+``evaluate_classifier``), run on both graphs through ONNX Runtime, on the same simulated
 exposures (fixed seeds, different from the training and the calibration seeds).
 
 Statistical power. The simulator puts ~7 transients and movers on a 1024x1024 CCD, so 20
@@ -41,7 +41,7 @@ import numpy as np
 
 __all__ = [
     "AccuracyGateError", "GateResult", "GateTolerances", "ValidationSpec", "compare", "default_cache_dir", "evaluate",
-    "reference_metrics", "run_gate",
+    "reference_metrics", "run_gate", "validation_stamps",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,9 @@ class ValidationSpec:
         """(simulator config, field, exposure) of every validation exposure of the detector, once each."""
         from skyblink.config import SimConfig  # noqa: PLC0415
 
-        from .training.train import _validation_data  # noqa: PLC0415
+        from .training.train import validation_data  # noqa: PLC0415
 
-        val = _validation_data(self.training_config())
+        val = validation_data(self.training_config())
         sim = val.sim_config()
         out = [(sim, f, e) for f in range(val.fields) for e in range(val.exposures_per_field)]
         if self.dark_deep_exposures:
@@ -165,10 +165,10 @@ def _injected_triplet(sim: Any, field_index: int, exposure: int, *, spacing: int
     """
     from skyblink.workers.difference import flux_scale, normalized_triplet  # noqa: PLC0415
 
-    from .training.dataset import _added_adu, _truth_columns  # noqa: PLC0415
+    from .training.dataset import added_adu, truth_columns  # noqa: PLC0415
 
     science, ref_on_grid, sci_cond, ref_cond = _rendered(sim, field_index, exposure)
-    truth = _truth_columns(science.truth_parts)
+    truth = truth_columns(science.truth_parts)
     limit = float(sci_cond.limiting_mag)
     sci_pixels = science.pixels
     if spacing > 0:
@@ -176,7 +176,7 @@ def _injected_triplet(sim: Any, field_index: int, exposure: int, *, spacing: int
         x, y = _injection_sites(sci_pixels.shape[0], spacing, rng)
         mags = rng.uniform(limit - 3.0, limit + 1.0, x.size)
         electrons = np.asarray(sci_cond.electrons(mags), np.float64)
-        sci_pixels = sci_pixels.astype(np.float32) + _added_adu(sci_pixels.shape, x, y, electrons, sci_cond, rng)
+        sci_pixels = sci_pixels.astype(np.float32) + added_adu(sci_pixels.shape, x, y, electrons, sci_cond, rng)
         rows = {"type": np.full(x.size, "transient"),
                 "x": x, "y": y, "mag": mags, "flux": electrons, "mean_mag": mags, "trailed": np.zeros(x.size, bool)}
         truth = {k: np.concatenate([truth[k], rows[k]]) if truth[k].size else rows[k] for k in truth}
@@ -309,7 +309,7 @@ def _detector_rows(fp32: dict[str, Any], int8: dict[str, Any], tol: GateToleranc
 def evaluate(model: Literal["detector", "classifier"], onnx: Path | str, validation: ValidationSpec,
              *, stamps: Any = None) -> dict[str, Any]:
     """The model card's validation metrics of one ONNX graph under ONNX Runtime."""
-    from .training import train  # noqa: PLC0415
+    from .training.train import evaluate_classifier, evaluate_detector  # noqa: PLC0415
 
     cfg = validation.training_config()
     net = _OnnxAsModule(Path(onnx), "tiles" if model == "detector" else "stamps")
@@ -317,20 +317,20 @@ def evaluate(model: Literal["detector", "classifier"], onnx: Path | str, validat
         if model == "detector":
             passes = max(1, validation.injection_passes) if validation.injection_spacing_px > 0 else 1
             runs = [(sim, f, (e, k)) for sim, f, e in validation.detector_exposures() for k in range(passes)]
-            return train._evaluate_detector(net, cfg, exposures=runs,  # type: ignore[arg-type]  # noqa: SLF001 - the model card's own metric
-                                            render=validation.render)
+            return evaluate_detector(net, cfg, exposures=runs, render=validation.render)
         if stamps is None:
-            stamps = _validation_stamps(validation)
-        return train._evaluate_classifier(net, stamps)  # noqa: SLF001
+            stamps = validation_stamps(validation)
+        return evaluate_classifier(net, stamps)
     finally:
         net.close()
 
 
-def _validation_stamps(validation: ValidationSpec) -> Any:
+def validation_stamps(validation: ValidationSpec) -> Any:
+    """The classifier's validation stamps of ``validation`` (the model card's, built once per call)."""
     from .training.dataset import build_training_data  # noqa: PLC0415
-    from .training.train import _validation_data  # noqa: PLC0415
+    from .training.train import validation_data  # noqa: PLC0415
 
-    return build_training_data(_validation_data(validation.training_config())).stamps
+    return build_training_data(validation_data(validation.training_config())).stamps
 
 
 def default_cache_dir() -> Path:
@@ -420,7 +420,7 @@ def run_gate(
         INT8 is outside a tolerance, and ``raise_on_failure``.
     """
     validation = validation or ValidationSpec()
-    stamps = _validation_stamps(validation) if model == "classifier" else None
+    stamps = validation_stamps(validation) if model == "classifier" else None
     start = time.perf_counter()
     fp32 = reference_metrics(model, fp32_onnx, validation, stamps=stamps, cache_dir=cache_dir)
     int8 = evaluate(model, int8_onnx, validation, stamps=stamps)

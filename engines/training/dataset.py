@@ -47,7 +47,7 @@ from skyblink.workers.difference import flux_scale, normalized_triplet
 from ..model_io import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE
 
 __all__ = ["DetectorSamples", "StampRealism", "StampSamples", "TrainingData", "TrainingDataConfig", "build_training_data",
-           "exposure_triplet"]
+           "added_adu", "exposure_triplet", "truth_columns"]
 
 #: Truth types -> detector heatmap channel (None: not a point source to find).
 DETECTOR_CLASS_OF_TYPE: dict[str, str | None] = {
@@ -132,7 +132,8 @@ class TrainingData:
     exposures: int
 
 
-def _truth_columns(parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def truth_columns(parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The truth tables of an image's parts (sky, events, artefacts) as one set of columns."""
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("type", "x", "y", "mag", "flux", "mean_mag", "trailed")}
     fills = {"type": "", "trailed": False}
     for part in parts:
@@ -143,7 +144,7 @@ def _truth_columns(parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) if v else np.array([]) for k, v in columns.items()}
 
 
-def _added_adu(shape: tuple[int, ...], x: np.ndarray, y: np.ndarray, electrons: np.ndarray, cond: Conditions,
+def added_adu(shape: tuple[int, ...], x: np.ndarray, y: np.ndarray, electrons: np.ndarray, cond: Conditions,
                rng: np.random.Generator) -> np.ndarray:
     """ADU of point sources (of ``electrons`` per exposure, negative to remove light) with their photon noise."""
     image = np.zeros(shape, np.float64)
@@ -179,7 +180,7 @@ def _realism_changes(truth: dict[str, np.ndarray], realism: StampRealism, sci: C
     reference: dict[str, list[float]] = {"x": [], "y": [], "e": []}
     rows: dict[str, list[Any]] = {k: [] for k in ("type", "x", "y", "mag", "flux", "mean_mag", "trailed")}
 
-    def add(block: dict[str, list[float]], x: float, y: float, electrons: float) -> None:
+    def add(block: dict[str, list[float]], x: float, y: float, electrons: float | np.ndarray) -> None:
         block["x"].append(float(x))
         block["y"].append(float(y))
         block["e"].append(float(electrons))
@@ -244,21 +245,21 @@ def exposure_triplet(config: SimConfig, field_index: int, exposure: int, *, real
     sci_cond = exposure_conditions(config, field_index, exposure)
     ref_cond = reference_conditions(config, field_index)
     grid = sampling_grid(WCS(science.wcs_header), WCS(reference.wcs_header), science.pixels.shape)
-    truth = _truth_columns(science.truth_parts)
+    truth = truth_columns(science.truth_parts)
     sci_pixels = science.pixels
     fwhm_factor = 1.0
     if realism is not None:
-        rng = rng if rng is not None else np.random.default_rng([config.seed, field_index, exposure])
-        shift = realism.misregistration_px * math.sqrt(rng.uniform())
-        angle = rng.uniform(0.0, 2 * math.pi)
+        realism_rng = rng if rng is not None else np.random.default_rng([config.seed, field_index, exposure])
+        shift = realism.misregistration_px * math.sqrt(realism_rng.uniform())
+        angle = realism_rng.uniform(0.0, 2 * math.pi)
         grid = grid + np.array([shift * math.cos(angle), shift * math.sin(angle)], np.float32)[:, None, None]
-        fwhm_factor = 1.0 + rng.uniform(-realism.fwhm_error, realism.fwhm_error)
-        add_sci, add_ref, rows = _realism_changes(truth, realism, sci_cond, ref_cond, sci_pixels.shape[0], rng)
-        sci_pixels = sci_pixels.astype(np.float32) + _added_adu(sci_pixels.shape, add_sci["x"], add_sci["y"], add_sci["e"], sci_cond, rng)
+        fwhm_factor = 1.0 + realism_rng.uniform(-realism.fwhm_error, realism.fwhm_error)
+        add_sci, add_ref, rows = _realism_changes(truth, realism, sci_cond, ref_cond, sci_pixels.shape[0], realism_rng)
+        sci_pixels = sci_pixels.astype(np.float32) + added_adu(sci_pixels.shape, add_sci["x"], add_sci["y"], add_sci["e"], sci_cond, realism_rng)
         truth = {k: np.concatenate([truth[k].astype(rows[k].dtype) if k == "type" else truth[k], rows[k]]) for k in truth}
     ref_on_grid = warp(reference.pixels.astype(np.float32), grid)
     if realism is not None:
-        ref_on_grid = ref_on_grid + _added_adu(ref_on_grid.shape, add_ref["x"], add_ref["y"], add_ref["e"], ref_cond, rng)
+        ref_on_grid = ref_on_grid + added_adu(ref_on_grid.shape, add_ref["x"], add_ref["y"], add_ref["e"], ref_cond, realism_rng)
     scale = flux_scale(science_magzp=sci_cond.magzp, reference_magzp=ref_cond.magzp)
     triplet = normalized_triplet(
         sci_pixels, ref_on_grid,

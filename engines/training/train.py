@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,7 +36,20 @@ from ..networks import Classifier, Detector
 from .dataset import StampRealism, TrainingDataConfig, build_training_data, exposure_triplet
 from .metrics import completeness_by_magnitude, fpr_at_fnr, roc_auc
 
-__all__ = ["CLASSIFIER_DEFAULTS", "CLASSIFIER_REALISM", "TrainingConfig", "train_classifier", "train_detector"]
+__all__ = ["CLASSIFIER_DEFAULTS", "CLASSIFIER_REALISM", "EvaluatedModel", "TrainingConfig", "evaluate_classifier",
+           "evaluate_detector", "train_classifier", "train_detector", "validation_data"]
+
+
+class EvaluatedModel(Protocol):
+    """What the model cards' evaluators call: a torch network, or a graph under another runtime called like one."""
+
+    def eval(self) -> Any:
+        """Switch to inference (torch's ``Module.eval``)."""
+        ...
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run on a batch; the outputs in the network's order."""
+        ...
 
 log = logging.getLogger(__name__)
 MAG_BINS = np.arange(17.0, 27.01, 0.5)
@@ -71,7 +84,8 @@ def _gflops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _validation_data(cfg: TrainingConfig) -> TrainingDataConfig:
+def validation_data(cfg: TrainingConfig) -> TrainingDataConfig:
+    """The model card's validation night of ``cfg``: other fields and seeds than its training data."""
     fields = max(1, cfg.validation_exposures // cfg.data.exposures_per_field)
     return replace(cfg.data, fields=fields, seed=cfg.data.seed + 1000)
 
@@ -108,7 +122,7 @@ def _card_common(name: str, cfg: TrainingConfig, model: torch.nn.Module, seconds
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "training_seconds": round(seconds, 1),
         "trained_on": f"{platform.machine()} CPU, {cfg.threads} threads, torch {torch.__version__}",
-        "data": {"simulator": "skyblink.sim", "train": asdict(cfg.data), "validation": asdict(_validation_data(cfg))},
+        "data": {"simulator": "skyblink.sim", "train": asdict(cfg.data), "validation": asdict(validation_data(cfg))},
         "hyperparameters": {k: v for k, v in asdict(cfg).items() if k != "data"},
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "onnx": {},
@@ -142,10 +156,10 @@ def _fit(model: torch.nn.Module, n: int, batch_loss: Callable[[torch.Tensor, tor
 DETECTION_THRESHOLD = 0.3
 
 
-def _evaluate_detector(model: Detector, cfg: TrainingConfig, *,
-                       exposures: Iterable[tuple[SimConfig, int, int]] | None = None,
-                       render: Callable[[SimConfig, int, int], tuple[np.ndarray, dict[str, np.ndarray], float]] | None = None,
-                       ) -> dict[str, Any]:
+def evaluate_detector(model: Detector | EvaluatedModel, cfg: TrainingConfig, *,
+                      exposures: Iterable[tuple[SimConfig, int, Any]] | None = None,
+                      render: Callable[[SimConfig, int, Any], tuple[np.ndarray, dict[str, np.ndarray], float]] | None = None,
+                      ) -> dict[str, Any]:
     """
     Run on whole validation CCDs; a detection is a peak of max(transient, moving) above
     `DETECTION_THRESHOLD`; it matches a truth transient or mover within 3 px.
@@ -155,7 +169,7 @@ def _evaluate_detector(model: Detector, cfg: TrainingConfig, *,
     `exposure_triplet`) makes each exposure's (triplet, truth, limit): the gate's injects more events.
     """
     if exposures is None:
-        val = _validation_data(cfg)
+        val = validation_data(cfg)
         sim = val.sim_config()
         exposures = [(sim, f, e) for f in range(val.fields) for e in range(val.exposures_per_field)]
     mags, found, above_limit, n_detections, n_true_detections = [], [], [], 0, 0
@@ -229,7 +243,7 @@ def train_detector(cfg: TrainingConfig = TrainingConfig(), *, out_root: Path | N
         return _focal_loss(pred_h, hb) + F.l1_loss(pred_o * mb, ob * mb, reduction="sum") / mb.sum().clamp(min=1.0)
 
     _fit(model, len(x), detector_loss, cfg, say=say, label="detector", start=start)
-    metrics = _evaluate_detector(model, cfg)
+    metrics = evaluate_detector(model, cfg)
     seconds = time.perf_counter() - start
     card = _card_common("detector", cfg, model, seconds)
     card.update(
@@ -246,7 +260,8 @@ def train_detector(cfg: TrainingConfig = TrainingConfig(), *, out_root: Path | N
 # ---------------------------------------------------------------------------------- classifier
 
 
-def _evaluate_classifier(model: Classifier, stamps: Any) -> dict[str, Any]:
+def evaluate_classifier(model: Classifier | EvaluatedModel, stamps: Any) -> dict[str, Any]:
+    """The classifier card's metrics (ROC AUC, FPR at 1 % FNR, purity, completeness, per class) on ``stamps``."""
     model.eval()
     with torch.no_grad():
         rb, probs = model(torch.from_numpy(stamps.stamps))
@@ -298,7 +313,7 @@ def train_classifier(cfg: TrainingConfig = CLASSIFIER_DEFAULTS, *,
     torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     train = build_training_data(cfg.data).stamps
-    val = build_training_data(_validation_data(cfg)).stamps
+    val = build_training_data(validation_data(cfg)).stamps
     say(f"classifier data: {len(train.stamps)} training and {len(val.stamps)} validation stamps in {time.perf_counter() - start:.0f} s")
     x = torch.from_numpy(train.stamps)
     labels = torch.from_numpy(train.labels)
@@ -316,7 +331,7 @@ def train_classifier(cfg: TrainingConfig = CLASSIFIER_DEFAULTS, *,
         return F.binary_cross_entropy_with_logits(rb_logit[:, 0], real[idx]) + F.cross_entropy(class_logits, labels[idx], weight=class_weight)
 
     _fit(model, len(x), classifier_loss, cfg, say=say, label="classifier", start=start)
-    metrics = _evaluate_classifier(model, val)
+    metrics = evaluate_classifier(model, val)
     seconds = time.perf_counter() - start
     card = _card_common("classifier", cfg, model, seconds)
     card.update(

@@ -109,9 +109,9 @@ def test_bright_crowded_calibration_is_caught_or_loses_faint_sources(tmp_path: P
 @pytest.mark.slow
 def test_classifier_gate_on_auc(tmp_path: Path) -> None:
     int8 = _quantized("classifier", stratified_spec(image_size=256), tmp_path / "cls.onnx")
-    from skyblink.engines.gate import _validation_stamps  # noqa: PLC0415
+    from skyblink.engines.gate import validation_stamps  # noqa: PLC0415
 
-    stamps = _validation_stamps(VALIDATION)
+    stamps = validation_stamps(VALIDATION)
     fp32 = evaluate("classifier", onnx_path("classifier"), VALIDATION, stamps=stamps)
     ours = evaluate("classifier", int8, VALIDATION, stamps=stamps)
     result = compare("classifier", fp32, ours)
