@@ -97,7 +97,7 @@ def load_images() -> list[RealImage]:
             images.append(RealImage(name, pixels, ~np.isfinite(pixels)))
     if HDF.exists():
         try:
-            from PIL import Image  # noqa: PLC0415 - only for the JPEG
+            from PIL import Image  # only for the JPEG
         except ImportError:
             print("Pillow is not installed: skipping the Hubble Deep Field JPEG", file=sys.stderr)
         else:

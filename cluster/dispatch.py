@@ -112,7 +112,7 @@ class WorkerPool:
         # Named, so that the dashboard and `ray.util.list_named_actors` show whose they are.
         self.name = f"skyblink-worker-{uuid.uuid4().hex[:8]}"
         self.actors = [
-            TileWorker.options(**options, name=f"{self.name}-{i}").remote(
+            TileWorker.options(**options, name=f"{self.name}-{i}").remote(  # type: ignore[attr-defined]  # ray.remote's class is untyped
                 config.engines.backend,
                 config.engines.precision,
                 threshold=night.detector_threshold,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import ray
 
@@ -189,9 +189,12 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
         return IngestOutcome(job.key, job.kind, job.path, 0, 0, None, "quarantined", reason)
 
     def file_sha256() -> str:
-        return sha256 if digest is None else digest.result()
+        if digest is not None:
+            return digest.result()
+        assert sha256 is not None  # no background digest only when the file was hashed up front
+        return sha256
 
-    common = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    common: dict[str, Any] = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if sha256 is not None and sha256 == job.known_sha256:
         return IngestOutcome(**common, sha256=sha256, result="unchanged")
     store = NightStore(job.store_url, mode="a", layout=job.layout)
@@ -458,14 +461,16 @@ def _run_jobs(
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 job = pending.pop(ref)
+                outcome: IngestOutcome | ManifestEntry
                 try:
-                    outcome: IngestOutcome | ManifestEntry = ray.get(ref)
+                    ingested: IngestOutcome = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - any task failure is recorded, night goes on
                     outcome = _failed_entry(job, exc)
                     report.failed.append(outcome)
                     log.debug("failed %s: %s", job.path, outcome.reason)
                 else:
-                    _record(outcome, report)
+                    _record(ingested, report)
+                    outcome = ingested
                 manifest.entries[job.key] = _updated_entry(manifest.entries.get(job.key), outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)

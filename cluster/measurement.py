@@ -244,7 +244,7 @@ def _measure_trails(images: np.ndarray, index: np.ndarray, fwhm: np.ndarray, hal
         ddx, ddy = gx - centre_x[lab], gy - centre_y[lab]
         cxx, cyy, cxy = per_label(wts * ddx * ddx) / total, per_label(wts * ddy * ddy) / total, per_label(wts * ddx * ddy) / total
     touches_edge = per_label(((gx == 0) | (gy == 0) | (gx == s - 1) | (gy == s - 1)).astype(np.float64)) > 0
-    measured = (label > 0) & (area >= 5)  # noqa: PLR2004 - SExtractor's minimum area
+    measured = (label > 0) & (area >= 5)  # SExtractor's minimum area
     covariance = np.stack([np.stack([cxx, cxy], -1), np.stack([cxy, cyy], -1)], -2)
     covariance[~measured] = np.eye(2)
     evals, evecs = np.linalg.eigh(covariance)

@@ -152,8 +152,8 @@ def night_name(store: NightStore, exposures: list[str]) -> str:
     """
     from astropy.time import Time  # noqa: PLC0415
 
-    mjds = [store.ccd_metadata(key, store.ccd_names(key)[0]).get("mjd_obs") for key in exposures]
-    mjds = [m for m in mjds if m is not None]
+    found = (store.ccd_metadata(key, store.ccd_names(key)[0]).get("mjd_obs") for key in exposures)
+    mjds = [m for m in found if m is not None]
     if not mjds:
         return "unknown"
     return Time(min(mjds) - 0.5, format="mjd", scale="utc").strftime("%Y%m%d")

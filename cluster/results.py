@@ -127,7 +127,7 @@ class UnitStore:
 
     def _stripped(self, path: str) -> str:
         # Local file systems may list paths without the protocol prefix that url_to_fs kept.
-        return self.fs._strip_protocol(path)  # noqa: SLF001 - fsspec's own normaliser
+        return self.fs._strip_protocol(path)  # fsspec's own normaliser
 
     def read(self, units: Iterable[WorkUnit], *, threads: int | None = None) -> pa.Table:
         """

@@ -59,7 +59,7 @@ class MethodScore:
     events: int = 0
     completeness_bins: list[dict[str, float]] = field(default_factory=list)
     m50: float = float("nan")
-    astrometry_rms_arcsec: list[dict[str, float]] = field(default_factory=list)
+    astrometry_rms_arcsec: list[dict[str, float | None]] = field(default_factory=list)
     astrometry_rms_snr_gt_20: float = float("nan")
     roc_auc: float = float("nan")
     fpr_at_fnr_1pct: float = float("nan")
@@ -93,7 +93,7 @@ class ScoreReport:
         return _clean(asdict(self))
 
 
-def _clean(value: Any) -> Any:  # noqa: ANN401 - any JSON-able value
+def _clean(value: Any) -> Any:  # any JSON-able value
     if isinstance(value, float):
         return None if not math.isfinite(value) else value
     if isinstance(value, dict):
@@ -281,13 +281,15 @@ def _score_linking(out: MethodScore, catalog: pa.Table, truth: dict[str, Any], w
     eligible = {m for m, seen in mover_exposures.items() if len(seen) >= 3}  # noqa: PLR2004
     tracklet = catalog.column("tracklet_id").to_pylist()
     groups: dict[int, list[int]] = {}
-    for i, t in enumerate(tracklet):
+    for row_index, t in enumerate(tracklet):
         if t is not None:
-            groups.setdefault(int(t), []).append(i)
+            groups.setdefault(int(t), []).append(row_index)
     linked: set[str] = set()
     false = 0
     config = SimConfig(**truth["night"]["config"])
-    errors, inside1, inside68 = [], [], []
+    errors: list[float] = []
+    inside1: list[bool] = []
+    inside68: list[bool] = []
     rows = catalog.to_pylist() if groups else []
     for members in groups.values():
         ids = {str(ident[i]) for i in members}

@@ -144,7 +144,11 @@ class CalibrationSpec:
 
 def stratified_spec(*, exposures_per_stratum: int = 1, image_size: int = 512, seed: int = 5000) -> CalibrationSpec:
     """Every combination of the four strata (16 cells), dark deep fields included."""
-    strata = tuple(Stratum(*combo) for combo in itertools.product(("dark", "bright"), ("sparse", "crowded"), ("good", "poor"), ("shallow", "deep")))
+    skies: tuple[SkyLevel, ...] = ("dark", "bright")
+    densities: tuple[Density, ...] = ("sparse", "crowded")
+    seeings: tuple[Seeing, ...] = ("good", "poor")
+    depths: tuple[Depth, ...] = ("shallow", "deep")
+    strata = tuple(Stratum(*combo) for combo in itertools.product(skies, densities, seeings, depths))
     return CalibrationSpec(strata, exposures_per_stratum, image_size, seed=seed, name="stratified")
 
 

@@ -160,7 +160,7 @@ def shadow_compare(
     base = {m: _runner(m, production[m], channels) for m in ("detector", "classifier")}
     shadow = dict(base)
     shadow[model] = _runner(model, release, channels)
-    kwargs = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
+    kwargs: dict[str, Any] = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
     prod_n = cand_n = matched = 0
     deltas: list[float] = []
     runners = {id(r): r for r in (*base.values(), *shadow.values())}
@@ -187,7 +187,8 @@ def shadow_compare(
         {"check": "real/bogus |change| p95", "value": p95, "limit": f"<= {tol.max_real_bogus_delta}", "ok": p95 <= tol.max_real_bogus_delta},
         {"check": "detection count change", "value": count_change, "limit": f"<= {tol.max_count_change}", "ok": count_change <= tol.max_count_change},
     ]
-    baseline = production[model].label if production[model] else f"{model} shipped fp32"
+    current = production[model]
+    baseline = current.label if current else f"{model} shipped fp32"
     return ShadowReport(model, release.label, baseline, target, [u.key for u in chosen], len(units), prod_n, cand_n, matched,
                         p95, float(max(deltas, default=0.0)), tol, checks)
 

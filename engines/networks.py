@@ -73,6 +73,7 @@ class Detector(nn.Module):
         self.up = nn.ModuleList(_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(5)))
         self.heatmap = nn.Conv2d(widths[0], len(DETECTOR_CLASSES), 1)
         self.offset = nn.Conv2d(widths[0], 2, 1)
+        assert self.heatmap.bias is not None  # Conv2d's default bias=True
         nn.init.constant_(self.heatmap.bias, -4.0)  # sources are rare: start near p=0.02
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -122,7 +122,7 @@ class EngineRegistry:
 
     def mismatch(self, manifest: EngineManifest, request: EngineRequest) -> str | None:
         """Return why ``manifest`` does not fit ``request`` (naming the field), or None if it does."""
-        checks = (
+        checks: tuple[tuple[str, object, object], ...] = (
             ("model", manifest.model, request.model),
             ("model_version", manifest.model_version, request.model_version),
             ("precision", manifest.precision, request.precision),

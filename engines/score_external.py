@@ -152,9 +152,9 @@ def external_stamps(alert: SurveyAlert, rule: ExternalStampRule | None = None) -
     for index, image in enumerate(stamps.triplet):
         data = np.array(image, dtype=np.float32)
         data[np.abs(data) >= _SENTINEL] = np.nan  # masked pixels written as -FLT_MAX
-        if index == 2 and rule.difference == "science_minus_template":  # noqa: PLR2004 - the difference
+        if index == 2 and rule.difference == "science_minus_template":  # the difference
             data *= np.float32(stamps.difference_sign)
-        if factor >= 2:  # noqa: PLR2004 - only downsample by a whole factor
+        if factor >= 2:  # only downsample by a whole factor
             data = _block_average(data, factor)
         finite = np.isfinite(data)
         normal = sigma_normalize(data)
@@ -209,7 +209,7 @@ def _braai_scores(alerts: Sequence[SurveyAlert]) -> dict[int, float]:
     ztf = [(i, a) for i, a in enumerate(alerts) if a.survey is Survey.ZTF and a.stamps is not None and a.stamps.raw is not None]
     if not ztf:
         return {}
-    stamps = braai_normalize_batch(a.stamps.raw for _, a in ztf)  # type: ignore[union-attr]
+    stamps = braai_normalize_batch([a.stamps.raw for _, a in ztf if a.stamps is not None and a.stamps.raw is not None])
     with torch.no_grad():
         drb = load_braai()(torch.from_numpy(stamps))[:, 0].numpy()
     return {i: float(v) for (i, _), v in zip(ztf, drb, strict=True)}

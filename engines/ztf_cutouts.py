@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -172,7 +172,7 @@ def read_cutout_image(stamp: bytes, *, field: str | None = None, object_id: str 
     except (OSError, ValueError, TypeError, IndexError) as e:
         msg = f"stampData is not a readable FITS file ({type(e).__name__}: {e})"
         raise fail(msg) from e
-    if image is None or image.ndim != 2:  # noqa: PLR2004 - a 2-D image
+    if image is None or image.ndim != 2:  # a 2-D image
         shape = None if image is None else image.shape
         msg = f"FITS primary HDU holds no 2-D image (shape {shape})"
         raise fail(msg)
@@ -245,7 +245,7 @@ def iter_avro_records(path: str | Path) -> Iterator[dict[str, Any]]:
     import fastavro  # noqa: PLC0415
 
     with Path(path).open("rb") as fh:
-        yield from fastavro.reader(fh)
+        yield from cast(Iterator[dict[str, Any]], fastavro.reader(fh))
 
 
 def iter_avro_cutouts(path: str | Path) -> Iterator[ZtfCutouts]:
@@ -268,7 +268,7 @@ def iter_avro_cutouts(path: str | Path) -> Iterator[ZtfCutouts]:
 
 def _from_extended_json(obj: dict[str, Any]) -> Any:
     """``object_hook`` turning MongoDB extended-JSON wrappers into Python values."""
-    if len(obj) <= 2 and "$binary" in obj:  # noqa: PLR2004 - {"$binary": ..., "$type": ...}
+    if len(obj) <= 2 and "$binary" in obj:  # {"$binary": ..., "$type": ...}
         payload = obj["$binary"]
         if isinstance(payload, Mapping):  # canonical v2 form: {"$binary": {"base64": ..., "subType": ...}}
             payload = payload["base64"]
@@ -313,5 +313,5 @@ def read_mongo_json_alert(path: str | Path) -> dict[str, Any]:
         raise ValueError(msg) from e
     if not isinstance(doc, dict):
         msg = f"{path}: expected one alert object, got a JSON {type(doc).__name__}"
-        raise ValueError(msg)  # noqa: TRY004 - a malformed file, not a wrong argument type
+        raise ValueError(msg)  # a malformed file, not a wrong argument type
     return doc

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The test suite, exactly as CI runs it. Extra arguments go to pytest (e.g. -m "not slow").
+# The test suite, exactly as CI runs it: ruff, mypy, then pytest. Extra arguments go to pytest (e.g. -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Lint and type checks first: a failure stops the run before the (minutes-long) suite.
+echo "ruff check ..."
+.venv/bin/python -m ruff check .
+echo "mypy (scripts/typecheck.py) ..."
+.venv/bin/python scripts/typecheck.py
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -141,7 +141,8 @@ def render_ccd(config: SimConfig, field: int, ccd: int, *, exposure: int | None)
     is_ref = exposure is None
     m = margin if is_ref else 0
     size = config.image_size + 2 * m
-    if is_ref:
+    noise_key: tuple[int, ...]
+    if exposure is None:
         pointing: Pointing = reference_pointing(config.seed, field)
         cond: Conditions = reference_conditions(config, field)
         noise_stream, noise_key = Stream.REFERENCE_PIXEL_NOISE, (field, ccd)

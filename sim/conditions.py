@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from astropy.time import Time, TimeDelta
 
 from skyblink.config import SimConfig
@@ -138,7 +139,7 @@ class Conditions:
         """Sky level in ADU at the boresight (header ``SKYLEVEL``)."""
         return self.sky_e / GAIN
 
-    def electrons(self, mag: np.ndarray) -> np.ndarray:
+    def electrons(self, mag: npt.ArrayLike) -> np.ndarray:
         """Return the electrons collected in one ``exptime`` from sources of magnitude ``mag``."""
         return self.exptime * 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - self.zp_e))
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from astropy.io import fits
 
+from skyblink._version import __version__
 from skyblink.config import SimConfig
 
 from .ccd_image import RenderedCcd, render_ccd
@@ -341,8 +342,6 @@ def _write_image(
 
 
 def _night_record(config: SimConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    from skyblink._version import __version__
-
     plane = FocalPlane.for_config(config.ccds, config.image_size)
     fields = []
     for f in range(config.fields):

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 from astropy.table import Table
+from astropy.table import meta as table_meta
 
 __all__ = ["TRUTH_COLUMNS", "TRUTH_TYPES", "assemble_truth", "read_truth", "write_truth"]
 
@@ -143,9 +145,6 @@ def read_truth(path: Path) -> Table:
         If ``path`` does not exist.
 
     """
-    import pyarrow.parquet as pq
-    from astropy.table import meta as table_meta
-
     arrow = pq.read_table(path)
     raw = (arrow.schema.metadata or {}).get(b"table_meta_yaml")
     meta = {}

@@ -5,12 +5,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 from rich.table import Table
 
 from ._cli_common import console, effective_config, err_console, fail
+
+if TYPE_CHECKING:
+    from .config import SkyblinkConfig
 
 __all__ = ["engines_app", "train_app"]
 
@@ -36,10 +39,8 @@ def _training_config(which: str, epochs: int | None, fields: int | None, exposur
     from skyblink.engines.training.train import CLASSIFIER_DEFAULTS, TrainingConfig  # noqa: PLC0415
 
     base = TrainingConfig() if which == "detector" else CLASSIFIER_DEFAULTS
-    data = replace(
-        base.data,
-        **{k: v for k, v in {"fields": fields, "exposures_per_field": exposures, "seed": seed}.items() if v is not None},
-    )
+    changes: dict[str, Any] = {k: v for k, v in {"fields": fields, "exposures_per_field": exposures, "seed": seed}.items() if v is not None}
+    data = replace(base.data, **changes)
     return replace(base, data=data, **({"epochs": epochs} if epochs is not None else {}))
 
 
@@ -161,14 +162,15 @@ def engines_list(ctx: typer.Context, registry: RegistryOption = None) -> None:
 ModelArgument = Annotated[str, typer.Argument(help="detector or classifier.")]
 
 
-def _registry_dir(ctx: typer.Context, registry: Path | None, **more: object) -> tuple[Path, object]:
+def _registry_dir(ctx: typer.Context, registry: Path | None, **more: object) -> tuple[Path, SkyblinkConfig]:
     config = effective_config(ctx, **{"engines.registry": str(registry) if registry else None}, **more)
     return Path(config.engines.registry).expanduser(), config
 
 
-def _check_model(model: str) -> None:
+def _check_model(model: str) -> Literal["detector", "classifier"]:
     if model not in ("detector", "classifier"):
         raise fail(f"MODEL must be detector or classifier, got {model!r}", 2)
+    return cast(Literal["detector", "classifier"], model)
 
 
 @engines_app.command("quantize")
@@ -218,15 +220,16 @@ def engines_promote(
     from skyblink.engines.channels import ChannelError  # noqa: PLC0415
     from skyblink.storage import NightStore  # noqa: PLC0415
 
-    _check_model(model)
+    checked = _check_model(model)
     if to not in (None, "canary", "production"):
         raise fail(f"--to must be canary or production, got {to!r}", 2)
+    target = cast(Literal["canary", "production"] | None, to)
     root, config = _registry_dir(ctx, registry, **{"engines.canary_fraction": fraction})
-    night = config.night  # type: ignore[attr-defined]
+    night = config.night
     try:
-        report = promote(model, root, NightStore(store), to=to, fraction=config.engines.canary_fraction,  # type: ignore[attr-defined]
-                         tolerances=PromotionTolerances.from_config(config.engines),  # type: ignore[attr-defined]
-                         tile_size=night.tile_size or config.ingest.tile_size, margin=night.margin,  # type: ignore[attr-defined]
+        report = promote(checked, root, NightStore(store), to=target, fraction=config.engines.canary_fraction,
+                         tolerances=PromotionTolerances.from_config(config.engines),
+                         tile_size=night.tile_size or config.ingest.tile_size, margin=night.margin,
                          threshold=night.detector_threshold, snr_threshold=night.snr_threshold, top_k=night.top_k)
     except (ChannelError, FileNotFoundError) as exc:
         raise fail(f"error: {exc}") from None
@@ -261,7 +264,7 @@ def engines_channels(ctx: typer.Context, registry: RegistryOption = None) -> Non
         table.add_column(column)
     channels = Channels(root)
     for model, slots in channels.state().items():
-        cells = [slots[c].label.split(" ", 1)[1] if slots[c] else "-" for c in CHANNELS]
+        cells = [slot.label.split(" ", 1)[1] if (slot := slots[c]) else "-" for c in CHANNELS]
         table.add_row(model, *cells, str(len(channels.history(model))))
     console.print(table)
 

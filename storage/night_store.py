@@ -31,14 +31,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
-from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCname, BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from skyblink.threads import ordered_map
 
@@ -89,7 +89,7 @@ class StoreLayout:
         # far better; it is lossless for integers and floats alike.
         return [
             BloscCodec(
-                cname=cname,
+                cname=BloscCname(cname),
                 clevel=min(self.compression_level, 9),
                 shuffle=BloscShuffle.shuffle,
                 typesize=dtype.itemsize,
@@ -149,7 +149,7 @@ class NightStore:
         #: Whether every chunk of the store carries a crc32c (False: created before checksums).
         self.checksummed = attrs.get("checksums") == "crc32c"
         # A layout recorded before checksums has no "checksum": its new writes get one all the same.
-        stored = StoreLayout(**attrs["layout"])
+        stored = StoreLayout(**cast(dict[str, Any], attrs["layout"]))
         self.layout = stored
         if layout is not None:
             # Tiles and shards must agree across the night (the workers read tiles by index); the
@@ -275,7 +275,7 @@ class NightStore:
     def exposure_keys(self, kind: ExposureKind = "exposure") -> list[str]:
         """Return the keys of the completely written exposures (or references), sorted."""
         parent = self.root.get(_GROUP_OF_KIND[kind])
-        if parent is None:
+        if not isinstance(parent, zarr.Group):
             return []
         keys = [
             f"{_GROUP_OF_KIND[kind]}/{name}"
@@ -291,7 +291,7 @@ class NightStore:
 
     def ccd_names(self, key: str) -> list[str]:
         """Return the CCD group names of an exposure (``ccd000``, ...)."""
-        return list(self._group(key).attrs["ccds"])
+        return list(cast(list[str], self._group(key).attrs["ccds"]))
 
     def image(self, key: str, ccd: str = "ccd000") -> CheckedImage:
         """
@@ -336,7 +336,7 @@ class NightStore:
 
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
         """Return the JSON metadata of one CCD (gain, saturate, mjd_obs, ...)."""
-        return dict(self._group(key)[ccd].attrs["metadata"])
+        return dict(cast(dict[str, Any], self._group(key)[ccd].attrs["metadata"]))
 
     def ccd_description(self, key: str, ccd: str = "ccd000") -> tuple[dict[str, Any], fits.Header, WCS]:
         """

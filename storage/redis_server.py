@@ -241,7 +241,7 @@ class RedisServer:
             if not self.port:
                 self.port = _free_port()
             config = self._write_config()
-            self._process = subprocess.Popen(  # noqa: S603 - fixed executable, our own arguments
+            self._process = subprocess.Popen(  # fixed executable, our own arguments
                 [str(self.executable), str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

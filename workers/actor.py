@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -29,6 +29,9 @@ from ray.util.metrics import Counter, Histogram
 from skyblink.engines.model_io import DETECTOR_STRIDE, IO_NAMES, STAMP_SIZE
 
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
+
+if TYPE_CHECKING:
+    from skyblink.engines.backends.select import BackendName, PrecisionName
 
 __all__ = ["TileWorker", "UnitOutcome", "WorkerLostGpuError"]
 
@@ -117,7 +120,7 @@ class TileWorker:
     device runs one call while the next is launched and later ones are read from the store.
     """
 
-    def __init__(self, backend: str = "auto", precision: str = "fp16", *, threshold: float = 0.3, top_k: int = 64,
+    def __init__(self, backend: BackendName = "auto", precision: PrecisionName = "fp16", *, threshold: float = 0.3, top_k: int = 64,
                  snr_threshold: float = 5.0, tile_size: int | None = None, margin: int = 32, gpu_batch: int = 8,
                  result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None,
                  registry: str | None = None, trusted_manifest: str | Path | None = None, headers: Any = None,
@@ -132,8 +135,8 @@ class TileWorker:
         self._units_done = 0
         self._device = threading.Lock()  # one call on the device at a time; others prepare meanwhile
         self._count = threading.Lock()
-        self._program_options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold,
-                                 "psf_match": psf_match}
+        self._program_options: dict[str, Any] = {"threshold": threshold, "top_k": top_k,
+                                                 "snr_threshold": snr_threshold, "psf_match": psf_match}
         self._headers = headers
         # Exported to Prometheus through Ray's metrics agent (the dashboard's /metrics).
         self._m_tiles = Counter("skyblink_tiles", "Work units processed by worker actors.", tag_keys=("outcome",))

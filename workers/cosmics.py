@@ -281,7 +281,7 @@ def detect_cosmics(image: np.ndarray, *, read_noise: float, gain: float = 1.0, m
         If ``image`` is not 2-D, ``mask`` has another shape, or a parameter is out of range.
     """
     params = _Params.make(gain=gain, read_noise=read_noise, sigclip=sigclip, sigfrac=sigfrac, objlim=objlim, niter=niter)
-    if np.ndim(image) != 2:  # noqa: PLR2004 - one frame
+    if np.ndim(image) != 2:  # one frame
         msg = f"image must be 2-D, got shape {np.shape(image)}"
         raise ValueError(msg)
     given = np.zeros(np.shape(image), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
@@ -347,7 +347,7 @@ def persistent_pixels(masks: Sequence[np.ndarray] | np.ndarray, *, min_fraction:
         If fewer than two masks are given or ``min_fraction`` is not in (0, 1].
     """
     stack = np.asarray(masks, dtype=bool)
-    if stack.ndim != 3 or stack.shape[0] < 2:  # noqa: PLR2004 - a stack of frames
+    if stack.ndim != 3 or stack.shape[0] < 2:  # a stack of frames
         msg = f"masks must be at least two (ny, nx) masks of one CCD, got shape {stack.shape}"
         raise ValueError(msg)
     if not 0 < min_fraction <= 1:
@@ -363,7 +363,7 @@ def _median_filter_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
     """`_median_filter` of each (H, W) image of a (B, H, W) tensor."""
     half = size // 2
     padded = F.pad(x[:, None], (half,) * 4, mode="reflect")[:, 0]
-    return _separable_median(padded, size, tuple(x.shape[1:]), torch.minimum, torch.maximum)
+    return _separable_median(padded, size, (x.shape[1], x.shape[2]), torch.minimum, torch.maximum)
 
 
 def _lplus_tensor(x: torch.Tensor) -> torch.Tensor:

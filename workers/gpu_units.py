@@ -84,7 +84,8 @@ class GpuUnitProcessor:
         self.headers = headers  # skyblink.headers.HeadersConfig: keywords of the PSF size
         self.size, self.margin, self.batch = size, margin, batch
         self.edge = window_edge(size, margin)
-        self.options = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold, "psf_match": psf_match}
+        self.options: dict[str, Any] = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold,
+                                        "psf_match": psf_match}
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.pipeline = TilePipeline(batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
         self._references: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
@@ -169,15 +170,15 @@ class GpuUnitProcessor:
         start = time.perf_counter()
         out = []
         for (exposure, ccd), group in groupby(units, key=lambda u: (u.exposure, u.ccd)):
-            group = list(group)
-            for unit in group:
+            units_of_ccd = list(group)
+            for unit in units_of_ccd:
                 if (unit.size, unit.margin) != (self.size, self.margin):
                     msg = f"unit {unit.key} has size/margin {unit.size}/{unit.margin}, the processor {self.size}/{self.margin}"
                     raise ValueError(msg)
             if np.dtype(store.image(exposure, ccd).dtype) != np.uint16:
-                out.append(PreparedCcd(group, on_host=True))  # float pixels: the per-tile program
+                out.append(PreparedCcd(units_of_ccd, on_host=True))  # float pixels: the per-tile program
                 continue
-            out.append(self._prepare_ccd(group, store, exposure, ccd))
+            out.append(self._prepare_ccd(units_of_ccd, store, exposure, ccd))
         with self._seconds_lock:
             self.seconds["prepare"] += time.perf_counter() - start
         return out

@@ -86,7 +86,7 @@ NoiseModel = Literal["white", "measured"]
 
 def _usable_pixels(image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Return the image as float32 and the bool map of finite, unmasked pixels."""
-    if np.ndim(image) != 2:  # noqa: PLR2004 - one image
+    if np.ndim(image) != 2:  # one image
         msg = f"image must be 2-D, got shape {np.shape(image)}"
         raise ValueError(msg)
     pixels = np.asarray(image, dtype=np.float32)
@@ -195,7 +195,7 @@ def _prominent(snr: np.ndarray, py: np.ndarray, px: np.ndarray, min_rise: float,
     saddle, so a peak is merged only when the map truly does not dip enough between them).
     """
     keep = np.ones(len(py), dtype=bool)
-    if len(py) < 2:  # noqa: PLR2004 - a pair is needed
+    if len(py) < 2:  # a pair is needed
         return keep
     pairs = cKDTree(np.column_stack([px, py])).query_pairs(radius, output_type="ndarray")
     if len(pairs) == 0:
@@ -288,7 +288,7 @@ def _adaptive_sigma(
 
 def _isolated(cx: np.ndarray, cy: np.ndarray, others_x: np.ndarray, others_y: np.ndarray, radius: float) -> np.ndarray:
     """True for sources with no other detection within ``radius`` pixels."""
-    if len(others_x) < 2:  # noqa: PLR2004 - only the source itself
+    if len(others_x) < 2:  # only the source itself
         return np.ones(len(cx), dtype=bool)
     tree = cKDTree(np.column_stack([others_x, others_y]))
     counts = np.array([len(n) for n in tree.query_ball_point(np.column_stack([cx, cy]), radius)])

@@ -160,7 +160,7 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     beyond_ccd = ~np.isfinite(raw)
     spec = CalibrationSpec.from_header(sci_header)
     calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate,
-                           bias=read_window(bias, oy, ox, h, w) if np.ndim(bias) == 2 else bias,  # noqa: PLR2004
+                           bias=read_window(bias, oy, ox, h, w) if bias is not None and np.ndim(bias) == 2 else bias,  # noqa: PLR2004
                            flat=None if flat is None else read_window(flat, oy, ox, h, w))
     science, bad = calibrated.electrons, calibrated.mask
     if reject_cosmics:

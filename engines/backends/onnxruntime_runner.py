@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class OnnxRuntimeRunner(InferenceRunner):
         super().__init__(name or f"{Path(onnx_path).stem}/onnxruntime")
         self.onnx_path = Path(onnx_path)
         self.threads = threads
-        self._session = None
+        self._session: Any = None  # an onnxruntime.InferenceSession while active
         self.output_names: list[str] = []
 
     def _activate(self) -> None:
@@ -47,5 +48,5 @@ class OnnxRuntimeRunner(InferenceRunner):
         self._session = None
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self._session.run(self.output_names, dict(inputs))  # type: ignore[union-attr]
+        outputs = self._session.run(self.output_names, dict(inputs))
         return dict(zip(self.output_names, outputs, strict=True))

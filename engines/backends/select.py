@@ -34,6 +34,7 @@ __all__ = ["BackendChoice", "BackendName", "select_runner"]
 log = logging.getLogger(__name__)
 
 BackendName = Literal["auto", "tensorrt", "torch", "onnxruntime"]
+PrecisionName = Literal["fp32", "fp16", "int8"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ def select_runner(
     model: str,
     *,
     backend: BackendName = "auto",
-    precision: Literal["fp32", "fp16", "int8"] = "fp32",
+    precision: PrecisionName = "fp32",
     registry: EngineRegistry | None = None,
     models_root: Path | None = None,
     device: int = 0,

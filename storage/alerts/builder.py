@@ -61,7 +61,7 @@ def cut_stamp(image: np.ndarray, x: float, y: float, *, size: int = STAMP_SIZE) 
     if size < 1 or size % 2 == 0:
         msg = f"size must be odd and positive, got {size!r}"
         raise ValueError(msg)
-    if image.ndim != 2:  # noqa: PLR2004 - images have two axes
+    if image.ndim != 2:  # images have two axes
         msg = f"image must be 2-D, got shape {image.shape}"
         raise ValueError(msg)
     half = size // 2

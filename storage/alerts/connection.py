@@ -103,7 +103,7 @@ def connect(
             kwargs["ssl_certfile"] = str(config.tls_cert_file)
         if config.tls_key_file is not None:
             kwargs["ssl_keyfile"] = str(config.tls_key_file)
-    client = redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]
+    client = redis.Redis.from_url(url, **kwargs)
     if probe:
         for attempt in range(retries + 1):
             try:

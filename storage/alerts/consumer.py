@@ -39,9 +39,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from ...config import AlertsConfig
 from .connection import client_url
@@ -334,7 +335,8 @@ class AlertConsumer:
             )
         )
         deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
-        keep, poison = [], []
+        keep: list[tuple[tuple[str, dict[bytes, bytes] | None, bool], int]] = []
+        poison: list[tuple[tuple[str, dict[bytes, bytes] | None, bool], int]] = []
         for entry in entries:
             n = deliveries.get(entry[0], 0)
             (poison if n > self.config.max_deliveries else keep).append((entry, n))
@@ -412,7 +414,9 @@ class AlertConsumer:
         def fetch() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for r in wanted:
-                pipe.hgetall(r.alert.cutout_store_key)
+                key = r.alert.cutout_store_key
+                assert key is not None  # wanted holds only alerts with a side-store key
+                pipe.hgetall(key)
             return list(pipe.execute(raise_on_error=False))
 
         blobs = dict(zip((r.entry_id for r in wanted), self._call(fetch) if wanted else [], strict=True))
@@ -449,7 +453,7 @@ class AlertConsumer:
         def move() -> None:
             pipe = self._client.pipeline(transaction=False)
             for entry_id, fields, error in bad:
-                letter: dict[str, Any] = {
+                letter: dict[FieldT, EncodableT] = {
                     "error": error,
                     "source_entry_id": entry_id,
                     "group": self.group,
@@ -590,7 +594,8 @@ def latest_alerts(client: redis.Redis, stream: str, count: int) -> tuple[list[Re
     malformed : list of DeadLetter
         Entries that do not decode (reported, not moved: tail reads only).
     """
-    entries = client.xrevrange(stream, count=count)
+    # A client that does not decode responses: ids and fields come back as bytes.
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrevrange(stream, count=count))
     alerts: list[ReceivedAlert] = []
     malformed: list[DeadLetter] = []
     for raw_id, fields in reversed(entries):

@@ -103,7 +103,7 @@ class StampWriter:
         self._crpix = (0.0, 0.0)
         cards: list[str] = []
         if wcs is not None:
-            if wcs.pixel_n_dim != 2:  # noqa: PLR2004 - images have two axes
+            if wcs.pixel_n_dim != 2:  # images have two axes
                 msg = f"wcs must have 2 pixel axes, got {wcs.pixel_n_dim}"
                 raise ValueError(msg)
             header = wcs.to_header(relax=True)
@@ -169,7 +169,7 @@ class StampWriter:
         ValueError
             The stamp is not 2-D.
         """
-        if stamp.ndim != 2:  # noqa: PLR2004 - images have two axes
+        if stamp.ndim != 2:  # images have two axes
             msg = f"stamp must be 2-D, got shape {stamp.shape}"
             raise ValueError(msg)
         data = np.ascontiguousarray(stamp, dtype=">f4").tobytes()
@@ -226,7 +226,7 @@ def read_cutout(stamp_data: bytes) -> CutoutImage:
     except OSError as exc:
         msg = f"cutout is not a FITS file ({len(stamp_data)} bytes): {exc}"
         raise ValueError(msg) from exc
-    if data.ndim != 2:  # noqa: PLR2004 - images have two axes
+    if data.ndim != 2:  # images have two axes
         msg = f"cutout must hold a 2-D image, got shape {data.shape}"
         raise ValueError(msg)
     with warnings.catch_warnings():

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import redis
 
@@ -474,7 +474,7 @@ class AlertProducer:
                 duplicates += 1
         return new, duplicates, nbytes
 
-    def _pipeline(self, sha: str, batch: Sequence[EncodedAlert]) -> list[object]:
+    def _pipeline(self, sha: str, batch: Sequence[EncodedAlert]) -> list[Any]:
         cfg = self.config
         pipe = self._client.pipeline(transaction=False)
         script_at: list[int] = []
@@ -487,7 +487,7 @@ class AlertProducer:
                 pipe.hset(key, mapping=dict(entry.side_store))
                 pipe.expire(key, cfg.cutout_ttl_s)
                 n += 2
-            args: list[object] = [entry.alert_id, cfg.maxlen, cfg.dedup_ttl_s]
+            args: list[bytes | str | int | float] = [entry.alert_id, cfg.maxlen, cfg.dedup_ttl_s]
             for name, value in entry.fields:
                 args.extend((name, value))
             pipe.evalsha(sha, 2, entry.stream, dedup_key(entry.stream), *args)

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.validation import ValidationError, validate
@@ -329,7 +329,7 @@ def load_sample(schema: AlertSchema) -> list[dict[str, Any]]:
     path = schema.sample_path
     try:
         with path.open() as fh:
-            return list(json_reader(fh, schema.parsed))
+            return [cast(dict[str, Any], record) for record in json_reader(fh, schema.parsed)]
     except FileNotFoundError:
         reason = f"schema {schema.version} ships no sample data at {path}"
         raise AlertDecodeError(reason, field="sample_data") from None

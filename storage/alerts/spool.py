@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import fastavro
 
@@ -162,7 +163,7 @@ class AlertSpool:
                             tuple((f["name"], f["value"]) for f in r["fields"]),
                             tuple((f["name"], f["value"]) for f in r["sideStore"]),
                         )
-                        for r in fastavro.reader(fh)
+                        for r in cast(Iterator[dict[str, Any]], fastavro.reader(fh))
                     ]
             except (OSError, ValueError, EOFError) as exc:
                 raise SpoolError(str(claimed), f"unreadable spool file: {exc}") from exc

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import numpy as np
@@ -148,7 +148,7 @@ def fit_stamp(image: np.ndarray, centre: tuple[float, float], size: int = STAMP_
         ``image`` is not 2-D or ``size`` is not a positive odd integer.
     """
     data = np.asarray(image, dtype=np.float32)
-    if data.ndim != 2:  # noqa: PLR2004 - a 2-D image
+    if data.ndim != 2:  # a 2-D image
         msg = f"image must be 2-D, got shape {data.shape}"
         raise ValueError(msg)
     if size < 1 or size % 2 == 0:
@@ -470,7 +470,7 @@ def _read_rubin_cutout(data: Any, packet: str, name: str) -> tuple[np.ndarray, n
             psf = None if psf is None else np.array(psf, dtype=np.float64)
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as exc:
         raise SurveyPacketError(packet, name, f"not a readable FITS file ({type(exc).__name__}: {exc})") from exc
-    if image is None or image.ndim != 2:  # noqa: PLR2004 - a 2-D image
+    if image is None or image.ndim != 2:  # a 2-D image
         raise SurveyPacketError(packet, name, f"primary HDU holds no 2-D image (shape {None if image is None else image.shape})")
     if variance is not None and variance.shape != image.shape:
         raise SurveyPacketError(packet, name, f"UNCERT shape {variance.shape} differs from the image's {image.shape}")
@@ -509,10 +509,10 @@ def _rubin_stamps(record: Mapping[str, Any], packet: str) -> SurveyStamps | None
         centre = (crpix[0] - 1.0, crpix[1] - 1.0)  # CRVAL is the source: CRPIX (1-based) is its pixel
     else:
         centre = ((shape[0] - 1) / 2, (shape[1] - 1) / 2)
-    fitted = [fit_stamp(p[0], centre) for p in parts]
+    science, template, difference = (fit_stamp(p[0], centre) for p in parts)
     variances = [None if p[1] is None else fit_stamp(p[1], centre) for p in parts]
     return SurveyStamps(
-        *fitted, unit=str(header.get("BUNIT", "nJy")).strip() or "nJy", pixel_scale_arcsec=RUBIN_PIXEL_SCALE,
+        science, template, difference, unit=str(header.get("BUNIT", "nJy")).strip() or "nJy", pixel_scale_arcsec=RUBIN_PIXEL_SCALE,
         raw_shape=(int(shape[0]), int(shape[1])), centre=centre, difference_sign=1,
         science_variance=variances[0], template_variance=variances[1], difference_variance=variances[2],
         psf=parts[2][2], wcs_header=_rubin_wcs_header(header), raw=(parts[0][0], parts[1][0], parts[2][0]),
@@ -706,7 +706,7 @@ def _read_framed(payload: bytes, source: str, schema_dir: str | Path | None) -> 
     if stream.tell() != len(payload):
         reason = f"{len(payload) - stream.tell()} trailing byte(s) after the lsst.v{major}_{minor} datum"
         raise SurveyPacketError(packet, "payload", reason)
-    return survey_alert_from_record(record, source=source, index=0, schema_version=f"lsst.v{major}_{minor}")
+    return survey_alert_from_record(cast(Mapping[str, Any], record), source=source, index=0, schema_version=f"lsst.v{major}_{minor}")
 
 
 def _iter_container(data: bytes, source: str) -> Iterator[SurveyAlert | SurveyPacketError]:
@@ -729,7 +729,7 @@ def _iter_container(data: bytes, source: str) -> Iterator[SurveyAlert | SurveyPa
             yield SurveyPacketError(_packet_name(source, index), "avro block", reason)
             return
         try:
-            yield survey_alert_from_record(record, source=source, index=index, schema_version=version)
+            yield survey_alert_from_record(cast(Mapping[str, Any], record), source=source, index=index, schema_version=version)
         except SurveyPacketError as exc:
             yield exc
         index += 1

@@ -23,7 +23,7 @@ if find_redis_server() is None:
     pytest.skip("redis-server is not installed (apt-get install redis-server)", allow_module_level=True)
 
 
-def _config(tmp_path: Path, **overrides: object):  # noqa: ANN202 - a SkyblinkConfig
+def _config(tmp_path: Path, **overrides: object):  # a SkyblinkConfig
     return load_config(overrides={"night.redis_dir": str(tmp_path / "redis"), **overrides}, environ={})
 
 

@@ -64,14 +64,26 @@ def test_links_every_mover_and_rejects_outliers() -> None:
         rate, pa = float(np.exp(rng.uniform(np.log(6), np.log(3000)))), float(rng.uniform(0, 360))
         r, d = _mover(rng, rate, pa, 0.08)
         truth[k] = (rate, pa)
-        mjd += TIMES.tolist(); ra += r.tolist(); dec += d.tolist(); label += [k] * 5; epoch += list(range(5))
+        mjd += TIMES.tolist()
+        ra += r.tolist()
+        dec += d.tolist()
+        label += [k] * 5
+        epoch += list(range(5))
     for e, t in enumerate(TIMES):  # 30 unrelated detections per exposure
         r, d = _random(rng, 30)
-        mjd += [t] * 30; ra += r.tolist(); dec += d.tolist(); label += [-1] * 30; epoch += [e] * 30
+        mjd += [t] * 30
+        ra += r.tolist()
+        dec += d.tolist()
+        label += [-1] * 30
+        epoch += [e] * 30
     # An outlier on mover 0's path in exposure 2, 3 arcsec off: must not replace the true detection.
     i0 = [i for i, lab in enumerate(label) if lab == 0 and epoch[i] == 2][0]
     off = SkyCoord(ra[i0] * u.deg, dec[i0] * u.deg).directional_offset_by(0 * u.deg, 3 * u.arcsec)
-    mjd.append(TIMES[2]); ra.append(off.ra.deg); dec.append(off.dec.deg); label.append(-2); epoch.append(2)
+    mjd.append(TIMES[2])
+    ra.append(off.ra.deg)
+    dec.append(off.dec.deg)
+    label.append(-2)
+    epoch.append(2)
     label_arr = np.array(label)
     tracklets = link_tracklets(np.array(mjd), np.array(ra), np.array(dec), np.full(len(mjd), 0.08), np.array(epoch))
     pure = [tr for tr in tracklets if len(set(label_arr[tr.members])) == 1 and label_arr[tr.members[0]] >= 0]
@@ -94,11 +106,18 @@ def test_a_field_seen_many_times_links_like_all_pairs_with_nearby_seeds() -> Non
         rate, pa = float(np.exp(rng.uniform(np.log(6), np.log(600)))), float(rng.uniform(0, 360))
         r, d = _mover(rng, rate, pa, 0.08, times)
         seen = rng.uniform(size=24) > 1 / 3
-        mjd += times[seen].tolist(); ra += r[seen].tolist(); dec += d[seen].tolist()
-        label += [k] * int(seen.sum()); epoch += np.flatnonzero(seen).tolist()
+        mjd += times[seen].tolist()
+        ra += r[seen].tolist()
+        dec += d[seen].tolist()
+        label += [k] * int(seen.sum())
+        epoch += np.flatnonzero(seen).tolist()
     for e, t in enumerate(times):
         r, d = _random(rng, 25)
-        mjd += [t] * 25; ra += r.tolist(); dec += d.tolist(); label += [-1] * 25; epoch += [e] * 25
+        mjd += [t] * 25
+        ra += r.tolist()
+        dec += d.tolist()
+        label += [-1] * 25
+        epoch += [e] * 25
     args = (np.array(mjd), np.array(ra), np.array(dec), np.full(len(mjd), 0.08), np.array(epoch))
     label_arr = np.array(label)
 
@@ -122,7 +141,10 @@ def test_false_tracklet_rate_on_random_detections_is_small() -> None:
         mjd, ra, dec, epoch = [], [], [], []
         for e, t in enumerate(TIMES):
             r, d = _random(rng, 40)
-            mjd += [t] * 40; ra += r.tolist(); dec += d.tolist(); epoch += [e] * 40
+            mjd += [t] * 40
+            ra += r.tolist()
+            dec += d.tolist()
+            epoch += [e] * 40
         n_tracklets += len(link_tracklets(np.array(mjd), np.array(ra), np.array(dec), np.full(len(mjd), 0.08), np.array(epoch)))
     # 200 random detections per field x 5 fields: at most about one chance 3-point alignment per field.
     assert n_tracklets / trials <= 1.0

@@ -154,7 +154,7 @@ def test_actor_killed_mid_night_loses_no_tile_and_counts_none_twice(
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603 - our own CLI
+    return subprocess.Popen(  # our own CLI
         [sys.executable, "-m", "skyblink.cli", *args],
         env=env,
         stdout=subprocess.PIPE,

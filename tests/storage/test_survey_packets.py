@@ -43,7 +43,7 @@ def _packet_files() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def report():  # noqa: ANN201 - a SurveyReadReport
+def report():  # a SurveyReadReport
     return read_survey_files(_packet_files())
 
 

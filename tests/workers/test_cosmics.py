@@ -145,7 +145,7 @@ def test_separable_median_equals_median_of_column_medians(size: int) -> None:
 @pytest.mark.parametrize("n", [3, 5, 7, 9, 25])
 def test_median_network_selects_the_median(n: int) -> None:
     # The 0-1 principle: a comparator network sorts every input iff it sorts every 0-1 input.
-    if n <= 9:  # noqa: PLR2004 - exhaustive up to 2**9 inputs
+    if n <= 9:  # exhaustive up to 2**9 inputs
         inputs = np.array(np.meshgrid(*[[0, 1]] * n, indexing="ij")).reshape(n, -1).T
         for bits in inputs:
             wires = list(bits)

@@ -67,7 +67,7 @@ def nearest(table_xy: np.ndarray, truth: np.ndarray, radius: float) -> tuple[np.
     return cKDTree(table_xy).query(truth, distance_upper_bound=radius)
 
 
-def test_recall_centroids_and_flux_on_gaussian_stars(star_field) -> None:  # noqa: ANN001 - fixture
+def test_recall_centroids_and_flux_on_gaussian_stars(star_field) -> None:  # fixture
     image, pos, snr, flux = star_field
     table = detect_sources(image, fwhm_px=FWHM)
     assert table.colnames == ["x", "y", "flux", "snr"]
@@ -88,7 +88,7 @@ def test_recall_centroids_and_flux_on_gaussian_stars(star_field) -> None:  # noq
     assert np.all(np.diff(table["snr"]) <= 0)
 
 
-def test_fwhm_is_measured_when_not_given(star_field) -> None:  # noqa: ANN001 - fixture
+def test_fwhm_is_measured_when_not_given(star_field) -> None:  # fixture
     image, pos, snr, _ = star_field
     # The pixel-integrated Gaussian has sigma^2 + 1/12 px^2: FWHM 3.0 samples as 3.08.
     sampled = math.sqrt(FWHM**2 + 2.3548**2 / 12.0)
@@ -125,7 +125,7 @@ def test_empty_result_keeps_columns() -> None:
     assert table.colnames == ["x", "y", "flux", "snr"]
 
 
-def test_nan_and_mask_are_ignored(star_field) -> None:  # noqa: ANN001 - fixture
+def test_nan_and_mask_are_ignored(star_field) -> None:  # fixture
     image, pos, snr, _ = star_field
     image = image.copy()
     image[100:140, :] = np.nan

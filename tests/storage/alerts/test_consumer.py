@@ -81,7 +81,7 @@ def test_two_consumer_threads_split_the_stream_exactly(redis_server: RedisServer
 def test_a_killed_consumers_messages_go_to_the_other(redis_server: RedisServer, alerts_config: AlertsConfig) -> None:
     ids = publish(redis_server, alerts_config, 60, with_cutouts=False)
     group = "brokers"
-    victim = subprocess.Popen(  # noqa: S603 - our own script
+    victim = subprocess.Popen(  # our own script
         [sys.executable, str(Path(__file__).with_name("consumer_victim.py")), redis_server.url, STREAM, group, "25"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
