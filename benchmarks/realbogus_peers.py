@@ -24,7 +24,7 @@ from skyblink.engines.catalog import onnx_path
 from skyblink.engines.stamps import sigma_triplet
 from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
 from skyblink.engines.training.metrics import roc_auc
-from skyblink.engines.ztf_cutouts import cutouts_from_record, is_ztf_alert, iter_avro_records
+from skyblink.storage.alerts.ztf_cutouts import cutouts_from_record, is_ztf_alert, iter_avro_records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -151,7 +151,7 @@ def braai_normalize(science: np.ndarray, template: np.ndarray, difference: np.nd
     Parameters
     ----------
     science, template, difference : (ny, nx) array_like
-        Raw cutout pixels (e.g. from `skyblink.engines.ztf_cutouts`), ny, nx <= 63; may hold NaN.
+        Raw cutout pixels (e.g. from `skyblink.storage.alerts.ztf_cutouts`), ny, nx <= 63; may hold NaN.
 
     Returns
     -------

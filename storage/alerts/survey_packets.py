@@ -6,7 +6,7 @@ What is read
 * **ZTF** alert packets, schemas 3.x to 4.02: Avro container files (one alert as ZTF sends it, or
   many, as Fink re-writes them), and Kowalski/MongoDB extended-JSON exports. Cutouts are gzipped
   single-HDU FITS in DN with no WCS and a non-standard first card (read by
-  `skyblink.engines.ztf_cutouts.read_cutout_image`).
+  `skyblink.storage.alerts.ztf_cutouts.read_cutout_image`).
 * Either survey's alerts as the Fink broker stores them: **Parquet** files, one alert a row (the
   packet's fields as columns, cutouts as gzipped-FITS bytes); the history columns
   (``prv_candidates``, ``prvDiaSources``, ...) are not read.
@@ -66,6 +66,7 @@ from .builder import STAMP_SIZE
 from .errors import AlertError
 from .packet import AlertType, Band, ClassProbabilities, Detection, DetectionFlag
 from .schema import _HEADER, _MAGIC
+from .ztf_cutouts import ZtfCutoutError, read_cutout_image, read_mongo_json_alert
 
 __all__ = [
     "RUBIN_SCHEMA_ENV",
@@ -373,8 +374,6 @@ def _ztf_centre(shape: tuple[int, int], candidate: Mapping[str, Any]) -> tuple[f
 
 
 def _ztf_stamps(record: Mapping[str, Any], candidate: Mapping[str, Any], packet: str, source: str) -> SurveyStamps:
-    from skyblink.engines.ztf_cutouts import ZtfCutoutError, read_cutout_image  # noqa: PLC0415
-
     images = []
     for _, name in _CUTOUTS:
         cutout = record.get(name)
@@ -771,8 +770,6 @@ def read_survey_packets(path: str | Path, *, rubin_schema_dir: str | Path | None
         The alerts read and one `SurveyPacketError` per packet that could not be (a truncated
         container keeps the records before the cut).
     """
-    from skyblink.engines.ztf_cutouts import read_mongo_json_alert  # noqa: PLC0415
-
     source = str(path)
     try:
         data = Path(path).read_bytes()

@@ -23,7 +23,7 @@ from skyblink.engines.braai_port import (
     load_braai,
 )
 from skyblink.engines.networks import Braai
-from skyblink.engines.ztf_cutouts import (
+from skyblink.storage.alerts.ztf_cutouts import (
     ZtfCutoutError,
     ZtfCutouts,
     cutouts_from_record,
