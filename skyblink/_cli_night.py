@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from skyblink.cluster.night import NightRunReport
     from skyblink.config import SkyblinkConfig
 
+    from skyblink.cluster.scoring import ScoreReport
+
 __all__ = ["night_app"]
 
 night_app = typer.Typer(help="Run the nightly pipeline.", no_args_is_help=True)
@@ -297,9 +299,9 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
-def _print_score(report: object) -> None:
-    methods = [m for m in (report.ours, report.sep) if m is not None]  # type: ignore[attr-defined]
-    table = Table(title=f"score: {report.night_dir}")  # type: ignore[attr-defined]
+def _print_score(report: ScoreReport) -> None:
+    methods = [m for m in (report.ours, report.sep) if m is not None]
+    table = Table(title=f"score: {report.night_dir}")
     table.add_column("metric", style="bold")
     for m in methods:
         table.add_column(m.method, justify="right")
@@ -337,8 +339,8 @@ def _print_score(report: object) -> None:
                                  *[f"{m.completeness_bins[k]['found']}/{b['events']} ({_fmt(m.completeness_bins[k]['completeness'], '.2f')})"
                                    for m in methods])
     console.print(completeness)
-    for name, target in report.targets.items():  # type: ignore[attr-defined]
+    for name, target in report.targets.items():
         figures = ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in target.items() if k not in ("target", "met"))
         console.print(f"{name}: {'MET' if target['met'] else 'MISSED'} ({target['target']}): {figures}", markup=False, highlight=False)
-    for path in report.plots:  # type: ignore[attr-defined]
+    for path in report.plots:
         console.print(f"plot: {path}", markup=False, highlight=False)
