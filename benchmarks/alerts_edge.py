@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from alerts_publish import NIGHT, build_alerts, stamp_pool  # noqa: E402 - sibling benchmark module
+from alerts_publish import NIGHT, build_alerts, stamp_pool
 
-from skyblink.storage.alerts import AlertBuilder, encode_alert, estimate_night_traffic  # noqa: E402
+from skyblink.storage.alerts import AlertBuilder, encode_alert, estimate_night_traffic
 
 
 def tile_bytes(rng: np.random.Generator, n: int = 4) -> float:

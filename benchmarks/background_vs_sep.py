@@ -46,7 +46,7 @@ def frames() -> Iterator[tuple[str, np.ndarray]]:
         yield f"simulated {pixels.shape[0]}x{pixels.shape[1]}", np.ascontiguousarray(pixels)
     for name, path in REAL.items():
         if path.exists():
-            from astropy.io import fits  # noqa: PLC0415
+            from astropy.io import fits
 
             yield name, np.ascontiguousarray(fits.getdata(path).astype(np.float32))
 
@@ -74,9 +74,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
-        from skyblink.workers import tile_program as tp  # noqa: PLC0415
+        from skyblink.workers import tile_program as tp
 
         torch.set_num_threads(args.threads)
     except ImportError:

@@ -72,7 +72,7 @@ def main() -> None:
         workdir = Path(tmp)
         night = args.night
         if night is None:
-            from skyblink.sim import simulate_night  # noqa: PLC0415
+            from skyblink.sim import simulate_night
 
             night = workdir / "night"
             console.print("simulating the default night ...")

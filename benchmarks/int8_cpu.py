@@ -23,9 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from skyblink.engines.backends import OnnxRuntimeRunner
-from skyblink.engines.calibration_set import bright_crowded_spec, build_calibration_set, stratified_spec
+from skyblink.engines.calibration_set import (
+    bright_crowded_spec,
+    build_calibration_set,
+    stratified_spec,
+)
 from skyblink.engines.catalog import onnx_path
-from skyblink.engines.gate import ValidationSpec, validation_stamps, compare, evaluate, reference_metrics
+from skyblink.engines.gate import (
+    ValidationSpec,
+    compare,
+    evaluate,
+    reference_metrics,
+    validation_stamps,
+)
 from skyblink.engines.quantize import quantize_int8
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 def skyblink(*args: str, env: dict[str, str]) -> float:
     """Run a skyblink command, fail loudly on a non-zero exit; return its wall time."""
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "skyblink.cli", *args], env=env, capture_output=True, text=True)  # noqa: S603
+    done = subprocess.run([sys.executable, "-m", "skyblink.cli", *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"skyblink {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return time.perf_counter() - t0

@@ -77,7 +77,7 @@ class RealImage:
 
 
 def _fits(path: Path) -> np.ndarray:
-    from astropy.io import fits  # noqa: PLC0415
+    from astropy.io import fits
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the NTT header's ESO-LOG cards

@@ -25,11 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skyblink.engines.real_folds import REFERENCES, auc_with_interval, load_real_alerts, roc_auc
 from skyblink.engines.catalog import load_network
+from skyblink.engines.real_folds import REFERENCES, auc_with_interval, load_real_alerts, roc_auc
 from skyblink.engines.score_external import ExternalStampRule, score_alerts
 from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
-from skyblink.engines.training.real_sky import RealSkyPool, RealSkyRecipe, build_pool, train_head, trunk_features
+from skyblink.engines.training.real_sky import (
+    RealSkyPool,
+    RealSkyRecipe,
+    build_pool,
+    train_head,
+    trunk_features,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RULES = {"default": ExternalStampRule(), "as_packet": ExternalStampRule(difference="as_packet")}
@@ -79,9 +85,9 @@ def summarize(name: str, scores: np.ndarray, data, sim_auc: float | None) -> lis
 
 def record_card(data, rows: list[dict], rule: str) -> None:
     """Write the shipped classifier's real-data fold figures into its card (the ONNX hashes are untouched)."""
-    from datetime import UTC, datetime  # noqa: PLC0415
+    from datetime import UTC, datetime
 
-    from skyblink.engines.catalog import model_dir  # noqa: PLC0415
+    from skyblink.engines.catalog import model_dir
 
     path = model_dir("classifier") / "card.json"
     card = json.loads(path.read_text())

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from skyblink.cluster.measurement import measure_stamps
 from skyblink.cluster.night import plan_night
 from skyblink.cluster.reduce import (
@@ -47,9 +48,8 @@ from skyblink.cluster.reduce import (
     merge_tile_duplicates,
 )
 from skyblink.cluster.results import UnitStore, stamps_of
-from skyblink.storage import NightStore
-
 from skyblink.config import load_config
+from skyblink.storage import NightStore
 
 
 def timed(repeat: int, fn: Callable[[], Any]) -> tuple[Any, list[float]]:

@@ -23,9 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from skyblink.sim import rubin_visit_config, simulate_night
-
 from skyblink.config import SimConfig
+from skyblink.sim import rubin_visit_config, simulate_night
 
 NIGHTS: dict[str, tuple[str, SimConfig]] = {
     "small": (

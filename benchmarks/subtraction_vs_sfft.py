@@ -42,7 +42,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +129,8 @@ def quality(diff: np.ndarray, sigma: np.ndarray | float, stars: np.ndarray, fwhm
 
 def run_sfft(science: Path, reference: Path, tmp: Path, backend: str = "Numpy") -> tuple[np.ndarray, np.ndarray, float]:
     """SFFT's difference (science orientation), its matching kernel at the centre, and its wall time."""
-    from sfft.CustomizedPacket import Customized_Packet  # noqa: PLC0415
-    from sfft.utils.SFFTSolutionReader import Realize_MatchingKernel  # noqa: PLC0415
+    from sfft.CustomizedPacket import Customized_Packet
+    from sfft.utils.SFFTSolutionReader import Realize_MatchingKernel
 
     out, solution = tmp / "sfft_diff.fits", tmp / "sfft_solution.fits"
     start = time.perf_counter()
@@ -187,13 +187,13 @@ def device_program_seconds(sci: PairImage, ref: PairImage, *, device: str, psf_m
     candidates: the science as 16-bit ADU (sky 1000), cut into tiles of ``core`` + margins, the
     reference resident, ``batch`` tiles per call.
     """
-    import torch  # noqa: PLC0415
+    import torch
 
-    from skyblink.engines.backends import TorchRunner  # noqa: PLC0415
-    from skyblink.engines.catalog import load_network  # noqa: PLC0415
-    from skyblink.engines.manifest import IO_NAMES  # noqa: PLC0415
-    from skyblink.workers.device_program import make_device_program  # noqa: PLC0415
-    from skyblink.workers.tile_unit import read_window  # noqa: PLC0415
+    from skyblink.engines.backends import TorchRunner
+    from skyblink.engines.catalog import load_network
+    from skyblink.engines.manifest import IO_NAMES
+    from skyblink.workers.device_program import make_device_program
+    from skyblink.workers.tile_unit import read_window
 
     raw = np.clip(np.rint(np.asarray(sci.data) + 1000.0), 0, 65535).astype(np.uint16)
     size = raw.shape[0]
@@ -225,7 +225,7 @@ def device_program_seconds(sci: PairImage, ref: PairImage, *, device: str, psf_m
     return best, found
 
 
-def main() -> None:  # noqa: PLR0915 - one table after the other
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-singles", action="store_true", help="Only the stacks.")
     parser.add_argument("--big", type=int, default=4096, help="Edge of the simulated pair timed (0: none).")

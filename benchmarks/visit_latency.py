@@ -61,7 +61,7 @@ def main() -> None:
                                                          "--size", str(args.size)]
     t0 = time.perf_counter()
     if not reuse:
-        subprocess.run([sys.executable, "-m", "skyblink.cli", "sim", "night", str(sim), *shape], env=env, check=True,  # noqa: S603
+        subprocess.run([sys.executable, "-m", "skyblink.cli", "sim", "night", str(sim), *shape], env=env, check=True,
                        capture_output=True)
     t_sim = time.perf_counter() - t0
     if args.sim_only:
@@ -76,7 +76,7 @@ def main() -> None:
     except OSError:
         shutil.copyfile(visit, staged)
     report_path = args.work / "report.json"
-    run = subprocess.Popen([sys.executable, "-m", "skyblink.cli", "night", "run", str(live), "--watch",  # noqa: S603
+    run = subprocess.Popen([sys.executable, "-m", "skyblink.cli", "night", "run", str(live), "--watch",
                             "--report", str(report_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ready = threading.Event()
     lines: list[str] = []

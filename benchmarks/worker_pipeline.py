@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tile_program_stages import synthetic_batch  # noqa: E402
+from tile_program_stages import synthetic_batch
 
-from skyblink.engines.backends import TorchRunner  # noqa: E402
-from skyblink.engines.catalog import load_network  # noqa: E402
-from skyblink.engines.manifest import IO_NAMES  # noqa: E402
-from skyblink.workers.device_program import make_device_program  # noqa: E402
-from skyblink.workers.pipeline import TilePipeline  # noqa: E402
+from skyblink.engines.backends import TorchRunner
+from skyblink.engines.catalog import load_network
+from skyblink.engines.manifest import IO_NAMES
+from skyblink.workers.device_program import make_device_program
+from skyblink.workers.pipeline import TilePipeline
 
 
 def runner(model: str) -> TorchRunner:

@@ -104,7 +104,7 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
     ValueError
         If ``image`` is not 2-D or ``snr_threshold`` is not positive.
     """
-    if np.ndim(image) != 2:  # noqa: PLR2004 - one image
+    if np.ndim(image) != 2:
         msg = f"image must be 2-D, got shape {np.shape(image)}"
         raise ValueError(msg)
     if not snr_threshold > 0:
@@ -112,7 +112,7 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
         raise ValueError(msg)
     sub = np.array(image, dtype=np.float32, order="C")  # a native copy: SEP subtracts in place
     unusable: np.ndarray | None = ~np.isfinite(sub)
-    if unusable.any():
+    if unusable is not None and unusable.any():
         sub[unusable] = 0.0
         bkg = sep.Background(sub, mask=unusable)
     else:
@@ -322,7 +322,7 @@ def merge_duplicates(group: np.ndarray, ra: np.ndarray, dec: np.ndarray, snr: np
     """
     n = len(ra)
     keep = np.ones(n, bool)
-    if n < 2:  # noqa: PLR2004
+    if n < 2:
         return keep
     radius = np.broadcast_to(np.asarray(radius_arcsec, float), (n,))
     coords = SkyCoord(np.asarray(ra) * u.deg, np.asarray(dec) * u.deg)

@@ -207,7 +207,7 @@ def fit_motion(mjd: np.ndarray, ra: np.ndarray, dec: np.ndarray, sigma: np.ndarr
         Fewer than two detections, or all at one time.
     """
     mjd, ra, dec, sigma = (np.asarray(a, float) for a in (mjd, ra, dec, sigma))
-    if len(mjd) < 2 or np.ptp(mjd) <= 0:  # noqa: PLR2004
+    if len(mjd) < 2 or np.ptp(mjd) <= 0:
         msg = f"fit_motion needs detections at two or more times, got {len(mjd)} at {np.unique(mjd).size} times"
         raise ValueError(msg)
     centre = SkyCoord(ra * u.deg, dec * u.deg).cartesian.mean()
@@ -474,7 +474,7 @@ def _grow_and_accept(members: np.ndarray, xi: np.ndarray, eta: np.ndarray, mjd: 
 def _plane_fit(members: np.ndarray, xi: np.ndarray, eta: np.ndarray, mjd: np.ndarray,
                sigma: np.ndarray) -> tuple[float, float, float, float, float, np.ndarray] | None:
     t = mjd[members]
-    if len(members) < 2 or np.ptp(t) <= 0:  # noqa: PLR2004
+    if len(members) < 2 or np.ptp(t) <= 0:
         return None
     w = 1.0 / np.maximum(sigma[members], 1e-6) ** 2
     t_ref = float(np.sum(w * t) / np.sum(w))

@@ -53,7 +53,14 @@ from .dispatch import WorkerPool, worker_spec
 from .ingest import IngestReport, ingest_night
 from .private_redis import embedded_redis
 from .ray_runtime import ray_session
-from .reduce import DETECTION_ORDER, alert_counts, build_alerts, night_detections, split_by_exposure, static_detections
+from .reduce import (
+    DETECTION_ORDER,
+    alert_counts,
+    build_alerts,
+    night_detections,
+    split_by_exposure,
+    static_detections,
+)
 from .results import UnitStore
 
 __all__ = ["NightRunReport", "night_name", "plan_night", "run_night"]
@@ -350,7 +357,7 @@ class _DriverMetrics:
         """
         if config.ray.address in (None, "local") or _ray_flushes_metrics_at_shutdown():
             return
-        interval = max(ray._config.metrics_report_interval_ms(), 1000) / 1000.0  # noqa: SLF001 - no public accessor
+        interval = max(ray._config.metrics_report_interval_ms(), 1000) / 1000.0
         time.sleep(interval + 1.0)
 
 
@@ -468,8 +475,7 @@ def _cycle(
 
 def _mark_damaged(store: NightStore, report: NightRunReport, hooks: _Callbacks) -> None:
     """Flag the exposures whose tiles failed a chunk checksum, so that the next run's ingest writes them again."""
-    damaged = {damaged_store_key(error): error for error in report.tiles_failed.values()}
-    damaged.pop(None, None)
+    damaged = {key: error for error in report.tiles_failed.values() if (key := damaged_store_key(error)) is not None}
     if not damaged:
         return
     writable = NightStore(store.url, mode="a")

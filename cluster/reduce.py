@@ -51,7 +51,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from skyblink.config import NightConfig
-from skyblink.threads import ordered_map
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.storage.alerts import (
     Alert,
@@ -63,9 +62,16 @@ from skyblink.storage.alerts import (
     DetectionFlag,
 )
 from skyblink.storage.alerts.packet import MovingObject, make_alert_id
+from skyblink.threads import ordered_map
 from skyblink.workers.tile_unit import STAMP_HALF
 
-from .association import EXTENDED_MAX_CONCENTRATION, group_objects, match_reference, merge_duplicates, reference_sources
+from .association import (
+    EXTENDED_MAX_CONCENTRATION,
+    group_objects,
+    match_reference,
+    merge_duplicates,
+    reference_sources,
+)
 from .linking import LinkingParameters, Tracklet, link_tracklets, predict
 from .measurement import measure_stamps
 from .results import stamps_of
@@ -318,7 +324,7 @@ def merge_tile_duplicates(detections: pa.Table, radius_arcsec: float) -> pa.Tabl
     pyarrow.Table
         ``detections`` without the duplicates, in the same order.
     """
-    if detections.num_rows < 2:  # noqa: PLR2004
+    if detections.num_rows < 2:
         return detections
     group = np.array([f"{e}/{c}" for e, c in zip(detections.column("exposure_id").to_pylist(),
                                                  detections.column("ccd_num").to_pylist(), strict=True)])

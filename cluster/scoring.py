@@ -172,7 +172,7 @@ def _completeness(detected: np.ndarray, mags: np.ndarray, bins: np.ndarray) -> t
             values.append(frac)
     m50 = float("nan")
     for k in range(len(values) - 1, 0, -1):  # the last crossing from >= 0.5 to < 0.5
-        if values[k - 1] >= 0.5 > values[k]:  # noqa: PLR2004
+        if values[k - 1] >= 0.5 > values[k]:
             f = (values[k - 1] - 0.5) / (values[k - 1] - values[k])
             m50 = centres[k - 1] + f * (centres[k] - centres[k - 1])
             break
@@ -259,7 +259,7 @@ def score_catalog(catalog: pa.Table, truth: dict[str, Any], method: str, *, scor
         inside = point & (snr >= lo) & (snr < hi)
         out.astrometry_rms_arcsec.append({"snr_lo": lo, "snr_hi": hi if math.isfinite(hi) else None, "n": int(inside.sum()),
                                           "rms": float(np.sqrt(np.mean(sep_arcsec[inside] ** 2))) if inside.any() else float("nan")})
-    bright = point & (snr > 20)  # noqa: PLR2004
+    bright = point & (snr > 20)
     out.astrometry_rms_snr_gt_20 = float(np.sqrt(np.mean(sep_arcsec[bright] ** 2))) if bright.any() else float("nan")
     scores = catalog.column(score_column).to_numpy().astype(float)
     out.roc_auc, out.fpr_at_fnr_1pct, out.roc_curve = _roc(scores, real)
@@ -278,7 +278,7 @@ def _score_linking(out: MethodScore, catalog: pa.Table, truth: dict[str, Any], w
     mover_exposures: dict[str, set[str]] = {}
     for i in np.flatnonzero(kind == "moving"):
         mover_exposures.setdefault(str(ident[i]), set()).add(str(exposures[i]))
-    eligible = {m for m, seen in mover_exposures.items() if len(seen) >= 3}  # noqa: PLR2004
+    eligible = {m for m, seen in mover_exposures.items() if len(seen) >= 3}
     tracklet = catalog.column("tracklet_id").to_pylist()
     groups: dict[int, list[int]] = {}
     for row_index, t in enumerate(tracklet):
@@ -352,10 +352,10 @@ def _targets(ours: MethodScore, sep: MethodScore | None) -> dict[str, dict[str, 
         out["depth"] = {"target": "m50 >= SEP m50 + 0.3 mag at equal or better purity", "ours_m50": ours.m50, "sep_m50": sep.m50,
                         "ours_purity": ours.purity, "sep_purity": sep.purity, "met": bool(depth_ok)}
     out["astrometry"] = {"target": "radial RMS <= 0.05 arcsec at S/N > 20", "value": ours.astrometry_rms_snr_gt_20,
-                         "met": bool(ours.astrometry_rms_snr_gt_20 <= 0.05)}  # noqa: PLR2004
+                         "met": bool(ours.astrometry_rms_snr_gt_20 <= 0.05)}
     out["linking"] = {"target": ">= 95 % of movers with >= 3 detections at <= 1 % false tracklets",
                       "efficiency": ours.linking_efficiency, "false_tracklet_rate": ours.false_tracklet_rate,
-                      "met": bool(ours.linking_efficiency >= 0.95 and ours.false_tracklet_rate <= 0.01)}  # noqa: PLR2004
+                      "met": bool(ours.linking_efficiency >= 0.95 and ours.false_tracklet_rate <= 0.01)}
     return out
 
 

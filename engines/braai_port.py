@@ -181,7 +181,7 @@ def braai_normalize(science: np.ndarray, template: np.ndarray, difference: np.nd
     channels = []
     for name, cutout in (("science", science), ("template", template), ("difference", difference)):
         image = np.nan_to_num(np.asarray(cutout, dtype=np.float32), nan=0.0)
-        if image.ndim != 2 or image.shape[0] > STAMP_SIZE or image.shape[1] > STAMP_SIZE:  # noqa: PLR2004
+        if image.ndim != 2 or image.shape[0] > STAMP_SIZE or image.shape[1] > STAMP_SIZE:
             msg = f"{name} cutout must be 2-D and at most {STAMP_SIZE}x{STAMP_SIZE}, got shape {image.shape}"
             raise ValueError(msg)
         image = _row_l2_normalize(image)

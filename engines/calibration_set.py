@@ -264,8 +264,9 @@ def build_calibration_set(spec: CalibrationSpec | None = None, *, cache_dir: Pat
     CalibrationSet
         Deterministic for a given specification.
     """
-    from .training.dataset import exposure_triplet  # noqa: PLC0415 - imports the simulator
     from skyblink.sim.conditions import exposure_conditions  # noqa: PLC0415
+
+    from .training.dataset import exposure_triplet  # noqa: PLC0415 - imports the simulator
 
     spec = spec or stratified_spec()
     cache = Path(cache_dir) / f"{spec.id}.npz" if cache_dir is not None else None

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .channels import Channels, ChannelError, Release
+from .channels import ChannelError, Channels, Release
 
 __all__ = ["PromotionError", "PromotionTolerances", "ShadowReport", "promote", "shadow_compare"]
 

@@ -131,7 +131,7 @@ class RealAlerts:
             for name, survey, key in REFERENCES:
                 ref = self.reference(survey, key)[inside]
                 have = np.isfinite(ref)
-                row[name] = (int(have.sum()), int((ref[have] < 0.5).sum()))  # noqa: PLR2004 - the label cut
+                row[name] = (int(have.sum()), int((ref[have] < 0.5).sum()))
             rows.append(row)
         return rows
 

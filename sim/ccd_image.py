@@ -178,7 +178,7 @@ def render_ccd(config: SimConfig, field: int, ccd: int, *, exposure: int | None)
         point_y.append(y)
         point_flux.append(flux)
 
-    def truth(kind: str, x: np.ndarray, y: np.ndarray, **cols: Any) -> None:  # noqa: ANN401
+    def truth(kind: str, x: np.ndarray, y: np.ndarray, **cols: Any) -> None:
         keep = _on_ccd(x, y, size)
         block = {"type": kind, "ccd": ccd, "x": x[keep], "y": y[keep]}
         for name, value in cols.items():

@@ -14,7 +14,16 @@ import typer
 from rich.table import Table
 
 from ._cli_checks import check_output_dir
-from ._cli_common import EXIT_ERROR, RedisUrlOption, console, effective_config, err_console, fail, inputs_checked, prog
+from ._cli_common import (
+    EXIT_ERROR,
+    RedisUrlOption,
+    console,
+    effective_config,
+    err_console,
+    fail,
+    inputs_checked,
+    prog,
+)
 from .config import SkyblinkConfig
 
 __all__ = ["alerts_app"]

@@ -33,7 +33,7 @@ RegistryOption = Annotated[
 ]
 
 
-def _training_config(which: str, epochs: int | None, fields: int | None, exposures: int | None, seed: int | None):  # noqa: ANN202
+def _training_config(which: str, epochs: int | None, fields: int | None, exposures: int | None, seed: int | None):
     from dataclasses import replace  # noqa: PLC0415
 
     from skyblink.engines.training.train import CLASSIFIER_DEFAULTS, TrainingConfig  # noqa: PLC0415
@@ -111,10 +111,10 @@ def engines_build(
     models: ModelsOption = None,
 ) -> None:
     """Build a TensorRT engine from a shipped ONNX model into the registry, with its manifest."""
+    from skyblink.engines._trt import TensorRTUnavailableError  # noqa: PLC0415
     from skyblink.engines.build import EngineBuildError, build_engine  # noqa: PLC0415
     from skyblink.engines.catalog import MODEL_VERSIONS, ModelNotShippedError, onnx_path  # noqa: PLC0415
     from skyblink.engines.manifest import ProfileSpec  # noqa: PLC0415
-    from skyblink.engines._trt import TensorRTUnavailableError  # noqa: PLC0415
 
     config = effective_config(ctx, **{"engines.registry": str(registry) if registry else None})
     if precision not in ("fp32", "fp16"):

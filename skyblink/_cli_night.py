@@ -11,6 +11,14 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ._cli_checks import (
+    check_night_dir,
+    check_output_dir,
+    check_output_file,
+    check_ray_address,
+    check_redis,
+    check_store,
+)
 from ._cli_common import (
     EXIT_BUSY,
     EXIT_QUARANTINED,
@@ -26,14 +34,12 @@ from ._cli_common import (
     plain_progress,
 )
 from ._cli_common import prog as _prog  # _print_next_steps names its local prog
-from ._cli_checks import check_night_dir, check_output_dir, check_output_file, check_ray_address, check_redis, check_store
 from .redaction import redact_text
 
 if TYPE_CHECKING:
     from skyblink.cluster.night import NightRunReport
-    from skyblink.config import SkyblinkConfig
-
     from skyblink.cluster.scoring import ScoreReport
+    from skyblink.config import SkyblinkConfig
 
 __all__ = ["night_app"]
 

@@ -16,9 +16,7 @@ import typer.core
 from rich.table import Table
 
 from ._cli_alerts import alerts_app
-from ._cli_engines import engines_app, train_app
-from ._cli_night import night_app
-from ._cli_subtract import register as _register_subtract
+from ._cli_checks import check_night_dir, check_output_dir, check_ray_address, check_store
 from ._cli_common import (
     EXIT_BUSY,
     EXIT_QUARANTINED,
@@ -33,7 +31,9 @@ from ._cli_common import (
     inputs_checked,
     plain_progress,
 )
-from ._cli_checks import check_night_dir, check_output_dir, check_ray_address, check_store
+from ._cli_engines import engines_app, train_app
+from ._cli_night import night_app
+from ._cli_subtract import register as _register_subtract
 from ._version import __version__
 from .config import SkyblinkConfig, config_as_json, config_as_toml
 
@@ -41,13 +41,16 @@ __all__ = ["EXIT_QUARANTINED", "app", "main"]
 
 def _flags_without_type(option: Any, ctx: Any) -> str | None:
     """Help shows a boolean flag as ``--keep-redis`` (typer's rich help printed ``--keep-redis <bool>``)."""
-    return None if option.is_flag else _typer_display_type(option, ctx)
+    if option.is_flag or _typer_display_type is None:
+        return None
+    result: str | None = _typer_display_type(option, ctx)
+    return result
 
 
 # typer >= 0.2x prints a <bool> type next to every flag, as if it took a value; flags take none.
 _typer_display_type = getattr(typer.core.TyperOption, "display_type_rich", None)
 if _typer_display_type is not None:
-    typer.core.TyperOption.display_type_rich = _flags_without_type  # type: ignore[method-assign]
+    typer.core.TyperOption.display_type_rich = _flags_without_type  # type: ignore[method-assign,assignment]
 
 app = typer.Typer(
     name="skyblink",

@@ -124,7 +124,7 @@ def redact_text(text: str) -> str:
 class RedactingFilter(logging.Filter):
     """A logging filter that redacts each record's message (`redact_text`) before any handler formats it."""
 
-    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003 - the logging API's name
+    def filter(self, record: logging.LogRecord) -> bool:
         """Replace the record's message by its redacted rendering; always keep the record."""
         try:
             message = record.getMessage()

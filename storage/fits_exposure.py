@@ -190,7 +190,7 @@ def _celestial_wcs(header: fits.Header, hdul: fits.HDUList, path: Path, where: s
         warnings.simplefilter("ignore", AstropyWarning)
         try:
             wcs = WCS(header, fobj=hdul)
-        except Exception as exc:  # noqa: BLE001 - astropy raises many types for bad WCS keywords
+        except Exception as exc:
             msg = f"{where}: WCS keywords cannot be parsed ({type(exc).__name__}: {exc})"
             raise InvalidExposureError(path, msg) from exc
     ctypes = ", ".join(f"CTYPE{i + 1}={c!r}" for i, c in enumerate(wcs.wcs.ctype))
@@ -202,7 +202,7 @@ def _celestial_wcs(header: fits.Header, hdul: fits.HDUList, path: Path, where: s
         warnings.simplefilter("ignore", AstropyWarning)
         try:
             world = wcs.all_pix2world([centre], 0)
-        except Exception as exc:  # noqa: BLE001 - wcslib errors come in several types
+        except Exception as exc:
             msg = f"{where}: celestial WCS ({ctypes}) does not evaluate ({exc})"
             raise InvalidExposureError(path, msg) from exc
         if not np.all(np.isfinite(world)):
@@ -251,7 +251,7 @@ def _quality_planes(hdul: fits.HDUList, config: HeadersConfig, n_ccds: int) -> d
     out: dict[int, list[tuple[int, str]]] = {}
     for number, hdu in enumerate(hdul):
         name = str(hdu.header.get("EXTNAME", "")).strip().upper()
-        if number == 0 or name not in masks | weights or hdu.header.get("NAXIS", 0) != 2:  # noqa: PLR2004
+        if number == 0 or name not in masks | weights or hdu.header.get("NAXIS", 0) != 2:
             continue
         extver = hdu.header.get("EXTVER")
         index = 0 if n_ccds == 1 else (int(extver) - 1 if isinstance(extver, int) else None)
@@ -297,7 +297,7 @@ def _read_pixels(ccd: CcdHeader, hdul: fits.HDUList, path: Path, max_nonfinite_f
         try:
             raw = hdul[ccd.hdu].data
             data = None if raw is None else np.array(raw, dtype=raw.dtype.newbyteorder("="))
-        except Exception as exc:  # noqa: BLE001 - truncated or corrupt data raise assorted errors
+        except Exception as exc:
             msg = f"{where}: pixel data cannot be read ({type(exc).__name__}: {exc})"
             raise InvalidExposureError(path, msg) from exc
         finally:
@@ -465,7 +465,7 @@ def open_fits_exposure(path: Path | str, *, max_nonfinite_fraction: float = 0.5,
         warnings.simplefilter("always")
         try:
             hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-        except Exception as exc:  # noqa: BLE001 - astropy raises OSError, ValueError, ... on junk
+        except Exception as exc:
             msg = f"not a readable FITS file ({type(exc).__name__}: {exc})"
             raise InvalidExposureError(path, msg) from exc
     try:

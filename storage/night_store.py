@@ -317,10 +317,10 @@ class NightStore:
 
     def damaged_keys(self) -> list[str]:
         """Return the keys of the exposures and references flagged by `mark_damaged`, sorted."""
-        keys = []
+        keys: list[str] = []
         for kind_group in _GROUP_OF_KIND.values():
             parent = self.root.get(kind_group)
-            if parent is None:
+            if not isinstance(parent, zarr.Group):
                 continue
             keys.extend(f"{kind_group}/{name}" for name, group in parent.groups()
                         if group.attrs.get("complete") is True and group.attrs.get("damaged"))
@@ -332,7 +332,7 @@ class NightStore:
 
     def wcs(self, key: str, ccd: str = "ccd000") -> WCS:
         """Return the CCD's celestial WCS (SIP distortion included)."""
-        return _wcs_from_text(self._group(key)[ccd].attrs["wcs_header"])
+        return _wcs_from_text(cast(str, self._group(key)[ccd].attrs["wcs_header"]))
 
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
         """Return the JSON metadata of one CCD (gain, saturate, mjd_obs, ...)."""
@@ -349,7 +349,8 @@ class NightStore:
             If the exposure is absent or incomplete, or has no such CCD.
         """
         attrs = self._group(key)[ccd].attrs
-        return dict(attrs["metadata"]), fits.Header.fromstring(attrs["fits_header"]), _wcs_from_text(attrs["wcs_header"])
+        return (dict(cast(dict[str, Any], attrs["metadata"])), fits.Header.fromstring(cast(str, attrs["fits_header"])),
+                _wcs_from_text(cast(str, attrs["wcs_header"])))
 
     def _group(self, key: str) -> zarr.Group:
         group = self.root.get(key)
@@ -386,7 +387,7 @@ class CheckedImage:
         return data if dtype is None else data.astype(dtype, copy=False)
 
     def __len__(self) -> int:
-        return len(self.array)
+        return int(self.array.shape[0])
 
 
 def _region(selection: Any) -> str:

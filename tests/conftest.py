@@ -45,7 +45,7 @@ def write_exposure(path: Path, *, shape: tuple[int, int] = (96, 128), dtype: str
                    seed: int = 0, compressed: bool = False, header: dict[str, Any] | None = None,
                    with_wcs: bool = True) -> list[np.ndarray]:
     """Write a FITS exposure (single-HDU, multi-extension or tile-compressed) and return its pixels."""
-    from astropy.io import fits  # noqa: PLC0415
+    from astropy.io import fits
 
     primary = fits.Header()
     primary.update({"DATE-OBS": "2026-11-25T03:00:00", "MJD-OBS": 61004.125, "EXPTIME": 30.0, "FILTER": "r",
@@ -79,7 +79,7 @@ def exposure_writer() -> Callable[..., list[np.ndarray]]:
 
 def _cuda_available() -> bool:
     try:
-        import torch  # noqa: PLC0415
+        import torch
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
@@ -118,9 +118,9 @@ ONE_MAS_DEG = 1e-3 / 3600.0
 
 def _assert_round_trip(store: Any, key: str, path: Path) -> None:
     """Pixels equal exactly; header cards equal; WCS maps pixels to the sky within 1 mas."""
-    from astropy.coordinates import SkyCoord  # noqa: PLC0415
-    from astropy.io import fits  # noqa: PLC0415
-    from astropy.wcs import WCS  # noqa: PLC0415
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from astropy.wcs import WCS
 
     with fits.open(path) as hdul:
         images = [(n, h) for n, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS", 0) == 2]

@@ -167,7 +167,7 @@ class TileWorker:
                                shapes=shapes.get(name, ()))
         try:
             _warm_up(name, choice.runner, shapes.get(name, ()))
-        except Exception as exc:  # noqa: BLE001 - the runtime's refusal, recorded and fallen back from
+        except Exception as exc:
             if choice.backend != "tensorrt" or backend == "tensorrt":
                 raise
             if choice.runner.is_active:

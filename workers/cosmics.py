@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -151,7 +151,7 @@ def _sorting_network(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
-@lru_cache(maxsize=None)
+@cache
 def _median_plan(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
     """The comparators of `_sorting_network` that the middle wire depends on, with which outputs are used."""
     need = {n // 2}
@@ -449,7 +449,7 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float, gain: floa
     if mask is not None and mask.shape != images.shape:
         msg = f"mask must have the images' shape {tuple(images.shape)}, got {tuple(mask.shape)}"
         raise ValueError(msg)
-    single = images.ndim == 2  # noqa: PLR2004
+    single = images.ndim == 2
     raw = (images[None] if single else images).to(torch.float32)
     given = torch.zeros_like(raw, dtype=torch.bool) if mask is None else (mask[None] if single else mask).to(torch.bool)
     if protect < 0:

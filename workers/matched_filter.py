@@ -99,7 +99,7 @@ def matched_filter_snr(difference: np.ndarray, fwhm_px: float, *, renormalize: b
     ValueError
         If ``fwhm_px`` is not positive or ``difference`` is not 2-D.
     """
-    if np.ndim(difference) != 2:  # noqa: PLR2004
+    if np.ndim(difference) != 2:
         msg = f"difference must be 2-D, got shape {np.shape(difference)}"
         raise ValueError(msg)
     sigma = _sigma(fwhm_px)
@@ -138,7 +138,7 @@ def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renor
     """
     from .tile_program import gaussian_blur  # noqa: PLC0415 - tile_program imports this package's CPU modules
 
-    if difference.ndim != 3:  # noqa: PLR2004
+    if difference.ndim != 3:
         msg = f"difference must be (B, H, W), got shape {tuple(difference.shape)}"
         raise ValueError(msg)
     snr = gaussian_blur(difference.to(torch.float32), _sigma(fwhm_px), truncate=_TRUNCATE) / float(np.float32(psf_norm(fwhm_px)))

@@ -132,7 +132,7 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
     var_t = np.broadcast_to(np.asarray(target_rms, dtype=np.float64) ** 2, target.shape)[ys, xs]
     var_i = np.broadcast_to(np.asarray(image_rms, dtype=np.float64) ** 2, image.shape)[ys, xs]
     keep = np.ones(ys.size, dtype=bool)
-    coef = None
+    coef: np.ndarray | None = None
     for _ in range(2):
         a, y = design[keep], t[keep]
         if coef is None:
@@ -148,4 +148,5 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
         keep = np.abs(residual) < CLIP_NSIGMA * max(scale, 1.0)
         if keep.sum() < MIN_PIXELS_PER_COEFFICIENT * size * size:
             return None
+    assert coef is not None  # the loop ran
     return SolvedKernel(coef[:-1].reshape(size, size), float(coef[-1]), int(keep.sum()))

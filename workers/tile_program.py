@@ -438,7 +438,7 @@ def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Te
 
     var_t, var_i = at(target_rms), at(image_rms)
     keep = torch.ones(ys.numel(), dtype=torch.bool, device=device)
-    coef = None
+    coef: torch.Tensor | None = None
     diagonal = torch.arange(size * size, device=device)
     for _ in range(2):
         a, y = design[keep], t[keep]
@@ -452,4 +452,5 @@ def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Te
         keep = residual.abs() < pm.CLIP_NSIGMA * max(scale, 1.0)
         if int(keep.sum()) < pm.MIN_PIXELS_PER_COEFFICIENT * size * size:
             return None
+    assert coef is not None  # the loop ran
     return coef[:-1].reshape(size, size), float(coef[-1])

@@ -160,7 +160,7 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     beyond_ccd = ~np.isfinite(raw)
     spec = CalibrationSpec.from_header(sci_header)
     calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate,
-                           bias=read_window(bias, oy, ox, h, w) if bias is not None and np.ndim(bias) == 2 else bias,  # noqa: PLR2004
+                           bias=read_window(bias, oy, ox, h, w) if bias is not None and np.ndim(bias) == 2 else bias,
                            flat=None if flat is None else read_window(flat, oy, ox, h, w))
     science, bad = calibrated.electrons, calibrated.mask
     if reject_cosmics:
@@ -200,7 +200,7 @@ def noise_pedestal(electrons: np.ndarray, read_noise: float, bad: np.ndarray | N
     """
     usable = np.isfinite(electrons) if bad is None else (np.isfinite(electrons) & ~bad)
     values = electrons[usable][::7]
-    if values.size < 100:  # noqa: PLR2004 - too few pixels to say
+    if values.size < 100:
         return 0.0
     level = float(np.median(values))
     sigma = 1.4826 * float(np.median(np.abs(values - level)))
@@ -223,7 +223,7 @@ def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float
     if cache is None:
         cache = {}
         try:
-            store._skyblink_fwhm_cache = cache  # noqa: SLF001 - a per-store memo of measured PSF sizes
+            store._skyblink_fwhm_cache = cache
         except AttributeError:
             pass
     if (key, ccd) in cache:

@@ -25,7 +25,13 @@ from ..catalog import MODEL_VERSIONS, load_network, onnx_path
 from ..channels import CHANNELS_FILE, Channels, Release
 from ..manifest import ProfileSpec
 from ..model_io import IO_NAMES
-from ..registry import DeviceInfo, EngineNotFoundError, EngineRegistry, EngineRequest, current_device
+from ..registry import (
+    DeviceInfo,
+    EngineNotFoundError,
+    EngineRegistry,
+    EngineRequest,
+    current_device,
+)
 from ._trt_probe import trt_runtime_available
 from .base import InferenceRunner
 

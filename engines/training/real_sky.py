@@ -114,7 +114,7 @@ def psf_sigma_px(alert: SurveyAlert) -> float:
     stamps = alert.stamps
     if alert.survey is Survey.ZTF:
         fwhm = alert.record.get("fwhm")
-        fwhm = float(fwhm) if fwhm is not None and math.isfinite(float(fwhm)) and 0.5 < float(fwhm) < 10 else 2.0  # noqa: PLR2004
+        fwhm = float(fwhm) if fwhm is not None and math.isfinite(float(fwhm)) and 0.5 < float(fwhm) < 10 else 2.0
         return fwhm * _FWHM_TO_SIGMA
     factor = max(1, round(TRAINING_PIXEL_SCALE / stamps.pixel_scale_arcsec)) if stamps is not None else 1
     sigma = 0.8 / 0.2 * _FWHM_TO_SIGMA
@@ -124,7 +124,7 @@ def psf_sigma_px(alert: SurveyAlert) -> float:
         yy, xx = np.indices(p.shape)
         cy, cx = (p * yy).sum(), (p * xx).sum()
         var = 0.5 * ((p * (yy - cy) ** 2).sum() + (p * (xx - cx) ** 2).sum())
-        if 0.25 < var < 100:  # noqa: PLR2004 - a sane PSF
+        if 0.25 < var < 100:
             sigma = math.sqrt(var)
     return max(sigma / factor, 0.5)
 
@@ -139,14 +139,14 @@ def _to_centre(image: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
     """Roll that brings the brightest pixel within 20 px of the centre (the template's star or host) to it."""
     window = image[_CENTRE - 20 : _CENTRE + 21, _CENTRE - 20 : _CENTRE + 21]
     y, x = np.unravel_index(int(np.argmax(window)), window.shape)
-    if window[y, x] < 5:  # noqa: PLR2004 - nothing bright: any place will do
+    if window[y, x] < 5:
         return int(rng.integers(-15, 16)), int(rng.integers(-15, 16))
     return 20 - int(y), 20 - int(x)
 
 
 def _background(diffs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A difference background: white noise, or a training alert's difference turned and rolled off centre."""
-    if len(diffs) == 0 or rng.uniform() < 0.5:  # noqa: PLR2004
+    if len(diffs) == 0 or rng.uniform() < 0.5:
         return rng.standard_normal((STAMP_SIZE, STAMP_SIZE)).astype(np.float32)
     d = np.rot90(diffs[rng.integers(len(diffs))], int(rng.integers(4)))
     shift = rng.integers(12, 26, 2) * rng.choice([-1, 1], 2)
@@ -179,7 +179,7 @@ def real_sky_samples(stamps: np.ndarray, sigmas: np.ndarray, recipe: RealSkyReci
     for template, sigma in zip(stamps[:, 1], sigmas, strict=True):
         for _ in range(recipe.per_alert):
             if recipe.inject:
-                t = np.roll(template, _to_centre(template, rng), axis=(0, 1)) if rng.uniform() < 0.5 else template  # noqa: PLR2004
+                t = np.roll(template, _to_centre(template, rng), axis=(0, 1)) if rng.uniform() < 0.5 else template
                 s = float(sigma) * rng.uniform(0.85, 1.2)
                 snr = math.exp(rng.uniform(math.log(5.0), math.log(80.0)))
                 flux = snr * math.sqrt(4 * math.pi) * s
@@ -385,7 +385,7 @@ def _train_all(model: Classifier, pool: RealSkyPool, take: np.ndarray, recipe: R
     for _ in range(recipe.epochs):
         for idx in torch.randperm(n, generator=gen).split(recipe.batch_size):
             xb = torch.rot90(x[idx], int(torch.randint(0, 4, (1,), generator=gen)), dims=(2, 3))
-            if torch.rand(1, generator=gen).item() < 0.5:  # noqa: PLR2004
+            if torch.rand(1, generator=gen).item() < 0.5:
                 xb = xb.flip(-1)
             rb_logit, class_logits = model.logits(xb)
             loss = F.binary_cross_entropy_with_logits(rb_logit[:, 0], rb[idx])

@@ -25,9 +25,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from skyblink.workers.peaks import find_peaks
-
 from skyblink.config import SimConfig
+from skyblink.workers.peaks import find_peaks
 
 from ..catalog import MODEL_VERSIONS, model_dir
 from ..export import export_onnx, file_sha256

@@ -560,7 +560,7 @@ class AlertConsumer:
             for received in batch:
                 try:
                     handler(received)
-                except Exception as exc:  # noqa: BLE001 - a broker's handler may raise anything; we log and go on
+                except Exception as exc:
                     failed += 1
                     self._remember_handler_error(received.entry_id, exc)
                     log.exception("handler failed on entry %s (alert %d); left pending", received.entry_id, received.alert.alert_id)

@@ -431,13 +431,13 @@ class AlertProducer:
         dedup = dedup_key(self.stream)
         try:
             first = self._client.xrange(self.stream, count=1)
-            first_id = _entry_order(first[0][0]) if first else None
+            first_id = _entry_order(first[0][0]) if first and first[0][0] is not None else None
             missing: list[int] = []
             for start in range(0, len(ids), chunk):
                 part = ids[start : start + chunk]
                 entries = self._client.hmget(dedup, [str(i) for i in part])
                 pipe = self._client.pipeline(transaction=False)
-                looked: list[tuple[int, bytes]] = []
+                looked: list[tuple[int, bytes | str]] = []
                 for alert_id, entry in zip(part, entries, strict=True):
                     if entry is None:
                         missing.append(alert_id)

@@ -50,7 +50,6 @@ import io
 import json
 import math
 import os
-import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field

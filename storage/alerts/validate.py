@@ -18,7 +18,14 @@ from typing import Any
 
 from .errors import AlertError
 from .packet import Alert
-from .schema import AlertSchema, decode_payload, encode_payload, load_sample, load_schema, schema_versions
+from .schema import (
+    AlertSchema,
+    decode_payload,
+    encode_payload,
+    load_sample,
+    load_schema,
+    schema_versions,
+)
 
 __all__ = ["SchemaCheck", "round_trip_difference", "validate_schemas"]
 

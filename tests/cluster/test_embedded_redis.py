@@ -54,7 +54,7 @@ def test_a_running_driver_keeps_its_server_to_itself(tmp_path: Path) -> None:
         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)"
     )
-    other = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "redis" / "lock")], stdout=subprocess.PIPE, text=True)  # noqa: S603
+    other = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "redis" / "lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout is not None and other.stdout.readline().strip() == "locked"
         (tmp_path / "redis" / "server.json").write_text(json.dumps({"pid": other.pid, "port": 1, "driver_pid": other.pid}))
@@ -75,7 +75,7 @@ def test_two_drivers_at_once_one_is_refused_and_the_first_keeps_working(tmp_path
 
 
 def test_private_server_requires_its_generated_password(tmp_path: Path) -> None:
-    from skyblink.cluster.private_redis import private_password  # noqa: PLC0415
+    from skyblink.cluster.private_redis import private_password
 
     with embedded_redis(_config(tmp_path)) as url:
         password = private_password(tmp_path / "redis")
@@ -88,7 +88,7 @@ def test_private_server_requires_its_generated_password(tmp_path: Path) -> None:
 
 
 def test_a_stale_server_json_never_uses_or_stops_an_unrelated_server(tmp_path: Path) -> None:
-    from skyblink.storage.redis_server import RedisServer  # noqa: PLC0415
+    from skyblink.storage.redis_server import RedisServer
 
     with RedisServer(data_dir=tmp_path / "unrelated") as unrelated:
         (tmp_path / "redis").mkdir()
@@ -102,7 +102,7 @@ def test_a_stale_server_json_never_uses_or_stops_an_unrelated_server(tmp_path: P
 
 
 def test_a_password_with_quotes_and_newlines_is_written_safely(tmp_path: Path) -> None:
-    from skyblink.storage.redis_server import RedisServer  # noqa: PLC0415
+    from skyblink.storage.redis_server import RedisServer
 
     nasty = 'p"w\\ \nrequirepass other\r\n# é'
     with RedisServer(data_dir=tmp_path / "r", password=nasty) as server:

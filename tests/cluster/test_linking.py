@@ -11,7 +11,13 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from skyblink.cluster.linking import LinkingParameters, TangentPlane, fit_motion, link_tracklets, predict
+from skyblink.cluster.linking import (
+    LinkingParameters,
+    TangentPlane,
+    fit_motion,
+    link_tracklets,
+    predict,
+)
 
 T0 = 61000.0
 TIMES = T0 + np.arange(5) * 15.0 / 1440.0  # five exposures 15 min apart

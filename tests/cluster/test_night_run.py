@@ -105,12 +105,12 @@ def test_night_end_to_end_publishes_every_alert_once(reference_run: tuple[Path, 
 
 def test_reducing_exposure_by_exposure_gives_the_night_of_a_single_reduce(reference_run: tuple[Path, dict, list[int]]) -> None:
     """As in --watch: each cycle locates and matches its new exposure only; the night is the same."""
-    import math  # noqa: PLC0415
+    import math
 
-    from skyblink.cluster.night import _StaticDetections, plan_night  # noqa: PLC0415
-    from skyblink.cluster.reduce import night_detections, reduce_detections  # noqa: PLC0415
-    from skyblink.cluster.results import UnitStore  # noqa: PLC0415
-    from skyblink.storage import NightStore  # noqa: PLC0415
+    from skyblink.cluster.night import _StaticDetections, plan_night
+    from skyblink.cluster.reduce import night_detections, reduce_detections
+    from skyblink.cluster.results import UnitStore
+    from skyblink.storage import NightStore
 
     root, _, _ = reference_run
     config = _config(root)
@@ -217,8 +217,8 @@ def test_watch_does_not_end_the_night_while_a_reference_catalog_is_under_way(
     night_dir: Path, tmp_path: Path, ray_local: None
 ) -> None:
     """A watch idle for less time than a reference's catalog takes still writes that catalog."""
-    from skyblink.cluster.association import reference_catalog_path  # noqa: PLC0415
-    from skyblink.storage import NightStore  # noqa: PLC0415
+    from skyblink.cluster.association import reference_catalog_path
+    from skyblink.storage import NightStore
 
     live = tmp_path / "live"
     (live / "exposures").mkdir(parents=True)

@@ -16,12 +16,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.cluster, pytest.mark.redis]
 
 
 def test_gpu_actors_run_the_night_and_publish_each_alert_once(tmp_path: Path, ray_local: None) -> None:
-    from skyblink.cluster.night import plan_night, run_night  # noqa: PLC0415
-    from skyblink.cluster.results import UnitStore  # noqa: PLC0415
-    from skyblink.config import SimConfig, load_config  # noqa: PLC0415
-    from skyblink.sim import simulate_night  # noqa: PLC0415
-    from skyblink.storage import NightStore  # noqa: PLC0415
-    from skyblink.storage.redis_server import find_redis_server  # noqa: PLC0415
+    from skyblink.cluster.night import plan_night, run_night
+    from skyblink.cluster.results import UnitStore
+    from skyblink.config import SimConfig, load_config
+    from skyblink.sim import simulate_night
+    from skyblink.storage import NightStore
+    from skyblink.storage.redis_server import find_redis_server
 
     if find_redis_server() is None:
         pytest.skip("redis-server is not installed")

@@ -85,14 +85,14 @@ def test_torch_port_reproduces_ztf_drb(d6_m7_alerts: list[tuple[str, ZtfCutouts]
     outliers = sorted({name for (name, _), e in zip(d6_m7_alerts, err, strict=True) if e > DRB_ATOL})
     assert outliers == [KNOWN_OUTLIER], f"packets whose drb is not reproduced within {DRB_ATOL}: {outliers}"
     inliers = np.array([name != KNOWN_OUTLIER for name, _ in d6_m7_alerts])
-    print(f"braai {BRAAI_MODEL}: {inliers.sum()} of {len(d6_m7_alerts)} packets reproduce drb, "  # noqa: T201
+    print(f"braai {BRAAI_MODEL}: {inliers.sum()} of {len(d6_m7_alerts)} packets reproduce drb, "
           f"max |error| {err[inliers].max():.2e}; outlier {KNOWN_OUTLIER} |error| {err[~inliers].max():.4f}")
 
 
 def test_onnx_export_gives_same_drb(tmp_path: Path, model: Braai, d6_m7_alerts: list[tuple[str, ZtfCutouts]],
                                     torch_drb: np.ndarray) -> None:
     ort = pytest.importorskip("onnxruntime")
-    from skyblink.engines.export import export_onnx  # noqa: PLC0415
+    from skyblink.engines.export import export_onnx
 
     path = export_onnx(model, tmp_path / "braai.onnx", precision="fp32")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

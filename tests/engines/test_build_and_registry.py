@@ -109,9 +109,9 @@ def test_profile_text_is_parsed_or_refused() -> None:
 
 
 def test_cli_builds_a_shipped_model_and_lists_it(tmp_path: Path) -> None:
-    from typer.testing import CliRunner  # noqa: PLC0415
+    from typer.testing import CliRunner
 
-    from skyblink.cli import app  # noqa: PLC0415
+    from skyblink.cli import app
 
     runner = CliRunner()
     registry = tmp_path / "registry"

@@ -20,11 +20,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, ray_local: None):  # noqa: ANN201
-    from skyblink.cluster import ingest_night  # noqa: PLC0415
-    from skyblink.config import SimConfig, load_config  # noqa: PLC0415
-    from skyblink.sim import simulate_night  # noqa: PLC0415
-    from skyblink.storage import NightStore  # noqa: PLC0415
+def store(tmp_path_factory: pytest.TempPathFactory, ray_local: None):
+    from skyblink.cluster import ingest_night
+    from skyblink.config import SimConfig, load_config
+    from skyblink.sim import simulate_night
+    from skyblink.storage import NightStore
 
     root = tmp_path_factory.mktemp("canary")
     simulate_night(root / "night", SimConfig(fields=1, exposures_per_field=2, image_size=512, seed=4), max_workers=1)
@@ -40,9 +40,9 @@ def classifier_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return quantize_int8("classifier", onnx_path("classifier"), tmp_path_factory.mktemp("q") / "c.onnx", calib)
 
 
-def test_promote_through_canary_to_production_and_roll_back(store, classifier_int8: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    from skyblink.engines.backends import select_runner  # noqa: PLC0415
-    from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
+def test_promote_through_canary_to_production_and_roll_back(store, classifier_int8: Path, tmp_path: Path) -> None:
+    from skyblink.engines.backends import select_runner
+    from skyblink.engines.registry import EngineRegistry
 
     root = tmp_path / "registry"
     channels = Channels(root)
@@ -84,10 +84,10 @@ def test_promote_through_canary_to_production_and_roll_back(store, classifier_in
         channels.rollback("classifier")
 
 
-def test_cli_promote_and_rollback(store, classifier_int8: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    from typer.testing import CliRunner  # noqa: PLC0415
+def test_cli_promote_and_rollback(store, classifier_int8: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
 
-    from skyblink.cli import app  # noqa: PLC0415
+    from skyblink.cli import app
 
     root = tmp_path / "registry"
     Channels(root).set_candidate(register_release(root, "classifier", classifier_int8, model_version="1.0", precision="int8"))

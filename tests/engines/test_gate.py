@@ -9,10 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyblink.engines.calibration_set import bright_crowded_spec, build_calibration_set, stratified_spec
+from skyblink.engines.calibration_set import (
+    bright_crowded_spec,
+    build_calibration_set,
+    stratified_spec,
+)
 from skyblink.engines.catalog import onnx_path
 from skyblink.engines.gate import (
-    AccuracyGateError, GateResult, GateTolerances, ValidationSpec, _injected_triplet, compare, evaluate, reference_metrics,
+    AccuracyGateError,
+    GateResult,
+    GateTolerances,
+    ValidationSpec,
+    _injected_triplet,
+    compare,
+    evaluate,
+    reference_metrics,
 )
 from skyblink.engines.quantize import quantize_int8
 from skyblink.engines.training.dataset import exposure_triplet
@@ -22,7 +33,7 @@ from skyblink.engines.training.dataset import exposure_triplet
 VALIDATION = ValidationSpec(exposures=5, image_size=512, dark_deep_exposures=10, workers=1, injection_passes=3)
 
 
-def _quantized(model: str, spec, out: Path) -> Path:  # noqa: ANN001
+def _quantized(model: str, spec, out: Path) -> Path:
     calib = build_calibration_set(spec)
     with contextlib.redirect_stdout(io.StringIO()):
         return quantize_int8(model, onnx_path(model), out, calib, method="percentile")  # type: ignore[arg-type]
@@ -74,7 +85,7 @@ def test_injection_adds_events_and_keeps_the_simulators_triplet() -> None:
 
 
 def test_fp32_metrics_are_cached_by_graph_and_validation_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from skyblink.engines import gate  # noqa: PLC0415
+    from skyblink.engines import gate
 
     calls = []
     monkeypatch.setattr(gate, "evaluate", lambda model, onnx, validation, stamps=None: calls.append(onnx) or {"roc_auc": 0.9})
@@ -109,7 +120,7 @@ def test_bright_crowded_calibration_is_caught_or_loses_faint_sources(tmp_path: P
 @pytest.mark.slow
 def test_classifier_gate_on_auc(tmp_path: Path) -> None:
     int8 = _quantized("classifier", stratified_spec(image_size=256), tmp_path / "cls.onnx")
-    from skyblink.engines.gate import validation_stamps  # noqa: PLC0415
+    from skyblink.engines.gate import validation_stamps
 
     stamps = validation_stamps(VALIDATION)
     fp32 = evaluate("classifier", onnx_path("classifier"), VALIDATION, stamps=stamps)

@@ -12,7 +12,12 @@ import pytest
 from onnx import numpy_helper
 
 from skyblink.engines.calibration_set import (
-    DENSITY_RANGES, SEEING_RANGES, SKY_BANDS, bright_crowded_spec, build_calibration_set, stratified_spec,
+    DENSITY_RANGES,
+    SEEING_RANGES,
+    SKY_BANDS,
+    bright_crowded_spec,
+    build_calibration_set,
+    stratified_spec,
 )
 from skyblink.engines.catalog import onnx_path
 from skyblink.engines.quantize import quantize_int8
@@ -22,17 +27,17 @@ SMALL = {"image_size": 128}
 
 
 @pytest.fixture(scope="module")
-def calib(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def calib(tmp_path_factory: pytest.TempPathFactory):
     return build_calibration_set(stratified_spec(**SMALL), cache_dir=tmp_path_factory.mktemp("cal"))
 
 
 @pytest.fixture(scope="module")
-def classifier_int8(calib, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+def classifier_int8(calib, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with contextlib.redirect_stdout(io.StringIO()):
         return quantize_int8("classifier", onnx_path("classifier"), tmp_path_factory.mktemp("q") / "c.onnx", calib)
 
 
-def test_calibration_set_is_stratified_with_dark_deep_fields(calib, tmp_path: Path) -> None:  # noqa: ANN001
+def test_calibration_set_is_stratified_with_dark_deep_fields(calib, tmp_path: Path) -> None:
     spec = calib.spec
     assert len(spec.strata) == 16 and len(set(spec.strata)) == 16
     assert any(s.sky == "dark" and s.depth == "deep" for s in spec.strata)
@@ -61,8 +66,8 @@ def test_qdq_graph_is_symmetric_without_int32_bias(classifier_int8: Path) -> Non
     assert not any(v.dtype == np.int32 for v in init.values()), "an int32 bias: TensorRT-RTX rejects it"
 
 
-def test_ort_runs_int8_close_to_fp32(classifier_int8: Path, calib) -> None:  # noqa: ANN001
-    from skyblink.engines.backends import OnnxRuntimeRunner  # noqa: PLC0415
+def test_ort_runs_int8_close_to_fp32(classifier_int8: Path, calib) -> None:
+    from skyblink.engines.backends import OnnxRuntimeRunner
 
     stamps = calib.stamps[:128]
     with OnnxRuntimeRunner(onnx_path("classifier")) as fp32, OnnxRuntimeRunner(classifier_int8) as int8:
@@ -71,10 +76,10 @@ def test_ort_runs_int8_close_to_fp32(classifier_int8: Path, calib) -> None:  # n
     assert np.mean((a["real_bogus"] > 0.5) == (b["real_bogus"] > 0.5)) > 0.95
 
 
-def test_tensorrt_rtx_builds_int8_engine_on_cpu(classifier_int8: Path, calib, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tensorrt_rtx_builds_int8_engine_on_cpu(classifier_int8: Path, calib, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
-    from skyblink.engines.build import build_engine  # noqa: PLC0415
-    from skyblink.engines.manifest import EngineManifest  # noqa: PLC0415
+    from skyblink.engines.build import build_engine
+    from skyblink.engines.manifest import EngineManifest
 
     manifest = build_engine(classifier_int8, tmp_path, model="classifier", model_version="1.0", precision="int8",
                             builder="tensorrt_rtx", calibration_set=calib.id, calibration_strata=calib.manifest_strata())
@@ -93,8 +98,8 @@ def test_tensorrt_rtx_builds_int8_engine_on_cpu(classifier_int8: Path, calib, tm
 @pytest.mark.gpu
 def test_engines_hold_layers_of_their_precision(classifier_int8: Path, tmp_path: Path) -> None:
     """On a GPU the inspector sees the precision of the graph: INT8 layers in INT8, fp16 in fp16."""
-    from skyblink.engines._trt import load_trt  # noqa: PLC0415
-    from skyblink.engines.build import build_engine  # noqa: PLC0415
+    from skyblink.engines._trt import load_trt
+    from skyblink.engines.build import build_engine
 
     flavour, device = load_trt(), current_device()
     if flavour.is_rtx and "SM" + device.compute_capability.replace(".", "") not in flavour.module.ComputeCapability.__members__:
@@ -109,9 +114,9 @@ def test_engines_hold_layers_of_their_precision(classifier_int8: Path, tmp_path:
 
 
 def test_select_runner_runs_int8_production_release(classifier_int8: Path, tmp_path: Path) -> None:
-    from skyblink.engines.backends import select_runner  # noqa: PLC0415
-    from skyblink.engines.channels import Channels, register_release  # noqa: PLC0415
-    from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
+    from skyblink.engines.backends import select_runner
+    from skyblink.engines.channels import Channels, register_release
+    from skyblink.engines.registry import EngineRegistry
 
     registry = EngineRegistry(tmp_path / "reg")
     with pytest.raises(RuntimeError, match="no INT8 release"):
@@ -133,11 +138,11 @@ def test_select_runner_runs_int8_production_release(classifier_int8: Path, tmp_p
 @pytest.mark.slow
 def test_quantize_candidate_end_to_end_for_the_classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """quantize -> gate -> candidate -> engine (when tensorrt_rtx is installed), on a small config."""
-    import json  # noqa: PLC0415
+    import json
 
-    from skyblink.engines.channels import Channels  # noqa: PLC0415
-    from skyblink.engines.gate import ValidationSpec  # noqa: PLC0415
-    from skyblink.engines.lifecycle import describe, quantize_candidate  # noqa: PLC0415
+    from skyblink.engines.channels import Channels
+    from skyblink.engines.gate import ValidationSpec
+    from skyblink.engines.lifecycle import describe, quantize_candidate
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # never the user's cache
     registry = tmp_path / "reg"
@@ -152,7 +157,7 @@ def test_quantize_candidate_end_to_end_for_the_classifier(tmp_path: Path, monkey
     assert candidate is not None and candidate.label == result.release.label
     assert len(list((tmp_path / "skyblink" / "gate").glob("classifier-*.json"))) == 1  # fp32's metrics cached
     try:
-        import tensorrt_rtx  # noqa: F401, PLC0415
+        import tensorrt_rtx  # noqa: F401
     except ImportError:
         assert result.engine is None and result.engine_error
     else:

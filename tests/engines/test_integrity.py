@@ -85,7 +85,7 @@ def test_an_engine_built_here_from_a_verified_graph_is_used_with_a_trusted_manif
 
 def test_a_tampered_release_onnx_is_never_handed_to_onnx_runtime(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from skyblink.engines.backends import select_runner  # noqa: PLC0415
+    from skyblink.engines.backends import select_runner
 
     root = tmp_path / "registry"
     channels = Channels(root)
@@ -128,7 +128,7 @@ def test_channels_rewritten_to_an_attackers_release_is_refused_by_the_trusted_ma
 
 def test_the_configured_trusted_manifest_reaches_the_workers_backend_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime")
-    from skyblink.engines.backends import select_runner  # noqa: PLC0415
+    from skyblink.engines.backends import select_runner
 
     root = tmp_path / "registry"
     channels = Channels(root)

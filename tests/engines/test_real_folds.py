@@ -19,7 +19,7 @@ needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared real a
 
 
 @pytest.fixture(scope="module")
-def real():  # noqa: ANN201
+def real():
     return load_real_alerts(SHARED_DATA)
 
 
@@ -43,7 +43,7 @@ def test_a_file_that_is_not_parquet_is_reported(tmp_path: Path) -> None:
 
 
 @needs_data
-def test_every_real_alert_once_in_folds_grouped_by_night_and_file(real) -> None:  # noqa: ANN001
+def test_every_real_alert_once_in_folds_grouped_by_night_and_file(real) -> None:
     ztf = [a for a in real.alerts if a.survey is Survey.ZTF]
     rubin = [a for a in real.alerts if a.survey is Survey.RUBIN]
     # 264 fink-science + 49 fink-client + 7 ztf-avro-alert + 2 braai ZTF; 25 + 7 Rubin

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from skyblink.engines.score_external import external_stamps
-from skyblink.engines.training.real_sky import RealSkyRecipe, build_pool, psf_sigma_px, real_sky_samples, train_head
+from skyblink.engines.training.real_sky import (
+    RealSkyRecipe,
+    build_pool,
+    psf_sigma_px,
+    real_sky_samples,
+    train_head,
+)
 from skyblink.storage.alerts.survey_packets import read_survey_packets
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

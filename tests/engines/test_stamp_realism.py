@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from dataclasses import replace
+
+import numpy as np
 
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.engines.training.dataset import StampRealism, TrainingDataConfig, build_training_data

@@ -43,7 +43,7 @@ def test_shipped_models_have_cards_with_validation_metrics(name: str) -> None:
         assert 0.5 < card["validation"]["roc_auc"] <= 1.0
         assert 0.0 <= card["validation"]["fpr_at_1pct_fnr"] <= 1.0
     for precision, entry in card["onnx"].items():
-        from skyblink.engines.manifest import file_sha256  # noqa: PLC0415
+        from skyblink.engines.manifest import file_sha256
 
         assert file_sha256(onnx_path(name, precision)) == entry["sha256"], f"{name} {precision} ONNX differs from its card"
 

@@ -103,8 +103,8 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def clean_night(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Iterator[CleanNight]:
     """The night processed without a fault: its store and its stream."""
-    from skyblink.cluster.night import run_night  # noqa: PLC0415
-    from skyblink.sim import simulate_night  # noqa: PLC0415
+    from skyblink.cluster.night import run_night
+    from skyblink.sim import simulate_night
 
     base = tmp_path_factory.mktemp("faults")
     simulate_night(base / "night", SIM, max_workers=1)

@@ -200,7 +200,7 @@ def test_corrupt_shard_holds_the_field_back_then_the_repaired_rerun_publishes_th
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603 - our own CLI
+    return subprocess.Popen(
         [sys.executable, "-m", "skyblink.cli", *args], env={**os.environ, **env},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: killing it kills its Ray too

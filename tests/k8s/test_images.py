@@ -101,7 +101,7 @@ def test_engines_init_script_calls_the_cli_with_real_flags() -> None:
         params = parse_cli(shlex.split(command.replace('"$', '"X').replace("$", "X")))
         assert params is not None
     # The Python the script runs names things that exist.
-    from skyblink.engines import _trt, catalog, registry  # noqa: PLC0415
+    from skyblink.engines import _trt, catalog, registry
 
     for module, names in ((_trt, ("TensorRTUnavailableError", "load_trt")), (catalog, ("MODEL_VERSIONS",)),
                           (registry, ("EngineNotFoundError", "EngineRegistry", "EngineRequest", "current_device"))):

@@ -44,32 +44,32 @@ def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in init["env"]}
     assert keys == {"REDIS_PASSWORD": "password", "PUBLISHER_PASSWORD": "publisher-password",
                     "CONSUMER_PASSWORD": "consumer-password"}
-    subprocess.run(["sh", "-c", script], env={"PATH": "/usr/bin:/bin", **PASSWORDS}, check=True)  # noqa: S603, S607
+    subprocess.run(["sh", "-c", script], env={"PATH": "/usr/bin:/bin", **PASSWORDS}, check=True)
     rendered = (run / "users.acl").read_text()
     assert "@" + "ADMIN_HASH@" not in rendered and not any(p in rendered for p in PASSWORDS.values())
     server = RedisServer(data_dir=root / "data", password=None)
-    original = server._write_config  # noqa: SLF001 - the same server, with the manifests' aclfile
+    original = server._write_config
 
     def with_acl() -> Path:
         path = original()
         path.write_text(path.read_text() + f"aclfile {conf_quote(str(run / 'users.acl'))}\n")
         return path
 
-    server._write_config = with_acl  # type: ignore[method-assign]  # noqa: SLF001
-    server._password = PASSWORDS["REDIS_PASSWORD"]  # noqa: SLF001 - the default user's, for its readiness PING
+    server._write_config = with_acl  # type: ignore[method-assign]
+    server._password = PASSWORDS["REDIS_PASSWORD"]
     with server:
         yield server
 
 
 def _as(server: RedisServer, user: str, password: str) -> redis.Redis:
-    from pydantic import SecretStr  # noqa: PLC0415
+    from pydantic import SecretStr
 
     return connect(RedisConfig(username=user, password=SecretStr(password)), url=f"redis://127.0.0.1:{server.port}/0")
 
 
 def test_publisher_and_consumer_do_their_work_and_nothing_else(acl_server: RedisServer, tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage" / "alerts"))
-    from alert_factories import make_alerts  # noqa: PLC0415 - the alert tests' known-truth packets
+    from alert_factories import make_alerts
 
     config = AlertsConfig(spool_dir=tmp_path / "spool", cutouts="side-store", retries=0, block_ms=50, consumer_idle_timeout_s=0.2)
     publisher = _as(acl_server, "skyblink-publisher", PASSWORDS["PUBLISHER_PASSWORD"])

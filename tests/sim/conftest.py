@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sim_configs import MULTI, SMALL
+
 from skyblink.sim import NightSummary, simulate_night
 
 

@@ -12,6 +12,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 from sim_configs import MULTI, SMALL
+
 from skyblink.sim import SIMULATOR_VERSION, NightSummary, rubin_visit_config
 
 EXPOSURE_KEYWORDS = (

@@ -6,14 +6,14 @@ import math
 
 import numpy as np
 import pytest
+
+from skyblink.config import SimConfig
 from skyblink.sim import rubin_visit_config
 from skyblink.sim.ccd_image import render_ccd
 from skyblink.sim.conditions import FULL_WELL, GAIN, exposure_conditions, limiting_magnitude
 from skyblink.sim.detector import bleed_columns, photon_noise, read_out
 from skyblink.sim.psf import moffat_gamma, psf_kernel, render_point_sources, render_segments
 from skyblink.sim.seeds import Stream, rng_for
-
-from skyblink.config import SimConfig
 
 
 def test_point_source_flux_and_fwhm() -> None:

@@ -13,6 +13,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table, vstack
 from astropy.wcs import WCS
+
 from skyblink.sim import TRUTH_COLUMNS, MaskBit, NightSummary, read_truth
 
 SOURCE_TYPES = ("star", "galaxy", "variable", "transient", "moving")

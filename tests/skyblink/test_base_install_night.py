@@ -226,13 +226,13 @@ def test_base_install_runs_a_night_on_a_cluster_with_ml_workers(night_on_cluster
 @pytest.mark.skipif(not DASHBOARD, reason="the dashboard and metrics agent need ray[default] (the dev extra)")
 def test_dashboard_lists_the_actors_and_the_metrics_agent_serves_the_runs_values(night_on_cluster: dict,
                                                                                  ray_head: Head) -> None:
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families
 
     report = night_on_cluster["report"]
     # The dashboard's state API: the night's named worker actors (dead now: the run is over).
     headers = {"Authorization": f"Bearer {RAY_AUTH_ENV['RAY_AUTH_TOKEN']}"}
     url = f"http://127.0.0.1:{ray_head.dashboard_port}/api/v0/actors?limit=1000&detail=1"
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:  # noqa: S310
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
         actors = json.loads(response.read())["data"]["result"]["result"]
     names = {a.get("name") for a in actors if (a.get("name") or "").startswith("skyblink-worker-")}
     assert names == set(report["workers"]["engines"]), (names, [a.get("name") for a in actors])
@@ -241,7 +241,7 @@ def test_dashboard_lists_the_actors_and_the_metrics_agent_serves_the_runs_values
               "ray_skyblink_alerts_published": report["alerts_published"]}
     deadline = time.monotonic() + 30
     while True:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{ray_head.metrics_port}/metrics", timeout=30).read().decode()  # noqa: S310
+        text = urllib.request.urlopen(f"http://127.0.0.1:{ray_head.metrics_port}/metrics", timeout=30).read().decode()
         totals: dict[str, float] = {}
         stages: set[str] = set()
         for family in text_string_to_metric_families(text):
@@ -259,7 +259,7 @@ def test_dashboard_lists_the_actors_and_the_metrics_agent_serves_the_runs_values
 
 
 def _catalog_alert_ids(store: Path) -> list[int]:
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq
 
     table = pq.read_table(store / "catalogs" / "detections.parquet", columns=["alert_id", "alert_type"])
     return [a for a, t in zip(table.column("alert_id").to_pylist(), table.column("alert_type").to_pylist(), strict=True)

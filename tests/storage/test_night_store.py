@@ -20,6 +20,7 @@ from skyblink.storage import (
     open_fits_exposure,
 )
 
+
 def ingest_one(store: NightStore, path: Path, key: str) -> None:
     with open_fits_exposure(path) as reader:
         store.write_exposure(key, reader.exposure, reader.images(), kind="exposure", source={"path": str(path)})

@@ -18,7 +18,7 @@ from skyblink.storage.store_lock import LOCK_NAME
 
 
 def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])  # noqa: S603
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
 
@@ -35,7 +35,7 @@ lock.release()
 
 def _holder(url: str) -> subprocess.Popen[str]:
     """Another process holding the store's lock until a line is written to its stdin."""
-    child = subprocess.Popen(  # noqa: S603 - our own code
+    child = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None and child.stdout.readline().strip() == "held"
     return child
@@ -104,7 +104,7 @@ def test_the_holding_process_may_take_it_again_and_the_outer_holder_releases_it(
 
 
 def test_a_lock_untouched_for_too_long_is_stale_from_any_host_and_a_holder_keeps_its_own_fresh(tmp_path: Path) -> None:
-    import os  # noqa: PLC0415
+    import os
 
     url = str(tmp_path / "s.zarr")
     Path(url).mkdir()

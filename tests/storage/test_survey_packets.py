@@ -48,7 +48,7 @@ def report():  # a SurveyReadReport
 
 
 @needs_data
-def test_every_real_packet_reads(report) -> None:  # noqa: ANN001
+def test_every_real_packet_reads(report) -> None:
     assert report.errors == ()
     ztf = [a for a in report.alerts if a.survey is Survey.ZTF]
     rubin = [a for a in report.alerts if a.survey is Survey.RUBIN]
@@ -66,7 +66,7 @@ def test_every_real_packet_reads(report) -> None:  # noqa: ANN001
 
 
 @needs_data
-def test_rubin_cutouts_have_variance_psf_and_a_tan_wcs(report) -> None:  # noqa: ANN001
+def test_rubin_cutouts_have_variance_psf_and_a_tan_wcs(report) -> None:
     real = [a for a in report.alerts if a.survey is Survey.RUBIN and a.stamps is not None]
     assert len(real) == 7
     for alert in real:
@@ -87,7 +87,7 @@ def test_rubin_cutouts_have_variance_psf_and_a_tan_wcs(report) -> None:  # noqa:
 
 
 @needs_data
-def test_ztf_detection_and_difference_convention(report) -> None:  # noqa: ANN001
+def test_ztf_detection_and_difference_convention(report) -> None:
     for alert in (a for a in report.alerts if a.survey is Survey.ZTF):
         negative = alert.record["isdiffpos"] in ("f", "0")
         assert alert.stamps.difference_sign == (-1 if negative else 1)
@@ -116,7 +116,7 @@ def test_stamp_rule_brings_30_to_102_px_to_63_centred() -> None:
 
 
 @needs_data
-def test_cut_ztf_stamps_and_nans(report) -> None:  # noqa: ANN001
+def test_cut_ztf_stamps_and_nans(report) -> None:
     edge = next(a for a in report.alerts if a.packet.startswith(str(ZTF_EDGE)))
     assert edge.stamps.raw_shape == (63, 53)
     raw_nans = int(np.isnan(edge.stamps.raw[0]).sum())

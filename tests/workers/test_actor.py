@@ -66,7 +66,7 @@ def test_actor_returns_each_candidate_once_with_stamps(night_store: tuple[Path, 
 
 
 def test_actor_stores_results_itself_with_a_result_sink(night_store: tuple[Path, NightStore]) -> None:
-    from skyblink.cluster.results import UnitStore, store_unit_results  # noqa: PLC0415
+    from skyblink.cluster.results import UnitStore, store_unit_results
 
     _, store = night_store
     units = plan_tiles(store, "exposures/F00-000", size=256, margin=32)

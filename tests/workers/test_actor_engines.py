@@ -27,7 +27,7 @@ trt = pytest.importorskip("tensorrt_rtx", reason="the tensorrt extra (TensorRT-R
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     """A registry holding a real TensorRT-RTX fp16 classifier engine, built on the CPU."""
-    from skyblink.engines.build import build_engine  # noqa: PLC0415
+    from skyblink.engines.build import build_engine
 
     root = tmp_path_factory.mktemp("registry")
     manifest = build_engine(onnx_path("classifier", "fp16"), root, model="classifier",
@@ -58,7 +58,7 @@ def test_the_configured_registry_reaches_the_actor(registry: tuple[Path, object]
 
 def test_a_tampered_engine_is_refused_by_the_actor_naming_its_sha256(registry: tuple[Path, object], ray_local: None,
                                                                      tmp_path: Path) -> None:
-    import shutil  # noqa: PLC0415
+    import shutil
 
     root, manifest = registry
     tampered = tmp_path / "registry"

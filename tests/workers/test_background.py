@@ -82,7 +82,7 @@ def test_matches_sep_with_mask_nan_and_filter_threshold(frame) -> None:
 def test_matches_sep_on_real_images(path: Path) -> None:
     if not path.exists():
         pytest.skip(f"real image {path} absent (shared/data not mounted here)")
-    from astropy.io import fits  # noqa: PLC0415
+    from astropy.io import fits
 
     image = fits.getdata(path).astype(np.float32)
     for mesh in ((64, 64), (32, 32)):
@@ -106,7 +106,7 @@ def test_flat_image_and_bad_sizes() -> None:
 
 def test_torch_matches_numpy(frame) -> None:
     torch = pytest.importorskip("torch")
-    from skyblink.workers import tile_program as tp  # noqa: PLC0415
+    from skyblink.workers import tile_program as tp
 
     pixels, mask = frame
     cases = [

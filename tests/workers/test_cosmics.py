@@ -23,7 +23,14 @@ from skyblink.sim.artifacts import cosmic_rays
 from skyblink.sim.ccd_image import MaskBit, render_ccd
 from skyblink.sim.conditions import READ_NOISE, SATURATE_ADU, exposure_conditions
 from skyblink.sim.seeds import Stream, rng_for
-from skyblink.workers.cosmics import _lplus, _median_filter, _median_of, _sorting_network, detect_cosmics, persistent_pixels
+from skyblink.workers.cosmics import (
+    _lplus,
+    _median_filter,
+    _median_of,
+    _sorting_network,
+    detect_cosmics,
+    persistent_pixels,
+)
 
 torch = pytest.importorskip("torch")
 

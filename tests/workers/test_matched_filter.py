@@ -84,9 +84,9 @@ def test_find_peaks_keeps_only_peaks_above_the_snr_threshold() -> None:
 
 
 def test_device_program_on_cpu_gates_snr_and_cleans_cosmic_rays() -> None:
-    from skyblink.engines.backends import TorchRunner  # noqa: PLC0415
-    from skyblink.engines.catalog import load_network  # noqa: PLC0415
-    from skyblink.workers.device_program import make_device_program  # noqa: PLC0415
+    from skyblink.engines.backends import TorchRunner
+    from skyblink.engines.catalog import load_network
+    from skyblink.workers.device_program import make_device_program
 
     rng = np.random.default_rng(3)
     size = 128

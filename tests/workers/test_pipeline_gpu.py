@@ -11,10 +11,10 @@ pytestmark = pytest.mark.gpu
 
 
 def test_pipelined_and_synchronous_candidates_are_identical() -> None:
-    from skyblink.engines.backends import TorchRunner  # noqa: PLC0415
-    from skyblink.engines.catalog import load_network  # noqa: PLC0415
-    from skyblink.workers.device_program import make_device_program  # noqa: PLC0415
-    from skyblink.workers.pipeline import TilePipeline  # noqa: PLC0415
+    from skyblink.engines.backends import TorchRunner
+    from skyblink.engines.catalog import load_network
+    from skyblink.workers.device_program import make_device_program
+    from skyblink.workers.pipeline import TilePipeline
 
     rng = np.random.default_rng(0)
     size, batch = 256, 2

@@ -199,7 +199,7 @@ def test_ntt_image_against_its_sextractor_catalog() -> None:
     against the catalog's 65; recall 0.954 and precision 0.939 within 1.5 px, 0.985 / 0.970
     within 3 px (two galaxies' peaks lie 1.6 and 2.3 px from SExtractor's isophotal barycentres).
     """
-    from astropy.io import fits  # noqa: PLC0415
+    from astropy.io import fits
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the header's non-standard ESO-LOG cards

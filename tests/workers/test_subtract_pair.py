@@ -12,15 +12,15 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from astropy.io import fits  # noqa: E402
-from astropy.stats import mad_std  # noqa: E402
-from astropy.utils.exceptions import AstropyWarning  # noqa: E402
-from astropy.wcs import WCS  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+from astropy.io import fits
+from astropy.stats import mad_std
+from astropy.utils.exceptions import AstropyWarning
+from astropy.wcs import WCS
+from typer.testing import CliRunner
 
-from skyblink.cli import app  # noqa: E402
-from skyblink.engines.backends import select_runner  # noqa: E402
-from skyblink.workers.subtract_pair import PairImage, read_pair_image, subtract_pair  # noqa: E402
+from skyblink.cli import app
+from skyblink.engines.backends import select_runner
+from skyblink.workers.subtract_pair import PairImage, read_pair_image, subtract_pair
 
 DECAM = Path(__file__).resolve().parents[3] / "shared" / "data" / "sfft-decam"
 SCIENCE = DECAM / "4check" / "Stack-DEC-OBS04.fits"

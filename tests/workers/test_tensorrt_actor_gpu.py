@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.cluster]
 
 def _runtime_refuses_this_gpu() -> str | None:
     """Why the installed TensorRT cannot build for this GPU (TensorRT-RTX on Hopper), or None."""
-    from skyblink.engines._trt import load_trt  # noqa: PLC0415
-    from skyblink.engines.registry import current_device  # noqa: PLC0415
+    from skyblink.engines._trt import load_trt
+    from skyblink.engines.registry import current_device
 
     flavour, device = load_trt(), current_device()
     assert device is not None
@@ -34,10 +34,10 @@ def _runtime_refuses_this_gpu() -> str | None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> object:
-    from skyblink.cluster import ingest_night  # noqa: PLC0415
-    from skyblink.config import SimConfig, load_config  # noqa: PLC0415
-    from skyblink.sim import simulate_night  # noqa: PLC0415
-    from skyblink.storage import NightStore  # noqa: PLC0415
+    from skyblink.cluster import ingest_night
+    from skyblink.config import SimConfig, load_config
+    from skyblink.sim import simulate_night
+    from skyblink.storage import NightStore
 
     root = tmp_path_factory.mktemp("trt")
     simulate_night(root / "night", SimConfig(fields=1, exposures_per_field=1, image_size=1024, seed=5), max_workers=1)
@@ -50,11 +50,11 @@ def test_device_program_with_tensorrt_matches_torch(store: object, tmp_path: Pat
     why = _runtime_refuses_this_gpu()
     if why is not None:
         pytest.skip(why)
-    from skyblink.engines.backends import select_runner  # noqa: PLC0415
-    from skyblink.engines.manifest import file_sha256  # noqa: PLC0415
-    from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
-    from skyblink.workers.gpu_units import GpuUnitProcessor, window_edge  # noqa: PLC0415
-    from skyblink.workers.tile_unit import plan_tiles  # noqa: PLC0415
+    from skyblink.engines.backends import select_runner
+    from skyblink.engines.manifest import file_sha256
+    from skyblink.engines.registry import EngineRegistry
+    from skyblink.workers.gpu_units import GpuUnitProcessor, window_edge
+    from skyblink.workers.tile_unit import plan_tiles
 
     units = plan_tiles(store, "exposures/F00-000", size=256, margin=32)
     edge, batch, top_k = window_edge(256, 32), 3, 64
@@ -84,9 +84,9 @@ def test_device_program_with_tensorrt_matches_torch(store: object, tmp_path: Pat
 
 
 def test_actor_runs_the_registrys_engines_or_says_why_not(store: object, tmp_path: Path) -> None:
-    import ray  # noqa: PLC0415
+    import ray
 
-    from skyblink.workers.actor import TileWorker  # noqa: PLC0415
+    from skyblink.workers.actor import TileWorker
 
     why = _runtime_refuses_this_gpu()
     worker = TileWorker.options(num_gpus=1, num_cpus=1).remote(backend="auto", precision="fp16", tile_size=256,

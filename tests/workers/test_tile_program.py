@@ -35,7 +35,7 @@ def test_background_matches_numpy(tile) -> None:
 
 
 def test_blur_matches_scipy() -> None:
-    from scipy.ndimage import gaussian_filter  # noqa: PLC0415
+    from scipy.ndimage import gaussian_filter
 
     x = np.random.default_rng(2).normal(size=(2, 50, 70)).astype(np.float32)
     out = tp.gaussian_blur(torch.from_numpy(x), 1.7).numpy()

@@ -32,7 +32,7 @@ def test_alert_id_is_deterministic_in_range_and_stable_across_processes() -> Non
     assert first != make_alert_id(NIGHT, "f0-000", 4, 1234)
     assert make_alert_id(NIGHT, "e", 0, (10.001, 20.0)) == make_alert_id(NIGHT, "e", 0, (10.0014, 20.0))
     code = "from skyblink.storage.alerts import make_alert_id; print(make_alert_id('20261125', 'f0-000', 3, 1234))"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(other.stdout) == first  # no per-process hash seed
 
 

@@ -39,7 +39,7 @@ def test_open_redis_starts_a_private_server_without_a_url() -> None:
     with open_redis(RedisConfig()) as client:
         assert client.ping()
         port = client.connection_pool.connection_kwargs["port"]
-    with pytest.raises(Exception):  # noqa: B017, PT011 - any connection error: the server is gone
+    with pytest.raises(Exception):  # noqa: B017 - any connection error: the server is gone
         connect(RedisConfig(connect_timeout_s=0.5), url=f"redis://127.0.0.1:{port}/0")
 
 

@@ -31,7 +31,7 @@ class TlsServer:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)  # noqa: S603, S607 - the test's own CA
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
 def _make_certificates(d: Path) -> None:
@@ -64,7 +64,7 @@ def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
         "tls-cert-file server.crt", "tls-key-file server.key", "tls-ca-cert-file ca.crt",
         "tls-auth-clients no", f"requirepass {conf_quote(PASSWORD)}", 'logfile "redis.log"',
     ]) + "\n")
-    process = subprocess.Popen([str(binary), str(d / "redis.conf")], cwd=d)  # noqa: S603 - our own config
+    process = subprocess.Popen([str(binary), str(d / "redis.conf")], cwd=d)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -83,7 +83,7 @@ def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
 
 
 def test_alerts_round_trip_over_rediss_with_a_password(tls_server: TlsServer, alerts_config: AlertsConfig) -> None:
-    from pydantic import SecretStr  # noqa: PLC0415
+    from pydantic import SecretStr
 
     config = RedisConfig(url=f"rediss://127.0.0.1:{tls_server.port}/0", password=SecretStr(PASSWORD), tls_ca_file=tls_server.ca)
     alerts = make_alerts(5)
@@ -96,7 +96,7 @@ def test_alerts_round_trip_over_rediss_with_a_password(tls_server: TlsServer, al
 
 
 def test_rediss_refuses_a_server_certificate_from_another_ca(tls_server: TlsServer) -> None:
-    from pydantic import SecretStr  # noqa: PLC0415
+    from pydantic import SecretStr
 
     wrong = RedisConfig(url=f"rediss://127.0.0.1:{tls_server.port}/0", password=SecretStr(PASSWORD),
                         tls_ca_file=tls_server.other_ca, connect_timeout_s=2)
