@@ -37,6 +37,18 @@ RIDGE = 1e-4
 MAX_PIXELS = 20000
 
 
+#: Weight of the centring constraint, relative to the normal matrix's mean diagonal.
+CENTRING_WEIGHT = 1e4
+
+
+def centring_penalty(half_width: int) -> np.ndarray:
+    """(K^2, K^2) matrix m_x m_x^T + m_y m_y^T: the squared first moments of a kernel as a quadratic form."""
+    d = np.arange(-half_width, half_width + 1, dtype=np.float64)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    mx, my = dx.ravel(), dy.ravel()
+    return np.outer(mx, mx) + np.outer(my, my)
+
+
 @dataclass(frozen=True, slots=True)
 class SolvedKernel:
     """
@@ -94,7 +106,8 @@ def source_pixels(image: np.ndarray, rms: np.ndarray, target: np.ndarray, target
 
 
 def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_width: int, *,
-                 image_rms: np.ndarray | float = 1.0, target_rms: np.ndarray | float = 1.0) -> SolvedKernel | None:
+                 image_rms: np.ndarray | float = 1.0, target_rms: np.ndarray | float = 1.0,
+                 centred: bool = False) -> SolvedKernel | None:
     """
     Solve the kernel k and constant b minimising sum (target - image * k - b)^2 / var on ``fit``.
 
@@ -110,6 +123,10 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
         Kernel half-width h (a (2h+1)^2 kernel).
     image_rms, target_rms : ndarray or float
         Background noise of each image, to weight the fit and clip outliers.
+    centred : bool
+        Constrain the kernel's first moments to 0: it may not move the convolved image. Set when
+        the science is the convolved image, so that its sources keep their positions (a shift
+        between the images then stays in the difference, as with a Gaussian match).
 
     Returns
     -------
@@ -142,6 +159,8 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
         normal = (a * w[:, None]).T @ a
         diagonal = np.arange(size * size)
         normal[diagonal, diagonal] += RIDGE * np.mean(np.diag(normal)[:-1])
+        if centred:
+            normal[:-1, :-1] += centring_penalty(half_width) * CENTRING_WEIGHT * np.mean(np.diag(normal)[:-1])
         coef = np.linalg.solve(normal, (a * w[:, None]).T @ y)
         residual = (t - design @ coef) / np.sqrt(var_t + float(np.sum(coef[:-1] ** 2)) * var_i)
         scale = 1.4826 * np.median(np.abs(residual[keep]))
