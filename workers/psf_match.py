@@ -37,16 +37,20 @@ RIDGE = 1e-4
 MAX_PIXELS = 20000
 
 
-#: Weight of the centring constraint, relative to the normal matrix's mean diagonal.
+#: Weight of the symmetry constraint, relative to the normal matrix's mean diagonal.
 CENTRING_WEIGHT = 1e4
 
 
 def centring_penalty(half_width: int) -> np.ndarray:
-    """(K^2, K^2) matrix m_x m_x^T + m_y m_y^T: the squared first moments of a kernel as a quadratic form."""
-    d = np.arange(-half_width, half_width + 1, dtype=np.float64)
-    dy, dx = np.meshgrid(d, d, indexing="ij")
-    mx, my = dx.ravel(), dy.ravel()
-    return np.outer(mx, mx) + np.outer(my, my)
+    """
+    (K^2, K^2) matrix (I - F)^T (I - F), F the kernel's point reflection: the squared antisymmetric
+    part of a kernel as a quadratic form. A point-symmetric kernel moves no symmetric source (a
+    kernel held to zero first moments only can still move a source's core, and pay it back in
+    its wings).
+    """
+    n = (2 * half_width + 1) ** 2
+    a = np.eye(n) - np.eye(n)[::-1]
+    return a.T @ a
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,7 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
     image_rms, target_rms : ndarray or float
         Background noise of each image, to weight the fit and clip outliers.
     centred : bool
-        Constrain the kernel's first moments to 0: it may not move the convolved image. Set when
+        Hold the kernel point-symmetric: it may not move the convolved image's sources. Set when
         the science is the convolved image, so that its sources keep their positions (a shift
         between the images then stays in the difference, as with a Gaussian match).
 
