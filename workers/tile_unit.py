@@ -228,13 +228,14 @@ def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float
             pass
     if (key, ccd) in cache:
         return cache[key, ccd]
+    # Errors name the file where the store knows it (`PairStore`), else the store key and CCD.
+    source = store.source_name(key, ccd) if hasattr(store, "source_name") else f"{key}/{ccd}"
     try:
-        value = psf_fwhm_px(header, scale_arcsec, source=f"{key}/{ccd}", config=headers)
+        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers)
     except HeaderFactError:
         if headers is not None and not headers.measure_fwhm:
             raise
-        value = psf_fwhm_px(header, scale_arcsec, source=f"{key}/{ccd}", config=headers,
-                            image=np.asarray(store.image(key, ccd)[...]))
+        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers, image=np.asarray(store.image(key, ccd)[...]))
     cache[key, ccd] = value
     return value
 
