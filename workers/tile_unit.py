@@ -158,7 +158,7 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
     raw = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
     beyond_ccd = ~np.isfinite(raw)
-    spec = CalibrationSpec.from_header(sci_header)
+    spec = CalibrationSpec.from_header(sci_header, headers)
     calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate,
                            bias=read_window(bias, oy, ox, h, w) if np.ndim(bias) == 2 else bias,  # noqa: PLR2004
                            flat=None if flat is None else read_window(flat, oy, ox, h, w))
