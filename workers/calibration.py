@@ -51,22 +51,31 @@ class CalibrationSpec:
     read_noise: float = 0.0
 
     @classmethod
-    def from_header(cls, header: Mapping[str, Any]) -> CalibrationSpec:
+    def from_header(cls, header: Mapping[str, Any], headers: Any = None) -> CalibrationSpec:
         """
         Read ``GAIN``, ``SATURATE`` and ``RDNOISE`` from a FITS header (or any mapping).
+
+        ``headers`` (a `skyblink.headers.HeadersConfig`) names the keywords tried for each, in
+        order; default: only those three names.
 
         Raises
         ------
         ValueError
-            If ``GAIN`` is present but not positive.
+            If the gain is present but not positive.
         """
-        gain = header.get("GAIN")
+        def first(names: list[str] | tuple[str, ...]) -> tuple[str, Any] | None:
+            return next(((n, header.get(n)) for n in names if header.get(n) is not None), None)
+
+        found_gain = first(headers.gain if headers is not None else ("GAIN",))
+        gain = None if found_gain is None else found_gain[1]
         if gain is not None and not float(gain) > 0:
-            msg = f"header GAIN must be a positive number of e-/ADU, got {gain!r}"
+            msg = f"header {found_gain[0]} must be a positive number of e-/ADU, got {gain!r}"  # type: ignore[index]
             raise ValueError(msg)
-        saturate = header.get("SATURATE")
-        return cls(gain=None if gain is None else float(gain), saturate=None if saturate is None else float(saturate),
-                   read_noise=float(header.get("RDNOISE", 0.0)))
+        found_saturate = first(headers.saturate if headers is not None else ("SATURATE",))
+        found_noise = first(headers.read_noise if headers is not None else ("RDNOISE",))
+        return cls(gain=None if gain is None else float(gain),
+                   saturate=None if found_saturate is None else float(found_saturate[1]),
+                   read_noise=0.0 if found_noise is None else float(found_noise[1]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,8 @@ def _solve(sci: np.ndarray, sci_rms: np.ndarray, ref: np.ndarray, ref_rms: np.nd
     else:
         image, image_rms, target, target_rms = sci, sci_rms, ref, ref_rms
     fit = source_pixels(image, image_rms, target, target_rms, usable, half)
-    return solve_kernel(image, target, fit, half, image_rms=image_rms, target_rms=target_rms)
+    return solve_kernel(image, target, fit, half, image_rms=image_rms, target_rms=target_rms,
+                        centred=science_fwhm_px < reference_fwhm_px)
 
 
 def _blur(image: np.ndarray, rms: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:

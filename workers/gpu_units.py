@@ -190,7 +190,7 @@ class GpuUnitProcessor:
         reference_key = f"references/{meta['field']}"
         sci_header, ref_header = store.header(exposure, ccd), store.header(reference_key, ccd)
         sci_wcs, ref_wcs = store.wcs(exposure, ccd), store.wcs(reference_key, ccd)
-        spec = CalibrationSpec.from_header(sci_header)
+        spec = CalibrationSpec.from_header(sci_header, self.headers)
         scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
         fwhm = [ccd_fwhm_px(store, key, ccd, h, scale_arcsec, self.headers)
                 for key, h in ((exposure, sci_header), (reference_key, ref_header))]

@@ -37,6 +37,22 @@ RIDGE = 1e-4
 MAX_PIXELS = 20000
 
 
+#: Weight of the symmetry constraint, relative to the normal matrix's mean diagonal.
+CENTRING_WEIGHT = 1e4
+
+
+def centring_penalty(half_width: int) -> np.ndarray:
+    """
+    (K^2, K^2) matrix (I - F)^T (I - F), F the kernel's point reflection: the squared antisymmetric
+    part of a kernel as a quadratic form. A point-symmetric kernel moves no symmetric source (a
+    kernel held to zero first moments only can still move a source's core, and pay it back in
+    its wings).
+    """
+    n = (2 * half_width + 1) ** 2
+    a = np.eye(n) - np.eye(n)[::-1]
+    return a.T @ a
+
+
 @dataclass(frozen=True, slots=True)
 class SolvedKernel:
     """
@@ -94,7 +110,8 @@ def source_pixels(image: np.ndarray, rms: np.ndarray, target: np.ndarray, target
 
 
 def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_width: int, *,
-                 image_rms: np.ndarray | float = 1.0, target_rms: np.ndarray | float = 1.0) -> SolvedKernel | None:
+                 image_rms: np.ndarray | float = 1.0, target_rms: np.ndarray | float = 1.0,
+                 centred: bool = False) -> SolvedKernel | None:
     """
     Solve the kernel k and constant b minimising sum (target - image * k - b)^2 / var on ``fit``.
 
@@ -110,6 +127,10 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
         Kernel half-width h (a (2h+1)^2 kernel).
     image_rms, target_rms : ndarray or float
         Background noise of each image, to weight the fit and clip outliers.
+    centred : bool
+        Hold the kernel point-symmetric: it may not move the convolved image's sources. Set when
+        the science is the convolved image, so that its sources keep their positions (a shift
+        between the images then stays in the difference, as with a Gaussian match).
 
     Returns
     -------
@@ -142,6 +163,8 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
         normal = (a * w[:, None]).T @ a
         diagonal = np.arange(size * size)
         normal[diagonal, diagonal] += RIDGE * np.mean(np.diag(normal)[:-1])
+        if centred:
+            normal[:-1, :-1] += centring_penalty(half_width) * CENTRING_WEIGHT * np.mean(np.diag(normal)[:-1])
         coef = np.linalg.solve(normal, (a * w[:, None]).T @ y)
         residual = (t - design @ coef) / np.sqrt(var_t + float(np.sum(coef[:-1] ** 2)) * var_i)
         scale = 1.4826 * np.median(np.abs(residual[keep]))

@@ -102,6 +102,10 @@ class PairStore:
         """The image's celestial WCS."""
         return self._images[key].wcs
 
+    def source_name(self, key: str, ccd: str = "ccd000") -> str:
+        """The file the image came from (named in errors)."""
+        return str(self._images[key].path)
+
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
         """The field the science belongs to (its reference is ``references/<field>``)."""
         return {"field": "pair"}

@@ -354,7 +354,8 @@ def _kernel_match(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, r
     ref_convolved = science_fwhm_px >= reference_fwhm_px
     image, image_rms, target, target_rms = (ref, ref_rms, sci, sci_rms) if ref_convolved else (sci, sci_rms, ref, ref_rms)
     fit = source_pixels_tensor(image, image_rms, target, target_rms, usable, half)
-    solved = solve_kernel_tensor(image, target, fit, half, image_rms=image_rms, target_rms=target_rms)
+    solved = solve_kernel_tensor(image, target, fit, half, image_rms=image_rms, target_rms=target_rms,
+                                 centred=not ref_convolved)
     if solved is None:
         return None
     kernel, background = solved
@@ -407,7 +408,7 @@ def source_pixels_tensor(image: torch.Tensor, rms: torch.Tensor, target: torch.T
 
 def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Tensor, half_width: int, *,
                         image_rms: torch.Tensor | float = 1.0,
-                        target_rms: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, float] | None:
+                        target_rms: torch.Tensor | float = 1.0, centred: bool = False) -> tuple[torch.Tensor, float] | None:
     """
     `skyblink.workers.psf_match.solve_kernel` in torch (float64), for one (H, W) window on any device.
 
@@ -445,6 +446,9 @@ def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Te
         w = 1.0 / var_t[keep] if coef is None else 1.0 / (var_t[keep] + (coef[:-1] ** 2).sum() * var_i[keep])
         normal = (a * w[:, None]).T @ a
         normal[diagonal, diagonal] += pm.RIDGE * torch.diagonal(normal)[:-1].mean()
+        if centred:
+            penalty = torch.as_tensor(pm.centring_penalty(half_width), device=device)
+            normal[:-1, :-1] += penalty * pm.CENTRING_WEIGHT * torch.diagonal(normal)[:-1].mean()
         coef = torch.linalg.solve(normal, (a * w[:, None]).T @ y)
         residual = (t - design @ coef) / torch.sqrt(var_t + (coef[:-1] ** 2).sum() * var_i)
         scale = 1.4826 * float(torch.quantile(residual[keep].abs(), 0.5, interpolation="midpoint")) \

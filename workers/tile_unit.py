@@ -158,7 +158,7 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
     raw = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
     beyond_ccd = ~np.isfinite(raw)
-    spec = CalibrationSpec.from_header(sci_header)
+    spec = CalibrationSpec.from_header(sci_header, headers)
     calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate,
                            bias=read_window(bias, oy, ox, h, w) if bias is not None and np.ndim(bias) == 2 else bias,
                            flat=None if flat is None else read_window(flat, oy, ox, h, w))
@@ -228,13 +228,14 @@ def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float
             pass
     if (key, ccd) in cache:
         return cache[key, ccd]
+    # Errors name the file where the store knows it (`PairStore`), else the store key and CCD.
+    source = store.source_name(key, ccd) if hasattr(store, "source_name") else f"{key}/{ccd}"
     try:
-        value = psf_fwhm_px(header, scale_arcsec, source=f"{key}/{ccd}", config=headers)
+        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers)
     except HeaderFactError:
         if headers is not None and not headers.measure_fwhm:
             raise
-        value = psf_fwhm_px(header, scale_arcsec, source=f"{key}/{ccd}", config=headers,
-                            image=np.asarray(store.image(key, ccd)[...]))
+        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers, image=np.asarray(store.image(key, ccd)[...]))
     cache[key, ccd] = value
     return value
 

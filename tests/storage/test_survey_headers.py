@@ -152,3 +152,14 @@ def test_configured_aliases_are_read(tmp_path: Path) -> None:
     exposure, (image,) = read_fits_exposure(tmp_path / "a.fits", headers=headers)
     assert image.metadata["gain"] == 2.5 and image.metadata["saturate"] == 30000.0 and image.metadata["band"] == "r"
     assert exposure.metadata["mjd_obs"] == pytest.approx(60311.128, abs=1e-3)
+
+
+def test_calibration_reads_the_configured_keywords() -> None:
+    from skyblink.workers.calibration import CalibrationSpec
+
+    header = {"EGAIN": 2.5, "SATLEV": 30000.0, "RON": 7.0, "GAIN": 9.0}
+    spec = CalibrationSpec.from_header(header, HeadersConfig(gain=["EGAIN"], saturate=["SATLEV"], read_noise=["RON"]))
+    assert (spec.gain, spec.saturate, spec.read_noise) == (2.5, 30000.0, 7.0)
+    assert CalibrationSpec.from_header(header).gain == 9.0  # the historical names by default
+    with pytest.raises(ValueError, match="EGAIN"):
+        CalibrationSpec.from_header({"EGAIN": 0.0}, HeadersConfig(gain=["EGAIN"]))

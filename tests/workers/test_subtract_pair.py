@@ -100,3 +100,19 @@ def test_injected_point_sources_become_real_candidates(runners) -> None:
         near = [rb for cx, cy, rb in found if np.hypot(cx - x, cy - y) < 2.0]
         assert near and max(near) >= 0.5, (x, y, found)
     assert len(found) == len(injected), found  # and nothing at the stars
+
+
+def test_cli_missing_psf_size_names_file_keyword_and_config_key(tmp_path: Path) -> None:
+    header = fits.getheader(SCIENCE)
+    del header["FWHM"]
+    science = tmp_path / "no-fwhm.fits"
+    fits.PrimaryHDU(fits.getdata(SCIENCE), header=header).writeto(science)
+    config = tmp_path / "skyblink.toml"
+    config.write_text("[headers]\nmeasure_fwhm = false\n")
+    result = CliRunner().invoke(app, ["--config", str(config), "subtract", str(science), str(REFERENCE), "--out",
+                                      str(tmp_path / "d.fits"), "--backend", "onnxruntime"])
+    assert result.exit_code == 1
+    message = " ".join(result.output.split())
+    assert "no-fwhm.fits" in message
+    assert "FWHM" in message and "headers.fwhm_px" in message and "headers.measure_fwhm" in message
+    assert not (tmp_path / "d.fits").exists()
