@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -247,11 +248,11 @@ def _print_summary(r: NightRunReport) -> None:
         p = r.latency_percentiles()
         rows.append(("latency", f"file -> alerts in Redis: p50 {p['p50']:.1f} s, p95 {p['p95']:.1f} s "
                                 f"over {len(r.latency_s)} exposures"))
-    table = Table(title=f"night {r.night}: {r.store_url}", show_header=False)
+    table = Table(title=escape(f"night {r.night}: {r.store_url}"), show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    for name, value in rows:
-        table.add_row(name, redact_text(value))
+    for name, value in rows:  # plain text: a reason's "[tensorrt]" is not rich markup
+        table.add_row(escape(name), escape(redact_text(value)))
     console.print(table)
 
 
