@@ -2,9 +2,9 @@
 The classic baseline: SEP (SExtractor as a library) on the same difference images as the tile
 program, turned into a detections catalog that the reduce and scoring code take like ours.
 
-The store keeps no difference images, so each work unit's difference is made again with the
-workers' public CPU functions, in the order `skyblink.workers.tile_unit.process_tile` uses them
-(calibrate, cosmic-ray cleaning, warp, normalised triplet). SEP then extracts at
+The store keeps no difference images, so each work unit's difference is made again by the tile
+program's own preparation (`skyblink.workers.tile_unit.prepare_tile`, which
+`skyblink.workers.tile_unit.process_tile` runs before its detector). SEP then extracts at
 ``thresh`` (per-pixel sigma, default 1.5 with 5 connected pixels, SExtractor's default
 detection) with its default 3x3 filter; each source gets SEP's windowed position
 (``sep.winpos``), its aperture S/N in a radius of 0.68 FWHM (the optimal aperture of a Gaussian),
@@ -13,36 +13,42 @@ tile program's gate) or outside the unit's core are dropped.
 
 Notes
 -----
-Needs ``sep`` (a ``dev`` extra). Single process. Experimental.
+Single process. Experimental.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from skyblink.workers.align import sampling_grid, warp
-from skyblink.workers.calibration import CalibrationSpec, calibrate
-from skyblink.workers.cosmics import detect_cosmics
-from skyblink.workers.difference import flux_scale, normalized_triplet
-from skyblink.workers.tile_unit import WorkUnit, read_window
+from skyblink.workers.tile_unit import WorkUnit, prepare_tile
+
+if TYPE_CHECKING:
+    from skyblink.headers import HeadersConfig
 
 __all__ = ["difference_window", "sep_detections"]
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
-def difference_window(unit: WorkUnit, store: Any) -> tuple[np.ndarray, float, tuple[int, int]]:
+def difference_window(unit: WorkUnit, store: Any, *, headers: HeadersConfig | None = None,
+                      psf_match: Literal["gaussian", "kernel"] = "gaussian") -> tuple[np.ndarray, float, tuple[int, int]]:
     """
-    Recompute a work unit's difference image (sigma units) as the tile program makes it.
+    Return a work unit's difference image (sigma units) as the tile program makes it.
+
+    The window is the tile program's own (`skyblink.workers.tile_unit.prepare_tile`: calibration,
+    cosmic rays, warp, beyond-CCD masking, background, PSF matching, difference), so the SEP
+    baseline measures exactly what the detector sees and cannot drift from it.
 
     Parameters
     ----------
     unit : WorkUnit
     store : NightStore
+    headers, psf_match
+        As the night's program (``[headers]``, ``night.psf_match``).
 
     Returns
     -------
@@ -53,34 +59,8 @@ def difference_window(unit: WorkUnit, store: Any) -> tuple[np.ndarray, float, tu
     origin : (int, int)
         (y, x) of the window's first pixel in the CCD.
     """
-    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
-
-    meta = store.ccd_metadata(unit.exposure, unit.ccd)
-    sci_header = store.header(unit.exposure, unit.ccd)
-    reference_key = f"references/{meta['field']}"
-    sci_wcs, ref_wcs = store.wcs(unit.exposure, unit.ccd), store.wcs(reference_key, unit.ccd)
-    ref_header = store.header(reference_key, unit.ccd)
-    edge = unit.size + 2 * unit.margin
-    h = w = int(math.ceil(edge / 32) * 32)
-    oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
-    raw = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
-    spec = CalibrationSpec.from_header(sci_header)
-    calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate)
-    science, bad = calibrated.electrons, calibrated.mask
-    cosmics = detect_cosmics(science, read_noise=spec.read_noise, mask=bad | ~np.isfinite(science))
-    science, bad = cosmics.cleaned, bad | cosmics.mask
-    grid = sampling_grid(sci_wcs, ref_wcs, (h, w), origin=(oy, ox))
-    rx0, ry0 = int(np.floor(np.nanmin(grid[0]))) - 2, int(np.floor(np.nanmin(grid[1]))) - 2
-    rx1, ry1 = int(np.ceil(np.nanmax(grid[0]))) + 3, int(np.ceil(np.nanmax(grid[1]))) + 3
-    ref_window = read_window(store.image(reference_key, unit.ccd), ry0, rx0, ry1 - ry0, rx1 - rx0)
-    reference = warp(np.nan_to_num(ref_window, nan=np.nanmedian(ref_window)), np.stack([grid[0] - rx0, grid[1] - ry0]))
-    scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
-    fwhm = [float(hdr.get("SEEING", 1.0)) / scale_arcsec for hdr in (sci_header, ref_header)]
-    scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP")) * (spec.gain or 1.0)
-    sci_filled = np.where(np.isfinite(science), science, np.nanmedian(science))
-    triplet = normalized_triplet(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale,
-                                 science_mask=bad & np.isfinite(science))
-    return triplet[2], max(fwhm), (oy, ox)
+    prepared = prepare_tile(unit, store, headers=headers, psf_match=psf_match)
+    return prepared.matched.triplet[2], max(prepared.fwhm_px), prepared.origin
 
 
 def sep_detections(units: list[WorkUnit], store: Any, *, thresh: float = 1.5, minarea: int = 5,
