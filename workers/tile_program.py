@@ -456,4 +456,6 @@ def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Te
         keep = residual.abs() < pm.CLIP_NSIGMA * max(scale, 1.0)
         if int(keep.sum()) < pm.MIN_PIXELS_PER_COEFFICIENT * size * size:
             return None
+    if not pm.FLUX_RATIO_RANGE[0] <= float(coef[:-1].sum()) <= pm.FLUX_RATIO_RANGE[1]:
+        return None
     return coef[:-1].reshape(size, size), float(coef[-1])
