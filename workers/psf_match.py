@@ -33,6 +33,9 @@ CLIP_NSIGMA = 5.0
 MIN_PIXELS_PER_COEFFICIENT = 4
 #: Tikhonov weight, relative to the normal matrix's mean diagonal.
 RIDGE = 1e-4
+#: Flux ratios (kernel sums) a solved kernel may have; outside, the fit is taken as failed
+#: (too few or confused sources: a 512x512 simulated tile gave -0.006) and not used.
+FLUX_RATIO_RANGE = (0.1, 10.0)
 #: Most pixels a kernel is fitted on (an even subsample beyond).
 MAX_PIXELS = 20000
 
@@ -135,7 +138,8 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
     Returns
     -------
     SolvedKernel or None
-        None when there are too few pixels for the kernel's coefficients.
+        None when there are too few pixels for the kernel's coefficients, or its sum (the flux
+        ratio) is outside `FLUX_RATIO_RANGE`.
     """
     size = 2 * half_width + 1
     ys, xs = np.nonzero(fit)
@@ -172,4 +176,6 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
         if keep.sum() < MIN_PIXELS_PER_COEFFICIENT * size * size:
             return None
     assert coef is not None  # the loop ran
+    if not FLUX_RATIO_RANGE[0] <= float(np.sum(coef[:-1])) <= FLUX_RATIO_RANGE[1]:
+        return None
     return SolvedKernel(coef[:-1].reshape(size, size), float(coef[-1]), int(keep.sum()))

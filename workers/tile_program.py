@@ -457,4 +457,6 @@ def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Te
         if int(keep.sum()) < pm.MIN_PIXELS_PER_COEFFICIENT * size * size:
             return None
     assert coef is not None  # the loop ran
+    if not pm.FLUX_RATIO_RANGE[0] <= float(coef[:-1].sum()) <= pm.FLUX_RATIO_RANGE[1]:
+        return None
     return coef[:-1].reshape(size, size), float(coef[-1])

@@ -96,3 +96,13 @@ def test_noise_pedestal_is_the_subtracted_sky() -> None:
     assert noise_pedestal(raw, 10.0) == 0.0  # a raw frame's noise is its counts'
     pedestal = noise_pedestal(raw - 2000.0, 10.0)  # sky-subtracted: the sky comes back
     assert abs(pedestal - 2000.0) < 150.0
+
+
+def test_an_implausible_flux_ratio_is_a_failed_fit() -> None:
+    """A kernel whose sum is outside 0.1-10 (confused or too few sources) is not used: the Gaussian is."""
+    rng = np.random.default_rng(5)
+    truth = _stars(rng, 128, 30)
+    ref = gaussian_filter(truth, 1.0) + rng.normal(0, 2.0, truth.shape)
+    sci = -0.5 * gaussian_filter(truth, 1.5) + rng.normal(0, 2.0, truth.shape)  # an anti-correlated "science"
+    fit = source_pixels(ref, np.full_like(ref, 2.0), sci, np.full_like(sci, 2.0), np.ones(sci.shape, bool), 4)
+    assert solve_kernel(ref, sci, fit, 4, image_rms=2.0, target_rms=2.0) is None
