@@ -45,6 +45,7 @@ RECIPES = {
     "all_l2_0.001": RealSkyRecipe(l2=1e-3),
     "all_head": RealSkyRecipe(layers="head"),
     "full_no_sim": RealSkyRecipe(layers="all", sim=False, epochs=2, learning_rate=3e-4),
+    "full_all": RealSkyRecipe(layers="all", epochs=2, learning_rate=3e-4),
 }
 
 
