@@ -3,13 +3,16 @@ The honest protocol for real/bogus on real survey alerts: every real alert in ..
 grouped cross-validation by night and survey file, AUC against ZTF drb, ZTF rb and Rubin
 reliability separately, with bootstrap 95 % intervals and the negatives of each fold.
 
-    python benchmarks/realbogus_real.py [--recipes NAME ...] [--json OUT]
+    python benchmarks/realbogus_real.py [--recipes NAME ...] [--rule default|as_packet] [--json OUT]
+                                        [--cache DIR] [--record-card]
 
 Baselines in the same run: the shipped classifier (skyblink_rb, as shipped, no training on real
 data) and the braai d6_m7 port (ZTF only; it *is* drb, so its drb row is 1.000 by construction).
 Each recipe (`RECIPES`, `skyblink.engines.training.real_sky.RealSkyRecipe`: which ingredients)
-trains the classifier's head once per fold on the samples made from the other folds' alerts only
-(injections use those alerts' cutouts only) and scores the held-out fold; the AUC is over the pooled held-out scores (and per fold where both classes occur).
+trains the classifier (its head, or the whole network for ``full_*``) once per fold on the
+samples made from the other folds' alerts only (injections use those alerts' cutouts only) and
+scores the held-out fold; the AUC is over the pooled held-out scores (and per fold where both
+classes occur).
 "sim AUC" is the same model on simulated validation stamps with truth (seed 1001, not trained on).
 Every model choice is made on these folds alone.
 """
@@ -51,6 +54,7 @@ RECIPES = {
     "all_l2_0.001": RealSkyRecipe(l2=1e-3),
     "all_head": RealSkyRecipe(layers="head"),
     "full_no_sim": RealSkyRecipe(layers="all", sim=False, epochs=2, learning_rate=3e-4),
+    "full_all": RealSkyRecipe(layers="all", epochs=2, learning_rate=3e-4),
 }
 
 
