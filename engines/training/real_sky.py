@@ -183,7 +183,8 @@ def real_sky_samples(stamps: np.ndarray, sigmas: np.ndarray, recipe: RealSkyReci
                 s = float(sigma) * rng.uniform(0.85, 1.2)
                 snr = math.exp(rng.uniform(math.log(5.0), math.log(80.0)))
                 flux = snr * math.sqrt(4 * math.pi) * s
-                star = _gaussian(s, *rng.uniform(-0.5, 0.5, 2), flux)
+                dy, dx = (float(v) for v in rng.uniform(-0.5, 0.5, 2))
+                star = _gaussian(s, dy, dx, flux)
                 out.append(np.stack([t + star + noise(), t, star + _background(diffs, rng)]))
                 labels.append(1.0)
             if recipe.residuals:
@@ -347,10 +348,10 @@ def train_head(pool: RealSkyPool, train_alerts: np.ndarray, recipe: RealSkyRecip
     if recipe.layers == "all":
         return _train_all(model, pool, take, recipe)
     params = [*model.head.parameters(), *model.real_bogus.parameters(), *model.classes.parameters()]
-    opt = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=1e-3)
+    adam = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=1e-3)
     n = len(f)
     steps = recipe.epochs * -(-n // recipe.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.learning_rate, total_steps=max(steps, 1))
+    sched = torch.optim.lr_scheduler.OneCycleLR(adam, max_lr=recipe.learning_rate, total_steps=max(steps, 1))
     gen = torch.Generator().manual_seed(recipe.seed)
     model.head.train()
     for _ in range(recipe.epochs):
@@ -360,9 +361,9 @@ def train_head(pool: RealSkyPool, train_alerts: np.ndarray, recipe: RealSkyRecip
             labelled = cls[idx] >= 0
             if labelled.any():
                 loss = loss + F.cross_entropy(model.classes(h)[labelled], cls[idx][labelled]) * labelled.float().mean()
-            opt.zero_grad()
+            adam.zero_grad()
             loss.backward()
-            opt.step()
+            adam.step()
             sched.step()
     return model.eval()
 
@@ -376,10 +377,10 @@ def _train_all(model: Classifier, pool: RealSkyPool, take: np.ndarray, recipe: R
     x = torch.from_numpy(pool.stamps[take])
     rb = torch.from_numpy(pool.rb[take])
     cls = torch.from_numpy(pool.cls[take])
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=1e-4)
+    adam = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=1e-4)
     n = len(x)
     steps = recipe.epochs * -(-n // recipe.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.learning_rate, total_steps=max(steps, 1))
+    sched = torch.optim.lr_scheduler.OneCycleLR(adam, max_lr=recipe.learning_rate, total_steps=max(steps, 1))
     gen = torch.Generator().manual_seed(recipe.seed)
     model.train()
     for _ in range(recipe.epochs):
@@ -392,8 +393,8 @@ def _train_all(model: Classifier, pool: RealSkyPool, take: np.ndarray, recipe: R
             labelled = cls[idx] >= 0
             if labelled.any():
                 loss = loss + F.cross_entropy(class_logits[labelled], cls[idx][labelled]) * labelled.float().mean()
-            opt.zero_grad()
+            adam.zero_grad()
             loss.backward()
-            opt.step()
+            adam.step()
             sched.step()
     return model.eval()
