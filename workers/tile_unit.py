@@ -34,6 +34,7 @@ from .cosmics import detect_cosmics
 from .difference import MatchedDifference, flux_scale, matched_difference
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr
 from .peaks import find_peaks
+from .source_detection import estimate_fwhm
 
 __all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "ccd_fwhm_px", "noise_pedestal", "plan_tiles", "prepare_tile",
            "process_tile", "read_window"]
@@ -235,7 +236,8 @@ def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float
     except HeaderFactError:
         if headers is not None and not headers.measure_fwhm:
             raise
-        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers, image=np.asarray(store.image(key, ccd)[...]))
+        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers,
+                            measure=lambda: float(estimate_fwhm(np.asarray(store.image(key, ccd)[...], dtype=np.float32))))
     cache[key, ccd] = value
     return value
 

@@ -39,10 +39,15 @@ def test_score_of_a_small_night_has_sane_figures(tmp_path: Path, ray_local: None
         assert m.detections > 0 and m.alerts > 0 and m.events > 0
         assert 0.0 < m.purity <= 1.0
         if 0 < m.real_alerts < m.detections:  # both classes present: the ROC is defined
-            assert 0.5 < m.roc_auc <= 1.0 and 0.0 <= m.fpr_at_fnr_1pct <= 1.0
+            assert 0.0 <= m.roc_auc <= 1.0 and 0.0 <= m.fpr_at_fnr_1pct <= 1.0
         assert sum(b["found"] for b in m.completeness_bins) > 0
         assert math.isfinite(m.astrometry_rms_arcsec[0]["rms"]) and m.astrometry_rms_arcsec[0]["rms"] < 1.0  # < 2 px
         assert 0.0 <= m.false_tracklet_rate <= 1.0
+    # Our real/bogus score ranks real above bogus; SEP's S/N, on this small night's ~30 sources
+    # measured on the tile program's own differences (beyond-CCD pixels masked), need not: it
+    # was 0.495 here once the baseline stopped measuring the reference alone at the CCD edges.
+    if 0 < ours.real_alerts < ours.detections:
+        assert ours.roc_auc > 0.5
     # The classifier's alerts are purer than every SEP source taken as an alert.
     assert ours.purity > base.purity
     if ours.movers_3plus:
