@@ -158,10 +158,10 @@ def ccd_context(store: Any, exposure: str, ccd: str) -> CcdContext:
         raise ValueError(msg) from None
     scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
     fwhm_px = float(header.get("SEEING", 1.0)) / scale
-    reference = f"references/{meta.get('field')}"
     try:
+        reference = store.reference_key(str(meta.get("field")))
         reference_seeing = float(store.header(reference, ccd).get("SEEING", header.get("SEEING", 1.0)))
-    except (KeyError, FileNotFoundError):  # no reference of the field: the science PSF
+    except (KeyError, FileNotFoundError, ValueError):  # no reference of the field: the science PSF
         reference_seeing = float(header.get("SEEING", 1.0))
     gain = float(meta.get("gain") or header.get("GAIN") or 1.0)
     if "SKYLEVEL" in header:

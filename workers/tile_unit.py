@@ -147,9 +147,8 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     """
     from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415 - astropy only where a tile is processed
 
-    meta = store.ccd_metadata(unit.exposure, unit.ccd)
     sci_header = store.header(unit.exposure, unit.ccd)
-    reference_key = f"references/{meta['field']}"
+    reference_key = store.reference_of(unit.exposure, unit.ccd)
     ref_ccd = unit.ccd
     sci_wcs, ref_wcs = store.wcs(unit.exposure, unit.ccd), store.wcs(reference_key, ref_ccd)
     ref_header = store.header(reference_key, ref_ccd)
