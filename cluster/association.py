@@ -34,6 +34,7 @@ from astropy.coordinates import SkyCoord, search_around_sky
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.storage.parquet_io import write_parquet_atomic
 from skyblink.workers.matched_filter import matched_filter_snr
 
@@ -52,7 +53,6 @@ __all__ = [
     "write_reference_catalog",
 ]
 
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 #: Columns of a field's reference source catalog. Stable.
 REFERENCE_SCHEMA = pa.schema([("ra", pa.float64()), ("dec", pa.float64()), ("x", pa.float64()), ("y", pa.float64()),
@@ -126,7 +126,7 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
         sub[unusable] = 0.0
     snr = matched_filter_snr(sub, fwhm_px)
     ys, xs = _local_maxima(snr, snr_threshold, _PEAK_HALF)
-    sigma = fwhm_px / _FWHM_PER_SIGMA
+    sigma = fwhm_px / FWHM_PER_SIGMA
     n = len(xs)
     out_x, out_y, concentration = np.empty(n), np.empty(n), np.empty(n, np.float32)
     for start in range(0, n, _CHUNK):

@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 
 from skyblink.config import NightConfig
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
+from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.storage.alerts import (
     Alert,
     AlertBuilder,
@@ -99,7 +100,6 @@ __all__ = [
 _AB_NJY_ZERO = 31.4
 #: Floor of a position error (arcsec): WCS and centroiding systematics.
 _POSITION_ERROR_FLOOR_ARCSEC = 0.01
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _ALERTABLE = ("transient", "variable", "moving")
 
 
@@ -258,10 +258,10 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
     for i in range(n):
         ctx = context(exposures[i], ccds[i])
         snr = float(snrs[i]) if math.isfinite(snrs[i]) and snrs[i] > 0 else float("nan")
-        sigma_px = ctx.fwhm_px / _FWHM_PER_SIGMA
+        sigma_px = ctx.fwhm_px / FWHM_PER_SIGMA
         # Centroid error of a Gaussian PSF of the difference (background-limited): sqrt(2)
         # sigma / (S/N) per axis; along a trail, the trail's length adds L^2 / 12 to sigma^2.
-        spread = math.hypot(fwhm[i] / _FWHM_PER_SIGMA, shapes.trail_length_px[i] / math.sqrt(12.0))
+        spread = math.hypot(fwhm[i] / FWHM_PER_SIGMA, shapes.trail_length_px[i] / math.sqrt(12.0))
         pos_err = math.sqrt(2.0) * spread / snr * ctx.pixel_scale_arcsec if snr == snr else 1.0
         pos_err = max(pos_err, _POSITION_ERROR_FLOOR_ARCSEC)
         # PSF-fit flux error of a Gaussian PSF: noise per pixel times sqrt(4 pi) sigma_psf.

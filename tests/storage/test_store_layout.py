@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from skyblink.psf_units import FWHM_PER_SIGMA, fwhm_to_sigma
 from skyblink.storage import NightStore, StoreLayout, open_fits_exposure
 from skyblink.storage.errors import StoreWriteError
 from skyblink.storage.parquet_io import write_parquet_atomic
@@ -85,3 +86,15 @@ def test_every_parquet_file_of_the_store_is_written_by_the_one_writer() -> None:
              if re.search(r"\b(pq|parquet)\.write_table\(|ParquetWriter\(", line)]
     assert not found, "write Parquet through storage.parquet_io.write_parquet_atomic: " + ", ".join(found)
 
+
+
+def test_fwhm_and_sigma_of_a_gaussian() -> None:
+    assert FWHM_PER_SIGMA == pytest.approx(2.3548200450309493)
+    assert fwhm_to_sigma(2.0 * FWHM_PER_SIGMA) == pytest.approx(2.0)
+
+
+def test_the_fwhm_per_sigma_is_defined_once() -> None:
+    defined = re.compile(r"(sqrt\(2(\.0)? \* (math|np)\.log\(2(\.0)?\)\)|^_?FWHM_PER_SIGMA\s*=)")
+    found = [f"{p.relative_to(ROOT)}:{i}" for p in _package_sources() if p.name != "psf_units.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if defined.search(line)]
+    assert not found, "import FWHM_PER_SIGMA from skyblink.psf_units: " + ", ".join(found)
