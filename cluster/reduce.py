@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 from skyblink.config import NightConfig
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.stamps import STAMP_HALF
 from skyblink.storage.alerts import (
     Alert,
     AlertBuilder,
@@ -64,7 +65,6 @@ from skyblink.storage.alerts import (
 )
 from skyblink.storage.alerts.packet import MovingObject, make_alert_id
 from skyblink.threads import ordered_map
-from skyblink.workers.tile_unit import STAMP_HALF
 
 from .association import (
     EXTENDED_MAX_CONCENTRATION,

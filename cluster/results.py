@@ -30,8 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from skyblink.stamps import STAMP_HALF
 from skyblink.storage.parquet_io import write_parquet_atomic
-from skyblink.workers.tile_unit import STAMP_HALF, CandidateRecord, WorkUnit
+from skyblink.workers.tile_unit import CandidateRecord, WorkUnit
 
 __all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "stamps_of", "store_unit_results"]
 

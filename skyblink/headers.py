@@ -10,14 +10,15 @@ that supplies them.
 
 Notes
 -----
-Driver side: numpy and pydantic only (the image-based PSF measurement imports the worker code
-when it is asked for). Thread-safe.
+Driver side: pydantic only. The image-based PSF measurement is the workers' (`skyblink.workers.
+estimate_fwhm`); the caller passes it as ``measure``, so this module imports no worker code.
+Thread-safe.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,7 +69,7 @@ def find_number(header: Mapping[str, Any], names: list[str] | tuple[str, ...]) -
 
 
 def psf_fwhm_px(header: Mapping[str, Any], pixel_scale_arcsec: float, *, source: str,
-                config: HeadersConfig | None = None, image: Any = None) -> float:
+                config: HeadersConfig | None = None, measure: Callable[[], float] | None = None) -> float:
     """
     Return the PSF FWHM of an image in pixels, from its header or measured on its stars.
 
@@ -82,9 +83,9 @@ def psf_fwhm_px(header: Mapping[str, Any], pixel_scale_arcsec: float, *, source:
         What to name in an error (the file, or the store key and CCD).
     config : HeadersConfig, optional
         Keywords to try; default: the defaults.
-    image : 2-D array, optional
-        The pixels, measured (`skyblink.workers.estimate_fwhm`) when no keyword gives the FWHM and
-        ``config.measure_fwhm`` is set.
+    measure : callable, optional
+        Measures the FWHM (px) on the image's stars (e.g. `skyblink.workers.estimate_fwhm` on its
+        pixels); called when no keyword gives the FWHM and ``config.measure_fwhm`` is set.
 
     Raises
     ------
@@ -98,12 +99,8 @@ def psf_fwhm_px(header: Mapping[str, Any], pixel_scale_arcsec: float, *, source:
     found = find_number(header, config.fwhm_px)
     if found is not None and found[1] > 0:
         return found[1]
-    if config.measure_fwhm and image is not None:
-        import numpy as np  # noqa: PLC0415
-
-        from skyblink.workers.source_detection import estimate_fwhm  # noqa: PLC0415 - worker code, only when measuring
-
-        return float(estimate_fwhm(np.asarray(image, dtype=np.float32)))
+    if config.measure_fwhm and measure is not None:
+        return float(measure())
     looked = ", ".join([*(f"{k} (arcsec)" for k in config.seeing_arcsec), *(f"{k} (px)" for k in config.fwhm_px)])
     how = "" if config.measure_fwhm else "; or set headers.measure_fwhm = true to measure it from the stars"
     msg = (f"{source}: no PSF FWHM in the header (looked for {looked}); name the keyword in "

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from skyblink.headers import HeaderFactError, HeadersConfig, psf_fwhm_px
+from skyblink.stamps import STAMP_HALF
 
 from .align import sampling_grid, warp
 from .calibration import CalibrationSpec, calibrate
@@ -38,8 +39,6 @@ from .peaks import find_peaks
 __all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "ccd_fwhm_px", "noise_pedestal", "plan_tiles", "prepare_tile",
            "process_tile", "read_window"]
 
-#: Half the edge of a classifier stamp (63x63).
-STAMP_HALF = 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +233,10 @@ def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float
     except HeaderFactError:
         if headers is not None and not headers.measure_fwhm:
             raise
-        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers, image=np.asarray(store.image(key, ccd)[...]))
+        from .source_detection import estimate_fwhm  # noqa: PLC0415 - astropy.table, only when measuring
+
+        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers,
+                            measure=lambda: estimate_fwhm(np.asarray(store.image(key, ccd)[...], dtype=np.float32)))
     cache[key, ccd] = value
     return value
 
