@@ -98,3 +98,16 @@ def test_the_fwhm_per_sigma_is_defined_once() -> None:
     found = [f"{p.relative_to(ROOT)}:{i}" for p in _package_sources() if p.name != "psf_units.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if defined.search(line)]
     assert not found, "import FWHM_PER_SIGMA from skyblink.psf_units: " + ", ".join(found)
+
+
+@pytest.mark.parametrize("url", ["local", "memory://skyblink-layout-test"])
+def test_a_durable_write_is_whole_on_local_and_object_file_systems(tmp_path: Path, url: str) -> None:
+    from skyblink.storage.atomic import write_atomic
+
+    fs, root = fsspec.core.url_to_fs(str(tmp_path) if url == "local" else url)
+    target = f"{root}/store.zarr/manifest.json"
+    for text in (b'{"n": 1}', b'{"n": 2}'):
+        write_atomic(fs, target, lambda fh, text=text: fh.write(text), durable=True)
+    assert fs.cat_file(target) == b'{"n": 2}'
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/store.zarr", detail=False)] == ["manifest.json"]
+    fs.rm(f"{root}/store.zarr", recursive=True)
