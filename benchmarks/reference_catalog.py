@@ -42,12 +42,11 @@ from scipy.spatial import cKDTree
 from skyblink.cluster.association import EXTENDED_MAX_CONCENTRATION, detect_static_sources
 from skyblink.cluster.measurement import windowed_centroid
 from skyblink.config import SimConfig
+from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.sim.ccd_image import render_ccd
 from skyblink.sim.conditions import reference_conditions
 from skyblink.workers.background import estimate_background
 from skyblink.workers.matched_filter import matched_filter_snr
-
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 def old_detect_static_sources(image: np.ndarray, fwhm_px: float, snr_threshold: float = 5.0) -> tuple[np.ndarray, ...]:
@@ -59,7 +58,7 @@ def old_detect_static_sources(image: np.ndarray, fwhm_px: float, snr_threshold: 
     snr = matched_filter_snr(sub, fwhm_px)
     peaks = (snr >= snr_threshold) & (snr == ndimage.maximum_filter(snr, size=5, mode="constant", cval=0.0))
     ys, xs = np.nonzero(peaks)
-    sigma = fwhm_px / _FWHM_PER_SIGMA
+    sigma = fwhm_px / FWHM_PER_SIGMA
     out_x, out_y, concentration = np.empty(len(xs)), np.empty(len(ys)), np.empty(len(xs), np.float32)
     ny, nx = sub.shape
     half = int(math.ceil(3.0 * sigma)) + 1
@@ -88,7 +87,7 @@ def sep_extract_winpos(image: np.ndarray, fwhm_px: float) -> np.ndarray:
     bkg = sep.Background(data)
     bkg.subfrom(data)
     objects = sep.extract(data, 1.5, err=bkg.globalrms)
-    x, _, _ = sep.winpos(data, objects["x"], objects["y"], np.full(len(objects), fwhm_px / _FWHM_PER_SIGMA))
+    x, _, _ = sep.winpos(data, objects["x"], objects["y"], np.full(len(objects), fwhm_px / FWHM_PER_SIGMA))
     return x
 
 

@@ -56,10 +56,10 @@ from rich.table import Table
 
 from skyblink.config import load_config
 from skyblink.engines.backends import select_runner
+from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.workers.subtract_pair import PairImage, read_pair_image, subtract_pair
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sfft-decam"
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 SFFT_OPTIONS = {"ForceConv": "REF", "GKerHW": 7, "KerPolyOrder": 2, "BGPolyOrder": 2, "ConstPhotRatio": True}
 
 

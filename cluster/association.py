@@ -34,7 +34,8 @@ from astropy.coordinates import SkyCoord, search_around_sky
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from skyblink.storage.atomic import write_atomic
+from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.storage.parquet_io import write_parquet_atomic
 from skyblink.workers.matched_filter import matched_filter_snr
 
 from .measurement import windowed_centroids
@@ -52,7 +53,6 @@ __all__ = [
     "write_reference_catalog",
 ]
 
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 #: Columns of a field's reference source catalog. Stable.
 REFERENCE_SCHEMA = pa.schema([("ra", pa.float64()), ("dec", pa.float64()), ("x", pa.float64()), ("y", pa.float64()),
@@ -126,7 +126,7 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
         sub[unusable] = 0.0
     snr = matched_filter_snr(sub, fwhm_px)
     ys, xs = _local_maxima(snr, snr_threshold, _PEAK_HALF)
-    sigma = fwhm_px / _FWHM_PER_SIGMA
+    sigma = fwhm_px / FWHM_PER_SIGMA
     n = len(xs)
     out_x, out_y, concentration = np.empty(n), np.empty(n), np.empty(n, np.float32)
     for start in range(0, n, _CHUNK):
@@ -212,7 +212,7 @@ def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: fl
     """
     from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
 
-    key = f"references/{field}"
+    key = store.reference_key(field)
     _, header, wcs = store.ccd_description(key, ccd)
     scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
     x, y, snr, concentration = detect_static_sources(np.asarray(store.image(key, ccd)), float(header.get("SEEING", 1.0)) / scale,
@@ -235,7 +235,7 @@ def write_reference_catalog(store: Any, field: str, parts: list[pa.Table], *, sn
     """
     fs, path = reference_catalog_path(store, field, snr_threshold)
     table = pa.concat_tables(parts) if parts else REFERENCE_SCHEMA.empty_table()
-    write_atomic(fs, path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    write_parquet_atomic(fs, path, table)
     return table
 
 
@@ -263,7 +263,7 @@ def reference_sources(store: Any, field: str, *, snr_threshold: float = 5.0, ref
     if not refresh and fs.exists(path):
         with fs.open(path, "rb") as fh:
             return pq.read_table(fh).cast(REFERENCE_SCHEMA)
-    key = f"references/{field}"
+    key = store.reference_key(field)
     if key not in store.exposure_keys("reference"):
         return REFERENCE_SCHEMA.empty_table()
     parts = [reference_ccd_sources(store, field, ccd, snr_threshold=snr_threshold) for ccd in store.ccd_names(key)]

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from skyblink.psf_units import FWHM_PER_SIGMA
+
 __all__ = ["StampShapes", "measure_stamps", "windowed_centroid", "windowed_centroids"]
 
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: A detection is trailed when its trail is longer than this many PSF FWHM (the simulator's rule).
 TRAIL_MIN_FWHM = 1.5
 #: Trails longer than this many FWHM are located by their first moment, shorter ones (and
@@ -199,7 +200,7 @@ def measure_stamps(difference: np.ndarray, offsets: np.ndarray, fwhm_px: np.ndar
         images = np.nan_to_num(difference[chunk].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         long = _measure_trails(images, chunk, fwhm[chunk], half, threshold, shapes)
         todo = chunk[~long]
-        x, y, ok = windowed_centroids(images[~long], half + dx[todo], half + dy[todo], fwhm[todo] / _FWHM_PER_SIGMA)
+        x, y, ok = windowed_centroids(images[~long], half + dx[todo], half + dy[todo], fwhm[todo] / FWHM_PER_SIGMA)
         dx[todo] = np.where(ok, x - half, dx[todo])
         dy[todo] = np.where(ok, y - half, dy[todo])
         shapes.converged[todo] = ok
@@ -219,7 +220,7 @@ def _measure_trails(images: np.ndarray, index: np.ndarray, fwhm: np.ndarray, hal
     smooth = np.empty_like(images)
     for value in np.unique(fwhm):
         same = fwhm == value
-        sigma = float(value) / _FWHM_PER_SIGMA
+        sigma = float(value) / FWHM_PER_SIGMA
         smooth[same] = ndimage.gaussian_filter(images[same], (0.0, sigma, sigma), mode="constant") * (
             2.0 * math.sqrt(math.pi) * sigma)
     labels, count = ndimage.label(smooth > threshold, structure=_PLANAR)

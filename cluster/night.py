@@ -36,7 +36,6 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import redis
 
@@ -44,7 +43,7 @@ from skyblink.config import SkyblinkConfig
 from skyblink.storage import NightStore, StoreLock, damaged_store_key
 from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
 from skyblink.storage.alerts.entry import stream_name
-from skyblink.storage.atomic import write_atomic
+from skyblink.storage.parquet_io import write_parquet_atomic
 from skyblink.workers.actor import UnitOutcome
 from skyblink.workers.tile_unit import WorkUnit, plan_tiles
 
@@ -187,7 +186,10 @@ def plan_night(store: NightStore, config: SkyblinkConfig) -> tuple[list[WorkUnit
     planned: list[str] = []
     for key in store.exposure_keys("exposure"):
         field_id = _field_of(store, key)
-        reference = f"references/{field_id}"
+        try:
+            reference = store.reference_key(field_id)
+        except ValueError:  # an empty field, or one holding a '/': no reference can have its key
+            reference = ""
         if reference not in references:
             skipped[key] = f"no reference image of field {field_id!r} in the store"
             continue
@@ -202,10 +204,6 @@ def plan_night(store: NightStore, config: SkyblinkConfig) -> tuple[list[WorkUnit
 
 def _field_of(store: NightStore, exposure: str) -> str:
     return str(store.ccd_metadata(exposure, store.ccd_names(exposure)[0]).get("field"))
-
-
-def _write_table(fs: Any, path: str, table: pa.Table) -> None:
-    write_atomic(fs, path, lambda fh: pq.write_table(table, fh, compression="zstd"))
 
 
 def _objects_table(detections: pa.Table) -> pa.Table:
@@ -717,8 +715,8 @@ def _reduce_and_publish(
         fs, root = fsspec.core.url_to_fs(store.url)
         base = f"{root.rstrip('/')}/catalogs"
         # ``row`` points into the results read in one cycle: meaningless outside this run.
-        _write_table(fs, f"{base}/detections.parquet", detections.drop_columns(["row"]))
-        _write_table(fs, f"{base}/objects.parquet", objects)
+        write_parquet_atomic(fs, f"{base}/detections.parquet", detections.drop_columns(["row"]))
+        write_parquet_atomic(fs, f"{base}/objects.parquet", objects)
         report.catalogs = {"detections": f"{base}/detections.parquet", "objects": f"{base}/objects.parquet"}
         report.candidates = sum(static.candidates.values())
         report.detections = detections.num_rows

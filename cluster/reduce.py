@@ -52,6 +52,8 @@ import pyarrow.compute as pc
 
 from skyblink.config import NightConfig
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
+from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.stamps import STAMP_HALF
 from skyblink.storage.alerts import (
     Alert,
     AlertBuilder,
@@ -63,7 +65,6 @@ from skyblink.storage.alerts import (
 )
 from skyblink.storage.alerts.packet import MovingObject, make_alert_id
 from skyblink.threads import ordered_map
-from skyblink.workers.tile_unit import STAMP_HALF
 
 from .association import (
     EXTENDED_MAX_CONCENTRATION,
@@ -99,7 +100,6 @@ __all__ = [
 _AB_NJY_ZERO = 31.4
 #: Floor of a position error (arcsec): WCS and centroiding systematics.
 _POSITION_ERROR_FLOOR_ARCSEC = 0.01
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _ALERTABLE = ("transient", "variable", "moving")
 
 
@@ -158,10 +158,10 @@ def ccd_context(store: Any, exposure: str, ccd: str) -> CcdContext:
         raise ValueError(msg) from None
     scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
     fwhm_px = float(header.get("SEEING", 1.0)) / scale
-    reference = f"references/{meta.get('field')}"
     try:
+        reference = store.reference_key(str(meta.get("field")))
         reference_seeing = float(store.header(reference, ccd).get("SEEING", header.get("SEEING", 1.0)))
-    except (KeyError, FileNotFoundError):  # no reference of the field: the science PSF
+    except (KeyError, FileNotFoundError, ValueError):  # no reference of the field: the science PSF
         reference_seeing = float(header.get("SEEING", 1.0))
     gain = float(meta.get("gain") or header.get("GAIN") or 1.0)
     if "SKYLEVEL" in header:
@@ -258,10 +258,10 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
     for i in range(n):
         ctx = context(exposures[i], ccds[i])
         snr = float(snrs[i]) if math.isfinite(snrs[i]) and snrs[i] > 0 else float("nan")
-        sigma_px = ctx.fwhm_px / _FWHM_PER_SIGMA
+        sigma_px = ctx.fwhm_px / FWHM_PER_SIGMA
         # Centroid error of a Gaussian PSF of the difference (background-limited): sqrt(2)
         # sigma / (S/N) per axis; along a trail, the trail's length adds L^2 / 12 to sigma^2.
-        spread = math.hypot(fwhm[i] / _FWHM_PER_SIGMA, shapes.trail_length_px[i] / math.sqrt(12.0))
+        spread = math.hypot(fwhm[i] / FWHM_PER_SIGMA, shapes.trail_length_px[i] / math.sqrt(12.0))
         pos_err = math.sqrt(2.0) * spread / snr * ctx.pixel_scale_arcsec if snr == snr else 1.0
         pos_err = max(pos_err, _POSITION_ERROR_FLOOR_ARCSEC)
         # PSF-fit flux error of a Gaussian PSF: noise per pixel times sqrt(4 pi) sigma_psf.

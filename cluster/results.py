@@ -30,8 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skyblink.storage.atomic import write_atomic
-from skyblink.workers.tile_unit import STAMP_HALF, CandidateRecord, WorkUnit
+from skyblink.stamps import STAMP_HALF
+from skyblink.storage.parquet_io import write_parquet_atomic
+from skyblink.workers.tile_unit import CandidateRecord, WorkUnit
 
 __all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "stamps_of", "store_unit_results"]
 
@@ -110,8 +111,7 @@ class UnitStore:
         records : sequence of CandidateRecord
             May be empty: the empty file still marks the unit done.
         """
-        table = candidates_table(records)
-        write_atomic(self.fs, self.path(unit), lambda fh: pq.write_table(table, fh, compression="zstd"))
+        write_parquet_atomic(self.fs, self.path(unit), candidates_table(records))
 
     def done(self, units: Iterable[WorkUnit]) -> set[str]:
         """Return the keys of the given units whose result file exists."""

@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.workers.tile_unit import WorkUnit, prepare_tile
 
 if TYPE_CHECKING:
     from skyblink.headers import HeadersConfig
 
 __all__ = ["difference_window", "sep_detections"]
-
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 def difference_window(unit: WorkUnit, store: Any, *, headers: HeadersConfig | None = None,
@@ -99,7 +98,7 @@ def sep_detections(units: list[WorkUnit], store: Any, *, thresh: float = 1.5, mi
         objects = sep.extract(data, thresh, err=1.0, minarea=minarea)
         if len(objects) == 0:
             continue
-        sigma = fwhm / _FWHM_PER_SIGMA
+        sigma = fwhm / FWHM_PER_SIGMA
         x, y, _ = sep.winpos(data, objects["x"], objects["y"], np.full(len(objects), sigma))
         flux, flux_err, _ = sep.sum_circle(data, x, y, 0.68 * fwhm, err=1.0)
         snr = flux / np.maximum(flux_err, 1e-12)
@@ -167,7 +166,7 @@ def sep_catalog(sources: pa.Table, store: Any, config: Any) -> pa.Table:
             ra1, dec1 = (float(v) for v in wcs.all_pix2world(xs[i] + math.cos(a), ys[i] + math.sin(a), 0))
             pa_deg = SkyCoord(ra * u.deg, dec * u.deg).position_angle(SkyCoord(ra1 * u.deg, dec1 * u.deg)).deg % 180.0
         fwhm = ctx.difference_fwhm_px or ctx.fwhm_px
-        spread = math.hypot(fwhm / _FWHM_PER_SIGMA, length_px[i] / math.sqrt(12.0))
+        spread = math.hypot(fwhm / FWHM_PER_SIGMA, length_px[i] / math.sqrt(12.0))
         cols["exposure_id"].append(ctx.exposure_id)
         cols["field"].append(ctx.field)
         cols["ccd_num"].append(ctx.ccd)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from skyblink.stamps import STAMP_SIZE  # the stamp edge, defined with the driver side's core
+
 __all__ = [
     "CLASSIFIER_CLASSES",
     "DETECTOR_CLASSES",
@@ -25,9 +27,6 @@ __all__ = [
 DETECTOR_CLASSES = ("static", "transient", "moving", "artifact")
 #: Class-probability columns of the classifier, in output order.
 CLASSIFIER_CLASSES = ("star", "galaxy", "transient", "variable", "moving", "cosmic_ray", "artifact")
-#: Edge of a classifier stamp and of an alert cutout in pixels (the ZTF/braai layout; odd, so that
-#: the detection sits on the centre pixel).
-STAMP_SIZE = 63
 #: The detector's input height and width must be multiples of this.
 DETECTOR_STRIDE = 32
 

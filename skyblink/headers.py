@@ -10,8 +10,9 @@ that supplies them.
 
 Notes
 -----
-Driver side: numpy and pydantic only (the image-based PSF measurement imports the worker code
-when it is asked for). Thread-safe.
+Driver side: pydantic only. The image-based PSF measurement is the workers' (`skyblink.workers.
+estimate_fwhm`); the caller passes it as ``measure``, so this module imports no worker code.
+Thread-safe.
 """
 
 from __future__ import annotations
@@ -83,9 +84,8 @@ def psf_fwhm_px(header: Mapping[str, Any], pixel_scale_arcsec: float, *, source:
     config : HeadersConfig, optional
         Keywords to try; default: the defaults.
     measure : callable, optional
-        Measures the FWHM (pixels) on the image's stars (the workers pass
-        `skyblink.workers.source_detection.estimate_fwhm` on the pixels); called when no keyword
-        gives the FWHM and ``config.measure_fwhm`` is set.
+        Measures the FWHM (px) on the image's stars (e.g. `skyblink.workers.estimate_fwhm` on its
+        pixels); called when no keyword gives the FWHM and ``config.measure_fwhm`` is set.
 
     Raises
     ------

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
+import os
 import uuid
 from collections.abc import Callable
 from typing import IO, Any
@@ -38,7 +40,7 @@ def describe_os_error(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def write_atomic(fs: Any, path: str, write: Callable[[IO[bytes]], None]) -> None:
+def write_atomic(fs: Any, path: str, write: Callable[[IO[bytes]], object], *, durable: bool = False) -> None:
     """
     Write one file of the store atomically.
 
@@ -49,6 +51,9 @@ def write_atomic(fs: Any, path: str, write: Callable[[IO[bytes]], None]) -> None
         The target, in ``fs``'s terms.
     write : callable
         Writes the content into the binary file object it is given.
+    durable : bool
+        Flush the content to the disk (fsync) before the move, where the file is a local one: a
+        crash right after leaves the new file whole or the old one (the manifest's guarantee).
 
     Raises
     ------
@@ -63,6 +68,8 @@ def write_atomic(fs: Any, path: str, write: Callable[[IO[bytes]], None]) -> None
             fs.makedirs(parent, exist_ok=True)
         with fs.open(tmp, "wb") as fh:
             write(fh)
+            if durable:
+                _sync(fh)
         fs.mv(tmp, path)
     except OSError as exc:
         with contextlib.suppress(Exception):
@@ -74,3 +81,13 @@ def write_atomic(fs: Any, path: str, write: Callable[[IO[bytes]], None]) -> None
             if fs.exists(tmp):
                 fs.rm(tmp)
         raise
+
+
+def _sync(fh: Any) -> None:
+    """Flush a file object to the disk where it has a descriptor (a local file); else nothing."""
+    fh.flush()
+    try:
+        descriptor = fh.fileno()
+    except (AttributeError, io.UnsupportedOperation):  # an object store's or memory file: no descriptor
+        return
+    os.fsync(descriptor)

@@ -13,18 +13,14 @@ Not thread-safe: one writer (the driver). Readers may read concurrently.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import fsspec
 
-from .atomic import describe_os_error
-from .errors import StoreWriteError
+from .atomic import write_atomic
 from .night_store import FORMAT_VERSION
 
 __all__ = ["MANIFEST_NAME", "ExposureState", "Manifest", "ManifestEntry"]
@@ -141,7 +137,8 @@ class Manifest:
 
     def save(self) -> None:
         """
-        Write the whole manifest (atomically on a local file system).
+        Write the whole manifest, atomically (`skyblink.storage.atomic.write_atomic`, flushed to
+        the disk before the move on a local file system).
 
         Raises
         ------
@@ -157,14 +154,7 @@ class Manifest:
         }
         text = json.dumps(document, indent=1)
         fs, path = fsspec.core.url_to_fs(self.location)
-        try:
-            if fs.protocol in ("file", "local") or "file" in fs.protocol:
-                _atomic_write(Path(path), text)
-            else:
-                with fs.open(path, "w") as fh:
-                    fh.write(text)
-        except OSError as exc:
-            raise StoreWriteError(self.location, describe_os_error(exc)) from None
+        write_atomic(fs, path, lambda fh: fh.write(text.encode()), durable=True)
 
     def counts(self) -> dict[str, int]:
         """Return the number of entries in each state."""
@@ -176,17 +166,3 @@ class Manifest:
     def with_state(self, state: ExposureState) -> list[ManifestEntry]:
         """Return the entries in ``state``, sorted by key."""
         return [e for k, e in sorted(self.entries.items()) if e.state is state]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

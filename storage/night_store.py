@@ -334,6 +334,30 @@ class NightStore:
         """Return the CCD's celestial WCS (SIP distortion included)."""
         return _wcs_from_text(cast(str, self._group(key)[ccd].attrs["wcs_header"]))
 
+    def reference_key(self, field: str) -> str:
+        """
+        Return the store key of the reference image of ``field`` (``references/<field>``).
+
+        Raises
+        ------
+        ValueError
+            ``field`` is empty or holds a ``/``.
+        """
+        return exposure_key("reference", str(field))
+
+    def reference_of(self, key: str, ccd: str = "ccd000") -> str:
+        """
+        Return the store key of the reference image of exposure ``key``: its CCD's field's.
+
+        Raises
+        ------
+        KeyError
+            ``key`` is not a completely ingested exposure, or its CCD has no ``field``.
+        ValueError
+            The CCD's ``field`` is empty or holds a ``/``.
+        """
+        return self.reference_key(self.ccd_metadata(key, ccd)["field"])
+
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
         """Return the JSON metadata of one CCD (gain, saturate, mjd_obs, ...)."""
         return dict(cast(dict[str, Any], self._group(key)[ccd].attrs["metadata"]))

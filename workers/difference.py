@@ -22,11 +22,13 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from skyblink.psf_units import FWHM_PER_SIGMA
+
 from .background import estimate_background
 from .psf_match import SolvedKernel, kernel_half_width, solve_kernel, source_pixels
 
 __all__ = [
-    "FWHM_PER_SIGMA",
+    "FWHM_PER_SIGMA",  # re-exported from skyblink.psf_units, where it is defined
     "MIN_MATCH_SIGMA",
     "MatchedDifference",
     "blurred_noise_factor",
@@ -35,8 +37,6 @@ __all__ = [
     "matched_difference",
     "normalized_triplet",
 ]
-
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 def flux_scale(*, science_magzp: float | None, reference_magzp: float | None,

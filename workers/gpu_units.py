@@ -186,8 +186,7 @@ class GpuUnitProcessor:
     def _prepare_ccd(self, units: list[WorkUnit], store: Any, exposure: str, ccd: str) -> PreparedCcd:
         from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
 
-        meta = store.ccd_metadata(exposure, ccd)
-        reference_key = f"references/{meta['field']}"
+        reference_key = store.reference_of(exposure, ccd)
         sci_header, ref_header = store.header(exposure, ccd), store.header(reference_key, ccd)
         sci_wcs, ref_wcs = store.wcs(exposure, ccd), store.wcs(reference_key, ccd)
         spec = CalibrationSpec.from_header(sci_header, self.headers)

@@ -32,12 +32,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from skyblink.psf_units import FWHM_PER_SIGMA
+
 try:  # torch is the optional [ml] extra: the numpy functions work without it
     import torch
 except ImportError:  # pragma: no cover - exercised only where torch is absent
     torch = None  # type: ignore[assignment]
 
-from .difference import FWHM_PER_SIGMA
 
 __all__ = ["DEFAULT_SNR_THRESHOLD", "matched_filter_snr", "matched_filter_snr_tensor", "psf_norm"]
 

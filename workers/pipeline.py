@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .tile_unit import STAMP_HALF
+from skyblink.stamps import STAMP_HALF
 
 __all__ = ["Candidates", "InFlight", "TilePipeline", "extract_stamps"]
 

@@ -51,9 +51,10 @@ from astropy.table import Table
 from scipy.ndimage import gaussian_filter1d, map_coordinates
 from scipy.spatial import cKDTree
 
+from skyblink.psf_units import FWHM_PER_SIGMA
+
 from .background import estimate_background
 from .cosmics import detect_cosmics
-from .difference import FWHM_PER_SIGMA
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr, psf_norm
 from .peaks import find_peaks
 

@@ -106,6 +106,10 @@ class PairStore:
         """The file the image came from (named in errors)."""
         return str(self._images[key].path)
 
+    def reference_of(self, key: str, ccd: str = "ccd000") -> str:
+        """The key of the reference image (``references/pair``), whatever the science's key."""
+        return _REFERENCE
+
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
         """The field the science belongs to (its reference is ``references/<field>``)."""
         return {"field": "pair"}

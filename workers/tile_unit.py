@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from skyblink.headers import HeaderFactError, HeadersConfig, psf_fwhm_px
+from skyblink.stamps import STAMP_HALF
 
 from .align import sampling_grid, warp
 from .calibration import CalibrationSpec, calibrate
@@ -34,13 +35,10 @@ from .cosmics import detect_cosmics
 from .difference import MatchedDifference, flux_scale, matched_difference
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr
 from .peaks import find_peaks
-from .source_detection import estimate_fwhm
 
 __all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "ccd_fwhm_px", "noise_pedestal", "plan_tiles", "prepare_tile",
            "process_tile", "read_window"]
 
-#: Half the edge of a classifier stamp (63x63).
-STAMP_HALF = 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +146,8 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     """
     from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415 - astropy only where a tile is processed
 
-    meta = store.ccd_metadata(unit.exposure, unit.ccd)
     sci_header = store.header(unit.exposure, unit.ccd)
-    reference_key = f"references/{meta['field']}"
+    reference_key = store.reference_of(unit.exposure, unit.ccd)
     ref_ccd = unit.ccd
     sci_wcs, ref_wcs = store.wcs(unit.exposure, unit.ccd), store.wcs(reference_key, ref_ccd)
     ref_header = store.header(reference_key, ref_ccd)
@@ -236,8 +233,10 @@ def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float
     except HeaderFactError:
         if headers is not None and not headers.measure_fwhm:
             raise
+        from .source_detection import estimate_fwhm  # noqa: PLC0415 - astropy.table, only when measuring
+
         value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers,
-                            measure=lambda: float(estimate_fwhm(np.asarray(store.image(key, ccd)[...], dtype=np.float32))))
+                            measure=lambda: estimate_fwhm(np.asarray(store.image(key, ccd)[...], dtype=np.float32)))
     cache[key, ccd] = value
     return value
 

@@ -43,6 +43,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
 from ..model_io import STAMP_SIZE
@@ -52,7 +53,7 @@ from ..score_external import TRAINING_PIXEL_SCALE, ExternalStampRule, external_s
 __all__ = ["RealSkyPool", "RealSkyRecipe", "alert_targets", "build_pool", "psf_sigma_px", "real_sky_samples",
            "train_head", "trunk_features"]
 
-_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+_FWHM_TO_SIGMA = 1.0 / FWHM_PER_SIGMA
 _CENTRE = STAMP_SIZE // 2
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from skyblink.engines.model_io import STAMP_SIZE
+from skyblink.stamps import STAMP_SIZE
 
 from .cutouts import GzipMode, StampWriter
 from .packet import Alert, Cutout, CutoutKind, Detection, MovingObject, make_alert_id

@@ -15,12 +15,11 @@ from scipy import ndimage
 from skyblink.cluster.association import detect_static_sources, reference_sources
 from skyblink.cluster.measurement import windowed_centroid
 from skyblink.config import SimConfig
+from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.sim.ccd_image import render_ccd
 from skyblink.sim.conditions import reference_conditions
 from skyblink.storage import NightStore, StoreLayout, open_fits_exposure
 from skyblink.workers.matched_filter import matched_filter_snr
-
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 def _one_source_at_a_time(image: np.ndarray, fwhm: float, threshold: float) -> tuple[np.ndarray, ...]:
@@ -35,7 +34,7 @@ def _one_source_at_a_time(image: np.ndarray, fwhm: float, threshold: float) -> t
     sub = np.where(unusable, 0.0, (sub - bkg.back()) / np.maximum(bkg.rms(), 1e-12)).astype(np.float32)
     snr = matched_filter_snr(sub, fwhm)
     ys, xs = np.nonzero((snr >= threshold) & (snr == ndimage.maximum_filter(snr, size=5, mode="constant", cval=0.0)))
-    sigma = fwhm / _FWHM_PER_SIGMA
+    sigma = fwhm / FWHM_PER_SIGMA
     half = math.ceil(3.0 * sigma) + 1
     out = np.empty((4, len(xs)))
     for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
@@ -59,7 +58,7 @@ def test_the_stacked_measurement_finds_the_sources_and_positions_of_the_per_sour
     rng = np.random.default_rng(5)
     shape = (300, 340)
     image = rng.normal(500.0, 8.0, shape).astype(np.float32)
-    sigma = fwhm / _FWHM_PER_SIGMA
+    sigma = fwhm / FWHM_PER_SIGMA
     # Stars everywhere (edges and corners included), close pairs, galaxies, and a masked patch.
     stars = [(0.2, 150.0), (339.4, 10.0), (0.0, 0.0), (170.0, 299.3), (100.0, 100.0), (102.5, 101.0), (60.0, 240.0)]
     stars += list(zip(rng.uniform(-1, shape[1], 250), rng.uniform(-1, shape[0], 250), strict=True))

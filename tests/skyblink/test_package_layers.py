@@ -24,9 +24,6 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"core", "storage", "sim", "workers", "engines", "cluster"},
 }
 SUBPACKAGES = {"cluster", "workers", "engines", "storage", "sim"}
-#: Modules any layer may import: the contract both sides of the cluster share, standard library
-#: only (the class lists, stamp size and tensor names; issue 17's import boundary).
-SHARED_CONTRACT = {"skyblink.engines.model_io"}
 
 
 def _layer(path: Path) -> str:
@@ -73,8 +70,6 @@ def test_every_import_between_subpackages_follows_the_layers() -> None:
         layer = _layer(path)
         for line, name in _imported(path):
             target = _target_layer(name)
-            if name in SHARED_CONTRACT:
-                continue
             if target is not None and target != layer and target not in ALLOWED[layer]:
                 wrong.append(f"{path.relative_to(ROOT)}:{line} ({layer}) imports {name} ({target})")
     assert not wrong, "imports against the layers:\n" + "\n".join(wrong)

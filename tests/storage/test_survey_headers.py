@@ -126,7 +126,7 @@ def test_missing_psf_size_names_file_keywords_and_config_key() -> None:
     assert "headers.fwhm_px" in message and "headers.measure_fwhm" in message
     # Measured from the stars instead: close to what the header said (5.23 px).
     measured = psf_fwhm_px(header, 0.263, source=str(SINGLE),
-                           measure=lambda: float(estimate_fwhm(np.asarray(fits.getdata(SINGLE), dtype=np.float32))))
+                           measure=lambda: estimate_fwhm(np.asarray(fits.getdata(SINGLE), dtype=np.float32)))
     assert measured == pytest.approx(5.23, rel=0.2)
     # A survey's own keyword, through the configuration.
     header["PSFPIX"] = 4.4
