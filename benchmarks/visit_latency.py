@@ -118,7 +118,7 @@ def main() -> None:
     print(f"\nvisit of {ccds} CCDs of {size}^2 (sim {t_sim:.0f} s): latency from the file landing to its alerts in "
           f"Redis {latency:.1f} s (watch ready {t_ready:.0f} s after its start); {report['tiles_processed']} tiles, "
           f"{sum(report['alerts'].values())} alerts, {len(actors)} {report['workers'].get('kind')} actor(s) "
-          f"{[a.get('seconds') for a in actors]}; stages of the visit's cycle: {stages}")
+          f"{[a.get('seconds') for a in actors]}; where its latency went: {stages}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "visit_latency.json").write_text(json.dumps({"ccds": ccds, "size": size, "latency_s": latency,
                                                                               "report": report}, indent=1))

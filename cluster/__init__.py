@@ -5,6 +5,8 @@ the run report (`run_night`, behind ``skyblink night run``).
 Knows nothing of CUDA.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .ingest import (
     IngestJob,
     IngestOutcome,
@@ -15,8 +17,10 @@ from .ingest import (
     ingest_night,
     plan_ingest,
 )
-from .night import NightRunReport, run_night
 from .ray_runtime import ray_session
+
+if TYPE_CHECKING:
+    from .night import NightRunReport, run_night
 
 __all__ = [
     "IngestJob",
@@ -31,3 +35,15 @@ __all__ = [
     "ray_session",
     "run_night",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The nightly run (and through it the worker side: torch where installed) is imported on
+    # first use, not with the package: a Ray worker that runs an ingest task unpickles
+    # `ingest_file` from this package and should not pay for importing the night run (measured:
+    # 2.8 s of imports, torch included, in each fresh worker process).
+    if name in ("NightRunReport", "run_night"):
+        from . import night  # noqa: PLC0415
+
+        return getattr(night, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,7 +62,7 @@ from .reduce import (
 )
 from .results import UnitStore
 
-__all__ = ["NightRunReport", "night_name", "plan_night", "run_night"]
+__all__ = ["NightRunReport", "critical_path", "night_name", "plan_night", "run_night"]
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,23 @@ class NightRunReport:
     field's objects are linked across its exposures, so any of them could change once the tiles
     are done. They are published, final, by the run that completes the field.
 
-    Times are seconds; ``latency_s`` maps an exposure id to the seconds from its file appearing
-    in the night directory to its alerts being in Redis, and ``latency_stages_s`` to the stages
-    of the cycle that processed it, where that time went (``--watch`` only).
+    Times are seconds. ``stage_seconds`` sums each stage over the run's cycles: ``startup``
+    (Ray and Redis started, the worker actors created), ``ingest``, ``workers_start`` (the wait
+    for actors still warming up), ``dispatch``, ``reference_catalogs``, ``reduce``, ``publish``
+    (alerts sent and confirmed in the stream).
+
+    ``latency_s`` maps an exposure id to the seconds from its file appearing in the night
+    directory to its alerts being in Redis, and ``latency_stages_s`` to where that time went, in
+    order, summing to it: ``wait`` (the file waiting for the cycle that picks it up), ``ingest``,
+    ``plan`` (listing the store and planning tiles), ``workers_start``, ``dispatch``,
+    ``reference_catalogs``, ``reduce``, ``publish`` (``--watch`` only).
+
+    ``critical_path`` is where the time of the slowest thing went: with ``--watch`` the slowest
+    exposure's (``exposure``, ``latency_s`` from its file appearing to its alerts confirmed in
+    Redis); otherwise the run's own (``exposure`` None, ``latency_s`` its wall time, the stages
+    as above from ``startup`` to ``shutdown``: Ray, Redis and the actors stopped). Its
+    ``stages`` are in order, each ``{stage, start_s, end_s, seconds, share}`` (offsets from the
+    start, the share of ``latency_s``), and their seconds sum to ``latency_s``.
     """
 
     night: str = ""
@@ -120,6 +134,7 @@ class NightRunReport:
     wall_seconds: float = 0.0
     latency_s: dict[str, float] = field(default_factory=dict)
     latency_stages_s: dict[str, dict[str, float]] = field(default_factory=dict)
+    critical_path: dict[str, Any] = field(default_factory=dict)
     catalogs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -147,6 +162,40 @@ class NightRunReport:
         out["tiles_per_second"] = self.tiles_per_second
         out["latency_percentiles_s"] = self.latency_percentiles()
         return out
+
+
+def critical_path(start: float, marks: Iterable[tuple[str, float]], *, exposure: str | None = None) -> dict[str, Any]:
+    """
+    Lay out where the time from ``start`` to the last mark went, stage by stage, in order.
+
+    Parameters
+    ----------
+    start : float
+        When the path begins (a file appeared, the run started), in the marks' clock.
+    marks : iterable of (str, float)
+        ``(stage, when it ended)`` in the order the stages ran; each stage runs from the end of
+        the one before (or ``start``). A mark earlier than the one before it (a file whose time
+        is later than its cycle's start) is taken as that one: a stage never has negative time.
+    exposure : str, optional
+        The exposure whose path this is.
+
+    Returns
+    -------
+    dict
+        ``{exposure, latency_s, stages: [{stage, start_s, end_s, seconds, share}]}``: offsets
+        from ``start`` and the share of ``latency_s``; the stages' seconds sum to ``latency_s``
+        (to the rounding of 3 decimals). No stages and 0 s when there are no marks.
+    """
+    bounds: list[tuple[str, float, float]] = []
+    begin = start
+    for stage, when in marks:
+        end = max(when, begin)
+        bounds.append((stage, begin - start, end - start))
+        begin = end
+    latency = begin - start
+    stages = [{"stage": stage, "start_s": round(lo, 3), "end_s": round(hi, 3), "seconds": round(hi - lo, 3),
+               "share": round((hi - lo) / latency, 4) if latency > 0 else 0.0} for stage, lo, hi in bounds]
+    return {"exposure": exposure, "latency_s": round(latency, 3), "stages": stages}
 
 
 def night_name(store: NightStore, exposures: list[str]) -> str:
@@ -280,6 +329,8 @@ def run_night(
             setattr(hooks, name, hook)
     night_dir = Path(night_dir).resolve()
     start = time.perf_counter()
+    began = time.time()  # the critical path's clock: files' times are wall clock
+    marks: list[tuple[str, float]] = []  # (stage, when it ended), in order: the run's critical path
     report = NightRunReport(started_utc=datetime.now(UTC).isoformat(timespec="seconds"))
     # One writer per store: taken before anything is started, held to the end (watch included).
     lock = StoreLock(config.store, "skyblink night run").acquire(wait=wait, say=hooks.say)
@@ -295,11 +346,15 @@ def run_night(
                 pool = _start_workers(config, report, hooks)
             else:  # the actors load their engines and warm up while the night is ingested and planned
                 pool = _create_workers(config, report)
+            marks.append(("startup", time.time()))
+            # Ray and Redis started, the actors created (--watch: their wait is ``workers_start``).
+            startup = marks[-1][1] - began - report.stage_seconds.get("workers_start", 0.0)
+            report.stage_seconds = {"startup": startup, **report.stage_seconds}
             idle_since = time.monotonic()
             seen_files: dict[str, float] = {}
             while True:
                 new_files, pool = _cycle(night_dir, config, night, report, hooks, client, pool, seen_files, references,
-                                         static, watch=watch)
+                                         static, [] if watch else marks, watch=watch)  # --watch: per cycle
                 if not watch:
                     break
                 if new_files or references.pending:  # idle means nothing new and nothing under way
@@ -315,6 +370,8 @@ def run_night(
                 pool.shutdown()
             client.close()
     report.wall_seconds = time.perf_counter() - start
+    if not watch:  # --watch: the slowest exposure's, set by the cycles
+        report.critical_path = critical_path(began, [*marks, ("shutdown", time.time())])
     return report
 
 
@@ -391,18 +448,22 @@ def _cycle(
     seen_files: dict[str, float],
     references: _ReferenceCatalogs,
     static: _StaticDetections,
+    marks: list[tuple[str, float]],
     *,
     watch: bool,
 ) -> tuple[bool, WorkerPool | None]:
     """
     One pass: ingest what is new, process what is not done, reduce, publish.
 
+    Appends to ``marks`` ``(stage, when it ended)`` (`critical_path`) for each stage it runs.
     Returns whether new files were ingested, and the worker pool (started on first need).
     """
-    stages_before = dict(report.stage_seconds)
+    cycle_start = time.time()
+    first_mark = len(marks)
     hooks.on_stage("ingest")
     with _timed(report, "ingest"):
         ingest = ingest_night(night_dir, config, settle_s=config.night.watch_poll_s if watch else 0.0)
+    marks.append(("ingest", time.time()))
     _note_ingest(ingest, report, night_dir, seen_files)
     new_files = bool(ingest.ingested)
     store = NightStore(ingest.store_url)
@@ -428,11 +489,14 @@ def _cycle(
     todo = [u for u in units if u.key not in done]
     report.tiles_done_before = len(done) if not report.tiles_processed else report.tiles_done_before
     hooks.on_planned(len(todo), len(done))
+    marks.append(("plan", time.time()))
     if todo:
-        if pool is None:
-            pool = _start_workers(config, report, hooks)
-        elif not pool.ready:
-            _await_workers(pool, report, hooks)
+        if pool is None or not pool.ready:
+            if pool is None:
+                pool = _start_workers(config, report, hooks)
+            else:
+                _await_workers(pool, report, hooks)
+            marks.append(("workers_start", time.time()))
         hooks.on_stage("dispatch")
         with _timed(report, "dispatch"):
             for outcome in pool.run(todo):
@@ -448,8 +512,10 @@ def _cycle(
         # Each actor's own account (units, peak device memory, host and device seconds on a GPU):
         # where the dispatch time went.
         report.workers["actors"] = pool.poll_health()
+        marks.append(("dispatch", time.time()))
     with _timed(report, "reference_catalogs"):  # usually ready long before (see _ReferenceCatalogs)
         references.collect(store, wait_for={_field_of(store, key) for key in exposures} if references.pending else ())
+    marks.append(("reference_catalogs", time.time()))
     fresh = {u.exposure.rsplit("/", 1)[-1] for u in todo}
     if todo or not report.detections:
         incomplete = _incomplete_fields(store, [u for u in units if u.key not in done])
@@ -457,17 +523,21 @@ def _cycle(
         # once the field is complete.
         held_before = {key for key in exposures if _field_of(store, key) in report.alerts_held_back}
         _reduce_and_publish(store, config, name, [u for u in units if u.key in done], results, report, hooks, client,
-                            static, {u.exposure for u in todo} | held_before, only_new=watch, incomplete=incomplete)
+                            static, {u.exposure for u in todo} | held_before, only_new=watch, incomplete=incomplete,
+                            marks=marks)
     if watch:
-        now = time.time()
+        # Each new exposure's path: from its file appearing, through the wait for this cycle, to
+        # its alerts confirmed in Redis (the last mark).
+        cycle = [("wait", cycle_start), *marks[first_mark:]]
         for exposure_id in sorted(fresh):
             appeared = seen_files.get(exposure_id)
             if appeared is not None:
-                report.latency_s[exposure_id] = now - appeared
-                report.latency_stages_s[exposure_id] = {
-                    stage: round(seconds - stages_before.get(stage, 0.0), 3)
-                    for stage, seconds in report.stage_seconds.items() if seconds > stages_before.get(stage, 0.0)}
-                _DriverMetrics.get().latency.observe(now - appeared)
+                path = critical_path(appeared, cycle, exposure=exposure_id)
+                report.latency_s[exposure_id] = path["latency_s"]
+                report.latency_stages_s[exposure_id] = {s["stage"]: s["seconds"] for s in path["stages"]}
+                if path["latency_s"] >= report.critical_path.get("latency_s", -1.0):
+                    report.critical_path = path
+                _DriverMetrics.get().latency.observe(path["latency_s"])
     return new_files, pool
 
 
@@ -700,13 +770,16 @@ def _reduce_and_publish(
     *,
     only_new: bool,
     incomplete: dict[str, list[str]] | None = None,
+    marks: list[tuple[str, float]] | None = None,
 ) -> None:
     """
     Reduce the night (``done``: the units with results; ``new``: exposure keys processed now) and publish.
 
     ``incomplete`` (field -> its units without a result) holds back every alert of those fields
-    (`_hold_back`): nothing goes out that the run completing the field would change.
+    (`_hold_back`): nothing goes out that the run completing the field would change. ``marks``
+    gets the ends of ``reduce`` and ``publish`` (`critical_path`).
     """
+    marks = marks if marks is not None else []
     hooks.on_stage("reduce")
     with _timed(report, "reduce"):
         candidates, known = static.update(store, results, done, night, config, redo=new)
@@ -730,6 +803,7 @@ def _reduce_and_publish(
             hooks.say(f"held back {count} alert(s) of field {field_id}: {len(keys)} tile(s) of its exposures have no "
                       f"result ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); they go out, final, when a "
                       "run completes the field")
+    marks.append(("reduce", time.time()))
     hooks.on_stage("publish")
     with _timed(report, "publish"):
         builder = AlertBuilder(night, gzip_mode=config.alerts.cutout_gzip)
@@ -749,3 +823,4 @@ def _reduce_and_publish(
             _DriverMetrics.get().alerts.inc(new_entries)
         # The replayed alerts of this night are found again by this run's publish: not "already there".
         report.alerts_already_published += max(0, published.duplicates - replayed.published)
+    marks.append(("publish", time.time()))  # sent and confirmed in the stream

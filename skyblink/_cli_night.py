@@ -248,12 +248,22 @@ def _print_summary(r: NightRunReport) -> None:
         p = r.latency_percentiles()
         rows.append(("latency", f"file -> alerts in Redis: p50 {p['p50']:.1f} s, p95 {p['p95']:.1f} s "
                                 f"over {len(r.latency_s)} exposures"))
+    if r.critical_path.get("stages"):
+        rows.append(("critical path", _critical_path_line(r.critical_path)))
     table = Table(title=escape(f"night {r.night}: {r.store_url}"), show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for name, value in rows:  # plain text: a reason's "[tensorrt]" is not rich markup
         table.add_row(escape(name), escape(redact_text(value)))
     console.print(table)
+
+
+def _critical_path_line(path: dict) -> str:
+    """One line: whose path, its seconds, then each stage in order with its seconds and share."""
+    stages = " -> ".join(f"{s['stage']} {s['seconds']:.1f} s ({100 * s['share']:.0f} %)" for s in path["stages"])
+    whose = (f"slowest exposure {path['exposure']}, file -> alerts in Redis" if path.get("exposure")
+             else "the run")
+    return f"{whose} {path['latency_s']:.1f} s: {stages}"
 
 
 @night_app.command("score")

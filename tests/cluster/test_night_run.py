@@ -101,6 +101,14 @@ def test_night_end_to_end_publishes_every_alert_once(reference_run: tuple[Path, 
     assert alerted == set(ids), "the catalog's alerted detections and the stream differ"
     objects = pq.read_table(root / "store.zarr" / "catalogs" / "objects.parquet")
     assert objects.num_rows == report["objects"] and sum(objects.column("n_detections").to_pylist()) == report["detections"]
+    # Where the run's time went: its stages in the order they ran, summing to its wall time.
+    path = report["critical_path"]
+    assert path["exposure"] is None
+    assert [s["stage"] for s in path["stages"]] == ["startup", "ingest", "plan", "workers_start", "dispatch",
+                                                    "reference_catalogs", "reduce", "publish", "shutdown"]
+    assert sum(s["seconds"] for s in path["stages"]) == pytest.approx(path["latency_s"], abs=0.01)
+    assert path["latency_s"] == pytest.approx(report["wall_seconds"], abs=0.05)
+    assert list(report["stage_seconds"])[0] == "startup"
 
 
 def test_reducing_exposure_by_exposure_gives_the_night_of_a_single_reduce(reference_run: tuple[Path, dict, list[int]]) -> None:
@@ -240,7 +248,8 @@ def test_corrupt_exposure_is_quarantined_and_watch_processes_exposures_as_they_l
     live = tmp_path / "live"
     (live / "exposures").mkdir(parents=True)
     shutil.copytree(night_dir / "references", live / "references")
-    env = _env(tmp_path, SKYBLINK_NIGHT__WATCH_POLL_S="0.5", SKYBLINK_NIGHT__WATCH_IDLE_S="20")
+    env = _env(tmp_path, SKYBLINK_NIGHT__WATCH_POLL_S="0.5", SKYBLINK_NIGHT__WATCH_IDLE_S="20",
+               COLUMNS="300")  # the summary's critical path on one line
     run = _cli("night", "run", str(live), "--watch", "--report", str(tmp_path / "report.json"), env=env)
     output: list[bytes] = []
     reader = threading.Thread(target=lambda: output.append(run.stdout.read()), daemon=True)  # type: ignore[union-attr]
@@ -268,5 +277,15 @@ def test_corrupt_exposure_is_quarantined_and_watch_processes_exposures_as_they_l
     assert sorted(report["latency_s"]) == ["F00-000", "F00-001", "F00-002"]
     assert all(0 < v < 120 for v in report["latency_s"].values())
     assert report["latency_percentiles_s"]["p95"] >= report["latency_percentiles_s"]["p50"] > 0
+    # The slowest exposure's path, from its file appearing to its alerts in Redis, in order.
+    path = report["critical_path"]
+    assert path["exposure"] == max(report["latency_s"], key=report["latency_s"].get)
+    assert path["latency_s"] == report["latency_s"][path["exposure"]]
+    stages = [s["stage"] for s in path["stages"]]
+    assert stages[:3] == ["wait", "ingest", "plan"] and stages[-3:] == ["reference_catalogs", "reduce", "publish"]
+    assert "dispatch" in stages
+    assert sum(s["seconds"] for s in path["stages"]) == pytest.approx(path["latency_s"], abs=0.01)
+    assert list(report["latency_stages_s"][path["exposure"]]) == stages
+    assert "critical path" in text and f"slowest exposure {path['exposure']}" in text
     manifest = Manifest.load(str(tmp_path / "store.zarr"))
     assert manifest.counts().get("quarantined") == 1
