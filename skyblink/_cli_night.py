@@ -58,7 +58,7 @@ def night_run(
         typer.Option("--backend", help="auto | tensorrt | torch | onnxruntime (config: engines.backend)."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Worker actors (default: one per GPU, else CPUs - 1, at least 1).")
+        int | None, typer.Option("--workers", min=1, help="Worker actors (default: one per GPU, else one per CPU, sharing all CPUs but one).")
     ] = None,
     night: Annotated[
         str | None, typer.Option("--night", help="Night name for the stream and alert ids (default: its dayObs; "

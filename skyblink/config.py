@@ -289,7 +289,7 @@ class NightConfig(_Section):
         2, ge=1, le=16, description="Calls a GPU worker actor reads and prepares on the host while one launches on its device."
     )
     workers: int | None = Field(
-        None, ge=1, description="Worker actors (unset: one per GPU, else CPUs of the cluster - 1, at least 1)."
+        None, ge=1, description="Worker actors (unset: one per GPU, else one per CPU of the cluster, sharing all CPUs but one)."
     )
     detector_threshold: float = Field(
         0.3, gt=0.0, lt=1.0, description="Detector new-source score a peak must reach to become a candidate."
