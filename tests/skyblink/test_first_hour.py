@@ -134,7 +134,7 @@ def test_help_shows_boolean_flags_as_flags() -> None:
     assert code == 0
     assert "--keep-redis" in output and "--no-keep-redis" in output and "--watch" in output
     assert "<bool>" not in output, output
-    assert "CPUs - 1" in output  # the same wording as [night] workers in the README
+    assert "one per CPU" in output  # the same wording as [night] workers in the README
 
 
 def test_progress_is_plain_lines_without_a_terminal() -> None:
