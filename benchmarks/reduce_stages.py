@@ -5,7 +5,7 @@ Where the reduce step of `skyblink night run` spends its time, stage by stage, o
 
 The night's unit results must be in the store (a `night run`, or `benchmarks/night_gpus.py`
 whose store is kept in its ``--work``). Each stage runs on the previous stage's output, as
-`skyblink.cluster.reduce.reduce_detections` chains them, and is timed ``repeat`` times (best and
+`skyblink.reduce.steps.reduce_detections` chains them, and is timed ``repeat`` times (best and
 worst printed):
 
 1. read: every unit's results (`UnitStore.read`);
@@ -36,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from skyblink.cluster.measurement import measure_stamps
 from skyblink.cluster.night import plan_night
-from skyblink.cluster.reduce import (
+from skyblink.cluster.results import UnitStore, stamps_of
+from skyblink.config import load_config
+from skyblink.reduce.measurement import measure_stamps
+from skyblink.reduce.steps import (
     associate,
     ccd_context,
     decide,
@@ -47,8 +49,6 @@ from skyblink.cluster.reduce import (
     match_static,
     merge_tile_duplicates,
 )
-from skyblink.cluster.results import UnitStore, stamps_of
-from skyblink.config import load_config
 from skyblink.storage import NightStore
 
 

@@ -1,5 +1,5 @@
 """
-A field's reference catalog (`skyblink.cluster.association.detect_static_sources`, what each
+A field's reference catalog (`skyblink.reduce.association.detect_static_sources`, what each
 reference CCD's Ray task runs) next to SEP's own extraction on the same dense reference image.
 
     python benchmarks/reference_catalog.py [--size 4096] [--field 0] [--repeat 3] [--old]
@@ -39,10 +39,10 @@ from rich.table import Table
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from skyblink.cluster.association import EXTENDED_MAX_CONCENTRATION, detect_static_sources
-from skyblink.cluster.measurement import windowed_centroid
 from skyblink.config import SimConfig
 from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.reduce.association import EXTENDED_MAX_CONCENTRATION, detect_static_sources
+from skyblink.reduce.measurement import windowed_centroid
 from skyblink.sim.ccd_image import render_ccd
 from skyblink.sim.conditions import reference_conditions
 from skyblink.workers.background import estimate_background

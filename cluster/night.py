@@ -6,7 +6,7 @@ command again after a crash resumes the night and ends with the same outputs:
 
 - ingest skips files the manifest already holds (`skyblink.cluster.ingest`);
 - a work unit whose result file exists is not processed again (`skyblink.cluster.results`);
-- the reduce step is a deterministic function of all unit results (`skyblink.cluster.reduce`);
+- the reduce step is a deterministic function of all unit results (`skyblink.reduce.steps`);
 - alert ids are deterministic and the stream's producer drops ids it has published
   (`skyblink.storage.alerts.AlertProducer`), so the stream never holds a duplicate.
 
@@ -40,19 +40,12 @@ import ray
 import redis
 
 from skyblink.config import SkyblinkConfig
-from skyblink.storage import NightStore, StoreLock, damaged_store_key
-from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
-from skyblink.storage.alerts.entry import stream_name
-from skyblink.storage.parquet_io import write_parquet_atomic
-from skyblink.workers.actor import UnitOutcome
-from skyblink.workers.tile_unit import WorkUnit, plan_tiles
-
-from .association import reference_catalog_path, reference_ccd_sources, write_reference_catalog
-from .dispatch import WorkerPool, worker_spec
-from .ingest import IngestReport, ingest_night
-from .private_redis import embedded_redis
-from .ray_runtime import ray_session
-from .reduce import (
+from skyblink.reduce.association import (
+    reference_catalog_path,
+    reference_ccd_sources,
+    write_reference_catalog,
+)
+from skyblink.reduce.steps import (
     DETECTION_ORDER,
     alert_counts,
     build_alerts,
@@ -60,6 +53,17 @@ from .reduce import (
     split_by_exposure,
     static_detections,
 )
+from skyblink.storage import NightStore, StoreLock, damaged_store_key
+from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
+from skyblink.storage.alerts.entry import stream_name
+from skyblink.storage.parquet_io import write_parquet_atomic
+from skyblink.workers.actor import UnitOutcome
+from skyblink.workers.tile_unit import WorkUnit, plan_tiles
+
+from .dispatch import WorkerPool, worker_spec
+from .ingest import IngestReport, ingest_night
+from .private_redis import embedded_redis
+from .ray_runtime import ray_session
 from .results import UnitStore
 
 __all__ = ["NightRunReport", "critical_path", "night_name", "plan_night", "run_night"]

@@ -145,7 +145,13 @@ def sep_catalog(sources: pa.Table, store: Any, config: Any) -> pa.Table:
     from astropy import units as u  # noqa: PLC0415
     from astropy.coordinates import SkyCoord  # noqa: PLC0415
 
-    from .reduce import associate, ccd_context, link_moving, match_static, merge_tile_duplicates  # noqa: PLC0415
+    from skyblink.reduce.steps import (  # noqa: PLC0415
+        associate,
+        ccd_context,
+        link_moving,
+        match_static,
+        merge_tile_duplicates,
+    )
 
     context = cache(lambda exposure, ccd: ccd_context(store, exposure, ccd))
     n = sources.num_rows

@@ -14,6 +14,7 @@ RUN python -m venv /opt/skyblink
 COPY pyproject.toml README.md /src/
 COPY skyblink /src/skyblink
 COPY cluster /src/cluster
+COPY reduce /src/reduce
 COPY workers /src/workers
 COPY engines /src/engines
 COPY storage /src/storage

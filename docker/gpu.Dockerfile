@@ -23,6 +23,7 @@ RUN python3 -m venv --system-site-packages /opt/skyblink
 COPY pyproject.toml README.md /src/
 COPY skyblink /src/skyblink
 COPY cluster /src/cluster
+COPY reduce /src/reduce
 COPY workers /src/workers
 COPY engines /src/engines
 COPY storage /src/storage

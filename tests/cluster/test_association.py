@@ -13,13 +13,13 @@ import pyarrow as pa
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from skyblink.cluster.association import (
+from skyblink.reduce.association import (
     detect_static_sources,
     group_objects,
     match_reference,
     merge_duplicates,
 )
-from skyblink.cluster.measurement import measure_stamps
+from skyblink.reduce.measurement import measure_stamps
 
 CENTRE = SkyCoord(150.0 * u.deg, 2.0 * u.deg)
 

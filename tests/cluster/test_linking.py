@@ -11,7 +11,7 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from skyblink.cluster.linking import (
+from skyblink.reduce.linking import (
     LinkingParameters,
     TangentPlane,
     fit_motion,

@@ -116,8 +116,8 @@ def test_reducing_exposure_by_exposure_gives_the_night_of_a_single_reduce(refere
     import math
 
     from skyblink.cluster.night import _StaticDetections, plan_night
-    from skyblink.cluster.reduce import night_detections, reduce_detections
     from skyblink.cluster.results import UnitStore
+    from skyblink.reduce.steps import night_detections, reduce_detections
     from skyblink.storage import NightStore
 
     root, _, _ = reference_run
@@ -225,7 +225,7 @@ def test_watch_does_not_end_the_night_while_a_reference_catalog_is_under_way(
     night_dir: Path, tmp_path: Path, ray_local: None
 ) -> None:
     """A watch idle for less time than a reference's catalog takes still writes that catalog."""
-    from skyblink.cluster.association import reference_catalog_path
+    from skyblink.reduce.association import reference_catalog_path
     from skyblink.storage import NightStore
 
     live = tmp_path / "live"

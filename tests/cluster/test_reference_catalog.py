@@ -12,10 +12,10 @@ import pytest
 import sep
 from scipy import ndimage
 
-from skyblink.cluster.association import detect_static_sources, reference_sources
-from skyblink.cluster.measurement import windowed_centroid
 from skyblink.config import SimConfig
 from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.reduce.association import detect_static_sources, reference_sources
+from skyblink.reduce.measurement import windowed_centroid
 from skyblink.sim.ccd_image import render_ccd
 from skyblink.sim.conditions import reference_conditions
 from skyblink.storage import NightStore, StoreLayout, open_fits_exposure

@@ -20,7 +20,7 @@ CHILD = textwrap.dedent(
     """
     import json, resource, signal, sys
     import pyarrow as pa
-    from skyblink.cluster.association import write_reference_catalog
+    from skyblink.reduce.association import write_reference_catalog
     from skyblink.storage import ExposureState, Manifest, ManifestEntry, NightStore, StorageError
 
     store_url = sys.argv[1]

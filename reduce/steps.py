@@ -5,16 +5,16 @@ alerts.
 `reduce_detections` chains the steps:
 
 1. `locate`: windowed centroids and trails measured on each difference stamp
-   (`skyblink.cluster.measurement`), pixel to sky with each CCD's WCS (astropy), position errors
+   (`skyblink.reduce.measurement`), pixel to sky with each CCD's WCS (astropy), position errors
    from the PSF width (and trail) and the S/N, PSF flux and AB magnitude from the S/N and the
    exposure's noise and zero point, the mid-exposure time in MJD (TAI).
 2. `merge_tile_duplicates`: detections of one exposure closer than ``night.match_radius_arcsec``
    (or on one trail) are one, the one with the highest S/N.
 3. `match_static`: each detection against the static sources of its field's reference image
-   (`skyblink.cluster.association.reference_sources`, detected once per field and cached).
+   (`skyblink.reduce.association.reference_sources`, detected once per field and cached).
 4. `link_moving`: detections of no reference source (and real/bogus of at least
    ``night.link_min_real_bogus``) linked across the field's exposures into tracklets
-   (`skyblink.cluster.linking`), with rate, direction and the position predicted
+   (`skyblink.reduce.linking`), with rate, direction and the position predicted
    ``night.predict_ahead_hours`` after the last detection, with its error ellipse.
 5. `associate`: a tracklet is one object; other detections closer than
    ``night.match_radius_arcsec`` on the sky, in any exposure of the night, are one object
@@ -50,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from skyblink.cluster.results import stamps_of
 from skyblink.config import NightConfig
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.psf_units import FWHM_PER_SIGMA
@@ -75,7 +76,6 @@ from .association import (
 )
 from .linking import LinkingParameters, Tracklet, link_tracklets, predict
 from .measurement import measure_stamps
-from .results import stamps_of
 
 __all__ = [
     "DETECTION_ORDER",

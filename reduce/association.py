@@ -78,7 +78,7 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
     and divided out; a source is a pixel of the matched-filter S/N map
     (`~skyblink.workers.matched_filter.matched_filter_snr`) at or above ``snr_threshold`` and
     the largest of its 5x5 neighbourhood; its position is the windowed centroid
-    (`~skyblink.cluster.measurement.windowed_centroids`, the peak pixel where it moves by more
+    (`~skyblink.reduce.measurement.windowed_centroids`, the peak pixel where it moves by more
     than 1.5 pixels). All of it is vectorised over the sources.
 
     Parameters
