@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from skyblink.engines.score_external import ExternalStampRule, pairwise_auc, score_alerts
+from skyblink.engines.stamps import ExternalStampRule
+from skyblink.evaluation.survey_scores import pairwise_auc, score_alerts
 from skyblink.storage.alerts.survey_packets import read_survey_files
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

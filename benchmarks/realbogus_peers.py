@@ -19,11 +19,11 @@ import torch
 from scipy.stats import spearmanr
 
 from skyblink.engines.backends import OnnxRuntimeRunner
-from skyblink.engines.braai_port import braai_normalize, braai_normalize_batch, load_braai
 from skyblink.engines.catalog import onnx_path
 from skyblink.engines.stamps import sigma_triplet
 from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
 from skyblink.engines.training.metrics import roc_auc
+from skyblink.evaluation.braai_port import braai_normalize, braai_normalize_batch, load_braai
 from skyblink.storage.alerts.ztf_cutouts import cutouts_from_record, is_ztf_alert, iter_avro_records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

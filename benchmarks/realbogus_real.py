@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from skyblink.engines.catalog import load_network
-from skyblink.engines.real_folds import REFERENCES, auc_with_interval, load_real_alerts, roc_auc
-from skyblink.engines.score_external import ExternalStampRule, score_alerts
+from skyblink.engines.stamps import ExternalStampRule
 from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
 from skyblink.engines.training.real_sky import (
     RealSkyPool,
@@ -39,6 +38,8 @@ from skyblink.engines.training.real_sky import (
     train_head,
     trunk_features,
 )
+from skyblink.evaluation.real_folds import REFERENCES, auc_with_interval, load_real_alerts, roc_auc
+from skyblink.evaluation.survey_scores import score_alerts
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RULES = {"default": ExternalStampRule(), "as_packet": ExternalStampRule(difference="as_packet")}

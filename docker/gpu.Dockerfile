@@ -24,6 +24,7 @@ COPY pyproject.toml README.md /src/
 COPY skyblink /src/skyblink
 COPY cluster /src/cluster
 COPY reduce /src/reduce
+COPY evaluation /src/evaluation
 COPY workers /src/workers
 COPY engines /src/engines
 COPY storage /src/storage

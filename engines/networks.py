@@ -5,7 +5,7 @@ All three are plain `torch.nn.Module`s with fixed input conventions, so the same
 trains on the CPU, exports to ONNX, and runs under torch on a GPU.
 
 Inputs are normalized before they reach a network (by the worker's tile program,
-`skyblink.workers.difference`, or for braai by `skyblink.engines.braai_port.braai_normalize`);
+`skyblink.workers.difference`, or for braai by `skyblink.evaluation.braai_port.braai_normalize`);
 the networks themselves do no data-dependent normalization, so ONNX Runtime, TensorRT and torch
 see identical graphs.
 
@@ -136,9 +136,9 @@ class Braai(nn.Module):
 
     Notes
     -----
-    Input ``(B, 3, 63, 63)`` channels-first, normalized by `skyblink.engines.braai_port.braai_normalize`
+    Input ``(B, 3, 63, 63)`` channels-first, normalized by `skyblink.evaluation.braai_port.braai_normalize`
     (row-wise L2, as ZTF did for d6_m7). Output ``(B, 1)``: the ``drb`` score ZTF puts in its alerts.
-    Weights are converted from the upstream Keras HDF5 file by `skyblink.engines.braai_port`.
+    Weights are converted from the upstream Keras HDF5 file by `skyblink.evaluation.braai_port`.
     """
 
     def __init__(self) -> None:

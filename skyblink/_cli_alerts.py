@@ -326,7 +326,7 @@ def score(
     """Score real survey alerts with skyblink's classifier (and braai for ZTF), one row per alert."""
     import csv  # noqa: PLC0415
 
-    from skyblink.engines.score_external import score_alerts  # noqa: PLC0415
+    from skyblink.evaluation.survey_scores import score_alerts  # noqa: PLC0415
     from skyblink.storage.alerts.survey_packets import read_survey_files  # noqa: PLC0415
 
     report = read_survey_files(files, rubin_schema_dir=rubin_schemas)

@@ -134,8 +134,8 @@ def engines_build(
 
 def _braai_onnx(precision: str, registry_dir: Path) -> Path:
     """Export the shipped braai port (weights only) to ONNX beside the registry; reused when present."""
-    from skyblink.engines.braai_port import load_braai  # noqa: PLC0415
     from skyblink.engines.export import export_onnx  # noqa: PLC0415
+    from skyblink.evaluation.braai_port import load_braai  # noqa: PLC0415
 
     target = registry_dir / "onnx" / f"braai.{precision}.onnx"
     if not target.exists():

@@ -39,8 +39,8 @@ from .redaction import redact_text
 
 if TYPE_CHECKING:
     from skyblink.cluster.night import NightRunReport
-    from skyblink.cluster.scoring import ScoreReport
     from skyblink.config import SkyblinkConfig
+    from skyblink.evaluation.truth_scoring import ScoreReport
 
 __all__ = ["night_app"]
 
@@ -290,7 +290,7 @@ def night_score(
         check_store(config.store, must_exist=True)
         if out is not None:
             check_output_dir(out, "--out")
-    from skyblink.cluster.scoring import score_night  # noqa: PLC0415 - astropy/matplotlib only when scoring
+    from skyblink.evaluation.truth_scoring import score_night  # noqa: PLC0415 - astropy/matplotlib only when scoring
 
     if baseline:
         try:

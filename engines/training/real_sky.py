@@ -2,9 +2,9 @@
 Training that sees the real sky: the classifier fine-tuned on real survey cutouts.
 
 Ingredients (each switchable in `RealSkyRecipe`, each measured in the grouped folds of
-`skyblink.engines.real_folds` by ``benchmarks/realbogus_real.py``):
+`skyblink.evaluation.real_folds` by ``benchmarks/realbogus_real.py``):
 
-* **distill** -- every training alert's stamps (`score_external.external_stamps`, the per-survey
+* **distill** -- every training alert's stamps (`skyblink.engines.stamps.external_stamps`, the per-survey
   stamp rule: ZTF 63x63 at 1.01"/px, Rubin block-averaged to the pipeline's 0.6"/px) with its
   survey's own score as a soft target: ``drb`` (else ``rb``) for ZTF, ``reliability`` for Rubin.
 * **inject** -- fake injection on real cutouts (the DES / Rubin practice): a training alert's
@@ -48,7 +48,7 @@ from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
 from ..model_io import STAMP_SIZE
 from ..networks import Classifier
-from ..score_external import TRAINING_PIXEL_SCALE, ExternalStampRule, external_stamps
+from ..stamps import TRAINING_PIXEL_SCALE, ExternalStampRule, external_stamps
 
 __all__ = ["RealSkyPool", "RealSkyRecipe", "alert_targets", "build_pool", "psf_sigma_px", "real_sky_samples",
            "train_head", "trunk_features"]

@@ -28,7 +28,7 @@ size (ZTF: 63, or fewer at a CCD edge; Rubin: 30 to 102) is brought to 63x63 by 
 source pixel (ZTF: 31 of an uncut stamp, or the CCD-edge side worked out from ``xpos/ypos``;
 Rubin: ``CRPIX - 1``, since ``CRVAL`` is the source) is placed at pixel (31, 31), a larger cutout
 is cropped, a smaller one padded with NaN. The pixel scale is kept (ZTF 1.01"/px, Rubin 0.2"/px):
-resampling is the classifier's business (`skyblink.engines.score_external`). NaN means "no data"
+resampling is the classifier's business (`skyblink.evaluation.survey_scores`). NaN means "no data"
 -- masked pixels in the packet as well as padding -- and `SurveyStamps.mask` marks them.
 
 Errors

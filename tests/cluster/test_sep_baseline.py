@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skyblink.cluster.sep_baseline import difference_window
 from skyblink.config import SimConfig
+from skyblink.evaluation.sep_baseline import difference_window
 from skyblink.sim import simulate_night
 from skyblink.storage import NightStore, StoreLayout, open_fits_exposure
 from skyblink.workers.tile_unit import WorkUnit, plan_tiles, prepare_tile

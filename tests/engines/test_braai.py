@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from skyblink.engines.braai_port import (
+from skyblink.engines.networks import Braai
+from skyblink.evaluation.braai_port import (
     BRAAI_MODEL,
     braai_normalize,
     braai_normalize_batch,
     convert_keras_weights,
     load_braai,
 )
-from skyblink.engines.networks import Braai
 from skyblink.storage.alerts.ztf_cutouts import (
     ZtfCutoutError,
     ZtfCutouts,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyblink.engines.real_folds import auc_with_interval, load_real_alerts, roc_auc
+from skyblink.evaluation.real_folds import auc_with_interval, load_real_alerts, roc_auc
 from skyblink.storage.alerts.survey_packets import Survey, read_survey_packets
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from skyblink.engines.score_external import external_stamps
+from skyblink.engines.stamps import external_stamps
 from skyblink.engines.training.real_sky import (
     RealSkyRecipe,
     build_pool,

@@ -19,7 +19,8 @@ from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from skyblink.cli import app
-from skyblink.engines.score_external import ExternalStampRule, external_stamps, pairwise_auc
+from skyblink.engines.stamps import ExternalStampRule, external_stamps
+from skyblink.evaluation.survey_scores import pairwise_auc
 from skyblink.storage.alerts.survey_packets import read_survey_packets
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import skyblink
 import skyblink.cluster
+import skyblink.evaluation
 import skyblink.reduce
 import skyblink.sim
 import skyblink.storage
@@ -27,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("torch", "onnxruntime", "onnx", "onnxscript", "tensorrt", "tensorrt_rtx", "cuda", "cupy", "pycuda",
            "nvidia", "triton")
 
-#: ML-side modules inside the driver's packages: the engine commands (train, export, build) run
+#: ML-side modules inside the driver's packages: the engine commands (train, export, build) and the braai
+#: port (a torch network, for scoring ZTF alerts) run
 #: where the ML extras are installed.
-ML_SIDE = {"skyblink._cli_engines"}
+ML_SIDE = {"skyblink._cli_engines", "skyblink.evaluation.braai_port"}
 
 #: Modules of other packages that the driver needs: the shared constants, the registry and
 #: channels the CLI reads, and the actor class the driver hands to Ray.
@@ -73,7 +75,7 @@ print(json.dumps({"failures": failures, "leaked": leaked}))
 def driver_modules() -> list[str]:
     """Every module of the driver's packages (walked, so new modules are covered) and the extras."""
     names = ["skyblink.cli", "skyblink.config", "skyblink.threads"]
-    for package in (skyblink, skyblink.cluster, skyblink.reduce, skyblink.storage, skyblink.sim):
+    for package in (skyblink, skyblink.cluster, skyblink.reduce, skyblink.evaluation, skyblink.storage, skyblink.sim):
         names += [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
     return sorted({*names, *EXTRA_DRIVER_MODULES} - ML_SIDE)
 

@@ -24,9 +24,10 @@ ALLOWED: dict[str, set[str]] = {
     # candidates' stamps (cluster.results) until the store owns the unit results' schema.
     "reduce": {"core", "storage", "workers", "engines", "cluster"},
     "cluster": {"core", "storage", "sim", "workers", "engines", "reduce"},
-    "cli": {"core", "storage", "sim", "workers", "engines", "cluster", "reduce"},
+    "evaluation": {"core", "storage", "sim", "workers", "engines", "reduce"},
+    "cli": {"core", "storage", "sim", "workers", "engines", "cluster", "reduce", "evaluation"},
 }
-SUBPACKAGES = {"cluster", "reduce", "workers", "engines", "storage", "sim"}
+SUBPACKAGES = {"cluster", "reduce", "evaluation", "workers", "engines", "storage", "sim"}
 
 
 def _layer(path: Path) -> str:

@@ -13,7 +13,7 @@ the VGG6 whose output ZTF writes into every alert as ``candidate.drb`` when
 
 The shipped ``.npz`` is regenerated from the upstream file with::
 
-    python -m skyblink.engines.braai_port /path/to/d6_m7.weights.h5
+    python -m skyblink.evaluation.braai_port /path/to/d6_m7.weights.h5
 
 Notes
 -----
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model_io import STAMP_SIZE
-from .networks import Braai
-from .trust import IntegrityError
+from skyblink.engines.model_io import STAMP_SIZE
+from skyblink.engines.networks import Braai
+from skyblink.engines.trust import IntegrityError
 
 __all__ = [
     "BRAAI_MODEL",
@@ -228,14 +228,14 @@ def load_braai() -> Braai:
     ------
     FileNotFoundError
         The weights are not in the installed package (partial install); regenerate them with
-        ``python -m skyblink.engines.braai_port d6_m7.weights.h5``.
+        ``python -m skyblink.evaluation.braai_port d6_m7.weights.h5``.
     IntegrityError
         Their sha256 differs from the one in ``card.json``.
     """
     resource = resources.files(_PACKAGE).joinpath(*_NPZ_PARTS)
     if not resource.is_file():
         msg = (f"braai weights {'/'.join(_NPZ_PARTS)} are missing from package {_PACKAGE}; "
-               "regenerate them with `python -m skyblink.engines.braai_port d6_m7.weights.h5`")
+               "regenerate them with `python -m skyblink.evaluation.braai_port d6_m7.weights.h5`")
         raise FileNotFoundError(msg)
     data = resource.read_bytes()
     card = json.loads(resources.files(_PACKAGE).joinpath("models", "braai", "card.json").read_text())
@@ -285,11 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     Convert braai's Keras HDF5 weights and write them as the shipped ``.npz``.
 
-    ``python -m skyblink.engines.braai_port d6_m7.weights.h5 [--out PATH]``; by default it
+    ``python -m skyblink.evaluation.braai_port d6_m7.weights.h5 [--out PATH]``; by default it
     overwrites the package's ``engines/models/braai/d6_m7.npz`` (in an editable install, the
     source tree). Prints the output path and the sha256 of input and output.
     """
-    parser = argparse.ArgumentParser(prog="python -m skyblink.engines.braai_port",
+    parser = argparse.ArgumentParser(prog="python -m skyblink.evaluation.braai_port",
                                      description="Convert braai's Keras HDF5 weights (d6_m7) to skyblink's .npz.")
     parser.add_argument("h5_path", type=Path, help="braai's models/d6_m7.weights.h5")
     parser.add_argument("--out", type=Path, default=None,
