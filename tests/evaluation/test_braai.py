@@ -13,17 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from skyblink.engines.networks import Braai
-from skyblink.evaluation.braai_port import (
+torch = pytest.importorskip("torch", reason="the braai port is a torch network (the dev extra installs torch)")
+
+from skyblink.engines.networks import Braai  # noqa: E402
+from skyblink.evaluation.braai_port import (  # noqa: E402
     BRAAI_MODEL,
     braai_normalize,
     braai_normalize_batch,
     convert_keras_weights,
     load_braai,
 )
-from skyblink.storage.alerts.ztf_cutouts import (
+from skyblink.storage.alerts.ztf_cutouts import (  # noqa: E402
     ZtfCutoutError,
     ZtfCutouts,
     cutouts_from_record,
