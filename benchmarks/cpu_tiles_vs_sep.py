@@ -25,12 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from skyblink.cluster import ingest_night
+from skyblink.cluster.planning import plan_tiles
 from skyblink.config import SimConfig, load_config
 from skyblink.engines.backends import OnnxRuntimeRunner
 from skyblink.engines.catalog import onnx_path
 from skyblink.sim import simulate_night
 from skyblink.storage import NightStore
-from skyblink.workers.tile_unit import plan_tiles, process_tile, read_window
+from skyblink.workers.tile_unit import process_tile, read_window
 
 
 def main() -> None:

@@ -58,10 +58,11 @@ from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, 
 from skyblink.storage.alerts.entry import stream_name
 from skyblink.storage.parquet_io import write_parquet_atomic
 from skyblink.workers.actor import UnitOutcome
-from skyblink.workers.tile_unit import WorkUnit, plan_tiles
+from skyblink.workers.tile_unit import WorkUnit
 
 from .dispatch import WorkerPool, worker_spec
 from .ingest import IngestReport, ingest_night
+from .planning import plan_tiles
 from .private_redis import embedded_redis
 from .ray_runtime import ray_session
 from .results import UnitStore

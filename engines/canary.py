@@ -20,13 +20,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .channels import ChannelError, Channels, Release
+
+if TYPE_CHECKING:
+    from skyblink.workers.tile_unit import WorkUnit
 
 __all__ = ["PromotionError", "PromotionTolerances", "ShadowReport", "promote", "shadow_compare"]
 
@@ -133,30 +137,31 @@ def shadow_compare(
     release: Release,
     channels: Channels,
     store: Any,
+    units: Sequence[WorkUnit],
     *,
     fraction: float = 0.1,
     target: str = "canary",
     tolerances: PromotionTolerances | None = None,
-    tile_size: int = 1024,
-    margin: int = 32,
     threshold: float = 0.3,
     snr_threshold: float = 5.0,
     top_k: int = 64,
 ) -> ShadowReport:
     """
-    Run ``release`` in shadow next to production on a fraction of ``store``'s work units.
+    Run ``release`` in shadow next to production on a fraction of ``units`` of ``store``.
+
+    ``units`` are the night's work units as the driver plans them
+    (`skyblink.cluster.planning.plan_tiles`); a deterministic ``fraction`` of them is run.
 
     Returns
     -------
     ShadowReport
         The comparison and its checks against ``tolerances``.
     """
-    from skyblink.workers.tile_unit import plan_tiles, process_tile  # noqa: PLC0415
+    from skyblink.workers.tile_unit import process_tile  # noqa: PLC0415
 
     tol = tolerances or PromotionTolerances()
     production = {m: channels.get(m, "production") for m in ("detector", "classifier")}
-    units = [u for key in store.exposure_keys() for u in plan_tiles(store, key, size=tile_size, margin=margin)]
-    chosen = _sample_units(units, fraction)
+    chosen = _sample_units(list(units), fraction)
     base = {m: _runner(m, production[m], channels) for m in ("detector", "classifier")}
     shadow = dict(base)
     shadow[model] = _runner(model, release, channels)
@@ -197,6 +202,7 @@ def promote(
     model: Literal["detector", "classifier"],
     registry_root: Path | str,
     store: Any,
+    units: Sequence[WorkUnit],
     *,
     to: Literal["canary", "production"] | None = None,
     fraction: float = 0.1,
@@ -208,6 +214,10 @@ def promote(
 
     Parameters
     ----------
+    store : NightStore
+        An ingested night's store.
+    units : sequence of WorkUnit
+        Its work units as the driver plans them (`skyblink.cluster.planning.plan_tiles`).
     to : {"canary", "production"}, optional
         Default: canary when there is a candidate, else production (from the canary).
 
@@ -226,7 +236,7 @@ def promote(
     if release is None:
         msg = f"{model}: no {source} release to promote to {to} (see `skyblink engines channels`)"
         raise ChannelError(msg)
-    report = shadow_compare(model, release, channels, store, fraction=fraction, target=to, tolerances=tolerances, **tile_options)
+    report = shadow_compare(model, release, channels, store, units, fraction=fraction, target=to, tolerances=tolerances, **tile_options)
     log.info("%s", report.text())
     if not report.passed:
         raise PromotionError(report)

@@ -405,9 +405,9 @@ def score_night(night_dir: Path | str, store_url: str, *, out_dir: Path | str | 
     ours = score_catalog(catalog, truth, "skyblink")
     sep_score = None
     if baseline:
+        from skyblink.cluster.planning import plan_tiles  # noqa: PLC0415
         from skyblink.config import NightConfig  # noqa: PLC0415
         from skyblink.storage import NightStore  # noqa: PLC0415
-        from skyblink.workers.tile_unit import plan_tiles  # noqa: PLC0415
 
         from .sep_baseline import sep_catalog, sep_detections  # noqa: PLC0415
 

@@ -216,6 +216,7 @@ def engines_promote(
     registry: RegistryOption = None,
 ) -> None:
     """Run the candidate (or canary) in shadow next to production; promote one channel if within tolerances."""
+    from skyblink.cluster.planning import plan_tiles  # noqa: PLC0415
     from skyblink.engines.canary import PromotionError, PromotionTolerances, promote  # noqa: PLC0415
     from skyblink.engines.channels import ChannelError  # noqa: PLC0415
     from skyblink.storage import NightStore  # noqa: PLC0415
@@ -226,10 +227,12 @@ def engines_promote(
     target = cast(Literal["canary", "production"] | None, to)
     root, config = _registry_dir(ctx, registry, **{"engines.canary_fraction": fraction})
     night = config.night
+    size = night.tile_size or config.ingest.tile_size
     try:
-        report = promote(checked, root, NightStore(store), to=target, fraction=config.engines.canary_fraction,
+        shadow_store = NightStore(store)
+        units = [u for key in shadow_store.exposure_keys() for u in plan_tiles(shadow_store, key, size=size, margin=night.margin)]
+        report = promote(checked, root, shadow_store, units, to=target, fraction=config.engines.canary_fraction,
                          tolerances=PromotionTolerances.from_config(config.engines),
-                         tile_size=night.tile_size or config.ingest.tile_size, margin=night.margin,
                          threshold=night.detector_threshold, snr_threshold=night.snr_threshold, top_k=night.top_k)
     except (ChannelError, FileNotFoundError) as exc:
         raise fail(f"error: {exc}") from None

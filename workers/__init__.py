@@ -15,7 +15,7 @@ from .difference import flux_scale, match_kernel_sigma, normalized_triplet
 from .matched_filter import matched_filter_snr
 from .peaks import Peaks, find_peaks
 from .source_detection import detect_sources, estimate_fwhm
-from .tile_unit import CandidateRecord, WorkUnit, plan_tiles, process_tile
+from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
 __all__ = [
     "Background",
@@ -37,7 +37,6 @@ __all__ = [
     "matched_filter_snr",
     "normalized_triplet",
     "persistent_pixels",
-    "plan_tiles",
     "process_tile",
     "sampling_grid",
     "warp",

@@ -31,11 +31,12 @@ from astropy.wcs import WCS
 from skyblink.headers import HeadersConfig
 
 from .matched_filter import DEFAULT_SNR_THRESHOLD
-from .tile_unit import CandidateRecord, WorkUnit, plan_tiles, prepare_tile, process_tile
+from .tile_unit import CandidateRecord, WorkUnit, prepare_tile, process_tile
 
 __all__ = ["PairDifference", "PairImage", "PairStore", "read_pair_image", "subtract_pair"]
 
 _SCIENCE = "exposures/science"
+_CCD = "ccd000"  # the pair's one CCD
 _REFERENCE = "references/pair"
 
 
@@ -88,7 +89,7 @@ class PairStore:
 
     def ccd_names(self, key: str) -> list[str]:
         """One CCD per image."""
-        return ["ccd000"]
+        return [_CCD]
 
     def image(self, key: str, ccd: str = "ccd000") -> np.ndarray:
         """The pixels, float32; NaN on masked pixels."""
@@ -223,7 +224,7 @@ def subtract_pair(science: PairImage, reference: PairImage, detector: Any, class
     records: list[CandidateRecord] = []
     seconds = {"prepare": 0.0, "detect": 0.0}
     fwhm = (0.0, 0.0)
-    for unit in plan_tiles(store, _SCIENCE, size=size, margin=margin):
+    for unit in WorkUnit.tiling(store.url, _SCIENCE, _CCD, (ny, nx), size=size, margin=margin):
         start = time.perf_counter()
         prepared = prepare_tile(unit, store, reject_cosmics=reject_cosmics, headers=headers, psf_match=psf_match)
         seconds["prepare"] += time.perf_counter() - start

@@ -36,7 +36,7 @@ from .difference import MatchedDifference, flux_scale, matched_difference
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr
 from .peaks import find_peaks
 
-__all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "ccd_fwhm_px", "noise_pedestal", "plan_tiles", "prepare_tile",
+__all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "ccd_fwhm_px", "noise_pedestal", "prepare_tile",
            "process_tile", "read_window"]
 
 
@@ -57,6 +57,19 @@ class WorkUnit:
     def key(self) -> str:
         """Unique, stable id of the unit (results are written under it, idempotently)."""
         return f"{self.exposure}/{self.ccd}/{self.y0}-{self.x0}"
+
+    @classmethod
+    def tiling(cls, store_url: str, exposure: str, ccd: str, shape: tuple[int, ...], *, size: int,
+               margin: int = 32) -> list[WorkUnit]:
+        """
+        Return the units whose cores of ``size`` pixels tile one CCD of ``shape`` (rows, columns).
+
+        Row-major from the CCD's (0, 0) corner; the last row and column of cores may reach past
+        the CCD's edge (the tile program reads NaN there, `read_window`). Which exposures
+        and CCDs are planned is the driver's business (`skyblink.cluster.planning`).
+        """
+        ny, nx = shape[-2:]
+        return [cls(store_url, exposure, ccd, y0, x0, size, margin) for y0 in range(0, ny, size) for x0 in range(0, nx, size)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +94,6 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 def _to_float16(stamp: np.ndarray) -> np.ndarray:
     return np.clip(stamp, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
-
-
-def plan_tiles(store: Any, exposure: str, *, size: int, margin: int = 32) -> list[WorkUnit]:
-    """Return the work units covering every CCD of an exposure with cores of ``size`` pixels."""
-    units = []
-    for ccd in store.ccd_names(exposure):
-        ny, nx = store.image(exposure, ccd).shape
-        for y0 in range(0, ny, size):
-            for x0 in range(0, nx, size):
-                units.append(WorkUnit(store.url, exposure, ccd, y0, x0, size, margin))
-    return units
 
 
 def read_window(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:

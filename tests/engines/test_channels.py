@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from skyblink.cluster.planning import plan_tiles
 from skyblink.engines.calibration_set import build_calibration_set, stratified_spec
 from skyblink.engines.canary import PromotionError, PromotionTolerances, promote
 from skyblink.engines.catalog import onnx_path
@@ -48,20 +49,21 @@ def test_promote_through_canary_to_production_and_roll_back(store, classifier_in
     channels = Channels(root)
     release = register_release(root, "classifier", classifier_int8, model_version="1.0", precision="int8")
     channels.set_candidate(release)
-    options = {"tile_size": 256, "margin": 32, "fraction": 0.5}
-    report = promote("classifier", root, store, **options)
+    units = [u for key in store.exposure_keys() for u in plan_tiles(store, key, size=256, margin=32)]
+    options = {"fraction": 0.5}
+    report = promote("classifier", root, store, units, **options)
     print(report.text())
     assert report.target == "canary" and report.passed and len(report.units) == 4 and report.units_total == 8
     assert report.production_count == report.candidate_count == report.matched > 0  # same detector on both sides
     assert channels.get("classifier", "candidate") is None and channels.get("classifier", "canary").onnx_sha256 == release.onnx_sha256
     assert channels.get("classifier", "production") is None  # a canary is not production yet
-    report = promote("classifier", root, store, **options)
+    report = promote("classifier", root, store, units, **options)
     assert report.target == "production" and channels.get("classifier", "production").onnx_sha256 == release.onnx_sha256
     # The workers' select_runner now picks it.
     choice = select_runner("classifier", backend="onnxruntime", registry=EngineRegistry(root))
     assert choice.runner.onnx_path == root / release.onnx_file
     with pytest.raises(ChannelError, match="no candidate"):
-        promote("classifier", root, store, to="canary", **options)
+        promote("classifier", root, store, units, to="canary", **options)
 
     # A candidate that disagrees with production (fp32 vs an impossible tolerance) is refused, channels untouched.
     fp32 = register_release(root, "classifier", onnx_path("classifier"), model_version="1.0", precision="fp32")
@@ -69,13 +71,13 @@ def test_promote_through_canary_to_production_and_roll_back(store, classifier_in
     strict = PromotionTolerances(max_real_bogus_delta=0.0, min_matched_fraction=1.0)
     before = json.loads((root / "channels.json").read_text())
     with pytest.raises(PromotionError, match="real/bogus") as info:
-        promote("classifier", root, store, tolerances=strict, **options)
+        promote("classifier", root, store, units, tolerances=strict, **options)
     assert "FAIL" in str(info.value)
     assert json.loads((root / "channels.json").read_text()) == before
 
     # Promote fp32 all the way with the default tolerances, then roll back to the INT8 release.
-    promote("classifier", root, store, **options)
-    promote("classifier", root, store, **options)
+    promote("classifier", root, store, units, **options)
+    promote("classifier", root, store, units, **options)
     assert channels.get("classifier", "production").precision == "fp32"
     assert [r.precision for r in channels.history("classifier")] == ["int8"]
     assert channels.rollback("classifier").onnx_sha256 == release.onnx_sha256

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from skyblink.cluster.planning import plan_tiles
 from skyblink.config import SimConfig
 from skyblink.evaluation.sep_baseline import difference_window
 from skyblink.sim import simulate_night
 from skyblink.storage import NightStore, StoreLayout, open_fits_exposure
-from skyblink.workers.tile_unit import WorkUnit, plan_tiles, prepare_tile
+from skyblink.workers.tile_unit import WorkUnit, prepare_tile
 
 
 @pytest.fixture(scope="module")

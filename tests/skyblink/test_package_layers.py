@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     # candidates' stamps (cluster.results) until the store owns the unit results' schema.
     "reduce": {"core", "storage", "workers", "engines", "cluster"},
     "cluster": {"core", "storage", "sim", "workers", "engines", "reduce"},
-    "evaluation": {"core", "storage", "sim", "workers", "engines", "reduce"},
+    "evaluation": {"core", "storage", "sim", "workers", "engines", "reduce", "cluster"},
     "cli": {"core", "storage", "sim", "workers", "engines", "cluster", "reduce", "evaluation"},
 }
 SUBPACKAGES = {"cluster", "reduce", "evaluation", "workers", "engines", "storage", "sim"}

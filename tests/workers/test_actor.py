@@ -9,13 +9,14 @@ import pytest
 import ray
 
 from skyblink.cluster import ingest_night
+from skyblink.cluster.planning import plan_tiles
 from skyblink.config import SimConfig, load_config
 from skyblink.engines.backends import OnnxRuntimeRunner
 from skyblink.engines.catalog import onnx_path
 from skyblink.sim import read_truth, simulate_night
 from skyblink.storage import NightStore
 from skyblink.workers.actor import TileWorker
-from skyblink.workers.tile_unit import plan_tiles, process_tile
+from skyblink.workers.tile_unit import process_tile
 
 pytestmark = pytest.mark.cluster
 

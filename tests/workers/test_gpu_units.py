@@ -14,12 +14,13 @@ pytestmark = [pytest.mark.gpu, pytest.mark.cluster]
 
 def test_gpu_units_match_the_per_tile_program(tmp_path: Path, ray_local: None) -> None:
     from skyblink.cluster import ingest_night
+    from skyblink.cluster.planning import plan_tiles
     from skyblink.config import SimConfig, load_config
     from skyblink.engines.backends import select_runner
     from skyblink.sim import simulate_night
     from skyblink.storage import NightStore
     from skyblink.workers.gpu_units import GpuUnitProcessor
-    from skyblink.workers.tile_unit import plan_tiles, process_tile
+    from skyblink.workers.tile_unit import process_tile
 
     simulate_night(tmp_path / "night", SimConfig(fields=1, exposures_per_field=1, image_size=1024, seed=5), max_workers=1)
     config = load_config(overrides={"store": str(tmp_path / "store.zarr"), "ingest.tile_size": 256}, environ={})

@@ -54,11 +54,11 @@ def test_device_program_with_tensorrt_matches_torch(store: object, tmp_path: Pat
     why = _runtime_refuses_this_gpu()
     if why is not None:
         pytest.skip(why)
+    from skyblink.cluster.planning import plan_tiles
     from skyblink.engines.backends import select_runner
     from skyblink.engines.manifest import file_sha256
     from skyblink.engines.registry import EngineRegistry
     from skyblink.workers.gpu_units import GpuUnitProcessor, window_edge
-    from skyblink.workers.tile_unit import plan_tiles
 
     units = plan_tiles(store, "exposures/F00-000", size=256, margin=32)
     edge, batch, top_k = window_edge(256, 32), 3, 64
