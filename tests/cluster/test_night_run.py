@@ -1,7 +1,8 @@
 """
 `skyblink night run` end to end on a real local Ray with a real redis-server: alerts published,
-nothing lost, nothing twice; a worker actor killed mid-night; the driver killed and resumed; a
-corrupt exposure in the night; exposures processed as they land (--watch).
+nothing lost, nothing twice; the driver killed and resumed; a corrupt exposure in the night;
+exposures processed as they land (--watch). A worker actor killed mid-night is a fault of
+tests/faults (the stream byte for byte the clean run's).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import redis
 
 from skyblink.cluster.night import run_night
@@ -138,27 +138,6 @@ def test_reducing_exposure_by_exposure_gives_the_night_of_a_single_reduce(refere
             continue
         for a, b in zip(whole.column(name).to_pylist(), by_cycles.column(name).to_pylist(), strict=True):
             assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), name
-
-
-def test_actor_killed_mid_night_loses_no_tile_and_counts_none_twice(
-    night_dir: Path, reference_run: tuple[Path, dict, list[int]], tmp_path: Path
-) -> None:
-    reference_root, reference, _ = reference_run
-    config = _config(tmp_path, **{"night.workers": 2})
-    killed: list[str] = []
-
-    def kill_one_worker(_outcome: object) -> None:
-        if not killed:
-            name = sorted(n for n in ray.util.list_named_actors() if n.startswith("skyblink-worker-"))[0]
-            ray.kill(ray.get_actor(name), no_restart=False)  # as a crash: Ray restarts it
-            killed.append(name)
-
-    report = run_night(night_dir, config, on_unit=kill_one_worker)
-    assert killed
-    assert report.tiles_processed == report.tiles == 12 and not report.tiles_failed
-    assert report.candidates == reference["candidates"]
-    assert _detections(tmp_path / "store.zarr") == _detections(reference_root / "store.zarr")
-    assert sum(report.alerts.values()) == report.alerts_published == reference["alerts_published"]
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -147,7 +147,7 @@ def test_redis_restarted_during_publish_ends_with_every_alert_in_the_stream(
         server.stop()
 
 
-@pytest.mark.slow  # tests/cluster/test_night_run.py kills an actor on every run; this adds the stream's bytes
+@pytest.mark.slow
 def test_killed_actor_loses_no_tile_and_the_stream_is_the_clean_one(
     clean_night: CleanNight, tmp_path: Path, redis_server: RedisServer
 ) -> None:
