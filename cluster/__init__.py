@@ -7,6 +7,8 @@ Knows nothing of CUDA.
 
 from typing import TYPE_CHECKING, Any
 
+from skyblink.lazy_import import lazy_module
+
 from .ingest import (
     IngestJob,
     IngestOutcome,
@@ -21,6 +23,12 @@ from .ray_runtime import ray_session
 
 if TYPE_CHECKING:
     from .night import NightRunReport, run_night
+
+# The nightly run (and through it the worker side: torch where installed) is imported on first
+# use, not with the package: a Ray worker that runs an ingest task unpickles `ingest_file` from
+# this package and should not pay for importing the night run (measured: 2.8 s of imports, torch
+# included, in each fresh worker process).
+_night_run = lazy_module("skyblink.cluster.night")
 
 __all__ = [
     "IngestJob",
@@ -38,12 +46,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The nightly run (and through it the worker side: torch where installed) is imported on
-    # first use, not with the package: a Ray worker that runs an ingest task unpickles
-    # `ingest_file` from this package and should not pay for importing the night run (measured:
-    # 2.8 s of imports, torch included, in each fresh worker process).
     if name in ("NightRunReport", "run_night"):
-        from . import night  # noqa: PLC0415
-
-        return getattr(night, name)
+        return getattr(_night_run, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

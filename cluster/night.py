@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
@@ -38,8 +38,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import redis
+from packaging.version import Version  # a dependency of Ray
+from ray.util import metrics as ray_metrics
 
 from skyblink.config import SkyblinkConfig
+from skyblink.lazy_import import lazy_module
 from skyblink.reduce.association import (
     reference_catalog_path,
     reference_ccd_sources,
@@ -66,6 +69,11 @@ from .planning import plan_tiles
 from .private_redis import embedded_redis
 from .ray_runtime import ray_session
 from .results import UnitStore
+
+if TYPE_CHECKING:
+    from astropy import time as astropy_time
+else:
+    astropy_time = lazy_module("astropy.time")  # slow to import; only naming the night needs it
 
 __all__ = ["NightRunReport", "critical_path", "night_name", "plan_night", "run_night"]
 
@@ -210,13 +218,11 @@ def night_name(store: NightStore, exposures: list[str]) -> str:
     Like Rubin's ``dayObs``, the day of (UTC time - 12 h), so one night never straddles two
     names. ``"unknown"`` when no exposure has a time.
     """
-    from astropy.time import Time  # noqa: PLC0415
-
     found = (store.ccd_metadata(key, store.ccd_names(key)[0]).get("mjd_obs") for key in exposures)
     mjds = [m for m in found if m is not None]
     if not mjds:
         return "unknown"
-    return Time(min(mjds) - 0.5, format="mjd", scale="utc").strftime("%Y%m%d")
+    return astropy_time.Time(min(mjds) - 0.5, format="mjd", scale="utc").strftime("%Y%m%d")
 
 
 def plan_night(store: NightStore, config: SkyblinkConfig) -> tuple[list[WorkUnit], dict[str, str], list[str]]:
@@ -386,12 +392,10 @@ class _DriverMetrics:
     _instance: _DriverMetrics | None = None
 
     def __init__(self) -> None:
-        from ray.util.metrics import Counter, Histogram  # noqa: PLC0415
-
-        self.stage_seconds = Histogram("skyblink_stage_seconds", "Wall time of one stage of a nightly run cycle.",
+        self.stage_seconds = ray_metrics.Histogram("skyblink_stage_seconds", "Wall time of one stage of a nightly run cycle.",
                                        boundaries=[0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000], tag_keys=("stage",))
-        self.alerts = Counter("skyblink_alerts_published", "Alerts newly published to the night's stream.")
-        self.latency = Histogram("skyblink_alert_latency_seconds", "--watch: from an exposure file appearing to its "
+        self.alerts = ray_metrics.Counter("skyblink_alerts_published", "Alerts newly published to the night's stream.")
+        self.latency = ray_metrics.Histogram("skyblink_alert_latency_seconds", "--watch: from an exposure file appearing to its "
                                  "alerts being in Redis.", boundaries=[1, 3, 10, 30, 60, 120, 300, 600])
 
     @classmethod
@@ -423,8 +427,6 @@ class _DriverMetrics:
 
 def _ray_flushes_metrics_at_shutdown() -> bool:
     """True for Ray 2.60 and later, whose processes export their metrics when they shut Ray down."""
-    from packaging.version import Version  # noqa: PLC0415 - a dependency of Ray
-
     return Version(ray.__version__) >= Version("2.60")
 
 

@@ -7,9 +7,10 @@ onnx and onnxruntime only where a function needs them, so importing this package
 """
 
 from .catalog import MODEL_VERSIONS, ModelNotShippedError, load_card, onnx_path
+from .channels import write_trusted_manifest
 from .manifest import EngineManifest, ProfileSpec
 from .registry import DeviceInfo, EngineNotFoundError, EngineRegistry, EngineRequest, current_device
-from .trust import IntegrityError, TrustedManifest, write_trusted_manifest
+from .trust import IntegrityError, TrustedManifest
 
 __all__ = [
     "MODEL_VERSIONS",

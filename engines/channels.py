@@ -31,10 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .manifest import check_plain_file_name, file_sha256
-from .trust import TrustedManifest, verify_file
+from .manifest import MANIFEST_SUFFIX, EngineManifest, check_plain_file_name, file_sha256
+from .trust import TRUSTED_FORMAT, TrustedManifest, verify_file
 
-__all__ = ["CHANNELS", "CHANNELS_FILE", "ChannelError", "Channels", "Release", "register_release"]
+__all__ = ["CHANNELS", "CHANNELS_FILE", "ChannelError", "Channels", "Release", "register_release",
+           "write_trusted_manifest"]
 
 ChannelName = Literal["candidate", "canary", "production"]
 CHANNELS: tuple[ChannelName, ...] = ("candidate", "canary", "production")
@@ -252,3 +253,49 @@ class Channels:
             slot["production"] = previous
             data["models"][model] = slot
         return Release.from_json(previous) if previous else None
+
+
+def write_trusted_manifest(registry_root: Path | str, out: Path | str) -> TrustedManifest:
+    """
+    Vouch for the registry as it is now: write the sha256 of each model's production release and
+    its history, and of every engine whose file matches its manifest, to ``out``.
+
+    Run it where promotions run, after checking the registry (``skyblink engines trust``), and
+    mount ``out`` read-only into the workers. Written atomically.
+
+    Raises
+    ------
+    IntegrityError
+        A production release's ONNX file does not match its recorded sha256.
+    """
+    root = Path(registry_root)
+    channels = Channels(root)
+    releases: dict[str, list[str]] = {}
+    for model, slots in channels.state().items():
+        vouched = [r for r in (*channels.history(model), slots.get("production")) if r is not None]
+        for release in vouched:
+            verify_file(root / release.onnx_file, release.onnx_sha256, what=f"release {release.label}")
+        releases[model] = sorted({r.onnx_sha256 for r in vouched})
+    engines = []
+    for path in sorted(root.glob(f"*{MANIFEST_SUFFIX}")):
+        try:
+            manifest = EngineManifest.read(path)
+        except ValueError:
+            continue
+        engine = root / manifest.engine_file
+        if engine.is_file() and file_sha256(engine) == manifest.engine_sha256:
+            engines.append(manifest.engine_sha256)
+    data: dict[str, Any] = {"format": TRUSTED_FORMAT, "registry": str(root), "releases": releases, "engines": sorted(set(engines))}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)
+        Path(tmp).replace(out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return TrustedManifest.read(out)

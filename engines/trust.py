@@ -12,7 +12,7 @@ Three checks, each raising `IntegrityError` naming the file, the hash expected a
 A hash that sits in the same writable folder as the file it vouches for proves nothing against
 someone who can write that folder: they rewrite both. The *trusted manifest*
 (``engines.trusted_manifest``) is the answer: a JSON file of the sha256 of every promoted release
-and every engine an operator vouches for, written by `write_trusted_manifest` where the promotion
+and every engine an operator vouches for, written by `skyblink.engines.channels.write_trusted_manifest` where the promotion
 runs and mounted read-only into the workers (a ConfigMap or a read-only volume on Kubernetes). When
 it is configured, a worker loads only a production release and only an engine whose sha256 it
 lists; an engine that is not listed is rebuilt by the worker from the verified ONNX graph instead.
@@ -21,13 +21,10 @@ lists; an engine that is not listed is rebuilt by the worker from the verified O
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from .manifest import MANIFEST_SUFFIX, EngineManifest, check_plain_file_name, file_sha256
+from .manifest import EngineManifest, check_plain_file_name, file_sha256
 
 __all__ = [
     "TRUSTED_FORMAT",
@@ -35,7 +32,6 @@ __all__ = [
     "TrustedManifest",
     "check_plain_file_name",
     "verify_file",
-    "write_trusted_manifest",
 ]
 
 TRUSTED_FORMAT = 1
@@ -120,51 +116,3 @@ class TrustedManifest:
             return (f"{manifest.engine_file}: engine sha256 {manifest.engine_sha256[:12]}... is not in the trusted "
                     f"manifest {self.path} (an engine rewritten with its manifest, or one never vouched for)")
         return None
-
-
-def write_trusted_manifest(registry_root: Path | str, out: Path | str) -> TrustedManifest:
-    """
-    Vouch for the registry as it is now: write the sha256 of each model's production release and
-    its history, and of every engine whose file matches its manifest, to ``out``.
-
-    Run it where promotions run, after checking the registry (``skyblink engines trust``), and
-    mount ``out`` read-only into the workers. Written atomically.
-
-    Raises
-    ------
-    IntegrityError
-        A production release's ONNX file does not match its recorded sha256.
-    """
-    from .channels import Channels  # noqa: PLC0415 - channels imports this module
-
-    root = Path(registry_root)
-    channels = Channels(root)
-    releases: dict[str, list[str]] = {}
-    for model, slots in channels.state().items():
-        vouched = [r for r in (*channels.history(model), slots.get("production")) if r is not None]
-        for release in vouched:
-            verify_file(root / release.onnx_file, release.onnx_sha256, what=f"release {release.label}")
-        releases[model] = sorted({r.onnx_sha256 for r in vouched})
-    engines = []
-    for path in sorted(root.glob(f"*{MANIFEST_SUFFIX}")):
-        try:
-            manifest = EngineManifest.read(path)
-        except ValueError:
-            continue
-        engine = root / manifest.engine_file
-        if engine.is_file() and file_sha256(engine) == manifest.engine_sha256:
-            engines.append(manifest.engine_sha256)
-    data: dict[str, Any] = {"format": TRUSTED_FORMAT, "registry": str(root), "releases": releases, "engines": sorted(set(engines))}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        Path(tmp).replace(out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return TrustedManifest.read(out)

@@ -19,12 +19,23 @@ Single process. Experimental.
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import sep
+from astropy import units as u
+from astropy.coordinates import SkyCoord
 
 from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.reduce.steps import (
+    associate,
+    ccd_context,
+    link_moving,
+    match_static,
+    merge_tile_duplicates,
+)
 from skyblink.workers.tile_unit import WorkUnit, prepare_tile
 
 if TYPE_CHECKING:
@@ -89,8 +100,6 @@ def sep_detections(units: list[WorkUnit], store: Any, *, thresh: float = 1.5, mi
     ImportError
         ``sep`` is not installed (``pip install sep``).
     """
-    import sep  # noqa: PLC0415 - only for the baseline
-
     rows: dict[str, list[Any]] = {k: [] for k in ("exposure", "ccd", "x", "y", "snr", "trail_length_px", "trail_angle_deg")}
     for unit in units:
         diff, fwhm, (oy, ox) = difference_window(unit, store)
@@ -140,18 +149,6 @@ def sep_catalog(sources: pa.Table, store: Any, config: Any) -> pa.Table:
         ccd_num, field, mjd, x, y, ra, dec, ra_err, snr, real_bogus`` (the S/N, SEP's only
         score), ``trailed``, the tracklet columns, ``object_id`` and ``alert_type``).
     """
-    from functools import cache  # noqa: PLC0415
-
-    from astropy import units as u  # noqa: PLC0415
-    from astropy.coordinates import SkyCoord  # noqa: PLC0415
-
-    from skyblink.reduce.steps import (  # noqa: PLC0415
-        associate,
-        ccd_context,
-        link_moving,
-        match_static,
-        merge_tile_duplicates,
-    )
 
     context = cache(lambda exposure, ccd: ccd_context(store, exposure, ccd))
     n = sources.num_rows

@@ -33,11 +33,33 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.time import Time
+from scipy.stats import rankdata
+
+from skyblink.cluster.planning import plan_tiles
+from skyblink.config import NightConfig, SimConfig
+from skyblink.lazy_import import lazy_module
+from skyblink.sim import read_truth
+from skyblink.sim.events import movers_for_field
+from skyblink.storage import NightStore
+
+from .sep_baseline import sep_catalog, sep_detections
+
+if TYPE_CHECKING:
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+else:
+    # Only the plots need matplotlib; `_plots` selects the Agg backend before pyplot's first use.
+    mpl = lazy_module("matplotlib")
+    plt = lazy_module("matplotlib.pyplot")
 
 __all__ = ["MethodScore", "ScoreReport", "score_catalog", "score_night"]
 
@@ -105,8 +127,6 @@ def _clean(value: Any) -> Any:  # any JSON-able value
 
 def _truth_events(night_dir: Path) -> dict[str, Any]:
     """Truth per exposure: arrays of every row, with the change magnitude of each event."""
-    from skyblink.sim import read_truth  # noqa: PLC0415
-
     night = json.loads((night_dir / "night.json").read_text())
     out = {}
     for record in night["exposures"]:
@@ -180,8 +200,6 @@ def _completeness(detected: np.ndarray, mags: np.ndarray, bins: np.ndarray) -> t
 
 
 def _roc(scores: np.ndarray, real: np.ndarray) -> tuple[float, float, dict[str, list[float]]]:
-    from scipy.stats import rankdata  # noqa: PLC0415
-
     n_real, n_bogus = int(real.sum()), int((~real).sum())
     if not n_real or not n_bogus:
         return float("nan"), float("nan"), {}
@@ -242,9 +260,6 @@ def score_catalog(catalog: pa.Table, truth: dict[str, Any], method: str, *, scor
     out.events = len(mags)
     out.completeness_bins, out.m50 = _completeness(np.array(detected, bool), np.array(mags, float), bins)
     # Astrometry of real point sources.
-    from astropy import units as u  # noqa: PLC0415
-    from astropy.coordinates import SkyCoord  # noqa: PLC0415
-
     snr = catalog.column("snr").to_numpy().astype(float)
     sep_arcsec = np.full(catalog.num_rows, np.nan)
     point = np.zeros(catalog.num_rows, bool)
@@ -268,11 +283,6 @@ def score_catalog(catalog: pa.Table, truth: dict[str, Any], method: str, *, scor
 
 
 def _score_linking(out: MethodScore, catalog: pa.Table, truth: dict[str, Any], which: np.ndarray, exposures: np.ndarray) -> None:
-    from astropy.time import Time  # noqa: PLC0415
-
-    from skyblink.config import SimConfig  # noqa: PLC0415
-    from skyblink.sim.events import movers_for_field  # noqa: PLC0415
-
     ident = np.array([truth["exposures"][e]["id"][k] if k >= 0 else "" for e, k in zip(exposures, which, strict=True)], dtype=object)
     kind = np.array([truth["exposures"][e]["type"][k] if k >= 0 else "" for e, k in zip(exposures, which, strict=True)], dtype=object)
     mover_exposures: dict[str, set[str]] = {}
@@ -328,9 +338,6 @@ def _score_linking(out: MethodScore, catalog: pa.Table, truth: dict[str, Any], w
 
 def _score_prediction(row: dict[str, Any], ra: float, dec: float, errors: list[float], inside1: list[bool],
                       inside68: list[bool]) -> None:
-    from astropy import units as u  # noqa: PLC0415
-    from astropy.coordinates import SkyCoord  # noqa: PLC0415
-
     predicted = SkyCoord(row["predicted_ra"] * u.deg, row["predicted_dec"] * u.deg)
     true = SkyCoord(ra * u.deg, dec * u.deg)
     offset = predicted.spherical_offsets_to(true)
@@ -388,8 +395,6 @@ def score_night(night_dir: Path | str, store_url: str, *, out_dir: Path | str | 
     FileNotFoundError
         The night has no ``night.json`` (not simulated) or the store no detections catalog (not run).
     """
-    import fsspec  # noqa: PLC0415
-
     night_dir = Path(night_dir)
     if not (night_dir / "night.json").exists():
         msg = f"{night_dir}: no night.json; score needs a night simulated by `skyblink sim night` (it holds the truth)"
@@ -405,12 +410,6 @@ def score_night(night_dir: Path | str, store_url: str, *, out_dir: Path | str | 
     ours = score_catalog(catalog, truth, "skyblink")
     sep_score = None
     if baseline:
-        from skyblink.cluster.planning import plan_tiles  # noqa: PLC0415
-        from skyblink.config import NightConfig  # noqa: PLC0415
-        from skyblink.storage import NightStore  # noqa: PLC0415
-
-        from .sep_baseline import sep_catalog, sep_detections  # noqa: PLC0415
-
         night_config = config or NightConfig()
         store = NightStore(store_url)
         units = []
@@ -429,10 +428,7 @@ def score_night(night_dir: Path | str, store_url: str, *, out_dir: Path | str | 
 
 
 def _plots(report: ScoreReport, out: Path) -> list[str]:
-    import matplotlib as mpl  # noqa: PLC0415
-
     mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     methods = [m for m in (report.ours, report.sep) if m is not None]
     paths = []

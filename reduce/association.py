@@ -25,12 +25,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sep
 from astropy import units as u
 from astropy.coordinates import SkyCoord, search_around_sky
+from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -192,8 +194,6 @@ def _concentration(sub: np.ndarray, x: np.ndarray, y: np.ndarray, xs: np.ndarray
 
 def reference_catalog_path(store: Any, field: str, snr_threshold: float) -> tuple[Any, str]:
     """Return the file system and path of a field's cached reference catalog."""
-    import fsspec  # noqa: PLC0415
-
     fs, root = fsspec.core.url_to_fs(store.url)
     return fs, f"{root.rstrip('/')}/catalogs/reference-{field}-snr{snr_threshold:g}-v{_CATALOG_VERSION}.parquet"
 
@@ -210,8 +210,6 @@ def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: fl
     pyarrow.Table
         Of `REFERENCE_SCHEMA`.
     """
-    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
-
     key = store.reference_key(field)
     _, header, wcs = store.ccd_description(key, ccd)
     scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)

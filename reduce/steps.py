@@ -49,6 +49,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.time import Time
+from astropy.wcs.utils import proj_plane_pixel_scales
 
 from skyblink.cluster.results import stamps_of
 from skyblink.config import NightConfig
@@ -141,9 +145,6 @@ def ccd_context(store: Any, exposure: str, ccd: str) -> CcdContext:
     ValueError
         The exposure has no observation time, or its FILTER is not a known band.
     """
-    from astropy.time import Time  # noqa: PLC0415 - astropy only where reducing
-    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
-
     meta, header, wcs = store.ccd_description(exposure, ccd)  # one read of the CCD's attributes
     if meta.get("mjd_obs") is None:
         msg = f"{exposure}/{ccd}: no MJD-OBS or DATE-OBS, an alert needs the observation time"
@@ -250,9 +251,6 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
         if len(trailed):
             angle = np.radians(shapes.trail_angle_deg[trailed])
             ahead = wcs.all_pix2world(np.column_stack([xs[trailed] + np.cos(angle), ys[trailed] + np.sin(angle)]), 0)
-            from astropy import units as u  # noqa: PLC0415
-            from astropy.coordinates import SkyCoord  # noqa: PLC0415
-
             here = SkyCoord(sky[trailed, 0] * u.deg, sky[trailed, 1] * u.deg)
             trail_pa[trailed] = here.position_angle(SkyCoord(ahead[:, 0] * u.deg, ahead[:, 1] * u.deg)).deg % 180.0
     for i in range(n):

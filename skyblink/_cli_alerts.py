@@ -7,8 +7,10 @@ Each command validates its configuration, then calls public functions of
 
 from __future__ import annotations
 
+import csv
+import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -25,6 +27,17 @@ from ._cli_common import (
     prog,
 )
 from .config import SkyblinkConfig
+from .lazy_import import lazy_module
+
+if TYPE_CHECKING:
+    from skyblink.cluster import private_redis
+    from skyblink.storage import alerts as storage_alerts
+    from skyblink.storage.alerts import survey_packets
+else:
+    # Keep --help fast: Redis, fastavro and the cluster driver load when a command runs.
+    private_redis = lazy_module("skyblink.cluster.private_redis")
+    storage_alerts = lazy_module("skyblink.storage.alerts")
+    survey_packets = lazy_module("skyblink.storage.alerts.survey_packets")
 
 __all__ = ["alerts_app"]
 
@@ -48,13 +61,9 @@ StreamOption = Annotated[
 
 
 def _client(config: SkyblinkConfig) -> Any:
-    from skyblink.storage.alerts import connect  # noqa: PLC0415 - keep --help fast
-
     url = config.redis.url
     if not url:
-        from skyblink.cluster.private_redis import running_private_redis  # noqa: PLC0415
-
-        url = running_private_redis(config)
+        url = private_redis.running_private_redis(config)
     if not url:
         msg = (
             f"error: no Redis to read from: no private redis-server is running in {config.night.redis_dir} "
@@ -63,36 +72,26 @@ def _client(config: SkyblinkConfig) -> Any:
         )
         raise fail(msg)
     try:
-        return connect(config.redis, url=url)
-    except (ValueError, _alert_errors()) as exc:
+        return storage_alerts.connect(config.redis, url=url)
+    except (ValueError, storage_alerts.AlertError) as exc:
         raise fail(f"error: {exc}") from None
 
 
-def _alert_errors() -> type[Exception]:
-    from skyblink.storage.alerts import AlertError  # noqa: PLC0415
-
-    return AlertError
-
-
 def _stream(config: SkyblinkConfig, night: str | None, stream: str | None) -> str:
-    from skyblink.storage.alerts import stream_name  # noqa: PLC0415
-
     if (night is None) == (stream is None):
         raise fail("error: give exactly one of --night and --stream (`skyblink alerts nights` lists the nights)", code=2)
     if stream is not None:
         return stream
     try:
-        return stream_name(config.alerts.stream, night)  # type: ignore[arg-type]
+        return storage_alerts.stream_name(config.alerts.stream, night)  # type: ignore[arg-type]
     except ValueError as exc:
         raise fail(f"error: {exc}", code=2) from None
 
 
 def _nights(client: Any, config: SkyblinkConfig) -> dict[str, int]:
     """The nights whose stream is in this Redis (dead-letter streams left out), with their lengths."""
-    from skyblink.storage.alerts import dead_letter_stream  # noqa: PLC0415
-
     head, _, tail = config.alerts.stream.partition("{night}")
-    dead_suffix = dead_letter_stream("")
+    dead_suffix = storage_alerts.dead_letter_stream("")
     found: dict[str, int] = {}
     for raw in client.scan_iter(match=f"{head}*{tail}", _type="STREAM", count=1000):
         key = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -160,8 +159,6 @@ def consume(
     ] = False,
 ) -> None:
     """Read alerts in a consumer group, write JSON lines (and cutouts), ack each once written."""
-    from skyblink.storage.alerts import AlertConsumer, AlertError, JsonLinesSink  # noqa: PLC0415
-
     if start not in ("earliest", "latest"):
         raise fail(f"error: --start must be earliest or latest, got {start!r}", code=2)
     start_at: Literal["earliest", "latest"] = "earliest" if start == "earliest" else "latest"
@@ -180,8 +177,8 @@ def consume(
     letters: list[str] = []
     try:
         with (
-            JsonLinesSink(None if out == "-" else Path(out), cutouts=cutouts) as sink,
-            AlertConsumer(
+            storage_alerts.JsonLinesSink(None if out == "-" else Path(out), cutouts=cutouts) as sink,
+            storage_alerts.AlertConsumer(
                 client,
                 group,
                 stream=name,
@@ -197,7 +194,7 @@ def consume(
             except KeyboardInterrupt:
                 err_console.print("interrupted: unacked alerts stay pending for the group", markup=False)
                 raise typer.Exit(130) from None
-    except (AlertError, OSError) as exc:
+    except (storage_alerts.AlertError, OSError) as exc:
         raise fail(f"error: {exc}") from None
     finally:
         client.close()
@@ -213,8 +210,6 @@ def consume(
 
 
 def _wait_for(client: Any, name: str) -> None:
-    import time  # noqa: PLC0415
-
     if client.exists(name):
         return
     err_console.print(f"waiting for the stream {name} to appear (Ctrl-C to stop)", markup=False, highlight=False)
@@ -238,14 +233,12 @@ def tail(
     ] = False,
 ) -> None:
     """Show the last entries of a stream as a table (reads only; no group, no ack); fits 80 columns."""
-    from skyblink.storage.alerts import latest_alerts  # noqa: PLC0415
-
     config = effective_config(ctx, **{"redis.url": redis_url})
     name = _stream(config, night, stream)
     client = _client(config)
     _require_stream(client, config, name)
     try:
-        alerts, malformed = latest_alerts(client, name, lines)
+        alerts, malformed = storage_alerts.latest_alerts(client, name, lines)
         length = client.xlen(name)
     finally:
         client.close()
@@ -287,11 +280,9 @@ def validate(
     ] = None,
 ) -> None:
     """Check that every shipped schema version round-trips its sample data."""
-    from skyblink.storage.alerts import SchemaNotFoundError, validate_schemas  # noqa: PLC0415
-
     try:
-        checks = validate_schemas(version)
-    except SchemaNotFoundError as exc:
+        checks = storage_alerts.validate_schemas(version)
+    except storage_alerts.SchemaNotFoundError as exc:
         raise fail(f"error: {exc}") from None
     table = Table(title="alert schemas")
     for column in ("version", "schema id", "samples", "largest packet", "round trip"):
@@ -324,12 +315,9 @@ def score(
     braai: Annotated[bool, typer.Option("--braai/--no-braai", help="Also score ZTF alerts with the braai port (default on).")] = True,
 ) -> None:
     """Score real survey alerts with skyblink's classifier (and braai for ZTF), one row per alert."""
-    import csv  # noqa: PLC0415
-
     from skyblink.evaluation.survey_scores import score_alerts  # noqa: PLC0415
-    from skyblink.storage.alerts.survey_packets import read_survey_files  # noqa: PLC0415
 
-    report = read_survey_files(files, rubin_schema_dir=rubin_schemas)
+    report = survey_packets.read_survey_files(files, rubin_schema_dir=rubin_schemas)
     scores = score_alerts(report.alerts, braai=braai)
     columns = ("alert_id", "survey", "object_id", "schema_version", "skyblink_rb", "skyblink_class", "braai_drb",
                "packet_score", "packet_score_name", "drb", "rb", "reliability", "stamp_shape", "packet")

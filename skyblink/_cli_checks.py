@@ -10,9 +10,20 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .config import SkyblinkConfig
+from .lazy_import import lazy_module
+from .redaction import redact_url
+
+if TYPE_CHECKING:
+    import fsspec
+
+    from skyblink.cluster import ingest
+else:
+    fsspec = lazy_module("fsspec")
+    ingest = lazy_module("skyblink.cluster.ingest")  # imports Ray: only when a night is checked
 
 __all__ = [
     "InputError",
@@ -59,8 +70,6 @@ def check_store(url: str, *, must_exist: bool = False, flag: str = "--store") ->
     """
     local = _local_path(url)
     if local is None:
-        import fsspec  # noqa: PLC0415
-
         protocol = urlsplit(url).scheme
         try:
             fsspec.get_filesystem_class(protocol)
@@ -93,8 +102,6 @@ def check_night_dir(night_dir: Path, *, allow_empty: bool = False) -> int:
         It does not exist, is not a directory, two files would share one store key, or it
         holds no FITS file and ``allow_empty`` is false.
     """
-    from skyblink.cluster.ingest import IngestPlanError, discover_night  # noqa: PLC0415
-
     if not night_dir.exists():
         msg = f"night directory {night_dir} does not exist"
         raise InputError(msg)
@@ -102,8 +109,8 @@ def check_night_dir(night_dir: Path, *, allow_empty: bool = False) -> int:
         msg = f"night directory {night_dir} is a file, not a directory"
         raise InputError(msg)
     try:
-        files = discover_night(night_dir)
-    except IngestPlanError as exc:
+        files = ingest.discover_night(night_dir)
+    except ingest.IngestPlanError as exc:
         raise InputError(str(exc)) from None
     if not files and not allow_empty:
         msg = (f"night directory {night_dir} holds no FITS files (*.fits, *.fits.fz, *.fits.gz, in exposures/ and "
@@ -124,8 +131,6 @@ def check_redis(config: SkyblinkConfig, *, flag: str = "--redis-url") -> None:
     """
     url = config.redis.url
     if url:
-        from skyblink.storage.alerts import redact_url  # noqa: PLC0415
-
         if urlsplit(url).scheme not in _REDIS_SCHEMES:
             msg = f"{flag} {redact_url(url)}: must start with redis://, rediss:// (TLS) or unix://"
             raise InputError(msg)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -82,9 +84,6 @@ RedisUrlOption = Annotated[
 
 def prog() -> str:
     """How the user called skyblink (``.venv-demo/bin/skyblink``), for commands printed to copy."""
-    import sys  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
     return sys.argv[0] if sys.argv and Path(sys.argv[0]).name == "skyblink" else "skyblink"
 
 

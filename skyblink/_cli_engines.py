@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
@@ -11,9 +12,33 @@ import typer
 from rich.table import Table
 
 from ._cli_common import console, effective_config, err_console, fail
+from .lazy_import import lazy_module
 
 if TYPE_CHECKING:
+    from skyblink import engines, storage
+    from skyblink.cluster import planning as cluster_planning
+    from skyblink.engines import _trt as engines_trt
+    from skyblink.engines import build as engine_build
+    from skyblink.engines import calibration_set, canary, gate, lifecycle
+    from skyblink.engines import channels as engine_channels
+    from skyblink.engines import export as engine_export
+    from skyblink.engines.training import train as training
+
     from .config import SkyblinkConfig
+else:
+    # The ML side (torch, onnx, TensorRT) loads when an engine command runs, not for --help.
+    engines = lazy_module("skyblink.engines")
+    storage = lazy_module("skyblink.storage")
+    cluster_planning = lazy_module("skyblink.cluster.planning")
+    engines_trt = lazy_module("skyblink.engines._trt")
+    engine_build = lazy_module("skyblink.engines.build")
+    calibration_set = lazy_module("skyblink.engines.calibration_set")
+    canary = lazy_module("skyblink.engines.canary")
+    gate = lazy_module("skyblink.engines.gate")
+    lifecycle = lazy_module("skyblink.engines.lifecycle")
+    engine_channels = lazy_module("skyblink.engines.channels")
+    engine_export = lazy_module("skyblink.engines.export")
+    training = lazy_module("skyblink.engines.training.train")
 
 __all__ = ["engines_app", "train_app"]
 
@@ -34,11 +59,7 @@ RegistryOption = Annotated[
 
 
 def _training_config(which: str, epochs: int | None, fields: int | None, exposures: int | None, seed: int | None):
-    from dataclasses import replace  # noqa: PLC0415
-
-    from skyblink.engines.training.train import CLASSIFIER_DEFAULTS, TrainingConfig  # noqa: PLC0415
-
-    base = TrainingConfig() if which == "detector" else CLASSIFIER_DEFAULTS
+    base = training.TrainingConfig() if which == "detector" else training.CLASSIFIER_DEFAULTS
     changes: dict[str, Any] = {k: v for k, v in {"fields": fields, "exposures_per_field": exposures, "seed": seed}.items() if v is not None}
     data = replace(base.data, **changes)
     return replace(base, data=data, **({"epochs": epochs} if epochs is not None else {}))
@@ -58,10 +79,8 @@ def _print_card(card: dict) -> None:
 
 def _train(ctx: typer.Context, which: str, epochs: int | None, fields: int | None, exposures: int | None,
            seed: int | None, models: Path | None) -> None:
-    from skyblink.engines.training import train  # noqa: PLC0415 - imports torch
-
     effective_config(ctx)
-    function = train.train_detector if which == "detector" else train.train_classifier
+    function = training.train_detector if which == "detector" else training.train_classifier
     card = function(_training_config(which, epochs, fields, exposures, seed), out_root=models,
                     progress=lambda line: err_console.print(line, markup=False, highlight=False))
     _print_card(card)
@@ -111,22 +130,17 @@ def engines_build(
     models: ModelsOption = None,
 ) -> None:
     """Build a TensorRT engine from a shipped ONNX model into the registry, with its manifest."""
-    from skyblink.engines._trt import TensorRTUnavailableError  # noqa: PLC0415
-    from skyblink.engines.build import EngineBuildError, build_engine  # noqa: PLC0415
-    from skyblink.engines.catalog import MODEL_VERSIONS, ModelNotShippedError, onnx_path  # noqa: PLC0415
-    from skyblink.engines.manifest import ProfileSpec  # noqa: PLC0415
-
     config = effective_config(ctx, **{"engines.registry": str(registry) if registry else None})
     if precision not in ("fp32", "fp16"):
         raise fail(f"--precision must be fp32 or fp16, got {precision!r} (INT8 engines come from a Q/DQ graph)")
     try:
-        specs = [ProfileSpec.parse(p) for p in profiles] if profiles else None
-        version = "d6_m7" if model == "braai" else MODEL_VERSIONS[model]
+        specs = [engines.ProfileSpec.parse(p) for p in profiles] if profiles else None
+        version = "d6_m7" if model == "braai" else engines.MODEL_VERSIONS[model]
         registry_dir = Path(config.engines.registry).expanduser()
-        source = _braai_onnx(precision, registry_dir) if model == "braai" else onnx_path(model, precision, models)
-        manifest = build_engine(source, registry_dir, model=model, model_version=version,
+        source = _braai_onnx(precision, registry_dir) if model == "braai" else engines.onnx_path(model, precision, models)
+        manifest = engine_build.build_engine(source, registry_dir, model=model, model_version=version,
                                 precision=precision, profiles=specs, compute_capabilities=targets, builder=builder)
-    except (ValueError, ModelNotShippedError, EngineBuildError, TensorRTUnavailableError) as exc:
+    except (ValueError, engines.ModelNotShippedError, engine_build.EngineBuildError, engines_trt.TensorRTUnavailableError) as exc:
         raise fail(f"error: {exc}") from None
     console.print(f"built {manifest.engine_file} ({manifest.engine_bytes / 1e6:.1f} MB) in {manifest.build_seconds:.2f} s "
                   f"with {manifest.builder} {manifest.builder_version} for {', '.join(manifest.compute_capabilities)}", markup=False)
@@ -134,22 +148,19 @@ def engines_build(
 
 def _braai_onnx(precision: str, registry_dir: Path) -> Path:
     """Export the shipped braai port (weights only) to ONNX beside the registry; reused when present."""
-    from skyblink.engines.export import export_onnx  # noqa: PLC0415
     from skyblink.evaluation.braai_port import load_braai  # noqa: PLC0415
 
     target = registry_dir / "onnx" / f"braai.{precision}.onnx"
     if not target.exists():
-        export_onnx(load_braai(), target, precision=precision)  # type: ignore[arg-type]
+        engine_export.export_onnx(load_braai(), target, precision=precision)  # type: ignore[arg-type]
     return target
 
 
 @engines_app.command("list")
 def engines_list(ctx: typer.Context, registry: RegistryOption = None) -> None:
     """List the engines in the registry with their manifests' key fields."""
-    from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
-
     config = effective_config(ctx, **{"engines.registry": str(registry) if registry else None})
-    reg = EngineRegistry(Path(config.engines.registry).expanduser())
+    reg = engines.EngineRegistry(Path(config.engines.registry).expanduser())
     table = Table(title=f"engines in {reg.root}")
     for column in ("engine", "model", "version", "precision", "builder", "targets", "profiles", "MB"):
         table.add_column(column)
@@ -186,23 +197,19 @@ def engines_quantize(
     registry: RegistryOption = None,
 ) -> None:
     """Quantize to INT8 (Q/DQ) on the stratified calibration set, gate against fp32, register as candidate, build."""
-    from skyblink.engines.calibration_set import bright_crowded_spec, stratified_spec  # noqa: PLC0415
-    from skyblink.engines.gate import AccuracyGateError, ValidationSpec  # noqa: PLC0415
-    from skyblink.engines.lifecycle import describe, quantize_candidate  # noqa: PLC0415
-
     _check_model(model)
     if calibration not in ("stratified", "bright-crowded") or method not in ("percentile", "minmax", "entropy"):
         raise fail("--calibration must be stratified or bright-crowded; --method percentile, minmax or entropy", 2)
     root, _ = _registry_dir(ctx, registry)
-    spec = stratified_spec() if calibration == "stratified" else bright_crowded_spec()
-    validation = ValidationSpec(exposures=validation_exposures, image_size=image_size, dark_deep_exposures=dark_deep_exposures)
+    spec = calibration_set.stratified_spec() if calibration == "stratified" else calibration_set.bright_crowded_spec()
+    validation = gate.ValidationSpec(exposures=validation_exposures, image_size=image_size, dark_deep_exposures=dark_deep_exposures)
     try:
-        result = quantize_candidate(model, root, calibration=spec, method=method, validation=validation,  # type: ignore[arg-type]
+        result = lifecycle.quantize_candidate(model, root, calibration=spec, method=method, validation=validation,  # type: ignore[arg-type]
                                     cache_dir=root / "calibration", build=not no_build)
-    except AccuracyGateError as exc:
+    except gate.AccuracyGateError as exc:
         raise fail(str(exc)) from None
     console.print(result.gate.report(), markup=False, highlight=False)
-    for key, value in describe(result).items():
+    for key, value in lifecycle.describe(result).items():
         console.print(f"{key}: {value}", markup=False, highlight=False)
 
 
@@ -216,11 +223,6 @@ def engines_promote(
     registry: RegistryOption = None,
 ) -> None:
     """Run the candidate (or canary) in shadow next to production; promote one channel if within tolerances."""
-    from skyblink.cluster.planning import plan_tiles  # noqa: PLC0415
-    from skyblink.engines.canary import PromotionError, PromotionTolerances, promote  # noqa: PLC0415
-    from skyblink.engines.channels import ChannelError  # noqa: PLC0415
-    from skyblink.storage import NightStore  # noqa: PLC0415
-
     checked = _check_model(model)
     if to not in (None, "canary", "production"):
         raise fail(f"--to must be canary or production, got {to!r}", 2)
@@ -229,14 +231,15 @@ def engines_promote(
     night = config.night
     size = night.tile_size or config.ingest.tile_size
     try:
-        shadow_store = NightStore(store)
-        units = [u for key in shadow_store.exposure_keys() for u in plan_tiles(shadow_store, key, size=size, margin=night.margin)]
-        report = promote(checked, root, shadow_store, units, to=target, fraction=config.engines.canary_fraction,
-                         tolerances=PromotionTolerances.from_config(config.engines),
+        shadow_store = storage.NightStore(store)
+        units = [u for key in shadow_store.exposure_keys()
+                 for u in cluster_planning.plan_tiles(shadow_store, key, size=size, margin=night.margin)]
+        report = canary.promote(checked, root, shadow_store, units, to=target, fraction=config.engines.canary_fraction,
+                         tolerances=canary.PromotionTolerances.from_config(config.engines),
                          threshold=night.detector_threshold, snr_threshold=night.snr_threshold, top_k=night.top_k)
-    except (ChannelError, FileNotFoundError) as exc:
+    except (engine_channels.ChannelError, FileNotFoundError) as exc:
         raise fail(f"error: {exc}") from None
-    except PromotionError as exc:
+    except canary.PromotionError as exc:
         raise fail(str(exc)) from None
     console.print(report.text(), markup=False, highlight=False)
     console.print(f"promoted {report.release} to {report.target}", markup=False, highlight=False)
@@ -245,13 +248,11 @@ def engines_promote(
 @engines_app.command("rollback")
 def engines_rollback(ctx: typer.Context, model: ModelArgument, registry: RegistryOption = None) -> None:
     """Put the previous production release of MODEL back (or the shipped model when there is none)."""
-    from skyblink.engines.channels import ChannelError, Channels  # noqa: PLC0415
-
     _check_model(model)
     root, _ = _registry_dir(ctx, registry)
     try:
-        previous = Channels(root).rollback(model)
-    except ChannelError as exc:
+        previous = engine_channels.Channels(root).rollback(model)
+    except engine_channels.ChannelError as exc:
         raise fail(f"error: {exc}") from None
     console.print(f"{model} production is now {previous.label if previous else 'the shipped model'}", markup=False)
 
@@ -259,15 +260,13 @@ def engines_rollback(ctx: typer.Context, model: ModelArgument, registry: Registr
 @engines_app.command("channels")
 def engines_channels(ctx: typer.Context, registry: RegistryOption = None) -> None:
     """Show each model's candidate, canary and production releases."""
-    from skyblink.engines.channels import CHANNELS, Channels  # noqa: PLC0415
-
     root, _ = _registry_dir(ctx, registry)
     table = Table(title=f"release channels in {root}")
-    for column in ("model", *CHANNELS, "history"):
+    for column in ("model", *engine_channels.CHANNELS, "history"):
         table.add_column(column)
-    channels = Channels(root)
+    channels = engine_channels.Channels(root)
     for model, slots in channels.state().items():
-        cells = [slot.label.split(" ", 1)[1] if (slot := slots[c]) else "-" for c in CHANNELS]
+        cells = [slot.label.split(" ", 1)[1] if (slot := slots[c]) else "-" for c in engine_channels.CHANNELS]
         table.add_row(model, *cells, str(len(channels.history(model))))
     console.print(table)
 
@@ -280,12 +279,10 @@ def engines_trust(
     registry: RegistryOption = None,
 ) -> None:
     """Vouch for the registry as it is: write the sha256 of the production releases (and their history) and engines."""
-    from skyblink.engines.trust import IntegrityError, write_trusted_manifest  # noqa: PLC0415
-
     root, _ = _registry_dir(ctx, registry)
     try:
-        trusted = write_trusted_manifest(root, out)
-    except (IntegrityError, OSError, ValueError) as exc:
+        trusted = engines.write_trusted_manifest(root, out)
+    except (engines.IntegrityError, OSError, ValueError) as exc:
         raise fail(f"error: {exc}") from None
     releases = sum(len(v) for v in trusted.releases.values())
     console.print(f"{out}: {releases} release(s) of {len(trusted.releases)} model(s), {len(trusted.engines)} engine(s)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -35,12 +36,23 @@ from ._cli_common import (
     plain_progress,
 )
 from ._cli_common import prog as _prog  # _print_next_steps names its local prog
+from .lazy_import import lazy_module
 from .redaction import redact_text
 
 if TYPE_CHECKING:
+    from skyblink import storage
+    from skyblink.cluster import ingest
+    from skyblink.cluster import night as cluster_night
     from skyblink.cluster.night import NightRunReport
     from skyblink.config import SkyblinkConfig
     from skyblink.evaluation.truth_scoring import ScoreReport
+    from skyblink.storage import alerts as storage_alerts
+else:
+    # Ray, the pipeline and Redis load when a night runs, not for --help or a refused lock.
+    storage = lazy_module("skyblink.storage")
+    storage_alerts = lazy_module("skyblink.storage.alerts")
+    ingest = lazy_module("skyblink.cluster.ingest")
+    cluster_night = lazy_module("skyblink.cluster.night")
 
 __all__ = ["night_app"]
 
@@ -99,12 +111,10 @@ def night_run(
         check_night_dir(night_dir, allow_empty=watch)  # --watch: the exposures land later
     if config.redis.url:  # a wrong host or password fails now, not after Ray has started
         _probe_redis(config)
-    from skyblink.storage import StoreLock, StoreLockedError  # noqa: PLC0415
-
     try:  # one writer per store, refused before the pipeline's imports (seconds) are paid
-        lock = StoreLock(config.store, "skyblink night run").acquire(
+        lock = storage.StoreLock(config.store, "skyblink night run").acquire(
             wait=wait, say=lambda line: err_console.print(line, markup=False, highlight=False))
-    except StoreLockedError as exc:
+    except storage.StoreLockedError as exc:
         raise fail(f"error: {exc}", EXIT_BUSY) from None
     with lock:
         _night_run(night_dir, config, night=night, keep_redis=keep_redis, watch=watch, report_path=report_path)
@@ -112,10 +122,6 @@ def night_run(
 
 def _night_run(night_dir: Path, config: SkyblinkConfig, *, night: str | None, keep_redis: bool, watch: bool,
                report_path: Path | None) -> None:
-    from skyblink.cluster.ingest import IngestPlanError  # noqa: PLC0415 - Ray imports only when running
-    from skyblink.cluster.night import run_night  # noqa: PLC0415
-    from skyblink.storage import StorageError  # noqa: PLC0415
-
     progress = Progress(
         TextColumn("{task.description:>16}"),
         BarColumn(),
@@ -156,9 +162,9 @@ def _night_run(night_dir: Path, config: SkyblinkConfig, *, night: str | None, ke
 
     try:
         with progress, plain_progress(progress):
-            report = run_night(night_dir, config, night=night, keep_redis=keep_redis, watch=watch,
+            report = cluster_night.run_night(night_dir, config, night=night, keep_redis=keep_redis, watch=watch,
                                on_stage=stage, on_planned=planned, on_unit=unit_done, say=say)
-    except (IngestPlanError, StorageError, ValueError) as exc:
+    except (ingest.IngestPlanError, storage.StorageError, ValueError) as exc:
         raise fail(f"error: {exc}") from None
     except KeyboardInterrupt:
         raise fail("interrupted: run the same command again to resume the night") from None
@@ -203,19 +209,15 @@ def _print_next_steps(night: str, *, readable: bool) -> None:
 
 
 def _probe_redis(config: object) -> None:
-    from skyblink.storage.alerts import AlertError, connect  # noqa: PLC0415
-
     try:
-        connect(config.redis).close()  # type: ignore[attr-defined]
-    except (ValueError, AlertError) as exc:
+        storage_alerts.connect(config.redis).close()  # type: ignore[attr-defined]
+    except (ValueError, storage_alerts.AlertError) as exc:
         raise fail(f"error: {exc}") from None
 
 
 def _check_night_name(config: object, night: str) -> None:
-    from skyblink.storage.alerts.entry import stream_name  # noqa: PLC0415
-
     try:
-        stream_name(config.alerts.stream, night)  # type: ignore[attr-defined]
+        storage_alerts.stream_name(config.alerts.stream, night)  # type: ignore[attr-defined]
     except ValueError as exc:
         raise fail(f"error: --night: {exc}", code=2) from None
 
@@ -292,12 +294,9 @@ def night_score(
             check_output_dir(out, "--out")
     from skyblink.evaluation.truth_scoring import score_night  # noqa: PLC0415 - astropy/matplotlib only when scoring
 
-    if baseline:
-        try:
-            import sep  # noqa: F401, PLC0415
-        except ImportError:
-            err_console.print("sep is not installed (pip install sep): scoring without the SEP baseline", style="yellow")
-            baseline = False
+    if baseline and importlib.util.find_spec("sep") is None:
+        err_console.print("sep is not installed (pip install sep): scoring without the SEP baseline", style="yellow")
+        baseline = False
     where = out if out is not None else f"{config.store.rstrip('/')}/score"
     err_console.print(f"scoring {night_dir} against its truth{' and the SEP baseline' if baseline else ''}; "
                       f"score.json and the plots go to {where}", markup=False, highlight=False, soft_wrap=True)

@@ -7,11 +7,29 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ._cli_common import console, effective_config, fail
+from .headers import HeaderFactError
+from .lazy_import import lazy_module
+
+if TYPE_CHECKING:
+    import numpy as np
+    from astropy.io import fits
+
+    from skyblink import storage
+    from skyblink.engines import backends, model_io
+    from skyblink.workers import subtract_pair as pair_subtraction
+else:
+    # numpy, astropy and the worker side (ML extras) load when the command runs, not for --help.
+    np = lazy_module("numpy")
+    fits = lazy_module("astropy.io.fits")
+    storage = lazy_module("skyblink.storage")
+    backends = lazy_module("skyblink.engines.backends")
+    model_io = lazy_module("skyblink.engines.model_io")
+    pair_subtraction = lazy_module("skyblink.workers.subtract_pair")
 
 __all__ = ["register", "subtract", "write_candidates", "write_difference"]
 
@@ -21,8 +39,6 @@ def write_difference(path: Path, result: Any, science: Any) -> None:
     Write DIFF.fits: the difference in the science's units, with the science's WCS, in the primary
     HDU, and its 1-sigma noise in an extension named ``NOISE``.
     """
-    from astropy.io import fits  # noqa: PLC0415
-
     header = fits.Header.fromstring(science.wcs_header)
     for key in ("BUNIT", "FILTER", "MJD-OBS", "DATE-OBS", "EXPTIME", "GAIN"):
         if key in science.header:
@@ -42,10 +58,6 @@ CANDIDATE_COLUMNS = ("x", "y", "ra", "dec", "snr", "real_bogus", "class", "class
 
 def write_candidates(path: Path, records: list[Any], science: Any, *, alert_min_real_bogus: float) -> None:
     """Write the candidates as CSV: 0-based science pixels, ICRS degrees, S/N, real/bogus, class, alert flag."""
-    import numpy as np  # noqa: PLC0415
-
-    from skyblink.engines.model_io import CLASSIFIER_CLASSES  # noqa: PLC0415
-
     xy = np.array([[r.x, r.y] for r in records], dtype=float).reshape(-1, 2)
     world = science.wcs.all_pix2world(xy, 0) if len(records) else np.empty((0, 2))
     with path.open("w", newline="") as fh:
@@ -54,7 +66,7 @@ def write_candidates(path: Path, records: list[Any], science: Any, *, alert_min_
         for record, (ra, dec) in zip(records, world, strict=True):
             best = int(np.argmax(record.class_probs))
             writer.writerow([f"{record.x:.2f}", f"{record.y:.2f}", f"{ra:.7f}", f"{dec:.7f}", f"{record.snr:.2f}",
-                             f"{record.real_bogus:.4f}", CLASSIFIER_CLASSES[best], f"{record.class_probs[best]:.4f}",
+                             f"{record.real_bogus:.4f}", model_io.CLASSIFIER_CLASSES[best], f"{record.class_probs[best]:.4f}",
                              f"{record.score:.4f}", int(record.real_bogus >= alert_min_real_bogus)])
 
 
@@ -73,18 +85,15 @@ def subtract(
     config = effective_config(ctx, **{"night.tile_size": tile_size})
     if psf_match not in ("kernel", "gaussian"):
         raise fail(f"error: --psf-match must be kernel or gaussian, got {psf_match!r}")
-    from skyblink.headers import HeaderFactError  # noqa: PLC0415
-    from skyblink.storage import InvalidExposureError  # noqa: PLC0415
-
-    try:
-        from skyblink.engines.backends import select_runner  # noqa: PLC0415 - worker side: ML extras
-        from skyblink.workers.subtract_pair import read_pair_image, subtract_pair  # noqa: PLC0415
+    try:  # the worker side (ML extras) loads here
+        select_runner = backends.select_runner
+        read_pair_image, subtract_pair = pair_subtraction.read_pair_image, pair_subtraction.subtract_pair
     except ImportError as exc:
         raise fail(f"error: skyblink subtract needs the worker extras (torch or onnxruntime): {exc}") from None
     try:
         science = read_pair_image(science_path, ccd=hdu, headers=config.headers)
         reference = read_pair_image(reference_path, ccd=hdu, headers=config.headers)
-    except InvalidExposureError as exc:
+    except storage.InvalidExposureError as exc:
         raise fail(f"error: {exc}") from None
     try:
         runners = [select_runner(name, backend=backend).runner for name in ("detector", "classifier")]  # type: ignore[arg-type]

@@ -9,10 +9,11 @@ Exit status: 0 success; 1 an error (bad configuration, missing directory, ...); 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.core
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from ._cli_alerts import alerts_app
@@ -36,6 +37,15 @@ from ._cli_night import night_app
 from ._cli_subtract import register as _register_subtract
 from ._version import __version__
 from .config import SkyblinkConfig, config_as_json, config_as_toml
+from .lazy_import import lazy_module
+
+if TYPE_CHECKING:
+    from skyblink import cluster, sim, storage
+else:
+    # Keep --help fast: the simulator, the store and Ray load when a command runs.
+    cluster = lazy_module("skyblink.cluster")
+    sim = lazy_module("skyblink.sim")
+    storage = lazy_module("skyblink.storage")
 
 __all__ = ["EXIT_QUARANTINED", "app", "main"]
 
@@ -136,8 +146,6 @@ def sim_night(
     ] = False,
 ) -> None:
     """Simulate a night: exposures with WCS, deep references and truth catalogs."""
-    from skyblink.sim import rubin_visit_config, simulate_night  # noqa: PLC0415 - keep --help fast
-
     config = effective_config(
         ctx,
         **{
@@ -151,8 +159,8 @@ def sim_night(
     )
     with inputs_checked():
         check_output_dir(out_dir, "OUT_DIR")
-    sim_config = rubin_visit_config(seed=config.sim.seed) if rubin_visit else config.sim
-    summary = simulate_night(out_dir, sim_config, progress=lambda line: err_console.print(line, markup=False, highlight=False))
+    sim_config = sim.rubin_visit_config(seed=config.sim.seed) if rubin_visit else config.sim
+    summary = sim.simulate_night(out_dir, sim_config, progress=lambda line: err_console.print(line, markup=False, highlight=False))
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.counts.items()))
     console.print(
         f"simulated {len(summary.exposures)} exposure(s) and {len(summary.references)} reference(s), "
@@ -165,11 +173,6 @@ def sim_night(
 
 
 def _run_ingest(config: SkyblinkConfig, night_dir: Path, *, retry_quarantined: bool, retry_failed: bool = False) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn  # noqa: PLC0415
-
-    from skyblink.cluster import IngestPlanError, ingest_night  # noqa: PLC0415 - imports Ray
-    from skyblink.storage import StorageError  # noqa: PLC0415
-
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -180,7 +183,7 @@ def _run_ingest(config: SkyblinkConfig, night_dir: Path, *, retry_quarantined: b
     ) as progress, plain_progress(progress):
         bar = progress.add_task("ingest", total=None)
         try:
-            report = ingest_night(
+            report = cluster.ingest_night(
                 night_dir,
                 config,
                 retry_quarantined=retry_quarantined,
@@ -188,7 +191,7 @@ def _run_ingest(config: SkyblinkConfig, night_dir: Path, *, retry_quarantined: b
                 on_planned=lambda n_jobs: progress.update(bar, total=n_jobs),
                 on_outcome=lambda _outcome: progress.advance(bar),
             )
-        except (IngestPlanError, StorageError) as exc:
+        except (cluster.IngestPlanError, storage.StorageError) as exc:
             raise fail(f"error: {exc}") from None
     for entry in report.quarantined:
         err_console.print(f"quarantined {entry.path}: {entry.reason}", style="yellow", markup=False, highlight=False, soft_wrap=True)
@@ -234,12 +237,10 @@ def ingest(
         check_store(config.store)
         check_ray_address(config.ray.address)
         check_night_dir(night_dir)
-    from skyblink.storage import StoreLock, StoreLockedError  # noqa: PLC0415
-
     try:  # one writer per store
-        lock = StoreLock(config.store, "skyblink ingest").acquire(
+        lock = storage.StoreLock(config.store, "skyblink ingest").acquire(
             wait=wait, say=lambda line: err_console.print(line, markup=False, highlight=False))
-    except StoreLockedError as exc:
+    except storage.StoreLockedError as exc:
         raise fail(f"error: {exc}", EXIT_BUSY) from None
     with lock:
         report = _run_ingest(config, night_dir, retry_quarantined=retry_quarantined, retry_failed=retry_failed)

@@ -20,16 +20,25 @@ Stable. The same TOML document is what the Kubernetes ConfigMap carries.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .headers import HeadersConfig
+from .lazy_import import lazy_module
 from .redaction import MASK, redact_text
+
+if TYPE_CHECKING:
+    import tomli_w
+    from astropy import time as astropy_time
+else:
+    astropy_time = lazy_module("astropy.time")  # slow to import; only validating night_start needs it
+    tomli_w = lazy_module("tomli_w")  # only `config show` needs it
 
 __all__ = [
     "ENV_PREFIX",
@@ -88,10 +97,8 @@ class SimConfig(_Section):
     @field_validator("night_start")
     @classmethod
     def _iso_time(cls, value: str) -> str:
-        from astropy.time import Time  # noqa: PLC0415 - astropy import is slow; only when validating
-
         try:
-            Time(value, format="isot", scale="utc")
+            astropy_time.Time(value, format="isot", scale="utc")
         except ValueError as exc:
             msg = f"night_start must be an ISO 8601 UTC time like 2026-11-25T02:00:00, got {value!r}"
             raise ValueError(msg) from exc
@@ -560,8 +567,6 @@ def config_as_toml(config: SkyblinkConfig) -> str:
 
     Unset optional values (TOML has no null) are written as comments saying they are unset.
     """
-    import tomli_w  # noqa: PLC0415 - only `config show` needs it
-
     data = _displayable(config)
     unset: list[str] = []
 
@@ -584,8 +589,6 @@ def config_as_toml(config: SkyblinkConfig) -> str:
 
 def config_as_json(config: SkyblinkConfig) -> str:
     """Render a configuration as JSON, with the same redaction as `config_as_toml`."""
-    import json  # noqa: PLC0415
-
     return json.dumps(_displayable(config), indent=2)
 
 

@@ -18,14 +18,25 @@ from __future__ import annotations
 
 import gzip
 import io
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from skyblink.lazy_import import lazy_module
+
 if TYPE_CHECKING:
+    from astropy import wcs as astropy_wcs
+    from astropy.io import fits
+    from astropy.utils import exceptions as astropy_exceptions
     from astropy.wcs import WCS
+else:
+    # astropy only where a cutout is read back
+    astropy_wcs = lazy_module("astropy.wcs")
+    fits = lazy_module("astropy.io.fits")
+    astropy_exceptions = lazy_module("astropy.utils.exceptions")
 
 __all__ = ["CutoutImage", "GzipMode", "StampWriter", "read_cutout"]
 
@@ -212,12 +223,6 @@ def read_cutout(stamp_data: bytes) -> CutoutImage:
     ValueError
         The bytes are not a FITS image.
     """
-    import warnings  # noqa: PLC0415
-
-    from astropy.io import fits  # noqa: PLC0415 - readers only
-    from astropy.utils.exceptions import AstropyWarning  # noqa: PLC0415
-    from astropy.wcs import WCS  # noqa: PLC0415
-
     raw = gzip.decompress(stamp_data) if stamp_data[:2] == b"\x1f\x8b" else stamp_data
     try:
         with fits.open(io.BytesIO(raw), memmap=False) as hdul:
@@ -230,6 +235,6 @@ def read_cutout(stamp_data: bytes) -> CutoutImage:
         msg = f"cutout must hold a 2-D image, got shape {data.shape}"
         raise ValueError(msg)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyWarning)
-        wcs = WCS(header) if "CTYPE1" in header else None
+        warnings.simplefilter("ignore", astropy_exceptions.AstropyWarning)
+        wcs = astropy_wcs.WCS(header) if "CTYPE1" in header else None
     return CutoutImage(data, wcs)

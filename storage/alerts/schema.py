@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import fastavro
+from fastavro import json_reader
 from fastavro.validation import ValidationError, validate
 
 from .errors import AlertDecodeError, AlertEncodeError, SchemaNotFoundError
@@ -324,8 +325,6 @@ def load_sample(schema: AlertSchema) -> list[dict[str, Any]]:
     AlertDecodeError
         The sample file is missing or does not read as the schema.
     """
-    from fastavro import json_reader  # noqa: PLC0415 - only validation reads JSON samples
-
     path = schema.sample_path
     try:
         with path.open() as fh:

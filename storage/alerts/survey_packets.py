@@ -55,17 +55,30 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
+from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import fastavro
 import numpy as np
+
+from skyblink.lazy_import import lazy_module
 
 from .builder import STAMP_SIZE
 from .errors import AlertError
 from .packet import AlertType, Band, ClassProbabilities, Detection, DetectionFlag
 from .schema import _HEADER, _MAGIC
 from .ztf_cutouts import ZtfCutoutError, read_cutout_image, read_mongo_json_alert
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
+    from astropy import wcs as astropy_wcs
+    from astropy.io import fits
+else:
+    # Slow to import, and only some readers need them.
+    pq = lazy_module("pyarrow.parquet")
+    astropy_wcs = lazy_module("astropy.wcs")
+    fits = lazy_module("astropy.io.fits")
 
 __all__ = [
     "RUBIN_SCHEMA_ENV",
@@ -224,9 +237,7 @@ class SurveyStamps:
         """Return the science cutout's `~astropy.wcs.WCS` (of the raw cutout), or None (ZTF)."""
         if self.wcs_header is None:
             return None
-        from astropy.wcs import WCS  # noqa: PLC0415 - astropy.wcs is slow to import
-
-        return WCS(dict(self.wcs_header))
+        return astropy_wcs.WCS(dict(self.wcs_header))
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,8 +460,6 @@ def _ztf_detection_fields(alert: SurveyAlert) -> dict[str, Any]:
 
 def _read_rubin_cutout(data: Any, packet: str, name: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
     """Return (image, variance, psf, header cards) of one Rubin cutout (FITS bytes, maybe gzipped)."""
-    from astropy.io import fits  # noqa: PLC0415 - astropy.io.fits is slow to import
-
     if not isinstance(data, bytes | bytearray | memoryview):
         raise SurveyPacketError(packet, name, f"cutout is {type(data).__name__}, expected FITS bytes")
     raw = bytes(data)
@@ -615,8 +624,6 @@ def _rubin_schema_root(schema_dir: str | Path | None) -> Path:
     if env:
         return Path(env)
     try:
-        from importlib import resources  # noqa: PLC0415
-
         return Path(str(resources.files("lsst.alert.packet") / "schema"))
     except ModuleNotFoundError:
         msg = (f"reading a framed Rubin message needs Rubin's schemas: pass rubin_schema_dir (--rubin-schemas), "
@@ -734,8 +741,6 @@ def _iter_container(data: bytes, source: str) -> Iterator[SurveyAlert | SurveyPa
 
 
 def _iter_parquet(path: str | Path, source: str) -> Iterator[SurveyAlert | SurveyPacketError]:
-    import pyarrow.parquet as pq  # noqa: PLC0415 - only for Parquet files
-
     try:
         parquet = pq.ParquetFile(path)
         columns = [name for name in parquet.schema_arrow.names if not name.startswith("prv")]

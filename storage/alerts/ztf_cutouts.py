@@ -32,9 +32,19 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
+import fastavro
 import numpy as np
+
+from skyblink.lazy_import import lazy_module
+
+if TYPE_CHECKING:
+    from astropy.io import fits
+    from astropy.io.fits import verify as fits_verify
+else:
+    fits = lazy_module("astropy.io.fits")  # slow to import; only reading a cutout needs it
+    fits_verify = lazy_module("astropy.io.fits.verify")
 
 __all__ = [
     "CUTOUT_FIELDS",
@@ -145,9 +155,6 @@ def read_cutout_image(stamp: bytes, *, field: str | None = None, object_id: str 
     ZtfCutoutError
         The bytes are not gzip/FITS, or the primary HDU holds no 2-D image.
     """
-    from astropy.io import fits  # noqa: PLC0415 - astropy.io.fits is slow to import
-    from astropy.io.fits.verify import VerifyWarning  # noqa: PLC0415
-
     def fail(reason: str) -> ZtfCutoutError:
         return ZtfCutoutError(reason, object_id=object_id, candid=candid, field=field, source=source)
 
@@ -164,7 +171,7 @@ def read_cutout_image(stamp: bytes, *, field: str | None = None, object_id: str 
     try:
         with warnings.catch_warnings():
             # ZTF writes 'SIMPLE  =  T' in the wrong column; astropy reads it fine but warns.
-            warnings.simplefilter("ignore", VerifyWarning)
+            warnings.simplefilter("ignore", fits_verify.VerifyWarning)
             with fits.open(io.BytesIO(raw), ignore_missing_simple=True, ignore_missing_end=True,
                            memmap=False, lazy_load_hdus=False) as hdul:
                 data = hdul[0].data
@@ -242,8 +249,6 @@ def iter_avro_records(path: str | Path) -> Iterator[dict[str, Any]]:
     dict
         Each record as fastavro decodes it, in file order.
     """
-    import fastavro  # noqa: PLC0415
-
     with Path(path).open("rb") as fh:
         yield from cast(Iterator[dict[str, Any]], fastavro.reader(fh))
 
