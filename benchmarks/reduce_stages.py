@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from skyblink.cluster.night import plan_night
-from skyblink.cluster.results import UnitStore, stamps_of
+from skyblink.cluster.results import UnitStore
 from skyblink.config import load_config
 from skyblink.reduce.measurement import measure_stamps
 from skyblink.reduce.steps import (
@@ -48,6 +48,7 @@ from skyblink.reduce.steps import (
     locate,
     match_static,
     merge_tile_duplicates,
+    stamps_of,
 )
 from skyblink.storage import NightStore
 

@@ -30,13 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skyblink.stamps import STAMP_HALF
 from skyblink.storage.parquet_io import write_parquet_atomic
 from skyblink.workers.tile_unit import CandidateRecord, WorkUnit
 
-__all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "stamps_of", "store_unit_results"]
-
-_STAMP_SHAPE = (3, 2 * STAMP_HALF + 1, 2 * STAMP_HALF + 1)
+__all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "store_unit_results"]
 
 #: Columns of a unit's Parquet file (one row per candidate). Stable.
 CANDIDATE_SCHEMA = pa.schema(
@@ -72,14 +69,6 @@ def candidates_table(records: Sequence[CandidateRecord]) -> pa.Table:
         },
         schema=CANDIDATE_SCHEMA,
     )
-
-
-def stamps_of(table: pa.Table) -> np.ndarray:
-    """Return the ``stamp`` column as an (n, 3, 63, 63) float32 array."""
-    raw = table.column("stamp").to_pylist()
-    if not raw:
-        return np.zeros((0, *_STAMP_SHAPE), np.float32)
-    return np.frombuffer(b"".join(raw), dtype=np.float16).reshape(-1, *_STAMP_SHAPE).astype(np.float32)
 
 
 class UnitStore:

@@ -54,7 +54,6 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from skyblink.cluster.results import stamps_of
 from skyblink.config import NightConfig
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.psf_units import FWHM_PER_SIGMA
@@ -97,6 +96,7 @@ __all__ = [
     "night_detections",
     "reduce_detections",
     "split_by_exposure",
+    "stamps_of",
     "static_detections",
 ]
 
@@ -105,6 +105,15 @@ _AB_NJY_ZERO = 31.4
 #: Floor of a position error (arcsec): WCS and centroiding systematics.
 _POSITION_ERROR_FLOOR_ARCSEC = 0.01
 _ALERTABLE = ("transient", "variable", "moving")
+_STAMP_SHAPE = (3, 2 * STAMP_HALF + 1, 2 * STAMP_HALF + 1)
+
+
+def stamps_of(candidates: pa.Table) -> np.ndarray:
+    """Return the candidates' ``stamp`` column (float16 bytes, C order) as an (n, 3, 63, 63) float32 array."""
+    raw = candidates.column("stamp").to_pylist()
+    if not raw:
+        return np.zeros((0, *_STAMP_SHAPE), np.float32)
+    return np.frombuffer(b"".join(raw), dtype=np.float16).reshape(-1, *_STAMP_SHAPE).astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)

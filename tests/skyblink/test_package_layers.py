@@ -1,4 +1,12 @@
-"""The subpackages depend on each other in layers: a new import against them fails here, not in review."""
+"""
+The subpackages depend on each other in layers: a new import against them fails here, not in review.
+
+From the bottom: core (skyblink/ without the CLI) -> storage, sim -> workers <-> engines (the
+worker side) -> reduce (the reduce science) -> cluster (the driver) -> evaluation (scores of what
+the driver produced) -> cli. The driver side (core, storage, sim, reduce, cluster, the CLI, the
+evaluation's truth scoring, SEP baseline and folds) imports no ML package anywhere, and the reduce
+and the evaluation use the worker side only through its torch-free modules, named below.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +23,38 @@ ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "storage": {"core"},
     "sim": {"core"},
-    # workers -> engines is the one remaining cycle (the actor selects its runners with
+    # workers <-> engines is the one remaining cycle (the actor selects its runners with
     # engines.backends; engines' training, gate and canary use the workers' image functions):
     # it goes when the image functions or the actor move to a package of their own.
     "workers": {"core", "storage", "engines"},
     "engines": {"core", "storage", "sim", "workers"},
-    # The reduce science reads the classifier's class names (engines.model_io, torch-free) and the
-    # candidates' stamps (cluster.results) until the store owns the unit results' schema.
-    "reduce": {"core", "storage", "workers", "engines", "cluster"},
+    # The reduce science: only the modules of LOWER_MODULES["reduce"] from workers and engines.
+    "reduce": {"core", "storage", "workers", "engines"},
     "cluster": {"core", "storage", "sim", "workers", "engines", "reduce"},
     "evaluation": {"core", "storage", "sim", "workers", "engines", "reduce", "cluster"},
     "cli": {"core", "storage", "sim", "workers", "engines", "cluster", "reduce", "evaluation"},
 }
 SUBPACKAGES = {"cluster", "reduce", "evaluation", "workers", "engines", "storage", "sim"}
+
+#: The only modules of the worker side (and of the driver) that the reduce and the evaluation may
+#: import: torch-free ones (tests/skyblink/test_import_boundary.py imports them with torch refused).
+LOWER_MODULES: dict[str, set[str]] = {
+    "reduce": {
+        "skyblink.engines.model_io",  # the classifier's class names (the candidates' class_probs)
+        "skyblink.workers.tile_unit",  # a CCD's PSF width, measured as the tile program measures it
+        "skyblink.workers.matched_filter",  # its numpy matched filter (the reference catalogs)
+    },
+    "evaluation": {
+        "skyblink.engines.model_io",
+        "skyblink.engines.stamps",  # survey stamps as the classifier's input
+        "skyblink.workers.tile_unit",  # the SEP baseline runs the tile program's CPU preparation
+    },
+}
+#: Modules of the driver's packages that run models (the ML extras installed): exempt from both rules.
+WORKER_SIDE_MODULES = {"skyblink._cli_engines", "skyblink.evaluation.braai_port", "skyblink.evaluation.survey_scores"}
+#: The ML packages the driver side never imports.
+ML_PACKAGES = {"torch", "onnxruntime", "onnx", "onnxscript", "tensorrt", "tensorrt_rtx", "cuda", "cupy", "triton"}
+DRIVER_LAYERS = {"core", "storage", "sim", "reduce", "cluster", "evaluation", "cli"}
 
 
 def _layer(path: Path) -> str:
@@ -89,4 +116,34 @@ def test_the_layers_have_no_cycle(layer: str) -> None:
                 seen.add(nxt)
                 todo.append(nxt)
     if layer in seen:
-        assert layer in {"workers", "engines", "reduce", "cluster"}
+        assert layer in {"workers", "engines"}
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(_module_parts(path))
+
+
+def test_the_driver_side_imports_no_ml_package_anywhere() -> None:
+    """Not even in a function: the head node and the submitter install no ML extra."""
+    wrong = []
+    for top in (*SUBPACKAGES, "skyblink"):
+        for path in (ROOT / top).rglob("*.py"):
+            if _layer(path) not in DRIVER_LAYERS or _module_name(path) in WORKER_SIDE_MODULES:
+                continue
+            for line, name in _imported(path):
+                if name.split(".")[0] in ML_PACKAGES:
+                    wrong.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert not wrong, "ML packages on the driver side:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("layer", sorted(LOWER_MODULES))
+def test_reduce_and_evaluation_use_only_torch_free_modules_of_the_worker_side(layer: str) -> None:
+    lower = {"workers", "engines"}
+    wrong = []
+    for path in (ROOT / layer).rglob("*.py"):
+        if _module_name(path) in WORKER_SIDE_MODULES:
+            continue
+        for line, name in _imported(path):
+            if _target_layer(name) in lower and not any(name == m or name.startswith(m + ".") for m in LOWER_MODULES[layer]):
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert not wrong, f"{layer} reaches past its named modules:\n" + "\n".join(wrong)
