@@ -35,9 +35,22 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from skyblink.config import SimConfig
+from skyblink.lazy_import import lazy_module
+
+if TYPE_CHECKING:
+    from skyblink.sim import conditions, sky
+
+    from .training import dataset
+else:
+    # The simulator (astropy.modeling, scipy) loads when a calibration set is built, not with the module.
+    conditions = lazy_module("skyblink.sim.conditions")
+    sky = lazy_module("skyblink.sim.sky")
+    dataset = lazy_module("skyblink.engines.training.dataset")
 
 __all__ = [
     "DEPTHS",
@@ -195,11 +208,9 @@ class CalibrationSet:
 
 def _density_factor(sim: Any, field_index: int) -> float:
     """Stars of the field over the nominal star density (the simulator's per-field factor)."""
-    from skyblink.sim.sky import STAR_DENSITY, field_extent, stars_for_field  # noqa: PLC0415
-
-    hw, hh = field_extent(sim)
+    hw, hh = sky.field_extent(sim)
     area_deg2 = 4 * hw * hh * sim.pixel_scale_arcsec**2 / 3600.0**2
-    return len(stars_for_field(sim, field_index).mag) / (STAR_DENSITY * area_deg2)
+    return len(sky.stars_for_field(sim, field_index).mag) / (sky.STAR_DENSITY * area_deg2)
 
 
 def _within(value: float, bounds: tuple[float, float]) -> bool:
@@ -208,9 +219,6 @@ def _within(value: float, bounds: tuple[float, float]) -> bool:
 
 def _find_exposures(stratum: Stratum, spec: CalibrationSpec, offset: int) -> list[tuple[Any, int]]:
     """Screen seeds and exposure indices until ``exposures_per_stratum`` fit the stratum."""
-    from skyblink.config import SimConfig  # noqa: PLC0415
-    from skyblink.sim.conditions import exposure_conditions  # noqa: PLC0415
-
     exptime, ref_depth = DEPTHS[stratum.depth]
     found: list[tuple[Any, int]] = []
     for attempt in range(400):
@@ -219,7 +227,7 @@ def _find_exposures(stratum: Stratum, spec: CalibrationSpec, offset: int) -> lis
                         band=SKY_BANDS[stratum.sky], exptime=exptime, reference_depth=ref_depth)
         # Seeing first: it costs nothing, the density needs the field's catalogue.
         fitting = [e for e in range(sim.exposures_per_field)
-                   if _within(exposure_conditions(sim, 0, e).fwhm_arcsec, SEEING_RANGES[stratum.seeing])]
+                   if _within(conditions.exposure_conditions(sim, 0, e).fwhm_arcsec, SEEING_RANGES[stratum.seeing])]
         if not fitting or not _within(_density_factor(sim, 0), DENSITY_RANGES[stratum.density]):
             continue
         found.append((sim, fitting[0]))
@@ -264,10 +272,6 @@ def build_calibration_set(spec: CalibrationSpec | None = None, *, cache_dir: Pat
     CalibrationSet
         Deterministic for a given specification.
     """
-    from skyblink.sim.conditions import exposure_conditions  # noqa: PLC0415
-
-    from .training.dataset import exposure_triplet  # noqa: PLC0415 - imports the simulator
-
     spec = spec or stratified_spec()
     cache = Path(cache_dir) / f"{spec.id}.npz" if cache_dir is not None else None
     if cache is not None and cache.is_file():
@@ -277,11 +281,11 @@ def build_calibration_set(spec: CalibrationSpec | None = None, *, cache_dir: Pat
     tiles, stamps, exposures = [], [], []
     for offset, stratum in enumerate(spec.strata):
         for sim, exposure in _find_exposures(stratum, spec, offset):
-            triplet, truth, limit = exposure_triplet(sim, 0, exposure)
+            triplet, truth, limit = dataset.exposure_triplet(sim, 0, exposure)
             rng = np.random.default_rng([sim.seed, exposure])
             tiles.append(np.nan_to_num(triplet).astype(np.float32))
             stamps.append(_stamps(tiles[-1], truth, rng, spec.stamps_per_exposure))
-            cond = exposure_conditions(sim, 0, exposure)
+            cond = conditions.exposure_conditions(sim, 0, exposure)
             exposures.append({
                 "stratum": stratum.label, "seed": sim.seed, "exposure": exposure, "band": sim.band,
                 "exptime": sim.exptime, "reference_depth": sim.reference_depth, "fwhm_arcsec": round(cond.fwhm_arcsec, 3),

@@ -27,6 +27,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from skyblink.workers.tile_unit import process_tile
+
+from .backends.onnxruntime_runner import OnnxRuntimeRunner
+from .catalog import onnx_path
 from .channels import ChannelError, Channels, Release
 
 if TYPE_CHECKING:
@@ -125,9 +129,6 @@ def _sample_units(units: list[Any], fraction: float) -> list[Any]:
 
 
 def _runner(model: str, release: Release | None, channels: Channels) -> Any:
-    from .backends.onnxruntime_runner import OnnxRuntimeRunner  # noqa: PLC0415
-    from .catalog import onnx_path  # noqa: PLC0415
-
     path = channels.onnx_path(release) if release is not None else onnx_path(model, "fp32")
     return OnnxRuntimeRunner(path, name=f"{model}/{'shipped' if release is None else release.precision}")
 
@@ -157,8 +158,6 @@ def shadow_compare(
     ShadowReport
         The comparison and its checks against ``tolerances``.
     """
-    from skyblink.workers.tile_unit import process_tile  # noqa: PLC0415
-
     tol = tolerances or PromotionTolerances()
     production = {m: channels.get(m, "production") for m in ("detector", "classifier")}
     chosen = _sample_units(list(units), fraction)

@@ -15,9 +15,20 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from skyblink.lazy_import import lazy_module
 
 from .trust import verify_file
+
+if TYPE_CHECKING:
+    import torch
+
+    from . import networks
+else:
+    # torch is only needed by the torch backend and training; the driver reads cards and paths.
+    torch = lazy_module("torch")
+    networks = lazy_module("skyblink.engines.networks")
 
 __all__ = ["MODEL_VERSIONS", "ModelNotShippedError", "load_card", "load_network", "model_dir", "onnx_path"]
 
@@ -86,12 +97,8 @@ def load_network(name: str, root: Path | None = None) -> Any:
     IntegrityError
         The weights' sha256 differs from the one in ``card.json``.
     """
-    import torch  # noqa: PLC0415 - torch is only needed by the torch backend and training
-
-    from .networks import Classifier, Detector  # noqa: PLC0415
-
     card = load_card(name, root)
-    network = {"detector": Detector, "classifier": Classifier}[name](**card["architecture"])
+    network = {"detector": networks.Detector, "classifier": networks.Classifier}[name](**card["architecture"])
     weights = _require(model_dir(name, root) / "weights.pt", name)
     verify_file(weights, _card_sha256(name, root, "weights"), what=f"{name} weights in its card.json")
     state = torch.load(weights, map_location="cpu", weights_only=True)

@@ -12,14 +12,23 @@ import copy
 import logging
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
+from skyblink.lazy_import import lazy_module
+
 from .manifest import file_sha256
 from .model_io import IO_NAMES, STAMP_SIZE
 from .networks import Braai, Classifier, Detector
+
+if TYPE_CHECKING:
+    import onnx
+    from torch import export as torch_export
+else:
+    onnx = lazy_module("onnx")  # export-time dependency
+    torch_export = lazy_module("torch.export")
 
 __all__ = ["IO_NAMES", "ModelKind", "Precision", "export_onnx", "file_sha256"]  # file_sha256 re-exported
 
@@ -68,18 +77,15 @@ def export_onnx(model: nn.Module, path: Path | str, *, precision: Precision = "f
     onnx.checker.ValidationError
         The exported graph does not pass the ONNX checker.
     """
-    import onnx  # noqa: PLC0415 - export-time dependency
-    from torch.export import Dim  # noqa: PLC0415
-
     kind = _kind_of(model)
     names = IO_NAMES[kind]
     net = copy.deepcopy(model).eval().cpu()
     dtype = torch.float16 if precision == "fp16" else torch.float32
     net = net.to(dtype)
-    batch = Dim("batch", min=1, max=4096)
+    batch = torch_export.Dim("batch", min=1, max=4096)
     if kind == "detector":
         example = torch.zeros(2, 3, 64, 96, dtype=dtype)
-        shapes = {"x": {0: batch, 2: 32 * Dim("h32", min=1, max=512), 3: 32 * Dim("w32", min=1, max=512)}}
+        shapes = {"x": {0: batch, 2: 32 * torch_export.Dim("h32", min=1, max=512), 3: 32 * torch_export.Dim("w32", min=1, max=512)}}
     else:
         example = torch.zeros(2, 3, STAMP_SIZE, STAMP_SIZE, dtype=dtype)
         shapes = {"x": {0: batch}}

@@ -35,9 +35,33 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from skyblink.config import SimConfig
+from skyblink.lazy_import import lazy_module
+
+from .backends.onnxruntime_runner import OnnxRuntimeRunner
+
+if TYPE_CHECKING:
+    import torch
+    from astropy import wcs as astropy_wcs
+
+    from skyblink.sim import ccd_image, conditions
+    from skyblink.workers import align, difference
+
+    from .training import dataset, train
+else:
+    # Training (torch), the simulator and the workers' image steps load when a gate runs.
+    torch = lazy_module("torch")
+    astropy_wcs = lazy_module("astropy.wcs")
+    ccd_image = lazy_module("skyblink.sim.ccd_image")
+    conditions = lazy_module("skyblink.sim.conditions")
+    align = lazy_module("skyblink.workers.align")
+    difference = lazy_module("skyblink.workers.difference")
+    dataset = lazy_module("skyblink.engines.training.dataset")
+    train = lazy_module("skyblink.engines.training.train")
 
 __all__ = [
     "AccuracyGateError", "GateResult", "GateTolerances", "ValidationSpec", "compare", "default_cache_dir", "evaluate",
@@ -98,11 +122,7 @@ class ValidationSpec:
 
     def detector_exposures(self) -> list[tuple[Any, int, int]]:
         """(simulator config, field, exposure) of every validation exposure of the detector, once each."""
-        from skyblink.config import SimConfig  # noqa: PLC0415
-
-        from .training.train import validation_data  # noqa: PLC0415
-
-        val = validation_data(self.training_config())
+        val = train.validation_data(self.training_config())
         sim = val.sim_config()
         out = [(sim, f, e) for f in range(val.fields) for e in range(val.exposures_per_field)]
         if self.dark_deep_exposures:
@@ -115,12 +135,9 @@ class ValidationSpec:
 
     def training_config(self) -> Any:
         """The `TrainingConfig` whose validation data is this set."""
-        from .training.dataset import TrainingDataConfig  # noqa: PLC0415
-        from .training.train import TrainingConfig  # noqa: PLC0415
-
-        data = TrainingDataConfig(exposures_per_field=self.exposures_per_field, image_size=self.image_size,
+        data = dataset.TrainingDataConfig(exposures_per_field=self.exposures_per_field, image_size=self.image_size,
                                   seed=self.seed, workers=self.workers)
-        return TrainingConfig(data=data, validation_exposures=self.exposures)
+        return train.TrainingConfig(data=data, validation_exposures=self.exposures)
 
 
 #: Bumped whenever the rendering or the injection of the validation exposures changes.
@@ -141,17 +158,11 @@ def _injection_sites(size: int, spacing: int, rng: np.random.Generator) -> tuple
 @functools.lru_cache(maxsize=1)  # the passes over one exposure are consecutive
 def _rendered(sim: Any, field_index: int, exposure: int) -> tuple[Any, np.ndarray, Any, Any]:
     """(science CCD, reference warped onto its grid, science and reference conditions) of one exposure."""
-    from astropy.wcs import WCS  # noqa: PLC0415
-
-    from skyblink.sim.ccd_image import render_ccd  # noqa: PLC0415
-    from skyblink.sim.conditions import exposure_conditions, reference_conditions  # noqa: PLC0415
-    from skyblink.workers.align import sampling_grid, warp  # noqa: PLC0415
-
-    science = render_ccd(sim, field_index, 0, exposure=exposure)
-    reference = render_ccd(sim, field_index, 0, exposure=None)
-    grid = sampling_grid(WCS(science.wcs_header), WCS(reference.wcs_header), science.pixels.shape)
-    ref_on_grid = warp(reference.pixels.astype(np.float32), grid)
-    return science, ref_on_grid, exposure_conditions(sim, field_index, exposure), reference_conditions(sim, field_index)
+    science = ccd_image.render_ccd(sim, field_index, 0, exposure=exposure)
+    reference = ccd_image.render_ccd(sim, field_index, 0, exposure=None)
+    grid = align.sampling_grid(astropy_wcs.WCS(science.wcs_header), astropy_wcs.WCS(reference.wcs_header), science.pixels.shape)
+    ref_on_grid = align.warp(reference.pixels.astype(np.float32), grid)
+    return science, ref_on_grid, conditions.exposure_conditions(sim, field_index, exposure), conditions.reference_conditions(sim, field_index)
 
 
 def _injected_triplet(sim: Any, field_index: int, exposure: int, *, spacing: int,
@@ -163,12 +174,8 @@ def _injected_triplet(sim: Any, field_index: int, exposure: int, *, spacing: int
     their photon noise) added to the science pixels before normalization; their truth rows are
     ``type="transient"``. ``spacing=0`` gives ``exposure_triplet``'s own triplet.
     """
-    from skyblink.workers.difference import flux_scale, normalized_triplet  # noqa: PLC0415
-
-    from .training.dataset import added_adu, truth_columns  # noqa: PLC0415
-
     science, ref_on_grid, sci_cond, ref_cond = _rendered(sim, field_index, exposure)
-    truth = truth_columns(science.truth_parts)
+    truth = dataset.truth_columns(science.truth_parts)
     limit = float(sci_cond.limiting_mag)
     sci_pixels = science.pixels
     if spacing > 0:
@@ -176,15 +183,15 @@ def _injected_triplet(sim: Any, field_index: int, exposure: int, *, spacing: int
         x, y = _injection_sites(sci_pixels.shape[0], spacing, rng)
         mags = rng.uniform(limit - 3.0, limit + 1.0, x.size)
         electrons = np.asarray(sci_cond.electrons(mags), np.float64)
-        sci_pixels = sci_pixels.astype(np.float32) + added_adu(sci_pixels.shape, x, y, electrons, sci_cond, rng)
+        sci_pixels = sci_pixels.astype(np.float32) + dataset.added_adu(sci_pixels.shape, x, y, electrons, sci_cond, rng)
         rows = {"type": np.full(x.size, "transient"),
                 "x": x, "y": y, "mag": mags, "flux": electrons, "mean_mag": mags, "trailed": np.zeros(x.size, bool)}
         truth = {k: np.concatenate([truth[k], rows[k]]) if truth[k].size else rows[k] for k in truth}
-    triplet = normalized_triplet(
+    triplet = difference.normalized_triplet(
         sci_pixels, ref_on_grid,
         science_fwhm_px=sci_cond.fwhm_arcsec / sim.pixel_scale_arcsec,
         reference_fwhm_px=ref_cond.fwhm_arcsec / sim.pixel_scale_arcsec,
-        scale=flux_scale(science_magzp=sci_cond.magzp, reference_magzp=ref_cond.magzp), science_mask=science.mask > 0,
+        scale=difference.flux_scale(science_magzp=sci_cond.magzp, reference_magzp=ref_cond.magzp), science_mask=science.mask > 0,
     )
     return triplet, truth, limit
 
@@ -269,8 +276,6 @@ class _OnnxAsModule:
     """An ONNX graph under ONNX Runtime, called like the torch network (what the evaluators call)."""
 
     def __init__(self, path: Path, input_name: str, threads: int | None = None, batch: int = 256) -> None:
-        from .backends.onnxruntime_runner import OnnxRuntimeRunner  # noqa: PLC0415
-
         self.runner = OnnxRuntimeRunner(path, threads=threads)
         self.runner.activate()
         self.input_name = input_name
@@ -280,8 +285,6 @@ class _OnnxAsModule:
         return self
 
     def __call__(self, x: Any) -> tuple[Any, ...]:
-        import torch  # noqa: PLC0415
-
         arr = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
         parts = [self.runner.infer({self.input_name: np.ascontiguousarray(arr[i : i + self.batch], np.float32)})
                  for i in range(0, len(arr), self.batch)]
@@ -309,28 +312,23 @@ def _detector_rows(fp32: dict[str, Any], int8: dict[str, Any], tol: GateToleranc
 def evaluate(model: Literal["detector", "classifier"], onnx: Path | str, validation: ValidationSpec,
              *, stamps: Any = None) -> dict[str, Any]:
     """The model card's validation metrics of one ONNX graph under ONNX Runtime."""
-    from .training.train import evaluate_classifier, evaluate_detector  # noqa: PLC0415
-
     cfg = validation.training_config()
     net = _OnnxAsModule(Path(onnx), "tiles" if model == "detector" else "stamps")
     try:
         if model == "detector":
             passes = max(1, validation.injection_passes) if validation.injection_spacing_px > 0 else 1
             runs = [(sim, f, (e, k)) for sim, f, e in validation.detector_exposures() for k in range(passes)]
-            return evaluate_detector(net, cfg, exposures=runs, render=validation.render)
+            return train.evaluate_detector(net, cfg, exposures=runs, render=validation.render)
         if stamps is None:
             stamps = validation_stamps(validation)
-        return evaluate_classifier(net, stamps)
+        return train.evaluate_classifier(net, stamps)
     finally:
         net.close()
 
 
 def validation_stamps(validation: ValidationSpec) -> Any:
     """The classifier's validation stamps of ``validation`` (the model card's, built once per call)."""
-    from .training.dataset import build_training_data  # noqa: PLC0415
-    from .training.train import validation_data  # noqa: PLC0415
-
-    return build_training_data(validation_data(validation.training_config())).stamps
+    return dataset.build_training_data(train.validation_data(validation.training_config())).stamps
 
 
 def default_cache_dir() -> Path:

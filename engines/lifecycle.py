@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ._trt import TensorRTUnavailableError
+from .build import EngineBuildError, build_engine
 from .calibration_set import CalibrationSpec, build_calibration_set, stratified_spec
 from .catalog import MODEL_VERSIONS, onnx_path
 from .channels import Channels, Release, register_release
@@ -100,9 +102,6 @@ def quantize_candidate(
 
 
 def _build(release: Release, registry_root: Path | str, targets: list[str] | None) -> tuple[EngineManifest | None, str | None]:
-    from ._trt import TensorRTUnavailableError  # noqa: PLC0415
-    from .build import EngineBuildError, build_engine  # noqa: PLC0415
-
     try:
         manifest = build_engine(Path(registry_root) / release.onnx_file, registry_root, model=release.model,
                                 model_version=release.model_version, precision=release.precision,

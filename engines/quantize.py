@@ -16,11 +16,23 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from skyblink.lazy_import import lazy_module
+
 from .calibration_set import CalibrationSet
+
+if TYPE_CHECKING:
+    import onnx
+    from onnxruntime import quantization as ort_quantization
+    from onnxruntime.quantization import shape_inference as ort_shape_inference
+else:
+    # Quantization-time dependencies (the ML extra).
+    onnx = lazy_module("onnx")
+    ort_quantization = lazy_module("onnxruntime.quantization")
+    ort_shape_inference = lazy_module("onnxruntime.quantization.shape_inference")
 
 __all__ = ["CalibrationMethod", "QUANTIZED_OPS", "quantize_int8"]
 
@@ -39,18 +51,14 @@ PERCENTILE = 99.999
 
 def _nodes_with_weights(path: Path, prefixes: tuple[str, ...]) -> list[str]:
     """Names of the nodes whose weight initializer starts with one of ``prefixes``."""
-    import onnx  # noqa: PLC0415
-
     graph = onnx.load(str(path)).graph
     return [n.name for n in graph.node if len(n.input) > 1 and n.input[1].startswith(prefixes)] if prefixes else []
 
 
 def _reader(model: str, samples: np.ndarray, batch: int) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader  # noqa: PLC0415
-
     name = {"detector": "tiles", "classifier": "stamps"}[model]
 
-    class _Samples(CalibrationDataReader):
+    class _Samples(ort_quantization.CalibrationDataReader):
         """Feeds the calibration samples to ONNX Runtime's calibrator in batches."""
 
         def __init__(self) -> None:
@@ -99,31 +107,28 @@ def quantize_int8(
     Path
         ``out_path``.
     """
-    from onnxruntime.quantization import CalibrationMethod as OrtMethod  # noqa: PLC0415
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # noqa: PLC0415
-    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
-
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     samples, batch = (calibration.tiles, 1) if model == "detector" else (calibration.stamps, 64)
-    ort_method = {"minmax": OrtMethod.MinMax, "percentile": OrtMethod.Percentile, "entropy": OrtMethod.Entropy}[method]
+    methods = ort_quantization.CalibrationMethod
+    ort_method = {"minmax": methods.MinMax, "percentile": methods.Percentile, "entropy": methods.Entropy}[method]
     extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
     with tempfile.TemporaryDirectory(prefix="skyblink-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+        ort_shape_inference.quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
         excluded = _nodes_with_weights(prepared, KEEP_FLOAT[model] if keep_float is None else keep_float)
-        quantize_static(
+        ort_quantization.quantize_static(
             str(prepared),
             str(out_path),
             _reader(model, samples, batch),
-            quant_format=QuantFormat.QDQ,
+            quant_format=ort_quantization.QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OPS),
             nodes_to_exclude=excluded,
             per_channel=per_channel,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
+            activation_type=ort_quantization.QuantType.QInt8,
+            weight_type=ort_quantization.QuantType.QInt8,
             calibrate_method=ort_method,
             extra_options=extra,
         )

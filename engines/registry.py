@@ -13,9 +13,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from skyblink.lazy_import import lazy_module
 
 from .manifest import MANIFEST_SUFFIX, EngineManifest, file_sha256
 from .trust import TrustedManifest
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # optional on CPU-only machines and on the driver
 
 __all__ = ["DeviceInfo", "EngineNotFoundError", "EngineRegistry", "EngineRequest", "current_device"]
 
@@ -43,10 +51,10 @@ class DeviceInfo:
 def current_device(index: int = 0) -> DeviceInfo | None:
     """Return the CUDA device ``index`` as seen by torch, or None when there is no CUDA device."""
     try:
-        import torch  # noqa: PLC0415 - optional on CPU-only machines
-    except ImportError:
+        available = torch.cuda.is_available()
+    except ImportError:  # no torch here
         return None
-    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+    if not available or index >= torch.cuda.device_count():
         return None
     major, minor = torch.cuda.get_device_capability(index)
     return DeviceInfo(torch.cuda.get_device_name(index), f"{major}.{minor}")

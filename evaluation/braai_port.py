@@ -33,6 +33,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,12 @@ import torch
 from skyblink.engines.model_io import STAMP_SIZE
 from skyblink.engines.networks import Braai
 from skyblink.engines.trust import IntegrityError
+from skyblink.lazy_import import lazy_module
+
+if TYPE_CHECKING:
+    import h5py
+else:
+    h5py = lazy_module("h5py")  # conversion-time dependency only (the dev extra)
 
 __all__ = [
     "BRAAI_MODEL",
@@ -111,12 +118,6 @@ def convert_keras_weights(h5_path: str | Path) -> dict[str, torch.Tensor]:
     input order is Keras's channels-last flatten; ``Braai.forward`` permutes to channels-last
     before flattening, so its rows need no reordering.
     """
-    try:
-        import h5py  # noqa: PLC0415 - conversion-time dependency only
-    except ImportError as e:
-        msg = "converting braai's Keras weights needs h5py: pip install 'h5py>=3.10' (in skyblink's dev extra)"
-        raise ImportError(msg) from e
-
     expected = Braai().state_dict()
     state: dict[str, torch.Tensor] = {}
     with h5py.File(Path(h5_path), "r") as f:

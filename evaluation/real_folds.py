@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert, read_survey_files
 
@@ -224,8 +225,6 @@ def roc_auc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.nd
     pos, neg = s[y], s[~y]
     if len(pos) == 0 or len(neg) == 0:
         return math.nan
-    from scipy.stats import rankdata  # noqa: PLC0415
-
     ranks = rankdata(np.concatenate([pos, neg]))
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 

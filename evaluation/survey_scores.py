@@ -20,13 +20,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from skyblink.engines.backends import select_runner
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.engines.stamps import ExternalStampRule, external_stamps
+from skyblink.lazy_import import lazy_module
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
+
+if TYPE_CHECKING:
+    import torch
+
+    from . import braai_port
+else:
+    torch = lazy_module("torch")  # only when braai runs
+    braai_port = lazy_module(".braai_port", __package__)
 
 __all__ = ["AlertScore", "pairwise_auc", "score_alerts"]
 
@@ -83,16 +93,12 @@ def pairwise_auc(reference: Sequence[float] | np.ndarray, score: Sequence[float]
 
 
 def _braai_scores(alerts: Sequence[SurveyAlert]) -> dict[int, float]:
-    import torch  # noqa: PLC0415 - only when braai runs
-
-    from .braai_port import braai_normalize_batch, load_braai  # noqa: PLC0415
-
     ztf = [(i, a) for i, a in enumerate(alerts) if a.survey is Survey.ZTF and a.stamps is not None and a.stamps.raw is not None]
     if not ztf:
         return {}
-    stamps = braai_normalize_batch([a.stamps.raw for _, a in ztf if a.stamps is not None and a.stamps.raw is not None])
+    stamps = braai_port.braai_normalize_batch([a.stamps.raw for _, a in ztf if a.stamps is not None and a.stamps.raw is not None])
     with torch.no_grad():
-        drb = load_braai()(torch.from_numpy(stamps))[:, 0].numpy()
+        drb = braai_port.load_braai()(torch.from_numpy(stamps))[:, 0].numpy()
     return {i: float(v) for (i, _), v in zip(ztf, drb, strict=True)}
 
 
@@ -119,8 +125,6 @@ def score_alerts(alerts: Sequence[SurveyAlert], *, rule: ExternalStampRule | Non
     list of AlertScore
         One per alert, in order; an alert without cutouts gets None scores.
     """
-    from skyblink.engines.backends import select_runner  # noqa: PLC0415 - onnxruntime/torch load lazily
-
     scorable = [i for i, a in enumerate(alerts) if a.stamps is not None]
     rb: dict[int, float] = {}
     cls: dict[int, str] = {}

@@ -29,6 +29,7 @@ extra that installs it, e.g. ``pip install 'skyblink[ml]'``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 from typing import Any
 
@@ -107,15 +108,19 @@ class _LazyModule(ModuleType):
         return f"<lazy module {self.__name__!r} ({state})>"
 
 
-def lazy_module(name: str) -> ModuleType:
+def lazy_module(name: str, package: str | None = None) -> ModuleType:
     """
     Return a stand-in for the module ``name`` that imports it on first attribute access.
 
     Parameters
     ----------
     name : str
-        The absolute module name, e.g. ``"torch"`` or ``"astropy.io.fits"`` (import submodules by
-        their own name: attributes of the stand-in are looked up on exactly this module).
+        The module name, e.g. ``"torch"`` or ``"astropy.io.fits"`` (import submodules by their own
+        name: attributes of the stand-in are looked up on exactly this module), or a relative
+        name such as ``".networks"`` together with ``package``.
+    package : str, optional
+        The package a relative ``name`` is resolved against (pass ``__package__``), as in
+        `importlib.import_module`; resolving it imports nothing.
 
     Returns
     -------
@@ -129,7 +134,13 @@ def lazy_module(name: str) -> ModuleType:
         On the first attribute access, when the package is not installed: the message names the
         package and the skyblink extra that installs it (`EXTRAS`). Any other error raised while
         importing the module propagates unchanged, at the same point.
+    ValueError
+        ``name`` is empty, or relative without ``package``.
     """
-    if not name or name.startswith("."):
-        raise ValueError(f"lazy_module needs an absolute module name, got {name!r}")
+    if name.startswith("."):
+        if not package:
+            raise ValueError(f"lazy_module needs the package to resolve the relative name {name!r} against")
+        name = importlib.util.resolve_name(name, package)
+    if not name:
+        raise ValueError("lazy_module needs a module name")
     return _LazyModule(name)

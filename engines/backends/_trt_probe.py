@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from skyblink.lazy_import import lazy_module
+
 from .._trt import TensorRTUnavailableError, load_trt
+
+if TYPE_CHECKING:
+    from cuda.bindings import runtime as cuda_runtime
+else:
+    cuda_runtime = lazy_module("cuda.bindings.runtime")  # the `gpu` extra
 
 __all__ = ["trt_runtime_available"]
 
@@ -14,7 +23,7 @@ def trt_runtime_available() -> str | None:
     except TensorRTUnavailableError as exc:
         return str(exc)
     try:
-        from cuda.bindings import runtime  # noqa: F401, PLC0415
+        _ = cuda_runtime.cudaGetDeviceCount  # imports cuda-python here
     except ImportError:
         return "cuda-python is not installed (the `gpu` extra)"
     return None

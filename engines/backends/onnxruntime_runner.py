@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from skyblink.lazy_import import lazy_module
+
 from .base import InferenceRunner
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+else:
+    ort = lazy_module("onnxruntime")  # imported when a session starts
 
 __all__ = ["OnnxRuntimeRunner"]
 
@@ -36,8 +43,6 @@ class OnnxRuntimeRunner(InferenceRunner):
         self.output_names: list[str] = []
 
     def _activate(self) -> None:
-        import onnxruntime as ort  # noqa: PLC0415
-
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from skyblink.config import ConfigError, load_config
+
 from .._trt import TensorRTUnavailableError, load_trt
 from ..build import DEFAULT_PROFILES, EngineBuildError, build_engine
 from ..catalog import MODEL_VERSIONS, load_network, onnx_path
@@ -34,6 +36,9 @@ from ..registry import (
 )
 from ._trt_probe import trt_runtime_available
 from .base import InferenceRunner
+from .onnxruntime_runner import OnnxRuntimeRunner
+from .tensorrt_runner import TensorRTRunner
+from .torch_runner import TorchRunner
 
 __all__ = ["BackendChoice", "BackendName", "select_runner"]
 
@@ -115,8 +120,6 @@ def select_runner(
         if backend == "tensorrt":
             raise RuntimeError("; ".join(reasons))
     if backend in ("auto", "torch") and (gpu is not None or backend == "torch"):
-        from .torch_runner import TorchRunner  # noqa: PLC0415
-
         target = f"cuda:{device}" if gpu is not None else "cpu"
         torch_precision = precision if gpu is not None and precision in ("fp32", "fp16") else "fp32"
         runner = TorchRunner(load_network(model, models_root), input_name=names.inputs[0], output_names=names.outputs,
@@ -128,8 +131,6 @@ def select_runner(
     if backend == "torch":
         raise RuntimeError("torch backend asked for, but torch cannot run here")
     reasons.append("no CUDA device" if gpu is None else "onnxruntime forced")
-    from .onnxruntime_runner import OnnxRuntimeRunner  # noqa: PLC0415
-
     ort_onnx = release_onnx or onnx_path(model, "fp32", models_root)
     return _chosen(OnnxRuntimeRunner(ort_onnx), "onnxruntime", "; ".join(reasons) + "; ONNX Runtime on the CPU")
 
@@ -150,8 +151,6 @@ def _production_release(model: str, registry: EngineRegistry | None) -> tuple[Re
 
 
 def _configured_registry() -> EngineRegistry | None:
-    from skyblink.config import ConfigError, load_config  # noqa: PLC0415
-
     try:
         engines = load_config().engines
     except (ConfigError, OSError) as exc:
@@ -183,8 +182,6 @@ def _tensorrt(model: str, precision: str, release: Release | None, release_onnx:
         except EngineNotFoundError as exc:
             return f"{where}: {exc}; runtime: {runtime}"
         return f"{where}: {manifest.engine_file} (sha256 {manifest.engine_sha256}) matches, but runtime: {runtime}"
-    from .tensorrt_runner import TensorRTRunner  # noqa: PLC0415
-
     build = functools.partial(build_engine, release_onnx or onnx_path(model, precision, models_root), registry.root,
                               model=model, model_version=request.model_version, precision=precision,
                               profiles=_profiles_covering(model, request.shapes),

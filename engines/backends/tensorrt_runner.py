@@ -16,14 +16,25 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from skyblink.lazy_import import lazy_module
 
 from .._trt import load_trt
 from ..manifest import EngineManifest
 from ..model_io import IO_NAMES
 from .base import InferenceRunner
+
+if TYPE_CHECKING:
+    import torch
+    from cuda.bindings import runtime as cuda_runtime
+else:
+    # cuda-python (the `gpu` extra) when an engine activates; torch only for the device program's
+    # `infer_tensors`, which runs on torch's streams.
+    cuda_runtime = lazy_module("cuda.bindings.runtime")
+    torch = lazy_module("torch")
 
 __all__ = ["CudaError", "TensorRTRunner"]
 
@@ -31,14 +42,6 @@ __all__ = ["CudaError", "TensorRTRunner"]
 class CudaError(RuntimeError):
     """A CUDA runtime call failed; the message names the call and the error."""
 
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime  # noqa: PLC0415
-    except ImportError as exc:
-        msg = "the TensorRT backend needs cuda-python: install the `gpu` extra (pip install 'skyblink[gpu]')"
-        raise ImportError(msg) from exc
-    return runtime
 
 
 def _check(result: Any, call: str) -> Any:
@@ -93,7 +96,7 @@ class TensorRTRunner(InferenceRunner):
         flavour = load_trt(self.manifest.builder)
         trt = flavour.module
         self._trt = trt
-        self._cuda = _cudart()
+        self._cuda = cuda_runtime
         _check(self._cuda.cudaSetDevice(self.device), "cudaSetDevice")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
@@ -152,8 +155,6 @@ class TensorRTRunner(InferenceRunner):
         for; the outputs are ready in stream order, as torch's own kernels' would be. Outputs come
         in the order of the model's ONNX outputs (`skyblink.engines.model_io.IO_NAMES`).
         """
-        import torch  # noqa: PLC0415 - only the device program, which runs on torch's streams, calls this
-
         name = self._inputs[0]
         x = x.to(_torch_dtype(torch, self._trt, self._engine.get_tensor_dtype(name))).contiguous()
         stream = torch.cuda.current_stream(x.device).cuda_stream

@@ -16,11 +16,18 @@ numpy-in, numpy-out interface shared with the other backends.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from skyblink.lazy_import import lazy_module
+
 from .base import InferenceRunner
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # imported when the runner activates
 
 __all__ = ["TorchMode", "TorchRunner"]
 
@@ -69,8 +76,6 @@ class TorchRunner(InferenceRunner):
         self._torch: Any = None
 
     def _activate(self) -> None:
-        import torch  # noqa: PLC0415
-
         self._torch = torch
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             msg = f"{self.name}: no CUDA device is visible"

@@ -33,6 +33,7 @@ CPU (torch), seeded.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -46,9 +47,11 @@ from torch.nn import functional as F
 from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
+from ..catalog import load_network
 from ..model_io import STAMP_SIZE
 from ..networks import Classifier
 from ..stamps import TRAINING_PIXEL_SCALE, ExternalStampRule, external_stamps
+from .dataset import TrainingDataConfig, build_training_data
 
 __all__ = ["RealSkyPool", "RealSkyRecipe", "alert_targets", "build_pool", "psf_sigma_px", "real_sky_samples",
            "train_head", "trunk_features"]
@@ -210,8 +213,6 @@ def real_sky_samples(stamps: np.ndarray, sigmas: np.ndarray, recipe: RealSkyReci
 
 
 def _sim_stamps(recipe: RealSkyRecipe) -> Any:
-    from .dataset import TrainingDataConfig, build_training_data  # noqa: PLC0415
-
     cfg = TrainingDataConfig(fields=recipe.sim_fields, exposures_per_field=3, seed=recipe.seed + 100, workers=1)
     return build_training_data(cfg).stamps
 
@@ -265,8 +266,6 @@ def build_pool(alerts: Sequence[SurveyAlert], recipe: RealSkyRecipe = RealSkyRec
     its trunk features (`trunk_features` of ``trunk``, default the shipped classifier); the
     alerts' stamps by ``rule`` (default `ExternalStampRule()`).
     """
-    from ..catalog import load_network  # noqa: PLC0415
-
     torch.set_num_threads(recipe.threads)
     trunk = trunk if trunk is not None else load_network("classifier")
     rng = np.random.default_rng(recipe.seed)
@@ -315,10 +314,6 @@ def train_head(pool: RealSkyPool, train_alerts: np.ndarray, recipe: RealSkyRecip
     Classifier
         ``base``'s trunk with the trained head, eval mode (a new module; ``base`` is not changed).
     """
-    import copy  # noqa: PLC0415
-
-    from ..catalog import load_network  # noqa: PLC0415
-
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(1)  # small matrices: one thread is as fast and does not fight a shared machine
     model = copy.deepcopy(base if base is not None else load_network("classifier"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import pickle
 import subprocess
 import sys
@@ -84,9 +86,38 @@ def test_a_stand_in_pickles_as_a_stand_in(probe_package: str) -> None:
     assert sub.VALUE == 42
 
 
-def test_relative_names_are_refused() -> None:
-    with pytest.raises(ValueError, match="absolute"):
+def test_a_relative_name_resolves_against_the_package_without_importing(probe_package: str) -> None:
+    sub = lazy_module(".sub", probe_package)
+    assert sub.__name__ == f"{probe_package}.sub" and probe_package not in sys.modules
+    assert sub.VALUE == 42
+    with pytest.raises(ValueError, match="package"):
         lazy_module(".sibling")
+
+
+def _lazy_names() -> list[tuple[str, str]]:
+    """(where, resolved module name) of every ``lazy_module("...")`` call with literal arguments in the package."""
+    found = []
+    for top in ("skyblink", "cluster", "engines", "storage", "workers", "sim"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("").parts
+            module = ".".join(rel if rel[0] == "skyblink" else ("skyblink", *rel))
+            package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_module" and node.args
+                        and isinstance(node.args[0], ast.Constant)):
+                    name = node.args[0].value
+                    resolved = importlib.util.resolve_name(name, package.removesuffix(".__init__"))
+                    found.append((f"{path.relative_to(ROOT)}:{node.lineno}", resolved))
+    return found
+
+
+def test_every_lazy_import_of_the_package_names_a_module_that_exists() -> None:
+    # A stale name (a module moved or renamed) would otherwise fail only when the code runs.
+    names = _lazy_names()
+    assert len(names) > 20
+    missing = [f"{where}: {name}" for where, name in names
+               if name.startswith("skyblink.") and importlib.util.find_spec(name) is None]
+    assert not missing, "lazy imports of modules that do not exist:\n" + "\n".join(missing)
 
 
 def test_each_extra_named_exists_in_pyproject() -> None:
