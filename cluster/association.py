@@ -35,8 +35,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.storage.night_store import NightStore
 from skyblink.storage.parquet_io import write_parquet_atomic
 from skyblink.workers.matched_filter import matched_filter_snr
+from skyblink.workers.tile_unit import measure_ccd_fwhm
 
 from .measurement import windowed_centroids
 
@@ -190,7 +192,7 @@ def _concentration(sub: np.ndarray, x: np.ndarray, y: np.ndarray, xs: np.ndarray
         return np.where(outer > 0, inner / np.where(outer > 0, outer, 1.0), np.nan).astype(np.float32)
 
 
-def reference_catalog_path(store: Any, field: str, snr_threshold: float) -> tuple[Any, str]:
+def reference_catalog_path(store: NightStore, field: str, snr_threshold: float) -> tuple[Any, str]:
     """Return the file system and path of a field's cached reference catalog."""
     import fsspec  # noqa: PLC0415
 
@@ -198,7 +200,7 @@ def reference_catalog_path(store: Any, field: str, snr_threshold: float) -> tupl
     return fs, f"{root.rstrip('/')}/catalogs/reference-{field}-snr{snr_threshold:g}-v{_CATALOG_VERSION}.parquet"
 
 
-def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: float = 5.0) -> pa.Table:
+def reference_ccd_sources(store: NightStore, field: str, ccd: str, *, snr_threshold: float = 5.0) -> pa.Table:
     """
     Detect the static sources of one CCD of a field's reference image.
 
@@ -210,12 +212,10 @@ def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: fl
     pyarrow.Table
         Of `REFERENCE_SCHEMA`.
     """
-    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
-
     key = store.reference_key(field)
-    _, header, wcs = store.ccd_description(key, ccd)
-    scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
-    x, y, snr, concentration = detect_static_sources(np.asarray(store.image(key, ccd)), float(header.get("SEEING", 1.0)) / scale,
+    context = store.ccd_context(key, ccd, measure_fwhm=measure_ccd_fwhm)  # the reference's own PSF
+    wcs = context.wcs
+    x, y, snr, concentration = detect_static_sources(np.asarray(store.image(key, ccd)), context.fwhm_px,
                                                      snr_threshold=snr_threshold)
     ra, dec = wcs.celestial.all_pix2world(x, y, 0) if len(x) else (np.zeros(0), np.zeros(0))
     return pa.table({"ra": np.asarray(ra) % 360.0, "dec": np.asarray(dec), "x": x, "y": y, "snr": snr,
@@ -224,7 +224,7 @@ def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: fl
                      "ccd": [ccd] * len(x)}, schema=REFERENCE_SCHEMA)
 
 
-def write_reference_catalog(store: Any, field: str, parts: list[pa.Table], *, snr_threshold: float = 5.0) -> pa.Table:
+def write_reference_catalog(store: NightStore, field: str, parts: list[pa.Table], *, snr_threshold: float = 5.0) -> pa.Table:
     """
     Join a field's per-CCD catalogs, cache them under ``<store>/catalogs`` (atomically) and return them.
 
@@ -239,7 +239,7 @@ def write_reference_catalog(store: Any, field: str, parts: list[pa.Table], *, sn
     return table
 
 
-def reference_sources(store: Any, field: str, *, snr_threshold: float = 5.0, refresh: bool = False) -> pa.Table:
+def reference_sources(store: NightStore, field: str, *, snr_threshold: float = 5.0, refresh: bool = False) -> pa.Table:
     """
     Return the static sources of a field's reference image, detecting them on first use.
 
