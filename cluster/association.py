@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import sep
 from astropy import units as u
 from astropy.coordinates import SkyCoord, search_around_sky
@@ -36,7 +35,7 @@ from scipy.sparse.csgraph import connected_components
 
 from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.storage.night_store import NightStore
-from skyblink.storage.parquet_io import write_parquet_atomic
+from skyblink.storage.schemas.tables import REFERENCE_SCHEMA
 from skyblink.workers.matched_filter import matched_filter_snr
 from skyblink.workers.tile_unit import measure_ccd_fwhm
 
@@ -44,7 +43,7 @@ from .measurement import windowed_centroids
 
 __all__ = [
     "EXTENDED_MAX_CONCENTRATION",
-    "REFERENCE_SCHEMA",
+    "REFERENCE_SCHEMA",  # re-exported from skyblink.storage.schemas.tables, where it is declared
     "detect_static_sources",
     "group_objects",
     "match_reference",
@@ -57,9 +56,6 @@ __all__ = [
 
 
 #: Columns of a field's reference source catalog. Stable.
-REFERENCE_SCHEMA = pa.schema([("ra", pa.float64()), ("dec", pa.float64()), ("x", pa.float64()), ("y", pa.float64()),
-                              ("snr", pa.float32()), ("concentration", pa.float32()), ("extended", pa.bool_()),
-                              ("ccd", pa.string())])
 #: A point source holds 39 % of its flux within one PSF sigma of its centre, 99 % within three;
 #: a source whose ratio of the two is below this is extended (a galaxy).
 EXTENDED_MAX_CONCENTRATION = 0.25
@@ -193,11 +189,8 @@ def _concentration(sub: np.ndarray, x: np.ndarray, y: np.ndarray, xs: np.ndarray
 
 
 def reference_catalog_path(store: NightStore, field: str, snr_threshold: float) -> tuple[Any, str]:
-    """Return the file system and path of a field's cached reference catalog."""
-    import fsspec  # noqa: PLC0415
-
-    fs, root = fsspec.core.url_to_fs(store.url)
-    return fs, f"{root.rstrip('/')}/catalogs/reference-{field}-snr{snr_threshold:g}-v{_CATALOG_VERSION}.parquet"
+    """Return the file system and path of a field's cached reference catalog (`NightStore.files`)."""
+    return store.files.fs, store.files.reference_catalog_path(field, snr_threshold, _CATALOG_VERSION)
 
 
 def reference_ccd_sources(store: NightStore, field: str, ccd: str, *, snr_threshold: float = 5.0) -> pa.Table:
@@ -233,9 +226,9 @@ def write_reference_catalog(store: NightStore, field: str, parts: list[pa.Table]
     skyblink.storage.StoreWriteError
         The store refused the write (disk full, read-only): one line naming the file.
     """
-    fs, path = reference_catalog_path(store, field, snr_threshold)
+    _, path = reference_catalog_path(store, field, snr_threshold)
     table = pa.concat_tables(parts) if parts else REFERENCE_SCHEMA.empty_table()
-    write_parquet_atomic(fs, path, table)
+    store.files.write(path, table, REFERENCE_SCHEMA)
     return table
 
 
@@ -259,10 +252,9 @@ def reference_sources(store: NightStore, field: str, *, snr_threshold: float = 5
         Of `REFERENCE_SCHEMA` (``extended``: a galaxy by its concentration); empty when the
         store has no reference of the field.
     """
-    fs, path = reference_catalog_path(store, field, snr_threshold)
-    if not refresh and fs.exists(path):
-        with fs.open(path, "rb") as fh:
-            return pq.read_table(fh).cast(REFERENCE_SCHEMA)
+    _, path = reference_catalog_path(store, field, snr_threshold)
+    if not refresh and store.files.exists(path):
+        return store.files.read(path, REFERENCE_SCHEMA)
     key = store.reference_key(field)
     if key not in store.exposure_keys("reference"):
         return REFERENCE_SCHEMA.empty_table()

@@ -9,6 +9,7 @@ The Zarr v3 layout of a night.
     <store>/exposures/<exposure_id>/ccd000/ group; attrs: fits_header, wcs_header, metadata, source HDU
     <store>/exposures/<exposure_id>/ccd000/image   array; chunk = one tile, shard = shard_tiles^2 tiles
     <store>/references/<field>/ccd000/image        the same for each field's reference image
+    <store>/results/, <store>/catalogs/            unit results and catalogs (`NightStore.files`)
 
 Every chunk carries a crc32c (zarr's ``Crc32cCodec``, the last bytes-to-bytes codec inside the
 sharding codec, whose shard index has its own), checked on every read whatever the compressor:
@@ -46,6 +47,7 @@ from skyblink.threads import ordered_map
 from .ccd_context import CcdContext, CcdContextCache, MeasureFwhm, sky_noise_adu
 from .errors import ChunkChecksumError, StorageError, StoreLayoutError
 from .fits_exposure import CcdImage, FitsExposure
+from .night_files import NightFiles
 
 __all__ = ["FORMAT_VERSION", "CheckedImage", "ExposureKind", "NightStore", "StoreLayout", "exposure_key"]
 
@@ -167,6 +169,8 @@ class NightStore:
             self.layout = layout
         self._contexts = CcdContextCache(self)
         self._noise: dict[tuple[str, str], float] = {}
+        #: The night's Parquet files beside the arrays: unit results and catalogs (`NightFiles`).
+        self.files = NightFiles(self.url)
 
     # ---------------------------------------------------------------- writing
 
