@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,6 +41,7 @@ from packaging.version import Version  # a dependency of Ray
 from ray.util import metrics as ray_metrics
 
 from skyblink.config import SkyblinkConfig
+from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.lazy_import import lazy_module
 from skyblink.reduce.association import (
     reference_catalog_path,
@@ -59,7 +59,7 @@ from skyblink.reduce.steps import (
 from skyblink.storage import NightStore, StoreLock, damaged_store_key
 from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
 from skyblink.storage.alerts.entry import stream_name
-from skyblink.storage.parquet_io import write_parquet_atomic
+from skyblink.storage.schemas.tables import OBJECTS_SCHEMA, detections_schema
 from skyblink.workers.actor import UnitOutcome
 from skyblink.workers.tile_unit import WorkUnit
 
@@ -792,12 +792,11 @@ def _reduce_and_publish(
         candidates, known = static.update(store, results, done, night, config, redo=new)
         detections = night_detections(known, config.night)
         objects = _objects_table(detections)
-        fs, root = fsspec.core.url_to_fs(store.url)
-        base = f"{root.rstrip('/')}/catalogs"
+        paths = {name: store.files.catalog_path(name) for name in ("detections", "objects")}
         # ``row`` points into the results read in one cycle: meaningless outside this run.
-        write_parquet_atomic(fs, f"{base}/detections.parquet", detections.drop_columns(["row"]))
-        write_parquet_atomic(fs, f"{base}/objects.parquet", objects)
-        report.catalogs = {"detections": f"{base}/detections.parquet", "objects": f"{base}/objects.parquet"}
+        store.files.write(paths["detections"], detections.drop_columns(["row"]), detections_schema(CLASSIFIER_CLASSES))
+        store.files.write(paths["objects"], objects, OBJECTS_SCHEMA)
+        report.catalogs = paths
         report.candidates = sum(static.candidates.values())
         report.detections = detections.num_rows
         report.objects = objects.num_rows

@@ -25,31 +25,15 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from skyblink.storage.parquet_io import write_parquet_atomic
+from skyblink.storage.night_files import NightFiles
+from skyblink.storage.schemas.tables import CANDIDATE_SCHEMA
 from skyblink.workers.tile_unit import CandidateRecord, WorkUnit
 
-__all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "store_unit_results"]
-
-#: Columns of a unit's Parquet file (one row per candidate). Stable.
-CANDIDATE_SCHEMA = pa.schema(
-    [
-        ("unit", pa.string()),
-        ("exposure", pa.string()),
-        ("ccd", pa.string()),
-        ("x", pa.float64()),
-        ("y", pa.float64()),
-        ("score", pa.float32()),
-        ("snr", pa.float32()),
-        ("real_bogus", pa.float32()),
-        ("class_probs", pa.list_(pa.float32())),
-        ("stamp", pa.binary()),  # (3, 63, 63) float16, C order: science, reference, difference
-    ]
-)
+__all__ = ["CANDIDATE_SCHEMA",  # re-exported from skyblink.storage.schemas.tables, where it is declared
+           "UnitStore", "candidates_table", "store_unit_results"]
 
 
 def candidates_table(records: Sequence[CandidateRecord]) -> pa.Table:
@@ -82,13 +66,12 @@ class UnitStore:
     """
 
     def __init__(self, store_url: str) -> None:
-        self.fs, root = fsspec.core.url_to_fs(store_url)
-        self.root = f"{root.rstrip('/')}/results/units"
+        self.files = NightFiles(store_url)
+        self.fs = self.files.fs
 
     def path(self, unit: WorkUnit) -> str:
-        """Return the file of a unit."""
-        exposure_name = unit.exposure.rsplit("/", 1)[-1]
-        return f"{self.root}/{exposure_name}/{unit.ccd}/{unit.y0}-{unit.x0}.parquet"
+        """Return the file of a unit (`skyblink.storage.night_files.NightFiles.unit_result_path`)."""
+        return self.files.unit_result_path(unit.exposure, unit.ccd, unit.y0, unit.x0)
 
     def write(self, unit: WorkUnit, records: Sequence[CandidateRecord]) -> None:
         """
@@ -100,7 +83,7 @@ class UnitStore:
         records : sequence of CandidateRecord
             May be empty: the empty file still marks the unit done.
         """
-        write_parquet_atomic(self.fs, self.path(unit), candidates_table(records))
+        self.files.write(self.path(unit), candidates_table(records), CANDIDATE_SCHEMA)
 
     def done(self, units: Iterable[WorkUnit]) -> set[str]:
         """Return the keys of the given units whose result file exists."""
@@ -108,7 +91,7 @@ class UnitStore:
         exposures = {u.exposure.rsplit("/", 1)[-1] for u in units}
         present: set[str] = set()
         for name in exposures:
-            base = f"{self.root}/{name}"
+            base = self.files.unit_results_dir(name)
             if not self.fs.exists(base):
                 continue
             present.update(p.rstrip("/") for p in self.fs.find(base) if p.endswith(".parquet"))
@@ -129,11 +112,12 @@ class UnitStore:
         ------
         FileNotFoundError
             A unit has no result file.
+        skyblink.storage.TableSchemaError
+            A unit's file does not have `CANDIDATE_SCHEMA` (names the file and the column).
         """
 
         def read_one(unit: WorkUnit) -> pa.Table:
-            with self.fs.open(self.path(unit), "rb") as fh:
-                return pq.read_table(fh)
+            return self.files.read(self.path(unit), CANDIDATE_SCHEMA)
 
         units = list(units)
         threads = threads or min(16, 2 * (os.cpu_count() or 1))

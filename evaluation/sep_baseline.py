@@ -40,11 +40,12 @@ from skyblink.workers.tile_unit import WorkUnit, prepare_tile
 
 if TYPE_CHECKING:
     from skyblink.headers import HeadersConfig
+    from skyblink.storage import NightStore
 
 __all__ = ["difference_window", "sep_detections"]
 
 
-def difference_window(unit: WorkUnit, store: Any, *, headers: HeadersConfig | None = None,
+def difference_window(unit: WorkUnit, store: NightStore, *, headers: HeadersConfig | None = None,
                       psf_match: Literal["gaussian", "kernel"] = "gaussian") -> tuple[np.ndarray, float, tuple[int, int]]:
     """
     Return a work unit's difference image (sigma units) as the tile program makes it.
@@ -73,7 +74,7 @@ def difference_window(unit: WorkUnit, store: Any, *, headers: HeadersConfig | No
     return prepared.matched.triplet[2], max(prepared.fwhm_px), prepared.origin
 
 
-def sep_detections(units: list[WorkUnit], store: Any, *, thresh: float = 1.5, minarea: int = 5,
+def sep_detections(units: list[WorkUnit], store: NightStore, *, thresh: float = 1.5, minarea: int = 5,
                    snr_threshold: float = 5.0) -> pa.Table:
     """
     Run SEP on the difference image of every unit and return its sources as candidates.
@@ -130,7 +131,7 @@ def sep_detections(units: list[WorkUnit], store: Any, *, thresh: float = 1.5, mi
                                             ("trail_angle_deg", pa.float64())]))
 
 
-def sep_catalog(sources: pa.Table, store: Any, config: Any) -> pa.Table:
+def sep_catalog(sources: pa.Table, store: NightStore, config: Any) -> pa.Table:
     """
     Reduce SEP's sources like the night's candidates: sky positions, duplicates merged, reference
     matched, moving objects linked, objects associated; every source is an alert.

@@ -35,10 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.time import Time
@@ -46,10 +44,13 @@ from scipy.stats import rankdata
 
 from skyblink.cluster.planning import plan_tiles
 from skyblink.config import NightConfig, SimConfig
+from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.lazy_import import lazy_module
 from skyblink.sim import read_truth
 from skyblink.sim.events import movers_for_field
 from skyblink.storage import NightStore
+from skyblink.storage.night_files import NightFiles
+from skyblink.storage.schemas.tables import detections_schema
 
 from .sep_baseline import sep_catalog, sep_detections
 
@@ -399,13 +400,12 @@ def score_night(night_dir: Path | str, store_url: str, *, out_dir: Path | str | 
     if not (night_dir / "night.json").exists():
         msg = f"{night_dir}: no night.json; score needs a night simulated by `skyblink sim night` (it holds the truth)"
         raise FileNotFoundError(msg)
-    fs, root = fsspec.core.url_to_fs(store_url)
-    path = f"{root.rstrip('/')}/catalogs/detections.parquet"
-    if not fs.exists(path):
+    files = NightFiles(store_url)
+    path = files.catalog_path("detections")
+    if not files.exists(path):
         msg = f"{store_url}: no catalogs/detections.parquet; run `skyblink night run {night_dir} --store {store_url}` first"
         raise FileNotFoundError(msg)
-    with fs.open(path, "rb") as fh:
-        catalog = pq.read_table(fh)
+    catalog = files.read(path, detections_schema(CLASSIFIER_CLASSES))
     truth = _truth_events(night_dir)
     ours = score_catalog(catalog, truth, "skyblink")
     sep_score = None
@@ -419,7 +419,7 @@ def score_night(night_dir: Path | str, store_url: str, *, out_dir: Path | str | 
         sep_table = sep_catalog(sep_detections(units, store, snr_threshold=night_config.snr_threshold), store, night_config)
         sep_score = score_catalog(sep_table, truth, "SEP", score_column="snr")
     report = ScoreReport(str(night_dir), store_url, ours, sep_score, _targets(ours, sep_score))
-    target = Path(out_dir) if out_dir is not None else Path(root) / "score"
+    target = Path(out_dir) if out_dir is not None else Path(files.root) / "score"
     target.mkdir(parents=True, exist_ok=True)
     if plots:
         report.plots = _plots(report, target)

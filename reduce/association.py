@@ -25,26 +25,25 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import sep
 from astropy import units as u
 from astropy.coordinates import SkyCoord, search_around_sky
-from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from skyblink.psf_units import FWHM_PER_SIGMA
-from skyblink.storage.parquet_io import write_parquet_atomic
+from skyblink.storage.night_store import NightStore
+from skyblink.storage.schemas.tables import REFERENCE_SCHEMA
 from skyblink.workers.matched_filter import matched_filter_snr
+from skyblink.workers.tile_unit import measure_ccd_fwhm
 
 from .measurement import windowed_centroids
 
 __all__ = [
     "EXTENDED_MAX_CONCENTRATION",
-    "REFERENCE_SCHEMA",
+    "REFERENCE_SCHEMA",  # re-exported from skyblink.storage.schemas.tables, where it is declared
     "detect_static_sources",
     "group_objects",
     "match_reference",
@@ -57,9 +56,6 @@ __all__ = [
 
 
 #: Columns of a field's reference source catalog. Stable.
-REFERENCE_SCHEMA = pa.schema([("ra", pa.float64()), ("dec", pa.float64()), ("x", pa.float64()), ("y", pa.float64()),
-                              ("snr", pa.float32()), ("concentration", pa.float32()), ("extended", pa.bool_()),
-                              ("ccd", pa.string())])
 #: A point source holds 39 % of its flux within one PSF sigma of its centre, 99 % within three;
 #: a source whose ratio of the two is below this is extended (a galaxy).
 EXTENDED_MAX_CONCENTRATION = 0.25
@@ -192,13 +188,12 @@ def _concentration(sub: np.ndarray, x: np.ndarray, y: np.ndarray, xs: np.ndarray
         return np.where(outer > 0, inner / np.where(outer > 0, outer, 1.0), np.nan).astype(np.float32)
 
 
-def reference_catalog_path(store: Any, field: str, snr_threshold: float) -> tuple[Any, str]:
-    """Return the file system and path of a field's cached reference catalog."""
-    fs, root = fsspec.core.url_to_fs(store.url)
-    return fs, f"{root.rstrip('/')}/catalogs/reference-{field}-snr{snr_threshold:g}-v{_CATALOG_VERSION}.parquet"
+def reference_catalog_path(store: NightStore, field: str, snr_threshold: float) -> tuple[Any, str]:
+    """Return the file system and path of a field's cached reference catalog (`NightStore.files`)."""
+    return store.files.fs, store.files.reference_catalog_path(field, snr_threshold, _CATALOG_VERSION)
 
 
-def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: float = 5.0) -> pa.Table:
+def reference_ccd_sources(store: NightStore, field: str, ccd: str, *, snr_threshold: float = 5.0) -> pa.Table:
     """
     Detect the static sources of one CCD of a field's reference image.
 
@@ -211,9 +206,9 @@ def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: fl
         Of `REFERENCE_SCHEMA`.
     """
     key = store.reference_key(field)
-    _, header, wcs = store.ccd_description(key, ccd)
-    scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
-    x, y, snr, concentration = detect_static_sources(np.asarray(store.image(key, ccd)), float(header.get("SEEING", 1.0)) / scale,
+    context = store.ccd_context(key, ccd, measure_fwhm=measure_ccd_fwhm)  # the reference's own PSF
+    wcs = context.wcs
+    x, y, snr, concentration = detect_static_sources(np.asarray(store.image(key, ccd)), context.fwhm_px,
                                                      snr_threshold=snr_threshold)
     ra, dec = wcs.celestial.all_pix2world(x, y, 0) if len(x) else (np.zeros(0), np.zeros(0))
     return pa.table({"ra": np.asarray(ra) % 360.0, "dec": np.asarray(dec), "x": x, "y": y, "snr": snr,
@@ -222,7 +217,7 @@ def reference_ccd_sources(store: Any, field: str, ccd: str, *, snr_threshold: fl
                      "ccd": [ccd] * len(x)}, schema=REFERENCE_SCHEMA)
 
 
-def write_reference_catalog(store: Any, field: str, parts: list[pa.Table], *, snr_threshold: float = 5.0) -> pa.Table:
+def write_reference_catalog(store: NightStore, field: str, parts: list[pa.Table], *, snr_threshold: float = 5.0) -> pa.Table:
     """
     Join a field's per-CCD catalogs, cache them under ``<store>/catalogs`` (atomically) and return them.
 
@@ -231,13 +226,13 @@ def write_reference_catalog(store: Any, field: str, parts: list[pa.Table], *, sn
     skyblink.storage.StoreWriteError
         The store refused the write (disk full, read-only): one line naming the file.
     """
-    fs, path = reference_catalog_path(store, field, snr_threshold)
+    _, path = reference_catalog_path(store, field, snr_threshold)
     table = pa.concat_tables(parts) if parts else REFERENCE_SCHEMA.empty_table()
-    write_parquet_atomic(fs, path, table)
+    store.files.write(path, table, REFERENCE_SCHEMA)
     return table
 
 
-def reference_sources(store: Any, field: str, *, snr_threshold: float = 5.0, refresh: bool = False) -> pa.Table:
+def reference_sources(store: NightStore, field: str, *, snr_threshold: float = 5.0, refresh: bool = False) -> pa.Table:
     """
     Return the static sources of a field's reference image, detecting them on first use.
 
@@ -257,10 +252,9 @@ def reference_sources(store: Any, field: str, *, snr_threshold: float = 5.0, ref
         Of `REFERENCE_SCHEMA` (``extended``: a galaxy by its concentration); empty when the
         store has no reference of the field.
     """
-    fs, path = reference_catalog_path(store, field, snr_threshold)
-    if not refresh and fs.exists(path):
-        with fs.open(path, "rb") as fh:
-            return pq.read_table(fh).cast(REFERENCE_SCHEMA)
+    _, path = reference_catalog_path(store, field, snr_threshold)
+    if not refresh and store.files.exists(path):
+        return store.files.read(path, REFERENCE_SCHEMA)
     key = store.reference_key(field)
     if key not in store.exposure_keys("reference"):
         return REFERENCE_SCHEMA.empty_table()

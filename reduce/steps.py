@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -51,8 +50,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from astropy import units as u
 from astropy.coordinates import SkyCoord
-from astropy.time import Time
-from astropy.wcs.utils import proj_plane_pixel_scales
 
 from skyblink.config import NightConfig
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
@@ -68,7 +65,10 @@ from skyblink.storage.alerts import (
     DetectionFlag,
 )
 from skyblink.storage.alerts.packet import MovingObject, make_alert_id
+from skyblink.storage.ccd_context import AB_NJY_ZERO, CcdContext
+from skyblink.storage.night_store import NightStore
 from skyblink.threads import ordered_map
+from skyblink.workers.tile_unit import measure_ccd_fwhm
 
 from .association import (
     EXTENDED_MAX_CONCENTRATION,
@@ -82,7 +82,6 @@ from .measurement import measure_stamps
 
 __all__ = [
     "DETECTION_ORDER",
-    "CcdContext",
     "alert_counts",
     "associate",
     "build_alerts",
@@ -101,7 +100,7 @@ __all__ = [
 ]
 
 #: AB magnitude of 1 nJy.
-_AB_NJY_ZERO = 31.4
+_AB_NJY_ZERO = AB_NJY_ZERO
 #: Floor of a position error (arcsec): WCS and centroiding systematics.
 _POSITION_ERROR_FLOOR_ARCSEC = 0.01
 _ALERTABLE = ("transient", "variable", "moving")
@@ -116,94 +115,17 @@ def stamps_of(candidates: pa.Table) -> np.ndarray:
     return np.frombuffer(b"".join(raw), dtype=np.float16).reshape(-1, *_STAMP_SHAPE).astype(np.float32)
 
 
-@dataclass(frozen=True, slots=True)
-class CcdContext:
-    """What the reduce step needs to know of one CCD of one exposure."""
-
-    wcs: Any  # astropy.wcs.WCS
-    exposure_id: str
-    field: str
-    ccd: int
-    band: Band
-    mjd_tai: float  # mid-exposure
-    pixel_scale_arcsec: float
-    fwhm_px: float
-    noise_adu: float  # per pixel, one sigma
-    njy_per_adu: float | None  # None without a zero point
-    exptime: float = 0.0  # seconds
-    difference_fwhm_px: float = 0.0  # PSF of the difference: the broader of science and reference
-
-
-def ccd_context(store: Any, exposure: str, ccd: str) -> CcdContext:
+def ccd_context(store: NightStore, exposure: str, ccd: str) -> CcdContext:
     """
-    Read one CCD's WCS, time, band, PSF width, noise and zero point from the store.
-
-    Parameters
-    ----------
-    store : NightStore
-    exposure : str
-        Store key (``"exposures/F00-003"``).
-    ccd : str
-
-    Returns
-    -------
-    CcdContext
+    Return one CCD's facts as the reduce step reads them: `NightStore.ccd_context` with the PSF
+    FWHM measured on the CCD where no header keyword gives it (as the workers do).
 
     Raises
     ------
-    ValueError
-        The exposure has no observation time, or its FILTER is not a known band.
+    KeyError
+        The exposure is absent or incomplete, or has no such CCD.
     """
-    meta, header, wcs = store.ccd_description(exposure, ccd)  # one read of the CCD's attributes
-    if meta.get("mjd_obs") is None:
-        msg = f"{exposure}/{ccd}: no MJD-OBS or DATE-OBS, an alert needs the observation time"
-        raise ValueError(msg)
-    exptime = float(meta.get("exptime") or header.get("EXPTIME") or 0.0)
-    mjd_tai = float(Time(meta["mjd_obs"] + exptime / 2 / 86400.0, format="mjd", scale="utc").tai.mjd)
-    band_name = str(meta.get("filter") or "").strip().lower()[:1]
-    try:
-        band = Band(band_name)
-    except ValueError:
-        msg = f"{exposure}/{ccd}: FILTER {meta.get('filter')!r} is not one of the bands {[b.value for b in Band]}"
-        raise ValueError(msg) from None
-    scale = float(proj_plane_pixel_scales(wcs.celestial)[0] * 3600.0)
-    fwhm_px = float(header.get("SEEING", 1.0)) / scale
-    try:
-        reference = store.reference_key(str(meta.get("field")))
-        reference_seeing = float(store.header(reference, ccd).get("SEEING", header.get("SEEING", 1.0)))
-    except (KeyError, FileNotFoundError, ValueError):  # no reference of the field: the science PSF
-        reference_seeing = float(header.get("SEEING", 1.0))
-    gain = float(meta.get("gain") or header.get("GAIN") or 1.0)
-    if "SKYLEVEL" in header:
-        read_noise = float(meta.get("rdnoise") or header.get("RDNOISE") or 0.0)
-        noise_adu = math.sqrt(max(float(header["SKYLEVEL"]), 0.0) * gain + read_noise**2) / gain
-    else:  # robust estimate on the CCD's central window
-        image = store.image(exposure, ccd)
-        ny, nx = image.shape
-        h = min(ny, 512) // 2
-        w = min(nx, 512) // 2
-        window = np.asarray(image[ny // 2 - h : ny // 2 + h, nx // 2 - w : nx // 2 + w], dtype=np.float64)
-        window = window[np.isfinite(window)]
-        noise_adu = float(1.4826 * np.median(np.abs(window - np.median(window))))
-    magzp = header.get("MAGZP")
-    njy_per_adu = None
-    if magzp is not None and exptime > 0:
-        # m = MAGZP - 2.5 log10(ADU / EXPTIME) and m = 31.4 - 2.5 log10(nJy).
-        njy_per_adu = 10.0 ** (-0.4 * (float(magzp) - _AB_NJY_ZERO)) / exptime
-    return CcdContext(
-        wcs=wcs,
-        exposure_id=exposure.rsplit("/", 1)[-1],
-        field=str(meta.get("field") or ""),
-        ccd=int(meta.get("ccdnum", 0)),
-        band=band,
-        mjd_tai=mjd_tai,
-        pixel_scale_arcsec=scale,
-        fwhm_px=fwhm_px,
-        noise_adu=noise_adu,
-        njy_per_adu=njy_per_adu,
-        exptime=exptime,
-        difference_fwhm_px=max(fwhm_px, reference_seeing / scale),
-    )
+    return store.ccd_context(exposure, ccd, measure_fwhm=measure_ccd_fwhm)
 
 
 #: The order of the night's detections (time first): `locate` sorts by it.
@@ -211,7 +133,7 @@ DETECTION_ORDER = [("mjd", "ascending"), ("exposure", "ascending"), ("ccd", "asc
                    ("x", "ascending")]
 
 
-def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
+def locate(candidates: pa.Table, store: NightStore, night: str) -> pa.Table:
     """
     Put candidates on the sky and measure them.
 
@@ -262,8 +184,10 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
             ahead = wcs.all_pix2world(np.column_stack([xs[trailed] + np.cos(angle), ys[trailed] + np.sin(angle)]), 0)
             here = SkyCoord(sky[trailed, 0] * u.deg, sky[trailed, 1] * u.deg)
             trail_pa[trailed] = here.position_angle(SkyCoord(ahead[:, 0] * u.deg, ahead[:, 1] * u.deg)).deg % 180.0
+    noise = cache(lambda exposure, ccd: store.sky_noise_adu(exposure, ccd))
     for i in range(n):
         ctx = context(exposures[i], ccds[i])
+        noise_adu = noise(exposures[i], ccds[i])
         snr = float(snrs[i]) if math.isfinite(snrs[i]) and snrs[i] > 0 else float("nan")
         sigma_px = ctx.fwhm_px / FWHM_PER_SIGMA
         # Centroid error of a Gaussian PSF of the difference (background-limited): sqrt(2)
@@ -272,7 +196,7 @@ def locate(candidates: pa.Table, store: Any, night: str) -> pa.Table:
         pos_err = math.sqrt(2.0) * spread / snr * ctx.pixel_scale_arcsec if snr == snr else 1.0
         pos_err = max(pos_err, _POSITION_ERROR_FLOOR_ARCSEC)
         # PSF-fit flux error of a Gaussian PSF: noise per pixel times sqrt(4 pi) sigma_psf.
-        flux_err_adu = ctx.noise_adu * math.sqrt(4.0 * math.pi) * sigma_px
+        flux_err_adu = noise_adu * math.sqrt(4.0 * math.pi) * sigma_px
         njy = ctx.njy_per_adu if ctx.njy_per_adu is not None else float("nan")
         flux_err = flux_err_adu * njy
         flux = snr * flux_err
@@ -341,7 +265,7 @@ def merge_tile_duplicates(detections: pa.Table, radius_arcsec: float) -> pa.Tabl
     return detections.filter(pa.array(keep))
 
 
-def match_static(detections: pa.Table, store: Any, radius_arcsec: float, *, snr_threshold: float = 5.0) -> pa.Table:
+def match_static(detections: pa.Table, store: NightStore, radius_arcsec: float, *, snr_threshold: float = 5.0) -> pa.Table:
     """
     Match detections with the static sources of their field's reference image.
 
@@ -501,7 +425,7 @@ def associate(detections: pa.Table, radius_arcsec: float) -> pa.Table:
     return detections.append_column("object_id", pa.array(object_id, pa.int64()))
 
 
-def reduce_detections(candidates: pa.Table, store: Any, night: str, config: NightConfig) -> pa.Table:
+def reduce_detections(candidates: pa.Table, store: NightStore, night: str, config: NightConfig) -> pa.Table:
     """
     Run the reduce steps on the night's candidates: locate, merge duplicates, match the
     reference, link moving objects, associate objects, decide alerts.
@@ -524,7 +448,7 @@ def reduce_detections(candidates: pa.Table, store: Any, night: str, config: Nigh
     return night_detections(static_detections(candidates, store, night, config), config)
 
 
-def static_detections(candidates: pa.Table, store: Any, night: str, config: NightConfig) -> pa.Table:
+def static_detections(candidates: pa.Table, store: NightStore, night: str, config: NightConfig) -> pa.Table:
     """
     Run the reduce steps that look at one exposure at a time: locate, merge tile duplicates,
     match the reference.
@@ -692,7 +616,7 @@ def _detection(row: dict[str, Any], alert_type: str | None) -> Detection:
 def build_alerts(
     detections: pa.Table,
     candidates: pa.Table,
-    store: Any,
+    store: NightStore,
     builder: AlertBuilder,
     *,
     exposures: Iterable[str] | None = None,
@@ -731,7 +655,7 @@ def build_alerts(
     stamps = stamps_of(candidates)
     rows = detections.to_pylist()
     history: dict[int, list[Detection]] = {}
-    wcs_of = cache(lambda exposure, ccd: store.wcs(exposure, ccd))
+    wcs_of = cache(lambda exposure, ccd: ccd_context(store, exposure, ccd).wcs)
 
     def packets() -> Iterator[dict[str, Any]]:
         for row in rows:

@@ -94,3 +94,25 @@ class StoreWriteError(StorageError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         return (type(self), (self.path, self.reason))
+
+
+class TableSchemaError(StorageError):
+    """
+    A Parquet table of the store does not have its declared schema (`skyblink.storage.schemas.tables`).
+
+    Attributes
+    ----------
+    path : str
+        The file (being written or read).
+    field : str
+        The first column that does not match.
+    reason : str
+        How it differs (missing, unexpected, or another type), in words.
+    """
+
+    def __init__(self, path: str, field: str, reason: str) -> None:
+        super().__init__(f"{path}: column {field!r} {reason}")
+        self.path, self.field, self.reason = path, field, reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (type(self), (self.path, self.field, self.reason))

@@ -9,6 +9,7 @@ The Zarr v3 layout of a night.
     <store>/exposures/<exposure_id>/ccd000/ group; attrs: fits_header, wcs_header, metadata, source HDU
     <store>/exposures/<exposure_id>/ccd000/image   array; chunk = one tile, shard = shard_tiles^2 tiles
     <store>/references/<field>/ccd000/image        the same for each field's reference image
+    <store>/results/, <store>/catalogs/            unit results and catalogs (`NightStore.files`)
 
 Every chunk carries a crc32c (zarr's ``Crc32cCodec``, the last bytes-to-bytes codec inside the
 sharding codec, whose shard index has its own), checked on every read whatever the compressor:
@@ -40,10 +41,13 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 from zarr.codecs import BloscCname, BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
+from skyblink.headers import HeadersConfig
 from skyblink.threads import ordered_map
 
+from .ccd_context import CcdContext, CcdContextCache, MeasureFwhm, sky_noise_adu
 from .errors import ChunkChecksumError, StorageError, StoreLayoutError
 from .fits_exposure import CcdImage, FitsExposure
+from .night_files import NightFiles
 
 __all__ = ["FORMAT_VERSION", "CheckedImage", "ExposureKind", "NightStore", "StoreLayout", "exposure_key"]
 
@@ -163,6 +167,10 @@ class NightStore:
                 msg = f"store {self.url} was written with another tiling ({diffs}); use a new store"
                 raise StoreLayoutError(msg)
             self.layout = layout
+        self._contexts = CcdContextCache(self)
+        self._noise: dict[tuple[str, str], float] = {}
+        #: The night's Parquet files beside the arrays: unit results and catalogs (`NightFiles`).
+        self.files = NightFiles(self.url)
 
     # ---------------------------------------------------------------- writing
 
@@ -357,6 +365,63 @@ class NightStore:
             The CCD's ``field`` is empty or holds a ``/``.
         """
         return self.reference_key(self.ccd_metadata(key, ccd)["field"])
+
+    def source_name(self, key: str, ccd: str = "ccd000") -> str:
+        """
+        Return what an error about one CCD names: its FITS file and HDU where the store knows
+        them (``/data/F00-003.fits[1] (exposures/F00-003/ccd000)``), else the store and key.
+        """
+        try:
+            attrs = self._group(key).attrs
+            path = cast(dict[str, Any], attrs.get("source") or {}).get("path")
+            hdu = self._group(key)[ccd].attrs.get("hdu")
+        except KeyError:
+            path, hdu = None, None
+        if not path:
+            return f"{self.url}: {key}/{ccd}"
+        return f"{path}{'' if hdu is None else f'[{hdu}]'} ({key}/{ccd})"
+
+    def ccd_context(self, key: str, ccd: str = "ccd000", *, headers: HeadersConfig | None = None,
+                    measure_fwhm: MeasureFwhm | None = None) -> CcdContext:
+        """
+        Return one CCD's facts (`CcdContext`: WCS, pixel scale, PSF FWHM of the science and its
+        reference, gain, read noise, saturation, flux scale, band, time), read once per store.
+
+        Parameters
+        ----------
+        key : str
+            Store key of the exposure (or reference).
+        ccd : str
+        headers : HeadersConfig, optional
+            Header keywords (the ``[headers]`` section); default: the defaults.
+        measure_fwhm : callable, optional
+            Measures the PSF FWHM (px) on the whole CCD where no keyword gives it (the workers'
+            `estimate_fwhm`); without it such a CCD is a `HeaderFactError`.
+
+        Raises
+        ------
+        KeyError
+            ``key`` is not a completely ingested exposure, or has no CCD ``ccd``.
+        skyblink.headers.HeaderFactError
+            No PSF FWHM in the header of the CCD or of its reference, and none measured: the
+            message names the file and the keywords looked for.
+        ValueError
+            The header's gain is not positive (the message names the file and keyword).
+        """
+        return self._contexts.context(key, ccd, headers=headers, measure_fwhm=measure_fwhm)
+
+    def sky_noise_adu(self, key: str, ccd: str = "ccd000") -> float:
+        """
+        Return the sky noise per pixel of one CCD (ADU, one sigma), computed once per store: from
+        ``SKYLEVEL``, gain and read noise where the header gives the sky, else a robust estimate
+        on the CCD's central window (`skyblink.storage.ccd_context.sky_noise_adu`).
+        """
+        found = self._noise.get((key, ccd))
+        if found is None:
+            context = self.ccd_context(key, ccd)
+            found = sky_noise_adu(context, self.image(key, ccd), gain_fallback=self.ccd_metadata(key, ccd).get("gain"))
+            self._noise[key, ccd] = found
+        return found
 
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
         """Return the JSON metadata of one CCD (gain, saturate, mjd_obs, ...)."""

@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from skyblink.headers import HeadersConfig
+from skyblink.storage.ccd_context import CcdContext, calibration_facts
+
 try:  # torch is the optional [ml] extra: the numpy functions work without it
     import torch
 except ImportError:  # pragma: no cover - exercised only where torch is absent
@@ -51,31 +54,24 @@ class CalibrationSpec:
     read_noise: float = 0.0
 
     @classmethod
-    def from_header(cls, header: Mapping[str, Any], headers: Any = None) -> CalibrationSpec:
+    def from_header(cls, header: Mapping[str, Any], headers: HeadersConfig | None = None) -> CalibrationSpec:
         """
-        Read ``GAIN``, ``SATURATE`` and ``RDNOISE`` from a FITS header (or any mapping).
-
-        ``headers`` (a `skyblink.headers.HeadersConfig`) names the keywords tried for each, in
-        order; default: only those three names.
+        Read the gain, saturation and read noise of a FITS header (or any mapping) by the store's
+        rule (`skyblink.storage.ccd_context.calibration_facts`): the first of each fact's
+        ``headers`` keywords (default: the `skyblink.headers.HeadersConfig` defaults).
 
         Raises
         ------
         ValueError
-            If the gain is present but not positive.
+            If the gain is present but not positive (the message names the keyword).
         """
-        def first(names: list[str] | tuple[str, ...]) -> tuple[str, Any] | None:
-            return next(((n, header.get(n)) for n in names if header.get(n) is not None), None)
+        gain, saturate, read_noise = calibration_facts(header, headers)
+        return cls(gain=gain, saturate=saturate, read_noise=read_noise)
 
-        found_gain = first(headers.gain if headers is not None else ("GAIN",))
-        gain = None if found_gain is None else found_gain[1]
-        if gain is not None and not float(gain) > 0:
-            msg = f"header {found_gain[0]} must be a positive number of e-/ADU, got {gain!r}"  # type: ignore[index]
-            raise ValueError(msg)
-        found_saturate = first(headers.saturate if headers is not None else ("SATURATE",))
-        found_noise = first(headers.read_noise if headers is not None else ("RDNOISE",))
-        return cls(gain=None if gain is None else float(gain),
-                   saturate=None if found_saturate is None else float(found_saturate[1]),
-                   read_noise=0.0 if found_noise is None else float(found_noise[1]))
+    @classmethod
+    def of(cls, context: CcdContext) -> CalibrationSpec:
+        """The calibration constants of a CCD's `CcdContext` (`skyblink.storage.NightStore.ccd_context`)."""
+        return cls(gain=context.gain, saturate=context.saturate, read_noise=context.read_noise)
 
 
 @dataclass(frozen=True, slots=True)

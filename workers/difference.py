@@ -23,6 +23,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.storage.ccd_context import flux_scale
 
 from .background import estimate_background
 from .psf_match import SolvedKernel, kernel_half_width, solve_kernel, source_pixels
@@ -32,27 +33,11 @@ __all__ = [
     "MIN_MATCH_SIGMA",
     "MatchedDifference",
     "blurred_noise_factor",
-    "flux_scale",
+    "flux_scale",  # re-exported from skyblink.storage.ccd_context, where the CCD facts are read
     "match_kernel_sigma",
     "matched_difference",
     "normalized_triplet",
 ]
-
-
-def flux_scale(*, science_magzp: float | None, reference_magzp: float | None,
-               science_exptime: float | None = None, reference_exptime: float | None = None) -> float:
-    """
-    Return the factor that puts reference ADU on the science image's flux scale.
-
-    ``MAGZP`` is the magnitude giving 1 ADU per second; with equal zero points and exposure
-    times the factor is 1. Missing keywords give 1 (the images are assumed already matched).
-    """
-    if science_magzp is None or reference_magzp is None:
-        return 1.0
-    scale = 10.0 ** (0.4 * (science_magzp - reference_magzp))
-    if science_exptime and reference_exptime:
-        scale *= science_exptime / reference_exptime
-    return float(scale)
 
 
 def match_kernel_sigma(fwhm_a_px: float, fwhm_b_px: float) -> tuple[float, float]:

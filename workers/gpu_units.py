@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from skyblink.storage import NightStore
+
 from .align import control_points
-from .calibration import CalibrationSpec
 from .device_program import make_device_program
-from .difference import flux_scale
 from .pipeline import Candidates, InFlight, TilePipeline
-from .tile_unit import CandidateRecord, WorkUnit, ccd_fwhm_px, process_tile
+from .tile_unit import CandidateRecord, WorkUnit, measure_ccd_fwhm, process_tile
 
 __all__ = ["GpuUnitProcessor", "LaunchedCall", "PreparedCcd", "read_raw_region", "upsample_grid", "window_edge"]
 
@@ -110,14 +110,14 @@ class GpuUnitProcessor:
         torch.cuda.synchronize(self.device)
         self.pipeline.wait_seconds = self.pipeline.compute_seconds = 0.0
 
-    def _host_reference(self, store: Any, key: str, ccd: str) -> np.ndarray:
+    def _host_reference(self, store: NightStore, key: str, ccd: str) -> np.ndarray:
         image = np.asarray(store.image(key, ccd)[...], dtype=np.float32)
         holes = np.isnan(image)
         if holes.any():  # a median of 1 pixel in 64 is a fill as good as the full median, 60x cheaper
             image[holes] = float(np.nanmedian(image[::8, ::8]))
         return image
 
-    def _device_reference(self, store: Any, key: str, ccd: str, host: np.ndarray | None) -> torch.Tensor:
+    def _device_reference(self, store: NightStore, key: str, ccd: str, host: np.ndarray | None) -> torch.Tensor:
         cache_key = (store.url, key, ccd)
         if cache_key not in self._references:
             image = host if host is not None else self._host_reference(store, key, ccd)
@@ -133,7 +133,7 @@ class GpuUnitProcessor:
         self._references.move_to_end(cache_key)
         return self._references[cache_key]
 
-    def process(self, units: Sequence[WorkUnit], store: Any) -> dict[str, list[CandidateRecord]]:
+    def process(self, units: Sequence[WorkUnit], store: NightStore) -> dict[str, list[CandidateRecord]]:
         """
         Run the program on every unit (all of one store) and return each unit's candidates.
 
@@ -151,7 +151,7 @@ class GpuUnitProcessor:
         """
         return self.finish(self.launch(self.prepare(units, store), store))
 
-    def prepare(self, units: Sequence[WorkUnit], store: Any) -> list[PreparedCcd]:
+    def prepare(self, units: Sequence[WorkUnit], store: NightStore) -> list[PreparedCcd]:
         """
         Do the host side of a call: read each CCD's windows, compute its control points, and read
         its reference unless the device already holds it. Touches no device state, so that
@@ -183,19 +183,13 @@ class GpuUnitProcessor:
             self.seconds["prepare"] += time.perf_counter() - start
         return out
 
-    def _prepare_ccd(self, units: list[WorkUnit], store: Any, exposure: str, ccd: str) -> PreparedCcd:
-        from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
-
-        reference_key = store.reference_of(exposure, ccd)
-        sci_header, ref_header = store.header(exposure, ccd), store.header(reference_key, ccd)
-        sci_wcs, ref_wcs = store.wcs(exposure, ccd), store.wcs(reference_key, ccd)
-        spec = CalibrationSpec.from_header(sci_header, self.headers)
-        scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
-        fwhm = [ccd_fwhm_px(store, key, ccd, h, scale_arcsec, self.headers)
-                for key, h in ((exposure, sci_header), (reference_key, ref_header))]
-        options = {"science_fwhm_px": fwhm[0], "reference_fwhm_px": fwhm[1], "gain": spec.gain,
-                   "saturate": spec.saturate, "read_noise": spec.read_noise,
-                   "scale": flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))}
+    def _prepare_ccd(self, units: list[WorkUnit], store: NightStore, exposure: str, ccd: str) -> PreparedCcd:
+        context = store.ccd_context(exposure, ccd, headers=self.headers, measure_fwhm=measure_ccd_fwhm)
+        reference_key = context.reference()
+        sci_wcs, ref_wcs = context.wcs, store.wcs(reference_key, ccd)
+        options = {"science_fwhm_px": context.fwhm_px, "reference_fwhm_px": context.reference_fwhm_px,
+                   "gain": context.gain, "saturate": context.saturate, "read_noise": context.read_noise,
+                   "scale": context.flux_scale}
         held = (store.url, reference_key, ccd) in self._references
         reference = None if held else self._host_reference(store, reference_key, ccd)
         edge, b = self.edge, self.batch
@@ -224,7 +218,7 @@ class GpuUnitProcessor:
             batches.append(_HostBatch(np.stack(windows), np.stack(points).astype(np.float32), rows_in, cols_in))
         return PreparedCcd(units, reference_key=reference_key, reference=reference, options=options, batches=batches)
 
-    def launch(self, prepared: Sequence[PreparedCcd], store: Any) -> LaunchedCall:
+    def launch(self, prepared: Sequence[PreparedCcd], store: NightStore) -> LaunchedCall:
         """
         Queue prepared CCDs on the device and return without waiting for their results.
 

@@ -29,6 +29,7 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
 from skyblink.headers import HeadersConfig
+from skyblink.storage.ccd_context import CcdContext, CcdContextCache, MeasureFwhm
 
 from .matched_filter import DEFAULT_SNR_THRESHOLD
 from .tile_unit import CandidateRecord, WorkUnit, prepare_tile, process_tile
@@ -86,6 +87,7 @@ class PairStore:
     def __init__(self, science: PairImage, reference: PairImage) -> None:
         self._images = {_SCIENCE: science, _REFERENCE: reference}
         self._pixels = {key: _float_pixels(entry) for key, entry in self._images.items()}
+        self._contexts = CcdContextCache(self)
 
     def ccd_names(self, key: str) -> list[str]:
         """One CCD per image."""
@@ -114,6 +116,22 @@ class PairStore:
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
         """The field the science belongs to (its reference is ``references/<field>``)."""
         return {"field": "pair"}
+
+    def ccd_description(self, key: str, ccd: str = "ccd000") -> tuple[dict[str, Any], fits.Header, WCS]:
+        """`ccd_metadata`, `header` and `wcs` at once (as `skyblink.storage.NightStore.ccd_description`)."""
+        return self.ccd_metadata(key, ccd), self.header(key, ccd), self.wcs(key, ccd)
+
+    def ccd_context(self, key: str, ccd: str = "ccd000", *, headers: HeadersConfig | None = None,
+                    measure_fwhm: MeasureFwhm | None = None) -> CcdContext:
+        """
+        The image's facts by the store's rules (`skyblink.storage.NightStore.ccd_context`), read once.
+
+        Raises
+        ------
+        HeaderFactError
+            No PSF size in a header and none measured (the message names the file).
+        """
+        return self._contexts.context(key, ccd, headers=headers, measure_fwhm=measure_fwhm)
 
 
 def read_pair_image(path: Path | str, *, ccd: int = 0, headers: HeadersConfig | None = None) -> PairImage:

@@ -26,17 +26,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from skyblink.headers import HeaderFactError, HeadersConfig, psf_fwhm_px
+from skyblink.headers import HeadersConfig
 from skyblink.stamps import STAMP_HALF
+from skyblink.storage.ccd_context import CcdStore
 
 from .align import sampling_grid, warp
 from .calibration import CalibrationSpec, calibrate
 from .cosmics import detect_cosmics
-from .difference import MatchedDifference, flux_scale, matched_difference
+from .difference import MatchedDifference, matched_difference
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr
 from .peaks import find_peaks
 
-__all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "ccd_fwhm_px", "noise_pedestal", "prepare_tile",
+__all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "measure_ccd_fwhm", "noise_pedestal", "prepare_tile",
            "process_tile", "read_window"]
 
 
@@ -130,7 +131,7 @@ class PreparedTile:
     fwhm_px: tuple[float, float]
 
 
-def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None, flat: Any | None = None,
+def prepare_tile(unit: WorkUnit, store: CcdStore, *, bias: float | Any | None = None, flat: Any | None = None,
                  reject_cosmics: bool = True, headers: HeadersConfig | None = None,
                  psf_match: Literal["gaussian", "kernel"] = "gaussian") -> PreparedTile:
     """
@@ -146,19 +147,16 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     HeaderFactError
         No PSF size in a header and none measurable.
     """
-    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415 - astropy only where a tile is processed
-
-    sci_header = store.header(unit.exposure, unit.ccd)
-    reference_key = store.reference_of(unit.exposure, unit.ccd)
+    context = store.ccd_context(unit.exposure, unit.ccd, headers=headers, measure_fwhm=measure_ccd_fwhm)
+    reference_key = context.reference()
     ref_ccd = unit.ccd
-    sci_wcs, ref_wcs = store.wcs(unit.exposure, unit.ccd), store.wcs(reference_key, ref_ccd)
-    ref_header = store.header(reference_key, ref_ccd)
+    sci_wcs, ref_wcs = context.wcs, store.wcs(reference_key, ref_ccd)
     edge = unit.size + 2 * unit.margin
     h = w = int(math.ceil(edge / 32) * 32)  # the detector takes multiples of 32
     oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
     raw = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
     beyond_ccd = ~np.isfinite(raw)
-    spec = CalibrationSpec.from_header(sci_header, headers)
+    spec = CalibrationSpec.of(context)
     calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate,
                            bias=read_window(bias, oy, ox, h, w) if bias is not None and np.ndim(bias) == 2 else bias,
                            flat=None if flat is None else read_window(flat, oy, ox, h, w))
@@ -177,11 +175,8 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     reference[beyond_ccd] = np.nan  # no difference, and no background estimate, beyond the CCD
     rny, rnx = ref_image.shape  # nor where the reference does not reach (as `tile_program.warp_reference`)
     reference[(grid[0] < 0) | (grid[0] > rnx - 1) | (grid[1] < 0) | (grid[1] > rny - 1)] = np.nan
-    scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
-    fwhm = (ccd_fwhm_px(store, unit.exposure, unit.ccd, sci_header, scale_arcsec, headers),
-            ccd_fwhm_px(store, reference_key, ref_ccd, ref_header, scale_arcsec, headers))
-    scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))
-    scale *= spec.gain or 1.0  # reference ADU -> science electrons
+    fwhm = (context.fwhm_px, context.reference_fwhm_px)
+    scale = context.flux_scale * (spec.gain or 1.0)  # reference ADU -> science electrons
     sci_filled = np.where(np.isfinite(science), science, np.nanmedian(science))
     matched = matched_difference(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale,
                                  science_mask=bad & np.isfinite(science), psf_match=psf_match)
@@ -209,41 +204,17 @@ def noise_pedestal(electrons: np.ndarray, read_noise: float, bad: np.ndarray | N
     return excess if excess > 0.5 * max(predicted, 1.0) else 0.0
 
 
-def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float, headers: HeadersConfig | None) -> float:
+def measure_ccd_fwhm(image: np.ndarray) -> float:
     """
-    The PSF FWHM (px) of one stored CCD: from its header (`skyblink.headers.psf_fwhm_px`), else
-    measured once on the whole CCD and remembered on the store object.
-
-    Raises
-    ------
-    HeaderFactError
-        No keyword gives it and ``headers.measure_fwhm`` is off.
+    Measure the PSF FWHM (px) on a whole CCD image (`skyblink.workers.estimate_fwhm`): what the
+    store's `ccd_context` calls where no header keyword gives the PSF size.
     """
-    cache = getattr(store, "_skyblink_fwhm_cache", None)
-    if cache is None:
-        cache = {}
-        try:
-            store._skyblink_fwhm_cache = cache
-        except AttributeError:
-            pass
-    if (key, ccd) in cache:
-        return cache[key, ccd]
-    # Errors name the file where the store knows it (`PairStore`), else the store key and CCD.
-    source = store.source_name(key, ccd) if hasattr(store, "source_name") else f"{key}/{ccd}"
-    try:
-        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers)
-    except HeaderFactError:
-        if headers is not None and not headers.measure_fwhm:
-            raise
-        from .source_detection import estimate_fwhm  # noqa: PLC0415 - astropy.table, only when measuring
+    from .source_detection import estimate_fwhm  # noqa: PLC0415 - astropy.table, only when measuring
 
-        value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers,
-                            measure=lambda: estimate_fwhm(np.asarray(store.image(key, ccd)[...], dtype=np.float32)))
-    cache[key, ccd] = value
-    return value
+    return estimate_fwhm(image)
 
 
-def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, threshold: float = 0.3,
+def process_tile(unit: WorkUnit, store: CcdStore, detector: Any, classifier: Any, *, threshold: float = 0.3,
                  top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD, bias: float | Any | None = None,
                  flat: Any | None = None, reject_cosmics: bool = True, headers: HeadersConfig | None = None,
                  psf_match: Literal["gaussian", "kernel"] = "gaussian",
@@ -254,8 +225,8 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     Parameters
     ----------
     unit : WorkUnit
-    store : NightStore
-        The night's store (opened by the worker once).
+    store : CcdStore
+        The night's store (opened by the worker once), or a pair of files (`PairStore`).
     detector, classifier : InferenceRunner
         Active runners (ONNX Runtime on the CPU, or any backend taking numpy).
     threshold, top_k : float, int

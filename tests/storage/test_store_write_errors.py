@@ -35,7 +35,10 @@ CHILD = textwrap.dedent(
         manifest.save()
     except StorageError as exc:
         out["manifest"] = [type(exc).__name__, str(exc)]
-    table = pa.table({"x": pa.array(range(20000), pa.float64())})
+    rows = pa.array(range(20000), pa.float64())  # a reference catalog in its declared schema, larger than the limit
+    table = pa.table({"ra": rows, "dec": rows, "x": rows, "y": rows, "snr": rows.cast(pa.float32()),
+                      "concentration": rows.cast(pa.float32()), "extended": pa.array([False] * 20000),
+                      "ccd": pa.array(["ccd000"] * 20000)})
     try:
         write_reference_catalog(NightStore(store_url), "f0", [table])
     except StorageError as exc:
