@@ -177,10 +177,15 @@ def _median_plan(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
     return tuple(reversed(plan))
 
 
+#: The plans the filters use, made at import (a compiler then reads constants, not a cached function).
+_PLANS = {n: _median_plan(n) for n in (3, 5, 7)}
+
+
 def _median_of(values: list[Any], minimum: Any, maximum: Any) -> Any:
     """Elementwise median of an odd number of same-shape arrays (or tensors), with min/max only (exact)."""
     wires: list[Any] = list(values)
-    for i, j, low, high in _median_plan(len(wires)):
+    n = len(wires)
+    for i, j, low, high in _PLANS[n] if n in _PLANS else _median_plan(n):
         a, b = wires[i], wires[j]
         wires[i] = minimum(a, b) if low else None
         wires[j] = maximum(a, b) if high else None
@@ -439,6 +444,9 @@ def _lowest_plan(n: int, keep: int) -> tuple[tuple[int, int, bool, bool], ...]:
     return tuple(reversed(plan))
 
 
+_LOWEST_13_OF_25 = _lowest_plan(25, 13)
+
+
 def _clean_dense(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     """
     `_clean` at every pixel at once, with no host synchronisation: the ``replace`` pixels take the
@@ -454,7 +462,7 @@ def _clean_dense(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tenso
     padded = F.pad(torch.where(exclude, torch.full_like(data, inf), data)[:, None], (2, 2, 2, 2), value=inf)[:, 0]
     wires: list[Any] = [padded[:, dy : dy + h, dx : dx + w] for dy in range(5) for dx in range(5)]
     count = sum((v != inf).to(torch.int32) for v in wires)
-    for i, j, low, high in _lowest_plan(25, 13):
+    for i, j, low, high in _LOWEST_13_OF_25:
         a, b = wires[i], wires[j]
         wires[i] = torch.minimum(a, b) if low else None
         wires[j] = torch.maximum(a, b) if high else None
