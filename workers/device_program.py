@@ -8,6 +8,7 @@ tensors for `skyblink.workers.pipeline.TilePipeline`.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -66,9 +67,18 @@ def _field_numbers(layout: _Layout, *, science_fwhm_px: float, reference_fwhm_px
     scalars = [1.0 if gain is None else float(gain), math.inf if saturate is None else float(saturate),
                0.0 if bias is None else float(bias), float(read_noise), float(scale) * (gain or 1.0), sci_factor, ref_factor,
                filter_norm]
-    values = np.concatenate([np.asarray(scalars), sci_taps.double().numpy(), ref_taps.double().numpy(),
-                             filter_taps.double().numpy()])
-    return torch.from_numpy(values).to(device)
+    values = torch.from_numpy(np.concatenate([np.asarray(scalars), sci_taps.double().numpy(), ref_taps.double().numpy(),
+                                              filter_taps.double().numpy()]))
+    if device.type != "cuda":
+        return values.to(device)
+    # Pinned and asynchronous: a pageable copy would wait for the work queued on the stream.
+    return values.pin_memory().to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _operators(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`skyblink.workers.tile_program.background_operators` of the program's 64-pixel mesh, made once per shape."""
+    return tp.background_operators(height, width, 64, device)
 
 
 def _unpack(numbers: torch.Tensor, layout: _Layout) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
@@ -142,7 +152,8 @@ class _Graph:
                 fn(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # Thread-local capture: other threads of the actor may copy results back meanwhile.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.outputs = fn(*self.inputs)
 
     def __call__(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -225,7 +236,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     numbers = _field_numbers(layout, science_fwhm_px=science_fwhm_px, reference_fwhm_px=reference_fwhm_px, scale=scale,
                              gain=gain, saturate=saturate, read_noise=read_noise,
                              bias=None if isinstance(bias, torch.Tensor) else bias, device=device)
-    operators = tp.background_operators(h, w, 64, device)
+    operators = _operators(h, w, device)
     use_graphs = device.type == "cuda" and psf_match == "gaussian" if graphs is None else graphs
     peak_options = (layout.threshold, layout.top_k, layout.snr_threshold)
 
