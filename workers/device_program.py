@@ -217,7 +217,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     graphs : bool, optional
         Run the program as two CUDA graphs around the detector, its per-pixel steps compiled
         (`skyblink.workers.fused`): no host synchronisation and a few launches a batch. Default:
-        on CUDA devices with the Gaussian PSF match (a solved kernel needs the host per tile).
+        on CUDA devices; never with ``psf_match="kernel"`` (a solved kernel needs the host per tile).
         Every program of the same shapes and options shares its graphs, captured at the first
         call (the actors' warm-up): per-field numbers reach them as one small tensor.
 
@@ -237,7 +237,11 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
                              gain=gain, saturate=saturate, read_noise=read_noise,
                              bias=None if isinstance(bias, torch.Tensor) else bias, device=device)
     operators = _operators(h, w, device)
-    use_graphs = device.type == "cuda" and psf_match == "gaussian" if graphs is None else graphs
+    use_graphs = (device.type == "cuda" if graphs is None else graphs) and psf_match == "gaussian"
+    made = None
+    if device.type == "cuda":  # the numbers' copy, queued on this stream, before any program reads them
+        made = torch.cuda.Event()
+        made.record()
     peak_options = (layout.threshold, layout.top_k, layout.snr_threshold)
 
     def front(science: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,6 +256,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         return _peaks(*args, *peak_options)
 
     def program(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
+        if made is not None:
+            torch.cuda.current_stream().wait_event(made)
         with torch.inference_mode():
             inputs = [science, reference, grid, numbers, *operators,
                       *([bias_frame] if bias_frame is not None else []), *([flat] if flat is not None else [])]
