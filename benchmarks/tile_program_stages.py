@@ -1,5 +1,6 @@
 """
-Time per stage of the per-tile program on one GPU, synchronous (no copy/compute overlap yet).
+Time per stage of the per-tile program on one GPU, synchronous (no copy/compute overlap), then
+the whole device program as it runs in the workers (two CUDA graphs around the detector).
 
     python benchmarks/tile_program_stages.py [--batch 16] [--size 1024] [--repeat 20]
 
@@ -11,7 +12,12 @@ Stages, each timed with CUDA events over ``repeat`` batches after a warm-up:
 3. triplet: two mesh backgrounds, PSF matching, difference, noise normalisation;
 4. detector: the shipped detector, torch.compile + CUDA graphs, fp16, NHWC;
 5. matched filter: the difference's S/N for a point source (PSF correlation);
-6. peaks: 5x5 max-pool suppression, threshold, S/N gate and top-K on the new-source score.
+6. peaks: 5x5 max-pool suppression, threshold, S/N gate and top-K on the new-source score;
+7. the whole program (`make_device_program`, input on the device, stamps and classifier included).
+
+Each stage runs as the device program runs it: its per-pixel steps compiled
+(`skyblink.workers.fused`), the backgrounds with fixed histogram passes; launched eagerly here, so
+a stage's time includes its launches (the program's CUDA graphs remove most of them).
 
 Inputs are synthetic (sky, noise and stars, a slightly rotated sampling grid), made on the
 device: the GPU machines have no astropy, and the work per pixel does not depend on content
@@ -36,7 +42,8 @@ from skyblink.engines.manifest import IO_NAMES
 from skyblink.workers import tile_program as tp
 from skyblink.workers.calibration import calibrate_tensor
 from skyblink.workers.cosmics import detect_cosmics_tensor
-from skyblink.workers.matched_filter import matched_filter_snr_tensor
+from skyblink.workers.device_program import BACKGROUND_PASSES, make_device_program
+from skyblink.workers.matched_filter import matched_filter_snr_tensor, matched_filter_taps
 from skyblink.workers.pipeline import uint16_from_int16
 
 
@@ -101,12 +108,17 @@ def main() -> None:
     def warp() -> None:
         state["ref"] = tp.warp_reference(reference, grid)
 
+    operators = tp.background_operators(args.size, args.size, 64, device)
+    sci_taps, ref_taps, sci_factor, ref_factor = tp.psf_match_taps(3.0, 2.2, radius=8, device=device)
+    filter_taps = matched_filter_taps(3.0, radius=16, device=device)
+
     def triplet() -> None:
-        state["x"] = tp.normalized_triplet(state["sci"], state["ref"], science_fwhm_px=3.0, reference_fwhm_px=2.2,
-                                           scale=1.5, science_mask=state["bad"])
+        state["x"] = tp.gaussian_triplet(state["sci"], state["ref"], scale=1.5, science_mask=state["bad"],
+                                         taps=(sci_taps, ref_taps), noise_factors=(sci_factor, ref_factor),
+                                         passes=BACKGROUND_PASSES, operators=operators)
 
     def matched() -> None:
-        state["snr"] = matched_filter_snr_tensor(state["x"][:, 2], 3.0, renormalize=True)
+        state["snr"] = matched_filter_snr_tensor(state["x"][:, 2], 3.0, renormalize=True, taps=filter_taps)
 
     def detect() -> None:
         state["heat"], state["off"] = detector.infer_tensors(state["x"])
@@ -116,6 +128,12 @@ def main() -> None:
         peak_snr = F.max_pool2d(state["snr"][:, None], 3, 1, 1)
         keep = (score == F.max_pool2d(score, 5, 1, 2)) & (score >= 0.3) & (peak_snr >= 5.0)
         state["top"] = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=256, dim=1)
+
+    classifier = TorchRunner(load_network("classifier"), input_name=IO_NAMES["classifier"].inputs[0],
+                             output_names=IO_NAMES["classifier"].outputs, device=device, precision="fp16")
+    classifier.activate()
+    program = make_device_program(detector, classifier, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=2.2,
+                                  gain=1.5, saturate=30000.0, read_noise=5.0)
 
     rows = [
         ("H2D 16-bit, pinned", timed(lambda: on_device.copy_(pinned, non_blocking=True), args.repeat)),
@@ -127,7 +145,9 @@ def main() -> None:
         ("matched filter S/N", timed(matched, args.repeat)),
         ("peaks (max-pool, S/N gate, top-K)", timed(peaks, args.repeat)),
     ]
+    whole = ("whole program, CUDA graphs (stamps, classifier)", timed(lambda: program(science, 0), args.repeat))
     detector.deactivate()
+    classifier.deactivate()
     name = torch.cuda.get_device_name(0)
     print(f"\nper-tile program stages, batch {args.batch} of {args.size}x{args.size}, median of {args.repeat}, {name}, torch {torch.__version__}")
     print(f"{'stage':<44} {'ms/batch':>9} {'tiles/s':>9}")
@@ -135,6 +155,8 @@ def main() -> None:
         print(f"{stage:<44} {ms:>9.3f} {args.batch / ms * 1e3:>9.0f}")
     compute = sum(ms for stage, ms in rows[2:])
     print(f"{'sum of device stages (no overlap)':<44} {compute:>9.3f} {args.batch / compute * 1e3:>9.0f}")
+    print(f"{whole[0]:<44} {whole[1]:>9.3f} {args.batch / whole[1] * 1e3:>9.0f}")
+    rows.append(whole)
     print(f"peak device memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "tile_program_stages.json").write_text(json.dumps({"device": name, "batch": args.batch, "rows": rows}, indent=1))

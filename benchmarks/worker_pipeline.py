@@ -3,9 +3,12 @@ The worker's transfer/compute pipeline on one GPU: a synchronous loop over pagea
 copies alone, the program alone, and the pipelined run; tiles/s, overlap efficiency and the
 fraction of the pinned-copy limit. Also checks that pipelined and synchronous candidates agree.
 
-    python benchmarks/worker_pipeline.py [--batch 16] [--batches 24] [--size 1024]
+    python benchmarks/worker_pipeline.py [--batch 16] [--batches 24] [--size 1024] [--eager] [--dump FILE]
 
 Synthetic tiles (see benchmarks/tile_program_stages.py). Prints a table; JSON to $OUT when set.
+``--eager`` runs the program as it ran before issue 23 in launch terms: no CUDA graphs and no
+compiled steps (``SKYBLINK_FUSED=0``), to show what they buy on the same code; ``--dump`` saves the
+pipelined candidates (npz) to compare programs.
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=24)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--eager", action="store_true", help="no CUDA graphs, no compiled steps")
+    parser.add_argument("--dump", type=Path, help="save the pipelined candidates here (npz)")
     args = parser.parse_args()
+    if args.eager:
+        os.environ["SKYBLINK_FUSED"] = "0"
     science, reference, grid = synthetic_batch(args.batch, args.size, "cuda")
     rng = np.random.default_rng(1)
     base = science.cpu().numpy()
@@ -49,9 +56,14 @@ def main() -> None:
     detector, classifier = runner("detector"), runner("classifier")
     detector.activate()
     classifier.activate()
-    program = make_device_program(detector, classifier, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=2.2)
+    options = {"graphs": False} if args.eager else {}
+    program = make_device_program(detector, classifier, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=2.2,
+                                  **options)
     pipeline = TilePipeline(program, batch=args.batch, height=args.size, width=args.size, slots=3)
-    list(pipeline.run(host_batches[:3], overlap=False))  # warm-up: compilation, autotuning
+    t0 = time.perf_counter()
+    list(pipeline.run(host_batches[:3], overlap=False))  # warm-up: compilation, autotuning, graph capture
+    torch.cuda.synchronize()
+    print(f"warm-up (3 batches, compilation and capture included): {time.perf_counter() - t0:.1f} s")
     torch.cuda.synchronize()
     tiles = args.batch * args.batches
 
@@ -103,6 +115,8 @@ def main() -> None:
     print(f"fraction of the pinned-copy limit: {rate['pipelined (copy/compute overlap)'] / rate['copies alone (pinned)']:.3f}")
     print(f"candidates: {n_candidates}; pipelined == synchronous: {identical}")
     print(f"peak device memory {TilePipeline.peak_memory_gib():.2f} GiB")
+    if args.dump:
+        np.savez_compressed(args.dump, **{f"{c.batch}_{k}": v for c in piped for k, v in c.columns.items() if k != "stamps"})
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "worker_pipeline.json").write_text(json.dumps({"rates": rate, "identical": identical, "candidates": n_candidates}, indent=1))
     if not identical:

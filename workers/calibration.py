@@ -145,8 +145,8 @@ def calibrate(raw: np.ndarray, *, gain: float | None = None, bias: float | np.nd
     return Calibrated(electrons=(data * g).astype(np.float32, copy=False), mask=mask)
 
 
-def calibrate_tensor(raw: torch.Tensor, *, gain: float | None = None, bias: float | torch.Tensor | None = None,
-                     flat: torch.Tensor | None = None, saturate: float | None = None) -> Calibrated:
+def calibrate_tensor(raw: torch.Tensor, *, gain: float | torch.Tensor | None = None, bias: float | torch.Tensor | None = None,
+                     flat: torch.Tensor | None = None, saturate: float | torch.Tensor | None = None) -> Calibrated:
     """
     `calibrate` in torch, for a batch of tiles on any device (the same formula, float32).
 
@@ -154,8 +154,9 @@ def calibrate_tensor(raw: torch.Tensor, *, gain: float | None = None, bias: floa
     ----------
     raw : (..., ny, nx) tensor
         Raw ADU (16-bit data already widened, e.g. by ``uint16_from_int16``).
-    gain, saturate : float, optional
-        As in `calibrate`.
+    gain, saturate : float or 0-d float32 tensor, optional
+        As in `calibrate`; tensors (not checked, no host sync) let one compiled program serve
+        every CCD.
     bias : float or tensor broadcastable to ``raw``, optional
     flat : tensor broadcastable to ``raw``, optional
 
@@ -169,9 +170,10 @@ def calibrate_tensor(raw: torch.Tensor, *, gain: float | None = None, bias: floa
     ValueError
         If ``gain`` is not positive.
     """
-    g = _check_gain(gain)
+    g = gain if isinstance(gain, torch.Tensor) else float(np.float32(_check_gain(gain)))
     data = raw.to(torch.float32)
-    mask = torch.zeros_like(data, dtype=torch.bool) if saturate is None else data >= float(np.float32(saturate))
+    level = saturate if saturate is None or isinstance(saturate, torch.Tensor) else float(np.float32(saturate))
+    mask = torch.zeros_like(data, dtype=torch.bool) if level is None else data >= level
     if bias is not None:
         data = data - (bias.to(device=data.device, dtype=torch.float32) if isinstance(bias, torch.Tensor)
                        else float(np.float32(bias)))
@@ -180,4 +182,4 @@ def calibrate_tensor(raw: torch.Tensor, *, gain: float | None = None, bias: floa
         usable = torch.isfinite(f) & (f > 0)
         data = torch.where(usable, data / torch.where(usable, f, torch.ones_like(f)), torch.full_like(data, float("nan")))
         mask = mask | ~usable
-    return Calibrated(electrons=data * float(np.float32(g)), mask=mask)
+    return Calibrated(electrons=data * g, mask=mask)

@@ -39,9 +39,11 @@ Notes
 The numpy version runs passes after the first only in windows around the pixels the previous
 cleaning changed (one pass's mask at a pixel depends on the image within 6 pixels). The torch
 version computes every quantity densely with elementwise min/max on shifted views (no sort, no
-per-pixel window tensors), synchronises with the host once per pass (the indices of the flagged
-pixels: only their 5x5 windows are gathered to clean them, and a pass that flags nothing new
-ends the loop), and gives the same mask and cleaned image as the numpy version (both compute
+per-pixel window tensors), and never synchronises with the host: it runs all ``niter`` passes
+(a pass after one that flagged nothing new changes nothing) and cleans with the median of every
+pixel's good 5x5 neighbours, kept where flagged (the lowest 13 of a 25-wire sorting network). So
+a compiler can fuse a pass into a few kernels and a CUDA graph can hold the loop. It gives the
+same mask and cleaned image as the numpy version (both compute
 in float32 with the same operations in the same order). Unusable pixels are filled with the
 median of the good pixels of every 4th row and column (a fixed subsample, in both versions).
 Thread-safe; no global state.
@@ -61,8 +63,14 @@ from scipy.ndimage import binary_dilation, find_objects, label
 try:  # torch is the optional [ml] extra: the numpy functions work without it
     import torch
     from torch.nn import functional as F
+
+    from .fused import fused
 except ImportError:  # pragma: no cover - exercised only where torch is absent
     torch = None  # type: ignore[assignment]
+
+    def fused(fn: Any) -> Any:  # type: ignore[no-redef]
+        """Without torch there is nothing to compile."""
+        return fn
 
 __all__ = ["Cosmics", "detect_cosmics", "detect_cosmics_tensor", "persistent_pixels"]
 
@@ -101,24 +109,29 @@ def _f32(x: float) -> float:
 @dataclass(frozen=True, slots=True)
 class _Params:
     gain: float
-    read_noise_sq: float
+    read_noise_sq: Any  # float, or a 0-d float32 tensor (a device program's per-field value)
     sigclip: float
     low: float
     objlim: float
 
     @classmethod
-    def make(cls, *, gain: float, read_noise: float, sigclip: float, sigfrac: float, objlim: float, niter: int) -> _Params:
+    def make(cls, *, gain: float, read_noise: Any, sigclip: float, sigfrac: float, objlim: float, niter: int) -> _Params:
         for name, value in (("gain", gain), ("sigclip", sigclip), ("sigfrac", sigfrac), ("objlim", objlim)):
             if not value > 0:
                 msg = f"{name} must be positive, got {value!r}"
                 raise ValueError(msg)
-        if read_noise < 0:
-            msg = f"read_noise must be >= 0 electrons, got {read_noise!r}"
-            raise ValueError(msg)
         if niter < 1:
             msg = f"niter must be at least 1, got {niter!r}"
             raise ValueError(msg)
-        return cls(_f32(gain), _f32(read_noise * read_noise), _f32(sigclip), _f32(sigfrac * sigclip), _f32(objlim))
+        if torch is not None and isinstance(read_noise, torch.Tensor):
+            # float64 squared, then rounded: the same constant as a Python float's (checked by the caller)
+            read_noise_sq = (read_noise.to(torch.float64) ** 2).to(torch.float32)
+        elif read_noise < 0:
+            msg = f"read_noise must be >= 0 electrons, got {read_noise!r}"
+            raise ValueError(msg)
+        else:
+            read_noise_sq = _f32(read_noise * read_noise)
+        return cls(_f32(gain), read_noise_sq, _f32(sigclip), _f32(sigfrac * sigclip), _f32(objlim))
 
 
 # --------------------------------------------------------------------------------------- numpy
@@ -164,10 +177,15 @@ def _median_plan(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
     return tuple(reversed(plan))
 
 
+#: The plans the filters use, made at import (a compiler then reads constants, not a cached function).
+_PLANS = {n: _median_plan(n) for n in (3, 5, 7)}
+
+
 def _median_of(values: list[Any], minimum: Any, maximum: Any) -> Any:
     """Elementwise median of an odd number of same-shape arrays (or tensors), with min/max only (exact)."""
     wires: list[Any] = list(values)
-    for i, j, low, high in _median_plan(len(wires)):
+    n = len(wires)
+    for i, j, low, high in _PLANS[n] if n in _PLANS else _median_plan(n):
         a, b = wires[i], wires[j]
         wires[i] = minimum(a, b) if low else None
         wires[j] = maximum(a, b) if high else None
@@ -380,17 +398,27 @@ def _dilate_tensor(mask: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(mask[:, None].to(torch.float32), 3, stride=1, padding=1)[:, 0] > 0
 
 
-def _pass_tensor(image: torch.Tensor, bad: torch.Tensor, p: _Params) -> torch.Tensor:
+def _pass_tensor(image: torch.Tensor, bad: torch.Tensor, gain: float, read_noise_sq: Any, sigclip: float, low: float,
+                 objlim: float) -> torch.Tensor:
     lplus = _lplus_tensor(image)
     m5 = _median_filter_tensor(image, 5)
-    noise = torch.sqrt(m5.clamp(min=_f32(1e-5)) * p.gain + p.read_noise_sq) / p.gain
+    noise = torch.sqrt(m5.clamp(min=_f32(1e-5)) * gain + read_noise_sq) / gain
     s = lplus / (noise * 2.0)
     sp = s - _median_filter_tensor(s, 5)
     m3 = _median_filter_tensor(image, 3)
     fine = ((m3 - _median_filter_tensor(m3, 7)) / noise).clamp(min=_f32(0.01))
-    candidates = (sp > p.sigclip) & (sp / fine > p.objlim) & ~bad
-    grown = _dilate_tensor(candidates) & (sp > p.sigclip) & ~bad
-    return _dilate_tensor(grown) & (sp > p.low) & ~bad
+    candidates = (sp > sigclip) & (sp / fine > objlim) & ~bad
+    grown = _dilate_tensor(candidates) & (sp > sigclip) & ~bad
+    return _dilate_tensor(grown) & (sp > low) & ~bad
+
+
+@fused
+def _step_tensor(current: torch.Tensor, crmask: torch.Tensor, data: torch.Tensor, bad: torch.Tensor, unusable: torch.Tensor,
+                 fallback: torch.Tensor, read_noise_sq: Any, gain: float, sigclip: float, low: float,
+                 objlim: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One detect-and-clean pass: the grown mask and the cleaned image (one fused kernel chain on CUDA)."""
+    crmask = crmask | _pass_tensor(current, bad, gain, read_noise_sq, sigclip, low, objlim)
+    return crmask, _clean_dense(data, crmask, crmask | unusable, fallback)
 
 
 def _nanmedian_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -403,20 +431,57 @@ def _nanmedian_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return med[..., 0], n[..., 0]
 
 
-def _clean_tensor(image: torch.Tensor, flagged: tuple[torch.Tensor, ...], exclude: torch.Tensor,
-                  fallback: torch.Tensor) -> torch.Tensor:
-    """`_clean` at the ``flagged`` (batch, y, x) indices: only their 5x5 windows are gathered."""
-    ib, iy, ix = flagged
-    source = F.pad(torch.where(exclude, torch.full_like(image, float("nan")), image), (2, 2, 2, 2), value=float("nan"))
-    d = torch.arange(5, device=image.device)
-    windows = source[ib[:, None, None], (iy[:, None] + d)[:, :, None], (ix[:, None] + d)[:, None, :]].reshape(-1, 25)
-    med, n = _nanmedian_rows(windows)
-    out = image.clone()
-    out[ib, iy, ix] = torch.where(n > 0, med, fallback[ib])
-    return out
+@cache
+def _lowest_plan(n: int, keep: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The comparators of `_sorting_network` that the ``keep`` lowest wires depend on (as `_median_plan`)."""
+    need = set(range(keep))
+    plan = []
+    for i, j in reversed(_sorting_network(n)):
+        low, high = i in need, j in need
+        if low or high:
+            plan.append((i, j, low, high))
+            need |= {i, j}
+    return tuple(reversed(plan))
 
 
-def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float, gain: float = 1.0, mask: torch.Tensor | None = None,
+_LOWEST_13_OF_25 = _lowest_plan(25, 13)
+
+
+def _clean_dense(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """
+    `_clean` at every pixel at once, with no host synchronisation: the ``replace`` pixels take the
+    median of the non-``exclude`` pixels of their 5x5 neighbourhood (numpy's ``nanmedian``: the
+    mean of the two middle values of an even count), the frame's ``fallback`` where none is good.
+
+    The 25 neighbours, excluded ones set to +inf, go through the part of a Batcher sorting network
+    that orders the 13 lowest (min/max only, exact); the median's two ranks follow from the count
+    of good neighbours. Elementwise on shifted views, so a compiler fuses it into one kernel.
+    """
+    _, h, w = data.shape
+    inf = float("inf")
+    padded = F.pad(torch.where(exclude, torch.full_like(data, inf), data)[:, None], (2, 2, 2, 2), value=inf)[:, 0]
+    wires: list[Any] = [padded[:, dy : dy + h, dx : dx + w] for dy in range(5) for dx in range(5)]
+    count = sum((v != inf).to(torch.int32) for v in wires)
+    for i, j, low, high in _LOWEST_13_OF_25:
+        a, b = wires[i], wires[j]
+        wires[i] = torch.minimum(a, b) if low else None
+        wires[j] = torch.maximum(a, b) if high else None
+    lo = (count - 1).clamp(min=0) // 2
+    hi = count // 2
+
+    def rank(r: torch.Tensor) -> torch.Tensor:
+        out = wires[0]
+        for k in range(1, 13):
+            out = torch.where(r == k, wires[k], out)
+        return out
+
+    med = (rank(lo) + rank(hi)) * 0.5
+    med = torch.where(count > 0, med, fallback[:, None, None].expand_as(med))
+    return torch.where(replace, med, data)
+
+
+def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Tensor, gain: float = 1.0,
+                          mask: torch.Tensor | None = None,
                           sigclip: float = 5.0, sigfrac: float = 0.3, objlim: float = 8.0, niter: int = 4,
                           protect: int = 2) -> Cosmics:
     """
@@ -426,7 +491,10 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float, gain: floa
     ----------
     images : (H, W) or (B, H, W) float tensor
         As ``image`` in `detect_cosmics` (each tile processed on its own).
-    read_noise, gain, sigclip, sigfrac, objlim, niter, protect
+    read_noise : float or 0-d float64 tensor
+        As in `detect_cosmics`; a tensor (not checked, no host sync) lets one compiled program
+        serve CCDs of every read noise.
+    gain, sigclip, sigfrac, objlim, niter, protect
         As in `detect_cosmics`.
     mask : bool tensor of ``images``' shape, optional
         Known bad pixels.
@@ -467,15 +535,12 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float, gain: floa
     data = torch.where(finite, raw, fallback[:, None, None])
     current = data
     crmask = torch.zeros_like(bad)
-    n_flagged = 0
+    # Every pass runs (no host synchronisation, so a compiler can capture the whole loop): once a
+    # pass flags nothing new, the later ones recompute the same mask and cleaned image, so the
+    # result is numpy's, which stops there.
+    p = params
     for _ in range(niter):
-        crmask = crmask | _pass_tensor(current, bad, params)
-        # The one host synchronisation of a pass: the flagged pixels, to clean only them; a pass
-        # that flags nothing new ends the loop (as numpy's), on a GPU too.
-        flagged = torch.nonzero(crmask, as_tuple=True)
-        if len(flagged[0]) == n_flagged:
-            break
-        n_flagged = len(flagged[0])
-        current = _clean_tensor(data, flagged, crmask | unusable, fallback)
+        crmask, current = _step_tensor(current, crmask, data, bad, unusable, fallback, p.read_noise_sq, p.gain, p.sigclip,
+                                       p.low, p.objlim)
     cleaned = torch.where(finite, current, raw)
     return Cosmics(mask=crmask[0] if single else crmask, cleaned=cleaned[0] if single else cleaned)

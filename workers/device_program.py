@@ -8,19 +8,173 @@ tensors for `skyblink.workers.pipeline.TilePipeline`.
 
 from __future__ import annotations
 
+import functools
+import math
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from . import tile_program as tp
 from .calibration import calibrate_tensor
 from .cosmics import detect_cosmics_tensor
-from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr_tensor
+from .fused import fused
+from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr_tensor, matched_filter_taps
 from .pipeline import extract_stamps, uint16_from_int16
 from .tile_unit import FLOAT16_MAX
 
-__all__ = ["make_device_program"]
+__all__ = ["BACKGROUND_PASSES", "make_device_program"]
+
+#: Histogram passes of the backgrounds on a GPU, run without asking whether they converged
+#: (`skyblink.workers.tile_program.background`): simulated frames converge within 7, the real
+#: frames measured within 24 (a Spitzer mosaic); a mesh converged earlier is not changed by more.
+BACKGROUND_PASSES = 24
+#: Blur taps either side that the PSF-matching and matched-filter blurs are padded to (wider
+#: PSFs round up to a multiple of 8): one compiled program and CUDA graph serve every seeing.
+_MATCH_RADIUS = 8
+_FILTER_RADIUS = 16
+
+#: Per-field numbers of the program, in this order, then the taps (`_FieldNumbers`).
+_SCALARS = ("gain", "saturate", "bias", "read_noise", "scale", "sci_factor", "ref_factor", "filter_norm")
+
+
+def _padded_radius(needed: int, floor: int) -> int:
+    return max(floor, 8 * math.ceil(needed / 8))
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Static shape of a program: what a compiled function and a CUDA graph are specialised on."""
+
+    match_radius: int
+    filter_radius: int
+    reject_cosmics: bool
+    threshold: float
+    top_k: int
+    snr_threshold: float
+
+
+def _field_numbers(layout: _Layout, *, science_fwhm_px: float, reference_fwhm_px: float, scale: float,
+                   gain: float | None, saturate: float | None, read_noise: float, bias: float | None,
+                   device: torch.device) -> torch.Tensor:
+    """Every per-field number of the program in one float64 vector on ``device`` (one small copy)."""
+    sci_taps, ref_taps, sci_factor, ref_factor = tp.psf_match_taps(science_fwhm_px, reference_fwhm_px,
+                                                                   radius=layout.match_radius)
+    filter_taps, filter_norm = matched_filter_taps(max(science_fwhm_px, reference_fwhm_px), radius=layout.filter_radius)
+    scalars = [1.0 if gain is None else float(gain), math.inf if saturate is None else float(saturate),
+               0.0 if bias is None else float(bias), float(read_noise), float(scale) * (gain or 1.0), sci_factor, ref_factor,
+               filter_norm]
+    values = torch.from_numpy(np.concatenate([np.asarray(scalars), sci_taps.double().numpy(), ref_taps.double().numpy(),
+                                              filter_taps.double().numpy()]))
+    if device.type != "cuda":
+        return values.to(device)
+    # Pinned and asynchronous: a pageable copy would wait for the work queued on the stream.
+    return values.pin_memory().to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _operators(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`skyblink.workers.tile_program.background_operators` of the program's 64-pixel mesh, made once per shape."""
+    return tp.background_operators(height, width, 64, device)
+
+
+def _unpack(numbers: torch.Tensor, layout: _Layout) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """`_field_numbers` back into named 0-d tensors (float32, the read noise float64) and three tap vectors."""
+    scalars = {name: numbers[i] if name == "read_noise" else numbers[i].to(torch.float32) for i, name in enumerate(_SCALARS)}
+    m, f = 2 * layout.match_radius + 1, 2 * layout.filter_radius + 1
+    n = len(_SCALARS)
+    taps = numbers[n : n + m], numbers[n + m : n + 2 * m], numbers[n + 2 * m : n + 2 * m + f]
+    return scalars, tuple(t.to(torch.float32) for t in taps)
+
+
+def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, numbers: torch.Tensor,
+           bias_frame: torch.Tensor | None, flat: torch.Tensor | None, operators: tuple[torch.Tensor, torch.Tensor],
+           layout: _Layout, passes: int | None, kernel_fwhm: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Calibration to the matched-filter S/N: (triplet (B, 3, H, W), S/N (B, H, W)). No host sync
+    unless ``kernel_fwhm`` (science, reference) asks for PSF matching by solved kernels.
+    """
+    v, (sci_taps, ref_taps, filter_taps) = _unpack(numbers, layout)
+    bias = v["bias"] if bias_frame is None else bias_frame
+    calibrated = calibrate_tensor(uint16_from_int16(science), gain=v["gain"], bias=bias, flat=flat, saturate=v["saturate"])
+    sci, bad = calibrated.electrons, calibrated.mask
+    if layout.reject_cosmics:
+        cosmics = detect_cosmics_tensor(sci, read_noise=v["read_noise"], mask=bad | ~torch.isfinite(sci))
+        sci, bad = cosmics.cleaned, bad | cosmics.mask
+    ref = tp.warp_reference(reference, grid)
+    if kernel_fwhm is not None:
+        triplet = tp.normalized_triplet(sci, ref, science_fwhm_px=kernel_fwhm[0], reference_fwhm_px=kernel_fwhm[1],
+                                        scale=v["scale"], science_mask=bad & torch.isfinite(sci), psf_match="kernel")
+    else:
+        triplet = tp.gaussian_triplet(sci, ref, scale=v["scale"], science_mask=bad & torch.isfinite(sci),
+                                      taps=(sci_taps, ref_taps), noise_factors=(v["sci_factor"], v["ref_factor"]),
+                                      passes=passes, operators=operators)
+    snr = matched_filter_snr_tensor(triplet[:, 2], 1.0, renormalize=True, taps=(filter_taps, v["filter_norm"]))
+    return triplet, snr
+
+
+@fused
+def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor, threshold: float,
+           top_k: int, snr_threshold: float) -> tuple[torch.Tensor, ...]:
+    """Peaks, their S/N gate, top-K slots and stamps: (valid, tile, y, x, score, snr, stamps); fused on CUDA."""
+    peak_snr = F.max_pool2d(snr[:, None], 3, 1, 1)[:, 0]  # as find_peaks: the best S/N within 1 pixel
+    score = heat[:, 1:3].amax(dim=1).float()  # new source: transient or moving
+    keep = (score == F.max_pool2d(score[:, None], 5, 1, 2)[:, 0]) & (score >= threshold) & (peak_snr >= snr_threshold)
+    values, index = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=top_k, dim=1)
+    # Fixed-size outputs with a validity mask: a data-dependent count would stall the host.
+    b = score.shape[0]
+    tile = torch.arange(b, device=score.device).repeat_interleave(top_k)
+    index, values = index.reshape(-1), values.reshape(-1)
+    width = score.shape[-1]
+    y, x = index // width, index % width
+    stamps = extract_stamps(triplet, tile, y, x)
+    off = offsets.float()
+    return (values > 0, tile, y.float() + off[tile, 1, y, x], x.float() + off[tile, 0, y, x], values,
+            peak_snr[tile, y, x], stamps)
+
+
+class _Graph:
+    """
+    One CUDA graph of a function of tensors: static input buffers that each call copies its
+    arguments into (skipped when an argument is the buffer itself), replayed on the current stream.
+    The outputs are the graph's own: read or copy them before the next call.
+    """
+
+    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]], args: list[torch.Tensor]) -> None:
+        self.inputs = [a.clone() for a in args]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compilation, autotuning and the allocator's first blocks
+            for _ in range(2):
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # Thread-local capture: other threads of the actor may copy results back meanwhile.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.outputs = fn(*self.inputs)
+
+    def __call__(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        for buffer, value in zip(self.inputs, args, strict=True):
+            if buffer.data_ptr() != value.data_ptr():
+                buffer.copy_(value)
+        self.graph.replay()
+        return self.outputs
+
+
+_GRAPHS: dict[tuple[object, ...], _Graph] = {}
+_GRAPHS_LOCK = threading.Lock()
+
+
+def _graph(name: str, fn: Callable[..., tuple[torch.Tensor, ...]], args: list[torch.Tensor], layout: _Layout) -> _Graph:
+    """The CUDA graph of ``fn`` for these argument shapes (captured at the first call: warm-up)."""
+    key = (name, layout, tuple((tuple(a.shape), a.dtype, a.device) for a in args))
+    with _GRAPHS_LOCK:
+        if key not in _GRAPHS:
+            _GRAPHS[key] = _Graph(fn, args)
+        return _GRAPHS[key]
 
 
 def make_device_program(detector: object, classifier: object, reference: torch.Tensor, grid: torch.Tensor, *,
@@ -28,7 +182,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
                         threshold: float = 0.3, top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD,
                         gain: float | None = None, saturate: float | None = None, read_noise: float = 0.0,
                         bias: float | torch.Tensor | None = None, flat: torch.Tensor | None = None,
-                        reject_cosmics: bool = True, psf_match: str = "gaussian") -> Callable[[torch.Tensor, int], dict[str, torch.Tensor]]:
+                        reject_cosmics: bool = True, psf_match: str = "gaussian",
+                        graphs: bool | None = None) -> Callable[[torch.Tensor, int], dict[str, torch.Tensor]]:
     """
     Build the program for tiles sharing one reference and sampling grid (one field and CCD).
 
@@ -59,6 +214,12 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         Flag and clean cosmic rays and hot pixels before the background.
     psf_match : {"gaussian", "kernel"}
         PSF matching (`skyblink.workers.tile_program.normalized_triplet`).
+    graphs : bool, optional
+        Run the program as two CUDA graphs around the detector, its per-pixel steps compiled
+        (`skyblink.workers.fused`): no host synchronisation and a few launches a batch. Default:
+        on CUDA devices; never with ``psf_match="kernel"`` (a solved kernel needs the host per tile).
+        Every program of the same shapes and options shares its graphs, captured at the first
+        call (the actors' warm-up): per-field numbers reach them as one small tensor.
 
     Returns
     -------
@@ -66,35 +227,53 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         ``program(science_int16 (B, H, W), batch_index) -> dict`` of per-candidate tensors:
         valid, tile, y, x, score, snr, real_bogus, class_probs, stamps.
     """
+    device = reference.device
+    b, _, h, w = grid.shape
+    sigma = max(science_fwhm_px, reference_fwhm_px) / 2.3548
+    layout = _Layout(_padded_radius(int(4.0 * sigma + 0.5), _MATCH_RADIUS), _padded_radius(int(4.0 * sigma + 0.5), _FILTER_RADIUS),
+                     reject_cosmics, float(threshold), int(top_k), float(snr_threshold))
+    bias_frame = bias if isinstance(bias, torch.Tensor) else None
+    numbers = _field_numbers(layout, science_fwhm_px=science_fwhm_px, reference_fwhm_px=reference_fwhm_px, scale=scale,
+                             gain=gain, saturate=saturate, read_noise=read_noise,
+                             bias=None if isinstance(bias, torch.Tensor) else bias, device=device)
+    operators = _operators(h, w, device)
+    use_graphs = (device.type == "cuda" if graphs is None else graphs) and psf_match == "gaussian"
+    made = None
+    if device.type == "cuda":  # the numbers' copy, queued on this stream, before any program reads them
+        made = torch.cuda.Event()
+        made.record()
+    peak_options = (layout.threshold, layout.top_k, layout.snr_threshold)
+
+    def front(science: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ref, grd, nums, ay, ax = rest[:5]
+        frames = iter(rest[5:])
+        bias_t = next(frames) if bias_frame is not None else None
+        flat_t = next(frames) if flat is not None else None
+        return _front(science, ref, grd, nums, bias_t, flat_t, (ay, ax), layout, BACKGROUND_PASSES,
+                      None if psf_match == "gaussian" else (science_fwhm_px, reference_fwhm_px))
+
+    def back(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _peaks(*args, *peak_options)
+
     def program(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
-        calibrated = calibrate_tensor(uint16_from_int16(science), gain=gain, bias=bias, flat=flat, saturate=saturate)
-        sci, bad = calibrated.electrons, calibrated.mask
-        if reject_cosmics:
-            cosmics = detect_cosmics_tensor(sci, read_noise=read_noise, mask=bad | ~torch.isfinite(sci))
-            sci, bad = cosmics.cleaned, bad | cosmics.mask
-        ref = tp.warp_reference(reference, grid)
-        triplet = tp.normalized_triplet(sci, ref, science_fwhm_px=science_fwhm_px, reference_fwhm_px=reference_fwhm_px,
-                                        scale=scale * (gain or 1.0), science_mask=bad & torch.isfinite(sci),
-                                        psf_match=psf_match)
-        heat, offsets = detector.infer_tensors(triplet)  # type: ignore[attr-defined]
-        snr = matched_filter_snr_tensor(triplet[:, 2], max(science_fwhm_px, reference_fwhm_px), renormalize=True)
-        peak_snr = F.max_pool2d(snr[:, None], 3, 1, 1)[:, 0]  # as find_peaks: the best S/N within 1 pixel
-        score = heat[:, 1:3].amax(dim=1).float()  # new source: transient or moving
-        keep = (score == F.max_pool2d(score[:, None], 5, 1, 2)[:, 0]) & (score >= threshold) & (peak_snr >= snr_threshold)
-        values, index = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=top_k, dim=1)
-        # Fixed-size outputs with a validity mask: a data-dependent count would stall the host.
-        b = score.shape[0]
-        tile = torch.arange(b, device=score.device).repeat_interleave(top_k)
-        index, values = index.reshape(-1), values.reshape(-1)
-        width = score.shape[-1]
-        y, x = index // width, index % width
-        stamps = extract_stamps(triplet, tile, y, x)
-        rb, probs = classifier.infer_tensors(stamps)  # type: ignore[attr-defined]
-        off = offsets.float()
-        return {
-            "valid": values > 0, "tile": tile, "y": y.float() + off[tile, 1, y, x], "x": x.float() + off[tile, 0, y, x],
-            "score": values, "snr": peak_snr[tile, y, x], "real_bogus": rb[:, 0].float().clone(),
-            "class_probs": probs.float().clone(), "stamps": stamps.clamp(-FLOAT16_MAX, FLOAT16_MAX).half(),
-        }
+        if made is not None:
+            torch.cuda.current_stream().wait_event(made)
+        with torch.inference_mode():
+            inputs = [science, reference, grid, numbers, *operators,
+                      *([bias_frame] if bias_frame is not None else []), *([flat] if flat is not None else [])]
+            if use_graphs:
+                triplet, snr = _graph("front", front, inputs, layout)(inputs)
+            else:
+                triplet, snr = front(*inputs)
+            heat, offsets = detector.infer_tensors(triplet)  # type: ignore[attr-defined]
+            found = _graph("peaks", back, [triplet, heat, offsets, snr], layout)([triplet, heat, offsets, snr]) if use_graphs \
+                else back(triplet, heat, offsets, snr)
+            valid, tile, y, x, score, peak_snr, stamps = found
+            rb, probs = classifier.infer_tensors(stamps)  # type: ignore[attr-defined]
+            return {
+                "valid": valid.clone(), "tile": tile.clone(), "y": y.clone(), "x": x.clone(), "score": score.clone(),
+                "snr": peak_snr.clone(), "real_bogus": rb[:, 0].float().clone(), "class_probs": probs.float().clone(),
+                "stamps": stamps.clamp(-FLOAT16_MAX, FLOAT16_MAX).half(),
+            }
 
     return program

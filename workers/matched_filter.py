@@ -12,7 +12,7 @@ Candidates are kept only where this S/N reaches a threshold (`snr_threshold`, 5 
 Notes
 -----
 One formula, in numpy (`matched_filter_snr`, scipy's ``gaussian_filter``) and in torch
-(`matched_filter_snr_tensor`, the separable blur of `skyblink.workers.tile_program`), with the
+(`matched_filter_snr_tensor`, the separable blur of `skyblink.workers.tile_program.blur_taps`), with the
 same discrete kernel and edge handling (``mode="nearest"``). The normalisation assumes white
 noise: where PSF matching blurred the noisier image, neighbouring pixels of the difference are
 correlated and the map's rms exceeds 1 (measured on simulated tiles: 1.05-1.1 when the
@@ -29,6 +29,8 @@ the same scale. Pure functions, thread-safe.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
@@ -36,11 +38,17 @@ from skyblink.psf_units import FWHM_PER_SIGMA
 
 try:  # torch is the optional [ml] extra: the numpy functions work without it
     import torch
+
+    from .fused import fused
 except ImportError:  # pragma: no cover - exercised only where torch is absent
     torch = None  # type: ignore[assignment]
 
+    def fused(fn: Any) -> Any:  # type: ignore[no-redef]
+        """Without torch there is nothing to compile."""
+        return fn
 
-__all__ = ["DEFAULT_SNR_THRESHOLD", "matched_filter_snr", "matched_filter_snr_tensor", "psf_norm"]
+
+__all__ = ["DEFAULT_SNR_THRESHOLD", "matched_filter_snr", "matched_filter_snr_tensor", "matched_filter_taps", "psf_norm"]
 
 #: Default S/N a candidate must reach in the matched-filtered difference.
 DEFAULT_SNR_THRESHOLD = 5.0
@@ -116,7 +124,23 @@ def matched_filter_snr(difference: np.ndarray, fwhm_px: float, *, renormalize: b
     return snr.astype(np.float32, copy=False)
 
 
-def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renormalize: bool = False) -> torch.Tensor:
+def matched_filter_taps(fwhm_px: float, *, radius: int | None = None, device: str | torch.device = "cpu") -> tuple[torch.Tensor, float]:
+    """
+    The filter of `matched_filter_snr_tensor` as blur taps (`skyblink.workers.tile_program.gaussian_taps`,
+    zero-padded to ``radius`` when given) and the divisor ``psf_norm`` rounded to float32.
+
+    Raises
+    ------
+    ValueError
+        If ``fwhm_px`` is not positive.
+    """
+    from .tile_program import gaussian_taps  # noqa: PLC0415 - tile_program imports this package's CPU modules
+
+    return gaussian_taps(_sigma(fwhm_px), truncate=_TRUNCATE, radius=radius, device=device), float(np.float32(psf_norm(fwhm_px)))
+
+
+def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renormalize: bool = False,
+                              taps: tuple[torch.Tensor, float | torch.Tensor] | None = None) -> torch.Tensor:
     """
     `matched_filter_snr` for a batch on any device.
 
@@ -127,6 +151,9 @@ def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renor
     renormalize : bool
         Per tile: divide by its robust rms, on the same subsample and with the same median as
         numpy's (two sorts of 65k values per 1024x1024 tile, no host synchronisation).
+    taps : (taps, psf norm), optional
+        `matched_filter_taps` of ``fwhm_px``, made once (a compiled program takes them as tensors,
+        so that one compilation serves every PSF); ``fwhm_px`` is then not used.
 
     Returns
     -------
@@ -137,12 +164,11 @@ def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renor
     ValueError
         If ``fwhm_px`` is not positive or ``difference`` is not 3-D.
     """
-    from .tile_program import gaussian_blur  # noqa: PLC0415 - tile_program imports this package's CPU modules
-
     if difference.ndim != 3:
         msg = f"difference must be (B, H, W), got shape {tuple(difference.shape)}"
         raise ValueError(msg)
-    snr = gaussian_blur(difference.to(torch.float32), _sigma(fwhm_px), truncate=_TRUNCATE) / float(np.float32(psf_norm(fwhm_px)))
+    weights, norm = matched_filter_taps(fwhm_px, device=difference.device) if taps is None else taps
+    snr = _filtered(difference, weights, norm)
     if renormalize:
         step = _RMS_STRIDE
         sub = snr[:, ::step, ::step].flatten(1)
@@ -155,6 +181,14 @@ def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renor
         scale = torch.where(mad > 0, mad * _MAD_TO_SIGMA, torch.ones_like(mad))
         snr = snr / scale[:, None, None]
     return snr
+
+
+@fused
+def _filtered(difference: torch.Tensor, weights: torch.Tensor, norm: float | torch.Tensor) -> torch.Tensor:
+    """The difference correlated with the PSF, over ``psf_norm`` (one fused kernel per axis on CUDA)."""
+    from .tile_program import blur_taps  # noqa: PLC0415 - tile_program imports this package's CPU modules
+
+    return blur_taps(difference.to(torch.float32), weights) / norm
 
 
 def _median_rows(values: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

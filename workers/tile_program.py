@@ -21,13 +21,26 @@ from torch.nn import functional as F
 
 from . import background as _bg
 from .difference import MIN_MATCH_SIGMA, blurred_noise_factor, match_kernel_sigma
+from .fused import fused
 
-__all__ = ["background", "gaussian_blur", "normalized_triplet", "solve_kernel_tensor", "source_pixels_tensor", "warp_reference"]
+__all__ = [
+    "background",
+    "background_operators",
+    "blur_taps",
+    "gaussian_blur",
+    "gaussian_taps",
+    "gaussian_triplet",
+    "normalized_triplet",
+    "psf_match_taps",
+    "solve_kernel_tensor",
+    "source_pixels_tensor",
+    "warp_reference",
+]
 
 
-def _mesh_statistics(data: torch.Tensor, usable: torch.Tensor, mesh: tuple[int, int], nsigma: float,
-                     max_iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-mesh background and sigma (float32, NaN for bad meshes), (B, gy, gx) each; see `_bg`."""
+@fused
+def _mesh_histograms(data: torch.Tensor, usable: torch.Tensor, mesh: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """The per-pixel part of `_mesh_statistics`: each mesh's clipped moments and its histogram (one pass over the pixels)."""
     b, h, w = data.shape
     bh, bw = mesh
     gy, gx = -(-h // bh), -(-w // bw)
@@ -79,8 +92,17 @@ def _mesh_statistics(data: torch.Tensor, usable: torch.Tensor, mesh: tuple[int, 
     histo = torch.zeros(trash + 1, dtype=torch.int32, device=data.device)
     histo.index_add_(0, index.reshape(-1), torch.ones(1, dtype=torch.int32, device=data.device).expand(index.numel()))
     histo = histo[:trash].reshape(b * gy * gx, n_bins)
+    return histo, nlevels, mean, qscale, qzero, bad
 
-    mode, clipped = _histogram_mode(histo, nlevels.reshape(-1), mean.to(torch.float32).reshape(-1), nsigma, max_iters)
+
+def _mesh_statistics(data: torch.Tensor, usable: torch.Tensor, mesh: tuple[int, int], nsigma: float,
+                     max_iters: int, passes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mesh background and sigma (float32, NaN for bad meshes), (B, gy, gx) each; see `_bg`."""
+    b, h, w = data.shape
+    gy, gx = -(-h // mesh[0]), -(-w // mesh[1])
+    histo, nlevels, mean, qscale, qzero, bad = _mesh_histograms(data, usable, mesh)
+    mode, clipped = _histogram_mode(histo, nlevels.reshape(-1), mean.to(torch.float32).reshape(-1), nsigma, max_iters,
+                                    passes)
     back = (qzero.reshape(-1).to(torch.float64) + mode * qscale.reshape(-1)).to(torch.float32)
     rms = (clipped * qscale.reshape(-1)).to(torch.float32)
     nan = torch.full_like(back, float("nan"))
@@ -89,13 +111,16 @@ def _mesh_statistics(data: torch.Tensor, usable: torch.Tensor, mesh: tuple[int, 
 
 
 def _histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tensor, nsigma: float,
-                    max_iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    max_iters: int, passes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """
     SEP's ``backguess`` on every histogram row at once (the numpy version's rules, in torch).
 
     The cumulative counts, first and second moments are one (rows, bins + 1, 3) float64 table
     (exact integers, below 2**53), so a pass reads each window end with one gather: a pass is
     about 50 small kernels, which is what it costs on a GPU (launches, not arithmetic).
+
+    With ``passes`` given, exactly that many passes run and nothing asks the host whether they
+    converged (a CUDA graph can hold them); passes after a mesh converged leave it unchanged.
     """
     n_rows, n_bins = histo.shape
     device = histo.device
@@ -114,12 +139,12 @@ def _histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tens
     mea = mean.to(f64)
     med = mea.clone()
     zero1 = torch.zeros_like(sig)
-    for it in range(max_iters):
+    for it in range(max_iters if passes is None else passes):
         active = (sig >= _bg.MIN_SIGMA_BINS) & ((sig / sig_prev - 1.0).abs() > _bg.CONVERGED)
         # A convergence test costs a host sync on a GPU: ask every pass on the CPU, every 8th on a GPU
         # (simulated frames converge within 7 passes, real ones within 24); passes after convergence
         # change nothing.
-        if (device.type == "cpu" or (it > 0 and it % 8 == 0)) and not bool(active.any()):
+        if passes is None and (device.type == "cpu" or (it > 0 and it % 8 == 0)) and not bool(active.any()):
             break
         nonempty = hi >= lo
         ends = torch.stack([lo, hi + 1], dim=1).clamp(0, n_bins)
@@ -186,8 +211,8 @@ def _median_filter(level: torch.Tensor, rms: torch.Tensor, filter_size: tuple[in
     hy, hx = filter_size[0] // 2, filter_size[1] // 2
     device = level.device
     ay, ax = torch.arange(gy, device=device), torch.arange(gx, device=device)
-    ry = torch.minimum(torch.minimum(ay, gy - 1 - ay), torch.tensor(hy, device=device))
-    rx = torch.minimum(torch.minimum(ax, gx - 1 - ax), torch.tensor(hx, device=device))
+    ry = torch.minimum(ay, gy - 1 - ay).clamp(max=hy)
+    rx = torch.minimum(ax, gx - 1 - ax).clamp(max=hx)
     dy = torch.arange(-hy, hy + 1, device=device).abs()
     dx = torch.arange(-hx, hx + 1, device=device).abs()
     outside = (dy[None, None, :, None] > ry[:, None, None, None]) | (dx[None, None, None, :] > rx[None, :, None, None])
@@ -208,7 +233,8 @@ def _median_filter(level: torch.Tensor, rms: torch.Tensor, filter_size: tuple[in
 
 def background(images: torch.Tensor, *, mask: torch.Tensor | None = None, mesh: int | tuple[int, int] = 64,
                filter_size: int | tuple[int, int] = 3, filter_threshold: float = 0.0, nsigma: float = 3.0,
-               max_iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+               max_iters: int = 100, passes: int | None = None,
+               operators: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Background level and noise at every pixel, batched: SEP's rules, as `skyblink.workers.estimate_background`.
 
@@ -220,6 +246,13 @@ def background(images: torch.Tensor, *, mask: torch.Tensor | None = None, mesh: 
         True where pixels are ignored.
     mesh, filter_size, filter_threshold, nsigma, max_iters
         As in `skyblink.workers.estimate_background`.
+    passes : int, optional
+        Run exactly this many histogram passes (at most ``max_iters``) without asking the host
+        whether every mesh converged: no host synchronisation, as a CUDA graph needs. The same
+        result as ``None`` when every mesh converges within ``passes``.
+    operators : (ay, ax) float64 tensors, optional
+        `background_operators` for this shape and mesh, made once (default: made here, a
+        host-to-device copy each call).
 
     Returns
     -------
@@ -242,30 +275,93 @@ def background(images: torch.Tensor, *, mask: torch.Tensor | None = None, mesh: 
     usable = torch.isfinite(data)
     if mask is not None:
         usable &= ~mask.to(torch.bool)
-    level, rms = _mesh_statistics(data, usable, mesh_yx, nsigma, max_iters)
+    level, rms = _mesh_statistics(data, usable, mesh_yx, nsigma, max_iters, None if passes is None else min(passes, max_iters))
     level, rms = _fill_bad_meshes(level, rms)
     level, rms = _median_filter(level, rms, filter_yx, filter_threshold)
-    gy, gx = level.shape[1:]
-    ay = torch.tensor(_bg.spline_operator(gy, mesh_yx[0], h, axis="y"), dtype=torch.float64, device=images.device)
-    ax = torch.tensor(_bg.spline_operator(gx, mesh_yx[1], w, axis="x", curved=gy > 1), dtype=torch.float64,
-                      device=images.device)
+    ay, ax = background_operators(h, w, mesh_yx, images.device) if operators is None else operators
+    return _spline(level, rms, ay, ax)
+
+
+@fused
+def _spline(level: torch.Tensor, rms: torch.Tensor, ay: torch.Tensor, ax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mesh grids mapped to pixels (float64 products, float32 maps; the rms at least 1e-6)."""
     level_px = (ay @ level.to(torch.float64) @ ax.T).to(torch.float32)
     rms_px = (ay @ rms.to(torch.float64) @ ax.T).to(torch.float32).clamp(min=1e-6)
     return level_px, rms_px
+
+
+def background_operators(height: int, width: int, mesh: int | tuple[int, int],
+                         device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The spline operators (``ay`` (H, gy), ``ax`` (W, gx), float64) that `background` maps its mesh
+    grid to pixels with (`skyblink.workers.background.spline_operator`), on ``device``.
+    """
+    bh, bw = _bg.as_pair(mesh, "mesh", 4)
+    gy, gx = -(-height // bh), -(-width // bw)
+    ay = torch.tensor(_bg.spline_operator(gy, bh, height, axis="y"), dtype=torch.float64, device=device)
+    ax = torch.tensor(_bg.spline_operator(gx, bw, width, axis="x", curved=gy > 1), dtype=torch.float64, device=device)
+    return ay, ax
+
+
+def gaussian_taps(sigma: float, *, truncate: float = 4.0, radius: int | None = None,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """
+    The unit-sum 1-D Gaussian of ``scipy.ndimage.gaussian_filter`` (radius ``int(truncate * sigma + 0.5)``),
+    zero-padded to ``radius`` taps either side when given; a unit impulse when ``sigma <= 0``.
+
+    Returns
+    -------
+    (2 * radius + 1,) float32 tensor on ``device``
+
+    Raises
+    ------
+    ValueError
+        If ``radius`` is smaller than the Gaussian's own.
+    """
+    own = int(truncate * sigma + 0.5) if sigma > 0 else 0
+    radius = own if radius is None else radius
+    if radius < own:
+        msg = f"radius {radius} is smaller than the Gaussian's {own} (sigma {sigma}, truncate {truncate})"
+        raise ValueError(msg)
+    taps = np.zeros(2 * radius + 1)
+    if sigma > 0:
+        x = np.arange(-own, own + 1, dtype=np.float64)
+        kernel = np.exp(-0.5 * (x / sigma) ** 2)
+        taps[radius - own : radius + own + 1] = kernel / kernel.sum()
+    else:
+        taps[radius] = 1.0
+    return torch.tensor(taps, dtype=torch.float32, device=device)
+
+
+def blur_taps(images: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """
+    Separable blur of (B, H, W) ``images`` by the 1-D ``taps`` along x then y, edges replicated
+    (``scipy.ndimage.correlate1d(mode="nearest")`` twice).
+
+    Written as a sum of shifted views so that a compiler fuses each axis into one kernel, and
+    ``taps`` is a tensor so that one compiled program serves every PSF: zero taps (the padding of
+    `gaussian_taps`) add nothing, not even a NaN beyond the Gaussian's own radius.
+    """
+    r = (taps.shape[0] - 1) // 2
+    h, w = images.shape[-2:]
+
+    def along(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+        pad = (r, r, 0, 0) if dim == 2 else (0, 0, r, r)
+        p = F.pad(x[:, None], pad, mode="replicate")[:, 0]
+        out = torch.zeros_like(x)
+        for k in range(2 * r + 1):
+            view = p.narrow(dim, k, n)
+            out = out + torch.where(taps[k] != 0, view * taps[k], torch.zeros_like(view))
+        return out
+
+    return along(along(images, 2, w), 1, h)
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float, *, truncate: float = 4.0) -> torch.Tensor:
     """Separable Gaussian blur with edge replication, as ``scipy.ndimage.gaussian_filter(mode="nearest")``."""
     if sigma <= 0:
         return images
-    radius = int(truncate * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(images.dtype)
-    out = F.pad(images[:, None], (radius, radius, 0, 0), mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
-    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(out, kernel.view(1, 1, -1, 1))[:, 0]
+    return blur_taps(images, gaussian_taps(sigma, truncate=truncate, device=images.device).to(images.dtype))
 
 
 def warp_reference(reference: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -288,10 +384,81 @@ def warp_reference(reference: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, out, torch.full_like(out, float("nan")))
 
 
-def _blur(image: torch.Tensor, rms: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if sigma < MIN_MATCH_SIGMA:
-        return image, rms
-    return gaussian_blur(image, sigma), rms * blurred_noise_factor(sigma)
+def psf_match_taps(science_fwhm_px: float, reference_fwhm_px: float, *, radius: int | None = None,
+                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """
+    The Gaussian PSF match of two images (`skyblink.workers.difference.match_kernel_sigma`) as blur
+    taps: (science taps, reference taps, science noise factor, reference noise factor). The
+    sharper image's taps are the matching Gaussian and its noise shrinks by
+    `blurred_noise_factor`; the other's (and one matched within `MIN_MATCH_SIGMA`) are a unit
+    impulse with factor 1. ``radius`` pads both to that many taps either side (`gaussian_taps`).
+    """
+    out: list[torch.Tensor | float] = []
+    factors = []
+    for sigma in match_kernel_sigma(science_fwhm_px, reference_fwhm_px):
+        matched = sigma >= MIN_MATCH_SIGMA
+        out.append(gaussian_taps(sigma if matched else 0.0, radius=radius, device=device))
+        factors.append(blurred_noise_factor(sigma) if matched else 1.0)
+    return out[0], out[1], factors[0], factors[1]  # type: ignore[return-value]
+
+
+def _backgrounds(sci: torch.Tensor, reference_on_grid: torch.Tensor, scale: float | torch.Tensor,
+                 science_mask: torch.Tensor | None, mesh: int, passes: int | None,
+                 operators: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+    """(covered, science mask, scaled reference, level (2B, H, W), rms (2B, H, W)): science first."""
+    covered = ~torch.isnan(reference_on_grid)
+    ref = reference_on_grid.to(torch.float32) * scale
+    sci_mask = ~covered if science_mask is None else (science_mask | ~covered)  # as the numpy version
+    # One background call for both images: half the kernel launches and host syncs of two.
+    level, rms = background(torch.cat([sci, ref]), mask=torch.cat([sci_mask, torch.zeros_like(sci_mask)]), mesh=mesh,
+                            passes=passes, operators=operators)
+    return covered, sci_mask, ref, level, rms
+
+
+def _subtracted(sci: torch.Tensor, ref: torch.Tensor, level: torch.Tensor, rms: torch.Tensor,
+                covered: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Both images background-subtracted: (sci, sci rms, ref, ref rms)."""
+    b = sci.shape[0]
+    sci_sub = sci - level[:b]
+    ref_sub = torch.where(covered, ref - level[b:], torch.zeros_like(ref))
+    return sci_sub, rms[:b], ref_sub, rms[b:]
+
+
+@fused
+def _gaussian_matched(sci: torch.Tensor, ref: torch.Tensor, level: torch.Tensor, rms: torch.Tensor, covered: torch.Tensor,
+                      sci_taps: torch.Tensor, ref_taps: torch.Tensor, sci_factor: float | torch.Tensor,
+                      ref_factor: float | torch.Tensor) -> torch.Tensor:
+    """Subtract, blur, normalise: the per-pixel tail of `gaussian_triplet` (fused on CUDA)."""
+    sci_sub, sci_rms, ref_sub, ref_rms = _subtracted(sci, ref, level, rms, covered)
+    return _normalised(blur_taps(sci_sub, sci_taps), sci_rms * sci_factor, blur_taps(ref_sub, ref_taps),
+                       ref_rms * ref_factor, covered)
+
+
+def _normalised(sci_m: torch.Tensor, sci_rms: torch.Tensor, ref_m: torch.Tensor, ref_rms: torch.Tensor,
+                covered: torch.Tensor) -> torch.Tensor:
+    diff_rms = torch.sqrt(sci_rms * sci_rms + ref_rms * ref_rms)
+    out = torch.stack([sci_m / sci_rms, ref_m / ref_rms, (sci_m - ref_m) / diff_rms], dim=1)
+    out = torch.where(covered[:, None], out, torch.zeros_like(out))
+    return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def gaussian_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *, scale: float | torch.Tensor,
+                     science_mask: torch.Tensor | None, taps: tuple[torch.Tensor, torch.Tensor],
+                     noise_factors: tuple[float | torch.Tensor, float | torch.Tensor], mesh: int = 64,
+                     passes: int | None = None, operators: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """
+    `normalized_triplet` with a Gaussian PSF match given as blur taps (`psf_match_taps`): every
+    per-field number a tensor or a float, so that one compiled program serves every field.
+
+    ``passes`` and ``operators`` go to `background` (fixed histogram passes, no host sync).
+
+    Returns
+    -------
+    (B, 3, H, W) float32 tensor
+    """
+    sci = science.to(torch.float32)
+    covered, _, ref, level, rms = _backgrounds(sci, reference_on_grid, scale, science_mask, mesh, passes, operators)
+    return _gaussian_matched(sci, ref, level, rms, covered, taps[0], taps[1], noise_factors[0], noise_factors[1])
 
 
 def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *, science_fwhm_px: float,
@@ -315,33 +482,20 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
     -------
     (B, 3, H, W) float32 tensor
     """
+    sci_taps, ref_taps, sci_factor, ref_factor = psf_match_taps(science_fwhm_px, reference_fwhm_px, device=science.device)
+    if psf_match != "kernel":
+        return gaussian_triplet(science, reference_on_grid, scale=scale, science_mask=science_mask,
+                                taps=(sci_taps, ref_taps), noise_factors=(sci_factor, ref_factor), mesh=mesh)
     sci = science.to(torch.float32)
-    covered = ~torch.isnan(reference_on_grid)
-    ref = reference_on_grid.to(torch.float32) * scale
-    sci_mask = ~covered if science_mask is None else (science_mask | ~covered)  # as the numpy version
-    # One background call for both images: half the kernel launches and host syncs of two.
-    b = sci.shape[0]
-    level, rms = background(torch.cat([sci, ref]), mask=torch.cat([sci_mask, torch.zeros_like(sci_mask)]), mesh=mesh)
-    sci_level, ref_level = level[:b], level[b:]
-    sci_rms, ref_rms = rms[:b], rms[b:]
-    sci_sub = sci - sci_level
-    ref_sub = torch.where(covered, ref - ref_level, torch.zeros_like(ref))
-    s_sci, s_ref = match_kernel_sigma(science_fwhm_px, reference_fwhm_px)
-    g_sci, g_sci_rms = _blur(sci_sub, sci_rms, s_sci)
-    g_ref, g_ref_rms = _blur(ref_sub, ref_rms, s_ref)
-    if psf_match == "kernel":
-        usable = covered & ~sci_mask
-        parts = [_kernel_match(sci_sub[i], sci_rms[i], ref_sub[i], ref_rms[i], covered[i], usable[i], science_fwhm_px,
-                               reference_fwhm_px) for i in range(b)]
-        gaussian = (g_sci, g_sci_rms, g_ref, g_ref_rms)
-        sci_m, sci_rms, ref_m, ref_rms = (torch.stack([p[j] if p is not None else gaussian[j][i] for i, p in enumerate(parts)])
-                                          for j in range(4))
-    else:
-        sci_m, sci_rms, ref_m, ref_rms = g_sci, g_sci_rms, g_ref, g_ref_rms
-    diff_rms = torch.sqrt(sci_rms * sci_rms + ref_rms * ref_rms)
-    out = torch.stack([sci_m / sci_rms, ref_m / ref_rms, (sci_m - ref_m) / diff_rms], dim=1)
-    out = torch.where(covered[:, None], out, torch.zeros_like(out))
-    return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    covered, sci_mask, ref, level, rms = _backgrounds(sci, reference_on_grid, scale, science_mask, mesh, None, None)
+    sci_sub, sci_rms, ref_sub, ref_rms = _subtracted(sci, ref, level, rms, covered)
+    gaussian = (blur_taps(sci_sub, sci_taps), sci_rms * sci_factor, blur_taps(ref_sub, ref_taps), ref_rms * ref_factor)
+    usable = covered & ~sci_mask
+    parts = [_kernel_match(sci_sub[i], sci_rms[i], ref_sub[i], ref_rms[i], covered[i], usable[i], science_fwhm_px,
+                           reference_fwhm_px) for i in range(sci.shape[0])]
+    sci_m, sci_rms, ref_m, ref_rms = (torch.stack([p[j] if p is not None else gaussian[j][i] for i, p in enumerate(parts)])
+                                      for j in range(4))
+    return _normalised(sci_m, sci_rms, ref_m, ref_rms, covered)
 
 
 def _kernel_match(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, ref_rms: torch.Tensor, covered: torch.Tensor,
