@@ -47,7 +47,7 @@ from skyblink.storage.parquet_io import write_parquet_atomic
 from skyblink.workers.actor import UnitOutcome
 from skyblink.workers.tile_unit import WorkUnit, plan_tiles
 
-from .association import reference_catalog_path, reference_ccd_sources, write_reference_catalog
+from .association import reference_catalog_path, reference_ccd_task, write_reference_catalog
 from .dispatch import WorkerPool, worker_spec
 from .ingest import IngestReport, ingest_night
 from .private_redis import embedded_redis
@@ -670,7 +670,8 @@ class _ReferenceCatalogs:
         self.snr_threshold = snr_threshold
         self.say = say
         self.pending: dict[str, list[Any]] = {}
-        self._task = ray.remote(num_cpus=1, max_retries=2)(_reference_ccd_task)
+        # A task of the catalog's module: its worker processes import no torch (the night run does).
+        self._task = ray.remote(num_cpus=1, max_retries=2)(reference_ccd_task)
 
     def start(self, store: NightStore) -> None:
         """Start the tasks of each reference in ``store`` whose catalog is not cached or pending."""
@@ -691,10 +692,6 @@ class _ReferenceCatalogs:
             table = write_reference_catalog(store, field_id, ray.get(refs), snr_threshold=self.snr_threshold)
             del self.pending[field_id]
             self.say(f"reference catalog of {field_id} ready: {table.num_rows} sources")
-
-
-def _reference_ccd_task(store_url: str, field: str, ccd: str, snr_threshold: float) -> pa.Table:
-    return reference_ccd_sources(NightStore(store_url), field, ccd, snr_threshold=snr_threshold)
 
 
 def _note_ingest(ingest: IngestReport, report: NightRunReport, night_dir: Path, seen_files: dict[str, float]) -> None:
