@@ -150,7 +150,11 @@ class WorkerPool:
         return health
 
     def run(
-        self, units: Sequence[WorkUnit], *, on_health: Callable[[list[dict[str, object]]], None] | None = None
+        self,
+        units: Sequence[WorkUnit],
+        *,
+        on_health: Callable[[list[dict[str, object]]], None] | None = None,
+        more: Callable[[float], Sequence[WorkUnit] | None] | None = None,
     ) -> Iterator[UnitOutcome]:
         """
         Process every unit; yield each unit's outcome once, in completion order.
@@ -160,19 +164,37 @@ class WorkerPool:
         units : sequence of WorkUnit
         on_health : callable, optional
             Called with the actors' health answers each time they are polled.
+        more : callable, optional
+            A feed of units that arrive while these run (exposures landing in the store):
+            called with the seconds it may block, it returns the new units (possibly none) or
+            None once the feed has ended. The run ends when the feed has ended and every unit
+            submitted is done.
         """
         tiles = self.config.night.tiles_per_task
         pool = ActorPool([actor for actor in self.actors for _ in range(self.slots)])
-        for start in range(0, len(units), tiles):
-            pool.submit(lambda actor, batch: actor.process.remote(batch), list(units[start : start + tiles]))
+
+        def submit(batch: Sequence[WorkUnit]) -> None:
+            for start in range(0, len(batch), tiles):
+                pool.submit(lambda actor, calls: actor.process.remote(calls), list(batch[start : start + tiles]))
+
+        submit(units)
         period = self.config.night.health_check_s
-        while pool.has_next():
-            try:
-                outcomes = pool.get_next_unordered(timeout=period)
-            except TimeoutError:
-                pass
-            else:
-                yield from outcomes
+        feeding = more is not None
+        while feeding or pool.has_next():
+            if feeding and more is not None:
+                # Block on the feed only while no call is out; otherwise look and go on.
+                arrived = more(0.0 if pool.has_next() else min(period, 0.5))
+                if arrived is None:
+                    feeding = False
+                else:
+                    submit(arrived)
+            if pool.has_next():
+                try:
+                    outcomes = pool.get_next_unordered(timeout=min(period, 0.2) if feeding else period)
+                except TimeoutError:
+                    pass
+                else:
+                    yield from outcomes
             if time.monotonic() - self._last_health >= period:
                 health = self.poll_health()
                 if on_health is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,8 @@ from skyblink.storage import (
 
 from .ray_runtime import ray_session
 
-__all__ = ["IngestJob", "IngestOutcome", "IngestPlanError", "IngestReport", "discover_night", "ingest_file", "ingest_night", "plan_ingest"]
+__all__ = ["IngestJob", "IngestOutcome", "IngestPlanError", "IngestReport", "discover_night", "ingest_file", "ingest_night", "plan_ingest",
+           "prestart_ingest_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,34 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
         pixel_bytes=nbytes,
         seconds=time.perf_counter() - start,
     )
+
+
+def _ingest_worker_ready() -> int:
+    """Nothing: Ray imports this module (the ingest's code: the store, zarr, astropy's FITS) to run it."""
+    return os.getpid()
+
+
+def prestart_ingest_workers(count: int) -> list[ray.ObjectRef]:
+    """
+    Have ``count`` Ray task workers import the ingest now, before the night's files are planned.
+
+    A night run calls this right after starting Ray, so that the worker processes (Ray pre-starts
+    plain ones for a local Ray) have imported the ingest's code while Redis starts and the actors
+    are created, instead of on the first ingest tasks' critical path. Idle workers are reused for
+    later tasks (the ingest, the reference catalogs) as long as Ray keeps them.
+
+    Parameters
+    ----------
+    count : int
+        Tasks of one CPU each (at most the CPUs the actors leave free is useful).
+
+    Returns
+    -------
+    list of ray.ObjectRef
+        The tasks (each returns its worker's pid); nothing needs to wait for them.
+    """
+    task = ray.remote(num_cpus=1, max_retries=0)(_ingest_worker_ready)
+    return [task.remote() for _ in range(max(0, count))]
 
 
 def discover_night(night_dir: Path) -> list[tuple[str, ExposureKind, str]]:
@@ -451,7 +481,9 @@ def _run_jobs(
     # back and the manifest is saved as they arrive instead of after the whole night.
     max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pending: dict[ray.ObjectRef, IngestJob] = {}
-    queue = list(reversed(jobs))
+    # References first: a night run plans an exposure's tiles as soon as its file and its field's
+    # reference are both in the store.
+    queue = list(reversed(sorted(jobs, key=lambda job: job.kind != "reference")))
     last_save = time.monotonic()
     try:
         while queue or pending:

@@ -1,7 +1,8 @@
 """
 The nightly run: ingest, plan, dispatch to worker actors, reduce, publish, catalog, report.
 
-`run_night` is what ``skyblink night run`` calls. Every stage is idempotent, so running the same
+`NightRun` is one run and its state, a method per stage; `run_night` (what ``skyblink night run``
+calls) builds one and runs it. Every stage is idempotent, so running the same
 command again after a crash resumes the night and ends with the same outputs:
 
 - ingest skips files the manifest already holds (`skyblink.cluster.ingest`);
@@ -14,6 +15,12 @@ With no Redis URL configured the run starts a private ``redis-server`` on a free
 with its append-only file in ``night.redis_dir`` (so a resumed run continues the same stream),
 and stops it at the end unless asked to keep it (`skyblink.cluster.private_redis`).
 
+The fixed costs are off the critical path where they can be: Ray starts first and the worker
+actors are created at once (they load their engines and warm up while Redis starts and the night
+is ingested); Ray's task workers import the ingest meanwhile; each file's tiles go to the actors
+as soon as the file and its field's reference are in the store, while later files are still
+being ingested.
+
 With ``watch=True`` the worker actors start (and warm up) first; the run then keeps listing the
 night directory and processes exposures as they land, publishing each one's alerts as soon as it
 is reduced; the report records, per exposure, the latency from the file appearing to its alerts
@@ -24,9 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +54,7 @@ from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.lazy_import import lazy_module
 from skyblink.reduce.association import (
     reference_catalog_path,
-    reference_ccd_sources,
+    reference_ccd_task,
     write_reference_catalog,
 )
 from skyblink.reduce.steps import (
@@ -56,7 +65,7 @@ from skyblink.reduce.steps import (
     split_by_exposure,
     static_detections,
 )
-from skyblink.storage import NightStore, StoreLock, damaged_store_key
+from skyblink.storage import ManifestEntry, NightStore, StoreLock, damaged_store_key
 from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, connect, redact_url
 from skyblink.storage.alerts.entry import stream_name
 from skyblink.storage.schemas.tables import OBJECTS_SCHEMA, detections_schema
@@ -64,7 +73,7 @@ from skyblink.workers.actor import UnitOutcome
 from skyblink.workers.tile_unit import WorkUnit
 
 from .dispatch import WorkerPool, worker_spec
-from .ingest import IngestReport, ingest_night
+from .ingest import IngestOutcome, IngestReport, ingest_night, prestart_ingest_workers
 from .planning import plan_tiles
 from .private_redis import embedded_redis
 from .ray_runtime import ray_session
@@ -75,7 +84,7 @@ if TYPE_CHECKING:
 else:
     astropy_time = lazy_module("astropy.time")  # slow to import; only naming the night needs it
 
-__all__ = ["NightRunReport", "critical_path", "night_name", "plan_night", "run_night"]
+__all__ = ["NightRun", "NightRunReport", "RunHooks", "critical_path", "night_name", "plan_night", "run_night"]
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +288,14 @@ def _objects_table(detections: pa.Table) -> pa.Table:
 
 
 @dataclass
-class _Callbacks:
+class RunHooks:
+    """
+    Progress hooks of a night run, all optional.
+
+    ``on_stage(name)``: a stage starts; ``on_planned(tiles to do, tiles done)``: the cycle's tiles
+    are planned; ``on_unit(outcome)``: a unit's outcome arrived; ``say(line)``: a line for the user.
+    """
+
     on_stage: Callable[[str], None] = lambda _stage: None
     on_planned: Callable[[int, int], None] = lambda _total, _done: None
     on_unit: Callable[[UnitOutcome], None] = lambda _outcome: None
@@ -300,7 +316,7 @@ def run_night(
     say: Callable[[str], None] | None = None,
 ) -> NightRunReport:
     """
-    Run the nightly pipeline on a night directory.
+    Run the nightly pipeline on a night directory: ``NightRun(...).run()``.
 
     Parameters
     ----------
@@ -318,8 +334,7 @@ def run_night(
     wait : bool
         When another writer holds the store's lock, wait for it instead of refusing.
     on_stage, on_planned, on_unit, say : callable, optional
-        Progress hooks: a stage starts; ``(tiles to do, tiles already done)``; a unit's outcome
-        arrived; a line for the user.
+        Progress hooks (`RunHooks`).
 
     Returns
     -------
@@ -334,56 +349,528 @@ def run_night(
     StoreLockedError
         Another ``night run`` or ``ingest`` writes the store (and ``wait`` is False).
     """
-    hooks = _Callbacks()
+    hooks = RunHooks()
     for name, hook in (("on_stage", on_stage), ("on_planned", on_planned), ("on_unit", on_unit), ("say", say)):
         if hook is not None:
             setattr(hooks, name, hook)
-    night_dir = Path(night_dir).resolve()
-    start = time.perf_counter()
-    began = time.time()  # the critical path's clock: files' times are wall clock
-    marks: list[tuple[str, float]] = []  # (stage, when it ended), in order: the run's critical path
-    report = NightRunReport(started_utc=datetime.now(UTC).isoformat(timespec="seconds"))
-    # One writer per store: taken before anything is started, held to the end (watch included).
-    lock = StoreLock(config.store, "skyblink night run").acquire(wait=wait, say=hooks.say)
-    with lock, ray_session(config.ray), embedded_redis(config, keep=keep_redis, say=hooks.say) as redis_url:
-        client = connect(config.redis, url=redis_url, retries=config.alerts.retries, backoff_s=config.alerts.backoff_s,
-                         backoff_max_s=config.alerts.backoff_max_s)
-        report.redis_url = redact_url(redis_url)
-        pool: WorkerPool | None = None
-        references = _ReferenceCatalogs(config.night.reference_snr_threshold, hooks.say)
-        static = _StaticDetections()
+    return NightRun(night_dir, config, night=night, keep_redis=keep_redis, watch=watch, wait=wait, hooks=hooks).run()
+
+
+class NightRun:
+    """
+    One nightly run and its state: the configuration, the report being filled, the worker pool,
+    the Redis client, the reference catalogs under way and the static detections kept across the
+    cycles of ``--watch``. `run` runs it once; each stage is a method.
+
+    The fixed costs are started first and overlap what follows: Ray starts, the worker actors are
+    created at once (they load their engines and warm up from then on), Ray's task workers import
+    the ingest (`prestart_ingest_workers`) while Redis starts; each cycle's ingest then runs in a
+    thread of the driver, its files streaming into the store, and a file's tiles go to the actors
+    as soon as the file and its field's reference have landed (`_Landings`), so the tiles of the
+    first exposures run while later ones are still being ingested.
+
+    Parameters
+    ----------
+    night_dir, config, night, keep_redis, watch, wait
+        As `run_night`.
+    hooks : RunHooks, optional
+        Progress hooks.
+    """
+
+    def __init__(self, night_dir: Path | str, config: SkyblinkConfig, *, night: str | None = None,
+                 keep_redis: bool = False, watch: bool = False, wait: bool = False,
+                 hooks: RunHooks | None = None) -> None:
+        self.night_dir = Path(night_dir).resolve()
+        self.config = config
+        self.night = night
+        self.keep_redis = keep_redis
+        self.watch = watch
+        self.wait = wait
+        self.hooks = hooks or RunHooks()
+        self.report = NightRunReport()
+        #: (stage, when it ended), in order: the run's critical path (not --watch).
+        self.marks: list[tuple[str, float]] = []
+        #: Exposure id -> when its file appeared (its modification time).
+        self.seen_files: dict[str, float] = {}
+        self.static = _StaticDetections()
+        self.pool: WorkerPool | None = None
+        self.client: Any = None
+        self.references: _ReferenceCatalogs | None = None
+        self.began = 0.0  # the critical path's clock: files' times are wall clock
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def run(self) -> NightRunReport:
+        """
+        Run the night (and, with ``watch``, keep running it as exposures land); return the report.
+
+        Raises what `run_night` raises.
+        """
+        start = time.perf_counter()
+        self.began = time.time()
+        self.report.started_utc = datetime.now(UTC).isoformat(timespec="seconds")
+        config, hooks = self.config, self.hooks
+        # One writer per store: taken before anything is started, held to the end (watch included).
+        lock = StoreLock(config.store, "skyblink night run").acquire(wait=self.wait, say=hooks.say)
+        with lock, ray_session(config.ray):
+            try:
+                self.start_workers()  # they load their engines and warm up while the rest starts
+                self.references = _ReferenceCatalogs(config.night.reference_snr_threshold, hooks.say)
+                with embedded_redis(config, keep=self.keep_redis, say=hooks.say) as redis_url:
+                    self.client = connect(config.redis, url=redis_url, retries=config.alerts.retries,
+                                          backoff_s=config.alerts.backoff_s, backoff_max_s=config.alerts.backoff_max_s)
+                    self.report.redis_url = redact_url(redis_url)
+                    try:
+                        if self.watch:  # the observatory case: the actors are warm before the first exposure lands
+                            self.await_workers()
+                        self.marks.append(("startup", time.time()))
+                        # Ray and Redis started, the actors created (--watch: their wait is ``workers_start``).
+                        startup = self.marks[-1][1] - self.began - self.report.stage_seconds.get("workers_start", 0.0)
+                        self.report.stage_seconds = {"startup": startup, **self.report.stage_seconds}
+                        self._cycles()
+                    finally:
+                        self.client.close()
+            finally:
+                _DriverMetrics.wait_exported(config)  # the actors' too: they live until the pool shuts down
+                if self.pool is not None:
+                    self.report.worker_restarts = self.pool.restarts
+                    self.pool.shutdown()
+        self.report.wall_seconds = time.perf_counter() - start
+        if not self.watch:  # --watch: the slowest exposure's, set by the cycles
+            self.report.critical_path = critical_path(self.began, [*self.marks, ("shutdown", time.time())])
+        return self.report
+
+    def _cycles(self) -> None:
+        """One cycle, or with ``watch`` cycles until the night has been idle for ``night.watch_idle_s``."""
+        assert self.references is not None
+        idle_since = time.monotonic()
+        while True:
+            new_files = self.cycle([] if self.watch else self.marks)  # --watch: per cycle
+            if not self.watch:
+                return
+            if new_files or self.references.pending:  # idle means nothing new and nothing under way
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= self.config.night.watch_idle_s:
+                self.hooks.say(f"no new exposure for {self.config.night.watch_idle_s:.0f} s: the night is over")
+                return
+            time.sleep(self.config.night.watch_poll_s)
+
+    # -- the worker actors ----------------------------------------------------------------------
+
+    def start_workers(self) -> WorkerPool:
+        """
+        Create the worker actors without waiting for them (Ray starts them; they warm up
+        meanwhile), and have the CPUs they leave free import the ingest (`prestart_ingest_workers`).
+        """
+        pool = WorkerPool(self.config, worker_spec(self.config))
+        self.pool = pool
+        self.report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": self.config.engines.backend}
+        free = float(ray.cluster_resources().get("CPU", 1.0)) - pool.spec.count * pool.spec.num_cpus
+        prestart_ingest_workers(int(free))
+        return pool
+
+    def await_workers(self) -> float:
+        """
+        Wait until every actor has loaded its engines and warmed up; return the seconds waited.
+
+        Each actor's engines (backend, TensorRT engine file and sha256, why) go into the report.
+        """
+        pool = self.pool if self.pool is not None else self.start_workers()
+        self.hooks.on_stage("workers")
+        t0 = time.perf_counter()
+        health = pool.wait_ready()
+        waited = time.perf_counter() - t0
+        _add_stage(self.report, "workers_start", waited)
+        # Per actor and model: the backend, the TensorRT engine (file and sha256) and why.
+        engines: dict[str, Any] = {f"{pool.name}-{i}": answer.get("engines", {}) for i, answer in enumerate(health)}
+        self.report.workers["engines"] = engines
+        self.hooks.say(f"{pool.spec.count} {pool.spec.kind} worker actor(s) ready")
+        for actor, per_model in engines.items():
+            for model, choice in per_model.items():
+                engine = f" {choice['engine_file']} (sha256 {choice['engine_sha256']})" if choice.get("engine_file") else ""
+                self.hooks.say(f"{actor} {model}: {choice['backend']}{engine}: {choice['reason']}")
+        return waited
+
+    # -- one cycle --------------------------------------------------------------------------------
+
+    def cycle(self, marks: list[tuple[str, float]]) -> bool:
+        """
+        One pass: ingest what is new (its tiles dispatched as each file lands), process what is
+        not done, reduce, publish.
+
+        Appends to ``marks`` ``(stage, when it ended)`` (`critical_path`) for each stage it runs:
+        ``ingest``, ``plan``, ``workers_start`` (when the actors were still warming up),
+        ``dispatch``, ``reference_catalogs``, ``reduce``, ``publish``. Returns whether new files
+        were ingested.
+        """
+        assert self.references is not None
+        report, hooks = self.report, self.hooks
+        cycle_start = time.time()
+        first_mark = len(marks)
+        hooks.on_stage("ingest")
+        landings = _Landings(self)
+        units = landings.first()  # the first exposure's tiles, or (nothing to stream) the plan's
+        ready_at: float | None = None
+        waited: float | None = None
+        dispatch_end: float | None = None
+        processed: set[str] = set()
+        if units:
+            assert self.pool is not None
+            if not self.pool.ready:
+                waited = self.await_workers()
+            ready_at = time.time() if waited is not None else None
+            hooks.on_stage("dispatch")
+            t0 = time.perf_counter()
+            for outcome in self.pool.run(units, more=landings.poll):
+                if outcome.error is not None:
+                    report.tiles_failed[outcome.unit.key] = outcome.error
+                    hooks.say(f"tile {outcome.unit.key} failed: {outcome.error}")
+                else:  # its candidates are in the store already (written by the actor)
+                    processed.add(outcome.unit.key)
+                    report.tiles_processed += 1
+                landings.finished += 1
+                hooks.on_unit(outcome)
+            _add_stage(report, "dispatch", time.perf_counter() - t0)
+            dispatch_end = time.time()
+        plan = landings.plan
+        assert plan is not None  # the feed ends with the night's plan
+        store, ingest = plan.store, plan.ingest
+        marks.append(("ingest", plan.ingest_end))
+        new_files = bool(ingest.ingested)
+        if not plan.exposures:
+            self.references.collect(store, wait_for=())
+            return new_files
+        # Planned in the driver once the ingest ended (the driver may have been waiting for the
+        # actors then): on the path, the plan follows the ingest's end by its own seconds.
+        planned = plan.ingest_end + plan.seconds
+        marks.append(("plan", planned))
+        if ready_at is not None and waited is not None:
+            marks.append(("workers_start", ready_at))
+            # ``workers_start`` counts the wait that the ingest and the plan did not hide.
+            report.stage_seconds["workers_start"] -= waited - min(waited, max(0.0, ready_at - planned))
+        if dispatch_end is not None:
+            self._mark_damaged(store)
+            report.megapixels += sum(u.size * u.size for u in plan.todo) / 1e6
+            # Each actor's own account (units, peak device memory, host and device seconds on a GPU):
+            # where the dispatch time went.
+            assert self.pool is not None
+            report.workers["actors"] = self.pool.poll_health()
+            marks.append(("dispatch", dispatch_end))
+        with _timed(report, "reference_catalogs"):  # usually ready long before (see _ReferenceCatalogs)
+            self.references.collect(store, wait_for={_field_of(store, key) for key in plan.exposures}
+                                    if self.references.pending else ())
+        marks.append(("reference_catalogs", time.time()))
+        done = plan.done_before | processed
+        todo = plan.todo
+        if todo or not report.detections:
+            incomplete = _incomplete_fields(store, [u for u in plan.units if u.key not in done])
+            # --watch publishes the new exposures' alerts; those of a field held back before go out too
+            # once the field is complete.
+            held_before = {key for key in plan.exposures if _field_of(store, key) in report.alerts_held_back}
+            self.reduce_and_publish(store, [u for u in plan.units if u.key in done], plan.results,
+                                    {u.exposure for u in todo} | held_before, incomplete=incomplete, marks=marks)
+        if self.watch:
+            self._note_latencies(cycle_start, marks[first_mark:], {u.exposure.rsplit("/", 1)[-1] for u in todo})
+        return new_files
+
+    def _note_latencies(self, cycle_start: float, cycle_marks: list[tuple[str, float]], fresh: set[str]) -> None:
+        """--watch: each new exposure's path, from its file appearing, through the wait for this cycle, to its alerts confirmed in Redis."""
+        cycle = [("wait", cycle_start), *cycle_marks]
+        for exposure_id in sorted(fresh):
+            appeared = self.seen_files.get(exposure_id)
+            if appeared is not None:
+                path = critical_path(appeared, cycle, exposure=exposure_id)
+                self.report.latency_s[exposure_id] = path["latency_s"]
+                self.report.latency_stages_s[exposure_id] = {s["stage"]: s["seconds"] for s in path["stages"]}
+                if path["latency_s"] >= self.report.critical_path.get("latency_s", -1.0):
+                    self.report.critical_path = path
+                _DriverMetrics.get().latency.observe(path["latency_s"])
+
+    def ingest(self, on_landed: Callable[[IngestOutcome], None]) -> IngestReport:
+        """
+        Ingest the night's new and changed files (Ray tasks; this call blocks), calling
+        ``on_landed`` with each file's outcome once it is in the store; record quarantined and
+        failed files and when each new file appeared.
+        """
+
+        def landed(outcome: IngestOutcome | ManifestEntry) -> None:
+            if isinstance(outcome, IngestOutcome) and outcome.result == "ingested":
+                on_landed(outcome)
+
+        settle = self.config.night.watch_poll_s if self.watch else 0.0
+        ingest = ingest_night(self.night_dir, self.config, settle_s=settle, on_outcome=landed)
+        for entry in ingest.quarantined:
+            self.report.quarantined[entry.path] = entry.reason or "quarantined"
+        for entry in ingest.failed:
+            self.report.quarantined[entry.path] = entry.reason or "failed"
+        for outcome in ingest.ingested:
+            # When the file appeared: its modification time (the observatory writes, then renames).
+            exposure_id = outcome.key.rsplit("/", 1)[-1]
+            self.seen_files.setdefault(exposure_id, (self.night_dir / outcome.path).stat().st_mtime)
+        return ingest
+
+    def _mark_damaged(self, store: NightStore) -> None:
+        """Flag the exposures whose tiles failed a chunk checksum, so that the next run's ingest writes them again."""
+        damaged = {key: error for error in self.report.tiles_failed.values()
+                   if (key := damaged_store_key(error)) is not None}
+        if not damaged:
+            return
+        writable = NightStore(store.url, mode="a")
+        for key, error in sorted(damaged.items()):
+            with contextlib.suppress(KeyError):  # deleted meanwhile: the next ingest writes it anyway
+                writable.mark_damaged(key, error)
+                self.hooks.say(f"{key} is corrupt in the store (a chunk failed its checksum): the next run re-ingests "
+                               "it from its file")
+
+    # -- reduce and publish -----------------------------------------------------------------------
+
+    def reduce_and_publish(self, store: NightStore, done: list[WorkUnit], results: UnitStore, new: set[str], *,
+                           incomplete: dict[str, list[str]] | None = None,
+                           marks: list[tuple[str, float]] | None = None) -> None:
+        """
+        Reduce the night (``done``: the units with results; ``new``: exposure keys processed now) and publish.
+
+        ``incomplete`` (field -> its units without a result) holds back every alert of those fields
+        (`_hold_back`): nothing goes out that the run completing the field would change. ``marks``
+        gets the ends of ``reduce`` and ``publish`` (`critical_path`).
+        """
+        marks = marks if marks is not None else []
+        final, candidates = self.reduce(store, done, results, new, incomplete or {})
+        marks.append(("reduce", time.time()))
+        self.publish(store, final, candidates, new)
+        marks.append(("publish", time.time()))  # sent and confirmed in the stream
+
+    def reduce(self, store: NightStore, done: list[WorkUnit], results: UnitStore, new: set[str],
+               incomplete: dict[str, list[str]]) -> tuple[pa.Table, pa.Table]:
+        """
+        Locate, match, link and classify the night's detections; write the night's catalogs.
+
+        Returns the detections whose alerts may go out (those of incomplete fields held back)
+        and the unit results read now (their ``row`` indexes it).
+        """
+        report, night = self.report, self.report.night
+        self.hooks.on_stage("reduce")
+        with _timed(report, "reduce"):
+            candidates, known = self.static.update(store, results, done, night, self.config, redo=new)
+            detections = night_detections(known, self.config.night)
+            objects = _objects_table(detections)
+            paths = {name: store.files.catalog_path(name) for name in ("detections", "objects")}
+            # ``row`` points into the results read in one cycle: meaningless outside this run.
+            store.files.write(paths["detections"], detections.drop_columns(["row"]), detections_schema(CLASSIFIER_CLASSES))
+            store.files.write(paths["objects"], objects, OBJECTS_SCHEMA)
+            report.catalogs = paths
+            report.candidates = sum(self.static.candidates.values())
+            report.detections = detections.num_rows
+            report.objects = objects.num_rows
+            report.alerts = alert_counts(detections)
+            final, held = _hold_back(detections, incomplete)
+            report.alerts_held_back = held
+            report.held_back_because = {field_id: keys for field_id, keys in incomplete.items() if field_id in held}
+            for field_id, count in held.items():
+                keys = incomplete[field_id]
+                self.hooks.say(f"held back {count} alert(s) of field {field_id}: {len(keys)} tile(s) of its exposures "
+                               f"have no result ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); they go "
+                               "out, final, when a run completes the field")
+        return final, candidates
+
+    def publish(self, store: NightStore, final: pa.Table, candidates: pa.Table, new: set[str]) -> None:
+        """Send the alerts of ``final`` (``watch``: of the exposures in ``new`` only) and confirm them in the stream."""
+        report, config = self.report, self.config
+        self.hooks.on_stage("publish")
+        with _timed(report, "publish"):
+            builder = AlertBuilder(report.night, gzip_mode=config.alerts.cutout_gzip)
+            exposure_ids = {key.rsplit("/", 1)[-1] for key in new} if self.watch else None
+            sent: list[int] = []
+            with AlertProducer(self.client, report.night, config=config.alerts) as producer:
+                replayed = producer.opened  # alerts an earlier run spooled, sent now
+                published: PublishReport = producer.publish(build_alerts(final, candidates, store, builder,
+                                                                         exposures=exposure_ids), sent=sent)
+                self.hooks.on_stage("confirm")
+                published += self._confirm_delivery(producer, sent, final, candidates, store, builder, exposure_ids)
+            new_entries = published.published + replayed.published
+            report.alerts_published += new_entries
+            report.alerts_replayed += replayed.replayed
+            if new_entries:
+                _DriverMetrics.get().alerts.inc(new_entries)
+            # The replayed alerts of this night are found again by this run's publish: not "already there".
+            report.alerts_already_published += max(0, published.duplicates - replayed.published)
+
+    def _confirm_delivery(self, producer: AlertProducer, sent: list[int], detections: pa.Table, candidates: pa.Table,
+                          store: NightStore, builder: AlertBuilder, exposure_ids: set[str] | None, *,
+                          rounds: int = 3) -> PublishReport:
+        """
+        Ask the stream for the alerts just sent; re-send those it lacks (a server restarted without
+        them) until all are there or ``rounds`` re-sends were made. Record in the report how many are
+        in the stream and how many could not be confirmed (spooled ones aside).
+
+        Returns what the re-sends did.
+        """
+        report = self.report
+        total = PublishReport()
+        missing: list[int] = []
+        for attempt in range(rounds + 1):
+            try:
+                missing = producer.confirm(sent)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self.hooks.say(f"could not confirm the {len(sent)} alert(s) of {producer.stream}: Redis does not "
+                               f"answer ({type(exc).__name__})")
+                missing = list(sent)
+                break
+            if not missing or attempt == rounds:
+                break
+            # Lost by a restarted server, or spooled while it was away: Redis answers now, send them.
+            self.hooks.say(f"{len(missing)} alert(s) sent are not in {producer.stream}: sending them again")
+            lost = set(missing)
+            objects = pc.unique(pc.filter(detections.column("object_id"),
+                                          pc.is_in(detections.column("alert_id"), pa.array(sorted(lost), pa.int64()))))
+            again = detections.filter(pc.is_in(detections.column("object_id"), objects))
+            resent = producer.publish(a for a in build_alerts(again, candidates, store, builder, exposures=exposure_ids)
+                                      if a.alert_id in lost)
+            report.alerts_resent += resent.published
+            total += resent
+        absent = set(missing)
+        spooled = absent & producer.spooled_ids  # the next producer start replays them
+        report.alerts_spooled += len(spooled)
+        report.alerts_unconfirmed += len(absent - spooled)  # summed over the cycles of --watch
+        report.alerts_in_stream += len(set(sent) - absent)
+        return total
+
+
+@dataclass
+class _Plan:
+    """A cycle's plan, made once its ingest has ended."""
+
+    store: NightStore
+    ingest: IngestReport
+    ingest_end: float  # wall clock
+    seconds: float  # planning itself
+    results: UnitStore
+    units: list[WorkUnit]
+    exposures: list[str]
+    done_before: set[str]  # units with a result before this cycle
+    todo: list[WorkUnit]  # this cycle's units: streamed while the ingest ran, and the rest
+
+
+class _Landings:
+    """
+    One cycle's ingest, run in a thread, as a feed of tiles for `WorkerPool.run`.
+
+    Each exposure that lands in the store is planned as soon as its field's reference is there
+    too (references are ingested first), so its tiles go to the actors while later files are
+    still being ingested; a reference that lands starts its catalog's tasks. Once the ingest has
+    ended, the night is planned as before the streaming (`plan_night`: exposures already in the
+    store, the reasons for skipped ones) and what was not streamed is fed; the feed then ends.
+    """
+
+    def __init__(self, run: NightRun) -> None:
+        self.run = run
+        self.landed: queue.Queue[IngestOutcome] = queue.Queue()
+        self.waiting: list[str] = []  # exposures landed before their reference
+        self.submitted: dict[str, WorkUnit] = {}
+        self.finished = 0  # outcomes received (for the progress hook)
+        self.processed_before = run.report.tiles_processed  # by earlier cycles
+        self.plan: _Plan | None = None
+        self._ended = False
+        self._ingest_end = 0.0
+        executor = ThreadPoolExecutor(1, thread_name_prefix="night-ingest")
+        self.future = executor.submit(self._ingest)
+        executor.shutdown(wait=False)
+
+    def _ingest(self) -> IngestReport:
+        t0 = time.perf_counter()
         try:
-            if watch:  # the observatory case: the actors are warm before the first exposure lands
-                pool = _start_workers(config, report, hooks)
-            else:  # the actors load their engines and warm up while the night is ingested and planned
-                pool = _create_workers(config, report)
-            marks.append(("startup", time.time()))
-            # Ray and Redis started, the actors created (--watch: their wait is ``workers_start``).
-            startup = marks[-1][1] - began - report.stage_seconds.get("workers_start", 0.0)
-            report.stage_seconds = {"startup": startup, **report.stage_seconds}
-            idle_since = time.monotonic()
-            seen_files: dict[str, float] = {}
-            while True:
-                new_files, pool = _cycle(night_dir, config, night, report, hooks, client, pool, seen_files, references,
-                                         static, [] if watch else marks, watch=watch)  # --watch: per cycle
-                if not watch:
-                    break
-                if new_files or references.pending:  # idle means nothing new and nothing under way
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since >= config.night.watch_idle_s:
-                    hooks.say(f"no new exposure for {config.night.watch_idle_s:.0f} s: the night is over")
-                    break
-                time.sleep(config.night.watch_poll_s)
+            return self.run.ingest(self.landed.put)
         finally:
-            _DriverMetrics.wait_exported(config)  # the actors' too: they live until the pool shuts down
-            if pool is not None:
-                report.worker_restarts = pool.restarts
-                pool.shutdown()
-            client.close()
-    report.wall_seconds = time.perf_counter() - start
-    if not watch:  # --watch: the slowest exposure's, set by the cycles
-        report.critical_path = critical_path(began, [*marks, ("shutdown", time.time())])
-    return report
+            _add_stage(self.run.report, "ingest", time.perf_counter() - t0)
+            self._ingest_end = time.time()
+
+    def first(self) -> list[WorkUnit]:
+        """Block until there are tiles to run (an exposure landed, or the plan) or nothing is left."""
+        while True:
+            units = self.poll(0.2)
+            if units is None or units:
+                return units or []
+
+    def poll(self, timeout: float) -> list[WorkUnit] | None:
+        """New tiles (blocking at most ``timeout`` s while the ingest runs); None once the feed has ended."""
+        if self._ended:
+            return None
+        if self.plan is not None:
+            self._ended = True
+            return None
+        outcomes: list[IngestOutcome] = []
+        with contextlib.suppress(queue.Empty):
+            outcomes.append(self.landed.get(timeout=timeout) if timeout > 0 else self.landed.get_nowait())
+            while True:
+                outcomes.append(self.landed.get_nowait())
+        if outcomes:
+            return self._stream(outcomes)
+        if self.future.done():
+            return self._finish()
+        return []
+
+    def _stream(self, outcomes: list[IngestOutcome]) -> list[WorkUnit]:
+        config = self.run.config
+        store = NightStore(config.store)
+        if any(o.kind == "reference" for o in outcomes):
+            assert self.run.references is not None
+            self.run.references.start(store)  # its catalog is ready before the field's exposures are reduced
+        self.waiting.extend(o.key for o in outcomes if o.kind == "exposure")
+        references = set(store.exposure_keys("reference"))
+        size = config.night.tile_size or config.ingest.tile_size
+        units: list[WorkUnit] = []
+        still: list[str] = []
+        for key in self.waiting:
+            try:
+                reference = store.reference_key(_field_of(store, key))
+            except (KeyError, ValueError):  # no field or not in the store: the plan says why
+                continue
+            if reference not in references:
+                still.append(key)
+            elif not set(store.ccd_names(key)) - set(store.ccd_names(reference)):
+                units.extend(plan_tiles(store, key, size=size, margin=config.night.margin))
+        self.waiting = still
+        if not units:
+            return []
+        done = UnitStore(store.url).done(units)
+        fresh = [u for u in units if u.key not in done and u.key not in self.submitted]
+        self.submitted.update((u.key, u) for u in fresh)
+        return fresh
+
+    def _finish(self) -> list[WorkUnit]:
+        """The ingest has ended: plan the night, record it, and return the tiles not streamed."""
+        run, report, hooks = self.run, self.run.report, self.run.hooks
+        started = time.time()
+        ingest = self.future.result()  # raises what the ingest raised (a missing night directory, ...)
+        store = NightStore(ingest.store_url)
+        if not store.checksummed and not report.store_url:
+            hooks.say(f"store {store.url} was created before per-chunk checksums: its exposures ingested before are "
+                      "read unverified (a corrupt chunk may decode into wrong pixels); ingest the night into a new "
+                      "store to verify every read")
+        report.store_url = store.url
+        # A reference's catalog is started as soon as the reference is in the store (CPU tasks, beside
+        # the GPU actors), so that it is ready before the field's first exposure lands.
+        assert run.references is not None
+        run.references.start(store)
+        units, skipped, exposures = plan_night(store, run.config)
+        report.exposures, report.exposures_skipped = len(exposures), skipped
+        report.tiles = len(units)
+        results = UnitStore(store.url)
+        streamed = set(self.submitted)
+        done_before = results.done(units) - streamed
+        rest = [u for u in units if u.key not in done_before and u.key not in streamed]
+        todo = [u for u in units if u.key in streamed or u.key not in done_before]
+        if exposures:
+            name = run.night or report.night or night_name(store, exposures)
+            report.night = name
+            report.stream = stream_name(run.config.alerts.stream, name)
+            if not self.processed_before:  # the night's first cycle with tiles to do
+                report.tiles_done_before = len(done_before)
+            hooks.on_planned(len(todo) - self.finished, len(done_before) + self.finished)
+        self.plan = _Plan(store=store, ingest=ingest, ingest_end=self._ingest_end,
+                          seconds=time.time() - started, results=results,
+                          units=units, exposures=exposures, done_before=done_before, todo=todo)
+        return rest
 
 
 class _DriverMetrics:
@@ -430,6 +917,12 @@ def _ray_flushes_metrics_at_shutdown() -> bool:
     return Version(ray.__version__) >= Version("2.60")
 
 
+def _add_stage(report: NightRunReport, stage: str, seconds: float) -> None:
+    """Add ``seconds`` to a stage's time in the report and the driver's metrics."""
+    report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + seconds
+    _DriverMetrics.get().stage_seconds.observe(seconds, tags={"stage": stage})
+
+
 def _timed(report: NightRunReport, stage: str) -> contextlib.AbstractContextManager[None]:
     @contextlib.contextmanager
     def timer() -> Iterator[None]:
@@ -437,128 +930,9 @@ def _timed(report: NightRunReport, stage: str) -> contextlib.AbstractContextMana
         try:
             yield
         finally:
-            seconds = time.perf_counter() - t0
-            report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + seconds
-            _DriverMetrics.get().stage_seconds.observe(seconds, tags={"stage": stage})
+            _add_stage(report, stage, time.perf_counter() - t0)
 
     return timer()
-
-
-def _cycle(
-    night_dir: Path,
-    config: SkyblinkConfig,
-    night: str | None,
-    report: NightRunReport,
-    hooks: _Callbacks,
-    client: Any,
-    pool: WorkerPool | None,
-    seen_files: dict[str, float],
-    references: _ReferenceCatalogs,
-    static: _StaticDetections,
-    marks: list[tuple[str, float]],
-    *,
-    watch: bool,
-) -> tuple[bool, WorkerPool | None]:
-    """
-    One pass: ingest what is new, process what is not done, reduce, publish.
-
-    Appends to ``marks`` ``(stage, when it ended)`` (`critical_path`) for each stage it runs.
-    Returns whether new files were ingested, and the worker pool (started on first need).
-    """
-    cycle_start = time.time()
-    first_mark = len(marks)
-    hooks.on_stage("ingest")
-    with _timed(report, "ingest"):
-        ingest = ingest_night(night_dir, config, settle_s=config.night.watch_poll_s if watch else 0.0)
-    marks.append(("ingest", time.time()))
-    _note_ingest(ingest, report, night_dir, seen_files)
-    new_files = bool(ingest.ingested)
-    store = NightStore(ingest.store_url)
-    if not store.checksummed and not report.store_url:
-        hooks.say(f"store {store.url} was created before per-chunk checksums: its exposures ingested before are read "
-                  "unverified (a corrupt chunk may decode into wrong pixels); ingest the night into a new store to "
-                  "verify every read")
-    report.store_url = store.url
-    # A reference's catalog is started as soon as the reference is in the store (CPU tasks, beside
-    # the GPU actors), so that it is ready before the field's first exposure lands.
-    references.start(store)
-    units, skipped, exposures = plan_night(store, config)
-    report.exposures, report.exposures_skipped = len(exposures), skipped
-    report.tiles = len(units)
-    if not exposures:
-        references.collect(store, wait_for=())
-        return new_files, pool
-    name = night or report.night or night_name(store, exposures)
-    report.night = name
-    report.stream = stream_name(config.alerts.stream, name)
-    results = UnitStore(store.url)
-    done = results.done(units)
-    todo = [u for u in units if u.key not in done]
-    report.tiles_done_before = len(done) if not report.tiles_processed else report.tiles_done_before
-    hooks.on_planned(len(todo), len(done))
-    marks.append(("plan", time.time()))
-    if todo:
-        if pool is None or not pool.ready:
-            if pool is None:
-                pool = _start_workers(config, report, hooks)
-            else:
-                _await_workers(pool, report, hooks)
-            marks.append(("workers_start", time.time()))
-        hooks.on_stage("dispatch")
-        with _timed(report, "dispatch"):
-            for outcome in pool.run(todo):
-                if outcome.error is not None:
-                    report.tiles_failed[outcome.unit.key] = outcome.error
-                    hooks.say(f"tile {outcome.unit.key} failed: {outcome.error}")
-                else:  # its candidates are in the store already (written by the actor)
-                    done.add(outcome.unit.key)
-                    report.tiles_processed += 1
-                hooks.on_unit(outcome)
-        _mark_damaged(store, report, hooks)
-        report.megapixels += sum(u.size * u.size for u in todo) / 1e6
-        # Each actor's own account (units, peak device memory, host and device seconds on a GPU):
-        # where the dispatch time went.
-        report.workers["actors"] = pool.poll_health()
-        marks.append(("dispatch", time.time()))
-    with _timed(report, "reference_catalogs"):  # usually ready long before (see _ReferenceCatalogs)
-        references.collect(store, wait_for={_field_of(store, key) for key in exposures} if references.pending else ())
-    marks.append(("reference_catalogs", time.time()))
-    fresh = {u.exposure.rsplit("/", 1)[-1] for u in todo}
-    if todo or not report.detections:
-        incomplete = _incomplete_fields(store, [u for u in units if u.key not in done])
-        # --watch publishes the new exposures' alerts; those of a field held back before go out too
-        # once the field is complete.
-        held_before = {key for key in exposures if _field_of(store, key) in report.alerts_held_back}
-        _reduce_and_publish(store, config, name, [u for u in units if u.key in done], results, report, hooks, client,
-                            static, {u.exposure for u in todo} | held_before, only_new=watch, incomplete=incomplete,
-                            marks=marks)
-    if watch:
-        # Each new exposure's path: from its file appearing, through the wait for this cycle, to
-        # its alerts confirmed in Redis (the last mark).
-        cycle = [("wait", cycle_start), *marks[first_mark:]]
-        for exposure_id in sorted(fresh):
-            appeared = seen_files.get(exposure_id)
-            if appeared is not None:
-                path = critical_path(appeared, cycle, exposure=exposure_id)
-                report.latency_s[exposure_id] = path["latency_s"]
-                report.latency_stages_s[exposure_id] = {s["stage"]: s["seconds"] for s in path["stages"]}
-                if path["latency_s"] >= report.critical_path.get("latency_s", -1.0):
-                    report.critical_path = path
-                _DriverMetrics.get().latency.observe(path["latency_s"])
-    return new_files, pool
-
-
-def _mark_damaged(store: NightStore, report: NightRunReport, hooks: _Callbacks) -> None:
-    """Flag the exposures whose tiles failed a chunk checksum, so that the next run's ingest writes them again."""
-    damaged = {key: error for error in report.tiles_failed.values() if (key := damaged_store_key(error)) is not None}
-    if not damaged:
-        return
-    writable = NightStore(store.url, mode="a")
-    for key, error in sorted(damaged.items()):
-        with contextlib.suppress(KeyError):  # deleted meanwhile: the next ingest writes it anyway
-            writable.mark_damaged(key, error)
-            hooks.say(f"{key} is corrupt in the store (a chunk failed its checksum): the next run re-ingests it from "
-                      "its file")
 
 
 def _incomplete_fields(store: NightStore, missing: list[WorkUnit]) -> dict[str, list[str]]:
@@ -590,79 +964,6 @@ def _hold_back(detections: pa.Table, incomplete: dict[str, list[str]]) -> tuple[
     return detections.filter(pc.invert(held)), dict(sorted(counts.items()))
 
 
-def _confirm_delivery(producer: AlertProducer, sent: list[int], detections: pa.Table, candidates: pa.Table,
-                      store: NightStore, builder: AlertBuilder, exposure_ids: set[str] | None, report: NightRunReport,
-                      hooks: _Callbacks, *, rounds: int = 3) -> PublishReport:
-    """
-    Ask the stream for the alerts just sent; re-send those it lacks (a server restarted without
-    them) until all are there or ``rounds`` re-sends were made. Record in ``report`` how many are
-    in the stream and how many could not be confirmed (spooled ones aside).
-
-    Returns what the re-sends did.
-    """
-    total = PublishReport()
-    missing: list[int] = []
-    for attempt in range(rounds + 1):
-        try:
-            missing = producer.confirm(sent)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            hooks.say(f"could not confirm the {len(sent)} alert(s) of {producer.stream}: Redis does not answer "
-                      f"({type(exc).__name__})")
-            missing = list(sent)
-            break
-        if not missing or attempt == rounds:
-            break
-        # Lost by a restarted server, or spooled while it was away: Redis answers now, send them.
-        hooks.say(f"{len(missing)} alert(s) sent are not in {producer.stream}: sending them again")
-        lost = set(missing)
-        objects = pc.unique(pc.filter(detections.column("object_id"),
-                                      pc.is_in(detections.column("alert_id"), pa.array(sorted(lost), pa.int64()))))
-        again = detections.filter(pc.is_in(detections.column("object_id"), objects))
-        resent = producer.publish(a for a in build_alerts(again, candidates, store, builder, exposures=exposure_ids)
-                                  if a.alert_id in lost)
-        report.alerts_resent += resent.published
-        total += resent
-    absent = set(missing)
-    spooled = absent & producer.spooled_ids  # the next producer start replays them
-    report.alerts_spooled += len(spooled)
-    report.alerts_unconfirmed += len(absent - spooled)  # summed over the cycles of --watch
-    report.alerts_in_stream += len(set(sent) - absent)
-    return total
-
-
-def _create_workers(config: SkyblinkConfig, report: NightRunReport) -> WorkerPool:
-    """Create the worker actors without waiting for them: Ray starts them and they warm up meanwhile."""
-    pool = WorkerPool(config, worker_spec(config))
-    report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": config.engines.backend}
-    return pool
-
-
-def _await_workers(pool: WorkerPool, report: NightRunReport, hooks: _Callbacks) -> None:
-    """
-    Wait until every actor has loaded its engines and warmed up.
-
-    ``workers_start`` in the report is the time spent waiting here: the part of the actors' start
-    that was not hidden behind the stages before dispatch.
-    """
-    hooks.on_stage("workers")
-    with _timed(report, "workers_start"):
-        health = pool.wait_ready()
-    # Per actor and model: the backend, the TensorRT engine (file and sha256) and why.
-    report.workers["engines"] = {f"{pool.name}-{i}": answer.get("engines", {}) for i, answer in enumerate(health)}
-    hooks.say(f"{pool.spec.count} {pool.spec.kind} worker actor(s) ready")
-    for actor, engines in report.workers["engines"].items():
-        for model, choice in engines.items():
-            engine = f" {choice['engine_file']} (sha256 {choice['engine_sha256']})" if choice.get("engine_file") else ""
-            hooks.say(f"{actor} {model}: {choice['backend']}{engine}: {choice['reason']}")
-
-
-def _start_workers(config: SkyblinkConfig, report: NightRunReport, hooks: _Callbacks) -> WorkerPool:
-    """Start the worker actors and wait until each has loaded its engines and warmed up."""
-    pool = _create_workers(config, report)
-    _await_workers(pool, report, hooks)
-    return pool
-
-
 class _ReferenceCatalogs:
     """
     The static-source catalogs of the night's references, one Ray task per reference CCD.
@@ -677,7 +978,8 @@ class _ReferenceCatalogs:
         self.snr_threshold = snr_threshold
         self.say = say
         self.pending: dict[str, list[Any]] = {}
-        self._task = ray.remote(num_cpus=1, max_retries=2)(_reference_ccd_task)
+        # A task of the catalog's module: its worker processes import no torch (the night run does).
+        self._task = ray.remote(num_cpus=1, max_retries=2)(reference_ccd_task)
 
     def start(self, store: NightStore) -> None:
         """Start the tasks of each reference in ``store`` whose catalog is not cached or pending."""
@@ -698,21 +1000,6 @@ class _ReferenceCatalogs:
             table = write_reference_catalog(store, field_id, ray.get(refs), snr_threshold=self.snr_threshold)
             del self.pending[field_id]
             self.say(f"reference catalog of {field_id} ready: {table.num_rows} sources")
-
-
-def _reference_ccd_task(store_url: str, field: str, ccd: str, snr_threshold: float) -> pa.Table:
-    return reference_ccd_sources(NightStore(store_url), field, ccd, snr_threshold=snr_threshold)
-
-
-def _note_ingest(ingest: IngestReport, report: NightRunReport, night_dir: Path, seen_files: dict[str, float]) -> None:
-    for entry in ingest.quarantined:
-        report.quarantined[entry.path] = entry.reason or "quarantined"
-    for entry in ingest.failed:
-        report.quarantined[entry.path] = entry.reason or "failed"
-    for outcome in ingest.ingested:
-        # When the file appeared: its modification time (the observatory writes, then renames).
-        exposure_id = outcome.key.rsplit("/", 1)[-1]
-        seen_files.setdefault(exposure_id, (night_dir / outcome.path).stat().st_mtime)
 
 
 class _StaticDetections:
@@ -761,72 +1048,3 @@ class _StaticDetections:
         # An exposure without detections has null-typed columns: promoted to the others' types.
         static = pa.concat_tables(held, promote_options="default").sort_by(DETECTION_ORDER) if held else fresh
         return candidates, static
-
-
-def _reduce_and_publish(
-    store: NightStore,
-    config: SkyblinkConfig,
-    night: str,
-    done: list[WorkUnit],
-    results: UnitStore,
-    report: NightRunReport,
-    hooks: _Callbacks,
-    client: Any,
-    static: _StaticDetections,
-    new: set[str],
-    *,
-    only_new: bool,
-    incomplete: dict[str, list[str]] | None = None,
-    marks: list[tuple[str, float]] | None = None,
-) -> None:
-    """
-    Reduce the night (``done``: the units with results; ``new``: exposure keys processed now) and publish.
-
-    ``incomplete`` (field -> its units without a result) holds back every alert of those fields
-    (`_hold_back`): nothing goes out that the run completing the field would change. ``marks``
-    gets the ends of ``reduce`` and ``publish`` (`critical_path`).
-    """
-    marks = marks if marks is not None else []
-    hooks.on_stage("reduce")
-    with _timed(report, "reduce"):
-        candidates, known = static.update(store, results, done, night, config, redo=new)
-        detections = night_detections(known, config.night)
-        objects = _objects_table(detections)
-        paths = {name: store.files.catalog_path(name) for name in ("detections", "objects")}
-        # ``row`` points into the results read in one cycle: meaningless outside this run.
-        store.files.write(paths["detections"], detections.drop_columns(["row"]), detections_schema(CLASSIFIER_CLASSES))
-        store.files.write(paths["objects"], objects, OBJECTS_SCHEMA)
-        report.catalogs = paths
-        report.candidates = sum(static.candidates.values())
-        report.detections = detections.num_rows
-        report.objects = objects.num_rows
-        report.alerts = alert_counts(detections)
-        final, held = _hold_back(detections, incomplete or {})
-        report.alerts_held_back = held
-        report.held_back_because = {field_id: keys for field_id, keys in (incomplete or {}).items() if field_id in held}
-        for field_id, count in held.items():
-            keys = (incomplete or {})[field_id]
-            hooks.say(f"held back {count} alert(s) of field {field_id}: {len(keys)} tile(s) of its exposures have no "
-                      f"result ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); they go out, final, when a "
-                      "run completes the field")
-    marks.append(("reduce", time.time()))
-    hooks.on_stage("publish")
-    with _timed(report, "publish"):
-        builder = AlertBuilder(night, gzip_mode=config.alerts.cutout_gzip)
-        exposure_ids = {key.rsplit("/", 1)[-1] for key in new} if only_new else None
-        sent: list[int] = []
-        with AlertProducer(client, night, config=config.alerts) as producer:
-            replayed = producer.opened  # alerts an earlier run spooled, sent now
-            published: PublishReport = producer.publish(build_alerts(final, candidates, store, builder,
-                                                                     exposures=exposure_ids), sent=sent)
-            hooks.on_stage("confirm")
-            published += _confirm_delivery(producer, sent, final, candidates, store, builder, exposure_ids, report,
-                                           hooks)
-        new_entries = published.published + replayed.published
-        report.alerts_published += new_entries
-        report.alerts_replayed += replayed.replayed
-        if new_entries:
-            _DriverMetrics.get().alerts.inc(new_entries)
-        # The replayed alerts of this night are found again by this run's publish: not "already there".
-        report.alerts_already_published += max(0, published.duplicates - replayed.published)
-    marks.append(("publish", time.time()))  # sent and confirmed in the stream

@@ -46,13 +46,25 @@ def ray_session(config: RayConfig) -> Iterator[None]:
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if config.address in (None, "local"):
         log.info("starting a local Ray (num_cpus=%s)", config.num_cpus or "all")
-        ray.init(
-            num_cpus=config.num_cpus,
-            include_dashboard=False,
-            log_to_driver=True,
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": env},
-        )
+        # The local Ray's processes inherit this process's environment at start: set there, the
+        # variables need no job runtime_env, so the task workers that Ray pre-starts for the
+        # first driver (plain workers) run the night's first tasks. With a runtime_env they
+        # cannot, and every first task paid a fresh process (issue 22: the ingest's cold start).
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            ray.init(
+                num_cpus=config.num_cpus,
+                include_dashboard=False,
+                log_to_driver=True,
+                logging_level=logging.WARNING,
+            )
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     else:
         log.info("joining Ray at %s", config.address)
         ray.init(address=config.address, logging_level=logging.WARNING, runtime_env={"env_vars": env})

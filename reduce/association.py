@@ -33,10 +33,10 @@ from astropy.coordinates import SkyCoord, search_around_sky
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from skyblink.psf_filter import matched_filter_snr
 from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.storage.night_store import NightStore
 from skyblink.storage.schemas.tables import REFERENCE_SCHEMA
-from skyblink.workers.matched_filter import matched_filter_snr
 from skyblink.workers.tile_unit import measure_ccd_fwhm
 
 from .measurement import windowed_centroids
@@ -50,6 +50,7 @@ __all__ = [
     "merge_duplicates",
     "reference_catalog_path",
     "reference_ccd_sources",
+    "reference_ccd_task",
     "reference_sources",
     "write_reference_catalog",
 ]
@@ -74,7 +75,7 @@ def detect_static_sources(image: np.ndarray, fwhm_px: float, *, snr_threshold: f
 
     SEP's background and noise (``sep.Background``: 64-pixel meshes, 3x3 filter) are subtracted
     and divided out; a source is a pixel of the matched-filter S/N map
-    (`~skyblink.workers.matched_filter.matched_filter_snr`) at or above ``snr_threshold`` and
+    (`~skyblink.psf_filter.matched_filter_snr`) at or above ``snr_threshold`` and
     the largest of its 5x5 neighbourhood; its position is the windowed centroid
     (`~skyblink.reduce.measurement.windowed_centroids`, the peak pixel where it moves by more
     than 1.5 pixels). All of it is vectorised over the sources.
@@ -215,6 +216,16 @@ def reference_ccd_sources(store: NightStore, field: str, ccd: str, *, snr_thresh
                      "concentration": concentration,
                      "extended": np.nan_to_num(concentration, nan=1.0) < EXTENDED_MAX_CONCENTRATION,
                      "ccd": [ccd] * len(x)}, schema=REFERENCE_SCHEMA)
+
+
+def reference_ccd_task(store_url: str, field: str, ccd: str, snr_threshold: float) -> pa.Table:
+    """
+    `reference_ccd_sources` on the store at ``store_url``: the body of the night run's Ray task.
+
+    It lives here, in a module that imports neither the night run nor the worker side, so that a
+    Ray worker unpickling it imports the catalog code only (no torch).
+    """
+    return reference_ccd_sources(NightStore(store_url), field, ccd, snr_threshold=snr_threshold)
 
 
 def write_reference_catalog(store: NightStore, field: str, parts: list[pa.Table], *, snr_threshold: float = 5.0) -> pa.Table:
