@@ -37,9 +37,8 @@ from skyblink.psf_filter import matched_filter_snr
 from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.storage.night_store import NightStore
 from skyblink.storage.schemas.tables import REFERENCE_SCHEMA
-from skyblink.workers.tile_unit import measure_ccd_fwhm
 
-from .measurement import windowed_centroids
+from .measurement import measure_ccd_fwhm, windowed_centroids
 
 __all__ = [
     "EXTENDED_MAX_CONCENTRATION",

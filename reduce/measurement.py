@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from skyblink.psf_units import FWHM_PER_SIGMA
 
-__all__ = ["StampShapes", "measure_stamps", "windowed_centroid", "windowed_centroids"]
+__all__ = ["StampShapes", "measure_ccd_fwhm", "measure_stamps", "windowed_centroid", "windowed_centroids"]
 
 #: A detection is trailed when its trail is longer than this many PSF FWHM (the simulator's rule).
 TRAIL_MIN_FWHM = 1.5
@@ -281,3 +281,14 @@ def _footprint_labels(labels: np.ndarray, image: np.ndarray, x: np.ndarray, y: n
     values = image[at].reshape(m, 9)
     best = np.argmax(np.where(near > 0, values, -np.inf), axis=1)
     return np.where((near > 0).any(axis=1), near[np.arange(m), best], 0)
+
+
+def measure_ccd_fwhm(image: np.ndarray) -> float:
+    """
+    Measure the PSF FWHM (px) on a whole CCD image with the worker side's `estimate_fwhm`: what
+    `NightStore.ccd_context` calls for a CCD whose header gives no PSF size. Imported at the call, so
+    that reducing a night whose headers give the PSF (the simulator's, DECam's) needs no worker code.
+    """
+    from skyblink.workers.source_detection import estimate_fwhm  # noqa: PLC0415 - the worker side, only when measuring
+
+    return estimate_fwhm(image)

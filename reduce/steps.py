@@ -68,7 +68,6 @@ from skyblink.storage.alerts.packet import MovingObject, make_alert_id
 from skyblink.storage.ccd_context import AB_NJY_ZERO, CcdContext
 from skyblink.storage.night_store import NightStore
 from skyblink.threads import ordered_map
-from skyblink.workers.tile_unit import measure_ccd_fwhm
 
 from .association import (
     EXTENDED_MAX_CONCENTRATION,
@@ -78,7 +77,7 @@ from .association import (
     reference_sources,
 )
 from .linking import LinkingParameters, Tracklet, link_tracklets, predict
-from .measurement import measure_stamps
+from .measurement import measure_ccd_fwhm, measure_stamps
 
 __all__ = [
     "DETECTION_ORDER",

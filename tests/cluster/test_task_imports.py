@@ -23,7 +23,7 @@ print(json.dumps({"task": task.__module__, "heavy": heavy}))
 
 
 @pytest.mark.parametrize(("module", "name"), [("skyblink.cluster.ingest", "ingest_file"),
-                                              ("skyblink.cluster.association", "reference_ccd_task")])
+                                              ("skyblink.reduce.association", "reference_ccd_task")])
 def test_a_night_run_task_imports_no_ml_package(module: str, name: str) -> None:
     pytest.importorskip("torch", reason="the point is a process where torch is installed")
     result = subprocess.run([sys.executable, "-c", _PROBE, module, name], capture_output=True, text=True, timeout=120,

@@ -41,8 +41,9 @@ SUBPACKAGES = {"cluster", "reduce", "evaluation", "workers", "engines", "storage
 LOWER_MODULES: dict[str, set[str]] = {
     "reduce": {
         "skyblink.engines.model_io",  # the classifier's class names (the candidates' class_probs)
-        "skyblink.workers.tile_unit",  # a CCD's PSF width, measured as the tile program measures it
-        "skyblink.workers.matched_filter",  # its numpy matched filter (the reference catalogs)
+        # A CCD's PSF width where no header gives it, measured as the tile program measures it;
+        # imported only at that call (reduce.measurement.measure_ccd_fwhm), never at module import.
+        "skyblink.workers.source_detection",
     },
     "evaluation": {
         "skyblink.engines.model_io",
