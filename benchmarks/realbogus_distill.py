@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skyblink.engines.training.distill import VARIANTS, DistillData, DistillRecipe, augment, quantize_stamps, train_distilled
+from skyblink.engines.training.distill import (
+    VARIANTS,
+    DistillData,
+    DistillRecipe,
+    augment,
+    dequantize_stamps,
+    quantize_stamps,
+    train_distilled,
+)
 
 RECIPES = {
     "braai_all": DistillRecipe(),
@@ -128,6 +136,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     from skyblink.engines.real_folds import load_real_alerts, roc_auc
     from skyblink.engines.score_external import ExternalStampRule, external_stamps, score_alerts
     from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
+    from skyblink.storage.alerts.survey_packets import Survey
 
     torch.set_num_threads(2)
     data = load_real_alerts(args.data or SHARED)
@@ -153,9 +162,20 @@ def cmd_score(args: argparse.Namespace) -> None:
                 model = _model_from_npz(npz, f"fold{k}")
                 oof[data.folds == k] = torch_scores(model, stamps[data.folds == k])
                 sims.append(roc_auc(sim_val.real, torch_scores(model, sim_val.stamps)))
+                if args.diagnose:  # the same fold model on its own training alerts: fit, not a held-out figure
+                    train = data.folds != k
+                    ref = data.reference(Survey.ZTF, "drb")
+                    have = train & np.isfinite(ref)
+                    fit = roc_auc(ref[have] >= 0.5, torch_scores(model, stamps[have]))
+                    print(f"  {name} fold {k}: AUC vs ZTF drb on its own training alerts {fit:.3f} "
+                          f"({int(have.sum())}, {int((ref[have] < 0.5).sum())} negatives)")
             sim_all = roc_auc(sim_val.real, torch_scores(_model_from_npz(npz, "all"), sim_val.stamps))
         rows += summarize(f"{name}", oof, data, float(np.mean(sims)))
         print(f"{name}: sim AUC per fold {' '.join(f'{s:.3f}' for s in sims)}; the all-alerts model {sim_all:.3f}")
+    if args.diagnose:  # the teacher itself, on the held-out alerts of each fold
+        pool = DistillData.load(args.pool)
+        rows += summarize("teacher: braai, mean of 32 views", np.where(pool.survey == 0, pool.teacher.mean(axis=1), np.nan),
+                          data, None)
     print("| model | reference | alerts (neg.) | AUC [95 % CI] | per fold " + " ".join(str(k) for k in range(data.n_folds)) + " | sim AUC |")
     print("|---|---|---:|---:|---|---:|")
     for r in rows:
@@ -164,6 +184,53 @@ def cmd_score(args: argparse.Namespace) -> None:
         print(f"| {r['model']} | {r['reference']} | {r['alerts']} ({r['negatives']}) | {r['auc']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | {per} | {sim} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
+
+
+def cmd_head(args: argparse.Namespace) -> None:
+    """The CPU variant: only the shipped classifier's output layer, on its frozen trunk's features of every view."""
+    from realbogus_real import SHARED, head_scores, summarize
+
+    from skyblink.engines.catalog import load_network
+    from skyblink.engines.real_folds import load_real_alerts
+    from skyblink.engines.score_external import ExternalStampRule, external_stamps
+    from skyblink.engines.training.real_sky import (
+        RealSkyPool,
+        RealSkyRecipe,
+        train_head,
+        trunk_features,
+    )
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    data = load_real_alerts(args.data or SHARED)
+    pool = DistillData.load(args.pool)
+    trunk = load_network("classifier")
+    n, v = pool.teacher.shape
+    views = np.concatenate([augment(dequantize_stamps(pool.alerts).numpy(), var) for var in VARIANTS])  # view-major
+    feats = trunk_features(trunk, np.concatenate([views, dequantize_stamps(pool.fakes).numpy(),
+                                                  dequantize_stamps(pool.sim).numpy()]))
+    held = trunk_features(trunk, np.stack([external_stamps(a, ExternalStampRule()) for a in data.alerts]))
+    print(f"trunk features of {len(feats)} samples in {time.perf_counter() - t0:.0f} s", flush=True)
+    nf, ns = len(pool.fake_owner), len(pool.sim_rb)
+    kind = np.concatenate([np.full(n * v, "alert"), np.where(pool.fake_label == 1, "inject", "residual"), np.full(ns, "sim")])
+    owner = np.concatenate([np.tile(np.arange(n), v), pool.fake_owner, np.full(ns, -1)])
+    cls = np.concatenate([np.full(n * v + nf, -1), pool.sim_cls])
+    teachers = {"braai": pool.teacher.T.reshape(-1), "braai_mean": np.repeat(pool.teacher.mean(1)[None], v, 0).reshape(-1),
+                "packet": np.repeat(pool.packet[None], v, 0).reshape(-1)}
+    rows = []
+    for teacher in args.teachers:
+        rb = np.concatenate([teachers[teacher], pool.fake_label, pool.sim_rb]).astype(np.float32)
+        real_pool = RealSkyPool(kind, owner, rb, cls, feats)
+        for recipe_name, recipe in (("all", RealSkyRecipe()), ("no_sim", RealSkyRecipe(sim=False))):
+            oof = np.full(n, np.nan)
+            for k in range(data.n_folds):
+                model = train_head(real_pool, data.folds != k, recipe)
+                oof[data.folds == k] = head_scores(model, held[data.folds == k])
+            rows += summarize(f"head, {teacher} teacher on 32 views, {recipe_name}", oof, data, None)
+    for r in rows:
+        per = " ".join("-" if math.isnan(x) else f"{x:.2f}" for x in r["per_fold"])
+        print(f"| {r['model']} | {r['reference']} | {r['alerts']} ({r['negatives']}) | {r['auc']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | {per} |")
+    print(f"total {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:
@@ -184,9 +251,15 @@ def main() -> None:
     s.add_argument("--weights", type=Path, required=True)
     s.add_argument("--recipes", nargs="*", default=["braai_all"], choices=sorted(RECIPES))
     s.add_argument("--json", type=Path)
+    s.add_argument("--diagnose", action="store_true",
+                   help="also each fold model's AUC on its own training alerts, and the teacher's on all")
     s.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data beside the checkout)")
+    h = sub.add_parser("head")
+    h.add_argument("--pool", type=Path, required=True)
+    h.add_argument("--teachers", nargs="*", default=["braai", "braai_mean", "packet"])
+    h.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data beside the checkout)")
     args = parser.parse_args()
-    {"pool": cmd_pool, "train": cmd_train, "score": cmd_score}[args.step](args)
+    {"pool": cmd_pool, "train": cmd_train, "score": cmd_score, "head": cmd_head}[args.step](args)
 
 
 if __name__ == "__main__":
