@@ -79,9 +79,9 @@ def augment(x: np.ndarray | torch.Tensor, variant: tuple[int, bool, int, int]) -
         out = torch.rot90(x, k, dims=(-2, -1))
         out = out.flip(-1) if flip else out
         return torch.roll(out, (dy, dx), dims=(-2, -1)) if dy or dx else out
-    out = np.rot90(x, k, axes=(-2, -1))
-    out = out[..., ::-1] if flip else out
-    return np.ascontiguousarray(np.roll(out, (dy, dx), axis=(-2, -1)) if dy or dx else out)
+    view = np.rot90(x, k, axes=(-2, -1))
+    view = view[..., ::-1] if flip else view
+    return np.ascontiguousarray(np.roll(view, (dy, dx), axis=(-2, -1)) if dy or dx else view)
 
 
 @dataclass
@@ -119,7 +119,8 @@ class DistillData:
 
     def save(self, path: str | Path, **extra: np.ndarray) -> Path:
         """Write to a compressed ``.npz`` (with ``extra`` arrays beside, e.g. the folds); return the path."""
-        np.savez_compressed(path, **{f.name: getattr(self, f.name) for f in fields(self)}, **extra)
+        arrays: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)} | extra
+        np.savez_compressed(path, **arrays)
         return Path(path)
 
     @classmethod
