@@ -18,9 +18,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from skyblink.psf_units import FWHM_PER_SIGMA
+
 from . import tile_program as tp
 from .calibration import calibrate_tensor
 from .cosmics import detect_cosmics_tensor
+from .difference import match_kernel_sigma
 from .fused import fused
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr_tensor, matched_filter_taps
 from .pipeline import extract_stamps, uint16_from_int16
@@ -229,8 +232,10 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     """
     device = reference.device
     b, _, h, w = grid.shape
-    sigma = max(science_fwhm_px, reference_fwhm_px) / 2.3548
-    layout = _Layout(_padded_radius(int(4.0 * sigma + 0.5), _MATCH_RADIUS), _padded_radius(int(4.0 * sigma + 0.5), _FILTER_RADIUS),
+    match_sigma = max(match_kernel_sigma(science_fwhm_px, reference_fwhm_px))
+    filter_sigma = max(science_fwhm_px, reference_fwhm_px) / FWHM_PER_SIGMA
+    layout = _Layout(_padded_radius(int(4.0 * match_sigma + 0.5), _MATCH_RADIUS),
+                     _padded_radius(int(4.0 * filter_sigma + 0.5), _FILTER_RADIUS),
                      reject_cosmics, float(threshold), int(top_k), float(snr_threshold))
     bias_frame = bias if isinstance(bias, torch.Tensor) else None
     numbers = _field_numbers(layout, science_fwhm_px=science_fwhm_px, reference_fwhm_px=reference_fwhm_px, scale=scale,
@@ -242,7 +247,6 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     if device.type == "cuda":  # the numbers' copy, queued on this stream, before any program reads them
         made = torch.cuda.Event()
         made.record()
-    peak_options = (layout.threshold, layout.top_k, layout.snr_threshold)
 
     def front(science: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ref, grd, nums, ay, ax = rest[:5]
@@ -252,8 +256,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         return _front(science, ref, grd, nums, bias_t, flat_t, (ay, ax), layout, BACKGROUND_PASSES,
                       None if psf_match == "gaussian" else (science_fwhm_px, reference_fwhm_px))
 
-    def back(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _peaks(*args, *peak_options)
+    def back(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _peaks(triplet, heat, offsets, snr, layout.threshold, layout.top_k, layout.snr_threshold)
 
     def program(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
         if made is not None:
