@@ -4,6 +4,17 @@ reject and clean cosmic rays, warp the resident reference, build the normalised 
 detector, keep the peaks whose matched-filter S/N reaches the threshold, cut 63x63 stamps and
 classify them: the steps of `skyblink.workers.process_tile`, in torch. Returns per-candidate
 tensors for `skyblink.workers.pipeline.TilePipeline`.
+
+Notes
+-----
+On a GPU the program never waits for the host: everything before the detector is one CUDA graph
+and the peaks and stamps another (the detector and classifier runners keep their own launch
+modes), their per-pixel steps compiled by Inductor (`skyblink.workers.fused`). A graph is captured
+once per shapes and options and shared by every program, whatever its field: the per-field
+numbers (gain, saturation, read noise, flux scale, the PSF-match and matched-filter taps) enter
+as one small tensor copied into the graph's input, so the first call pays for compilation and
+capture (the actors' warm-up), and later ones for a few launches. Measured in
+benchmarks/BENCHMARKS.md, "Throughput (issue 23)".
 """
 
 from __future__ import annotations
