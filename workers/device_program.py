@@ -277,7 +277,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
             inputs = [science, reference, grid, numbers, *operators,
                       *([bias_frame] if bias_frame is not None else []), *([flat] if flat is not None else [])]
             if use_graphs:
-                triplet, snr = _graph("front", front, inputs, layout)(inputs)
+                name = f"front bias={bias_frame is not None} flat={flat is not None}"  # which frames the inputs hold
+                triplet, snr = _graph(name, front, inputs, layout)(inputs)
             else:
                 triplet, snr = front(*inputs)
             heat, offsets = detector.infer_tensors(triplet)  # type: ignore[attr-defined]
