@@ -63,14 +63,10 @@ from scipy.ndimage import binary_dilation, find_objects, label
 try:  # torch is the optional [ml] extra: the numpy functions work without it
     import torch
     from torch.nn import functional as F
-
-    from .fused import fused
 except ImportError:  # pragma: no cover - exercised only where torch is absent
     torch = None  # type: ignore[assignment]
 
-    def fused(fn: Any) -> Any:  # type: ignore[no-redef]
-        """Without torch there is nothing to compile."""
-        return fn
+from .fused import fused
 
 __all__ = ["Cosmics", "detect_cosmics", "detect_cosmics_tensor", "persistent_pixels"]
 
@@ -123,6 +119,7 @@ class _Params:
         if niter < 1:
             msg = f"niter must be at least 1, got {niter!r}"
             raise ValueError(msg)
+        read_noise_sq: Any
         if torch is not None and isinstance(read_noise, torch.Tensor):
             # float64 squared, then rounded: the same constant as a Python float's (checked by the caller)
             read_noise_sq = (read_noise.to(torch.float64) ** 2).to(torch.float32)

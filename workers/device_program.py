@@ -4,6 +4,17 @@ reject and clean cosmic rays, warp the resident reference, build the normalised 
 detector, keep the peaks whose matched-filter S/N reaches the threshold, cut 63x63 stamps and
 classify them: the steps of `skyblink.workers.process_tile`, in torch. Returns per-candidate
 tensors for `skyblink.workers.pipeline.TilePipeline`.
+
+Notes
+-----
+On a GPU the program never waits for the host: everything before the detector is one CUDA graph
+and the peaks and stamps another (the detector and classifier runners keep their own launch
+modes), their per-pixel steps compiled by Inductor (`skyblink.workers.fused`). A graph is captured
+once per shapes and options and shared by every program, whatever its field: the per-field
+numbers (gain, saturation, read noise, flux scale, the PSF-match and matched-filter taps) enter
+as one small tensor copied into the graph's input, so the first call pays for compilation and
+capture (the actors' warm-up), and later ones for a few launches. Measured in
+benchmarks/BENCHMARKS.md, "Throughput (issue 23)".
 """
 
 from __future__ import annotations
@@ -18,9 +29,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from skyblink.psf_units import FWHM_PER_SIGMA
+
 from . import tile_program as tp
 from .calibration import calibrate_tensor
 from .cosmics import detect_cosmics_tensor
+from .difference import match_kernel_sigma
 from .fused import fused
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr_tensor, matched_filter_taps
 from .pipeline import extract_stamps, uint16_from_int16
@@ -229,8 +243,10 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     """
     device = reference.device
     b, _, h, w = grid.shape
-    sigma = max(science_fwhm_px, reference_fwhm_px) / 2.3548
-    layout = _Layout(_padded_radius(int(4.0 * sigma + 0.5), _MATCH_RADIUS), _padded_radius(int(4.0 * sigma + 0.5), _FILTER_RADIUS),
+    match_sigma = max(match_kernel_sigma(science_fwhm_px, reference_fwhm_px))
+    filter_sigma = max(science_fwhm_px, reference_fwhm_px) / FWHM_PER_SIGMA
+    layout = _Layout(_padded_radius(int(4.0 * match_sigma + 0.5), _MATCH_RADIUS),
+                     _padded_radius(int(4.0 * filter_sigma + 0.5), _FILTER_RADIUS),
                      reject_cosmics, float(threshold), int(top_k), float(snr_threshold))
     bias_frame = bias if isinstance(bias, torch.Tensor) else None
     numbers = _field_numbers(layout, science_fwhm_px=science_fwhm_px, reference_fwhm_px=reference_fwhm_px, scale=scale,
@@ -242,7 +258,6 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     if device.type == "cuda":  # the numbers' copy, queued on this stream, before any program reads them
         made = torch.cuda.Event()
         made.record()
-    peak_options = (layout.threshold, layout.top_k, layout.snr_threshold)
 
     def front(science: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ref, grd, nums, ay, ax = rest[:5]
@@ -252,8 +267,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         return _front(science, ref, grd, nums, bias_t, flat_t, (ay, ax), layout, BACKGROUND_PASSES,
                       None if psf_match == "gaussian" else (science_fwhm_px, reference_fwhm_px))
 
-    def back(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _peaks(*args, *peak_options)
+    def back(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _peaks(triplet, heat, offsets, snr, layout.threshold, layout.top_k, layout.snr_threshold)
 
     def program(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
         if made is not None:
@@ -262,7 +277,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
             inputs = [science, reference, grid, numbers, *operators,
                       *([bias_frame] if bias_frame is not None else []), *([flat] if flat is not None else [])]
             if use_graphs:
-                triplet, snr = _graph("front", front, inputs, layout)(inputs)
+                name = f"front bias={bias_frame is not None} flat={flat is not None}"  # which frames the inputs hold
+                triplet, snr = _graph(name, front, inputs, layout)(inputs)
             else:
                 triplet, snr = front(*inputs)
             heat, offsets = detector.infer_tensors(triplet)  # type: ignore[attr-defined]

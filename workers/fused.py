@@ -24,7 +24,10 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import torch
+try:  # torch is the optional [ml] extra: without it there is nothing to compile
+    import torch
+except ImportError:  # pragma: no cover - exercised only where torch is absent
+    torch = None  # type: ignore[assignment]
 
 __all__ = ["fused", "fusion_enabled"]
 
@@ -50,6 +53,8 @@ def fused(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if torch is None:
+            return fn(*args, **kwargs)
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if first is None or not first.is_cuda or not fusion_enabled():
             return fn(*args, **kwargs)

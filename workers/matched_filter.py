@@ -29,8 +29,6 @@ the same scale. Pure functions, thread-safe.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from skyblink.psf_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr, psf_norm
@@ -41,15 +39,10 @@ from skyblink.psf_filter import psf_sigma as _sigma
 
 try:  # torch is the optional [ml] extra: the numpy functions work without it
     import torch
-
-    from .fused import fused
 except ImportError:  # pragma: no cover - exercised only where torch is absent
     torch = None  # type: ignore[assignment]
 
-    def fused(fn: Any) -> Any:  # type: ignore[no-redef]
-        """Without torch there is nothing to compile."""
-        return fn
-
+from .fused import fused
 
 __all__ = ["DEFAULT_SNR_THRESHOLD", "matched_filter_snr", "matched_filter_snr_tensor", "matched_filter_taps", "psf_norm"]
 

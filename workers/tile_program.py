@@ -462,7 +462,7 @@ def gaussian_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *, 
 
 
 def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *, science_fwhm_px: float,
-                       reference_fwhm_px: float, scale: float = 1.0, science_mask: torch.Tensor | None = None,
+                       reference_fwhm_px: float, scale: float | torch.Tensor = 1.0, science_mask: torch.Tensor | None = None,
                        mesh: int = 64, psf_match: str = "gaussian") -> torch.Tensor:
     """
     The detector input for a batch of tiles (see `skyblink.workers.normalized_triplet`).

@@ -40,3 +40,32 @@ def test_pipelined_and_synchronous_candidates_are_identical() -> None:
     for a, b in zip(sync, piped, strict=True):
         for name in a.columns:
             np.testing.assert_array_equal(a.columns[name], b.columns[name], err_msg=name)
+
+
+def test_graphed_program_finds_the_eager_programs_candidates() -> None:
+    """The program as two CUDA graphs (the workers' default on a GPU) finds what it finds launched step by step."""
+    from skyblink.engines.backends import TorchRunner
+    from skyblink.engines.catalog import load_network
+    from skyblink.workers.device_program import make_device_program
+
+    rng = np.random.default_rng(1)
+    size, batch = 256, 2
+    yy, xx = np.mgrid[:size, :size]
+    reference = torch.tensor(1000.0 + rng.normal(0, 10, (size + 64, size + 64)), dtype=torch.float32, device="cuda")
+    grid = torch.tensor(np.stack([xx + 32.4, yy + 31.7]), dtype=torch.float32, device="cuda")[None].expand(batch, 2, size, size).contiguous()
+    tiles = 1000.0 + rng.normal(0, 30, (batch, size, size))
+    for _ in range(20):
+        b, y0, x0 = rng.integers(0, batch), rng.uniform(10, size - 10), rng.uniform(10, size - 10)
+        tiles[b] += rng.uniform(500, 5000) * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 4.0)
+    tiles[1, 40, 90] += 5000.0  # a cosmic ray
+    science = torch.from_numpy(np.clip(tiles, 0, 65535).astype(np.uint16).view(np.int16)).cuda()
+    det = TorchRunner(load_network("detector"), input_name="tiles", output_names=("heatmaps", "offsets"), device="cuda")
+    cls = TorchRunner(load_network("classifier"), input_name="stamps", output_names=("real_bogus", "class_probs"), device="cuda")
+    options = {"science_fwhm_px": 3.0, "reference_fwhm_px": 2.5, "gain": 1.5, "read_noise": 5.0, "saturate": 60000.0}
+    with det, cls:
+        graphed = make_device_program(det, cls, reference, grid, **options, graphs=True)(science, 0)
+        eager = make_device_program(det, cls, reference, grid, **options, graphs=False)(science, 0)
+    assert int(graphed["valid"].sum()) > 0
+    for name in ("valid", "tile", "y", "x"):
+        np.testing.assert_allclose(graphed[name].cpu().numpy(), eager[name].cpu().numpy(), atol=1e-3, err_msg=name)
+    np.testing.assert_allclose(graphed["snr"].cpu().numpy(), eager["snr"].cpu().numpy(), rtol=1e-3, atol=1e-3)

@@ -80,3 +80,30 @@ def test_kernel_matched_triplet_matches_numpy(tile, science_fwhm: float, referen
     gauss = matched_difference(science.pixels, ref_cpu, science_mask=science.mask > 0,
                                **{**options, "psf_match": "gaussian"}).triplet
     assert np.abs(gauss[2] - cpu[2]).max() > 0.1
+
+
+def test_padded_taps_and_fixed_passes_give_the_public_triplet(tile) -> None:
+    """The device program's form (taps padded to a fixed width, fixed histogram passes) changes no result."""
+    science, reference, grid = tile
+    ref_dev = tp.warp_reference(tp.as_tensor(reference.pixels).float(), torch.from_numpy(grid)[None])
+    sci = tp.as_tensor(science.pixels)[None]
+    mask = torch.from_numpy(science.mask > 0)[None]
+    public = tp.normalized_triplet(sci, ref_dev, science_fwhm_px=3.1, reference_fwhm_px=2.2, scale=1.03, science_mask=mask)
+    sci_taps, ref_taps, sci_factor, ref_factor = tp.psf_match_taps(3.1, 2.2, radius=8)
+    assert sci_taps.shape == ref_taps.shape == (17,) and float(ref_taps.sum()) == pytest.approx(1.0)
+    fixed = tp.gaussian_triplet(sci, ref_dev, scale=torch.tensor(1.03), science_mask=mask, taps=(sci_taps, ref_taps),
+                                noise_factors=(torch.tensor(sci_factor), torch.tensor(ref_factor)), passes=24,
+                                operators=tp.background_operators(320, 320, 64))
+    assert (torch.abs(fixed - public) <= 1e-4 + 1e-6 * torch.abs(public)).all()
+
+
+def test_zero_padded_taps_blur_as_the_gaussian_and_spread_no_nan() -> None:
+    x = torch.from_numpy(np.random.default_rng(4).normal(size=(1, 40, 50)).astype(np.float32))
+    x[0, 20, 25] = float("nan")
+    own = tp.blur_taps(x, tp.gaussian_taps(1.2))  # radius 5
+    padded = tp.blur_taps(x, tp.gaussian_taps(1.2, radius=16))
+    assert torch.equal(torch.isnan(own), torch.isnan(padded)) and torch.isnan(own).sum() == 11 * 11
+    finite = ~torch.isnan(own)
+    assert torch.allclose(own[finite], padded[finite], atol=1e-6)
+    with pytest.raises(ValueError, match="smaller than the Gaussian"):
+        tp.gaussian_taps(3.0, radius=4)
