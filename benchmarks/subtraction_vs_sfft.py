@@ -57,6 +57,7 @@ from rich.table import Table
 from skyblink.config import load_config
 from skyblink.engines.backends import select_runner
 from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.workers.program_config import TileProgram
 from skyblink.workers.subtract_pair import PairImage, read_pair_image, subtract_pair
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sfft-decam"
@@ -214,8 +215,8 @@ def device_program_seconds(sci: PairImage, ref: PairImage, *, device: str, psf_m
             for i in range(0, len(windows), batch):
                 chunk = origins[i:i + batch]
                 grid = torch.stack([torch.stack([xx + ox, yy + oy]) for oy, ox in chunk]).float()
-                program = make_device_program(runners[0], runners[1], reference, grid, science_fwhm_px=4.0, reference_fwhm_px=3.0,
-                                              gain=1.0, read_noise=5.0, psf_match=psf_match)
+                program = make_device_program(runners[0], runners[1], reference, grid, TileProgram(psf_match=psf_match),
+                                              science_fwhm_px=4.0, reference_fwhm_px=3.0, gain=1.0, read_noise=5.0)
                 science = torch.from_numpy(np.stack(windows[i:i + batch]).view(np.int16)).to(device)
                 out = program(science, i)
                 found += int(out["valid"].sum())

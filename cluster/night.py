@@ -45,6 +45,7 @@ from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, 
 from skyblink.storage.alerts.entry import stream_name
 from skyblink.storage.parquet_io import write_parquet_atomic
 from skyblink.workers.actor import UnitOutcome
+from skyblink.workers.program_config import WorkerConfig
 from skyblink.workers.tile_unit import WorkUnit, plan_tiles
 
 from .association import reference_catalog_path, reference_ccd_sources, write_reference_catalog
@@ -625,8 +626,9 @@ def _confirm_delivery(producer: AlertProducer, sent: list[int], detections: pa.T
 
 def _create_workers(config: SkyblinkConfig, report: NightRunReport) -> WorkerPool:
     """Create the worker actors without waiting for them: Ray starts them and they warm up meanwhile."""
-    pool = WorkerPool(config, worker_spec(config))
-    report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": config.engines.backend}
+    workers = WorkerConfig.from_config(config)  # the one contract every actor gets
+    pool = WorkerPool(workers, worker_spec(workers))
+    report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": str(workers.backend)}
     return pool
 
 

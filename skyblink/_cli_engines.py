@@ -219,18 +219,17 @@ def engines_promote(
     from skyblink.engines.canary import PromotionError, PromotionTolerances, promote  # noqa: PLC0415
     from skyblink.engines.channels import ChannelError  # noqa: PLC0415
     from skyblink.storage import NightStore  # noqa: PLC0415
+    from skyblink.workers.program_config import TileProgram  # noqa: PLC0415
 
     checked = _check_model(model)
     if to not in (None, "canary", "production"):
         raise fail(f"--to must be canary or production, got {to!r}", 2)
     target = cast(Literal["canary", "production"] | None, to)
     root, config = _registry_dir(ctx, registry, **{"engines.canary_fraction": fraction})
-    night = config.night
     try:
         report = promote(checked, root, NightStore(store), to=target, fraction=config.engines.canary_fraction,
                          tolerances=PromotionTolerances.from_config(config.engines),
-                         tile_size=night.tile_size or config.ingest.tile_size, margin=night.margin,
-                         threshold=night.detector_threshold, snr_threshold=night.snr_threshold, top_k=night.top_k)
+                         program=TileProgram.from_config(config))
     except (ChannelError, FileNotFoundError) as exc:
         raise fail(f"error: {exc}") from None
     except PromotionError as exc:

@@ -6,8 +6,9 @@ as a difference image (with its noise map) and a candidates table.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -66,7 +67,7 @@ def subtract(
     candidates: Annotated[Path | None, typer.Option("--candidates", help="CSV of candidates to write.")] = None,
     hdu: Annotated[int, typer.Option("--ccd", help="Which image HDU of each file (0-based among its CCDs).")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="auto, onnxruntime (CPU), torch or tensorrt.")] = "auto",
-    tile_size: Annotated[int | None, typer.Option("--tile-size", help="Work-unit core edge (config: night.tile_size, else 1024).")] = None,
+    tile_size: Annotated[int | None, typer.Option("--tile-size", help="Work-unit core edge (config: night.tile_size, else ingest.tile_size, 1024).")] = None,
     psf_match: Annotated[str, typer.Option("--psf-match", help="kernel (solved on each tile's stars) or gaussian (of the FWHMs).")] = "kernel",
 ) -> None:
     """Subtract REFERENCE from SCIENCE with the workers' per-tile program; write the difference and candidates."""
@@ -78,6 +79,7 @@ def subtract(
 
     try:
         from skyblink.engines.backends import select_runner  # noqa: PLC0415 - worker side: ML extras
+        from skyblink.workers.program_config import PsfMatchName, TileProgram  # noqa: PLC0415
         from skyblink.workers.subtract_pair import read_pair_image, subtract_pair  # noqa: PLC0415
     except ImportError as exc:
         raise fail(f"error: skyblink subtract needs the worker extras (torch or onnxruntime): {exc}") from None
@@ -93,10 +95,8 @@ def subtract(
     night = config.night
     with runners[0], runners[1]:
         try:
-            result = subtract_pair(science, reference, runners[0], runners[1], tile_size=night.tile_size or 1024,
-                                   margin=night.margin, threshold=night.detector_threshold, top_k=night.top_k,
-                                   snr_threshold=night.snr_threshold, headers=config.headers,
-                                   psf_match=psf_match)  # type: ignore[arg-type]
+            program = dataclasses.replace(TileProgram.from_config(config), psf_match=cast(PsfMatchName, psf_match))
+            result = subtract_pair(science, reference, runners[0], runners[1], program)
         except HeaderFactError as exc:
             raise fail(f"error: {exc}") from None
     write_difference(out, result, science)

@@ -16,19 +16,19 @@ from torch.nn import functional as F
 from . import tile_program as tp
 from .calibration import calibrate_tensor
 from .cosmics import detect_cosmics_tensor
-from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr_tensor
+from .matched_filter import matched_filter_snr_tensor
 from .pipeline import extract_stamps, uint16_from_int16
+from .program_config import TileProgram
 from .tile_unit import FLOAT16_MAX
 
 __all__ = ["make_device_program"]
 
 
-def make_device_program(detector: object, classifier: object, reference: torch.Tensor, grid: torch.Tensor, *,
-                        science_fwhm_px: float, reference_fwhm_px: float, scale: float = 1.0,
-                        threshold: float = 0.3, top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD,
-                        gain: float | None = None, saturate: float | None = None, read_noise: float = 0.0,
-                        bias: float | torch.Tensor | None = None, flat: torch.Tensor | None = None,
-                        reject_cosmics: bool = True, psf_match: str = "gaussian") -> Callable[[torch.Tensor, int], dict[str, torch.Tensor]]:
+def make_device_program(detector: object, classifier: object, reference: torch.Tensor, grid: torch.Tensor,
+                        program: TileProgram | None = None, *, science_fwhm_px: float, reference_fwhm_px: float,
+                        scale: float = 1.0, gain: float | None = None, saturate: float | None = None,
+                        read_noise: float = 0.0, bias: float | torch.Tensor | None = None,
+                        flat: torch.Tensor | None = None) -> Callable[[torch.Tensor, int], dict[str, torch.Tensor]]:
     """
     Build the program for tiles sharing one reference and sampling grid (one field and CCD).
 
@@ -41,24 +41,21 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         The field's reference CCD, resident on the device.
     grid : (B, 2, H, W) tensor
         Reference pixel coordinates of each tile's pixels.
+    program : TileProgram, optional
+        The program's ``detector_threshold``, ``top_k`` (candidate slots per tile; the ``valid``
+        column says which slots hold a candidate, the pipeline keeps only those),
+        ``snr_threshold`` (minimum matched-filter S/N in the difference), ``reject_cosmics``
+        (flag and clean cosmic rays and hot pixels before the background) and ``psf_match``
+        (`skyblink.workers.tile_program.normalized_triplet`); default: the configuration's defaults.
     science_fwhm_px, reference_fwhm_px : float
         PSF FWHM of each image in pixels.
     scale : float
         Reference-to-science flux factor in ADU (`skyblink.workers.flux_scale`); multiplied by
         ``gain`` here, as the science is calibrated to electrons.
-    threshold, top_k : float, int
-        New-source score threshold and candidate slots per tile; the ``valid`` column says
-        which slots hold a candidate (the pipeline keeps only those).
-    snr_threshold : float
-        Minimum matched-filter S/N of a candidate in the difference.
     gain, saturate, read_noise : float, optional
         The science CCD's header ``GAIN`` (e-/ADU), ``SATURATE`` (ADU) and ``RDNOISE`` (e-).
     bias, flat : float or tensor broadcastable to (B, H, W), optional
         Calibration of the tiles' pixels, where given.
-    reject_cosmics : bool
-        Flag and clean cosmic rays and hot pixels before the background.
-    psf_match : {"gaussian", "kernel"}
-        PSF matching (`skyblink.workers.tile_program.normalized_triplet`).
 
     Returns
     -------
@@ -66,7 +63,11 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         ``program(science_int16 (B, H, W), batch_index) -> dict`` of per-candidate tensors:
         valid, tile, y, x, score, snr, real_bogus, class_probs, stamps.
     """
-    def program(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
+    params = program or TileProgram()
+    detector_threshold, top_k, snr_threshold = params.detector_threshold, params.top_k, params.snr_threshold
+    reject_cosmics, psf_match = params.reject_cosmics, params.psf_match
+
+    def run(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
         calibrated = calibrate_tensor(uint16_from_int16(science), gain=gain, bias=bias, flat=flat, saturate=saturate)
         sci, bad = calibrated.electrons, calibrated.mask
         if reject_cosmics:
@@ -80,7 +81,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         snr = matched_filter_snr_tensor(triplet[:, 2], max(science_fwhm_px, reference_fwhm_px), renormalize=True)
         peak_snr = F.max_pool2d(snr[:, None], 3, 1, 1)[:, 0]  # as find_peaks: the best S/N within 1 pixel
         score = heat[:, 1:3].amax(dim=1).float()  # new source: transient or moving
-        keep = (score == F.max_pool2d(score[:, None], 5, 1, 2)[:, 0]) & (score >= threshold) & (peak_snr >= snr_threshold)
+        keep = (score == F.max_pool2d(score[:, None], 5, 1, 2)[:, 0]) & (score >= detector_threshold) & (peak_snr >= snr_threshold)
         values, index = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=top_k, dim=1)
         # Fixed-size outputs with a validity mask: a data-dependent count would stall the host.
         b = score.shape[0]
@@ -97,4 +98,4 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
             "class_probs": probs.float().clone(), "stamps": stamps.clamp(-FLOAT16_MAX, FLOAT16_MAX).half(),
         }
 
-    return program
+    return run
