@@ -57,6 +57,7 @@ from rich.table import Table
 from skyblink.config import load_config
 from skyblink.engines.backends import select_runner
 from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.workers.program_config import TileProgram, window_edge
 from skyblink.workers.subtract_pair import PairImage, read_pair_image, subtract_pair
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sfft-decam"
@@ -197,7 +198,7 @@ def device_program_seconds(sci: PairImage, ref: PairImage, *, device: str, psf_m
 
     raw = np.clip(np.rint(np.asarray(sci.data) + 1000.0), 0, 65535).astype(np.uint16)
     size = raw.shape[0]
-    edge = int(np.ceil((core + 2 * margin) / 32) * 32)
+    edge = window_edge(core, margin)
     origins = [(y0 - margin, x0 - margin) for y0 in range(0, size, core) for x0 in range(0, size, core)]
     windows = [np.nan_to_num(read_window(raw, oy, ox, edge, edge), nan=1000.0).astype(np.uint16) for oy, ox in origins]
     runners = [TorchRunner(load_network(m), input_name=IO_NAMES[m].inputs[0], output_names=IO_NAMES[m].outputs, device=device)
@@ -214,8 +215,8 @@ def device_program_seconds(sci: PairImage, ref: PairImage, *, device: str, psf_m
             for i in range(0, len(windows), batch):
                 chunk = origins[i:i + batch]
                 grid = torch.stack([torch.stack([xx + ox, yy + oy]) for oy, ox in chunk]).float()
-                program = make_device_program(runners[0], runners[1], reference, grid, science_fwhm_px=4.0, reference_fwhm_px=3.0,
-                                              gain=1.0, read_noise=5.0, psf_match=psf_match)
+                program = make_device_program(runners[0], runners[1], reference, grid, TileProgram(psf_match=psf_match),
+                                              science_fwhm_px=4.0, reference_fwhm_px=3.0, gain=1.0, read_noise=5.0)
                 science = torch.from_numpy(np.stack(windows[i:i + batch]).view(np.int16)).to(device)
                 out = program(science, i)
                 found += int(out["valid"].sum())

@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--ccds", type=int, default=16)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--rubin-visit", action="store_true", help="189 CCDs of 4096x4096 (overrides --ccds/--size)")
-    parser.add_argument("--tiles-per-task", type=int, default=16)
+    parser.add_argument("--units-per-call", type=int, default=16, help="night.units_per_call (was --tiles-per-task)")
+    parser.add_argument("--device-batch", type=int, default=16, help="night.device_batch (was --tiles-per-task)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/visit-latency"))
@@ -50,7 +51,8 @@ def main() -> None:
     env = {
         **os.environ,
         "SKYBLINK_STORE": str(args.work / "store.zarr"),
-        "SKYBLINK_NIGHT__TILES_PER_TASK": str(args.tiles_per_task),
+        "SKYBLINK_NIGHT__UNITS_PER_CALL": str(args.units_per_call),
+        "SKYBLINK_NIGHT__DEVICE_BATCH": str(args.device_batch),
         "SKYBLINK_NIGHT__REDIS_DIR": str(args.work / "redis"),
         "SKYBLINK_NIGHT__WATCH_POLL_S": "0.5",
         "SKYBLINK_NIGHT__WATCH_IDLE_S": str(args.idle_s),

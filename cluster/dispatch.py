@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import ray
 from ray.util.actor_pool import ActorPool
 
-from skyblink.config import SkyblinkConfig
+from skyblink.config import Backend
 from skyblink.workers.actor import TileWorker, UnitOutcome, WorkerLostGpuError
+from skyblink.workers.program_config import WorkerConfig
 from skyblink.workers.tile_unit import WorkUnit
 
 from .results import store_unit_results
@@ -37,7 +38,7 @@ __all__ = ["WorkerPool", "WorkerSpec", "worker_spec"]
 log = logging.getLogger(__name__)
 
 #: Calls a CPU actor holds at once: one running, one queued in its mailbox. A GPU actor runs
-#: its calls in threads: one launching on the device while ``night.gpu_prepare_calls`` are read
+#: its calls in threads: one launching on the device while ``WorkerConfig.prepare_calls`` are read
 #: and prepared on the host (and earlier ones read back), so that the device never waits for the
 #: store or the host between calls.
 _CPU_SLOTS = 2
@@ -57,9 +58,9 @@ class WorkerSpec:
         return "gpu" if self.num_gpus else "cpu"
 
 
-def worker_spec(config: SkyblinkConfig) -> WorkerSpec:
+def worker_spec(config: WorkerConfig) -> WorkerSpec:
     """
-    Decide the actor pool from the running cluster's resources and ``night.workers``.
+    Decide the actor pool from the running cluster's resources and ``config.actors`` (``night.workers``).
 
     Returns
     -------
@@ -75,12 +76,12 @@ def worker_spec(config: SkyblinkConfig) -> WorkerSpec:
     """
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    if gpus and config.engines.backend != "onnxruntime":
-        count = min(gpus, config.night.workers or gpus)
+    if gpus and config.backend != Backend.ONNXRUNTIME:
+        count = min(gpus, config.actors or gpus)
         return WorkerSpec(count, 1.0, 1.0)
     cpus = float(resources.get("CPU", 1.0))
     available = cpus - 1.0 if cpus > 1.0 else cpus / 2.0
-    count = config.night.workers or max(1, int(cpus))
+    count = config.actors or max(1, int(cpus))
     return WorkerSpec(count, 0.0, min(1.0, available / count))
 
 
@@ -90,18 +91,18 @@ class WorkerPool:
 
     Parameters
     ----------
-    config : SkyblinkConfig
-        ``engines.backend``/``precision`` for the actors, ``night.*`` for the program's
-        thresholds, the health-check period and the number of actors.
+    config : WorkerConfig
+        What every actor is given (`WorkerConfig.from_config`: the backend, the registry, the
+        per-tile program), the units per call, the health-check period and the number of actors.
     spec : WorkerSpec, optional
         Default: `worker_spec` of the running cluster.
     """
 
-    def __init__(self, config: SkyblinkConfig, spec: WorkerSpec | None = None) -> None:
+    def __init__(self, config: WorkerConfig, spec: WorkerSpec | None = None) -> None:
         self.config = config
         self.spec = spec or worker_spec(config)
         #: Calls each actor holds at once.
-        self.slots = config.night.gpu_prepare_calls + 1 if self.spec.kind == "gpu" else _CPU_SLOTS
+        self.slots = config.prepare_calls + 1 if self.spec.kind == "gpu" else _CPU_SLOTS
         options = {
             "num_gpus": self.spec.num_gpus,
             "num_cpus": self.spec.num_cpus,
@@ -111,24 +112,11 @@ class WorkerPool:
             # thread answers the health check while the calls run.
             "max_concurrency": self.slots + 1 if self.spec.kind == "gpu" else 1,
         }
-        night = config.night
         # Named, so that the dashboard and `ray.util.list_named_actors` show whose they are.
         self.name = f"skyblink-worker-{uuid.uuid4().hex[:8]}"
         self.actors = [
             TileWorker.options(**options, name=f"{self.name}-{i}").remote(  # type: ignore[attr-defined]  # ray.remote's class is untyped
-                config.engines.backend,
-                config.engines.precision,
-                threshold=night.detector_threshold,
-                top_k=night.top_k,
-                snr_threshold=night.snr_threshold,
-                tile_size=night.tile_size or config.ingest.tile_size,
-                margin=night.margin,
-                gpu_batch=night.tiles_per_task,
-                result_sink=store_unit_results,
-                registry=config.engines.registry,
-                trusted_manifest=config.engines.trusted_manifest,
-                headers=config.headers,
-                psf_match=night.psf_match,
+                config, result_sink=store_unit_results
             )
             for i in range(self.spec.count)
         ]
@@ -170,15 +158,15 @@ class WorkerPool:
             None once the feed has ended. The run ends when the feed has ended and every unit
             submitted is done.
         """
-        tiles = self.config.night.tiles_per_task
+        per_call = self.config.units_per_call
         pool = ActorPool([actor for actor in self.actors for _ in range(self.slots)])
 
         def submit(batch: Sequence[WorkUnit]) -> None:
-            for start in range(0, len(batch), tiles):
-                pool.submit(lambda actor, calls: actor.process.remote(calls), list(batch[start : start + tiles]))
+            for start in range(0, len(batch), per_call):
+                pool.submit(lambda actor, calls: actor.process.remote(calls), list(batch[start : start + per_call]))
 
         submit(units)
-        period = self.config.night.health_check_s
+        period = self.config.health_check_s
         feeding = more is not None
         while feeding or pool.has_next():
             if feeding and more is not None:
@@ -214,7 +202,7 @@ class WorkerPool:
         answers: list[dict[str, object]] = []
         for actor, ref in zip(self.actors, refs, strict=True):
             try:
-                answers.append(ray.get(ref, timeout=self.config.night.health_check_s))
+                answers.append(ray.get(ref, timeout=self.config.health_check_s))
             except WorkerLostGpuError as exc:
                 log.error("worker actor lost its GPU (%s); restarting it, its units will be redone", exc)
                 ray.kill(actor, no_restart=False)

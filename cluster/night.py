@@ -70,6 +70,7 @@ from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, 
 from skyblink.storage.alerts.entry import stream_name
 from skyblink.storage.schemas.tables import OBJECTS_SCHEMA, detections_schema
 from skyblink.workers.actor import UnitOutcome
+from skyblink.workers.program_config import WorkerConfig
 from skyblink.workers.tile_unit import WorkUnit
 
 from .dispatch import WorkerPool, worker_spec
@@ -462,9 +463,10 @@ class NightRun:
         Create the worker actors without waiting for them (Ray starts them; they warm up
         meanwhile), and have the CPUs they leave free import the ingest (`prestart_ingest_workers`).
         """
-        pool = WorkerPool(self.config, worker_spec(self.config))
+        workers = WorkerConfig.from_config(self.config)  # the one contract every actor gets
+        pool = WorkerPool(workers, worker_spec(workers))
         self.pool = pool
-        self.report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": self.config.engines.backend}
+        self.report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": str(workers.backend)}
         free = float(ray.cluster_resources().get("CPU", 1.0)) - pool.spec.count * pool.spec.num_cpus
         prestart_ingest_workers(int(free))
         return pool

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from skyblink.workers.program_config import TileProgram
 from skyblink.workers.tile_unit import process_tile
 
 from .backends.onnxruntime_runner import OnnxRuntimeRunner
@@ -143,9 +144,7 @@ def shadow_compare(
     fraction: float = 0.1,
     target: str = "canary",
     tolerances: PromotionTolerances | None = None,
-    threshold: float = 0.3,
-    snr_threshold: float = 5.0,
-    top_k: int = 64,
+    program: TileProgram | None = None,
 ) -> ShadowReport:
     """
     Run ``release`` in shadow next to production on a fraction of ``units`` of ``store``.
@@ -153,18 +152,21 @@ def shadow_compare(
     ``units`` are the night's work units as the driver plans them
     (`skyblink.cluster.planning.plan_tiles`); a deterministic ``fraction`` of them is run.
 
+    ``program`` is the night's per-tile program (`TileProgram.from_config`); default: the
+    configuration's defaults.
+
     Returns
     -------
     ShadowReport
         The comparison and its checks against ``tolerances``.
     """
+    program = program or TileProgram()
     tol = tolerances or PromotionTolerances()
     production = {m: channels.get(m, "production") for m in ("detector", "classifier")}
     chosen = _sample_units(list(units), fraction)
     base = {m: _runner(m, production[m], channels) for m in ("detector", "classifier")}
     shadow = dict(base)
     shadow[model] = _runner(model, release, channels)
-    kwargs: dict[str, Any] = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold}
     prod_n = cand_n = matched = 0
     deltas: list[float] = []
     runners = {id(r): r for r in (*base.values(), *shadow.values())}
@@ -172,8 +174,8 @@ def shadow_compare(
         r.activate()
     try:
         for unit in chosen:
-            a = process_tile(unit, store, base["detector"], base["classifier"], **kwargs)
-            b = process_tile(unit, store, shadow["detector"], shadow["classifier"], **kwargs)
+            a = process_tile(unit, store, base["detector"], base["classifier"], program)
+            b = process_tile(unit, store, shadow["detector"], shadow["classifier"], program)
             pairs = _match(np.array([(c.x, c.y) for c in a]).reshape(-1, 2), np.array([(c.x, c.y) for c in b]).reshape(-1, 2),
                            tol.match_radius_px)
             prod_n, cand_n, matched = prod_n + len(a), cand_n + len(b), matched + len(pairs)
@@ -206,7 +208,7 @@ def promote(
     to: Literal["canary", "production"] | None = None,
     fraction: float = 0.1,
     tolerances: PromotionTolerances | None = None,
-    **tile_options: Any,
+    program: TileProgram | None = None,
 ) -> ShadowReport:
     """
     Shadow-run the next release of ``model`` and move it up one channel if it agrees.
@@ -219,6 +221,8 @@ def promote(
         Its work units as the driver plans them (`skyblink.cluster.planning.plan_tiles`).
     to : {"canary", "production"}, optional
         Default: canary when there is a candidate, else production (from the canary).
+    program : TileProgram, optional
+        The night's per-tile program the shadow run uses (`shadow_compare`).
 
     Raises
     ------
@@ -235,7 +239,8 @@ def promote(
     if release is None:
         msg = f"{model}: no {source} release to promote to {to} (see `skyblink engines channels`)"
         raise ChannelError(msg)
-    report = shadow_compare(model, release, channels, store, units, fraction=fraction, target=to, tolerances=tolerances, **tile_options)
+    report = shadow_compare(model, release, channels, store, units, fraction=fraction, target=to, tolerances=tolerances,
+                            program=program)
     log.info("%s", report.text())
     if not report.passed:
         raise PromotionError(report)

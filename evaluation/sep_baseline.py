@@ -8,8 +8,8 @@ program's own preparation (`skyblink.workers.tile_unit.prepare_tile`, which
 ``thresh`` (per-pixel sigma, default 1.5 with 5 connected pixels, SExtractor's default
 detection) with its default 3x3 filter; each source gets SEP's windowed position
 (``sep.winpos``), its aperture S/N in a radius of 0.68 FWHM (the optimal aperture of a Gaussian),
-and a trail from its second moments (as ours). Sources of S/N below ``snr_threshold`` (the
-tile program's gate) or outside the unit's core are dropped.
+and a trail from its second moments (as ours). Sources of S/N below the tile program's
+``snr_threshold`` or outside the unit's core (`WorkUnit.owns`, the tile program's rule) are dropped.
 
 Notes
 -----
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,17 +36,17 @@ from skyblink.reduce.steps import (
     match_static,
     merge_tile_duplicates,
 )
+from skyblink.workers.program_config import TileProgram
 from skyblink.workers.tile_unit import WorkUnit, prepare_tile
 
 if TYPE_CHECKING:
-    from skyblink.headers import HeadersConfig
     from skyblink.storage import NightStore
 
 __all__ = ["difference_window", "sep_detections"]
 
 
-def difference_window(unit: WorkUnit, store: NightStore, *, headers: HeadersConfig | None = None,
-                      psf_match: Literal["gaussian", "kernel"] = "gaussian") -> tuple[np.ndarray, float, tuple[int, int]]:
+def difference_window(unit: WorkUnit, store: NightStore,
+                      program: TileProgram | None = None) -> tuple[np.ndarray, float, tuple[int, int]]:
     """
     Return a work unit's difference image (sigma units) as the tile program makes it.
 
@@ -58,8 +58,9 @@ def difference_window(unit: WorkUnit, store: NightStore, *, headers: HeadersConf
     ----------
     unit : WorkUnit
     store : NightStore
-    headers, psf_match
-        As the night's program (``[headers]``, ``night.psf_match``).
+    program : TileProgram, optional
+        The night's program (its ``[headers]`` keywords, ``psf_match``, cosmic-ray rejection);
+        default: the configuration's defaults.
 
     Returns
     -------
@@ -70,12 +71,12 @@ def difference_window(unit: WorkUnit, store: NightStore, *, headers: HeadersConf
     origin : (int, int)
         (y, x) of the window's first pixel in the CCD.
     """
-    prepared = prepare_tile(unit, store, headers=headers, psf_match=psf_match)
+    prepared = prepare_tile(unit, store, program)
     return prepared.matched.triplet[2], max(prepared.fwhm_px), prepared.origin
 
 
-def sep_detections(units: list[WorkUnit], store: NightStore, *, thresh: float = 1.5, minarea: int = 5,
-                   snr_threshold: float = 5.0) -> pa.Table:
+def sep_detections(units: list[WorkUnit], store: NightStore, program: TileProgram | None = None, *, thresh: float = 1.5,
+                   minarea: int = 5) -> pa.Table:
     """
     Run SEP on the difference image of every unit and return its sources as candidates.
 
@@ -83,12 +84,13 @@ def sep_detections(units: list[WorkUnit], store: NightStore, *, thresh: float = 
     ----------
     units : list of WorkUnit
     store : NightStore
+    program : TileProgram, optional
+        The night's program: its difference images, and its ``snr_threshold`` as the minimum
+        aperture S/N kept; default: the configuration's defaults.
     thresh : float
         SEP's detection threshold in units of the per-pixel noise.
     minarea : int
         Connected pixels a source needs.
-    snr_threshold : float
-        Minimum aperture S/N kept.
 
     Returns
     -------
@@ -101,9 +103,10 @@ def sep_detections(units: list[WorkUnit], store: NightStore, *, thresh: float = 
     ImportError
         ``sep`` is not installed (``pip install sep``).
     """
+    program = program or TileProgram()
     rows: dict[str, list[Any]] = {k: [] for k in ("exposure", "ccd", "x", "y", "snr", "trail_length_px", "trail_angle_deg")}
     for unit in units:
-        diff, fwhm, (oy, ox) = difference_window(unit, store)
+        diff, fwhm, (oy, ox) = difference_window(unit, store, program)
         data = np.ascontiguousarray(diff, dtype=np.float32)
         objects = sep.extract(data, thresh, err=1.0, minarea=minarea)
         if len(objects) == 0:
@@ -116,8 +119,7 @@ def sep_detections(units: list[WorkUnit], store: NightStore, *, thresh: float = 
         # SEP's a, b are the footprint's moments: the same trail rule as ours.
         length = np.sqrt(np.maximum(12.0 * (a2 - b2), 0.0))
         trailed = length > 1.5 * fwhm
-        core = (y >= unit.margin - 0.5) & (y < unit.margin + unit.size - 0.5) & (x >= unit.margin - 0.5) & \
-               (x < unit.margin + unit.size - 0.5) & (snr >= snr_threshold) & np.isfinite(x) & np.isfinite(y)
+        core = unit.owns(y, x) & (snr >= program.snr_threshold) & np.isfinite(x) & np.isfinite(y)
         for k in np.flatnonzero(core):
             rows["exposure"].append(unit.exposure)
             rows["ccd"].append(unit.ccd)

@@ -51,6 +51,7 @@ from skyblink.sim.events import movers_for_field
 from skyblink.storage import NightStore
 from skyblink.storage.night_files import NightFiles
 from skyblink.storage.schemas.tables import detections_schema
+from skyblink.workers.program_config import TileProgram
 
 from .sep_baseline import sep_catalog, sep_detections
 
@@ -416,7 +417,9 @@ def score_night(night_dir: Path | str, store_url: str, *, out_dir: Path | str | 
         for key in store.exposure_keys("exposure"):
             size = int(store.image(key, store.ccd_names(key)[0]).shape[0])
             units.extend(plan_tiles(store, key, size=min(1024, size), margin=night_config.margin))
-        sep_table = sep_catalog(sep_detections(units, store, snr_threshold=night_config.snr_threshold), store, night_config)
+        program = TileProgram(margin=night_config.margin, snr_threshold=night_config.snr_threshold,
+                              psf_match=night_config.psf_match)
+        sep_table = sep_catalog(sep_detections(units, store, program), store, night_config)
         sep_score = score_catalog(sep_table, truth, "SEP", score_column="snr")
     report = ScoreReport(str(night_dir), store_url, ours, sep_score, _targets(ours, sep_score))
     target = Path(out_dir) if out_dir is not None else Path(files.root) / "score"

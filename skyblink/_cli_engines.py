@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from skyblink.engines import channels as engine_channels
     from skyblink.engines import export as engine_export
     from skyblink.engines.training import train as training
+    from skyblink.workers import program_config
 
     from .config import SkyblinkConfig
 else:
@@ -30,6 +31,7 @@ else:
     engines = lazy_module("skyblink.engines")
     storage = lazy_module("skyblink.storage")
     cluster_planning = lazy_module("skyblink.cluster.planning")
+    program_config = lazy_module("skyblink.workers.program_config")
     engines_trt = lazy_module("skyblink.engines._trt")
     engine_build = lazy_module("skyblink.engines.build")
     calibration_set = lazy_module("skyblink.engines.calibration_set")
@@ -235,8 +237,8 @@ def engines_promote(
         units = [u for key in shadow_store.exposure_keys()
                  for u in cluster_planning.plan_tiles(shadow_store, key, size=size, margin=night.margin)]
         report = canary.promote(checked, root, shadow_store, units, to=target, fraction=config.engines.canary_fraction,
-                         tolerances=canary.PromotionTolerances.from_config(config.engines),
-                         threshold=night.detector_threshold, snr_threshold=night.snr_threshold, top_k=night.top_k)
+                                tolerances=canary.PromotionTolerances.from_config(config.engines),
+                                program=program_config.TileProgram.from_config(config))
     except (engine_channels.ChannelError, FileNotFoundError) as exc:
         raise fail(f"error: {exc}") from None
     except canary.PromotionError as exc:

@@ -148,7 +148,7 @@ def _night_run(night_dir: Path, config: SkyblinkConfig, *, night: str | None, ke
                         rate=f"{rate:.2f} tiles/s{eta}")
 
     def stage(name: str) -> None:
-        # Tiles are counted when a worker call returns (night.tiles_per_task at once): "tiles" and
+        # Tiles are counted when a worker call returns (night.units_per_call at once): "tiles" and
         # its count show from dispatch on; before, the stage's name and the elapsed time only.
         if name == "dispatch":
             clock["t0"] = time.perf_counter()  # the rate counts from the first call, not from starting workers

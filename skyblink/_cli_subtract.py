@@ -6,8 +6,9 @@ as a difference image (with its noise map) and a candidates table.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from skyblink import storage
     from skyblink.engines import backends, model_io
+    from skyblink.workers import program_config
     from skyblink.workers import subtract_pair as pair_subtraction
 else:
     # numpy, astropy and the worker side (ML extras) load when the command runs, not for --help.
@@ -30,6 +32,7 @@ else:
     backends = lazy_module("skyblink.engines.backends")
     model_io = lazy_module("skyblink.engines.model_io")
     pair_subtraction = lazy_module("skyblink.workers.subtract_pair")
+    program_config = lazy_module("skyblink.workers.program_config")
 
 __all__ = ["register", "subtract", "write_candidates", "write_difference"]
 
@@ -78,7 +81,7 @@ def subtract(
     candidates: Annotated[Path | None, typer.Option("--candidates", help="CSV of candidates to write.")] = None,
     hdu: Annotated[int, typer.Option("--ccd", help="Which image HDU of each file (0-based among its CCDs).")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="auto, onnxruntime (CPU), torch or tensorrt.")] = "auto",
-    tile_size: Annotated[int | None, typer.Option("--tile-size", help="Work-unit core edge (config: night.tile_size, else 1024).")] = None,
+    tile_size: Annotated[int | None, typer.Option("--tile-size", help="Work-unit core edge (config: night.tile_size, else ingest.tile_size, 1024).")] = None,
     psf_match: Annotated[str, typer.Option("--psf-match", help="kernel (solved on each tile's stars) or gaussian (of the FWHMs).")] = "kernel",
 ) -> None:
     """Subtract REFERENCE from SCIENCE with the workers' per-tile program; write the difference and candidates."""
@@ -102,10 +105,9 @@ def subtract(
     night = config.night
     with runners[0], runners[1]:
         try:
-            result = subtract_pair(science, reference, runners[0], runners[1], tile_size=night.tile_size or 1024,
-                                   margin=night.margin, threshold=night.detector_threshold, top_k=night.top_k,
-                                   snr_threshold=night.snr_threshold, headers=config.headers,
-                                   psf_match=psf_match)  # type: ignore[arg-type]
+            program = dataclasses.replace(program_config.TileProgram.from_config(config),
+                                          psf_match=cast("program_config.PsfMatchName", psf_match))
+            result = subtract_pair(science, reference, runners[0], runners[1], program)
         except HeaderFactError as exc:
             raise fail(f"error: {exc}") from None
     write_difference(out, result, science)

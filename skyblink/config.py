@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+import warnings
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,7 +44,9 @@ else:
 
 __all__ = [
     "ENV_PREFIX",
+    "RENAMED_KEYS",
     "AlertsConfig",
+    "Backend",
     "ConfigError",
     "EnginesConfig",
     "IngestConfig",
@@ -64,6 +68,28 @@ _NESTED_DELIMITER = "__"
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and where it came from."""
+
+
+class Backend(StrEnum):
+    """
+    The inference backend of the worker actors (``engines.backend``, ``--backend``).
+
+    A `str` subclass: ``Backend.TORCH == "torch"``, and it is written to TOML and JSON as its value.
+    """
+
+    AUTO = "auto"  # a TensorRT engine for this GPU, else torch on CUDA, else ONNX Runtime on the CPU
+    TENSORRT = "tensorrt"
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+
+
+#: Configuration keys renamed or split, read from old files with a warning: the old dotted key ->
+#: the keys it now sets, each to the old value. A layer (file, environment or flags) that gives
+#: both the old key and one of its replacements is an error.
+RENAMED_KEYS: dict[str, tuple[str, ...]] = {
+    # It meant both the units of one actor call and the windows of one device batch.
+    "night.tiles_per_task": ("night.units_per_call", "night.device_batch"),
+}
 
 
 class _Section(BaseModel):
@@ -255,8 +281,8 @@ class EnginesConfig(_Section):
         description="JSON file of the sha256 of the promoted releases and vouched-for engines (`skyblink engines "
         "trust`), mounted where the workers cannot write; set: nothing else is loaded.",
     )
-    backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = Field(
-        "auto",
+    backend: Backend = Field(
+        Backend.AUTO,
         description="auto: a TensorRT engine for this GPU, else torch on CUDA, else ONNX Runtime on the CPU.",
     )
     precision: Literal["fp32", "fp16", "int8"] = Field(
@@ -291,7 +317,14 @@ class NightConfig(_Section):
     margin: int = Field(
         32, ge=0, le=512, description="Context read on every side of a tile; sources in it belong to the neighbour."
     )
-    tiles_per_task: int = Field(4, ge=1, le=1024, description="Work units in one call to a worker actor.")
+    units_per_call: int = Field(
+        4, ge=1, le=1024,
+        description="Work units in one call to a worker actor (the driver's unit of dispatch, retry and progress).",
+    )
+    device_batch: int = Field(
+        4, ge=1, le=1024,
+        description="Windows a GPU worker actor runs through its device program at once (sizes its pinned and device buffers).",
+    )
     gpu_prepare_calls: int = Field(
         2, ge=1, le=16, description="Calls a GPU worker actor reads and prepares on the host while one launches on its device."
     )
@@ -414,6 +447,37 @@ def _check_keys(data: Mapping[str, Any], source: str) -> None:
                     raise ConfigError(msg)
 
 
+def _resolve_renamed(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """
+    Return ``data`` with every key of `RENAMED_KEYS` replaced by the keys it now sets, warning
+    (`FutureWarning`) with the key, its source and what to use instead.
+
+    Raises
+    ------
+    ConfigError
+        ``data`` gives both an old key and one of its replacements.
+    """
+    out = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        section, _, key = old.partition(".")
+        table = out.get(section)
+        if not isinstance(table, Mapping) or key not in table:
+            continue
+        both = [name for name in new if name.partition(".")[2] in table]
+        if both:
+            msg = (f"configuration key {old!r} in {source} is replaced by {', '.join(new)}; give those only "
+                   f"({', '.join(both)} given too)")
+            raise ConfigError(msg)
+        warnings.warn(f"configuration key {old!r} in {source} is deprecated: it sets {' and '.join(new)} to its value; "
+                      f"give {' and '.join(new)} instead", FutureWarning, stacklevel=4)
+        table = dict(table)
+        value = table.pop(key)
+        for name in new:
+            table[name.partition(".")[2]] = value
+        out[section] = table
+    return out
+
+
 def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overlay.items():
@@ -442,12 +506,13 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         key = name[len(ENV_PREFIX) :].lower().replace(_NESTED_DELIMITER, ".")
         try:
-            _check_keys(_from_dotted({key: None}), f"environment variable {name}")
+            if key not in RENAMED_KEYS:  # resolved, with its warning, below
+                _check_keys(_from_dotted({key: None}), f"environment variable {name}")
         except ConfigError as exc:
             msg = f"{exc} (variables are named {ENV_PREFIX}<SECTION>{_NESTED_DELIMITER}<KEY>)"
             raise ConfigError(msg) from None
         flat[key] = None if raw == "" else raw
-    return _from_dotted(flat)
+    return _resolve_renamed(_from_dotted(flat), "the environment")
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -460,6 +525,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         msg = f"configuration file {path} is not valid TOML: {exc}"
         raise ConfigError(msg) from exc
+    data = _resolve_renamed(data, f"configuration file {path}")
     _check_keys(data, f"configuration file {path}")
     return data
 
@@ -520,7 +586,8 @@ def load_config(
     if path is not None:
         layers.append((f"configuration file {path}", _read_file(path)))
     layers.append(("the environment", _from_environment(environ)))
-    flags = _from_dotted({k: v for k, v in (overrides or {}).items() if v is not None})
+    flags = _resolve_renamed(_from_dotted({k: v for k, v in (overrides or {}).items() if v is not None}),
+                             "the command-line flags")
     _check_keys(flags, "the command-line flags")
     layers.append(("the command-line flags", flags))
 

@@ -1,8 +1,9 @@
 """
 The per-tile program as plain functions, testable without Ray: CPU versions here, the torch
 versions in `skyblink.workers.tile_program`, the asynchronous copy/compute pipeline in
-`skyblink.workers.pipeline`, and the Ray actor in `skyblink.workers.actor` (not imported here,
-so the functions import without Ray).
+`skyblink.workers.pipeline`, the Ray actor in `skyblink.workers.actor` (not imported here,
+so the functions import without Ray), and the records they all take, built once from the
+configuration (`skyblink.workers.program_config`: `TileProgram`, `WorkerConfig`).
 
 Knows nothing of Redis or Kubernetes.
 """
@@ -14,6 +15,7 @@ from .cosmics import Cosmics, detect_cosmics, persistent_pixels
 from .difference import flux_scale, match_kernel_sigma, normalized_triplet
 from .matched_filter import matched_filter_snr
 from .peaks import Peaks, find_peaks
+from .program_config import TileProgram, WorkerConfig
 from .source_detection import detect_sources, estimate_fwhm
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
@@ -24,7 +26,9 @@ __all__ = [
     "CalibrationSpec",
     "Cosmics",
     "Peaks",
+    "TileProgram",
     "WorkUnit",
+    "WorkerConfig",
     "calibrate",
     "control_points",
     "detect_cosmics",

@@ -12,26 +12,23 @@ The CPU path runs `process_tile` per unit; on a GPU the actor holds a `GpuUnitPr
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import ray
 from ray.util.metrics import Counter, Histogram
 
-from skyblink.engines.model_io import DETECTOR_STRIDE, IO_NAMES, STAMP_SIZE
+from skyblink.config import Backend
+from skyblink.engines.model_io import IO_NAMES, STAMP_SIZE
 
+from .program_config import TileProgram, WorkerConfig
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
-
-if TYPE_CHECKING:
-    from skyblink.engines.backends.select import BackendName, PrecisionName
 
 __all__ = ["TileWorker", "UnitOutcome", "WorkerLostGpuError"]
 
@@ -78,39 +75,29 @@ class TileWorker:
 
     Parameters
     ----------
-    backend : {"auto", "tensorrt", "torch", "onnxruntime"}
-        Inference backend (`skyblink.engines.backends.select_runner`).
-    precision : {"fp32", "fp16"}
-        Precision on GPU backends.
-    threshold, top_k, snr_threshold : float, int, float
-        The per-tile program's detector score threshold, candidates per tile and matched-filter
-        S/N gate (`process_tile`).
-    tile_size, margin, gpu_batch : int
-        With torch or TensorRT on a GPU and ``tile_size`` given, the actor holds a `GpuUnitProcessor` for
-        units of that core edge and margin (pinned ring and device buffers of ``gpu_batch``
-        windows, allocated here once, with copy/compute overlap); otherwise each unit runs
-        `process_tile`.
-    headers : HeadersConfig, optional
-        Header keywords of the PSF size (the ``[headers]`` configuration section).
-    psf_match : {"gaussian", "kernel"}
-        PSF matching of the per-tile program (``night.psf_match``).
+    config : WorkerConfig
+        Built once by the driver from the configuration (`WorkerConfig.from_config`):
+        ``config.program`` is the per-tile program (`TileProgram`: thresholds, top-K, PSF
+        matching, header keywords, the networks' precision); ``config.backend`` the inference
+        backend (`skyblink.engines.backends.select_runner`). With torch or TensorRT on a GPU the
+        actor holds a `GpuUnitProcessor` for units of the program's ``tile_size`` and ``margin``
+        (pinned ring and device buffers of ``config.device_batch`` windows, allocated here once,
+        with copy/compute overlap); otherwise each unit runs `process_tile`.
+        ``config.registry`` is the engine registry folder (configuration ``engines.registry``): on a GPU the
+        actor asks it for the TensorRT engine of each model, precision, builder and compute
+        capability, with profiles covering the device program's inputs (building one where a
+        builder is installed), and runs it on the program's compute stream; where the runtime
+        refuses the engine, or none matches, torch runs instead. `check_health` names, per model,
+        the backend, the engine file and its sha256, and why. ``config.trusted_manifest`` holds
+        the hashes of promoted releases and engines, mounted where workers cannot write
+        (configuration ``engines.trusted_manifest``): an engine or ONNX file that differs from
+        them is refused, even when its own manifest was rewritten to match.
     result_sink : callable, optional
         ``result_sink(unit, candidates)`` stores a unit's candidates where the night keeps them
         (`skyblink.cluster.results.store_unit_results`); the actor then calls it for every unit
         that succeeded and returns outcomes without the candidates, so that results go from the
         actors to the store in parallel and not through the driver. A unit whose results could
         not be stored is reported failed.
-    registry : str, optional
-        The engine registry folder (configuration ``engines.registry``). On a GPU the actor asks
-        it for the TensorRT engine of each model, precision, builder and compute capability,
-        with profiles covering the device program's inputs (building one where a builder is
-        installed), and runs it on the program's compute stream; where the runtime refuses the
-        engine, or none matches, torch runs instead. `check_health` names, per model, the
-        backend, the engine file and its sha256, and why.
-    trusted_manifest : str, optional
-        The hashes of promoted releases and engines, mounted where workers cannot write
-        (configuration ``engines.trusted_manifest``): an engine or ONNX file that differs from
-        them is refused, even when its own manifest was rewritten to match.
 
     Notes
     -----
@@ -120,40 +107,33 @@ class TileWorker:
     device runs one call while the next is launched and later ones are read from the store.
     """
 
-    def __init__(self, backend: BackendName = "auto", precision: PrecisionName = "fp16", *, threshold: float = 0.3, top_k: int = 64,
-                 snr_threshold: float = 5.0, tile_size: int | None = None, margin: int = 32, gpu_batch: int = 8,
-                 result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None,
-                 registry: str | None = None, trusted_manifest: str | Path | None = None, headers: Any = None,
-                 psf_match: str = "gaussian") -> None:
-        self._registry = registry
-        self._trusted_manifest = trusted_manifest
-        shapes = _program_shapes(tile_size, margin, gpu_batch, top_k)
-        self._choices = {name: self._start_runner(name, backend, precision, shapes) for name in ("detector", "classifier")}
+    def __init__(self, config: WorkerConfig,
+                 result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None) -> None:
+        self._config = config
+        self._program = config.program
+        shapes = _program_shapes(config.program, config.device_batch)
+        self._choices = {name: self._start_runner(name, shapes) for name in ("detector", "classifier")}
         self._runners = {name: choice.runner for name, choice in self._choices.items()}
         self._stores: dict[str, Any] = {}
         self._result_sink = result_sink
         self._units_done = 0
         self._device = threading.Lock()  # one call on the device at a time; others prepare meanwhile
         self._count = threading.Lock()
-        self._program_options: dict[str, Any] = {"threshold": threshold, "top_k": top_k,
-                                                 "snr_threshold": snr_threshold, "psf_match": psf_match}
-        self._headers = headers
         # Exported to Prometheus through Ray's metrics agent (the dashboard's /metrics).
         self._m_tiles = Counter("skyblink_tiles", "Work units processed by worker actors.", tag_keys=("outcome",))
         self._m_candidates = Counter("skyblink_candidates", "Candidates found by worker actors.")
         self._m_seconds = Histogram("skyblink_tile_seconds", "Wall time of one work unit on a worker actor.",
                                     boundaries=_TILE_SECONDS_BOUNDARIES)
         self._gpu = None
-        if tile_size is not None and self._on_gpu():
+        if self._on_gpu():
             from .gpu_units import GpuUnitProcessor  # noqa: PLC0415 - torch with CUDA only here
 
-            self._gpu = GpuUnitProcessor(self._runners["detector"], self._runners["classifier"], size=tile_size,
-                                         margin=margin, batch=gpu_batch, **self._program_options, headers=headers)
+            self._gpu = GpuUnitProcessor(self._runners["detector"], self._runners["classifier"], config.program,
+                                         batch=config.device_batch)
         log.info("TileWorker ready (%s): %s", "GPU pipeline" if self._gpu else "per tile",
                  {n: c.reason for n, c in self._choices.items()})
 
-    def _start_runner(self, name: str, backend: str, precision: str,
-                      shapes: dict[str, tuple[tuple[int, ...], ...]]) -> Any:
+    def _start_runner(self, name: str, shapes: dict[str, tuple[tuple[int, ...], ...]]) -> Any:
         """
         Select, activate and warm up ``name``'s runner (sessions, kernels and allocators ready
         before the first real tile); a TensorRT engine the runtime refuses gives way to torch,
@@ -162,26 +142,27 @@ class TileWorker:
         from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
         from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
 
-        registry = EngineRegistry.from_config(self._registry, self._trusted_manifest) if self._registry else None
-        choice = select_runner(name, backend=backend, precision=precision, registry=registry,  # type: ignore[arg-type]
-                               shapes=shapes.get(name, ()))
+        backend, precision = self._config.backend, self._program.precision
+        registry = (EngineRegistry.from_config(self._config.registry, self._config.trusted_manifest)
+                    if self._config.registry else None)
+        choice = select_runner(name, backend=backend, precision=precision, registry=registry, shapes=shapes.get(name, ()))
         try:
             _warm_up(name, choice.runner, shapes.get(name, ()))
         except Exception as exc:
-            if choice.backend != "tensorrt" or backend == "tensorrt":
+            if choice.backend != Backend.TENSORRT or backend == Backend.TENSORRT:
                 raise
             if choice.runner.is_active:
                 choice.runner.deactivate()
             refused = f"tensorrt: engine {choice.engine_file} refused by the runtime ({type(exc).__name__}: {exc})"
             log.warning("%s; falling back to torch", refused)
-            fallback = select_runner(name, backend="torch", precision=precision)  # type: ignore[arg-type]
+            fallback = select_runner(name, backend=Backend.TORCH, precision=precision)
             _warm_up(name, fallback.runner, ())
             choice = replace(fallback, reason=f"{refused}; {fallback.reason}", engine_file=choice.engine_file,
                              engine_sha256=choice.engine_sha256)
         return choice
 
     def _on_gpu(self) -> bool:
-        if any(choice.backend not in ("torch", "tensorrt") for choice in self._choices.values()):
+        if any(choice.backend not in (Backend.TORCH, Backend.TENSORRT) for choice in self._choices.values()):
             return False
         import torch  # noqa: PLC0415
 
@@ -245,8 +226,7 @@ class TileWorker:
                         records = self._gpu.process([unit], self._store(unit.store_url))[unit.key]
                 else:
                     records = process_tile(unit, self._store(unit.store_url), self._runners["detector"],
-                                           self._runners["classifier"], **self._program_options,
-                                           headers=self._headers)
+                                           self._runners["classifier"], self._program)
             except Exception as exc:  # noqa: BLE001 - one bad tile is reported, the batch goes on
                 self._exit_if_context_lost(exc)
                 frame = traceback.extract_tb(exc.__traceback__)[-1]
@@ -308,16 +288,14 @@ class TileWorker:
                 runner.deactivate()
 
 
-def _program_shapes(tile_size: int | None, margin: int, batch: int, top_k: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+def _program_shapes(program: TileProgram, batch: int) -> dict[str, tuple[tuple[int, ...], ...]]:
     """
-    The largest inputs of the device program (`skyblink.workers.gpu_units`) for units of
-    ``tile_size``: ``batch`` windows of the core and margins rounded up to the detector's stride,
-    and ``top_k`` stamps per window. Empty without a tile size (the per-tile path).
+    The largest inputs of the device program (`skyblink.workers.gpu_units`): ``batch`` windows
+    of the program's core and margins rounded up to the detector's stride, and ``top_k`` stamps
+    per window.
     """
-    if tile_size is None:
-        return {}
-    edge = math.ceil((tile_size + 2 * margin) / DETECTOR_STRIDE) * DETECTOR_STRIDE
-    return {"detector": ((batch, 3, edge, edge),), "classifier": ((batch * top_k, 3, STAMP_SIZE, STAMP_SIZE),)}
+    edge = program.window_edge
+    return {"detector": ((batch, 3, edge, edge),), "classifier": ((batch * program.top_k, 3, STAMP_SIZE, STAMP_SIZE),)}
 
 
 def _warm_up(name: str, runner: Any, shapes: tuple[tuple[int, ...], ...]) -> None:

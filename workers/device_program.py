@@ -36,8 +36,9 @@ from .calibration import calibrate_tensor
 from .cosmics import detect_cosmics_tensor
 from .difference import match_kernel_sigma
 from .fused import fused
-from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr_tensor, matched_filter_taps
+from .matched_filter import matched_filter_snr_tensor, matched_filter_taps
 from .pipeline import extract_stamps, uint16_from_int16
+from .program_config import TileProgram
 from .tile_unit import FLOAT16_MAX
 
 __all__ = ["BACKGROUND_PASSES", "make_device_program"]
@@ -191,12 +192,11 @@ def _graph(name: str, fn: Callable[..., tuple[torch.Tensor, ...]], args: list[to
         return _GRAPHS[key]
 
 
-def make_device_program(detector: object, classifier: object, reference: torch.Tensor, grid: torch.Tensor, *,
-                        science_fwhm_px: float, reference_fwhm_px: float, scale: float = 1.0,
-                        threshold: float = 0.3, top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD,
-                        gain: float | None = None, saturate: float | None = None, read_noise: float = 0.0,
-                        bias: float | torch.Tensor | None = None, flat: torch.Tensor | None = None,
-                        reject_cosmics: bool = True, psf_match: str = "gaussian",
+def make_device_program(detector: object, classifier: object, reference: torch.Tensor, grid: torch.Tensor,
+                        program: TileProgram | None = None, *, science_fwhm_px: float, reference_fwhm_px: float,
+                        scale: float = 1.0, gain: float | None = None, saturate: float | None = None,
+                        read_noise: float = 0.0, bias: float | torch.Tensor | None = None,
+                        flat: torch.Tensor | None = None,
                         graphs: bool | None = None) -> Callable[[torch.Tensor, int], dict[str, torch.Tensor]]:
     """
     Build the program for tiles sharing one reference and sampling grid (one field and CCD).
@@ -210,24 +210,21 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         The field's reference CCD, resident on the device.
     grid : (B, 2, H, W) tensor
         Reference pixel coordinates of each tile's pixels.
+    program : TileProgram, optional
+        The program's ``detector_threshold``, ``top_k`` (candidate slots per tile; the ``valid``
+        column says which slots hold a candidate, the pipeline keeps only those),
+        ``snr_threshold`` (minimum matched-filter S/N in the difference), ``reject_cosmics``
+        (flag and clean cosmic rays and hot pixels before the background) and ``psf_match``
+        (`skyblink.workers.tile_program.normalized_triplet`); default: the configuration's defaults.
     science_fwhm_px, reference_fwhm_px : float
         PSF FWHM of each image in pixels.
     scale : float
         Reference-to-science flux factor in ADU (`skyblink.workers.flux_scale`); multiplied by
         ``gain`` here, as the science is calibrated to electrons.
-    threshold, top_k : float, int
-        New-source score threshold and candidate slots per tile; the ``valid`` column says
-        which slots hold a candidate (the pipeline keeps only those).
-    snr_threshold : float
-        Minimum matched-filter S/N of a candidate in the difference.
     gain, saturate, read_noise : float, optional
         The science CCD's header ``GAIN`` (e-/ADU), ``SATURATE`` (ADU) and ``RDNOISE`` (e-).
     bias, flat : float or tensor broadcastable to (B, H, W), optional
         Calibration of the tiles' pixels, where given.
-    reject_cosmics : bool
-        Flag and clean cosmic rays and hot pixels before the background.
-    psf_match : {"gaussian", "kernel"}
-        PSF matching (`skyblink.workers.tile_program.normalized_triplet`).
     graphs : bool, optional
         Run the program as two CUDA graphs around the detector, its per-pixel steps compiled
         (`skyblink.workers.fused`): no host synchronisation and a few launches a batch. Default:
@@ -241,6 +238,9 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         ``program(science_int16 (B, H, W), batch_index) -> dict`` of per-candidate tensors:
         valid, tile, y, x, score, snr, real_bogus, class_probs, stamps.
     """
+    params = program or TileProgram()
+    threshold, top_k, snr_threshold = params.detector_threshold, params.top_k, params.snr_threshold
+    reject_cosmics, psf_match = params.reject_cosmics, params.psf_match
     device = reference.device
     b, _, h, w = grid.shape
     match_sigma = max(match_kernel_sigma(science_fwhm_px, reference_fwhm_px))
@@ -270,7 +270,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     def back(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return _peaks(triplet, heat, offsets, snr, layout.threshold, layout.top_k, layout.snr_threshold)
 
-    def program(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
+    def run(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
         if made is not None:
             torch.cuda.current_stream().wait_event(made)
         with torch.inference_mode():
@@ -292,4 +292,4 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
                 "stamps": stamps.clamp(-FLOAT16_MAX, FLOAT16_MAX).half(),
             }
 
-    return program
+    return run

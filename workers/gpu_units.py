@@ -28,7 +28,6 @@ instead (in `launch`).
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -46,17 +45,13 @@ from skyblink.storage import NightStore
 from .align import control_points
 from .device_program import make_device_program
 from .pipeline import Candidates, InFlight, TilePipeline
-from .tile_unit import CandidateRecord, WorkUnit, measure_ccd_fwhm, process_tile
+from .program_config import TileProgram
+from .tile_unit import CandidateRecord, WorkUnit, ccd_setup, process_tile
 
-__all__ = ["GpuUnitProcessor", "LaunchedCall", "PreparedCcd", "read_raw_region", "upsample_grid", "window_edge"]
+__all__ = ["GpuUnitProcessor", "LaunchedCall", "PreparedCcd", "read_raw_region", "upsample_grid"]
 
 #: Reference CCDs kept on the device (one per field and CCD being processed).
 _REFERENCE_CACHE = 4
-
-
-def window_edge(size: int, margin: int) -> int:
-    """Edge of the window read for a unit: core plus margins, rounded up to the detector's stride (32)."""
-    return int(math.ceil((size + 2 * margin) / 32) * 32)
 
 
 class GpuUnitProcessor:
@@ -67,25 +62,20 @@ class GpuUnitProcessor:
     ----------
     detector, classifier : TorchRunner or TensorRTRunner
         Active runners on the device (their ``infer_tensors`` takes and returns device tensors).
-    size, margin : int
-        Core edge and margin of every unit this processor will see (fixes the buffers' shape).
+    program : TileProgram
+        The per-tile program; its ``tile_size`` and ``margin`` are those of every unit this
+        processor will see (they fix the buffers' shape).
     batch : int
-        Windows per device batch.
-    threshold, top_k, snr_threshold : float, int, float
-        As `process_tile`.
+        Windows per device batch (``night.device_batch``).
     slots : int
         Pinned host buffers in the ring.
     """
 
-    def __init__(self, detector: Any, classifier: Any, *, size: int, margin: int, batch: int = 8,
-                 threshold: float = 0.3, top_k: int = 64, snr_threshold: float = 5.0, slots: int = 3,
-                 headers: Any = None, psf_match: str = "gaussian") -> None:
+    def __init__(self, detector: Any, classifier: Any, program: TileProgram, *, batch: int = 8, slots: int = 3) -> None:
         self.detector, self.classifier = detector, classifier
-        self.headers = headers  # skyblink.headers.HeadersConfig: keywords of the PSF size
-        self.size, self.margin, self.batch = size, margin, batch
-        self.edge = window_edge(size, margin)
-        self.options: dict[str, Any] = {"threshold": threshold, "top_k": top_k, "snr_threshold": snr_threshold,
-                                        "psf_match": psf_match}
+        self.program = program
+        self.size, self.margin, self.batch = program.tile_size, program.margin, batch
+        self.edge = program.window_edge
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.pipeline = TilePipeline(batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
         self._references: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
@@ -103,8 +93,8 @@ class GpuUnitProcessor:
                                 torch.linspace(0, edge - 1, 3, device=self.device), indexing="ij")
         grid = upsample_grid(torch.stack([xs, ys])[None].expand(self.batch, 2, 3, 3).contiguous(), edge)
         reference = torch.full((edge, edge), 1000.0, device=self.device)
-        program = make_device_program(self.detector, self.classifier, reference, grid, science_fwhm_px=3.0,
-                                      reference_fwhm_px=3.0, **self.options)
+        program = make_device_program(self.detector, self.classifier, reference, grid, self.program, science_fwhm_px=3.0,
+                                      reference_fwhm_px=3.0)
         blank = np.random.default_rng(0).poisson(1000.0, (self.batch, edge, edge)).astype(np.uint16)
         self.pipeline.collect(self.pipeline.submit(blank, program))
         torch.cuda.synchronize(self.device)
@@ -184,18 +174,16 @@ class GpuUnitProcessor:
         return out
 
     def _prepare_ccd(self, units: list[WorkUnit], store: NightStore, exposure: str, ccd: str) -> PreparedCcd:
-        context = store.ccd_context(exposure, ccd, headers=self.headers, measure_fwhm=measure_ccd_fwhm)
-        reference_key = context.reference()
-        sci_wcs, ref_wcs = context.wcs, store.wcs(reference_key, ccd)
-        options = {"science_fwhm_px": context.fwhm_px, "reference_fwhm_px": context.reference_fwhm_px,
-                   "gain": context.gain, "saturate": context.saturate, "read_noise": context.read_noise,
-                   "scale": context.flux_scale}
+        setup = ccd_setup(store, exposure, ccd, self.program.headers)
+        reference_key, sci_wcs, ref_wcs, spec = setup.reference_key, setup.science_wcs, setup.reference_wcs, setup.calibration
+        options = {"science_fwhm_px": setup.fwhm_px[0], "reference_fwhm_px": setup.fwhm_px[1], "gain": spec.gain,
+                   "saturate": spec.saturate, "read_noise": spec.read_noise, "scale": setup.flux_scale}
         held = (store.url, reference_key, ccd) in self._references
         reference = None if held else self._host_reference(store, reference_key, ccd)
         edge, b = self.edge, self.batch
         # One read of the region the group's windows cover: each stored chunk is decompressed once,
         # and the 16-bit pixels stay 16-bit up to the device.
-        oys, oxs = [u.y0 - u.margin for u in units], [u.x0 - u.margin for u in units]
+        oys, oxs = [u.origin[0] for u in units], [u.origin[1] for u in units]
         by0, bx0 = min(oys), min(oxs)
         image = store.image(exposure, ccd)
         raw = read_raw_region(image, by0, bx0, max(oys) + edge - by0, max(oxs) + edge - bx0)
@@ -235,8 +223,7 @@ class GpuUnitProcessor:
         for ccd in prepared:
             if ccd.on_host:
                 for unit in ccd.units:
-                    launched.done[unit.key] = process_tile(unit, store, self.detector, self.classifier, **self.options,
-                                                           headers=self.headers)
+                    launched.done[unit.key] = process_tile(unit, store, self.detector, self.classifier, self.program)
                 continue
             reference = self._device_reference(store, ccd.reference_key, ccd.units[0].ccd, ccd.reference)
             for index, batch in enumerate(ccd.batches):
@@ -260,8 +247,8 @@ class GpuUnitProcessor:
             grid = upsample_grid(points, edge)
             inside = rows_in[:, None, :, None] & cols_in[:, None, None, :]
             grid = torch.where(inside, grid, torch.full_like(grid, -1e6))  # beyond the CCD: left out
-            return make_device_program(self.detector, self.classifier, reference, grid, **options,
-                                       **self.options)(science, index)
+            return make_device_program(self.detector, self.classifier, reference, grid, self.program,
+                                       **options)(science, index)
 
         return program
 
@@ -288,11 +275,11 @@ class GpuUnitProcessor:
                 continue  # a padding slot
             unit = units[index]
             x, y = float(cols["x"][i]), float(cols["y"][i])
-            m = unit.margin
-            if not (m - 0.5 <= y < m + unit.size - 0.5 and m - 0.5 <= x < m + unit.size - 0.5):
+            if not unit.owns(y, x):
                 continue  # in the margin: the neighbouring unit reports it
+            oy, ox = unit.origin
             result[unit.key].append(CandidateRecord(
-                unit.key, unit.exposure, unit.ccd, x + unit.x0 - m, y + unit.y0 - m, float(cols["score"][i]),
+                unit.key, unit.exposure, unit.ccd, x + ox, y + oy, float(cols["score"][i]),
                 float(cols["snr"][i]), float(cols["real_bogus"][i]), tuple(float(p) for p in cols["class_probs"][i]),
                 np.asarray(cols["stamps"][i], np.float16)))
 

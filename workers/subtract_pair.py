@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -31,7 +31,7 @@ from astropy.wcs import WCS
 from skyblink.headers import HeadersConfig
 from skyblink.storage.ccd_context import CcdContext, CcdContextCache, MeasureFwhm
 
-from .matched_filter import DEFAULT_SNR_THRESHOLD
+from .program_config import TileProgram
 from .tile_unit import CandidateRecord, WorkUnit, prepare_tile, process_tile
 
 __all__ = ["PairDifference", "PairImage", "PairStore", "read_pair_image", "subtract_pair"]
@@ -203,10 +203,8 @@ class PairDifference:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def subtract_pair(science: PairImage, reference: PairImage, detector: Any, classifier: Any, *, tile_size: int = 1024,
-                  margin: int = 32, threshold: float = 0.3, top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD,
-                  reject_cosmics: bool = True, headers: HeadersConfig | None = None,
-                  psf_match: Literal["gaussian", "kernel"] = "kernel") -> PairDifference:
+def subtract_pair(science: PairImage, reference: PairImage, detector: Any, classifier: Any,
+                  program: TileProgram | None = None) -> PairDifference:
     """
     Subtract a reference from a science image with the workers' per-tile program.
 
@@ -216,14 +214,11 @@ def subtract_pair(science: PairImage, reference: PairImage, detector: Any, class
         The two images; the reference may be on another pixel grid (it is warped by both WCS).
     detector, classifier : InferenceRunner
         Active runners (ONNX Runtime on the CPU, torch or TensorRT on a GPU).
-    tile_size : int
-        Largest work-unit core edge; images smaller than it are one unit (rounded up to 32).
-    margin, threshold, top_k, snr_threshold, reject_cosmics
-        As `skyblink.workers.process_tile`.
-    headers : HeadersConfig, optional
-        Header keywords for the PSF size.
-    psf_match : {"kernel", "gaussian"}
-        PSF matching (`skyblink.workers.difference.matched_difference`).
+    program : TileProgram, optional
+        The per-tile program (`skyblink.workers.process_tile`); its ``tile_size`` is the largest
+        work-unit core edge (images smaller than it are one unit, rounded up to 32). Default:
+        the configuration's defaults with ``psf_match="kernel"`` (a kernel solved on the
+        tile's stars: two images of a pair rarely have Gaussian PSFs).
 
     Returns
     -------
@@ -234,21 +229,21 @@ def subtract_pair(science: PairImage, reference: PairImage, detector: Any, class
     HeaderFactError
         A PSF size is in no header and cannot be measured.
     """
+    program = program or TileProgram(psf_match="kernel")
     store = PairStore(science, reference)
     ny, nx = science.data.shape
-    size = min(tile_size, int(math.ceil(max(ny, nx) / 32) * 32))
+    size = min(program.tile_size, int(math.ceil(max(ny, nx) / 32) * 32))
     difference = np.full((ny, nx), np.nan, np.float32)
     noise = np.full((ny, nx), np.nan, np.float32)
     records: list[CandidateRecord] = []
     seconds = {"prepare": 0.0, "detect": 0.0}
     fwhm = (0.0, 0.0)
-    for unit in WorkUnit.tiling(store.url, _SCIENCE, _CCD, (ny, nx), size=size, margin=margin):
+    for unit in WorkUnit.tiling(store.url, _SCIENCE, _CCD, (ny, nx), size=size, margin=program.margin):
         start = time.perf_counter()
-        prepared = prepare_tile(unit, store, reject_cosmics=reject_cosmics, headers=headers, psf_match=psf_match)
+        prepared = prepare_tile(unit, store, program)
         seconds["prepare"] += time.perf_counter() - start
         start = time.perf_counter()
-        records += process_tile(unit, store, detector, classifier, threshold=threshold, top_k=top_k,
-                                snr_threshold=snr_threshold, prepared=prepared)
+        records += process_tile(unit, store, detector, classifier, program, prepared=prepared)
         seconds["detect"] += time.perf_counter() - start
         _paste(unit, prepared.origin, prepared.matched.difference / prepared.gain, difference)
         _paste(unit, prepared.origin, prepared.matched.noise / prepared.gain, noise)

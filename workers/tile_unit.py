@@ -5,12 +5,13 @@ The steps, the same on the GPU (`skyblink.workers.device_program`): calibrate th
 window to electrons (gain from the header, bias and flat where given; saturated pixels
 masked), reject cosmic rays and hot pixels (L.A.Cosmic) and clean them, warp the reference,
 build the normalised triplet, run the detector, keep the peaks whose matched-filter S/N in the
-difference reaches ``snr_threshold``, cut stamps and classify them.
+difference reaches ``snr_threshold``, cut stamps and classify them. The parameters are a
+`skyblink.workers.program_config.TileProgram`, built once from the configuration.
 
 A tile is read from the night's store with a margin on every side, so that sources near its
 edge see their surroundings; the detector runs on the whole window and only the peaks inside the
 tile's own core are reported, so a source in the overlap of two windows is reported once, by the
-tile that owns its pixel.
+tile that owns its pixel (`WorkUnit.owns`).
 
 Notes
 -----
@@ -20,9 +21,8 @@ with `skyblink.workers.device_program`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -34,11 +34,12 @@ from .align import sampling_grid, warp
 from .calibration import CalibrationSpec, calibrate
 from .cosmics import detect_cosmics
 from .difference import MatchedDifference, matched_difference
-from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr
+from .matched_filter import matched_filter_snr
 from .peaks import find_peaks
+from .program_config import TileProgram, window_edge
 
-__all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "measure_ccd_fwhm", "noise_pedestal", "prepare_tile",
-           "process_tile", "read_window"]
+__all__ = ["CandidateRecord", "CcdSetup", "PreparedTile", "TileProgram", "WorkUnit", "ccd_setup", "measure_ccd_fwhm",
+           "noise_pedestal", "prepare_tile", "process_tile", "read_window"]
 
 
 
@@ -71,6 +72,36 @@ class WorkUnit:
         """
         ny, nx = shape[-2:]
         return [cls(store_url, exposure, ccd, y0, x0, size, margin) for y0 in range(0, ny, size) for x0 in range(0, nx, size)]
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        """CCD pixel (y, x) of the window's first pixel: the core's, ``margin`` further out (may be negative)."""
+        return self.y0 - self.margin, self.x0 - self.margin
+
+    @property
+    def window_edge(self) -> int:
+        """Edge of the window read for the unit (`skyblink.workers.program_config.window_edge`)."""
+        return window_edge(self.size, self.margin)
+
+    def owns(self, y: Any, x: Any) -> Any:
+        """
+        Whether window pixel (y, x) lies in the unit's core: the one rule of which unit reports a source.
+
+        Windows overlap by their margins; a source found in a margin belongs to the neighbour whose
+        core holds its pixel (rounded to the nearest), so each source is reported once. The CPU
+        path, the GPU path and the SEP baseline keep what this says.
+
+        Parameters
+        ----------
+        y, x : float or ndarray
+            Positions in window pixels (0 at `origin`).
+
+        Returns
+        -------
+        bool or ndarray of bool
+        """
+        lo, hi = self.margin - 0.5, self.margin + self.size - 0.5
+        return (y >= lo) & (y < hi) & (x >= lo) & (x < hi)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,56 +162,118 @@ class PreparedTile:
     fwhm_px: tuple[float, float]
 
 
-def prepare_tile(unit: WorkUnit, store: CcdStore, *, bias: float | Any | None = None, flat: Any | None = None,
-                 reject_cosmics: bool = True, headers: HeadersConfig | None = None,
-                 psf_match: Literal["gaussian", "kernel"] = "gaussian") -> PreparedTile:
+@dataclass(frozen=True, slots=True)
+class CcdSetup:
     """
-    Run the image steps of the per-tile program on one work unit: calibration, cosmic rays, warp
-    of the reference by both WCS, background, PSF matching and difference.
+    What the per-tile program needs of one science CCD and its reference, the same for all its
+    units: the one CCD preparation of the CPU path, the GPU path and the SEP baseline.
 
-    Parameters and notes as `process_tile`; ``headers`` names the header keywords (the
-    ``[headers]`` configuration section); ``psf_match`` is `matched_difference`'s (a Gaussian of
-    the FWHMs, or a kernel solved on the window's sources).
+    Attributes
+    ----------
+    reference_key : str
+        Store key of the field's reference (`NightStore.reference_of`); same CCD name.
+    science_wcs, reference_wcs : astropy.wcs.WCS
+    calibration : CalibrationSpec
+        Gain, saturation and read noise of the science CCD, from its header.
+    fwhm_px : (float, float)
+        PSF FWHM of the science and the reference, pixels (the store's `CcdContext`).
+    flux_scale : float
+        Reference-to-science flux factor in ADU (the store's `CcdContext`, of the MAGZP);
+        `electron_scale` is it in science electrons.
+    """
+
+    reference_key: str
+    science_wcs: Any
+    reference_wcs: Any
+    calibration: CalibrationSpec
+    fwhm_px: tuple[float, float]
+    flux_scale: float
+
+    @property
+    def gain(self) -> float:
+        """Electrons per science ADU used (1 when the header has no gain)."""
+        return self.calibration.gain or 1.0
+
+    @property
+    def electron_scale(self) -> float:
+        """Reference ADU to science electrons: `flux_scale` times the science gain."""
+        return self.flux_scale * self.gain
+
+
+def ccd_setup(store: CcdStore, exposure: str, ccd: str, headers: HeadersConfig | None = None) -> CcdSetup:
+    """
+    Read one science CCD's reference, WCS, calibration, PSF sizes and flux scale from the store
+    (`NightStore.ccd_context`, which answers the CCD's facts once for every caller).
+
+    Parameters
+    ----------
+    store : NightStore
+    exposure, ccd : str
+        The science exposure's store key and the CCD name (the reference's CCD has the same name).
+    headers : HeadersConfig, optional
+        Header keywords (the ``[headers]`` section).
+
+    Returns
+    -------
+    CcdSetup
 
     Raises
     ------
     HeaderFactError
         No PSF size in a header and none measurable.
     """
-    context = store.ccd_context(unit.exposure, unit.ccd, headers=headers, measure_fwhm=measure_ccd_fwhm)
+    context = store.ccd_context(exposure, ccd, headers=headers, measure_fwhm=measure_ccd_fwhm)
     reference_key = context.reference()
-    ref_ccd = unit.ccd
-    sci_wcs, ref_wcs = context.wcs, store.wcs(reference_key, ref_ccd)
-    edge = unit.size + 2 * unit.margin
-    h = w = int(math.ceil(edge / 32) * 32)  # the detector takes multiples of 32
-    oy, ox = unit.y0 - unit.margin, unit.x0 - unit.margin
+    return CcdSetup(reference_key, context.wcs, store.wcs(reference_key, ccd), CalibrationSpec.of(context),
+                    (context.fwhm_px, context.reference_fwhm_px), context.flux_scale)
+
+
+def prepare_tile(unit: WorkUnit, store: CcdStore, program: TileProgram | None = None, *, bias: float | Any | None = None,
+                 flat: Any | None = None, setup: CcdSetup | None = None) -> PreparedTile:
+    """
+    Run the image steps of the per-tile program on one work unit: calibration, cosmic rays, warp
+    of the reference by both WCS, background, PSF matching and difference.
+
+    Parameters and notes as `process_tile`; the program's ``reject_cosmics``, ``headers`` and
+    ``psf_match`` (`matched_difference`'s: a Gaussian of the FWHMs, or a kernel solved on the
+    window's sources) apply. ``setup`` is the unit's CCD's `ccd_setup` where the caller has it.
+
+    Raises
+    ------
+    HeaderFactError
+        No PSF size in a header and none measurable.
+    """
+    program = program or TileProgram()
+    setup = setup or ccd_setup(store, unit.exposure, unit.ccd, program.headers)
+    spec = setup.calibration
+    h = w = unit.window_edge  # the detector takes multiples of 32
+    oy, ox = unit.origin
     raw = read_window(store.image(unit.exposure, unit.ccd), oy, ox, h, w)
     beyond_ccd = ~np.isfinite(raw)
-    spec = CalibrationSpec.of(context)
     calibrated = calibrate(raw, gain=spec.gain, saturate=spec.saturate,
                            bias=read_window(bias, oy, ox, h, w) if bias is not None and np.ndim(bias) == 2 else bias,
                            flat=None if flat is None else read_window(flat, oy, ox, h, w))
     science, bad = calibrated.electrons, calibrated.mask
-    if reject_cosmics:
+    if program.reject_cosmics:
         pedestal = noise_pedestal(science, spec.read_noise, bad)
         cosmics = detect_cosmics(science + pedestal, read_noise=spec.read_noise, mask=bad | ~np.isfinite(science))
         science, bad = cosmics.cleaned - pedestal, bad | cosmics.mask
-    grid = sampling_grid(sci_wcs, ref_wcs, (h, w), origin=(oy, ox))
+    grid = sampling_grid(setup.science_wcs, setup.reference_wcs, (h, w), origin=(oy, ox))
     rx0, ry0 = int(np.floor(np.nanmin(grid[0]))) - 2, int(np.floor(np.nanmin(grid[1]))) - 2
     rx1, ry1 = int(np.ceil(np.nanmax(grid[0]))) + 3, int(np.ceil(np.nanmax(grid[1]))) + 3
-    ref_image = store.image(reference_key, ref_ccd)
+    ref_image = store.image(setup.reference_key, unit.ccd)
     ref_window = read_window(ref_image, ry0, rx0, ry1 - ry0, rx1 - rx0)
     shifted = np.stack([grid[0] - rx0, grid[1] - ry0])
     reference = warp(np.nan_to_num(ref_window, nan=np.nanmedian(ref_window)), shifted)
     reference[beyond_ccd] = np.nan  # no difference, and no background estimate, beyond the CCD
     rny, rnx = ref_image.shape  # nor where the reference does not reach (as `tile_program.warp_reference`)
     reference[(grid[0] < 0) | (grid[0] > rnx - 1) | (grid[1] < 0) | (grid[1] > rny - 1)] = np.nan
-    fwhm = (context.fwhm_px, context.reference_fwhm_px)
-    scale = context.flux_scale * (spec.gain or 1.0)  # reference ADU -> science electrons
+    fwhm = setup.fwhm_px
     sci_filled = np.where(np.isfinite(science), science, np.nanmedian(science))
-    matched = matched_difference(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=scale,
-                                 science_mask=bad & np.isfinite(science), psf_match=psf_match)
-    return PreparedTile((oy, ox), matched, spec.gain or 1.0, fwhm)
+    matched = matched_difference(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1],
+                                 scale=setup.electron_scale, science_mask=bad & np.isfinite(science),
+                                 psf_match=program.psf_match)
+    return PreparedTile((oy, ox), matched, setup.gain, fwhm)
 
 
 def noise_pedestal(electrons: np.ndarray, read_noise: float, bad: np.ndarray | None = None) -> float:
@@ -214,10 +307,8 @@ def measure_ccd_fwhm(image: np.ndarray) -> float:
     return estimate_fwhm(image)
 
 
-def process_tile(unit: WorkUnit, store: CcdStore, detector: Any, classifier: Any, *, threshold: float = 0.3,
-                 top_k: int = 64, snr_threshold: float = DEFAULT_SNR_THRESHOLD, bias: float | Any | None = None,
-                 flat: Any | None = None, reject_cosmics: bool = True, headers: HeadersConfig | None = None,
-                 psf_match: Literal["gaussian", "kernel"] = "gaussian",
+def process_tile(unit: WorkUnit, store: CcdStore, detector: Any, classifier: Any, program: TileProgram | None = None, *,
+                 bias: float | Any | None = None, flat: Any | None = None,
                  prepared: PreparedTile | None = None) -> list[CandidateRecord]:
     """
     Run the per-tile program on one work unit on the CPU and return its candidates.
@@ -229,27 +320,21 @@ def process_tile(unit: WorkUnit, store: CcdStore, detector: Any, classifier: Any
         The night's store (opened by the worker once), or a pair of files (`PairStore`).
     detector, classifier : InferenceRunner
         Active runners (ONNX Runtime on the CPU, or any backend taking numpy).
-    threshold, top_k : float, int
-        New-source score threshold; most candidates per tile.
-    snr_threshold : float
-        Minimum matched-filter S/N of a candidate in the difference image.
+    program : TileProgram, optional
+        The program's parameters (``detector_threshold``, ``top_k``, ``snr_threshold``,
+        ``reject_cosmics``, ``headers``, ``psf_match``); default: the configuration's defaults.
+        The unit's own ``size`` and ``margin`` give its window.
     bias : float or 2-D array of the CCD's shape, optional
         Bias level or frame (ADU) of the unit's CCD; the tile's window is read from it.
     flat : 2-D array of the CCD's shape, optional
         Flat field of the unit's CCD, normalised to about 1.
-    reject_cosmics : bool
-        Flag and clean cosmic rays and hot pixels in the science window before the background.
-    headers : HeadersConfig, optional
-        Header keywords (PSF size); default: `skyblink.headers.HeadersConfig`'s defaults.
-    psf_match : {"gaussian", "kernel"}
-        PSF matching (`skyblink.workers.difference.matched_difference`).
     prepared : PreparedTile, optional
         The unit's `prepare_tile` result when the caller already has it (the image steps are skipped).
 
     Returns
     -------
     list of CandidateRecord
-        Candidates whose pixel lies in the tile's core; empty when there are none.
+        Candidates whose pixel lies in the tile's core (`WorkUnit.owns`); empty when there are none.
 
     Notes
     -----
@@ -258,18 +343,17 @@ def process_tile(unit: WorkUnit, store: CcdStore, detector: Any, classifier: Any
     scaled by ``flux_scale * GAIN`` onto the science's electrons. The PSF FWHM comes from the
     header (``SEEING`` in arcsec or ``FWHM`` in pixels by default), else it is measured on the CCD.
     """
+    program = program or TileProgram()
     if prepared is None:
-        prepared = prepare_tile(unit, store, bias=bias, flat=flat, reject_cosmics=reject_cosmics, headers=headers,
-                                psf_match=psf_match)
+        prepared = prepare_tile(unit, store, program, bias=bias, flat=flat)
     oy, ox = prepared.origin
     triplet = prepared.matched.triplet
     fwhm = prepared.fwhm_px
     out = detector.infer({"tiles": triplet[None]})
     snr = matched_filter_snr(triplet[2], max(fwhm), renormalize=True)
-    peaks = find_peaks(out["heatmaps"][0], threshold=threshold, offsets=out["offsets"][0], channels=(1, 2), top_k=top_k,
-                       snr=snr, snr_threshold=snr_threshold)
-    core = (peaks.y >= unit.margin - 0.5) & (peaks.y < unit.margin + unit.size - 0.5) & \
-           (peaks.x >= unit.margin - 0.5) & (peaks.x < unit.margin + unit.size - 0.5)
+    peaks = find_peaks(out["heatmaps"][0], threshold=program.detector_threshold, offsets=out["offsets"][0], channels=(1, 2),
+                       top_k=program.top_k, snr=snr, snr_threshold=program.snr_threshold)
+    core = unit.owns(peaks.y, peaks.x)
     px, py, score, peak_snr = peaks.x[core], peaks.y[core], peaks.score[core], peaks.snr[core]
     if not len(score):
         return []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from skyblink.config import ConfigError, load_config
+from skyblink.config import Backend, ConfigError, load_config
 
 from .._trt import TensorRTUnavailableError, load_trt
 from ..build import DEFAULT_PROFILES, EngineBuildError, build_engine
@@ -67,7 +67,7 @@ class BackendChoice:
 def select_runner(
     model: str,
     *,
-    backend: BackendName = "auto",
+    backend: Backend | BackendName = Backend.AUTO,
     precision: PrecisionName = "fp32",
     registry: EngineRegistry | None = None,
     models_root: Path | None = None,
@@ -81,8 +81,8 @@ def select_runner(
     ----------
     model : str
         ``detector`` or ``classifier``.
-    backend : {"auto", "tensorrt", "torch", "onnxruntime"}
-        Forced backend, or ``auto``.
+    backend : Backend or {"auto", "tensorrt", "torch", "onnxruntime"}
+        Forced backend, or ``auto`` (``engines.backend``).
     precision : {"fp32", "fp16", "int8"}
         Precision on GPU backends; ONNX Runtime on the CPU runs fp32 (or the production release).
         A production release overrides it; ``int8`` needs an INT8 production release.

@@ -49,7 +49,7 @@ def _config(root: Path, **overrides: object) -> SkyblinkConfig:
         "store": str(root / "store.zarr"),
         "ingest.tile_size": 256,
         "night.redis_dir": str(root / "redis"),
-        "night.tiles_per_task": 2,
+        "night.units_per_call": 2,
         "alerts.spool_dir": str(root / "spool"),
         **overrides,
     }

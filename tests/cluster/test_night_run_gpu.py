@@ -27,7 +27,7 @@ def test_gpu_actors_run_the_night_and_publish_each_alert_once(tmp_path: Path, ra
         pytest.skip("redis-server is not installed")
     simulate_night(tmp_path / "night", SimConfig(fields=2, exposures_per_field=3, image_size=1024, seed=8), max_workers=4)
     config = load_config(overrides={
-        "store": str(tmp_path / "store.zarr"), "ingest.tile_size": 256, "night.tiles_per_task": 4,
+        "store": str(tmp_path / "store.zarr"), "ingest.tile_size": 256, "night.units_per_call": 4, "night.device_batch": 4,
         "night.redis_dir": str(tmp_path / "redis"), "alerts.spool_dir": str(tmp_path / "spool"),
         "engines.backend": "torch", "night.workers": 1,
     }, environ={})

@@ -16,6 +16,7 @@ from skyblink.engines.canary import PromotionError, PromotionTolerances, promote
 from skyblink.engines.catalog import onnx_path
 from skyblink.engines.channels import ChannelError, Channels, register_release
 from skyblink.engines.quantize import quantize_int8
+from skyblink.workers.program_config import TileProgram
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -50,7 +51,7 @@ def test_promote_through_canary_to_production_and_roll_back(store, classifier_in
     release = register_release(root, "classifier", classifier_int8, model_version="1.0", precision="int8")
     channels.set_candidate(release)
     units = [u for key in store.exposure_keys() for u in plan_tiles(store, key, size=256, margin=32)]
-    options = {"fraction": 0.5}
+    options = {"program": TileProgram(tile_size=256, margin=32), "fraction": 0.5}
     report = promote("classifier", root, store, units, **options)
     print(report.text())
     assert report.target == "canary" and report.passed and len(report.units) == 4 and report.units_total == 8

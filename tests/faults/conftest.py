@@ -32,7 +32,7 @@ def fault_config(root: Path, redis_url: str, **overrides: object) -> SkyblinkCon
     values = {
         "store": str(root / "store.zarr"),
         "ingest.tile_size": 256,
-        "night.tiles_per_task": 2,
+        "night.units_per_call": 2,
         "night.workers": 1,
         "redis.url": redis_url,
         "alerts.spool_dir": str(root / "spool"),

@@ -163,7 +163,7 @@ def test_killed_actor_loses_no_tile_and_the_stream_is_the_clean_one(
             ray.kill(ray.get_actor(name), no_restart=False)  # as a crash: Ray restarts it
             killed.append(name)
 
-    config = fault_config(tmp_path, redis_server.url, **{"night.tiles_per_task": 1})
+    config = fault_config(tmp_path, redis_server.url, **{"night.units_per_call": 1})
     report = run_night(clean_night.night_dir, config, night=NIGHT, on_unit=kill_one_worker)
     assert killed and report.ok and report.tiles_processed == 4, report.to_json()
     _assert_clean_stream(clean_night, redis_server)

@@ -184,7 +184,7 @@ def night_on_cluster(ray_head: Head, base_env: Path, tmp_path_factory: pytest.Te
     (root / "skyblink.toml").write_text(
         f'store = "{root / "store.zarr"}"\n'
         f'[ingest]\ntile_size = 256\n'
-        f'[night]\ntiles_per_task = 2\nredis_dir = "{root / "redis"}"\n'
+        f'[night]\nunits_per_call = 2\nredis_dir = "{root / "redis"}"\n'
         f'[alerts]\nspool_dir = "{root / "spool"}"\n'
         f'[engines]\nregistry = "{root / "engines"}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYBLINK_", "VIRTUAL_ENV", "PYTHONPATH"))}

@@ -16,6 +16,7 @@ from skyblink.engines.catalog import onnx_path
 from skyblink.sim import read_truth, simulate_night
 from skyblink.storage import NightStore
 from skyblink.workers.actor import TileWorker
+from skyblink.workers.program_config import WorkerConfig
 from skyblink.workers.tile_unit import process_tile
 
 pytestmark = pytest.mark.cluster
@@ -30,11 +31,17 @@ def night_store(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> tu
     return root / "night", NightStore(str(root / "store.zarr"))
 
 
+def _cpu_workers() -> WorkerConfig:
+    """The actors' contract of a night with 256-pixel tiles on ONNX Runtime, built from the configuration."""
+    return WorkerConfig.from_config(load_config(overrides={"ingest.tile_size": 256, "engines.backend": "onnxruntime"},
+                                                environ={}))
+
+
 def test_actor_returns_each_candidate_once_with_stamps(night_store: tuple[Path, NightStore]) -> None:
     night, store = night_store
     units = plan_tiles(store, "exposures/F00-001", size=256, margin=32)
     assert len(units) == 4
-    worker = TileWorker.options(num_cpus=1).remote(backend="onnxruntime")
+    worker = TileWorker.options(num_cpus=1).remote(_cpu_workers())
     health = ray.get(worker.check_health.remote())
     assert {k: health[k] for k in ("backends", "active", "units_done")} == {
         "backends": {"detector": "onnxruntime", "classifier": "onnxruntime"}, "active": True, "units_done": 0}
@@ -71,8 +78,8 @@ def test_actor_stores_results_itself_with_a_result_sink(night_store: tuple[Path,
 
     _, store = night_store
     units = plan_tiles(store, "exposures/F00-000", size=256, margin=32)
-    returning = TileWorker.options(num_cpus=1).remote(backend="onnxruntime")
-    storing = TileWorker.options(num_cpus=1).remote(backend="onnxruntime", result_sink=store_unit_results)
+    returning = TileWorker.options(num_cpus=1).remote(_cpu_workers())
+    storing = TileWorker.options(num_cpus=1).remote(_cpu_workers(), result_sink=store_unit_results)
     returned = ray.get(returning.process.remote(units))
     stored = ray.get(storing.process.remote(units))
     # The outcomes carry counts, not candidates; the store holds exactly what the actor found.

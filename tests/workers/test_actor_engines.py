@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import ray
 
+from skyblink.config import Backend
 from skyblink.engines.catalog import MODEL_VERSIONS, onnx_path
 from skyblink.engines.registry import current_device
 from skyblink.workers.actor import TileWorker
+from skyblink.workers.program_config import TileProgram, WorkerConfig
 
 pytestmark = [pytest.mark.cluster,
               pytest.mark.skipif(current_device() is not None, reason="about the answer on a machine without a GPU")]
@@ -36,7 +38,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 
 
 def _engines(registry_root: Path, ray_local: None) -> dict[str, dict[str, str | None]]:
-    worker = TileWorker.options(num_cpus=1).remote(backend="auto", precision="fp16", registry=str(registry_root))
+    config = WorkerConfig(TileProgram(tile_size=256, precision="fp16"), backend=Backend.AUTO, registry=str(registry_root))
+    worker = TileWorker.options(num_cpus=1).remote(config)
     try:
         return ray.get(worker.check_health.remote())["engines"]
     finally:

@@ -20,6 +20,7 @@ def test_gpu_units_match_the_per_tile_program(tmp_path: Path, ray_local: None) -
     from skyblink.sim import simulate_night
     from skyblink.storage import NightStore
     from skyblink.workers.gpu_units import GpuUnitProcessor
+    from skyblink.workers.program_config import TileProgram
     from skyblink.workers.tile_unit import process_tile
 
     simulate_night(tmp_path / "night", SimConfig(fields=1, exposures_per_field=1, image_size=1024, seed=5), max_workers=1)
@@ -30,7 +31,7 @@ def test_gpu_units_match_the_per_tile_program(tmp_path: Path, ray_local: None) -
     det = select_runner("detector", backend="torch", precision="fp32").runner
     cls = select_runner("classifier", backend="torch", precision="fp32").runner
     with det, cls:
-        gpu = GpuUnitProcessor(det, cls, size=256, margin=32, batch=3)  # 16 units: the last batch is padded
+        gpu = GpuUnitProcessor(det, cls, TileProgram(tile_size=256, margin=32), batch=3)  # 16 units: the last batch is padded
         found = gpu.process(units, store)
         cpu = {u.key: process_tile(u, store, det, cls) for u in units}
     assert set(found) == {u.key for u in units}

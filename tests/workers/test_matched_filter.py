@@ -87,6 +87,7 @@ def test_device_program_on_cpu_gates_snr_and_cleans_cosmic_rays() -> None:
     from skyblink.engines.backends import TorchRunner
     from skyblink.engines.catalog import load_network
     from skyblink.workers.device_program import make_device_program
+    from skyblink.workers.program_config import TileProgram
 
     rng = np.random.default_rng(3)
     size = 128
@@ -101,10 +102,10 @@ def test_device_program_on_cpu_gates_snr_and_cleans_cosmic_rays() -> None:
     det = TorchRunner(load_network("detector"), input_name="tiles", output_names=("heatmaps", "offsets"), device="cpu")
     cls = TorchRunner(load_network("classifier"), input_name="stamps", output_names=("real_bogus", "class_probs"), device="cpu")
     with det, cls:
-        out = make_device_program(det, cls, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=3.0, read_noise=6.0,
-                                  saturate=60000.0, threshold=0.05)(science, 0)
-        none = make_device_program(det, cls, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=3.0,
-                                   threshold=0.05, snr_threshold=1e9)(science, 0)
+        out = make_device_program(det, cls, reference, grid, TileProgram(detector_threshold=0.05), science_fwhm_px=3.0,
+                                  reference_fwhm_px=3.0, read_noise=6.0, saturate=60000.0)(science, 0)
+        none = make_device_program(det, cls, reference, grid, TileProgram(detector_threshold=0.05, snr_threshold=1e9),
+                                   science_fwhm_px=3.0, reference_fwhm_px=3.0)(science, 0)
     valid = out["valid"].numpy()
     assert not none["valid"].any()
     snr, tile, x, y = (out[k].numpy()[valid] for k in ("snr", "tile", "x", "y"))

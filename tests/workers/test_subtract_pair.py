@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from skyblink.cli import app
 from skyblink.engines.backends import select_runner
+from skyblink.workers.program_config import TileProgram
 from skyblink.workers.subtract_pair import PairImage, read_pair_image, subtract_pair
 
 DECAM = Path(__file__).resolve().parents[3] / "shared" / "data" / "sfft-decam"
@@ -70,10 +71,10 @@ def test_any_size_and_reference_on_another_grid(runners) -> None:
     science, reference = read_pair_image(SCIENCE), read_pair_image(REFERENCE)
     # The Gaussian match: the same at every tile, so the two tilings must agree (a solved kernel
     # depends on the stars of each tile).
-    full = subtract_pair(science, reference, *runners, tile_size=128, psf_match="gaussian")
+    full = subtract_pair(science, reference, *runners, TileProgram(tile_size=128, psf_match="gaussian"))
     sci = _cropped(science, 20, 10, 200, 230)
     ref = _cropped(reference, 13, 21, 230, 235)  # science pixel (y, x) is reference pixel (y + 7, x - 11)
-    part = subtract_pair(sci, ref, *runners, tile_size=96, psf_match="gaussian")
+    part = subtract_pair(sci, ref, *runners, TileProgram(tile_size=96, psf_match="gaussian"))
     assert part.difference.shape == (200, 230)
     # Science pixels the shifted reference does not reach have no difference.
     assert np.isnan(part.difference[:, :11]).all()

@@ -58,7 +58,8 @@ def test_device_program_with_tensorrt_matches_torch(store: object, tmp_path: Pat
     from skyblink.engines.backends import select_runner
     from skyblink.engines.manifest import file_sha256
     from skyblink.engines.registry import EngineRegistry
-    from skyblink.workers.gpu_units import GpuUnitProcessor, window_edge
+    from skyblink.workers.gpu_units import GpuUnitProcessor
+    from skyblink.workers.program_config import TileProgram, window_edge
 
     units = plan_tiles(store, "exposures/F00-000", size=256, margin=32)
     edge, batch, top_k = window_edge(256, 32), 3, 64
@@ -71,8 +72,8 @@ def test_device_program_with_tensorrt_matches_torch(store: object, tmp_path: Pat
     found = {}
     for name, runners in (("tensorrt", {m: c.runner for m, c in trt.items()}), ("torch", ref)):
         with runners["detector"], runners["classifier"]:
-            gpu = GpuUnitProcessor(runners["detector"], runners["classifier"], size=256, margin=32, batch=batch,
-                                   top_k=top_k)
+            gpu = GpuUnitProcessor(runners["detector"], runners["classifier"],
+                                   TileProgram(tile_size=256, margin=32, top_k=top_k), batch=batch)
             found[name] = np.array([(c.x, c.y, c.real_bogus) for records in gpu.process(units, store).values()
                                     for c in records])
     engine, torch_xy = found["tensorrt"], found["torch"]
@@ -90,11 +91,14 @@ def test_device_program_with_tensorrt_matches_torch(store: object, tmp_path: Pat
 def test_actor_runs_the_registrys_engines_or_says_why_not(store: object, tmp_path: Path) -> None:
     import ray
 
+    from skyblink.config import Backend
     from skyblink.workers.actor import TileWorker
+    from skyblink.workers.program_config import TileProgram, WorkerConfig
 
     why = _runtime_refuses_this_gpu()
-    worker = TileWorker.options(num_gpus=1, num_cpus=1).remote(backend="auto", precision="fp16", tile_size=256,
-                                                               margin=32, gpu_batch=3, registry=str(tmp_path / "engines"))
+    config = WorkerConfig(TileProgram(tile_size=256, margin=32, precision="fp16"), backend=Backend.AUTO, device_batch=3,
+                          registry=str(tmp_path / "engines"))
+    worker = TileWorker.options(num_gpus=1, num_cpus=1).remote(config)
     try:
         engines = ray.get(worker.check_health.remote())["engines"]
     finally:

@@ -1,0 +1,175 @@
+"""
+The contract between the night's configuration and the workers: two frozen records, built once
+from `skyblink.config.SkyblinkConfig` by the driver and handed to every actor.
+
+- `TileProgram`: what the per-tile program computes (the unit geometry, the detection and S/N
+  thresholds, candidates per tile, PSF matching, cosmic-ray rejection, header keywords, the
+  networks' precision). The CPU path (`skyblink.workers.process_tile`), the GPU path
+  (`skyblink.workers.gpu_units.GpuUnitProcessor`, `skyblink.workers.device_program`) and the SEP
+  baseline read it, under the configuration's own names.
+- `WorkerConfig`: how the worker actors run it (the inference backend, the engine registry and
+  trusted manifest, units per actor call, windows per device batch, calls a GPU actor prepares
+  ahead, actors asked for, the health-check period) and the `TileProgram`.
+
+Notes
+-----
+Driver side: imports no torch, onnxruntime or CUDA package (the driver builds the records).
+Stable. The records' defaults are the configuration's embedded defaults, read from its schema,
+so ``TileProgram()`` is the program of a night run with no configuration file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from skyblink.config import Backend, EnginesConfig, IngestConfig, NightConfig, SkyblinkConfig
+from skyblink.engines.model_io import DETECTOR_STRIDE
+from skyblink.headers import HeadersConfig
+
+__all__ = ["Backend", "PrecisionName", "PsfMatchName", "TileProgram", "WorkerConfig", "window_edge"]
+
+PrecisionName = Literal["fp32", "fp16", "int8"]
+PsfMatchName = Literal["gaussian", "kernel"]
+
+
+def _default(section: type[Any], key: str) -> Any:
+    """The embedded default of configuration key ``key`` of ``section`` (one place for defaults)."""
+    return section.model_fields[key].default
+
+
+def window_edge(size: int, margin: int) -> int:
+    """
+    Edge of the window read for a work unit: its core plus a margin on every side, rounded up to
+    the detector's stride.
+
+    Parameters
+    ----------
+    size, margin : int
+        Core edge and margin in pixels.
+
+    Returns
+    -------
+    int
+        A multiple of `skyblink.engines.model_io.DETECTOR_STRIDE`.
+    """
+    return int(math.ceil((size + 2 * margin) / DETECTOR_STRIDE) * DETECTOR_STRIDE)
+
+
+@dataclass(frozen=True, slots=True)
+class TileProgram:
+    """
+    The per-tile program's parameters, as the configuration names them. Stable.
+
+    Attributes
+    ----------
+    tile_size : int
+        Core edge of a work unit in pixels (``night.tile_size``, else ``ingest.tile_size``).
+    margin : int
+        Context read on every side of a core (``night.margin``).
+    detector_threshold : float
+        Detector new-source score a peak must reach (``night.detector_threshold``).
+    snr_threshold : float
+        Matched-filter S/N a candidate must reach in the difference (``night.snr_threshold``).
+    top_k : int
+        Most candidates kept per tile (``night.top_k``).
+    psf_match : {"gaussian", "kernel"}
+        PSF matching (``night.psf_match``).
+    precision : {"fp32", "fp16", "int8"}
+        The networks' precision on GPU backends (``engines.precision``).
+    reject_cosmics : bool
+        Flag and clean cosmic rays and hot pixels before the background.
+    headers : HeadersConfig
+        Header keywords of the PSF size and the calibration (``[headers]``).
+    """
+
+    tile_size: int = _default(IngestConfig, "tile_size")
+    margin: int = _default(NightConfig, "margin")
+    detector_threshold: float = _default(NightConfig, "detector_threshold")
+    snr_threshold: float = _default(NightConfig, "snr_threshold")
+    top_k: int = _default(NightConfig, "top_k")
+    psf_match: PsfMatchName = _default(NightConfig, "psf_match")
+    precision: PrecisionName = _default(EnginesConfig, "precision")
+    reject_cosmics: bool = True
+    headers: HeadersConfig = field(default_factory=HeadersConfig)
+
+    @classmethod
+    def from_config(cls, config: SkyblinkConfig) -> TileProgram:
+        """
+        The program of a night run with ``config`` (validated already: every value in range).
+
+        Parameters
+        ----------
+        config : SkyblinkConfig
+
+        Returns
+        -------
+        TileProgram
+        """
+        night = config.night
+        return cls(tile_size=night.tile_size or config.ingest.tile_size, margin=night.margin,
+                   detector_threshold=night.detector_threshold, snr_threshold=night.snr_threshold, top_k=night.top_k,
+                   psf_match=night.psf_match, precision=config.engines.precision, headers=config.headers)
+
+    @property
+    def window_edge(self) -> int:
+        """Edge of a unit's window: core plus margins, rounded up to the detector's stride."""
+        return window_edge(self.tile_size, self.margin)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """
+    What a worker actor and the pool of them are given: built once per night from the configuration. Stable.
+
+    Attributes
+    ----------
+    program : TileProgram
+    backend : Backend
+        Inference backend (``engines.backend``).
+    registry : str or None
+        Engine registry folder (``engines.registry``); None: the shipped models only.
+    trusted_manifest : Path or None
+        Hashes of the promoted releases and engines (``engines.trusted_manifest``).
+    units_per_call : int
+        Work units in one call to an actor (``night.units_per_call``).
+    device_batch : int
+        Windows a GPU actor runs through its device program at once (``night.device_batch``).
+    prepare_calls : int
+        Calls a GPU actor reads and prepares on the host while one launches (``night.gpu_prepare_calls``).
+    actors : int or None
+        Actors asked for (``night.workers``; None: one per GPU, else one per CPU).
+    health_check_s : float
+        How often the driver polls the actors' health (``night.health_check_s``).
+    """
+
+    program: TileProgram = field(default_factory=TileProgram)
+    backend: Backend = _default(EnginesConfig, "backend")
+    registry: str | None = None
+    trusted_manifest: Path | None = None
+    units_per_call: int = _default(NightConfig, "units_per_call")
+    device_batch: int = _default(NightConfig, "device_batch")
+    prepare_calls: int = _default(NightConfig, "gpu_prepare_calls")
+    actors: int | None = None
+    health_check_s: float = _default(NightConfig, "health_check_s")
+
+    @classmethod
+    def from_config(cls, config: SkyblinkConfig) -> WorkerConfig:
+        """
+        The workers of a night run with ``config`` (validated already: every value in range).
+
+        Parameters
+        ----------
+        config : SkyblinkConfig
+
+        Returns
+        -------
+        WorkerConfig
+        """
+        night, engines = config.night, config.engines
+        return cls(program=TileProgram.from_config(config), backend=engines.backend, registry=engines.registry,
+                   trusted_manifest=engines.trusted_manifest, units_per_call=night.units_per_call,
+                   device_batch=night.device_batch, prepare_calls=night.gpu_prepare_calls, actors=night.workers,
+                   health_check_s=night.health_check_s)
