@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from astropy.wcs.utils import proj_plane_pixel_scales
 from torch.nn import functional as F
 
 from .align import control_points
@@ -184,8 +185,6 @@ class GpuUnitProcessor:
         return out
 
     def _prepare_ccd(self, units: list[WorkUnit], store: Any, exposure: str, ccd: str) -> PreparedCcd:
-        from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415
-
         reference_key = store.reference_of(exposure, ccd)
         sci_header, ref_header = store.header(exposure, ccd), store.header(reference_key, ccd)
         sci_wcs, ref_wcs = store.wcs(exposure, ccd), store.wcs(reference_key, ccd)

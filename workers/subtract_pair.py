@@ -29,6 +29,7 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
 from skyblink.headers import HeadersConfig
+from skyblink.storage import InvalidExposureError, open_fits_exposure
 
 from .matched_filter import DEFAULT_SNR_THRESHOLD
 from .tile_unit import CandidateRecord, WorkUnit, plan_tiles, prepare_tile, process_tile
@@ -133,8 +134,6 @@ def read_pair_image(path: Path | str, *, ccd: int = 0, headers: HeadersConfig | 
     InvalidExposureError
         The file is not a valid image, or has no CCD ``ccd``.
     """
-    from skyblink.storage import InvalidExposureError, open_fits_exposure  # noqa: PLC0415
-
     path = Path(path)
     with open_fits_exposure(path, headers=headers) as reader:
         n = len(reader.exposure.ccds)

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from skyblink.headers import HeaderFactError, HeadersConfig, psf_fwhm_px
+from skyblink.lazy_import import lazy_module
 from skyblink.stamps import STAMP_HALF
 
 from .align import sampling_grid, warp
@@ -35,6 +36,12 @@ from .cosmics import detect_cosmics
 from .difference import MatchedDifference, flux_scale, matched_difference
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr
 from .peaks import find_peaks
+from .source_detection import estimate_fwhm
+
+if TYPE_CHECKING:
+    from astropy.wcs import utils as wcs_utils
+else:
+    wcs_utils = lazy_module("astropy.wcs.utils")  # astropy.wcs only where a tile is processed
 
 __all__ = ["CandidateRecord", "PreparedTile", "WorkUnit", "ccd_fwhm_px", "noise_pedestal", "plan_tiles", "prepare_tile",
            "process_tile", "read_window"]
@@ -144,8 +151,6 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     HeaderFactError
         No PSF size in a header and none measurable.
     """
-    from astropy.wcs.utils import proj_plane_pixel_scales  # noqa: PLC0415 - astropy only where a tile is processed
-
     sci_header = store.header(unit.exposure, unit.ccd)
     reference_key = store.reference_of(unit.exposure, unit.ccd)
     ref_ccd = unit.ccd
@@ -175,7 +180,7 @@ def prepare_tile(unit: WorkUnit, store: Any, *, bias: float | Any | None = None,
     reference[beyond_ccd] = np.nan  # no difference, and no background estimate, beyond the CCD
     rny, rnx = ref_image.shape  # nor where the reference does not reach (as `tile_program.warp_reference`)
     reference[(grid[0] < 0) | (grid[0] > rnx - 1) | (grid[1] < 0) | (grid[1] > rny - 1)] = np.nan
-    scale_arcsec = float(proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
+    scale_arcsec = float(wcs_utils.proj_plane_pixel_scales(sci_wcs.celestial)[0] * 3600.0)
     fwhm = (ccd_fwhm_px(store, unit.exposure, unit.ccd, sci_header, scale_arcsec, headers),
             ccd_fwhm_px(store, reference_key, ref_ccd, ref_header, scale_arcsec, headers))
     scale = flux_scale(science_magzp=sci_header.get("MAGZP"), reference_magzp=ref_header.get("MAGZP"))
@@ -233,8 +238,6 @@ def ccd_fwhm_px(store: Any, key: str, ccd: str, header: Any, scale_arcsec: float
     except HeaderFactError:
         if headers is not None and not headers.measure_fwhm:
             raise
-        from .source_detection import estimate_fwhm  # noqa: PLC0415 - astropy.table, only when measuring
-
         value = psf_fwhm_px(header, scale_arcsec, source=source, config=headers,
                             measure=lambda: estimate_fwhm(np.asarray(store.image(key, ccd)[...], dtype=np.float32)))
     cache[key, ccd] = value
