@@ -29,15 +29,23 @@ the same scale. Pure functions, thread-safe.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from skyblink.lazy_import import lazy_module
 from skyblink.psf_units import FWHM_PER_SIGMA
 
-try:  # torch is the optional [ml] extra: the numpy functions work without it
+if TYPE_CHECKING:
     import torch
-except ImportError:  # pragma: no cover - exercised only where torch is absent
-    torch = None  # type: ignore[assignment]
+
+    from . import tile_program
+else:
+    # The optional [ml] extra, imported by the first tensor function: the numpy functions (and the
+    # driver, which imports this module) work without it and do not pay for it.
+    torch = lazy_module("torch")
+    tile_program = lazy_module(".tile_program", __package__)
 
 
 __all__ = ["DEFAULT_SNR_THRESHOLD", "matched_filter_snr", "matched_filter_snr_tensor", "psf_norm"]
@@ -137,12 +145,10 @@ def matched_filter_snr_tensor(difference: torch.Tensor, fwhm_px: float, *, renor
     ValueError
         If ``fwhm_px`` is not positive or ``difference`` is not 3-D.
     """
-    from .tile_program import gaussian_blur  # noqa: PLC0415 - tile_program imports this package's CPU modules
-
     if difference.ndim != 3:
         msg = f"difference must be (B, H, W), got shape {tuple(difference.shape)}"
         raise ValueError(msg)
-    snr = gaussian_blur(difference.to(torch.float32), _sigma(fwhm_px), truncate=_TRUNCATE) / float(np.float32(psf_norm(fwhm_px)))
+    snr = tile_program.gaussian_blur(difference.to(torch.float32), _sigma(fwhm_px), truncate=_TRUNCATE) / float(np.float32(psf_norm(fwhm_px)))
     if renormalize:
         step = _RMS_STRIDE
         sub = snr[:, ::step, ::step].flatten(1)
