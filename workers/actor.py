@@ -27,11 +27,25 @@ import ray
 from ray.util.metrics import Counter, Histogram
 
 from skyblink.engines.model_io import DETECTOR_STRIDE, IO_NAMES, STAMP_SIZE
+from skyblink.engines.registry import EngineRegistry
+from skyblink.lazy_import import lazy_module
+from skyblink.storage import NightStore
 
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
 if TYPE_CHECKING:
+    import torch
+
+    from skyblink.engines import backends as engine_backends
     from skyblink.engines.backends.select import BackendName, PrecisionName
+
+    from . import gpu_units
+else:
+    # Imported in the actor's process when it starts, not where the driver only names the class:
+    # the runners (onnxruntime, torch, TensorRT) and, on a GPU, the device pipeline.
+    torch = lazy_module("torch")
+    engine_backends = lazy_module("skyblink.engines.backends")
+    gpu_units = lazy_module(".gpu_units", __package__)
 
 __all__ = ["TileWorker", "UnitOutcome", "WorkerLostGpuError"]
 
@@ -145,9 +159,7 @@ class TileWorker:
                                     boundaries=_TILE_SECONDS_BOUNDARIES)
         self._gpu = None
         if tile_size is not None and self._on_gpu():
-            from .gpu_units import GpuUnitProcessor  # noqa: PLC0415 - torch with CUDA only here
-
-            self._gpu = GpuUnitProcessor(self._runners["detector"], self._runners["classifier"], size=tile_size,
+            self._gpu = gpu_units.GpuUnitProcessor(self._runners["detector"], self._runners["classifier"], size=tile_size,
                                          margin=margin, batch=gpu_batch, **self._program_options, headers=headers)
         log.info("TileWorker ready (%s): %s", "GPU pipeline" if self._gpu else "per tile",
                  {n: c.reason for n, c in self._choices.items()})
@@ -159,11 +171,8 @@ class TileWorker:
         before the first real tile); a TensorRT engine the runtime refuses gives way to torch,
         with the runtime's answer in the reason.
         """
-        from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
-        from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
-
         registry = EngineRegistry.from_config(self._registry, self._trusted_manifest) if self._registry else None
-        choice = select_runner(name, backend=backend, precision=precision, registry=registry,  # type: ignore[arg-type]
+        choice = engine_backends.select_runner(name, backend=backend, precision=precision, registry=registry,  # type: ignore[arg-type]
                                shapes=shapes.get(name, ()))
         try:
             _warm_up(name, choice.runner, shapes.get(name, ()))
@@ -174,7 +183,7 @@ class TileWorker:
                 choice.runner.deactivate()
             refused = f"tensorrt: engine {choice.engine_file} refused by the runtime ({type(exc).__name__}: {exc})"
             log.warning("%s; falling back to torch", refused)
-            fallback = select_runner(name, backend="torch", precision=precision)  # type: ignore[arg-type]
+            fallback = engine_backends.select_runner(name, backend="torch", precision=precision)  # type: ignore[arg-type]
             _warm_up(name, fallback.runner, ())
             choice = replace(fallback, reason=f"{refused}; {fallback.reason}", engine_file=choice.engine_file,
                              engine_sha256=choice.engine_sha256)
@@ -183,14 +192,10 @@ class TileWorker:
     def _on_gpu(self) -> bool:
         if any(choice.backend not in ("torch", "tensorrt") for choice in self._choices.values()):
             return False
-        import torch  # noqa: PLC0415
-
         return torch.cuda.is_available()
 
     def _store(self, url: str) -> Any:
         if url not in self._stores:
-            from skyblink.storage import NightStore  # noqa: PLC0415
-
             self._stores[url] = NightStore(url)
         return self._stores[url]
 
@@ -280,8 +285,6 @@ class TileWorker:
         """
         backends = {name: choice.backend for name, choice in self._choices.items()}
         if "torch" in backends.values():
-            import torch  # noqa: PLC0415
-
             if torch.cuda.is_available():
                 try:
                     torch.cuda.synchronize()
@@ -293,8 +296,6 @@ class TileWorker:
                   "units_done": self._units_done,
                   "engines": {name: choice.describe() for name, choice in self._choices.items()}}
         if self._gpu is not None:
-            import torch  # noqa: PLC0415
-
             health["peak_device_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             pipeline = self._gpu.pipeline
             seconds = {**self._gpu.seconds, "device_wait": pipeline.wait_seconds, "gpu": pipeline.compute_seconds}
