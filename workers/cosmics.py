@@ -54,17 +54,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import binary_dilation, find_objects, label
 
-try:  # torch is the optional [ml] extra: the numpy functions work without it
+from skyblink.lazy_import import lazy_module
+
+if TYPE_CHECKING:
     import torch
     from torch.nn import functional as F
-except ImportError:  # pragma: no cover - exercised only where torch is absent
-    torch = None  # type: ignore[assignment]
+else:
+    # The optional [ml] extra, imported by the first tensor function: the numpy functions (and the
+    # driver, which imports this module) work without it and do not pay for it.
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
 
 from .fused import fused
 

@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from . import background as _bg
+from . import psf_match as pm
 from .difference import MIN_MATCH_SIGMA, blurred_noise_factor, match_kernel_sigma
 from .fused import fused
 
@@ -502,9 +503,7 @@ def _kernel_match(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, r
                   usable: torch.Tensor, science_fwhm_px: float,
                   reference_fwhm_px: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """One tile matched by a solved kernel (`matched_difference`'s rules): (sci, sci_rms, ref, ref_rms), or None."""
-    from .psf_match import kernel_half_width  # noqa: PLC0415
-
-    half = kernel_half_width(science_fwhm_px, reference_fwhm_px)
+    half = pm.kernel_half_width(science_fwhm_px, reference_fwhm_px)
     ref_convolved = science_fwhm_px >= reference_fwhm_px
     image, image_rms, target, target_rms = (ref, ref_rms, sci, sci_rms) if ref_convolved else (sci, sci_rms, ref, ref_rms)
     fit = source_pixels_tensor(image, image_rms, target, target_rms, usable, half)
@@ -543,12 +542,10 @@ def _dilate(mask: torch.Tensor, iterations: int) -> torch.Tensor:
 def source_pixels_tensor(image: torch.Tensor, rms: torch.Tensor, target: torch.Tensor, target_rms: torch.Tensor,
                          usable: torch.Tensor, half_width: int) -> torch.Tensor:
     """`skyblink.workers.psf_match.source_pixels` in torch, for one (H, W) window on any device."""
-    from .psf_match import FIT_NSIGMA  # noqa: PLC0415
-
     def detected(data: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         z = torch.nan_to_num(data.to(torch.float64) / noise.to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0)
         mean = F.avg_pool2d(F.pad(z[None, None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)[0, 0]
-        return mean * 3.0 > FIT_NSIGMA
+        return mean * 3.0 > pm.FIT_NSIGMA
 
     near = _dilate(detected(image, rms) | detected(target, target_rms), half_width)
     near &= ~_dilate(~usable, half_width)
@@ -569,8 +566,6 @@ def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Te
     Returns ``(kernel (2h+1, 2h+1) tensor, background)`` or None (too few pixels). The pixel count
     is read back to the host (one sync per window).
     """
-    from . import psf_match as pm  # noqa: PLC0415
-
     size = 2 * half_width + 1
     ys, xs = torch.nonzero(fit, as_tuple=True)
     n = int(ys.numel())

@@ -9,11 +9,14 @@ another skyblink module, fails here with the chain that led to it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import skyblink
 import skyblink.cluster
@@ -109,3 +112,21 @@ def test_the_cli_runs_without_ml_packages() -> None:
                                 capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
         assert result.returncode == 0, (args, result.stderr[-2000:])
         assert "Usage" in result.stdout
+
+
+def test_driver_side_leaves_installed_ml_packages_unimported() -> None:
+    """Where the ML extras are installed, importing the driver side still loads none of them (an
+    optional import at the top of a module, ``try: import torch``, passes the blocked probe above
+    but costs the driver torch's import wherever torch is there)."""
+    installed = [name for name in BLOCKED if importlib.util.find_spec(name) is not None]
+    if not installed:
+        pytest.skip("no ML package installed here: nothing could be loaded")
+    code = ("import importlib, json, sys\n"
+            "for module in json.loads(sys.argv[1]):\n"
+            "    importlib.import_module(module)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.partition('.')[0] in json.loads(sys.argv[2]))))\n")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(driver_modules()), json.dumps(BLOCKED)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"importing the driver side loads {loaded[:10]}"
