@@ -22,11 +22,14 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .channels import ChannelError, Channels, Release
+
+if TYPE_CHECKING:
+    from skyblink.storage import NightStore
 
 __all__ = ["PromotionError", "PromotionTolerances", "ShadowReport", "promote", "shadow_compare"]
 
@@ -132,7 +135,7 @@ def shadow_compare(
     model: Literal["detector", "classifier"],
     release: Release,
     channels: Channels,
-    store: Any,
+    store: NightStore,
     *,
     fraction: float = 0.1,
     target: str = "canary",
@@ -196,7 +199,7 @@ def shadow_compare(
 def promote(
     model: Literal["detector", "classifier"],
     registry_root: Path | str,
-    store: Any,
+    store: NightStore,
     *,
     to: Literal["canary", "production"] | None = None,
     fraction: float = 0.1,
