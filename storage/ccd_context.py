@@ -393,7 +393,8 @@ class CcdContextCache:
         return value
 
 
-def sky_noise_adu(context: CcdContext, image: Any, *, gain_fallback: float | None = None) -> float:
+def sky_noise_adu(context: CcdContext, image: Any, *, gain_fallback: float | None = None,
+                  read_noise_fallback: float | None = None) -> float:
     """
     Return the sky noise per pixel (ADU, one sigma) of a CCD.
 
@@ -405,12 +406,14 @@ def sky_noise_adu(context: CcdContext, image: Any, *, gain_fallback: float | Non
     context : CcdContext
     image : array-like
         The CCD's pixels (sliceable, with ``shape``).
-    gain_fallback : float, optional
-        Gain used when the CCD header has none (e.g. the exposure's primary header's); else 1.
+    gain_fallback, read_noise_fallback : float, optional
+        Gain and read noise used when the CCD header has none (e.g. the exposure's primary
+        header's, from the ingest's metadata); else 1 and 0.
     """
     if context.skylevel is not None:
         gain = context.gain or gain_fallback or 1.0
-        return math.sqrt(max(context.skylevel, 0.0) * gain + context.read_noise**2) / gain
+        read_noise = context.read_noise or read_noise_fallback or 0.0
+        return math.sqrt(max(context.skylevel, 0.0) * gain + read_noise**2) / gain
     ny, nx = image.shape
     h = min(ny, 512) // 2
     w = min(nx, 512) // 2

@@ -427,7 +427,9 @@ class NightStore:
         found = self._noise.get((key, ccd, version))
         if found is None:
             context = self.ccd_context(key, ccd)
-            found = sky_noise_adu(context, self.image(key, ccd), gain_fallback=self.ccd_metadata(key, ccd).get("gain"))
+            meta = self.ccd_metadata(key, ccd)
+            found = sky_noise_adu(context, self.image(key, ccd), gain_fallback=meta.get("gain"),
+                                  read_noise_fallback=meta.get("rdnoise"))
             self._noise[key, ccd, version] = found
         return found
 
