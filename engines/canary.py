@@ -35,6 +35,7 @@ from .catalog import onnx_path
 from .channels import ChannelError, Channels, Release
 
 if TYPE_CHECKING:
+    from skyblink.storage import NightStore
     from skyblink.workers.tile_unit import WorkUnit
 
 __all__ = ["PromotionError", "PromotionTolerances", "ShadowReport", "promote", "shadow_compare"]
@@ -138,7 +139,7 @@ def shadow_compare(
     model: Literal["detector", "classifier"],
     release: Release,
     channels: Channels,
-    store: Any,
+    store: NightStore,
     units: Sequence[WorkUnit],
     *,
     fraction: float = 0.1,
@@ -202,7 +203,7 @@ def shadow_compare(
 def promote(
     model: Literal["detector", "classifier"],
     registry_root: Path | str,
-    store: Any,
+    store: NightStore,
     units: Sequence[WorkUnit],
     *,
     to: Literal["canary", "production"] | None = None,

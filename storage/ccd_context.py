@@ -283,13 +283,25 @@ class CcdContextCache:
     ----------
     store : CcdStore
         The store whose headers, WCS and images are read.
+    version : callable, optional
+        Returns a token of what is stored under a key (e.g. its source file's checksum): a context
+        is read again when the token of its exposure or of its reference has changed (the key
+        was ingested again from another file). Default: what is stored never changes.
+
+    Notes
+    -----
+    A context without a reference image is not kept: the reference may land later in the night.
     """
 
-    def __init__(self, store: CcdStore) -> None:
+    def __init__(self, store: CcdStore, *, version: Callable[[str], object] | None = None) -> None:
         self._store = store
-        self._contexts: dict[tuple[str, str, str], CcdContext] = {}
-        self._fwhm: dict[tuple[str, str, str], float] = {}
+        self._version = version
+        self._contexts: dict[tuple[str, str, str], tuple[CcdContext, object, object]] = {}
+        self._fwhm: dict[tuple[str, str, str, object], float] = {}
         self._lock = threading.Lock()
+
+    def _token(self, key: str | None) -> object:
+        return None if key is None or self._version is None else self._version(key)
 
     def context(self, key: str, ccd: str, *, headers: HeadersConfig | None = None,
                 measure_fwhm: MeasureFwhm | None = None) -> CcdContext:
@@ -318,11 +330,15 @@ class CcdContextCache:
         config = headers or HeadersConfig()
         cache_key = (key, ccd, config.model_dump_json())
         found = self._contexts.get(cache_key)
-        if found is None:
-            found = self._read(key, ccd, config, measure_fwhm)
+        if found is not None:
+            context, token, reference_token = found
+            if token == self._token(key) and reference_token == self._token(context.reference_key):
+                return context
+        context = self._read(key, ccd, config, measure_fwhm)
+        if context.reference_key is not None:
             with self._lock:
-                self._contexts[cache_key] = found
-        return found
+                self._contexts[cache_key] = (context, self._token(key), self._token(context.reference_key))
+        return context
 
     def _read(self, key: str, ccd: str, headers: HeadersConfig, measure: MeasureFwhm | None) -> CcdContext:
         store = self._store
@@ -359,7 +375,7 @@ class CcdContextCache:
     def _fwhm_px(self, key: str, ccd: str, header: Mapping[str, Any], scale: float, headers: HeadersConfig,
                  measure: MeasureFwhm | None) -> float:
         """One image's PSF FWHM (px at ``scale``), measured at most once per image."""
-        cache_key = (key, ccd, f"{scale!r}/{headers.model_dump_json()}")
+        cache_key = (key, ccd, f"{scale!r}/{headers.model_dump_json()}", self._token(key))
         found = self._fwhm.get(cache_key)
         if found is not None:
             return found
@@ -377,7 +393,8 @@ class CcdContextCache:
         return value
 
 
-def sky_noise_adu(context: CcdContext, image: Any, *, gain_fallback: float | None = None) -> float:
+def sky_noise_adu(context: CcdContext, image: Any, *, gain_fallback: float | None = None,
+                  read_noise_fallback: float | None = None) -> float:
     """
     Return the sky noise per pixel (ADU, one sigma) of a CCD.
 
@@ -389,12 +406,14 @@ def sky_noise_adu(context: CcdContext, image: Any, *, gain_fallback: float | Non
     context : CcdContext
     image : array-like
         The CCD's pixels (sliceable, with ``shape``).
-    gain_fallback : float, optional
-        Gain used when the CCD header has none (e.g. the exposure's primary header's); else 1.
+    gain_fallback, read_noise_fallback : float, optional
+        Gain and read noise used when the CCD header has none (e.g. the exposure's primary
+        header's, from the ingest's metadata); else 1 and 0.
     """
     if context.skylevel is not None:
         gain = context.gain or gain_fallback or 1.0
-        return math.sqrt(max(context.skylevel, 0.0) * gain + context.read_noise**2) / gain
+        read_noise = context.read_noise or read_noise_fallback or 0.0
+        return math.sqrt(max(context.skylevel, 0.0) * gain + read_noise**2) / gain
     ny, nx = image.shape
     h = min(ny, 512) // 2
     w = min(nx, 512) // 2

@@ -167,8 +167,8 @@ class NightStore:
                 msg = f"store {self.url} was written with another tiling ({diffs}); use a new store"
                 raise StoreLayoutError(msg)
             self.layout = layout
-        self._contexts = CcdContextCache(self)
-        self._noise: dict[tuple[str, str], float] = {}
+        self._contexts = CcdContextCache(self, version=self._stored_version)
+        self._noise: dict[tuple[str, str, object], float] = {}
         #: The night's Parquet files beside the arrays: unit results and catalogs (`NightFiles`).
         self.files = NightFiles(self.url)
 
@@ -368,24 +368,31 @@ class NightStore:
 
     def source_name(self, key: str, ccd: str = "ccd000") -> str:
         """
-        Return what an error about one CCD names: its FITS file and HDU where the store knows
-        them (``/data/F00-003.fits[1] (exposures/F00-003/ccd000)``), else the store and key.
+        Return what an error about one CCD names: its FITS file where the store knows it
+        (``/data/F00-003.fits (exposures/F00-003/ccd000)``), else the store and key.
         """
         try:
-            attrs = self._group(key).attrs
-            path = cast(dict[str, Any], attrs.get("source") or {}).get("path")
-            hdu = self._group(key)[ccd].attrs.get("hdu")
+            source = self._group(key).attrs.get("source") or {}
         except KeyError:
-            path, hdu = None, None
-        if not path:
-            return f"{self.url}: {key}/{ccd}"
-        return f"{path}{'' if hdu is None else f'[{hdu}]'} ({key}/{ccd})"
+            source = {}
+        path = cast(dict[str, Any], source).get("path")
+        return f"{path} ({key}/{ccd})" if path else f"{self.url}: {key}/{ccd}"
+
+    def _stored_version(self, key: str) -> object:
+        """What identifies the content under ``key``: its source file's facts (path, size, sha256)."""
+        try:
+            source = self._group(key).attrs.get("source")
+        except KeyError:
+            return None
+        return repr(source)
 
     def ccd_context(self, key: str, ccd: str = "ccd000", *, headers: HeadersConfig | None = None,
                     measure_fwhm: MeasureFwhm | None = None) -> CcdContext:
         """
         Return one CCD's facts (`CcdContext`: WCS, pixel scale, PSF FWHM of the science and its
-        reference, gain, read noise, saturation, flux scale, band, time), read once per store.
+        reference, gain, read noise, saturation, flux scale, band, time), read once per store
+        (again where the exposure or its reference was ingested anew from another file, and as
+        long as the field has no reference image).
 
         Parameters
         ----------
@@ -416,11 +423,14 @@ class NightStore:
         ``SKYLEVEL``, gain and read noise where the header gives the sky, else a robust estimate
         on the CCD's central window (`skyblink.storage.ccd_context.sky_noise_adu`).
         """
-        found = self._noise.get((key, ccd))
+        version = self._stored_version(key)
+        found = self._noise.get((key, ccd, version))
         if found is None:
             context = self.ccd_context(key, ccd)
-            found = sky_noise_adu(context, self.image(key, ccd), gain_fallback=self.ccd_metadata(key, ccd).get("gain"))
-            self._noise[key, ccd] = found
+            meta = self.ccd_metadata(key, ccd)
+            found = sky_noise_adu(context, self.image(key, ccd), gain_fallback=meta.get("gain"),
+                                  read_noise_fallback=meta.get("rdnoise"))
+            self._noise[key, ccd, version] = found
         return found
 
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:

@@ -100,3 +100,32 @@ def test_missing_time_or_band_and_a_bad_gain_name_the_file_and_keyword(tmp_path:
 
     with pytest.raises(ValueError, match=r"bad\.fits: header EGAIN must be a positive"):
         calibration_facts({"EGAIN": 0.0}, HeadersConfig(gain=["EGAIN"]), source="bad.fits")
+
+
+def test_a_reference_landing_later_or_a_file_ingested_anew_is_seen(tmp_path: Path, store: NightStore) -> None:
+    _ingest(store, _write(tmp_path / "sci.fits"), "exposures/E1")
+    assert store.ccd_context("exposures/E1").reference_key is None
+    # Written by another store object (the ingest's), as in a night run with --watch.
+    writer = NightStore(store.url, mode="a")
+    _ingest(writer, _write(tmp_path / "ref.fits", SEEING=2.0), "references/F01", "reference")
+    ctx = store.ccd_context("exposures/E1")
+    assert ctx.reference_key == "references/F01" and ctx.reference_fwhm_px == pytest.approx(8.0)
+    assert store.ccd_context("exposures/E1") is ctx
+    _ingest(writer, _write(tmp_path / "ref2.fits", SEEING=1.25), "references/F01", "reference")  # replaced
+    assert store.ccd_context("exposures/E1").reference_fwhm_px == pytest.approx(5.0)
+    _ingest(writer, _write(tmp_path / "sci2.fits", GAIN=2.0), "exposures/E1")
+    assert store.ccd_context("exposures/E1").gain == 2.0
+    assert store.sky_noise_adu("exposures/E1") == pytest.approx(math.sqrt(400.0 * 2.0 + 36.0) / 2.0)
+
+
+def test_no_module_but_the_store_reads_a_ccd_fact_from_a_header() -> None:
+    """Pixel scale, PSF size, gain and zero point are read in storage/ccd_context.py only."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    owner = root / "storage" / "ccd_context.py"
+    by_hand = re.compile(r"""proj_plane_pixel_scales|\.get\(["'](SEEING|MAGZP|GAIN|SATURATE|RDNOISE)["']""")
+    found = [f"{p.relative_to(root)}:{i}" for top in ("cluster", "workers", "storage", "engines", "sim", "skyblink")
+             for p in (root / top).rglob("*.py") if p != owner
+             for i, line in enumerate(p.read_text().splitlines(), 1) if by_hand.search(line)]
+    assert not found, "ask the store (NightStore.ccd_context): " + ", ".join(found)

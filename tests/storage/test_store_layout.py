@@ -111,3 +111,11 @@ def test_a_durable_write_is_whole_on_local_and_object_file_systems(tmp_path: Pat
     assert fs.cat_file(target) == b'{"n": 2}'
     assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/store.zarr", detail=False)] == ["manifest.json"]
     fs.rm(f"{root}/store.zarr", recursive=True)
+
+
+def test_no_module_but_the_store_builds_a_result_or_catalog_path() -> None:
+    hand_built = re.compile(r"""\}/(results|catalogs)(/|["'])""")  # f"{root}/catalogs/..."
+    owner = ROOT / "storage" / "night_files.py"
+    found = [f"{p.relative_to(ROOT)}:{i}" for p in _package_sources() if p != owner
+             for i, line in enumerate(p.read_text().splitlines(), 1) if hand_built.search(line)]
+    assert not found, "use NightStore.files (storage/night_files.py): " + ", ".join(found)
