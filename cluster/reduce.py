@@ -54,6 +54,7 @@ from skyblink.config import NightConfig
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.stamps import STAMP_HALF
+from skyblink.storage import NightStore
 from skyblink.storage.alerts import (
     Alert,
     AlertBuilder,
@@ -75,7 +76,7 @@ from .association import (
 )
 from .linking import LinkingParameters, Tracklet, link_tracklets, predict
 from .measurement import measure_stamps
-from .results import stamps_of
+from .results import UnitStore, stamps_of
 
 __all__ = [
     "DETECTION_ORDER",
@@ -85,6 +86,7 @@ __all__ = [
     "build_alerts",
     "ccd_context",
     "decide",
+    "exposure_static_detections",
     "link_moving",
     "linking_parameters",
     "locate",
@@ -538,6 +540,32 @@ def static_detections(candidates: pa.Table, store: Any, night: str, config: Nigh
     """
     located = merge_tile_duplicates(locate(candidates, store, night), config.match_radius_arcsec)
     return match_static(located, store, config.match_radius_arcsec, snr_threshold=config.reference_snr_threshold)
+
+
+def exposure_static_detections(store_url: str, units: list[Any], night: str,
+                                config: NightConfig) -> tuple[pa.Table, pa.Table]:
+    """
+    Read one exposure's unit results and run `static_detections` on them: the body of the night
+    run's per-exposure reduce task (a Ray task; its module imports no worker side).
+
+    Parameters
+    ----------
+    store_url : str
+        The night's store.
+    units : list of WorkUnit
+        The exposure's units with results.
+    night, config
+        As `static_detections`.
+
+    Returns
+    -------
+    candidates : pyarrow.Table
+        The units' results, in the order of ``units``.
+    static : pyarrow.Table
+        Their static detections (``row`` indexing ``candidates``).
+    """
+    candidates = UnitStore(store_url).read(units)
+    return candidates, static_detections(candidates, NightStore(store_url), night, config)
 
 
 def split_by_exposure(detections: pa.Table) -> dict[str, pa.Table]:

@@ -24,6 +24,7 @@ import functools
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import fsspec
 import numpy as np
@@ -32,7 +33,9 @@ import pyarrow.parquet as pq
 
 from skyblink.stamps import STAMP_HALF
 from skyblink.storage.parquet_io import write_parquet_atomic
-from skyblink.workers.tile_unit import CandidateRecord, WorkUnit
+
+if TYPE_CHECKING:  # only named in annotations: a reduce task reading results imports no worker side (torch)
+    from skyblink.workers.tile_unit import CandidateRecord, WorkUnit
 
 __all__ = ["CANDIDATE_SCHEMA", "UnitStore", "candidates_table", "stamps_of", "store_unit_results"]
 
