@@ -456,7 +456,7 @@ class NightRun:
         self.pool = pool
         self.report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": self.config.engines.backend}
         free = float(ray.cluster_resources().get("CPU", 1.0)) - pool.spec.count * pool.spec.num_cpus
-        prestart_ingest_workers(int(free))
+        prestart_ingest_workers(min(int(free), _PRESTART_MAX))
         return pool
 
     def await_workers(self) -> float:
@@ -996,6 +996,9 @@ class _ReferenceCatalogs:
             del self.pending[field_id]
             self.say(f"reference catalog of {field_id} ready: {table.num_rows} sources")
 
+
+#: Ray task workers warmed for the ingest at most (a large cluster's CPUs are not all needed).
+_PRESTART_MAX = 64
 
 #: Units (tiles) of the exposures to reduce from which their per-exposure step runs in Ray tasks.
 #: Below, in the driver: on the demo night (40 tiles, 10 exposures, 260 candidates) the step takes
