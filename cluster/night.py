@@ -282,8 +282,9 @@ class RunHooks:
     """
     Progress hooks of a night run, all optional.
 
-    ``on_stage(name)``: a stage starts; ``on_planned(tiles to do, tiles done)``: the cycle's tiles
-    are planned; ``on_unit(outcome)``: a unit's outcome arrived; ``say(line)``: a line for the user.
+    ``on_stage(name)``: a stage starts; ``on_planned(tiles to do, tiles done before)``: the
+    cycle's tiles are planned (called once its ingest has ended, so the tiles of the exposures
+    that landed first may be running already: they count among those to do); ``on_unit(outcome)``: a unit's outcome arrived; ``say(line)``: a line for the user.
     """
 
     on_stage: Callable[[str], None] = lambda _stage: None
@@ -518,7 +519,6 @@ class NightRun:
                 else:  # its candidates are in the store already (written by the actor)
                     processed.add(outcome.unit.key)
                     report.tiles_processed += 1
-                landings.finished += 1
                 hooks.on_unit(outcome)
             _add_stage(report, "dispatch", time.perf_counter() - t0)
             dispatch_end = time.time()
@@ -758,7 +758,6 @@ class _Landings:
         self.landed: queue.Queue[IngestOutcome] = queue.Queue()
         self.waiting: list[str] = []  # exposures landed before their reference
         self.submitted: dict[str, WorkUnit] = {}
-        self.finished = 0  # outcomes received (for the progress hook)
         self.processed_before = run.report.tiles_processed  # by earlier cycles
         self.plan: _Plan | None = None
         self._ended = False
@@ -857,7 +856,7 @@ class _Landings:
             report.stream = stream_name(run.config.alerts.stream, name)
             if not self.processed_before:  # the night's first cycle with tiles to do
                 report.tiles_done_before = len(done_before)
-            hooks.on_planned(len(todo) - self.finished, len(done_before) + self.finished)
+            hooks.on_planned(len(todo), len(done_before))  # the tiles streamed so far included
         self.plan = _Plan(store=store, ingest=ingest, ingest_end=self._ingest_end,
                           seconds=time.time() - started, results=results,
                           units=units, exposures=exposures, done_before=done_before, todo=todo)
