@@ -427,6 +427,8 @@ class NightRun:
                     self.report.worker_restarts = self.pool.restarts
                     self.pool.shutdown()
         self.report.wall_seconds = time.perf_counter() - start
+        # In the order the stages run (the ingest's thread and the actors' wait end in either order).
+        self.report.stage_seconds = dict(sorted(self.report.stage_seconds.items(), key=lambda kv: _stage_rank(kv[0])))
         if not self.watch:  # --watch: the slowest exposure's, set by the cycles
             self.report.critical_path = critical_path(self.began, [*self.marks, ("shutdown", time.time())])
         return self.report
@@ -909,6 +911,14 @@ def _ray_flushes_metrics_at_shutdown() -> bool:
     from packaging.version import Version  # noqa: PLC0415 - a dependency of Ray
 
     return Version(ray.__version__) >= Version("2.60")
+
+
+#: The stages of a cycle in the order they run.
+_STAGES = ("startup", "ingest", "workers_start", "dispatch", "reference_catalogs", "reduce", "publish")
+
+
+def _stage_rank(stage: str) -> int:
+    return _STAGES.index(stage) if stage in _STAGES else len(_STAGES)
 
 
 def _add_stage(report: NightRunReport, stage: str, seconds: float) -> None:
