@@ -24,16 +24,21 @@ import functools
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
+from skyblink.config import NightConfig
+from skyblink.reduce.exposure_task import reduce_exposure
 from skyblink.storage.night_files import NightFiles
 from skyblink.storage.schemas.tables import CANDIDATE_SCHEMA
-from skyblink.workers.tile_unit import CandidateRecord, WorkUnit
+
+if TYPE_CHECKING:  # only named in annotations: a reduce task reading results imports no worker side (torch)
+    from skyblink.workers.tile_unit import CandidateRecord, WorkUnit
 
 __all__ = ["CANDIDATE_SCHEMA",  # re-exported from skyblink.storage.schemas.tables, where it is declared
-           "UnitStore", "candidates_table", "store_unit_results"]
+           "UnitStore", "candidates_table", "exposure_static_detections", "store_unit_results"]
 
 
 def candidates_table(records: Sequence[CandidateRecord]) -> pa.Table:
@@ -147,3 +152,36 @@ def store_unit_results(unit: WorkUnit, records: Sequence[CandidateRecord]) -> No
         May be empty: the empty file still marks the unit done.
     """
     _unit_store(unit.store_url).write(unit, records)
+
+
+def exposure_static_detections(store_url: str, units: list[WorkUnit], night: str,
+                               config: NightConfig) -> tuple[pa.Table, pa.Table]:
+    """
+    Read one exposure's unit results and reduce them (`skyblink.reduce.exposure_task.reduce_exposure`):
+    the body of the night run's per-exposure Ray task. The results are read in the task, so that
+    their stamps never pass through the driver, and this module imports no worker side.
+
+    Parameters
+    ----------
+    store_url : str
+        The night's store.
+    units : list of WorkUnit
+        The exposure's units with results.
+    night : str
+        Part of every alert id.
+    config : NightConfig
+
+    Returns
+    -------
+    candidates : pyarrow.Table
+        The units' results, in the order of ``units``.
+    static : pyarrow.Table
+        Their static detections (``row`` indexing ``candidates``).
+
+    Raises
+    ------
+    ValueError
+        The units are of more than one exposure.
+    """
+    candidates = UnitStore(store_url).read(units)
+    return candidates, reduce_exposure(candidates, store_url, night, config)

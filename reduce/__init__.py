@@ -11,8 +11,7 @@ per-exposure step as a task).
   build alerts) and their chains, per exposure (`static_detections`) and per night
   (`night_detections`).
 - `skyblink.reduce.exposure_task`: the per-exposure step (`reduce_exposure`: one exposure's
-  candidates in, its detections out, the store by URL) and the same as a Ray task
-  (`reduce_exposure_task`).
+  candidates in, its detections out, the store by URL), which the night run runs in Ray tasks.
 
 The driver (`skyblink.cluster`) calls them; they know nothing of the cluster.
 """

@@ -1,7 +1,8 @@
 """
 The per-exposure reduce step as a unit of parallel work: one exposure's candidates in, its
-located, merged and matched detections out (`reduce_exposure`), and the same as a Ray task
-(`reduce_exposure_task`) for the driver to run beside the worker actors.
+located, merged and matched detections out (`reduce_exposure`). The night run runs it as a Ray
+task beside the worker actors (`skyblink.cluster.results.exposure_static_detections`, which reads
+the exposure's results in the task).
 
 The store travels by URL, the tables by Ray's object store (Arrow), so the task needs nothing of
 the driver's state; its result is what `skyblink.reduce.steps.static_detections` gives for the
@@ -12,14 +13,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from skyblink.config import NightConfig
 from skyblink.storage import NightStore
 
 from .steps import static_detections
 
-__all__ = ["reduce_exposure", "reduce_exposure_task"]
+__all__ = ["reduce_exposure"]
 
 
 def reduce_exposure(candidates: pa.Table, store_url: str, night: str, config: NightConfig) -> pa.Table:
@@ -54,8 +54,3 @@ def reduce_exposure(candidates: pa.Table, store_url: str, night: str, config: Ni
         raise ValueError(msg)
     return static_detections(candidates, NightStore(store_url), night, config)
 
-
-@ray.remote(num_cpus=1, max_retries=2)
-def reduce_exposure_task(candidates: pa.Table, store_url: str, night: str, config: NightConfig) -> pa.Table:
-    """`reduce_exposure` as a Ray task (one CPU; retried twice if its worker dies). Stable."""
-    return reduce_exposure(candidates, store_url, night, config)

@@ -132,11 +132,15 @@ def _night_run(night_dir: Path, config: SkyblinkConfig, *, night: str | None, ke
         transient=True,
     )
     bar = progress.add_task("ingest", total=None, rate="", count="")
-    clock = {"t0": time.perf_counter(), "n": 0, "todo": 0, "done": 0}
+    clock = {"t0": time.perf_counter(), "n": 0, "todo": 0, "done": 0, "dispatching": 0}
 
     def planned(todo: int, done: int) -> None:
-        clock["t0"], clock["n"], clock["todo"], clock["done"] = time.perf_counter(), 0, todo, done
-        progress.update(bar, total=todo + done, completed=done)
+        # The first exposures' tiles may already be running (they start as their files land): the
+        # plan then gives the totals, and the count and rate go on.
+        if not clock["dispatching"]:
+            clock["t0"], clock["n"] = time.perf_counter(), 0
+        clock["todo"], clock["done"] = todo, done
+        progress.update(bar, total=todo + done, completed=done + clock["n"])
 
     def unit_done(_outcome: object) -> None:
         clock["n"] += 1
@@ -150,8 +154,10 @@ def _night_run(night_dir: Path, config: SkyblinkConfig, *, night: str | None, ke
     def stage(name: str) -> None:
         # Tiles are counted when a worker call returns (night.units_per_call at once): "tiles" and
         # its count show from dispatch on; before, the stage's name and the elapsed time only.
+        clock["dispatching"] = int(name == "dispatch")
         if name == "dispatch":
-            clock["t0"] = time.perf_counter()  # the rate counts from the first call, not from starting workers
+            # The rate counts from the first call, not from starting workers.
+            clock["t0"], clock["n"] = time.perf_counter(), 0
             progress.update(bar, description="tiles", count=f"{clock['done']}/{clock['todo'] + clock['done']} tiles",
                             rate="first results when a worker call returns")
         else:

@@ -140,6 +140,32 @@ def test_reducing_exposure_by_exposure_gives_the_night_of_a_single_reduce(refere
             assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), name
 
 
+def test_the_per_exposure_reduce_in_ray_tasks_gives_the_driver_s_night(reference_run: tuple[Path, dict, list[int]]) -> None:
+    """Each exposure's step in a Ray task of its own: the same candidates and static detections, rows re-indexed."""
+    import math
+
+    from skyblink.cluster.night import _StaticDetections, plan_night
+    from skyblink.cluster.results import UnitStore
+    from skyblink.storage import NightStore
+
+    root, _, _ = reference_run
+    config = _config(root)
+    store = NightStore(str(root / "store.zarr"))
+    units, _, _ = plan_night(store, config)
+    results = UnitStore(store.url)
+    assert len({u.exposure for u in units}) > 1
+    driver = _StaticDetections(task_units=len(units) + 1).update(store, results, units, "20261124", config, redo=set())
+    tasks = _StaticDetections(task_units=0).update(store, results, units, "20261124", config, redo=set())
+    assert tasks[0].equals(driver[0])  # the exposures' results in the same order
+    assert tasks[1].column_names == driver[1].column_names and tasks[1].num_rows == driver[1].num_rows > 0
+    assert tasks[1].column("row").to_pylist() == driver[1].column("row").to_pylist()
+    for name in driver[1].column_names:
+        for a, b in zip(driver[1].column(name).to_pylist(), tasks[1].column(name).to_pylist(), strict=True):
+            # Another process (Ray's workers run single-threaded BLAS): floats to the last bits.
+            close = isinstance(a, float) and (math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9) or math.isnan(a) and math.isnan(b))
+            assert a == b or close, name
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # our own CLI
         [sys.executable, "-m", "skyblink.cli", *args],

@@ -1,5 +1,5 @@
 """
-What a Ray task process imports: the night run's tasks (ingest, reference catalogs) run in fresh
+What a Ray task process imports: the night run's tasks (ingest, reference catalogs, per-exposure reduce) run in fresh
 worker processes, which pay for every import of the task's module. On a GPU node torch is
 installed, and importing it costs seconds in each such process (issue 22), so the tasks' modules
 must not import it even where it is there.
@@ -23,7 +23,8 @@ print(json.dumps({"task": task.__module__, "heavy": heavy}))
 
 
 @pytest.mark.parametrize(("module", "name"), [("skyblink.cluster.ingest", "ingest_file"),
-                                              ("skyblink.reduce.association", "reference_ccd_task")])
+                                              ("skyblink.reduce.association", "reference_ccd_task"),
+                                              ("skyblink.cluster.results", "exposure_static_detections")])
 def test_a_night_run_task_imports_no_ml_package(module: str, name: str) -> None:
     pytest.importorskip("torch", reason="the point is a process where torch is installed")
     result = subprocess.run([sys.executable, "-c", _PROBE, module, name], capture_output=True, text=True, timeout=120,

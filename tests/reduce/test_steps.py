@@ -22,7 +22,7 @@ from skyblink.cluster.results import CANDIDATE_SCHEMA
 from skyblink.config import NightConfig
 from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.reduce.association import REFERENCE_SCHEMA, write_reference_catalog
-from skyblink.reduce.exposure_task import reduce_exposure, reduce_exposure_task
+from skyblink.reduce.exposure_task import reduce_exposure
 from skyblink.reduce.steps import (
     associate,
     build_alerts,
@@ -242,15 +242,3 @@ def test_reduce_exposure_refuses_the_candidates_of_two_exposures(store: NightSto
     other = candidates.set_column(1, "exposure", pa.array(["exposures/F07-002"]))
     with pytest.raises(ValueError, match="one exposure, got 2"):
         reduce_exposure(pa.concat_tables([candidates, other]), store.url, "20261125", NightConfig())
-
-
-@pytest.mark.cluster
-def test_the_per_exposure_step_as_a_ray_task_gives_the_in_process_table(store: NightStore, ray_local: None) -> None:
-    import ray
-
-    candidates = _candidates([(*STAR, 9.0, 0.9, "variable"), (*NEW, 12.0, 0.95, "transient")])
-    config = NightConfig()
-    remote = ray.get(reduce_exposure_task.remote(candidates, store.url, "20261125", config))
-    local = reduce_exposure(candidates, store.url, "20261125", config)
-    assert remote.num_rows == 2 and remote.schema == local.schema
-    assert repr(remote.to_pylist()) == repr(local.to_pylist())  # value for value, NaN (no trail angle) included
