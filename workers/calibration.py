@@ -19,17 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from skyblink.headers import HeadersConfig
+from skyblink.lazy_import import lazy_module
 from skyblink.storage.ccd_context import CcdContext, calibration_facts
 
-try:  # torch is the optional [ml] extra: the numpy functions work without it
+if TYPE_CHECKING:
     import torch
-except ImportError:  # pragma: no cover - exercised only where torch is absent
-    torch = None  # type: ignore[assignment]
+else:
+    # The optional [ml] extra, imported by the first tensor function: the numpy functions (and the
+    # driver, which imports this module) work without it and do not pay for it.
+    torch = lazy_module("torch")
 
 __all__ = ["Calibrated", "CalibrationSpec", "calibrate", "calibrate_tensor"]
 

@@ -125,14 +125,14 @@ class _Params:
             msg = f"niter must be at least 1, got {niter!r}"
             raise ValueError(msg)
         read_noise_sq: Any
-        if torch is not None and isinstance(read_noise, torch.Tensor):
+        if not isinstance(read_noise, int | float | np.floating | np.integer):  # a tensor: torch is loaded
             # float64 squared, then rounded: the same constant as a Python float's (checked by the caller)
             read_noise_sq = (read_noise.to(torch.float64) ** 2).to(torch.float32)
         elif read_noise < 0:
             msg = f"read_noise must be >= 0 electrons, got {read_noise!r}"
             raise ValueError(msg)
         else:
-            read_noise_sq = _f32(read_noise * read_noise)
+            read_noise_sq = _f32(float(read_noise * read_noise))
         return cls(_f32(gain), read_noise_sq, _f32(sigclip), _f32(sigfrac * sigclip), _f32(objlim))
 
 

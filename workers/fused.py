@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
-
-try:  # torch is the optional [ml] extra: without it there is nothing to compile
-    import torch
-except ImportError:  # pragma: no cover - exercised only where torch is absent
-    torch = None  # type: ignore[assignment]
 
 __all__ = ["fused", "fusion_enabled"]
 
@@ -53,6 +49,9 @@ def fused(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # A tensor argument means torch is imported: without it (the driver, the numpy paths)
+        # there is nothing to compile, and this module never imports torch itself.
+        torch = sys.modules.get("torch")
         if torch is None:
             return fn(*args, **kwargs)
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)

@@ -29,18 +29,23 @@ the same scale. Pure functions, thread-safe.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from skyblink.lazy_import import lazy_module
 from skyblink.psf_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr, psf_norm
 from skyblink.psf_filter import MAD_TO_SIGMA as _MAD_TO_SIGMA
 from skyblink.psf_filter import RMS_STRIDE as _RMS_STRIDE
 from skyblink.psf_filter import TRUNCATE as _TRUNCATE
 from skyblink.psf_filter import psf_sigma as _sigma
 
-try:  # torch is the optional [ml] extra: the numpy functions work without it
+if TYPE_CHECKING:
     import torch
-except ImportError:  # pragma: no cover - exercised only where torch is absent
-    torch = None  # type: ignore[assignment]
+else:
+    # The optional [ml] extra, imported by the first tensor function: the numpy functions (and the
+    # driver, which imports this module) work without it and do not pay for it.
+    torch = lazy_module("torch")
 
 from .fused import fused
 

@@ -48,6 +48,7 @@ LOWER_MODULES: dict[str, set[str]] = {
         "skyblink.engines.model_io",
         "skyblink.engines.stamps",  # survey stamps as the classifier's input
         "skyblink.workers.tile_unit",  # the SEP baseline runs the tile program's CPU preparation
+        "skyblink.workers.program_config",  # the tile program's parameters (TileProgram), torch-free
     },
 }
 #: Modules of the driver's packages that run models (the ML extras installed): exempt from both rules.
