@@ -1,13 +1,14 @@
 """
 The whole per-tile device program for one field: calibrate the raw science pixels to electrons,
 reject and clean cosmic rays, warp the resident reference, build the normalised triplet, run the
-detector, keep the peaks whose matched-filter S/N reaches the threshold, cut 63x63 stamps and
-classify them: the steps of `skyblink.workers.process_tile`, in torch. Returns per-candidate
+detector, keep the peaks whose matched-filter S/N reaches the threshold and the difference's own
+point sources (`skyblink.workers.peaks`), cut 63x63 stamps and classify them: the steps of `skyblink.workers.process_tile`, in torch. Returns per-candidate
 tensors for `skyblink.workers.pipeline.TilePipeline`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -17,6 +18,7 @@ from . import tile_program as tp
 from .calibration import calibrate_tensor
 from .cosmics import detect_cosmics_tensor
 from .matched_filter import DEFAULT_SNR_THRESHOLD, matched_filter_snr_tensor
+from .peaks import DIFFERENCE_SNR_THRESHOLD, difference_point_sources_tensor
 from .pipeline import extract_stamps, uint16_from_int16
 from .tile_unit import FLOAT16_MAX
 
@@ -81,7 +83,13 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         peak_snr = F.max_pool2d(snr[:, None], 3, 1, 1)[:, 0]  # as find_peaks: the best S/N within 1 pixel
         score = heat[:, 1:3].amax(dim=1).float()  # new source: transient or moving
         keep = (score == F.max_pool2d(score[:, None], 5, 1, 2)[:, 0]) & (score >= threshold) & (peak_snr >= snr_threshold)
-        values, index = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=top_k, dim=1)
+        # As find_peaks: the difference's point sources with no detector peak within 1 FWHM, after the detector's.
+        fwhm = max(science_fwhm_px, reference_fwhm_px)
+        source, sub_dy, sub_dx = difference_point_sources_tensor(snr, fwhm, snr_threshold=max(snr_threshold, DIFFERENCE_SNR_THRESHOLD))
+        reach = int(math.ceil(fwhm))
+        source &= F.max_pool2d(keep[:, None].float(), 2 * reach + 1, 1, reach)[:, 0] == 0
+        priority = torch.where(keep, 2.0 + score, torch.where(source, 1.0 + torch.tanh(snr / 1000.0), 0.0))
+        values, index = torch.topk(priority.flatten(1), k=top_k, dim=1)
         # Fixed-size outputs with a validity mask: a data-dependent count would stall the host.
         b = score.shape[0]
         tile = torch.arange(b, device=score.device).repeat_interleave(top_k)
@@ -90,10 +98,12 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         y, x = index // width, index % width
         stamps = extract_stamps(triplet, tile, y, x)
         rb, probs = classifier.infer_tensors(stamps)  # type: ignore[attr-defined]
-        off = offsets.float()
+        from_detector = values >= 2.0
+        off_y = torch.where(from_detector, offsets[tile, 1, y, x].float(), sub_dy[tile, y, x])
+        off_x = torch.where(from_detector, offsets[tile, 0, y, x].float(), sub_dx[tile, y, x])
         return {
-            "valid": values > 0, "tile": tile, "y": y.float() + off[tile, 1, y, x], "x": x.float() + off[tile, 0, y, x],
-            "score": values, "snr": peak_snr[tile, y, x], "real_bogus": rb[:, 0].float().clone(),
+            "valid": values > 0, "tile": tile, "y": y.float() + off_y, "x": x.float() + off_x,
+            "score": torch.where(values > 0, score[tile, y, x], 0.0), "snr": peak_snr[tile, y, x], "real_bogus": rb[:, 0].float().clone(),
             "class_probs": probs.float().clone(), "stamps": stamps.clamp(-FLOAT16_MAX, FLOAT16_MAX).half(),
         }
 

@@ -5,7 +5,8 @@ The steps, the same on the GPU (`skyblink.workers.device_program`): calibrate th
 window to electrons (gain from the header, bias and flat where given; saturated pixels
 masked), reject cosmic rays and hot pixels (L.A.Cosmic) and clean them, warp the reference,
 build the normalised triplet, run the detector, keep the peaks whose matched-filter S/N in the
-difference reaches ``snr_threshold``, cut stamps and classify them.
+difference reaches ``snr_threshold`` and the difference's own significant point-like sources
+(`skyblink.workers.peaks.difference_point_sources`), cut stamps and classify them.
 
 A tile is read from the night's store with a margin on every side, so that sources near its
 edge see their surroundings; the detector runs on the whole window and only the peaks inside the
@@ -294,7 +295,7 @@ def process_tile(unit: WorkUnit, store: Any, detector: Any, classifier: Any, *, 
     out = detector.infer({"tiles": triplet[None]})
     snr = matched_filter_snr(triplet[2], max(fwhm), renormalize=True)
     peaks = find_peaks(out["heatmaps"][0], threshold=threshold, offsets=out["offsets"][0], channels=(1, 2), top_k=top_k,
-                       snr=snr, snr_threshold=snr_threshold)
+                       snr=snr, snr_threshold=snr_threshold, difference_fwhm_px=max(fwhm))
     core = (peaks.y >= unit.margin - 0.5) & (peaks.y < unit.margin + unit.size - 0.5) & \
            (peaks.x >= unit.margin - 0.5) & (peaks.x < unit.margin + unit.size - 0.5)
     px, py, score, peak_snr = peaks.x[core], peaks.y[core], peaks.score[core], peaks.snr[core]
