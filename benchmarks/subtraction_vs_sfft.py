@@ -14,7 +14,8 @@ polynomials of degree 2, constant photometric ratio, no masks):
   sqrt(sigma_sci^2 + sigma_ref^2 * sum(k^2)) with each image's SEP background rms and SFFT's
   matching kernel k at the image centre;
 - residual RMS, in those sigma units, in apertures of radius 1.5 science FWHM on the 20 brightest
-  stars of the science (SEP, away from the edges and the transient);
+  stars of the science (SEP, away from the edges and the transient; found in the reference too:
+  OBS04e alone holds a few compact sources of ~250 ADU that no other exposure has);
 - S/N of the central transient in each difference: the PSF-weighted (Gaussian of the science
   FWHM) sum over the expected noise, best within 3 px of SFFT's peak;
 - what skyblink does at the stars: candidates within 1.5 FWHM of a star, and how many reach
@@ -57,10 +58,11 @@ from rich.table import Table
 from skyblink.config import load_config
 from skyblink.engines.backends import select_runner
 from skyblink.psf_units import FWHM_PER_SIGMA
+from skyblink.workers.matched_filter import matched_filter_snr
 from skyblink.workers.program_config import TileProgram, window_edge
 from skyblink.workers.subtract_pair import PairImage, read_pair_image, subtract_pair
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sfft-decam"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sfft-decam"
 SFFT_OPTIONS = {"ForceConv": "REF", "GKerHW": 7, "KerPolyOrder": 2, "BGPolyOrder": 2, "ConstPhotRatio": True}
 
 
@@ -78,14 +80,25 @@ def sky_rms(image: np.ndarray) -> float:
     return float(sep.Background(data, bw=64, bh=64, fw=3, fh=3).globalrms)
 
 
-def bright_stars(science: np.ndarray, fwhm: float, transient: tuple[float, float], n: int = 20) -> np.ndarray:
-    """(n, 2) x, y of the brightest sources of the science, away from its edges and the transient."""
-    data = np.ascontiguousarray(science, dtype=np.float32)
+def _sep_sources(image: np.ndarray) -> np.ndarray:
+    data = np.ascontiguousarray(image, dtype=np.float32)
     bkg = sep.Background(data, bw=64, bh=64, fw=3, fh=3)
-    objects = sep.extract(data - bkg.back(), 5.0, err=bkg.globalrms, minarea=9)
+    return sep.extract(data - bkg.back(), 5.0, err=bkg.globalrms, minarea=9)
+
+
+def bright_stars(science: np.ndarray, reference: np.ndarray, fwhm: float, transient: tuple[float, float],
+                 n: int = 20) -> np.ndarray:
+    """
+    (n, 2) x, y of the brightest sources of the science that the reference has too (within 0.5 FWHM:
+    a star is in both epochs; a source of one exposure only, a cosmic ray or a glint, is not), away
+    from the edges and the transient.
+    """
+    objects, in_reference = _sep_sources(science), _sep_sources(reference)
     edge = 2.0 * fwhm
-    ny, nx = data.shape
-    keep = ((objects["x"] > edge) & (objects["x"] < nx - 1 - edge) & (objects["y"] > edge) & (objects["y"] < ny - 1 - edge)
+    ny, nx = science.shape
+    both = np.array([np.min(np.hypot(in_reference["x"] - x, in_reference["y"] - y), initial=np.inf) <= 0.5 * fwhm
+                     for x, y in zip(objects["x"], objects["y"], strict=True)], dtype=bool)
+    keep = (both & (objects["x"] > edge) & (objects["x"] < nx - 1 - edge) & (objects["y"] > edge) & (objects["y"] < ny - 1 - edge)
             & (np.hypot(objects["x"] - transient[0], objects["y"] - transient[1]) > 3.0 * fwhm))
     objects = objects[keep]
     order = np.argsort(objects["flux"])[::-1][:n]
@@ -232,7 +245,9 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=4096, help="Edge of the simulated pair timed (0: none).")
     parser.add_argument("--sfft-big", action="store_true", help="Also time SFFT on the simulated pair.")
     parser.add_argument("--gpu", action="store_true", help="Device program on CUDA; SFFT on cupy.")
+    parser.add_argument("--data", type=Path, default=DATA, help="The sfft-decam folder (default: ../shared/data/sfft-decam).")
     args = parser.parse_args()
+    data = args.data
     warnings.simplefilter("ignore", AstropyWarning)
     console = Console()
     config = load_config(environ={})
@@ -242,16 +257,16 @@ def main() -> None:
     cls = select_runner("classifier", backend=backend).runner
     quality_table = Table(title=f"Subtraction quality on DECam (sigma units; alert at real/bogus >= {rb_min})")
     for column in ("pair", "method", "robust sigma", "star RMS median", "star RMS mean", "transient S/N",
-                   "cands at stars", "would alert", "max rb at stars"):
+                   "transient candidate S/N (rb)", "cands at stars", "would alert", "max rb at stars"):
         quality_table.add_column(column, justify="right")
     time_table = Table(title=f"Time per pair (s), {'GPU' if args.gpu else 'this CPU'}")
     for column in ("pair", "pixels", "skyblink whole program", "SFFT subtraction", "SFFT / skyblink"):
         time_table.add_column(column, justify="right")
-    reference_stack = DATA / "4check" / "Stack-DEC-OBS18.fits"
-    pairs = [("stacks", DATA / "4check" / "Stack-DEC-OBS04.fits")]
+    reference_stack = data / "4check" / "Stack-DEC-OBS18.fits"
+    pairs = [("stacks", data / "4check" / "Stack-DEC-OBS04.fits")]
     if not args.no_singles:
-        pairs += [(f"OBS04{c}", DATA / "input_data" / f"DEC-OBS04{c}.mini.fits") for c in "abcde"]
-    ratios = {"star": [], "snr": []}
+        pairs += [(f"OBS04{c}", data / "input_data" / f"DEC-OBS04{c}.mini.fits") for c in "abcde"]
+    ratios: dict[str, list[float]] = {"star": [], "snr": [], "candidate": []}
     with det, cls, tempfile.TemporaryDirectory(prefix="skyblink-sfft-") as tmp:
         reference = read_pair_image(reference_stack)
         subtract_pair(read_pair_image(pairs[0][1]), reference, det, cls)  # warm-up (sessions, numba in SFFT below)
@@ -262,32 +277,40 @@ def main() -> None:
             t_ours = time.perf_counter() - start
             sfft_diff, kernel, t_sfft = run_sfft(path, reference_stack, Path(tmp), "Cupy" if args.gpu else "Numpy")
             if name == "stacks":  # the published answer, on the same pixels
-                sfft_diff = fits.getdata(DATA / "4check" / "FinalDifference.fits").astype(float)
-                kernel = fits.getdata(DATA / "input_data" / "FinalMatchKernel.fits").astype(float)
+                sfft_diff = fits.getdata(data / "4check" / "FinalDifference.fits").astype(float)
+                kernel = fits.getdata(data / "input_data" / "FinalMatchKernel.fits").astype(float)
             fwhm = ours.fwhm_px[0]
             sci_px = np.asarray(science.data, dtype=float)
             sigma_sfft = float(np.hypot(sky_rms(sci_px), sky_rms(reference.data) * np.sqrt(np.sum(kernel**2))))
             peak = np.unravel_index(np.nanargmax(sfft_diff[118:139, 118:139]), (21, 21))
             transient = (118.0 + peak[1], 118.0 + peak[0])
-            stars = bright_stars(sci_px, fwhm, transient)
+            stars = bright_stars(sci_px, np.asarray(reference.data, dtype=float), fwhm, transient)
             q_ours = quality(ours.difference, ours.noise, stars, fwhm, transient)
             q_sfft = quality(sfft_diff, sigma_sfft, stars, fwhm, transient)
             n_near, n_alert, rb_max = star_calls(ours.candidates, stars, fwhm, rb_min)
             ratios["star"].append(q_ours.star_rms_median / q_sfft.star_rms_median)
             ratios["snr"].append(q_ours.transient_snr / q_sfft.transient_snr)
             label = "SFFT FinalDifference" if name == "stacks" else "SFFT (run here)"
-            quality_table.add_row(name, "skyblink", f"{q_ours.robust:.2f}", f"{q_ours.star_rms_median:.2f}", f"{q_ours.star_rms_mean:.2f}",
-                                  f"{q_ours.transient_snr:.1f}", str(n_near), str(n_alert), f"{rb_max:.2f}")
-            quality_table.add_row("", label, f"{q_sfft.robust:.2f}", f"{q_sfft.star_rms_median:.2f}", f"{q_sfft.star_rms_mean:.2f}",
-                                  f"{q_sfft.transient_snr:.1f}", "", "", "")
-            time_table.add_row(name, "256x256", f"{t_ours:.2f}", f"{t_sfft:.2f}", f"{t_sfft / t_ours:.1f}x")
             transient_cands = [r for r in ours.candidates if np.hypot(r.x - transient[0], r.y - transient[1]) <= 3]
+            found = max(transient_cands, key=lambda r: r.snr, default=None)
+            # The candidates' S/N (the matched filter over its map's robust rms) applied to SFFT's difference.
+            sfft_mf = matched_filter_snr(np.nan_to_num(sfft_diff / mad_std(sfft_diff, ignore_nan=True)), max(ours.fwhm_px),
+                                         renormalize=True)
+            sfft_mf_best = float(sfft_mf[int(transient[1]) - 3: int(transient[1]) + 4, int(transient[0]) - 3: int(transient[0]) + 4].max())
+            ratios["candidate"].append(found.snr / sfft_mf_best if found else float("nan"))
+            quality_table.add_row(name, "skyblink", f"{q_ours.robust:.2f}", f"{q_ours.star_rms_median:.2f}", f"{q_ours.star_rms_mean:.2f}",
+                                  f"{q_ours.transient_snr:.1f}", f"{found.snr:.1f} ({found.real_bogus:.2f})" if found else "not found",
+                                  str(n_near), str(n_alert), f"{rb_max:.2f}")
+            quality_table.add_row("", label, f"{q_sfft.robust:.2f}", f"{q_sfft.star_rms_median:.2f}", f"{q_sfft.star_rms_mean:.2f}",
+                                  f"{q_sfft.transient_snr:.1f}", f"{sfft_mf_best:.1f} (same filter)", "", "", "")
+            time_table.add_row(name, "256x256", f"{t_ours:.2f}", f"{t_sfft:.2f}", f"{t_sfft / t_ours:.1f}x")
             console.print(f"{name}: transient at ({transient[0]:.0f}, {transient[1]:.0f}); skyblink candidates there: "
                           f"{[(round(r.snr, 1), round(r.real_bogus, 2)) for r in transient_cands]}; "
                           f"all candidates: {len(ours.candidates)}; FWHM {ours.fwhm_px[0]:.2f}/{ours.fwhm_px[1]:.2f} px", markup=False)
         console.print(quality_table)
         console.print(f"skyblink/SFFT star-aperture RMS (median over pairs): {np.median(ratios['star']):.2f}; "
-                      f"transient S/N ratio: {np.median(ratios['snr']):.2f}", markup=False)
+                      f"transient S/N ratio: {np.median(ratios['snr']):.2f}; transient candidate's S/N / SFFT's (same filter): "
+                      f"{np.nanmedian(ratios['candidate']):.2f}", markup=False)
         if args.big:
             sci, ref = simulated_pair(args.big)
             start = time.perf_counter()

@@ -1,8 +1,9 @@
 """
 The whole per-tile device program for one field: calibrate the raw science pixels to electrons,
 reject and clean cosmic rays, warp the resident reference, build the normalised triplet, run the
-detector, keep the peaks whose matched-filter S/N reaches the threshold, cut 63x63 stamps and
-classify them: the steps of `skyblink.workers.process_tile`, in torch. Returns per-candidate
+detector, keep the peaks whose matched-filter S/N reaches the threshold and the difference's own
+point sources (`skyblink.workers.peaks`), cut 63x63 stamps and classify them: the steps of
+`skyblink.workers.process_tile`, in torch. Returns per-candidate
 tensors for `skyblink.workers.pipeline.TilePipeline`.
 
 Notes
@@ -37,6 +38,7 @@ from .cosmics import detect_cosmics_tensor
 from .difference import match_kernel_sigma
 from .fused import fused
 from .matched_filter import matched_filter_snr_tensor, matched_filter_taps
+from .peaks import DIFFERENCE_SNR_THRESHOLD, difference_point_sources_tensor
 from .pipeline import extract_stamps, uint16_from_int16
 from .program_config import TileProgram
 from .tile_unit import FLOAT16_MAX
@@ -70,6 +72,7 @@ class _Layout:
     threshold: float
     top_k: int
     snr_threshold: float
+    difference_fwhm: float  # the difference's point sources (`skyblink.workers.peaks`): their windows and ring
 
 
 def _field_numbers(layout: _Layout, *, science_fwhm_px: float, reference_fwhm_px: float, scale: float,
@@ -132,13 +135,21 @@ def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, n
 
 
 @fused
-def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor, threshold: float,
-           top_k: int, snr_threshold: float) -> tuple[torch.Tensor, ...]:
-    """Peaks, their S/N gate, top-K slots and stamps: (valid, tile, y, x, score, snr, stamps); fused on CUDA."""
+def _detector_peaks(heat: torch.Tensor, snr: torch.Tensor, threshold: float,
+                    snr_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The detector's peaks that pass the S/N gate: (keep, score, peak S/N) maps; fused on CUDA."""
     peak_snr = F.max_pool2d(snr[:, None], 3, 1, 1)[:, 0]  # as find_peaks: the best S/N within 1 pixel
     score = heat[:, 1:3].amax(dim=1).float()  # new source: transient or moving
     keep = (score == F.max_pool2d(score[:, None], 5, 1, 2)[:, 0]) & (score >= threshold) & (peak_snr >= snr_threshold)
-    values, index = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=top_k, dim=1)
+    return keep, score, peak_snr
+
+
+@fused
+def _slots(triplet: torch.Tensor, offsets: torch.Tensor, priority: torch.Tensor, from_detector: torch.Tensor,
+           score: torch.Tensor, peak_snr: torch.Tensor, sub_dy: torch.Tensor, sub_dx: torch.Tensor,
+           top_k: int) -> tuple[torch.Tensor, ...]:
+    """Top-K slots of ``priority`` and their stamps: (valid, tile, y, x, score, snr, stamps); fused on CUDA."""
+    values, index = torch.topk(priority.flatten(1), k=top_k, dim=1)
     # Fixed-size outputs with a validity mask: a data-dependent count would stall the host.
     b = score.shape[0]
     tile = torch.arange(b, device=score.device).repeat_interleave(top_k)
@@ -146,9 +157,29 @@ def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr
     width = score.shape[-1]
     y, x = index // width, index % width
     stamps = extract_stamps(triplet, tile, y, x)
-    off = offsets.float()
-    return (values > 0, tile, y.float() + off[tile, 1, y, x], x.float() + off[tile, 0, y, x], values,
+    detector = from_detector[tile, y, x]
+    off_y = torch.where(detector, offsets[tile, 1, y, x].float(), sub_dy[tile, y, x])
+    off_x = torch.where(detector, offsets[tile, 0, y, x].float(), sub_dx[tile, y, x])
+    return (values > 0, tile, y.float() + off_y, x.float() + off_x, torch.where(values > 0, score[tile, y, x], 0.0),
             peak_snr[tile, y, x], stamps)
+
+
+def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor,
+           layout: _Layout) -> tuple[torch.Tensor, ...]:
+    """
+    Peaks, their S/N gate, top-K slots and stamps, as `skyblink.workers.find_peaks`: the detector's
+    peaks first, then the difference's own point sources with no detector peak within 1 FWHM.
+    No host sync (a CUDA graph captures it whole); the point-source windows depend on the FWHM,
+    which is why it is part of the layout.
+    """
+    keep, score, peak_snr = _detector_peaks(heat, snr, layout.threshold, layout.snr_threshold)
+    fwhm = layout.difference_fwhm
+    source, sub_dy, sub_dx = difference_point_sources_tensor(
+        snr, fwhm, snr_threshold=max(layout.snr_threshold, DIFFERENCE_SNR_THRESHOLD))
+    reach = int(math.ceil(fwhm))
+    source &= F.max_pool2d(keep[:, None].float(), 2 * reach + 1, 1, reach)[:, 0] == 0
+    priority = torch.where(keep, 2.0 + score, torch.where(source, 1.0 + torch.tanh(snr / 1000.0), 0.0))
+    return _slots(triplet, offsets, priority, keep, score, peak_snr, sub_dy, sub_dx, layout.top_k)
 
 
 class _Graph:
@@ -247,7 +278,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     filter_sigma = max(science_fwhm_px, reference_fwhm_px) / FWHM_PER_SIGMA
     layout = _Layout(_padded_radius(int(4.0 * match_sigma + 0.5), _MATCH_RADIUS),
                      _padded_radius(int(4.0 * filter_sigma + 0.5), _FILTER_RADIUS),
-                     reject_cosmics, float(threshold), int(top_k), float(snr_threshold))
+                     reject_cosmics, float(threshold), int(top_k), float(snr_threshold),
+                     float(max(science_fwhm_px, reference_fwhm_px)))
     bias_frame = bias if isinstance(bias, torch.Tensor) else None
     numbers = _field_numbers(layout, science_fwhm_px=science_fwhm_px, reference_fwhm_px=reference_fwhm_px, scale=scale,
                              gain=gain, saturate=saturate, read_noise=read_noise,
@@ -268,7 +300,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
                       None if psf_match == "gaussian" else (science_fwhm_px, reference_fwhm_px))
 
     def back(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _peaks(triplet, heat, offsets, snr, layout.threshold, layout.top_k, layout.snr_threshold)
+        return _peaks(triplet, heat, offsets, snr, layout)
 
     def run(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
         if made is not None:

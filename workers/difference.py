@@ -26,7 +26,7 @@ from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.storage.ccd_context import flux_scale
 
 from .background import estimate_background
-from .psf_match import SolvedKernel, kernel_half_width, solve_kernel, source_pixels
+from .psf_match import KernelGrid, SolvedKernel, kernel_half_width, solve_kernel_grid, source_pixels
 
 __all__ = [
     "FWHM_PER_SIGMA",  # re-exported from skyblink.psf_units, where it is defined
@@ -66,16 +66,16 @@ def blurred_noise_factor(sigma: float) -> float:
 
 
 def _solve(sci: np.ndarray, sci_rms: np.ndarray, ref: np.ndarray, ref_rms: np.ndarray, usable: np.ndarray,
-           science_fwhm_px: float, reference_fwhm_px: float) -> SolvedKernel | None:
-    """The kernel taking the sharper image onto the broader one, or None (too few source pixels)."""
+           science_fwhm_px: float, reference_fwhm_px: float) -> SolvedKernel | KernelGrid | None:
+    """The kernel (varying over the window where its sources allow) taking the sharper image onto the broader one, or None."""
     half = kernel_half_width(science_fwhm_px, reference_fwhm_px)
     if science_fwhm_px >= reference_fwhm_px:
         image, image_rms, target, target_rms = ref, ref_rms, sci, sci_rms
     else:
         image, image_rms, target, target_rms = sci, sci_rms, ref, ref_rms
     fit = source_pixels(image, image_rms, target, target_rms, usable, half)
-    return solve_kernel(image, target, fit, half, image_rms=image_rms, target_rms=target_rms,
-                        centred=science_fwhm_px < reference_fwhm_px)
+    return solve_kernel_grid(image, target, fit, half, image_rms=image_rms, target_rms=target_rms,
+                             centred=science_fwhm_px < reference_fwhm_px)
 
 
 def _blur(image: np.ndarray, rms: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:

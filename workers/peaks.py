@@ -1,10 +1,22 @@
 """
 Peak finding on detector heatmaps: max-pool suppression, a score threshold, an optional S/N
-gate from the matched-filtered difference (`skyblink.workers.matched_filter`) and top-K per tile.
+gate from the matched-filtered difference (`skyblink.workers.matched_filter`) and top-K per tile;
+and the significant point-like sources of the difference itself, which are candidates whatever
+the detector scored at their place (`difference_point_sources`).
+
+A source that brightened on top of a galaxy's core, or beside a catalogued star, is a transient
+when the difference holds significant flux there in the shape of the PSF. The detector, trained
+mostly on transients in empty sky, may call such a place static (the nuclear transient of the
+DECam pair in ``shared/data/sfft-decam``: static 0.33-0.47, transient 0.02-0.03, at a
+difference S/N of 19-28). So, as the classical difference-image pipelines (ZTF's, Rubin's) detect
+on the difference, a peak of the matched-filter S/N map at `DIFFERENCE_SNR_THRESHOLD` or more
+that is compact and has no comparable negative lobe beside it is a candidate too, after the
+detector's own peaks; the classifier's real/bogus then decides whether it is alerted.
 
 Notes
 -----
-Pure numpy/scipy. The GPU tile program does the same with ``torch.nn.functional.max_pool2d``.
+Pure numpy/scipy. The GPU tile program does the same with ``torch.nn.functional.max_pool2d``
+and `difference_point_sources_tensor` (the same formulas, tested against these).
 """
 
 from __future__ import annotations
@@ -12,9 +24,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import maximum_filter
+from scipy.ndimage import maximum_filter, minimum_filter
 
-__all__ = ["Peaks", "find_peaks"]
+try:  # torch is the optional [ml] extra: the numpy functions work without it
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # pragma: no cover - exercised only where torch is absent
+    torch = None  # type: ignore[assignment]
+
+__all__ = ["DIFFERENCE_SNR_THRESHOLD", "MAX_NEGATIVE_LOBE", "MAX_RING", "Peaks", "difference_point_sources",
+           "difference_point_sources_tensor", "find_peaks"]
+
+#: S/N a point-like difference source needs to be a candidate without the detector's new-source score.
+DIFFERENCE_SNR_THRESHOLD = 10.0
+#: Deepest negative S/N within 2 FWHM of a difference source, as a fraction of its peak S/N (a star
+#: that the PSF matching left as a dipole or a ring has a negative part comparable to its positive one;
+#: on the DECam pairs: star residuals -0.38 to -1.8, the transient -0.10 to -0.18).
+MAX_NEGATIVE_LOBE = 0.3
+#: Highest S/N on a circle of `_RING_RADIUS_FWHM` around a difference source, as a fraction of its peak S/N, for
+#: it to count as compact: a point source's matched-filter profile there is 4 % of its peak; a trail or a streak
+#: crosses the circle at its own S/N, and an extended residual (a galaxy's) stays high around it.
+MAX_RING = 0.5
+_RING_RADIUS_FWHM = 1.75
+#: Directions the circle is sampled in (a trail as wide as the PSF covers 33 degrees of it at this radius).
+_RING_DIRECTIONS = 16
+_LOBE_RADIUS_FWHM = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +78,11 @@ def find_peaks(
     channels: tuple[int, ...] | None = None,
     snr: np.ndarray | None = None,
     snr_threshold: float = 5.0,
+    difference_fwhm_px: float | None = None,
+    difference_snr_threshold: float = DIFFERENCE_SNR_THRESHOLD,
 ) -> Peaks:
     """
-    Find local maxima of per-class heatmaps.
+    Find local maxima of per-class heatmaps, and optionally the difference's own point sources.
 
     Parameters
     ----------
@@ -58,9 +94,9 @@ def find_peaks(
         Edge of the max-pool window: a pixel is a peak when it is the maximum of its window
         over the selected channels.
     top_k : int
-        Keep at most this many peaks (highest scores first).
+        Keep at most this many peaks (the detector's by decreasing score, then the difference's).
     offsets : (2, H, W) ndarray, optional
-        Sub-pixel (dx, dy) added to each peak's pixel position.
+        Sub-pixel (dx, dy) added to each detector peak's pixel position.
     channels : tuple of int, optional
         Channels to search (default all); suppression runs over their maximum.
     snr : (H, W) ndarray, optional
@@ -69,11 +105,19 @@ def find_peaks(
         filter's may differ by a pixel); peaks below ``snr_threshold`` are dropped before top-K.
     snr_threshold : float
         Minimum S/N of a peak when ``snr`` is given.
+    difference_fwhm_px : float, optional
+        With ``snr``: also return the sources of `difference_point_sources` (S/N at least
+        ``difference_snr_threshold``, filtered with this FWHM) that have no detector peak within
+        1 FWHM, after the detector's peaks, by decreasing S/N; their score is the heatmap's there
+        (below ``threshold``), their position the S/N map's peak refined by a parabola.
+    difference_snr_threshold : float
+        Least S/N of a difference source (``snr_threshold`` where that is higher).
 
     Returns
     -------
     Peaks
-        Sorted by decreasing score; zero-length arrays when nothing passes.
+        The detector's peaks by decreasing score, then the difference's by decreasing S/N;
+        zero-length arrays when nothing passes.
 
     Raises
     ------
@@ -98,6 +142,139 @@ def find_peaks(
     if offsets is not None:
         fx = fx + offsets[0, ys, xs]
         fy = fy + offsets[1, ys, xs]
+    if snr is not None and difference_fwhm_px is not None and len(ys) < top_k:
+        near = np.zeros(best.shape, dtype=bool)
+        near[ys, xs] = True
+        reach = int(np.ceil(difference_fwhm_px))
+        near = maximum_filter(near, size=2 * reach + 1, mode="constant", cval=False)
+        dys, dxs, dfy, dfx = _difference_sources(snr, difference_fwhm_px, max(snr_threshold, difference_snr_threshold), kernel)
+        extra = ~near[dys, dxs]
+        dys, dxs, dfy, dfx = (a[extra][: top_k - len(ys)] for a in (dys, dxs, dfy, dfx))
+        ys, xs = np.concatenate([ys, dys]), np.concatenate([xs, dxs])
+        scores = np.concatenate([scores, best[dys, dxs]])
+        fx, fy = np.concatenate([fx, dfx]).astype(np.float32), np.concatenate([fy, dfy]).astype(np.float32)
     channel_ids = np.asarray(channels if channels is not None else range(heatmaps.shape[0]))[which[ys, xs]]
     snrs = peak_snr[ys, xs].astype(np.float32) if snr is not None else np.full(len(ys), np.nan, dtype=np.float32)
     return Peaks(fx, fy, scores.astype(np.float32), channel_ids.astype(np.int64), snrs)
+
+
+def _ring_offsets(fwhm_px: float) -> list[tuple[int, int]]:
+    """Integer (dy, dx) of the `_RING_DIRECTIONS` points at `_RING_RADIUS_FWHM` around a source."""
+    radius = _RING_RADIUS_FWHM * fwhm_px
+    angles = 2.0 * np.pi * np.arange(_RING_DIRECTIONS) / _RING_DIRECTIONS
+    return sorted({(round(radius * np.sin(a)), round(radius * np.cos(a))) for a in angles})
+
+
+def _parabola(minus: np.ndarray | torch.Tensor, centre: np.ndarray | torch.Tensor,
+              plus: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Sub-pixel offset of a peak from its value and its two neighbours' (0 where the curvature is not negative)."""
+    lib = np if isinstance(centre, np.ndarray) else torch
+    curvature = minus - 2.0 * centre + plus
+    step = 0.5 * (minus - plus) / lib.where(curvature < 0, curvature, -1.0)
+    return lib.where(curvature < 0, lib.clip(step, -0.5, 0.5), 0.0)
+
+
+def _difference_sources(snr: np.ndarray, fwhm_px: float, snr_threshold: float,
+                        kernel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Integer and sub-pixel positions (ys, xs, fy, fx) of `difference_point_sources`, by decreasing S/N."""
+    if not fwhm_px > 0:
+        msg = f"fwhm_px must be positive, got {fwhm_px!r}"
+        raise ValueError(msg)
+    snr = np.nan_to_num(np.asarray(snr, dtype=np.float32))
+    is_source = (snr >= snr_threshold) & (snr == maximum_filter(snr, size=kernel, mode="constant", cval=-np.inf))
+    lobe = int(np.ceil(_LOBE_RADIUS_FWHM * fwhm_px))
+    is_source &= minimum_filter(snr, size=2 * lobe + 1, mode="nearest") > -MAX_NEGATIVE_LOBE * snr
+    reach = int(np.ceil(_RING_RADIUS_FWHM * fwhm_px)) + 1
+    padded = np.pad(snr, reach, mode="constant", constant_values=-np.inf)
+    h, w = snr.shape
+    ring = np.max([padded[reach + dy: reach + dy + h, reach + dx: reach + dx + w] for dy, dx in _ring_offsets(fwhm_px)], axis=0)
+    is_source &= ring < MAX_RING * snr
+    ys, xs = np.nonzero(is_source)
+    order = np.argsort(-snr[ys, xs], kind="stable")
+    ys, xs = ys[order], xs[order]
+    edge = np.pad(snr, 1, mode="edge")
+    fy = ys + _parabola(edge[ys, xs + 1], edge[ys + 1, xs + 1], edge[ys + 2, xs + 1])
+    fx = xs + _parabola(edge[ys + 1, xs], edge[ys + 1, xs + 1], edge[ys + 1, xs + 2])
+    return ys, xs, np.asarray(fy, dtype=np.float64), np.asarray(fx, dtype=np.float64)
+
+
+def difference_point_sources(snr: np.ndarray, fwhm_px: float, *, snr_threshold: float = DIFFERENCE_SNR_THRESHOLD,
+                             kernel: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Significant point-like positive sources of a difference image, whatever the detector scored there.
+
+    A peak of the matched-filter S/N map (the maximum of its ``kernel`` x ``kernel`` window) at
+    ``snr_threshold`` or more,
+
+    - with no negative lobe beside it: the map's minimum within 2 FWHM is above
+      `MAX_NEGATIVE_LOBE` times minus the peak (a misaligned or mismatched star leaves a dipole
+      or a ring);
+    - compact: the map stays below `MAX_RING` times the peak on a circle of 1.75 FWHM around it
+      (a trail or a streak crosses the circle at its own S/N; an extended residual surrounds it).
+
+    Parameters
+    ----------
+    snr : (H, W) ndarray
+        Matched-filter S/N map of the difference (`skyblink.workers.matched_filter_snr`).
+    fwhm_px : float
+        PSF FWHM the map was filtered with, pixels.
+    snr_threshold : float
+        Least S/N of a source.
+    kernel : int
+        Edge of the max-pool window of a peak (as `find_peaks`).
+
+    Returns
+    -------
+    ys, xs : (N,) ndarray of int
+        Pixel positions of the sources, by decreasing S/N.
+
+    Raises
+    ------
+    ValueError
+        If ``fwhm_px`` is not positive.
+    """
+    ys, xs, _, _ = _difference_sources(snr, fwhm_px, snr_threshold, kernel)
+    return ys, xs
+
+
+def difference_point_sources_tensor(snr: torch.Tensor, fwhm_px: float, *, snr_threshold: float = DIFFERENCE_SNR_THRESHOLD,
+                                    kernel: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    `difference_point_sources` for a batch on any device, as maps.
+
+    Parameters
+    ----------
+    snr : (B, H, W) float tensor
+    fwhm_px, snr_threshold, kernel
+        As `difference_point_sources`.
+
+    Returns
+    -------
+    is_source : (B, H, W) bool tensor
+        True at the sources' pixels.
+    dy, dx : (B, H, W) float32 tensors
+        Sub-pixel offsets of the S/N peak from each pixel (the parabola through it and its neighbours).
+
+    Raises
+    ------
+    ValueError
+        If ``fwhm_px`` is not positive.
+    """
+    if not fwhm_px > 0:
+        msg = f"fwhm_px must be positive, got {fwhm_px!r}"
+        raise ValueError(msg)
+    snr = torch.nan_to_num(snr.to(torch.float32))[:, None]
+    is_source = (snr >= snr_threshold) & (snr == F.max_pool2d(snr, kernel, 1, kernel // 2))
+    lobe = int(np.ceil(_LOBE_RADIUS_FWHM * fwhm_px))
+    is_source &= -F.max_pool2d(-snr, 2 * lobe + 1, 1, lobe) > -MAX_NEGATIVE_LOBE * snr
+    reach = int(np.ceil(_RING_RADIUS_FWHM * fwhm_px)) + 1
+    padded = F.pad(snr, (reach, reach, reach, reach), mode="constant", value=-float("inf"))
+    h, w = snr.shape[-2:]
+    ring = torch.stack([padded[..., reach + dy: reach + dy + h, reach + dx: reach + dx + w]
+                        for dy, dx in _ring_offsets(fwhm_px)]).amax(dim=0)
+    is_source &= ring < MAX_RING * snr
+    edge = F.pad(snr, (1, 1, 1, 1), mode="replicate")[:, 0]
+    centre = edge[:, 1:-1, 1:-1]
+    dy = _parabola(edge[:, :-2, 1:-1], centre, edge[:, 2:, 1:-1])
+    dx = _parabola(edge[:, 1:-1, :-2], centre, edge[:, 1:-1, 2:])
+    return is_source[:, 0], dy.float(), dx.float()  # type: ignore[union-attr]

@@ -18,12 +18,14 @@ enough for the PSF to be constant on them). The torch version for the device pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import binary_dilation, correlate, uniform_filter
 
-__all__ = ["SolvedKernel", "kernel_half_width", "solve_kernel", "source_pixels"]
+__all__ = ["KERNEL_CELL_PX", "KernelGrid", "SolvedKernel", "kernel_half_width", "solve_kernel", "solve_kernel_grid",
+           "source_pixels"]
 
 #: Detection level (sigma, 3x3 mean) of the pixels a kernel is fitted on.
 FIT_NSIGMA = 20.0
@@ -179,3 +181,127 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
     if not FLUX_RATIO_RANGE[0] <= float(np.sum(coef[:-1])) <= FLUX_RATIO_RANGE[1]:
         return None
     return SolvedKernel(coef[:-1].reshape(size, size), float(coef[-1]), int(keep.sum()))
+
+
+#: Edge (pixels) of the cells a spatially varying kernel is solved on (`solve_kernel_grid`).
+KERNEL_CELL_PX = 80
+
+
+@dataclass(frozen=True, slots=True)
+class KernelGrid:
+    """
+    A spatially varying matching kernel: one `SolvedKernel` per cell of a regular grid, blended
+    bilinearly between the cells' centres (constant beyond the outer centres), so that the kernel
+    at a pixel is the weighted mean of its four nearest cells' kernels. Stable.
+
+    Attributes
+    ----------
+    kernels : list of list of SolvedKernel
+        [row][column] of the grid.
+    centres_y, centres_x : (n,) ndarray
+        Cell centres, pixels.
+    shape : (int, int)
+        The image shape the grid covers.
+    """
+
+    kernels: list[list[SolvedKernel]]
+    centres_y: np.ndarray
+    centres_x: np.ndarray
+    shape: tuple[int, int]
+
+    def _weights(self, centres: np.ndarray, n: int) -> list[tuple[slice, np.ndarray]]:
+        """Per cell along one axis: the pixels where its tent weight is non-zero, and the weights there."""
+        out = []
+        coord = np.arange(n, dtype=np.float64)
+        for i, c in enumerate(centres):
+            lo = centres[i - 1] if i > 0 else -np.inf
+            hi = centres[i + 1] if i + 1 < len(centres) else np.inf
+            w = np.where(coord <= c, (coord - lo) / (c - lo) if np.isfinite(lo) else 1.0,
+                         (hi - coord) / (hi - c) if np.isfinite(hi) else 1.0)
+            w = np.clip(w, 0.0, 1.0)
+            inside = np.flatnonzero(w > 0)
+            out.append((slice(int(inside[0]), int(inside[-1]) + 1), w[inside[0]: inside[-1] + 1]))
+        return out
+
+    def _blend(self, value: Callable[[SolvedKernel, slice, slice], np.ndarray | float]) -> np.ndarray:
+        out = np.zeros(self.shape, dtype=np.float64)
+        for (ys, wy), row in zip(self._weights(self.centres_y, self.shape[0]), self.kernels, strict=True):
+            for (xs, wx), kernel in zip(self._weights(self.centres_x, self.shape[1]), row, strict=True):
+                out[ys, xs] += wy[:, None] * wx[None, :] * value(kernel, ys, xs)
+        return out
+
+    @property
+    def flux_ratio(self) -> np.ndarray:
+        """Per pixel: the blended kernel's sum."""
+        return self._blend(lambda k, ys, xs: k.flux_ratio)
+
+    @property
+    def noise_factor(self) -> np.ndarray:
+        """Per pixel: sqrt(sum k^2) of the blended kernel (of the weighted kernels' squares: an upper bound)."""
+        return np.sqrt(self._blend(lambda k, ys, xs: k.noise_factor**2))
+
+    @property
+    def background(self) -> np.ndarray:
+        """Per pixel: the blended constant."""
+        return self._blend(lambda k, ys, xs: k.background)
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """The image convolved with the kernel of each pixel (edges replicated), float32."""
+        h = self.kernels[0][0].kernel.shape[0] // 2
+        ny, nx = self.shape
+        src = image.astype(np.float64)
+
+        def convolved(k: SolvedKernel, ys: slice, xs: slice) -> np.ndarray:
+            y0, y1, x0, x1 = max(ys.start - h, 0), min(ys.stop + h, ny), max(xs.start - h, 0), min(xs.stop + h, nx)
+            part = correlate(src[y0:y1, x0:x1], k.kernel, mode="nearest")
+            return part[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
+
+        return self._blend(convolved).astype(np.float32)
+
+
+def solve_kernel_grid(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_width: int, *,
+                      image_rms: np.ndarray | float = 1.0, target_rms: np.ndarray | float = 1.0, centred: bool = False,
+                      cell: int = KERNEL_CELL_PX) -> KernelGrid | SolvedKernel | None:
+    """
+    A matching kernel that varies over the image: `solve_kernel` on each cell of about ``cell``
+    pixels (its fit pixels and those of half a cell around it), blended bilinearly (`KernelGrid`),
+    as HOTPANTS's kernel solved per stamp region or SFFT's polynomial kernel field absorb a PSF
+    and a registration that change across a CCD. A cell whose own solve fails (too few sources)
+    takes the whole window's kernel.
+
+    Parameters
+    ----------
+    image, target, fit, half_width, image_rms, target_rms, centred
+        As `solve_kernel`.
+    cell : int
+        Edge of a cell, pixels; a window no larger than 1.5 cells gets one kernel.
+
+    Returns
+    -------
+    KernelGrid, SolvedKernel or None
+        The grid; the window's one kernel when there is one cell or no cell solves on its own;
+        None when not even the window's kernel solves.
+    """
+    whole = solve_kernel(image, target, fit, half_width, image_rms=image_rms, target_rms=target_rms, centred=centred)
+    ny, nx = image.shape
+    n_y, n_x = max(1, round(ny / cell)), max(1, round(nx / cell))
+    if whole is None or n_y * n_x == 1:
+        return whole
+    edges_y, edges_x = np.linspace(0, ny, n_y + 1), np.linspace(0, nx, n_x + 1)
+    rows: list[list[SolvedKernel]] = []
+    own = 0
+    for i in range(n_y):
+        row = []
+        for j in range(n_x):
+            hy, hx = 0.5 * (edges_y[1] - edges_y[0]), 0.5 * (edges_x[1] - edges_x[0])
+            region = np.zeros_like(fit)
+            region[int(max(0.0, edges_y[i] - hy)): int(min(ny, edges_y[i + 1] + hy)),
+                   int(max(0.0, edges_x[j] - hx)): int(min(nx, edges_x[j + 1] + hx))] = True
+            solved = solve_kernel(image, target, fit & region, half_width, image_rms=image_rms, target_rms=target_rms,
+                                  centred=centred)
+            own += solved is not None
+            row.append(solved if solved is not None else whole)
+        rows.append(row)
+    if not own:
+        return whole
+    return KernelGrid(rows, 0.5 * (edges_y[:-1] + edges_y[1:]), 0.5 * (edges_x[:-1] + edges_x[1:]), (ny, nx))

@@ -5,8 +5,9 @@ The steps, the same on the GPU (`skyblink.workers.device_program`): calibrate th
 window to electrons (gain from the header, bias and flat where given; saturated pixels
 masked), reject cosmic rays and hot pixels (L.A.Cosmic) and clean them, warp the reference,
 build the normalised triplet, run the detector, keep the peaks whose matched-filter S/N in the
-difference reaches ``snr_threshold``, cut stamps and classify them. The parameters are a
-`skyblink.workers.program_config.TileProgram`, built once from the configuration.
+difference reaches ``snr_threshold`` and the difference's own significant point-like sources
+(`skyblink.workers.peaks.difference_point_sources`), cut stamps and classify them. The parameters
+are a `skyblink.workers.program_config.TileProgram`, built once from the configuration.
 
 A tile is read from the night's store with a margin on every side, so that sources near its
 edge see their surroundings; the detector runs on the whole window and only the peaks inside the
@@ -352,7 +353,7 @@ def process_tile(unit: WorkUnit, store: CcdStore, detector: Any, classifier: Any
     out = detector.infer({"tiles": triplet[None]})
     snr = matched_filter_snr(triplet[2], max(fwhm), renormalize=True)
     peaks = find_peaks(out["heatmaps"][0], threshold=program.detector_threshold, offsets=out["offsets"][0], channels=(1, 2),
-                       top_k=program.top_k, snr=snr, snr_threshold=program.snr_threshold)
+                       top_k=program.top_k, snr=snr, snr_threshold=program.snr_threshold, difference_fwhm_px=max(fwhm))
     core = unit.owns(peaks.y, peaks.x)
     px, py, score, peak_snr = peaks.x[core], peaks.y[core], peaks.score[core], peaks.snr[core]
     if not len(score):

