@@ -7,7 +7,7 @@ fraction of the pinned-copy limit. Also checks that pipelined and synchronous ca
 
 Synthetic tiles (see benchmarks/tile_program_stages.py). Prints a table; JSON to $OUT when set.
 ``--eager`` runs the program as it ran before issue 23 in launch terms: no CUDA graphs and no
-compiled steps (``SKYBLINK_FUSED=0``), to show what they buy on the same code; ``--dump`` saves the
+compiled steps (`skyblink.workers.fused.set_fusion(False)`, as ``night.compile_device_program = false``), to show what they buy on the same code; ``--dump`` saves the
 pipelined candidates (npz) to compare programs.
 """
 
@@ -31,6 +31,7 @@ from skyblink.engines.catalog import load_network
 from skyblink.engines.manifest import IO_NAMES
 from skyblink.workers.device_program import make_device_program
 from skyblink.workers.pipeline import TilePipeline
+from skyblink.workers.program_config import TileProgram
 
 
 def runner(model: str) -> TorchRunner:
@@ -47,8 +48,6 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs, no compiled steps")
     parser.add_argument("--dump", type=Path, help="save the pipelined candidates here (npz)")
     args = parser.parse_args()
-    if args.eager:
-        os.environ["SKYBLINK_FUSED"] = "0"
     science, reference, grid = synthetic_batch(args.batch, args.size, "cuda")
     rng = np.random.default_rng(1)
     base = science.cpu().numpy()
@@ -56,9 +55,9 @@ def main() -> None:
     detector, classifier = runner("detector"), runner("classifier")
     detector.activate()
     classifier.activate()
-    options = {"graphs": False} if args.eager else {}
-    program = make_device_program(detector, classifier, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=2.2,
-                                  **options)
+    # ``night.compile_device_program = false``: no compiled steps and no CUDA graphs.
+    program = make_device_program(detector, classifier, reference, grid, TileProgram(compile_device_program=not args.eager),
+                                  science_fwhm_px=3.0, reference_fwhm_px=2.2)
     pipeline = TilePipeline(program, batch=args.batch, height=args.size, width=args.size, slots=3)
     t0 = time.perf_counter()
     list(pipeline.run(host_batches[:3], overlap=False))  # warm-up: compilation, autotuning, graph capture

@@ -36,7 +36,7 @@ from . import tile_program as tp
 from .calibration import calibrate_tensor
 from .cosmics import detect_cosmics_tensor
 from .difference import match_kernel_sigma
-from .fused import fused
+from .fused import fused, set_fusion
 from .matched_filter import matched_filter_snr_tensor, matched_filter_taps
 from .peaks import DIFFERENCE_SNR_THRESHOLD, difference_point_sources_tensor
 from .pipeline import extract_stamps, uint16_from_int16
@@ -272,6 +272,9 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     params = program or TileProgram()
     threshold, top_k, snr_threshold = params.detector_threshold, params.top_k, params.snr_threshold
     reject_cosmics, psf_match = params.reject_cosmics, params.psf_match
+    set_fusion(params.compile_device_program)
+    if graphs is None:
+        graphs = params.compile_device_program and reference.device.type == "cuda"
     device = reference.device
     b, _, h, w = grid.shape
     match_sigma = max(match_kernel_sigma(science_fwhm_px, reference_fwhm_px))

@@ -13,26 +13,33 @@ Notes
 A function is compiled once per input shape and dtype (the first call on CUDA pays for it: the
 actors do so in their warm-up, before the first exposure). Per-field numbers must reach these
 functions as tensors, not Python floats, or each new value would compile again.
-``SKYBLINK_FUSED=0`` in the environment runs everything eagerly (to measure what fusion buys).
+`set_fusion(False)` runs everything eagerly in this process (the configuration's
+``night.compile_device_program = false``, or a benchmark measuring what fusion buys).
 Thread-safe as torch.compile is.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["fused", "fusion_enabled"]
+__all__ = ["fused", "fusion_enabled", "set_fusion"]
+
+_FUSION = {"enabled": True}  # per process: an actor holds one configuration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fusion_enabled() -> bool:
-    """Whether `fused` functions compile on CUDA (``SKYBLINK_FUSED`` is not ``0``)."""
-    return os.environ.get("SKYBLINK_FUSED", "1") != "0"
+    """Whether `fused` functions compile on CUDA in this process (`set_fusion`; default on)."""
+    return _FUSION["enabled"]
+
+
+def set_fusion(enabled: bool) -> None:
+    """Compile `fused` functions on CUDA (``True``, the default) or run them eagerly, in this process."""
+    _FUSION["enabled"] = bool(enabled)
 
 
 def fused(fn: F) -> F:

@@ -81,6 +81,9 @@ class TileProgram:
         The networks' precision on GPU backends (``engines.precision``).
     reject_cosmics : bool
         Flag and clean cosmic rays and hot pixels before the background.
+    compile_device_program : bool
+        On a GPU, compile the per-pixel steps and run the program as CUDA graphs
+        (``night.compile_device_program``).
     headers : HeadersConfig
         Header keywords of the PSF size and the calibration (``[headers]``).
     """
@@ -93,6 +96,7 @@ class TileProgram:
     psf_match: PsfMatchName = _default(NightConfig, "psf_match")
     precision: PrecisionName = _default(EnginesConfig, "precision")
     reject_cosmics: bool = True
+    compile_device_program: bool = _default(NightConfig, "compile_device_program")
     headers: HeadersConfig = field(default_factory=HeadersConfig)
 
     @classmethod
@@ -111,7 +115,8 @@ class TileProgram:
         night = config.night
         return cls(tile_size=night.tile_size or config.ingest.tile_size, margin=night.margin,
                    detector_threshold=night.detector_threshold, snr_threshold=night.snr_threshold, top_k=night.top_k,
-                   psf_match=night.psf_match, precision=config.engines.precision, headers=config.headers)
+                   psf_match=night.psf_match, precision=config.engines.precision, headers=config.headers,
+                   compile_device_program=night.compile_device_program)
 
     @property
     def window_edge(self) -> int:
