@@ -22,15 +22,21 @@ and `difference_point_sources_tensor` (the same formulas, tested against these).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.ndimage import maximum_filter, minimum_filter
 
-try:  # torch is the optional [ml] extra: the numpy functions work without it
+from skyblink.lazy_import import lazy_module
+
+if TYPE_CHECKING:
     import torch
     import torch.nn.functional as F
-except ImportError:  # pragma: no cover - exercised only where torch is absent
-    torch = None  # type: ignore[assignment]
+else:
+    # The optional [ml] extra, imported by the first tensor function: the numpy functions (and the
+    # driver, which imports this module) work without it and do not pay for it.
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
 
 __all__ = ["DIFFERENCE_SNR_THRESHOLD", "MAX_NEGATIVE_LOBE", "MAX_RING", "Peaks", "difference_point_sources",
            "difference_point_sources_tensor", "find_peaks"]

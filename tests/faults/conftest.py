@@ -49,7 +49,8 @@ def fault_env(root: Path, redis_url: str) -> dict[str, str]:
     return {
         "SKYBLINK_STORE": str(root / "store.zarr"),
         "SKYBLINK_INGEST__TILE_SIZE": "256",
-        "SKYBLINK_NIGHT__TILES_PER_TASK": "2",
+        "SKYBLINK_NIGHT__UNITS_PER_CALL": "2",
+        "SKYBLINK_NIGHT__DEVICE_BATCH": "2",
         "SKYBLINK_NIGHT__WORKERS": "1",
         "SKYBLINK_REDIS__URL": redis_url,
         "SKYBLINK_ALERTS__SPOOL_DIR": str(root / "spool"),
