@@ -38,8 +38,9 @@ from .difference import MatchedDifference, matched_difference
 from .matched_filter import matched_filter_snr
 from .peaks import find_peaks
 from .program_config import TileProgram, window_edge
+from .source_detection import estimate_fwhm
 
-__all__ = ["CandidateRecord", "CcdSetup", "PreparedTile", "TileProgram", "WorkUnit", "ccd_setup", "measure_ccd_fwhm",
+__all__ = ["CandidateRecord", "CcdSetup", "PreparedTile", "TileProgram", "WorkUnit", "ccd_setup",
            "noise_pedestal", "prepare_tile", "process_tile", "read_window"]
 
 
@@ -223,7 +224,7 @@ def ccd_setup(store: CcdStore, exposure: str, ccd: str, headers: HeadersConfig |
     HeaderFactError
         No PSF size in a header and none measurable.
     """
-    context = store.ccd_context(exposure, ccd, headers=headers, measure_fwhm=measure_ccd_fwhm)
+    context = store.ccd_context(exposure, ccd, headers=headers, measure_fwhm=estimate_fwhm)
     reference_key = context.reference()
     return CcdSetup(reference_key, context.wcs, store.wcs(reference_key, ccd), CalibrationSpec.of(context),
                     (context.fwhm_px, context.reference_fwhm_px), context.flux_scale)
@@ -296,16 +297,6 @@ def noise_pedestal(electrons: np.ndarray, read_noise: float, bad: np.ndarray | N
     predicted = max(level, 0.0) + read_noise * read_noise
     excess = sigma * sigma - predicted
     return excess if excess > 0.5 * max(predicted, 1.0) else 0.0
-
-
-def measure_ccd_fwhm(image: np.ndarray) -> float:
-    """
-    Measure the PSF FWHM (px) on a whole CCD image (`skyblink.workers.estimate_fwhm`): what the
-    store's `ccd_context` calls where no header keyword gives the PSF size.
-    """
-    from .source_detection import estimate_fwhm  # noqa: PLC0415 - astropy.table, only when measuring
-
-    return estimate_fwhm(image)
 
 
 def process_tile(unit: WorkUnit, store: CcdStore, detector: Any, classifier: Any, program: TileProgram | None = None, *,
