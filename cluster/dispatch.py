@@ -27,6 +27,7 @@ import ray
 from ray.util.actor_pool import ActorPool
 
 from skyblink.config import Backend
+from skyblink.engines.backends import start_runner
 from skyblink.workers.actor import TileWorker, UnitOutcome, WorkerLostGpuError
 from skyblink.workers.program_config import WorkerConfig
 from skyblink.workers.tile_unit import WorkUnit
@@ -116,7 +117,7 @@ class WorkerPool:
         self.name = f"skyblink-worker-{uuid.uuid4().hex[:8]}"
         self.actors = [
             TileWorker.options(**options, name=f"{self.name}-{i}").remote(  # type: ignore[attr-defined]  # ray.remote's class is untyped
-                config, result_sink=store_unit_results
+                config, start_runner, result_sink=store_unit_results
             )
             for i in range(self.spec.count)
         ]

@@ -50,8 +50,8 @@ from packaging.version import Version  # a dependency of Ray
 from ray.util import metrics as ray_metrics
 
 from skyblink.config import SkyblinkConfig
-from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.lazy_import import lazy_module
+from skyblink.model_io import CLASSIFIER_CLASSES
 from skyblink.reduce.association import (
     reference_catalog_path,
     reference_ccd_task,

@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from skyblink.model_io import IO_NAMES
+
 from ._trt import TrtFlavour, load_trt
 from .manifest import EngineManifest, ProfileSpec, file_sha256
-from .model_io import IO_NAMES
 from .registry import current_device
 
 __all__ = ["DEFAULT_PROFILES", "DEFAULT_RTX_TARGETS", "EngineBuildError", "build_engine", "engine_file_name",

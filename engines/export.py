@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from skyblink.lazy_import import lazy_module
+from skyblink.model_io import IO_NAMES, STAMP_SIZE
 
 from .manifest import file_sha256
-from .model_io import IO_NAMES, STAMP_SIZE
 from .networks import Braai, Classifier, Detector
 
 if TYPE_CHECKING:

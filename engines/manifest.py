@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from .model_io import IO_NAMES, IONames  # re-exported: the torch-free constants live in model_io
+from skyblink.model_io import (  # re-exported: the torch-free constants live in model_io
+    IO_NAMES,
+    IONames,
+)
 
 __all__ = ["IO_NAMES", "MANIFEST_SUFFIX", "EngineManifest", "IONames", "ProfileSpec", "check_plain_file_name",
            "file_sha256"]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .model_io import (  # the torch-free constants live in model_io
+from skyblink.model_io import (  # the torch-free constants live in model_io
     CLASSIFIER_CLASSES,
     DETECTOR_CLASSES,
     STAMP_SIZE,

@@ -37,9 +37,8 @@ from typing import Literal
 
 import numpy as np
 
+from skyblink.model_io import STAMP_SIZE
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
-
-from .model_io import STAMP_SIZE
 
 __all__ = ["TRAINING_PIXEL_SCALE", "TRAINING_REFERENCE_DEPTH", "ExternalStampRule", "external_stamps", "fit_stamp",
            "sigma_normalize", "sigma_triplet"]

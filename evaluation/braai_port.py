@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from skyblink.engines.model_io import STAMP_SIZE
 from skyblink.engines.networks import Braai
 from skyblink.engines.trust import IntegrityError
 from skyblink.lazy_import import lazy_module
+from skyblink.model_io import STAMP_SIZE
 
 if TYPE_CHECKING:
     import h5py

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from skyblink.engines.backends import select_runner
-from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.engines.stamps import ExternalStampRule, external_stamps
 from skyblink.lazy_import import lazy_module
+from skyblink.model_io import CLASSIFIER_CLASSES
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
 if TYPE_CHECKING:

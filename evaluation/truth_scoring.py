@@ -44,8 +44,8 @@ from scipy.stats import rankdata
 
 from skyblink.cluster.planning import plan_tiles
 from skyblink.config import NightConfig, SimConfig
-from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.lazy_import import lazy_module
+from skyblink.model_io import CLASSIFIER_CLASSES
 from skyblink.sim import read_truth
 from skyblink.sim.events import movers_for_field
 from skyblink.storage import NightStore

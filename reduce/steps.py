@@ -52,7 +52,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 
 from skyblink.config import NightConfig
-from skyblink.engines.model_io import CLASSIFIER_CLASSES
+from skyblink.model_io import CLASSIFIER_CLASSES
 from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.stamps import STAMP_HALF
 from skyblink.storage.alerts import (

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
+from . import model_io
 from ._cli_common import console, effective_config, fail
 from .headers import HeaderFactError
 from .lazy_import import lazy_module
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from astropy.io import fits
 
     from skyblink import storage
-    from skyblink.engines import backends, model_io
+    from skyblink.engines import backends
     from skyblink.workers import program_config
     from skyblink.workers import subtract_pair as pair_subtraction
 else:
@@ -30,7 +31,6 @@ else:
     fits = lazy_module("astropy.io.fits")
     storage = lazy_module("skyblink.storage")
     backends = lazy_module("skyblink.engines.backends")
-    model_io = lazy_module("skyblink.engines.model_io")
     pair_subtraction = lazy_module("skyblink.workers.subtract_pair")
     program_config = lazy_module("skyblink.workers.program_config")
 

@@ -4,7 +4,7 @@ The stamp geometry both sides agree on (standard library only).
 A classifier stamp and an alert cutout are ``STAMP_SIZE`` pixels on a side (the ZTF/braai
 layout; odd, so that the detection sits on the centre pixel, ``STAMP_HALF`` pixels from each
 edge). The workers cut stamps, the engines' networks take them and the alerts carry them:
-`skyblink.engines.model_io`, `skyblink.workers.tile_unit` and `skyblink.storage.alerts`
+`skyblink.model_io`, `skyblink.workers.tile_unit` and `skyblink.storage.alerts`
 re-export these names.
 """
 

@@ -18,21 +18,47 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-import numpy as np
 import ray
 from ray.util.metrics import Counter, Histogram
 
 from skyblink.config import Backend
-from skyblink.engines.model_io import IO_NAMES, STAMP_SIZE
+from skyblink.stamps import STAMP_SIZE
 
 from .program_config import TileProgram, WorkerConfig
 from .tile_unit import CandidateRecord, WorkUnit, process_tile
 
-__all__ = ["TileWorker", "UnitOutcome", "WorkerLostGpuError"]
+__all__ = ["RunnerChoice", "RunnerStarter", "TileWorker", "UnitOutcome", "WorkerLostGpuError"]
 
 log = logging.getLogger(__name__)
+
+
+class RunnerChoice(Protocol):
+    """A network's started runner and why it was chosen (`skyblink.engines.backends.BackendChoice`)."""
+
+    runner: Any
+    backend: str
+    reason: str
+
+    def describe(self) -> dict[str, str | None]:
+        """The choice as a JSON-safe dict: backend, engine file and sha256, and the reason."""
+        ...
+
+
+class RunnerStarter(Protocol):
+    """
+    Starts a network's runner for the actor: `skyblink.engines.backends.start_runner`.
+
+    The driver hands it to the actor, so that the worker side's tile program does not import the
+    engines (whose training and gates run the workers' image steps).
+    """
+
+    def __call__(self, model: str, *, backend: Backend, precision: Any, registry: str | None,
+                 trusted_manifest: Path | None, shapes: Sequence[tuple[int, ...]]) -> RunnerChoice:
+        """Select, activate and warm up ``model``'s runner for inputs of ``shapes``."""
+        ...
 
 
 class WorkerLostGpuError(RuntimeError):
@@ -92,6 +118,10 @@ class TileWorker:
         the hashes of promoted releases and engines, mounted where workers cannot write
         (configuration ``engines.trusted_manifest``): an engine or ONNX file that differs from
         them is refused, even when its own manifest was rewritten to match.
+    start_runner : RunnerStarter
+        Starts each network's runner in the actor's process: `skyblink.engines.backends.start_runner`,
+        handed over by the driver (`skyblink.cluster.WorkerPool`). It selects the backend, builds or
+        loads the TensorRT engine, activates the runner and warms it up on the program's inputs.
     result_sink : callable, optional
         ``result_sink(unit, candidates)`` stores a unit's candidates where the night keeps them
         (`skyblink.cluster.results.store_unit_results`); the actor then calls it for every unit
@@ -107,12 +137,17 @@ class TileWorker:
     device runs one call while the next is launched and later ones are read from the store.
     """
 
-    def __init__(self, config: WorkerConfig,
+    def __init__(self, config: WorkerConfig, start_runner: RunnerStarter,
                  result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None) -> None:
         self._config = config
         self._program = config.program
         shapes = _program_shapes(config.program, config.device_batch)
-        self._choices = {name: self._start_runner(name, shapes) for name in ("detector", "classifier")}
+        self._choices = {
+            name: start_runner(name, backend=config.backend, precision=config.program.precision,
+                               registry=config.registry, trusted_manifest=config.trusted_manifest,
+                               shapes=shapes[name])
+            for name in ("detector", "classifier")
+        }
         self._runners = {name: choice.runner for name, choice in self._choices.items()}
         self._stores: dict[str, Any] = {}
         self._result_sink = result_sink
@@ -132,34 +167,6 @@ class TileWorker:
                                          batch=config.device_batch)
         log.info("TileWorker ready (%s): %s", "GPU pipeline" if self._gpu else "per tile",
                  {n: c.reason for n, c in self._choices.items()})
-
-    def _start_runner(self, name: str, shapes: dict[str, tuple[tuple[int, ...], ...]]) -> Any:
-        """
-        Select, activate and warm up ``name``'s runner (sessions, kernels and allocators ready
-        before the first real tile); a TensorRT engine the runtime refuses gives way to torch,
-        with the runtime's answer in the reason.
-        """
-        from skyblink.engines.backends import select_runner  # noqa: PLC0415 - imported in the actor's process
-        from skyblink.engines.registry import EngineRegistry  # noqa: PLC0415
-
-        backend, precision = self._config.backend, self._program.precision
-        registry = (EngineRegistry.from_config(self._config.registry, self._config.trusted_manifest)
-                    if self._config.registry else None)
-        choice = select_runner(name, backend=backend, precision=precision, registry=registry, shapes=shapes.get(name, ()))
-        try:
-            _warm_up(name, choice.runner, shapes.get(name, ()))
-        except Exception as exc:
-            if choice.backend != Backend.TENSORRT or backend == Backend.TENSORRT:
-                raise
-            if choice.runner.is_active:
-                choice.runner.deactivate()
-            refused = f"tensorrt: engine {choice.engine_file} refused by the runtime ({type(exc).__name__}: {exc})"
-            log.warning("%s; falling back to torch", refused)
-            fallback = select_runner(name, backend=Backend.TORCH, precision=precision)
-            _warm_up(name, fallback.runner, ())
-            choice = replace(fallback, reason=f"{refused}; {fallback.reason}", engine_file=choice.engine_file,
-                             engine_sha256=choice.engine_sha256)
-        return choice
 
     def _on_gpu(self) -> bool:
         if any(choice.backend not in (Backend.TORCH, Backend.TENSORRT) for choice in self._choices.values()):
@@ -296,16 +303,6 @@ def _program_shapes(program: TileProgram, batch: int) -> dict[str, tuple[tuple[i
     """
     edge = program.window_edge
     return {"detector": ((batch, 3, edge, edge),), "classifier": ((batch * program.top_k, 3, STAMP_SIZE, STAMP_SIZE),)}
-
-
-def _warm_up(name: str, runner: Any, shapes: tuple[tuple[int, ...], ...]) -> None:
-    """Activate ``runner`` and run it once on zeros (the program's input shape, batch 1, where known)."""
-    runner.activate()
-    if shapes:
-        shape = (1, *shapes[0][1:])
-    else:
-        shape = (1, 3, 64, 64) if name == "detector" else (1, 3, STAMP_SIZE, STAMP_SIZE)
-    runner.infer({IO_NAMES[name].inputs[0]: np.zeros(shape, np.float32)})
 
 
 def _is_cuda_context_error(exc: BaseException) -> bool:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from skyblink.config import Backend, EnginesConfig, IngestConfig, NightConfig, SkyblinkConfig
-from skyblink.engines.model_io import DETECTOR_STRIDE
 from skyblink.headers import HeadersConfig
+from skyblink.model_io import DETECTOR_STRIDE
 
 __all__ = ["Backend", "PrecisionName", "PsfMatchName", "TileProgram", "WorkerConfig", "window_edge"]
 
@@ -53,7 +53,7 @@ def window_edge(size: int, margin: int) -> int:
     Returns
     -------
     int
-        A multiple of `skyblink.engines.model_io.DETECTOR_STRIDE`.
+        A multiple of `skyblink.model_io.DETECTOR_STRIDE`.
     """
     return int(math.ceil((size + 2 * margin) / DETECTOR_STRIDE) * DETECTOR_STRIDE)
 

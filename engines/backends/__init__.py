@@ -3,6 +3,7 @@
 from .base import InferenceRunner, RunnerStateError
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .select import BackendChoice, BackendName, select_runner
+from .startup import start_runner, warm_up
 from .tensorrt_runner import CudaError, TensorRTRunner
 from .torch_runner import TorchMode, TorchRunner
 
@@ -17,4 +18,6 @@ __all__ = [
     "TorchMode",
     "TorchRunner",
     "select_runner",
+    "start_runner",
+    "warm_up",
 ]

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Literal
 
 from skyblink.config import Backend, ConfigError, load_config
+from skyblink.model_io import IO_NAMES
 
 from .._trt import TensorRTUnavailableError, load_trt
 from ..build import DEFAULT_PROFILES, EngineBuildError, build_engine
 from ..catalog import MODEL_VERSIONS, load_network, onnx_path
 from ..channels import CHANNELS_FILE, Channels, Release
 from ..manifest import ProfileSpec
-from ..model_io import IO_NAMES
 from ..registry import (
     DeviceInfo,
     EngineNotFoundError,

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from skyblink.lazy_import import lazy_module
+from skyblink.model_io import IO_NAMES
 
 from .._trt import load_trt
 from ..manifest import EngineManifest
-from ..model_io import IO_NAMES
 from .base import InferenceRunner
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class TensorRTRunner(InferenceRunner):
         same device, and runs on torch's current stream (the caller's compute stream): no host
         round trip, no copy but a cast where the engine's input type differs. Nothing is waited
         for; the outputs are ready in stream order, as torch's own kernels' would be. Outputs come
-        in the order of the model's ONNX outputs (`skyblink.engines.model_io.IO_NAMES`).
+        in the order of the model's ONNX outputs (`skyblink.model_io.IO_NAMES`).
         """
         name = self._inputs[0]
         x = x.to(_torch_dtype(torch, self._trt, self._engine.get_tensor_dtype(name))).contiguous()

@@ -38,13 +38,12 @@ import numpy as np
 from astropy.wcs import WCS
 
 from skyblink.config import SimConfig
+from skyblink.model_io import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE
 from skyblink.sim.ccd_image import render_ccd
 from skyblink.sim.conditions import GAIN, Conditions, exposure_conditions, reference_conditions
 from skyblink.sim.psf import render_point_sources
 from skyblink.workers.align import sampling_grid, warp
 from skyblink.workers.difference import flux_scale, normalized_triplet
-
-from ..model_io import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE
 
 __all__ = ["DetectorSamples", "StampRealism", "StampSamples", "TrainingData", "TrainingDataConfig", "build_training_data",
            "added_adu", "exposure_triplet", "truth_columns"]

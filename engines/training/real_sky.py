@@ -44,11 +44,11 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from skyblink.model_io import STAMP_SIZE
 from skyblink.psf_units import FWHM_PER_SIGMA
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
 from ..catalog import load_network
-from ..model_io import STAMP_SIZE
 from ..networks import Classifier
 from ..stamps import TRAINING_PIXEL_SCALE, ExternalStampRule, external_stamps
 from .dataset import TrainingDataConfig, build_training_data

@@ -26,11 +26,11 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from skyblink.config import SimConfig
+from skyblink.model_io import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE
 from skyblink.workers.peaks import find_peaks
 
 from ..catalog import MODEL_VERSIONS, model_dir
 from ..export import export_onnx, file_sha256
-from ..model_io import CLASSIFIER_CLASSES, DETECTOR_CLASSES, STAMP_SIZE
 from ..networks import Classifier, Detector
 from .dataset import StampRealism, TrainingDataConfig, build_training_data, exposure_triplet
 from .metrics import completeness_by_magnitude, fpr_at_fnr, roc_auc

@@ -62,7 +62,7 @@ def detections_schema(classes: Sequence[str]) -> pa.Schema:
     Parameters
     ----------
     classes : sequence of str
-        The classifier's classes (`skyblink.engines.model_io.CLASSIFIER_CLASSES`): one ``p_<class>``
+        The classifier's classes (`skyblink.model_io.CLASSIFIER_CLASSES`): one ``p_<class>``
         column each.
     """
     return pa.schema(

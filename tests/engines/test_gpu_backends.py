@@ -7,7 +7,7 @@ import pytest
 
 from skyblink.engines.backends import OnnxRuntimeRunner, TorchRunner
 from skyblink.engines.catalog import load_network, onnx_path
-from skyblink.engines.model_io import IO_NAMES
+from skyblink.model_io import IO_NAMES
 
 pytestmark = pytest.mark.gpu
 

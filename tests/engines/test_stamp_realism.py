@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from skyblink.engines.model_io import CLASSIFIER_CLASSES
 from skyblink.engines.training.dataset import StampRealism, TrainingDataConfig, build_training_data
+from skyblink.model_io import CLASSIFIER_CLASSES
 
 SMALL = TrainingDataConfig(fields=1, exposures_per_field=1, image_size=512, crop=64, random_crops_per_exposure=1,
                            event_crops_per_exposure=1, workers=1)

@@ -20,7 +20,7 @@ from astropy.wcs import WCS
 
 from skyblink.cluster.results import CANDIDATE_SCHEMA
 from skyblink.config import NightConfig
-from skyblink.engines.model_io import CLASSIFIER_CLASSES
+from skyblink.model_io import CLASSIFIER_CLASSES
 from skyblink.reduce.association import REFERENCE_SCHEMA, write_reference_catalog
 from skyblink.reduce.exposure_task import reduce_exposure
 from skyblink.reduce.steps import (

@@ -40,7 +40,6 @@ ML_SIDE = {"skyblink._cli_engines", "skyblink.evaluation.braai_port"}
 #: channels the CLI reads, and the actor class the driver hands to Ray.
 EXTRA_DRIVER_MODULES = (
     "skyblink.engines",
-    "skyblink.engines.model_io",
     "skyblink.engines.manifest",
     "skyblink.engines.registry",
     "skyblink.engines.channels",

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from skyblink.engines.model_io import CLASSIFIER_CLASSES
+from skyblink.model_io import CLASSIFIER_CLASSES
 from skyblink.storage import NightStore, StoreLayout, TableSchemaError
 from skyblink.storage.schemas.tables import (
     CANDIDATE_SCHEMA,

@@ -11,7 +11,7 @@ import ray
 from skyblink.cluster import ingest_night
 from skyblink.cluster.planning import plan_tiles
 from skyblink.config import SimConfig, load_config
-from skyblink.engines.backends import OnnxRuntimeRunner
+from skyblink.engines.backends import OnnxRuntimeRunner, start_runner
 from skyblink.engines.catalog import onnx_path
 from skyblink.sim import read_truth, simulate_night
 from skyblink.storage import NightStore
@@ -41,7 +41,7 @@ def test_actor_returns_each_candidate_once_with_stamps(night_store: tuple[Path, 
     night, store = night_store
     units = plan_tiles(store, "exposures/F00-001", size=256, margin=32)
     assert len(units) == 4
-    worker = TileWorker.options(num_cpus=1).remote(_cpu_workers())
+    worker = TileWorker.options(num_cpus=1).remote(_cpu_workers(), start_runner)
     health = ray.get(worker.check_health.remote())
     assert {k: health[k] for k in ("backends", "active", "units_done")} == {
         "backends": {"detector": "onnxruntime", "classifier": "onnxruntime"}, "active": True, "units_done": 0}
@@ -78,8 +78,8 @@ def test_actor_stores_results_itself_with_a_result_sink(night_store: tuple[Path,
 
     _, store = night_store
     units = plan_tiles(store, "exposures/F00-000", size=256, margin=32)
-    returning = TileWorker.options(num_cpus=1).remote(_cpu_workers())
-    storing = TileWorker.options(num_cpus=1).remote(_cpu_workers(), result_sink=store_unit_results)
+    returning = TileWorker.options(num_cpus=1).remote(_cpu_workers(), start_runner)
+    storing = TileWorker.options(num_cpus=1).remote(_cpu_workers(), start_runner, result_sink=store_unit_results)
     returned = ray.get(returning.process.remote(units))
     stored = ray.get(storing.process.remote(units))
     # The outcomes carry counts, not candidates; the store holds exactly what the actor found.

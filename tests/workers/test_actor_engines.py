@@ -15,6 +15,7 @@ import pytest
 import ray
 
 from skyblink.config import Backend
+from skyblink.engines.backends import start_runner
 from skyblink.engines.catalog import MODEL_VERSIONS, onnx_path
 from skyblink.engines.registry import current_device
 from skyblink.workers.actor import TileWorker
@@ -39,7 +40,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 
 def _engines(registry_root: Path, ray_local: None) -> dict[str, dict[str, str | None]]:
     config = WorkerConfig(TileProgram(tile_size=256, precision="fp16"), backend=Backend.AUTO, registry=str(registry_root))
-    worker = TileWorker.options(num_cpus=1).remote(config)
+    worker = TileWorker.options(num_cpus=1).remote(config, start_runner)
     try:
         return ray.get(worker.check_health.remote())["engines"]
     finally:

@@ -92,13 +92,14 @@ def test_actor_runs_the_registrys_engines_or_says_why_not(store: object, tmp_pat
     import ray
 
     from skyblink.config import Backend
+    from skyblink.engines.backends import start_runner
     from skyblink.workers.actor import TileWorker
     from skyblink.workers.program_config import TileProgram, WorkerConfig
 
     why = _runtime_refuses_this_gpu()
     config = WorkerConfig(TileProgram(tile_size=256, margin=32, precision="fp16"), backend=Backend.AUTO, device_batch=3,
                           registry=str(tmp_path / "engines"))
-    worker = TileWorker.options(num_gpus=1, num_cpus=1).remote(config)
+    worker = TileWorker.options(num_gpus=1, num_cpus=1).remote(config, start_runner)
     try:
         engines = ray.get(worker.check_health.remote())["engines"]
     finally:

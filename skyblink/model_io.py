@@ -4,8 +4,9 @@ What both sides of the cluster agree on about the networks, without importing an
 The driver (CLI, configuration, cluster driver, reduce, storage, alerts, sim) runs from the base
 install, with no torch, onnxruntime, tensorrt or CUDA packages; the workers add them. The class
 lists, the stamp edge and the ONNX tensor names are needed on both sides, so they live here, in a
-module that imports only the standard library. `skyblink.engines.networks` (torch) and
-`skyblink.engines.manifest` re-export them.
+module of the core that imports only the standard library: the workers (the detector's stride),
+the engines, the reduce and the evaluation all read them here. `skyblink.engines.networks` (torch)
+and `skyblink.engines.manifest` re-export them.
 """
 
 from __future__ import annotations
