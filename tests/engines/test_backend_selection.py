@@ -30,3 +30,20 @@ def test_forced_backends(tmp_path) -> None:
     choice = select_runner("detector", backend="torch")
     assert isinstance(choice.runner, TorchRunner) and choice.runner.device == "cpu"
     assert "forced" in choice.reason
+
+
+def test_start_runner_hands_the_actor_a_warmed_runner_for_its_shapes(tmp_path) -> None:
+    # What the driver hands each TileWorker (skyblink.cluster.WorkerPool): a runner already active
+    # and run once on the program's input shape, with the choice's reason for the health check.
+    from skyblink.config import Backend
+    from skyblink.engines.backends import start_runner
+
+    choice = start_runner("classifier", backend=Backend.AUTO, precision="fp32", registry=str(tmp_path / "engines"),
+                          shapes=((8, 3, 63, 63),))
+    assert choice.backend == "onnxruntime" and choice.runner.is_active
+    assert choice.describe()["reason"] == choice.reason and "no CUDA device" in choice.reason
+    out = choice.runner.infer({"stamps": np.zeros((8, 3, 63, 63), np.float32)})
+    assert out["real_bogus"].shape == (8, 1)
+    choice.runner.deactivate()
+    with pytest.raises(RuntimeError, match="tensorrt: no CUDA device"):
+        start_runner("detector", backend=Backend.TENSORRT, precision="fp16")
