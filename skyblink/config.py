@@ -281,6 +281,11 @@ class EnginesConfig(_Section):
         description="JSON file of the sha256 of the promoted releases and vouched-for engines (`skyblink engines "
         "trust`), mounted where the workers cannot write; set: nothing else is loaded.",
     )
+    compile_cache: str | None = Field(
+        None,
+        description="Folder of torch.compile's caches (Inductor's kernels and graphs) for the GPU actors' compiled "
+        "device program, kept between actor starts; a volume on Kubernetes (unset: the registry's torch-compile/).",
+    )
     backend: Backend = Field(
         Backend.AUTO,
         description="auto: a TensorRT engine for this GPU, else torch on CUDA, else ONNX Runtime on the CPU.",

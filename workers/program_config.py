@@ -138,6 +138,10 @@ class WorkerConfig:
         Engine registry folder (``engines.registry``); None: the shipped models only.
     trusted_manifest : Path or None
         Hashes of the promoted releases and engines (``engines.trusted_manifest``).
+    compile_cache : Path or None
+        Where a GPU actor keeps torch.compile's caches of the compiled device program between starts
+        (``engines.compile_cache``, else ``torch-compile/`` in the registry); None: torch's own
+        default, a folder in the machine's temporary directory.
     units_per_call : int
         Work units in one call to an actor (``night.units_per_call``).
     device_batch : int
@@ -154,6 +158,7 @@ class WorkerConfig:
     backend: Backend = _default(EnginesConfig, "backend")
     registry: str | None = None
     trusted_manifest: Path | None = None
+    compile_cache: Path | None = None
     units_per_call: int = _default(NightConfig, "units_per_call")
     device_batch: int = _default(NightConfig, "device_batch")
     prepare_calls: int = _default(NightConfig, "gpu_prepare_calls")
@@ -174,7 +179,9 @@ class WorkerConfig:
         WorkerConfig
         """
         night, engines = config.night, config.engines
+        cache = engines.compile_cache or (str(Path(engines.registry) / "torch-compile") if engines.registry else None)
         return cls(program=TileProgram.from_config(config), backend=engines.backend, registry=engines.registry,
-                   trusted_manifest=engines.trusted_manifest, units_per_call=night.units_per_call,
+                   trusted_manifest=engines.trusted_manifest, compile_cache=Path(cache).expanduser() if cache else None,
+                   units_per_call=night.units_per_call,
                    device_batch=night.device_batch, prepare_calls=night.gpu_prepare_calls, actors=night.workers,
                    health_check_s=night.health_check_s)

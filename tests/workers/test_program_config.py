@@ -30,6 +30,10 @@ def test_a_configuration_builds_both_records_under_its_own_names(tmp_path: Path)
     # Calls per actor and the device batch are two keys now, each reaching its own field.
     assert (workers.units_per_call, workers.device_batch, workers.prepare_calls) == (6, 3, 5)
     assert (workers.actors, workers.health_check_s) == (2, 7.5)
+    # The compiled device program's caches sit beside the engines unless given their own folder.
+    assert workers.compile_cache == tmp_path / "engines" / "torch-compile"
+    own = load_config(path, overrides={"engines.compile_cache": str(tmp_path / "tc")}, environ={})
+    assert WorkerConfig.from_config(own).compile_cache == tmp_path / "tc"
     # night.tile_size wins over the ingest chunk edge; records are frozen.
     assert TileProgram.from_config(load_config(path, overrides={"night.tile_size": 256}, environ={})).tile_size == 256
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -39,7 +43,9 @@ def test_a_configuration_builds_both_records_under_its_own_names(tmp_path: Path)
 def test_the_records_defaults_are_the_configurations() -> None:
     config = load_config(environ={})
     assert TileProgram() == TileProgram.from_config(config)
-    assert WorkerConfig(registry=config.engines.registry) == WorkerConfig.from_config(config)
+    workers = WorkerConfig.from_config(config)
+    assert WorkerConfig(registry=config.engines.registry, compile_cache=workers.compile_cache) == workers
+    assert workers.compile_cache == Path(config.engines.registry).expanduser() / "torch-compile"
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
@@ -81,3 +87,23 @@ def test_the_core_ownership_rule_gives_every_pixel_to_one_unit() -> None:
     owners = sum(u.owns(ys - u.origin[0], xs - u.origin[1]).astype(int) for u in units)
     assert (owners == 1).all()
     assert units[0].owns(16.0, 79.49) and not units[0].owns(16.0, 79.5) and not units[0].owns(15.49, 20.0)
+
+
+def test_a_gpu_actor_keeps_its_compiled_program_in_the_configured_cache(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from skyblink.workers.actor import _keep_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    _keep_compile_cache(tmp_path / "cache")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()
+    # An operator's own setting wins.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "theirs"))
+    _keep_compile_cache(tmp_path / "cache")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "theirs")
+    # A folder that cannot be made (a file in the way) leaves torch's default.
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    (tmp_path / "file").write_text("")
+    _keep_compile_cache(tmp_path / "file" / "cache")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
