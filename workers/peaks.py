@@ -13,6 +13,12 @@ on the difference, a peak of the matched-filter S/N map at `DIFFERENCE_SNR_THRES
 that is compact and has no comparable negative lobe beside it is a candidate too, after the
 detector's own peaks; the classifier's real/bogus then decides whether it is alerted.
 
+No peak, the detector's or the difference's, stands where its core holds a pixel the calibration
+could not measure (saturated, or an unusable flat: `masked_cores`). The simulator's saturated hot
+pixels, like real sensors', sit on the CCD in every exposure and in no (dithered) reference, and
+L.A.Cosmic leaves masked pixels as they are: such a pixel reached the difference at S/N 1149 and
+was alerted on the scoring night (benchmarks/BENCHMARKS.md, issue 20).
+
 Notes
 -----
 Pure numpy/scipy. The GPU tile program does the same with ``torch.nn.functional.max_pool2d``

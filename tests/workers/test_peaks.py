@@ -105,7 +105,8 @@ def test_saturated_hot_pixel_is_no_candidate_on_the_cpu_path(pair, runners, psf_
     assert _near(masked.x - m, masked.y - m, TRANSIENT).any()
 
 
-def test_saturated_hot_pixel_is_no_candidate_in_the_device_program(pair) -> None:
+@pytest.mark.parametrize("psf_match", ["gaussian", "kernel"])
+def test_saturated_hot_pixel_is_no_candidate_in_the_device_program(pair, psf_match: str) -> None:
     torch = pytest.importorskip("torch")
     from skyblink.engines.backends import TorchRunner
     from skyblink.engines.catalog import load_network
@@ -118,7 +119,7 @@ def test_saturated_hot_pixel_is_no_candidate_in_the_device_program(pair) -> None
     det = TorchRunner(load_network("detector"), input_name="tiles", output_names=("heatmaps", "offsets"), device="cpu")
     cls = TorchRunner(load_network("classifier"), input_name="stamps", output_names=("real_bogus", "class_probs"), device="cpu")
     with det, cls:
-        out = make_device_program(det, cls, torch.from_numpy(reference.data), grid, TileProgram(), science_fwhm_px=2.6,
+        out = make_device_program(det, cls, torch.from_numpy(reference.data), grid, TileProgram(psf_match=psf_match), science_fwhm_px=2.6,
                                   reference_fwhm_px=2.0, saturate=SATURATE, read_noise=5.0, gain=1.0)(raw, 0)
     valid = out["valid"].numpy()
     xs, ys = out["x"].numpy()[valid], out["y"].numpy()[valid]
