@@ -21,8 +21,8 @@ from pathlib import Path
 import ray
 
 from skyblink.cluster.night import run_night
-from skyblink.cluster.scoring import score_night
 from skyblink.config import SimConfig, load_config
+from skyblink.evaluation.truth_scoring import score_night
 from skyblink.sim import simulate_night
 
 

@@ -38,7 +38,7 @@ from .cosmics import detect_cosmics_tensor
 from .difference import match_kernel_sigma
 from .fused import fused, set_fusion
 from .matched_filter import matched_filter_snr_tensor, matched_filter_taps
-from .peaks import DIFFERENCE_SNR_THRESHOLD, difference_point_sources_tensor
+from .peaks import DIFFERENCE_SNR_THRESHOLD, difference_point_sources_tensor, masked_cores_tensor
 from .pipeline import extract_stamps, uint16_from_int16
 from .program_config import TileProgram
 from .tile_unit import FLOAT16_MAX
@@ -110,15 +110,18 @@ def _unpack(numbers: torch.Tensor, layout: _Layout) -> tuple[dict[str, torch.Ten
 
 def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, numbers: torch.Tensor,
            bias_frame: torch.Tensor | None, flat: torch.Tensor | None, operators: tuple[torch.Tensor, torch.Tensor],
-           layout: _Layout, passes: int | None, kernel_fwhm: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           layout: _Layout, passes: int | None,
+           kernel_fwhm: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
-    Calibration to the matched-filter S/N: (triplet (B, 3, H, W), S/N (B, H, W)). No host sync
+    Calibration to the matched-filter S/N: (triplet (B, 3, H, W), S/N (B, H, W), the calibration's
+    mask (B, H, W): saturated or unusable-flat pixels, where no candidate may stand). No host sync
     unless ``kernel_fwhm`` (science, reference) asks for PSF matching by solved kernels.
     """
     v, (sci_taps, ref_taps, filter_taps) = _unpack(numbers, layout)
     bias = v["bias"] if bias_frame is None else bias_frame
     calibrated = calibrate_tensor(uint16_from_int16(science), gain=v["gain"], bias=bias, flat=flat, saturate=v["saturate"])
     sci, bad = calibrated.electrons, calibrated.mask
+    saturated = calibrated.mask
     if layout.reject_cosmics:
         cosmics = detect_cosmics_tensor(sci, read_noise=v["read_noise"], mask=bad | ~torch.isfinite(sci))
         sci, bad = cosmics.cleaned, bad | cosmics.mask
@@ -131,7 +134,7 @@ def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, n
                                       taps=(sci_taps, ref_taps), noise_factors=(v["sci_factor"], v["ref_factor"]),
                                       passes=passes, operators=operators)
     snr = matched_filter_snr_tensor(triplet[:, 2], 1.0, renormalize=True, taps=(filter_taps, v["filter_norm"]))
-    return triplet, snr
+    return triplet, snr, saturated
 
 
 @fused
@@ -164,20 +167,23 @@ def _slots(triplet: torch.Tensor, offsets: torch.Tensor, priority: torch.Tensor,
             peak_snr[tile, y, x], stamps)
 
 
-def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor,
+def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor, masked: torch.Tensor,
            layout: _Layout) -> tuple[torch.Tensor, ...]:
     """
     Peaks, their S/N gate, top-K slots and stamps, as `skyblink.workers.find_peaks`: the detector's
-    peaks first, then the difference's own point sources with no detector peak within 1 FWHM.
+    peaks first, then the difference's own point sources with no detector peak within 1 FWHM;
+    none whose core holds a ``masked`` pixel (`skyblink.workers.peaks.masked_cores`).
     No host sync (a CUDA graph captures it whole); the point-source windows depend on the FWHM,
     which is why it is part of the layout.
     """
     keep, score, peak_snr = _detector_peaks(heat, snr, layout.threshold, layout.snr_threshold)
     fwhm = layout.difference_fwhm
+    blocked = masked_cores_tensor(masked, fwhm)
+    keep &= ~blocked
     source, sub_dy, sub_dx = difference_point_sources_tensor(
         snr, fwhm, snr_threshold=max(layout.snr_threshold, DIFFERENCE_SNR_THRESHOLD))
     reach = int(math.ceil(fwhm))
-    source &= F.max_pool2d(keep[:, None].float(), 2 * reach + 1, 1, reach)[:, 0] == 0
+    source &= (F.max_pool2d(keep[:, None].float(), 2 * reach + 1, 1, reach)[:, 0] == 0) & ~blocked
     priority = torch.where(keep, 2.0 + score, torch.where(source, 1.0 + torch.tanh(snr / 1000.0), 0.0))
     return _slots(triplet, offsets, priority, keep, score, peak_snr, sub_dy, sub_dx, layout.top_k)
 
@@ -294,7 +300,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         made = torch.cuda.Event()
         made.record()
 
-    def front(science: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def front(science: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ref, grd, nums, ay, ax = rest[:5]
         frames = iter(rest[5:])
         bias_t = next(frames) if bias_frame is not None else None
@@ -302,8 +308,9 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         return _front(science, ref, grd, nums, bias_t, flat_t, (ay, ax), layout, BACKGROUND_PASSES,
                       None if psf_match == "gaussian" else (science_fwhm_px, reference_fwhm_px))
 
-    def back(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _peaks(triplet, heat, offsets, snr, layout)
+    def back(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor,
+             masked: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _peaks(triplet, heat, offsets, snr, masked, layout)
 
     def run(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
         if made is not None:
@@ -313,12 +320,12 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
                       *([bias_frame] if bias_frame is not None else []), *([flat] if flat is not None else [])]
             if use_graphs:
                 name = f"front bias={bias_frame is not None} flat={flat is not None}"  # which frames the inputs hold
-                triplet, snr = _graph(name, front, inputs, layout)(inputs)
+                triplet, snr, masked = _graph(name, front, inputs, layout)(inputs)
             else:
-                triplet, snr = front(*inputs)
+                triplet, snr, masked = front(*inputs)
             heat, offsets = detector.infer_tensors(triplet)  # type: ignore[attr-defined]
-            found = _graph("peaks", back, [triplet, heat, offsets, snr], layout)([triplet, heat, offsets, snr]) if use_graphs \
-                else back(triplet, heat, offsets, snr)
+            middle = [triplet, heat, offsets, snr, masked]
+            found = _graph("peaks", back, middle, layout)(middle) if use_graphs else back(*middle)
             valid, tile, y, x, score, peak_snr, stamps = found
             rb, probs = classifier.infer_tensors(stamps)  # type: ignore[attr-defined]
             return {

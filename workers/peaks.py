@@ -13,6 +13,12 @@ on the difference, a peak of the matched-filter S/N map at `DIFFERENCE_SNR_THRES
 that is compact and has no comparable negative lobe beside it is a candidate too, after the
 detector's own peaks; the classifier's real/bogus then decides whether it is alerted.
 
+No peak, the detector's or the difference's, stands where its core holds a pixel the calibration
+could not measure (saturated, or an unusable flat: `masked_cores`). The simulator's saturated hot
+pixels, like real sensors', sit on the CCD in every exposure and in no (dithered) reference, and
+L.A.Cosmic leaves masked pixels as they are: such a pixel reached the difference at S/N 1149 and
+was alerted on the scoring night (benchmarks/BENCHMARKS.md, issue 20).
+
 Notes
 -----
 Pure numpy/scipy. The GPU tile program does the same with ``torch.nn.functional.max_pool2d``
@@ -38,8 +44,8 @@ else:
     torch = lazy_module("torch")
     F = lazy_module("torch.nn.functional")
 
-__all__ = ["DIFFERENCE_SNR_THRESHOLD", "MAX_NEGATIVE_LOBE", "MAX_RING", "Peaks", "difference_point_sources",
-           "difference_point_sources_tensor", "find_peaks"]
+__all__ = ["DIFFERENCE_SNR_THRESHOLD", "MASKED_CORE_FWHM", "MAX_NEGATIVE_LOBE", "MAX_RING", "Peaks",
+           "difference_point_sources", "difference_point_sources_tensor", "find_peaks", "masked_cores", "masked_cores_tensor"]
 
 #: S/N a point-like difference source needs to be a candidate without the detector's new-source score.
 DIFFERENCE_SNR_THRESHOLD = 10.0
@@ -55,6 +61,61 @@ _RING_RADIUS_FWHM = 1.75
 #: Directions the circle is sampled in (a trail as wide as the PSF covers 33 degrees of it at this radius).
 _RING_DIRECTIONS = 16
 _LOBE_RADIUS_FWHM = 2.0
+#: Radius, in FWHM, of a candidate's core (at least its 3x3 pixels): a candidate whose core holds a pixel that
+#: the calibration could not measure (saturated, or an unusable flat) is not one (`masked_cores`).
+MASKED_CORE_FWHM = 0.5
+
+
+def _core_radius(fwhm_px: float | None) -> int:
+    """Half-edge of a candidate's core window, pixels: half a FWHM, at least 1 (the 3x3)."""
+    return 1 if fwhm_px is None else max(1, int(np.ceil(MASKED_CORE_FWHM * fwhm_px)))
+
+
+def masked_cores(masked: np.ndarray, fwhm_px: float | None) -> np.ndarray:
+    """
+    The pixels whose core holds a masked pixel: where a candidate may not stand.
+
+    A saturated pixel keeps no measurable value (L.A.Cosmic leaves masked pixels as they are, so
+    a saturated hot pixel, fixed on the CCD and absent from a dithered reference, reaches the
+    difference at thousands of sigma in the shape of a point source, and the PSF matching
+    spreads it over its neighbours). A transient measured through such a pixel has no flux or
+    position to give, so it is no candidate, as survey pipelines drop sources with a saturated
+    centre.
+
+    Parameters
+    ----------
+    masked : (H, W) bool ndarray
+        Pixels the calibration flagged (`skyblink.workers.calibration.Calibrated.mask`:
+        saturated, or an unusable flat); cleaned cosmic rays are not masked here.
+    fwhm_px : float or None
+        PSF FWHM of the difference, pixels: the core is within `MASKED_CORE_FWHM` of it (at least
+        the 3x3); None for the 3x3.
+
+    Returns
+    -------
+    (H, W) bool ndarray
+        True within the core's reach of a masked pixel.
+    """
+    r = _core_radius(fwhm_px)
+    return maximum_filter(np.asarray(masked, dtype=bool), size=2 * r + 1, mode="constant", cval=False)
+
+
+def masked_cores_tensor(masked: torch.Tensor, fwhm_px: float | None) -> torch.Tensor:
+    """
+    `masked_cores` for a batch on any device.
+
+    Parameters
+    ----------
+    masked : (B, H, W) bool tensor
+    fwhm_px : float or None
+        As `masked_cores`.
+
+    Returns
+    -------
+    (B, H, W) bool tensor
+    """
+    r = _core_radius(fwhm_px)
+    return F.max_pool2d(masked[:, None].to(torch.float32), 2 * r + 1, 1, r)[:, 0] > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +147,7 @@ def find_peaks(
     snr_threshold: float = 5.0,
     difference_fwhm_px: float | None = None,
     difference_snr_threshold: float = DIFFERENCE_SNR_THRESHOLD,
+    masked: np.ndarray | None = None,
 ) -> Peaks:
     """
     Find local maxima of per-class heatmaps, and optionally the difference's own point sources.
@@ -118,6 +180,9 @@ def find_peaks(
         (below ``threshold``), their position the S/N map's peak refined by a parabola.
     difference_snr_threshold : float
         Least S/N of a difference source (``snr_threshold`` where that is higher).
+    masked : (H, W) bool ndarray, optional
+        Pixels the calibration flagged (saturated, unusable flat): no peak, the detector's or the
+        difference's, stands where its core holds one (`masked_cores`, with ``difference_fwhm_px``).
 
     Returns
     -------
@@ -128,7 +193,7 @@ def find_peaks(
     Raises
     ------
     ValueError
-        If ``snr`` does not have the heatmaps' spatial shape.
+        If ``snr`` or ``masked`` does not have the heatmaps' spatial shape.
     """
     chosen = heatmaps if channels is None else heatmaps[list(channels)]
     best = chosen.max(axis=0)
@@ -140,6 +205,13 @@ def find_peaks(
             raise ValueError(msg)
         peak_snr = maximum_filter(snr, size=3, mode="nearest")
         is_peak &= peak_snr >= snr_threshold
+    blocked = None
+    if masked is not None:
+        if masked.shape != best.shape:
+            msg = f"masked must have the heatmaps' spatial shape {best.shape}, got {masked.shape}"
+            raise ValueError(msg)
+        blocked = masked_cores(masked, difference_fwhm_px)
+        is_peak &= ~blocked
     ys, xs = np.nonzero(is_peak)
     scores = best[ys, xs]
     order = np.argsort(-scores, kind="stable")[:top_k]
@@ -154,7 +226,7 @@ def find_peaks(
         reach = int(np.ceil(difference_fwhm_px))
         near = maximum_filter(near, size=2 * reach + 1, mode="constant", cval=False)
         dys, dxs, dfy, dfx = _difference_sources(snr, difference_fwhm_px, max(snr_threshold, difference_snr_threshold), kernel)
-        extra = ~near[dys, dxs]
+        extra = ~near[dys, dxs] if blocked is None else ~(near | blocked)[dys, dxs]
         dys, dxs, dfy, dfx = (a[extra][: top_k - len(ys)] for a in (dys, dxs, dfy, dfx))
         ys, xs = np.concatenate([ys, dys]), np.concatenate([xs, dxs])
         scores = np.concatenate([scores, best[dys, dxs]])

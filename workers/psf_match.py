@@ -11,9 +11,9 @@ sub-pixel shift between the images and their flux ratio.
 
 Notes
 -----
-Pure numpy/scipy, thread-safe. One kernel per window (the per-tile program's tiles are small
-enough for the PSF to be constant on them). The torch version for the device program is
-`skyblink.workers.tile_program.solve_kernel_tensor`.
+Pure numpy/scipy, thread-safe. One kernel per window (`solve_kernel`) or one per cell of about
+80 pixels, blended bilinearly (`solve_kernel_grid`). The torch version for the device program is
+`skyblink.workers.psf_match_tensor`; the cells' geometry (`CellLayout`, `tent_weights`) is shared.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import binary_dilation, correlate, uniform_filter
 
-__all__ = ["KERNEL_CELL_PX", "KernelGrid", "SolvedKernel", "kernel_half_width", "solve_kernel", "solve_kernel_grid",
-           "source_pixels"]
+__all__ = ["KERNEL_CELL_PX", "CellLayout", "KernelGrid", "SolvedKernel", "kernel_half_width", "solve_kernel",
+           "solve_kernel_grid", "source_pixels", "tent_weights"]
 
 #: Detection level (sigma, 3x3 mean) of the pixels a kernel is fitted on.
 FIT_NSIGMA = 20.0
@@ -187,6 +187,94 @@ def solve_kernel(image: np.ndarray, target: np.ndarray, fit: np.ndarray, half_wi
 KERNEL_CELL_PX = 80
 
 
+def tent_weights(centres: np.ndarray, n: int) -> np.ndarray:
+    """
+    Bilinear blending weights along one axis: cell ``i``'s tent, 1 at its centre, falling to 0 at
+    its neighbours' centres and staying 1 beyond the outer centres; they sum to 1 at every pixel.
+
+    Parameters
+    ----------
+    centres : (m,) ndarray
+        Cell centres along the axis, increasing, pixels.
+    n : int
+        Pixels along the axis.
+
+    Returns
+    -------
+    (m, n) ndarray of float64
+    """
+    coord = np.arange(n, dtype=np.float64)
+    out = np.empty((len(centres), n))
+    for i, c in enumerate(centres):
+        lo = centres[i - 1] if i > 0 else -np.inf
+        hi = centres[i + 1] if i + 1 < len(centres) else np.inf
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.where(coord <= c, (coord - lo) / (c - lo) if np.isfinite(lo) else 1.0,
+                         (hi - coord) / (hi - c) if np.isfinite(hi) else 1.0)
+        out[i] = np.clip(w, 0.0, 1.0)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CellLayout:
+    """
+    The cells a spatially varying kernel is solved on over one window: its pure geometry, the same
+    for the numpy path (`solve_kernel_grid`) and the torch one
+    (`skyblink.workers.psf_match_tensor.solve_kernel_grid_tensor`). Stable.
+
+    Attributes
+    ----------
+    shape : (int, int)
+        The window's shape.
+    edges_y, edges_x : ndarray
+        Cell edges, pixels (``n + 1`` each, from 0 to the window's edge).
+    """
+
+    shape: tuple[int, int]
+    edges_y: np.ndarray
+    edges_x: np.ndarray
+
+    @classmethod
+    def of(cls, shape: tuple[int, int], cell: int = KERNEL_CELL_PX) -> CellLayout:
+        """About ``cell``-pixel cells over a window of ``shape`` (a window no larger than 1.5 cells is one cell)."""
+        ny, nx = shape
+        n_y, n_x = max(1, round(ny / cell)), max(1, round(nx / cell))
+        return cls((ny, nx), np.linspace(0, ny, n_y + 1), np.linspace(0, nx, n_x + 1))
+
+    @classmethod
+    def single(cls, shape: tuple[int, int]) -> CellLayout:
+        """The whole window as one cell (one kernel)."""
+        return cls((shape[0], shape[1]), np.array([0.0, shape[0]]), np.array([0.0, shape[1]]))
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Cells along y and x."""
+        return len(self.edges_y) - 1, len(self.edges_x) - 1
+
+    @property
+    def centres_y(self) -> np.ndarray:
+        """Cell centres along y, pixels."""
+        return 0.5 * (self.edges_y[:-1] + self.edges_y[1:])
+
+    @property
+    def centres_x(self) -> np.ndarray:
+        """Cell centres along x, pixels."""
+        return 0.5 * (self.edges_x[:-1] + self.edges_x[1:])
+
+    def fit_regions(self) -> list[tuple[slice, slice]]:
+        """Row-major per cell: the pixels its kernel is fitted on, the cell and half a cell around it."""
+        ny, nx = self.shape
+        hy, hx = 0.5 * (self.edges_y[1] - self.edges_y[0]), 0.5 * (self.edges_x[1] - self.edges_x[0])
+        n_y, n_x = self.grid_shape
+        return [(slice(int(max(0.0, self.edges_y[i] - hy)), int(min(ny, self.edges_y[i + 1] + hy))),
+                 slice(int(max(0.0, self.edges_x[j] - hx)), int(min(nx, self.edges_x[j + 1] + hx))))
+                for i in range(n_y) for j in range(n_x)]
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(wy (n_y, H), wx (n_x, W)): `tent_weights` of the cells' centres along each axis."""
+        return tent_weights(self.centres_y, self.shape[0]), tent_weights(self.centres_x, self.shape[1])
+
+
 @dataclass(frozen=True, slots=True)
 class KernelGrid:
     """
@@ -210,15 +298,9 @@ class KernelGrid:
     shape: tuple[int, int]
 
     def _weights(self, centres: np.ndarray, n: int) -> list[tuple[slice, np.ndarray]]:
-        """Per cell along one axis: the pixels where its tent weight is non-zero, and the weights there."""
+        """Per cell along one axis: the pixels where its tent weight (`tent_weights`) is non-zero, and the weights there."""
         out = []
-        coord = np.arange(n, dtype=np.float64)
-        for i, c in enumerate(centres):
-            lo = centres[i - 1] if i > 0 else -np.inf
-            hi = centres[i + 1] if i + 1 < len(centres) else np.inf
-            w = np.where(coord <= c, (coord - lo) / (c - lo) if np.isfinite(lo) else 1.0,
-                         (hi - coord) / (hi - c) if np.isfinite(hi) else 1.0)
-            w = np.clip(w, 0.0, 1.0)
+        for w in tent_weights(centres, n):
             inside = np.flatnonzero(w > 0)
             out.append((slice(int(inside[0]), int(inside[-1]) + 1), w[inside[0]: inside[-1] + 1]))
         return out
@@ -283,25 +365,17 @@ def solve_kernel_grid(image: np.ndarray, target: np.ndarray, fit: np.ndarray, ha
         None when not even the window's kernel solves.
     """
     whole = solve_kernel(image, target, fit, half_width, image_rms=image_rms, target_rms=target_rms, centred=centred)
-    ny, nx = image.shape
-    n_y, n_x = max(1, round(ny / cell)), max(1, round(nx / cell))
+    layout = CellLayout.of(image.shape, cell)
+    n_y, n_x = layout.grid_shape
     if whole is None or n_y * n_x == 1:
         return whole
-    edges_y, edges_x = np.linspace(0, ny, n_y + 1), np.linspace(0, nx, n_x + 1)
-    rows: list[list[SolvedKernel]] = []
-    own = 0
-    for i in range(n_y):
-        row = []
-        for j in range(n_x):
-            hy, hx = 0.5 * (edges_y[1] - edges_y[0]), 0.5 * (edges_x[1] - edges_x[0])
-            region = np.zeros_like(fit)
-            region[int(max(0.0, edges_y[i] - hy)): int(min(ny, edges_y[i + 1] + hy)),
-                   int(max(0.0, edges_x[j] - hx)): int(min(nx, edges_x[j + 1] + hx))] = True
-            solved = solve_kernel(image, target, fit & region, half_width, image_rms=image_rms, target_rms=target_rms,
-                                  centred=centred)
-            own += solved is not None
-            row.append(solved if solved is not None else whole)
-        rows.append(row)
-    if not own:
+    solved: list[SolvedKernel | None] = []
+    for ys, xs in layout.fit_regions():
+        region = np.zeros_like(fit)
+        region[ys, xs] = True
+        solved.append(solve_kernel(image, target, fit & region, half_width, image_rms=image_rms, target_rms=target_rms,
+                                   centred=centred))
+    if all(k is None for k in solved):
         return whole
-    return KernelGrid(rows, 0.5 * (edges_y[:-1] + edges_y[1:]), 0.5 * (edges_x[:-1] + edges_x[1:]), (ny, nx))
+    rows = [[k if k is not None else whole for k in solved[i * n_x: (i + 1) * n_x]] for i in range(n_y)]
+    return KernelGrid(rows, layout.centres_y, layout.centres_x, layout.shape)

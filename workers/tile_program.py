@@ -20,9 +20,9 @@ import torch
 from torch.nn import functional as F
 
 from . import background as _bg
-from . import psf_match as pm
 from .difference import MIN_MATCH_SIGMA, blurred_noise_factor, match_kernel_sigma
 from .fused import fused
+from .psf_match_tensor import kernel_match_tensor, solve_kernel_tensor, source_pixels_tensor
 
 __all__ = [
     "background",
@@ -475,9 +475,10 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
     reference_on_grid : (B, H, W) float tensor
         From `warp_reference` (NaN where not covered).
     psf_match : {"gaussian", "kernel"}
-        As `skyblink.workers.difference.matched_difference`: ``"kernel"`` solves one kernel per
-        tile on its sources (`solve_kernel_tensor`, a host sync per tile), a tile with too few
-        falling back to the Gaussian.
+        As `skyblink.workers.difference.matched_difference`: ``"kernel"`` solves a kernel per
+        cell of about 80 pixels on the tile's sources, blended bilinearly
+        (`skyblink.workers.psf_match_tensor.kernel_match_tensor`, host syncs per tile), a tile
+        with too few falling back to the Gaussian.
 
     Returns
     -------
@@ -492,35 +493,11 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
     sci_sub, sci_rms, ref_sub, ref_rms = _subtracted(sci, ref, level, rms, covered)
     gaussian = (blur_taps(sci_sub, sci_taps), sci_rms * sci_factor, blur_taps(ref_sub, ref_taps), ref_rms * ref_factor)
     usable = covered & ~sci_mask
-    parts = [_kernel_match(sci_sub[i], sci_rms[i], ref_sub[i], ref_rms[i], covered[i], usable[i], science_fwhm_px,
+    parts = [kernel_match_tensor(sci_sub[i], sci_rms[i], ref_sub[i], ref_rms[i], covered[i], usable[i], science_fwhm_px,
                            reference_fwhm_px) for i in range(sci.shape[0])]
     sci_m, sci_rms, ref_m, ref_rms = (torch.stack([p[j] if p is not None else gaussian[j][i] for i, p in enumerate(parts)])
                                       for j in range(4))
     return _normalised(sci_m, sci_rms, ref_m, ref_rms, covered)
-
-
-def _kernel_match(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, ref_rms: torch.Tensor, covered: torch.Tensor,
-                  usable: torch.Tensor, science_fwhm_px: float,
-                  reference_fwhm_px: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """One tile matched by a solved kernel (`matched_difference`'s rules): (sci, sci_rms, ref, ref_rms), or None."""
-    half = pm.kernel_half_width(science_fwhm_px, reference_fwhm_px)
-    ref_convolved = science_fwhm_px >= reference_fwhm_px
-    image, image_rms, target, target_rms = (ref, ref_rms, sci, sci_rms) if ref_convolved else (sci, sci_rms, ref, ref_rms)
-    fit = source_pixels_tensor(image, image_rms, target, target_rms, usable, half)
-    solved = solve_kernel_tensor(image, target, fit, half, image_rms=image_rms, target_rms=target_rms,
-                                 centred=not ref_convolved)
-    if solved is None:
-        return None
-    kernel, background = solved
-    noise_factor = float(torch.sqrt((kernel**2).sum()))
-    # Correlation with edge replication, as scipy.ndimage.correlate(mode="nearest").
-    padded = F.pad(image.to(torch.float64)[None, None], (half,) * 4, mode="replicate")
-    convolved = (F.conv2d(padded, kernel[None, None])[0, 0] + background).to(torch.float32)
-    if ref_convolved:
-        ref_m = torch.where(covered, convolved, torch.zeros_like(convolved))
-        return sci, sci_rms, ref_m, ref_rms * noise_factor
-    ratio = float(kernel.sum())
-    return convolved / ratio, sci_rms * noise_factor / ratio, ref / ratio, ref_rms / ratio
 
 
 def as_tensor(array: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -528,84 +505,3 @@ def as_tensor(array: np.ndarray, device: str | torch.device = "cpu") -> torch.Te
     if array.dtype == np.uint16:
         array = array.astype(np.int32)
     return torch.from_numpy(np.ascontiguousarray(array)).to(device)
-
-
-def _dilate(mask: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Binary dilation by the 4-connected cross, ``iterations`` times (as ``scipy.ndimage.binary_dilation``)."""
-    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=mask.device).view(1, 1, 3, 3)
-    out = mask.to(torch.float32)[None, None]
-    for _ in range(iterations):
-        out = (F.conv2d(F.pad(out, (1, 1, 1, 1)), cross) > 0).to(torch.float32)
-    return out[0, 0] > 0
-
-
-def source_pixels_tensor(image: torch.Tensor, rms: torch.Tensor, target: torch.Tensor, target_rms: torch.Tensor,
-                         usable: torch.Tensor, half_width: int) -> torch.Tensor:
-    """`skyblink.workers.psf_match.source_pixels` in torch, for one (H, W) window on any device."""
-    def detected(data: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        z = torch.nan_to_num(data.to(torch.float64) / noise.to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        mean = F.avg_pool2d(F.pad(z[None, None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)[0, 0]
-        return mean * 3.0 > pm.FIT_NSIGMA
-
-    near = _dilate(detected(image, rms) | detected(target, target_rms), half_width)
-    near &= ~_dilate(~usable, half_width)
-    h = half_width
-    near[:h] = False
-    near[-h:] = False
-    near[:, :h] = False
-    near[:, -h:] = False
-    return near
-
-
-def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Tensor, half_width: int, *,
-                        image_rms: torch.Tensor | float = 1.0,
-                        target_rms: torch.Tensor | float = 1.0, centred: bool = False) -> tuple[torch.Tensor, float] | None:
-    """
-    `skyblink.workers.psf_match.solve_kernel` in torch (float64), for one (H, W) window on any device.
-
-    Returns ``(kernel (2h+1, 2h+1) tensor, background)`` or None (too few pixels). The pixel count
-    is read back to the host (one sync per window).
-    """
-    size = 2 * half_width + 1
-    ys, xs = torch.nonzero(fit, as_tuple=True)
-    n = int(ys.numel())
-    if n < pm.MIN_PIXELS_PER_COEFFICIENT * size * size:
-        return None
-    if n > pm.MAX_PIXELS:
-        step = -(-n // pm.MAX_PIXELS)
-        ys, xs = ys[::step], xs[::step]
-    device = image.device
-    d = torch.arange(-half_width, half_width + 1, device=device)
-    dy, dx = torch.meshgrid(d, d, indexing="ij")
-    src = image.to(torch.float64)
-    design = src[ys[:, None] + dy.reshape(-1)[None, :], xs[:, None] + dx.reshape(-1)[None, :]]
-    design = torch.cat([design, torch.ones((ys.numel(), 1), dtype=torch.float64, device=device)], dim=1)
-    t = target.to(torch.float64)[ys, xs]
-
-    def at(values: torch.Tensor | float) -> torch.Tensor:
-        v = torch.as_tensor(values, dtype=torch.float64, device=device)
-        return (v * v).expand(target.shape)[ys, xs] if v.ndim else (v * v).expand(ys.shape)
-
-    var_t, var_i = at(target_rms), at(image_rms)
-    keep = torch.ones(ys.numel(), dtype=torch.bool, device=device)
-    coef: torch.Tensor | None = None
-    diagonal = torch.arange(size * size, device=device)
-    for _ in range(2):
-        a, y = design[keep], t[keep]
-        w = 1.0 / var_t[keep] if coef is None else 1.0 / (var_t[keep] + (coef[:-1] ** 2).sum() * var_i[keep])
-        normal = (a * w[:, None]).T @ a
-        normal[diagonal, diagonal] += pm.RIDGE * torch.diagonal(normal)[:-1].mean()
-        if centred:
-            penalty = torch.as_tensor(pm.centring_penalty(half_width), device=device)
-            normal[:-1, :-1] += penalty * pm.CENTRING_WEIGHT * torch.diagonal(normal)[:-1].mean()
-        coef = torch.linalg.solve(normal, (a * w[:, None]).T @ y)
-        residual = (t - design @ coef) / torch.sqrt(var_t + (coef[:-1] ** 2).sum() * var_i)
-        scale = 1.4826 * float(torch.quantile(residual[keep].abs(), 0.5, interpolation="midpoint")) \
-            if int(keep.sum()) % 2 == 0 else 1.4826 * float(residual[keep].abs().median())
-        keep = residual.abs() < pm.CLIP_NSIGMA * max(scale, 1.0)
-        if int(keep.sum()) < pm.MIN_PIXELS_PER_COEFFICIENT * size * size:
-            return None
-    assert coef is not None  # the loop ran
-    if not pm.FLUX_RATIO_RANGE[0] <= float(coef[:-1].sum()) <= pm.FLUX_RATIO_RANGE[1]:
-        return None
-    return coef[:-1].reshape(size, size), float(coef[-1])

@@ -156,12 +156,16 @@ class PreparedTile:
         Electrons per science ADU used (1 when the header has no gain).
     fwhm_px : (float, float)
         PSF FWHM of the science and the reference, pixels.
+    calibration_mask : (H, W) bool ndarray or None
+        The science pixels the calibration flagged (saturated, unusable flat; not the cleaned
+        cosmic rays): no candidate stands on them (`skyblink.workers.peaks.masked_cores`).
     """
 
     origin: tuple[int, int]
     matched: MatchedDifference
     gain: float
     fwhm_px: tuple[float, float]
+    calibration_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +279,7 @@ def prepare_tile(unit: WorkUnit, store: CcdStore, program: TileProgram | None = 
     matched = matched_difference(sci_filled, reference, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1],
                                  scale=setup.electron_scale, science_mask=bad & np.isfinite(science),
                                  psf_match=program.psf_match)
-    return PreparedTile((oy, ox), matched, setup.gain, fwhm)
+    return PreparedTile((oy, ox), matched, setup.gain, fwhm, calibrated.mask)
 
 
 def noise_pedestal(electrons: np.ndarray, read_noise: float, bad: np.ndarray | None = None) -> float:
@@ -344,7 +348,8 @@ def process_tile(unit: WorkUnit, store: CcdStore, detector: Any, classifier: Any
     out = detector.infer({"tiles": triplet[None]})
     snr = matched_filter_snr(triplet[2], max(fwhm), renormalize=True)
     peaks = find_peaks(out["heatmaps"][0], threshold=program.detector_threshold, offsets=out["offsets"][0], channels=(1, 2),
-                       top_k=program.top_k, snr=snr, snr_threshold=program.snr_threshold, difference_fwhm_px=max(fwhm))
+                       top_k=program.top_k, snr=snr, snr_threshold=program.snr_threshold, difference_fwhm_px=max(fwhm),
+                       masked=prepared.calibration_mask)
     core = unit.owns(peaks.y, peaks.x)
     px, py, score, peak_snr = peaks.x[core], peaks.y[core], peaks.score[core], peaks.snr[core]
     if not len(score):

@@ -65,11 +65,12 @@ def test_triplet_matches_numpy(tile) -> None:
     assert (np.abs(dev - cpu) <= 2e-3 + 1e-5 * np.abs(cpu)).all()
 
 
-@pytest.mark.xfail(strict=True, reason="the numpy path solves a kernel per 80-pixel cell (psf_match.KernelGrid), the "
-                   "torch path one kernel per window: the device program's grid is an open item of issue 20")
 @pytest.mark.parametrize(("science_fwhm", "reference_fwhm"), [(3.1, 2.2), (2.0, 3.0)])
 def test_kernel_matched_triplet_matches_numpy(tile, science_fwhm: float, reference_fwhm: float) -> None:
-    """The kernel solved per tile in torch (the device program's) gives the numpy path's triplet."""
+    """
+    The kernel grid solved in torch (the device program's: a kernel per 80-pixel cell, blended) gives the numpy
+    path's triplet: measured max 0.025 sigma (a bright star's core, float32), 99.95 % of pixels within 1e-4 sigma.
+    """
     science, reference, grid = tile
     ref_cpu = warp(reference.pixels.astype(np.float32), grid)
     options = {"science_fwhm_px": science_fwhm, "reference_fwhm_px": reference_fwhm, "scale": 1.03, "psf_match": "kernel"}
@@ -77,7 +78,8 @@ def test_kernel_matched_triplet_matches_numpy(tile, science_fwhm: float, referen
     ref_dev = tp.warp_reference(tp.as_tensor(reference.pixels).float(), torch.from_numpy(grid)[None])
     dev = tp.normalized_triplet(tp.as_tensor(science.pixels)[None], ref_dev, science_mask=torch.from_numpy(science.mask > 0)[None],
                                 **options)[0].numpy()
-    assert (np.abs(dev - cpu) <= 2e-3 + 1e-4 * np.abs(cpu)).mean() > 0.999
+    assert (np.abs(dev - cpu) <= 2e-3 + 1e-4 * np.abs(cpu)).mean() > 0.9999
+    assert np.abs(dev - cpu).max() < 0.1
     # and it is not the Gaussian match
     gauss = matched_difference(science.pixels, ref_cpu, science_mask=science.mask > 0,
                                **{**options, "psf_match": "gaussian"}).triplet
