@@ -118,7 +118,7 @@ def _histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tens
 
     The cumulative counts, first and second moments are one (3, rows, bins + 1) float64 table
     (exact integers), so a pass reads both window ends of all three with one gather and finds the
-    median bin with one integer ``searchsorted``; the state of every row is two packed tensors.
+    median bin with one ``searchsorted``; the state of every row is two packed tensors.
     Eagerly a pass is about 55 small operations, which is what it costs on a GPU (launches, not
     arithmetic); compiled (CUDA), a few kernels.
 
@@ -142,19 +142,19 @@ def _histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tens
 def _histogram_tables(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """
     The tables a pass reads and the initial state: (3, rows, bins + 1) float64 cumulative counts,
-    first and second moments (exact integers); the (rows, bins) int64 pair sums ``C[p] + C[p + 1]`` (nondecreasing); the
+    first and second moments (exact integers); the (rows, bins) pair sums ``C[p] + C[p + 1]`` (nondecreasing); the
     counts with their edge bins repeated (a clamped lookup is a gather at ``index + 1``); the
     window ``[lo, hi]`` (rows, 2) int64; and ``[sig, sig_prev, mean, median]`` (rows, 4) float64.
     """
     n_rows, n_bins = histo.shape
-    bins = torch.arange(n_bins, device=histo.device, dtype=torch.int64)
-    counts = histo.to(torch.int64)
-    # Summed as integers (exact), kept as float64 (exact: below 2**53 for meshes up to 2**17 pixels).
-    sums = F.pad(torch.stack([counts, counts * bins, counts * bins * bins]).cumsum(2), (1, 0))
-    c0 = sums[0]
-    pair = c0[:, :-1] + c0[:, 1:]  # int64: torch's CPU searchsorted is ~1000x slower on float64 rows
-    table = sums.to(torch.float64)
-    padded = torch.cat([counts[:, :1], counts, counts[:, -1:]], dim=1).to(torch.float64)
+    f64 = torch.float64
+    bins = torch.arange(n_bins, device=histo.device, dtype=f64)
+    counts = histo.to(f64)
+    # Integers, exact in float64: the second moment of a full 64x64 mesh is below 4096**3 < 2**53.
+    table = F.pad(torch.stack([counts, counts * bins, counts * bins * bins]).cumsum(2), (1, 0))
+    c0 = table[0]
+    pair = c0[:, :-1] + c0[:, 1:]
+    padded = torch.cat([counts[:, :1], counts, counts[:, -1:]], dim=1)
     top = (nlevels - 1).to(torch.int64)
     bounds = torch.stack([torch.zeros_like(top), top], dim=1)
     mea = mean.to(torch.float64)
@@ -198,7 +198,7 @@ def _histogram_pass(table: torch.Tensor, pair: torch.Tensor, padded: torch.Tenso
     nonempty = hi >= lo
     at = table.gather(2, (bounds + shift)[None].expand(3, -1, -1))  # (3, rows, 2): C, S1, S2 at lo and hi + 1
     sums = (at[:, :, 1] - at[:, :, 0]) * nonempty  # count, s1, s2 of the window
-    p = torch.searchsorted(pair, (at[0, :, 1] + at[0, :, 0]).to(torch.int64)[:, None])[:, 0]
+    p = torch.searchsorted(pair, (at[0, :, 1] + at[0, :, 0])[:, None])[:, 0]
     p = torch.where(nonempty, p.clamp(lo, hi), lo)
     high_ptr = torch.where(nonempty, p - 1, hi)
     low_sum = (table[0].gather(1, p[:, None])[:, 0] - at[0, :, 0]) * nonempty
