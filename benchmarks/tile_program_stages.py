@@ -2,7 +2,7 @@
 Time per stage of the per-tile program on one GPU, synchronous (no copy/compute overlap), then
 the whole device program as it runs in the workers (two CUDA graphs around the detector).
 
-    python benchmarks/tile_program_stages.py [--batch 16] [--size 1024] [--repeat 20]
+    python benchmarks/tile_program_stages.py [--batch 16] [--size 1024] [--repeat 20] [--compare]
 
 Stages, each timed with CUDA events over ``repeat`` batches after a warm-up:
 
@@ -18,6 +18,10 @@ Stages, each timed with CUDA events over ``repeat`` batches after a warm-up:
 Each stage runs as the device program runs it: its per-pixel steps compiled
 (`skyblink.workers.fused`), the backgrounds with fixed histogram passes; launched eagerly here, so
 a stage's time includes its launches (the program's CUDA graphs remove most of them).
+
+``--compare`` also times the cosmic-ray and triplet stages with the previous algorithms (the
+dense 5x5 cleaning at every pixel, the unpacked histogram passes: `stage_algorithms.py`), in the
+same run, right after the current ones.
 
 Inputs are synthetic (sky, noise and stars, a slightly rotated sampling grid), made on the
 device: the GPU machines have no astropy, and the work per pixel does not depend on content
@@ -88,6 +92,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--compare", action="store_true", help="also time the previous cosmic-ray and background algorithms")
     args = parser.parse_args()
     device = "cuda"
     science, reference, grid = synthetic_batch(args.batch, args.size, device)
@@ -145,6 +150,12 @@ def main() -> None:
         ("matched filter S/N", timed(matched, args.repeat)),
         ("peaks (max-pool, S/N gate, top-K)", timed(peaks, args.repeat)),
     ]
+    if args.compare:
+        from stage_algorithms import previous_algorithms  # this script's folder is on sys.path
+
+        with previous_algorithms():
+            rows.append(("  previous: calibrate + cosmic rays", timed(calibrate_and_clean, args.repeat)))
+            rows.append(("  previous: triplet", timed(triplet, args.repeat)))
     whole = ("whole program, CUDA graphs (stamps, classifier)", timed(lambda: program(science, 0), args.repeat))
     detector.deactivate()
     classifier.deactivate()
@@ -153,7 +164,7 @@ def main() -> None:
     print(f"{'stage':<44} {'ms/batch':>9} {'tiles/s':>9}")
     for stage, ms in rows:
         print(f"{stage:<44} {ms:>9.3f} {args.batch / ms * 1e3:>9.0f}")
-    compute = sum(ms for stage, ms in rows[2:])
+    compute = sum(ms for stage, ms in rows[2:] if not stage.startswith("  previous"))
     print(f"{'sum of device stages (no overlap)':<44} {compute:>9.3f} {args.batch / compute * 1e3:>9.0f}")
     print(f"{whole[0]:<44} {whole[1]:>9.3f} {args.batch / whole[1] * 1e3:>9.0f}")
     rows.append(whole)

@@ -38,13 +38,14 @@ Notes
 -----
 The numpy version runs passes after the first only in windows around the pixels the previous
 cleaning changed (one pass's mask at a pixel depends on the image within 6 pixels). The torch
-version computes every quantity densely with elementwise min/max on shifted views (no sort, no
+version computes the detection densely with elementwise min/max on shifted views (no sort, no
 per-pixel window tensors), and never synchronises with the host: it runs all ``niter`` passes
-(a pass after one that flagged nothing new changes nothing) and cleans with the median of every
-pixel's good 5x5 neighbours, kept where flagged (the lowest 13 of a 25-wire sorting network). So
-a compiler can fuse a pass into a few kernels and a CUDA graph can hold the loop. It gives the
-same mask and cleaned image as the numpy version (both compute
-in float32 with the same operations in the same order). Unusable pixels are filled with the
+(a pass after one that flagged nothing new changes nothing) and cleans only the flagged pixels,
+through a fixed-capacity index of them per tile (a cumulative count gives each its slot; their
+5x5 neighbourhoods are gathered and sorted), so a CUDA graph can hold the loop; a tile flagging
+more than the capacity in a pass is reported (`Cosmics.overflow`). It gives the same mask and
+cleaned image as the numpy version (both compute in float32 with the same operations in the
+same order). Unusable pixels are filled with the
 median of the good pixels of every 4th row and column (a fixed subsample, in both versions).
 Thread-safe; no global state.
 """
@@ -96,10 +97,14 @@ class Cosmics:
     cleaned : float32 ndarray or tensor, the image's shape
         The image with flagged pixels replaced by the median of the good pixels of their 5x5
         neighbourhood (pixels flagged or given as bad are not used).
+    overflow : bool tensor or None
+        `detect_cosmics_tensor` only: per tile, whether more pixels were flagged in a pass than
+        its cleaning capacity (then the result may differ from numpy's); None from numpy.
     """
 
     mask: Any
     cleaned: Any
+    overflow: Any = None
 
 
 def _f32(x: float) -> float:
@@ -417,10 +422,11 @@ def _pass_tensor(image: torch.Tensor, bad: torch.Tensor, gain: float, read_noise
 @fused
 def _step_tensor(current: torch.Tensor, crmask: torch.Tensor, data: torch.Tensor, bad: torch.Tensor, unusable: torch.Tensor,
                  fallback: torch.Tensor, read_noise_sq: Any, gain: float, sigclip: float, low: float,
-                 objlim: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One detect-and-clean pass: the grown mask and the cleaned image (one fused kernel chain on CUDA)."""
+                 objlim: float, capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One detect-and-clean pass: the grown mask, the cleaned image and the tiles over capacity (fused on CUDA)."""
     crmask = crmask | _pass_tensor(current, bad, gain, read_noise_sq, sigclip, low, objlim)
-    return crmask, _clean_dense(data, crmask, crmask | unusable, fallback)
+    cleaned, overflow = _clean_sparse(data, crmask, crmask | unusable, fallback, capacity)
+    return crmask, cleaned, overflow
 
 
 def _nanmedian_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -433,59 +439,51 @@ def _nanmedian_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return med[..., 0], n[..., 0]
 
 
-@cache
-def _lowest_plan(n: int, keep: int) -> tuple[tuple[int, int, bool, bool], ...]:
-    """The comparators of `_sorting_network` that the ``keep`` lowest wires depend on (as `_median_plan`)."""
-    need = set(range(keep))
-    plan = []
-    for i, j in reversed(_sorting_network(n)):
-        low, high = i in need, j in need
-        if low or high:
-            plan.append((i, j, low, high))
-            need |= {i, j}
-    return tuple(reversed(plan))
-
-
-_LOWEST_13_OF_25 = _lowest_plan(25, 13)
-
-
-def _clean_dense(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+def _clean_sparse(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tensor, fallback: torch.Tensor,
+                  capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    `_clean` at every pixel at once, with no host synchronisation: the ``replace`` pixels take the
-    median of the non-``exclude`` pixels of their 5x5 neighbourhood (numpy's ``nanmedian``: the
-    mean of the two middle values of an even count), the frame's ``fallback`` where none is good.
+    `_clean` with no host synchronisation and work only at the flagged pixels: the ``replace``
+    pixels take the median of the non-``exclude`` pixels of their 5x5 neighbourhood (numpy's
+    ``nanmedian``: the mean of the two middle values of an even count), the frame's ``fallback``
+    where none is good. Also returns the (B,) tiles with more than ``capacity`` such pixels.
 
-    The 25 neighbours, excluded ones set to +inf, go through the part of a Batcher sorting network
-    that orders the 13 lowest (min/max only, exact); the median's two ranks follow from the count
-    of good neighbours. Elementwise on shifted views, so a compiler fuses it into one kernel.
+    The flagged pixels of each tile get slots in pixel order (a cumulative count); the first
+    ``capacity`` slots gather their 25 neighbours (excluded ones +inf), sort them and write the
+    median back with one scatter. Shapes are fixed by ``capacity``, so a CUDA graph holds it. A
+    tile over capacity keeps its later flagged pixels as they are (reported, never silent).
     """
-    _, h, w = data.shape
+    b, h, w = data.shape
+    n = h * w
+    k = min(int(capacity), n)
+    device = data.device
+    flat = replace.reshape(b, n)
+    rank = flat.to(torch.int32).cumsum(1, dtype=torch.int32) - 1  # slot of each flagged pixel
+    slot = torch.where(flat & (rank < k), rank, k).to(torch.int64)  # slot k collects the rest, then is dropped
+    pixels = torch.arange(n, device=device).expand(b, n)
+    index = torch.full((b, k + 1), n, dtype=torch.int64, device=device).scatter(1, slot, pixels)[:, :k]
+    overflow = rank[:, -1] >= k
     inf = float("inf")
-    padded = F.pad(torch.where(exclude, torch.full_like(data, inf), data)[:, None], (2, 2, 2, 2), value=inf)[:, 0]
-    wires: list[Any] = [padded[:, dy : dy + h, dx : dx + w] for dy in range(5) for dx in range(5)]
-    count = sum((v != inf).to(torch.int32) for v in wires)
-    for i, j, low, high in _LOWEST_13_OF_25:
-        a, b = wires[i], wires[j]
-        wires[i] = torch.minimum(a, b) if low else None
-        wires[j] = torch.maximum(a, b) if high else None
+    source = F.pad(torch.where(exclude, torch.full_like(data, inf), data)[:, None], (2, 2, 2, 2), value=inf)
+    source = source.reshape(b, (h + 4) * (w + 4))
+    at = index.clamp(max=n - 1)  # an unused slot reads some pixel; its median is written to the dropped column n
+    corner = (at // w) * (w + 4) + at % w  # the 5x5 window's first pixel in the padded frame
+    steps = torch.arange(5, device=device)
+    offsets = (steps[:, None] * (w + 4) + steps[None, :]).reshape(25)
+    neighbours = source.gather(1, (corner[:, :, None] + offsets).reshape(b, k * 25)).reshape(b, k, 25)
+    ordered = neighbours.sort(dim=-1).values  # +inf last
+    count = (neighbours != inf).sum(dim=-1, keepdim=True)
     lo = (count - 1).clamp(min=0) // 2
     hi = count // 2
-
-    def rank(r: torch.Tensor) -> torch.Tensor:
-        out = wires[0]
-        for k in range(1, 13):
-            out = torch.where(r == k, wires[k], out)
-        return out
-
-    med = (rank(lo) + rank(hi)) * 0.5
-    med = torch.where(count > 0, med, fallback[:, None, None].expand_as(med))
-    return torch.where(replace, med, data)
+    med = ((ordered.gather(-1, lo) + ordered.gather(-1, hi)) * 0.5)[..., 0]
+    med = torch.where(count[..., 0] > 0, med, fallback[:, None].expand_as(med))
+    out = F.pad(data.reshape(b, n), (0, 1)).scatter(1, index, med)
+    return out[:, :n].reshape(b, h, w), overflow
 
 
 def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Tensor, gain: float = 1.0,
                           mask: torch.Tensor | None = None,
                           sigclip: float = 5.0, sigfrac: float = 0.3, objlim: float = 8.0, niter: int = 4,
-                          protect: int = 2) -> Cosmics:
+                          protect: int = 2, capacity: int | None = None) -> Cosmics:
     """
     `detect_cosmics` in torch, for one frame or a batch of tiles on any device.
 
@@ -500,12 +498,19 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
         As in `detect_cosmics`.
     mask : bool tensor of ``images``' shape, optional
         Known bad pixels.
+    capacity : int, optional
+        Most flagged pixels per tile that a pass cleans (the cleaning works only there, in fixed
+        shapes). Default: 1/32 of the tile's pixels, at least 1,024 (32,768 for 1024x1024);
+        ``H * W`` can never overflow.
 
     Returns
     -------
     Cosmics
         ``mask`` (bool tensor) and ``cleaned`` (float32 tensor) of ``images``' shape, equal to
-        `detect_cosmics`'s on the CPU.
+        `detect_cosmics`'s on the CPU; ``overflow`` (bool tensor, one per tile, 0-d for one
+        frame) is True for a tile where a pass flagged more than ``capacity`` pixels: its
+        pixels beyond the capacity were not cleaned, so its mask and cleaned image may differ
+        from numpy's (never seen on survey frames; check it, it costs no host sync to carry).
 
     Raises
     ------
@@ -525,6 +530,11 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
     if protect < 0:
         msg = f"protect must be >= 0 pixels, got {protect!r}"
         raise ValueError(msg)
+    height, width = raw.shape[1], raw.shape[2]
+    capacity = max(1024, height * width // 32) if capacity is None else int(capacity)
+    if capacity < 1:
+        msg = f"capacity must be at least 1 pixel, got {capacity!r}"
+        raise ValueError(msg)
     finite = torch.isfinite(raw)
     unusable = given | ~finite
     bad = unusable
@@ -541,8 +551,11 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
     # pass flags nothing new, the later ones recompute the same mask and cleaned image, so the
     # result is numpy's, which stops there.
     p = params
+    overflow = torch.zeros(raw.shape[0], dtype=torch.bool, device=raw.device)
     for _ in range(niter):
-        crmask, current = _step_tensor(current, crmask, data, bad, unusable, fallback, p.read_noise_sq, p.gain, p.sigclip,
-                                       p.low, p.objlim)
+        crmask, current, over = _step_tensor(current, crmask, data, bad, unusable, fallback, p.read_noise_sq, p.gain,
+                                             p.sigclip, p.low, p.objlim, capacity)
+        overflow = overflow | over
     cleaned = torch.where(finite, current, raw)
-    return Cosmics(mask=crmask[0] if single else crmask, cleaned=cleaned[0] if single else cleaned)
+    return Cosmics(mask=crmask[0] if single else crmask, cleaned=cleaned[0] if single else cleaned,
+                   overflow=overflow[0] if single else overflow)

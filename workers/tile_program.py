@@ -116,66 +116,114 @@ def _histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tens
     """
     SEP's ``backguess`` on every histogram row at once (the numpy version's rules, in torch).
 
-    The cumulative counts, first and second moments are one (rows, bins + 1, 3) float64 table
-    (exact integers, below 2**53), so a pass reads each window end with one gather: a pass is
-    about 50 small kernels, which is what it costs on a GPU (launches, not arithmetic).
+    The cumulative counts, first and second moments are one (3, rows, bins + 1) float64 table
+    (exact integers), so a pass reads both window ends of all three with one gather and finds the
+    median bin with one ``searchsorted``; the state of every row is two packed tensors.
+    Eagerly a pass is about 55 small operations, which is what it costs on a GPU (launches, not
+    arithmetic); compiled (CUDA), a few kernels.
 
     With ``passes`` given, exactly that many passes run and nothing asks the host whether they
-    converged (a CUDA graph can hold them); passes after a mesh converged leave it unchanged.
+    converged (a CUDA graph can hold them); on CUDA each pass is compiled (`_histogram_pass`);
+    passes after a mesh converged leave it unchanged.
     """
-    n_rows, n_bins = histo.shape
-    device = histo.device
-    f64 = torch.float64
-    bins = torch.arange(n_bins, device=device, dtype=f64)
-    counts = histo.to(f64)
-    zero = torch.zeros((n_rows, 1, 3), dtype=f64, device=device)
-    table = torch.cat([zero, torch.stack([counts, counts * bins, counts * bins * bins], dim=-1).cumsum(1)], dim=1)
-    c0 = table[:, :, 0]
-    pair = (c0[:, :-1] + c0[:, 1:]).contiguous()  # nondecreasing along each row
-    top = nlevels - 1
-    lo = torch.zeros_like(top)
-    hi = top.clone()
-    sig = 10.0 * top.to(f64)
-    sig_prev = torch.ones_like(sig)
-    mea = mean.to(f64)
-    med = mea.clone()
-    zero1 = torch.zeros_like(sig)
+    table, pair, padded, bounds, state = _histogram_tables(histo, nlevels, mean)
+    consts = _pass_constants(bounds)
     for it in range(max_iters if passes is None else passes):
-        active = (sig >= _bg.MIN_SIGMA_BINS) & ((sig / sig_prev - 1.0).abs() > _bg.CONVERGED)
         # A convergence test costs a host sync on a GPU: ask every pass on the CPU, every 8th on a GPU
         # (simulated frames converge within 7 passes, real ones within 24); passes after convergence
         # change nothing.
-        if passes is None and (device.type == "cpu" or (it > 0 and it % 8 == 0)) and not bool(active.any()):
+        if (passes is None and (histo.device.type == "cpu" or (it > 0 and it % 8 == 0))
+                and not bool(_histogram_active(state).any())):
             break
-        nonempty = hi >= lo
-        ends = torch.stack([lo, hi + 1], dim=1).clamp(0, n_bins)
-        at_ends = table.gather(1, ends[:, :, None].expand(n_rows, 2, 3))  # (rows, 2, 3)
-        sums = torch.where(nonempty[:, None], at_ends[:, 1] - at_ends[:, 0], 0.0)  # count, s1, s2
-        total, s1, s2 = sums.unbind(1)
-        target = at_ends[:, 1, 0] + at_ends[:, 0, 0]
-        p = torch.searchsorted(pair, target[:, None], side="left")[:, 0]
-        p = torch.where(nonempty, torch.minimum(torch.maximum(p, lo), hi), lo)
-        high_ptr = torch.where(nonempty, p - 1, hi)
-        low_sum = torch.where(nonempty, c0.gather(1, p.clamp(0, n_bins)[:, None])[:, 0] - at_ends[:, 0, 0], 0.0)
-        peak = counts.gather(1, torch.stack([p, high_ptr], dim=1).clamp(0, n_bins - 1)).amax(dim=1)
-        new_med = torch.where(high_ptr >= 0, high_ptr.to(f64) + 0.5 + (total - 2.0 * low_sum) / (2.0 * peak), zero1)
-        counted = total > 0
-        new_mea = torch.where(counted, s1 / total, zero1)
-        var = torch.where(counted, s2 / total - new_mea * new_mea, zero1)
-        new_sig = var.clamp(min=0.0).sqrt()
-        low = new_med - nsigma * new_sig
-        high = new_med + nsigma * new_sig
-        # SEP rounds half away from zero; the clamps only keep the casts finite.
-        new_lo = torch.where(low > 0, torch.floor(low.clamp(0.0, n_bins) + 0.5), zero1).to(torch.int64)
-        high_ok = high < top
-        high_round = torch.where(high > 0, high + 0.5, high - 0.5).clamp(-1.0, n_bins)
-        new_hi = torch.where(high_ok, torch.trunc(high_round).to(torch.int64), top)
-        sig_prev = torch.where(active, sig, sig_prev)
-        sig = torch.where(active, new_sig, sig)
-        mea = torch.where(active, new_mea, mea)
-        med = torch.where(active, new_med, med)
-        lo = torch.where(active, new_lo, lo)
-        hi = torch.where(active, new_hi, hi)
+        bounds, state = _histogram_pass(table, pair, padded, bounds, state, *consts, nsigma=float(nsigma))
+    return _histogram_result(state)
+
+
+def _histogram_tables(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """
+    The tables a pass reads and the initial state: (3, rows, bins + 1) float64 cumulative counts,
+    first and second moments (exact integers); the (rows, bins) pair sums ``C[p] + C[p + 1]`` (nondecreasing); the
+    counts with their edge bins repeated (a clamped lookup is a gather at ``index + 1``); the
+    window ``[lo, hi]`` (rows, 2) int64; and ``[sig, sig_prev, mean, median]`` (rows, 4) float64.
+    """
+    n_rows, n_bins = histo.shape
+    f64 = torch.float64
+    bins = torch.arange(n_bins, device=histo.device, dtype=f64)
+    counts = histo.to(f64)
+    # Integers, exact in float64: the second moment of a full 64x64 mesh is below 4096**3 < 2**53.
+    table = F.pad(torch.stack([counts, counts * bins, counts * bins * bins]).cumsum(2), (1, 0))
+    c0 = table[0]
+    pair = c0[:, :-1] + c0[:, 1:]
+    padded = torch.cat([counts[:, :1], counts, counts[:, -1:]], dim=1)
+    top = (nlevels - 1).to(torch.int64)
+    bounds = torch.stack([torch.zeros_like(top), top], dim=1)
+    mea = mean.to(torch.float64)
+    state = torch.stack([10.0 * top.to(torch.float64), torch.ones_like(mea), mea, mea], dim=1)
+    return table, pair, padded, bounds, state
+
+
+def _pass_constants(bounds: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """
+    Tensors every pass uses: the window-end shift ``[0, 1]``, the signs ``[-1, +1]``, 0.5, and the
+    initial window ``[0, top]`` (float64), which is also where a bound falls back to.
+    """
+    device = bounds.device
+    shift = torch.tensor([[0, 1]], dtype=torch.int64, device=device)
+    signs = torch.tensor([[-1.0, 1.0]], dtype=torch.float64, device=device)
+    half = torch.full((1, 2), 0.5, dtype=torch.float64, device=device)
+    return shift, signs, half, bounds.to(torch.float64)
+
+
+def _histogram_active(state: torch.Tensor) -> torch.Tensor:
+    """Rows whose sigma has not converged (SEP's test, before each pass)."""
+    sig, sig_prev = state[:, 0], state[:, 1]
+    return (sig >= _bg.MIN_SIGMA_BINS) & ((sig / sig_prev - 1.0).abs() > _bg.CONVERGED)
+
+
+@fused
+def _histogram_pass(table: torch.Tensor, pair: torch.Tensor, padded: torch.Tensor, bounds: torch.Tensor,
+                    state: torch.Tensor, shift: torch.Tensor, signs: torch.Tensor, half: torch.Tensor,
+                    fallback: torch.Tensor, *, nsigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    One pass of `_histogram_mode` on the rows not yet converged: the numpy version's arithmetic,
+    value for value (one or a few kernels on CUDA: compiled once per shape and reused by every pass).
+
+    The window stays inside the table (``0 <= lo <= bins``, ``-1 <= hi <= top``), so its ends
+    need no clamping; sums over an empty window (``hi < lo``) are zero, as numpy's.
+    """
+    active = _histogram_active(state)
+    f64 = torch.float64
+    n_bins = pair.shape[1]
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    nonempty = hi >= lo
+    at = table.gather(2, (bounds + shift)[None].expand(3, -1, -1))  # (3, rows, 2): C, S1, S2 at lo and hi + 1
+    sums = (at[:, :, 1] - at[:, :, 0]) * nonempty  # count, s1, s2 of the window
+    p = torch.searchsorted(pair, (at[0, :, 1] + at[0, :, 0])[:, None])[:, 0]
+    p = torch.where(nonempty, p.clamp(lo, hi), lo)
+    high_ptr = torch.where(nonempty, p - 1, hi)
+    low_sum = (table[0].gather(1, p[:, None])[:, 0] - at[0, :, 0]) * nonempty
+    peak = padded.gather(1, torch.stack([p, high_ptr], dim=1) + 1).amax(dim=1)
+    # Integers are exact in float64, so these are numpy's values (2 * peak and total - 2 * low_sum exact too).
+    total = sums[0]
+    step = (total - 2.0 * low_sum) / (2.0 * peak)
+    new_med = torch.where(high_ptr >= 0, high_ptr.to(f64) + 0.5 + step, 0.0)
+    moments = torch.where(total > 0, sums[1:] / total, 0.0)  # mean, mean of squares
+    new_mea = moments[0]
+    new_sig = (moments[1] - new_mea * new_mea).clamp(min=0.0).sqrt()
+    # [low, high] = median -+ nsigma sigma, rounded half away from zero (SEP), kept inside [-1, bins];
+    # low only where > 0 (else 0), high only where < top (else top): ``-low < 0`` and ``high < top``
+    # against the fallback window [0, top] (NaN compares False and falls back, as in numpy).
+    ends = new_med[:, None] + (nsigma * new_sig)[:, None] * signs
+    rounded = (ends + torch.copysign(half, ends)).clamp(-1.0, float(n_bins))
+    new_bounds = torch.where(ends * signs < fallback, rounded, fallback).to(torch.int64)
+    new_state = torch.stack([new_sig, state[:, 0], new_mea, new_med], dim=1)
+    keep = active[:, None]
+    return torch.where(keep, new_bounds, bounds), torch.where(keep, new_state, state)
+
+
+def _histogram_result(state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SEP's mode estimate and the clipped sigma (bin units) from the final state."""
+    sig, mea, med = state[:, 0], state[:, 2], state[:, 3]
     skewed = ((mea - med) / sig).abs() >= _bg.SKEW_LIMIT
     mode = torch.where(sig > 0, torch.where(skewed, med, 2.5 * med - 1.5 * mea), mea)
     return mode, sig

@@ -131,3 +131,36 @@ def test_torch_matches_numpy(frame) -> None:
         ours = estimate_background(batch[i])
         assert np.abs(level[i].numpy() - ours.level).max() <= 1e-5 * ours.global_rms
         assert np.abs(rms[i].numpy() - ours.rms).max() <= 1e-5 * ours.global_rms
+
+
+def test_torch_histogram_iterations_match_numpy_on_awkward_histograms() -> None:
+    """SEP's histogram iterations in torch (packed passes, fixed or converging) against the numpy rules, row by row."""
+    torch = pytest.importorskip("torch")
+    from skyblink.workers import background as bg
+    from skyblink.workers import tile_program as tp
+
+    rng = np.random.default_rng(7)
+    rows, n_bins = 250, 700
+    nlevels = rng.integers(1, n_bins + 1, rows)
+    histo = np.zeros((rows, n_bins), dtype=np.int64)
+    for r in range(rows):
+        n = int(nlevels[r])
+        values = [
+            rng.normal(n / 2, n / rng.uniform(3, 30), 4000),  # a sky
+            np.concatenate([rng.normal(n / 2, n / 10, 3000), rng.exponential(n / 3, 1000) + n / 2]),  # skewed
+            np.full(100, rng.uniform(0, n)),  # one bin
+            np.zeros(0),  # empty (a bad mesh)
+            rng.uniform(0, n, 50),  # sparse
+        ][r % 5]
+        histo[r] = np.bincount(np.clip(values.astype(np.int64), 0, n - 1), minlength=n_bins)[:n_bins]
+    mean = rng.uniform(-5, n_bins, rows).astype(np.float32)
+    mode, sigma = bg._histogram_mode(histo, nlevels, mean, 3.0, 100)
+    args = (torch.from_numpy(histo).to(torch.int32), torch.from_numpy(nlevels), torch.from_numpy(mean), 3.0, 100)
+    for passes in (None, 100):
+        t_mode, t_sigma = (v.numpy() for v in tp._histogram_mode(*args, passes=passes))
+        assert np.array_equal(np.isnan(t_mode), np.isnan(mode))
+        # float64 rounding of the sigma (the square root's argument is summed in another order)
+        np.testing.assert_allclose(t_mode, mode, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(t_sigma, sigma, rtol=1e-12, atol=1e-12)
+    few = tp._histogram_mode(*args, passes=3)[1].numpy()
+    assert not np.allclose(few, sigma, rtol=1e-6)  # three passes are not converged on these rows

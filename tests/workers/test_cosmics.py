@@ -127,6 +127,26 @@ def test_torch_gives_the_same_mask_and_cleaned_image(frames: list[dict], results
         np.testing.assert_array_equal(batch.mask[i].numpy(), one.mask)
         np.testing.assert_array_equal(batch.cleaned[i].numpy(), one.cleaned)
     assert np.isnan(batch.cleaned[1, :, :20].numpy()).all() and not batch.mask[1, :, :20].any()
+    assert dev.overflow.shape == () and not dev.overflow and not batch.overflow.any()
+
+
+def test_cleaning_capacity_is_exact_up_to_it_and_reports_overflow(frames: list[dict], results: list) -> None:
+    """The torch cleaning works on at most ``capacity`` flagged pixels per tile and pass: numpy's result up to it, a reported tile beyond."""
+    f, r = frames[1], results[1]
+    flagged = int(r.mask.sum())
+    assert flagged > 100  # 20x the cosmic-ray rate
+    tiles = np.stack([f["electrons"], f["electrons"][::-1].copy()])
+    saturated = torch.from_numpy(np.stack([f["saturated"], f["saturated"][::-1].copy()]))
+    exact = detect_cosmics_tensor(torch.from_numpy(tiles), read_noise=READ_NOISE, mask=saturated, capacity=flagged)
+    for i in range(2):
+        np.testing.assert_array_equal(exact.mask[i].numpy(), r.mask if i == 0 else r.mask[::-1])
+        np.testing.assert_array_equal(exact.cleaned[i].numpy(), r.cleaned if i == 0 else r.cleaned[::-1])
+    assert not exact.overflow.any()
+    short = detect_cosmics_tensor(torch.from_numpy(tiles), read_noise=READ_NOISE, mask=saturated, capacity=flagged - 1)
+    assert short.overflow.all()  # both tiles flag one pixel more than they can clean: reported, not silent
+    assert not np.array_equal(short.cleaned[0].numpy(), r.cleaned)
+    with pytest.raises(ValueError, match="capacity"):
+        detect_cosmics_tensor(torch.from_numpy(tiles), read_noise=READ_NOISE, capacity=0)
 
 
 def test_fast_laplacian_equals_subsample_convolve_rebin() -> None:
