@@ -16,10 +16,11 @@ with its append-only file in ``night.redis_dir`` (so a resumed run continues the
 and stops it at the end unless asked to keep it (`skyblink.cluster.private_redis`).
 
 The fixed costs are off the critical path where they can be: Ray starts first and the worker
-actors are created at once (they load their engines and warm up while Redis starts and the night
-is ingested); Ray's task workers import the ingest meanwhile; each file's tiles go to the actors
-as soon as the file and its field's reference are in the store, while later files are still
-being ingested.
+actors are created at once (they load their engines and warm up while the night is ingested);
+Ray's task workers import the ingest meanwhile; the ingest starts at once, Redis starting beside
+it; each CCD's tiles go to the actors as soon as the CCD and the same CCD of its field's
+reference are in the store (the ingest task streams each CCD back as it lands), while the
+visit's later CCDs and later files are still being ingested.
 
 With ``watch=True`` the worker actors start (and warm up) first; the run then keeps listing the
 night directory and processes exposures as they land, publishing each one's alerts as soon as it
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -381,11 +383,12 @@ class NightRun:
     cycles of ``--watch``. `run` runs it once; each stage is a method.
 
     The fixed costs are started first and overlap what follows: Ray starts, the worker actors are
-    created at once (they load their engines and warm up from then on), Ray's task workers import
-    the ingest (`prestart_ingest_workers`) while Redis starts; each cycle's ingest then runs in a
-    thread of the driver, its files streaming into the store, and a file's tiles go to the actors
-    as soon as the file and its field's reference have landed (`_Landings`), so the tiles of the
-    first exposures run while later ones are still being ingested.
+    created at once (they load their engines and warm up from then on: `_Warmup` records when they
+    are ready), Ray's task workers import the ingest (`prestart_ingest_workers`); the first cycle's
+    ingest then starts in a thread of the driver while Redis starts, its files streaming into the
+    store CCD by CCD, and a CCD's tiles go to the actors as soon as it and its reference's CCD
+    have landed (`_Landings`), so the tiles of a visit's first CCDs run while its later CCDs and
+    later files are still being ingested.
 
     Parameters
     ----------
@@ -845,14 +848,16 @@ class _Warmup:
     def __init__(self, actors: list[Any]) -> None:
         self.created_at = time.time()
         self._left = len(actors)
+        self._lock = threading.Lock()
         self.ready_at: float | None = None if actors else self.created_at
         for actor in actors:
             actor.check_health.remote().future().add_done_callback(self._answered)
 
     def _answered(self, _future: Any) -> None:
-        self._left -= 1  # Ray calls back from one thread
-        if self._left == 0:
-            self.ready_at = time.time()
+        with self._lock:  # Ray's threads call back
+            self._left -= 1
+            if self._left == 0:
+                self.ready_at = time.time()
 
 
 class _Landings:
