@@ -595,9 +595,10 @@ class NightRun:
         store, ingest = plan.store, plan.ingest
         if landings.withdrawn:
             self._withdraw(store, landings, processed)
+        beside = [("ingest", landings.ingest_began, plan.ingest_end),
+                  ("plan_night", plan.ingest_end, plan.ingest_end + plan.seconds)]
         if not self.watch:
-            self.overlapped += [("ingest", landings.ingest_began, plan.ingest_end),
-                                ("plan_night", plan.ingest_end, plan.ingest_end + plan.seconds)]
+            self.overlapped += beside
         streamed_at = landings.first_landed_at
         # Streamed: the path waits for the first CCD whose tiles could run, not for the whole ingest.
         marks.append(("ingest", streamed_at if streamed_at is not None else plan.ingest_end))
@@ -636,16 +637,21 @@ class NightRun:
             self.reduce_and_publish(store, [u for u in plan.units if u.key in done], plan.results,
                                     {u.exposure for u in todo} | held_before, incomplete=incomplete, marks=marks)
         if self.watch:
-            self._note_latencies(cycle_start, marks[first_mark:], {u.exposure.rsplit("/", 1)[-1] for u in todo})
+            self._note_latencies(cycle_start, marks[first_mark:], {u.exposure.rsplit("/", 1)[-1] for u in todo},
+                                 overlapped=beside)
         return new_files
 
-    def _note_latencies(self, cycle_start: float, cycle_marks: list[tuple[str, float]], fresh: set[str]) -> None:
-        """--watch: each new exposure's path, from its file appearing, through the wait for this cycle, to its alerts confirmed in Redis."""
+    def _note_latencies(self, cycle_start: float, cycle_marks: list[tuple[str, float]], fresh: set[str], *,
+                        overlapped: list[tuple[str, float, float]] | None = None) -> None:
+        """
+        --watch: each new exposure's path, from its file appearing, through the wait for this cycle, to its alerts
+        confirmed in Redis; ``overlapped``: what ran beside it in the cycle (the whole ingest, the plan).
+        """
         cycle = [("wait", cycle_start), *cycle_marks]
         for exposure_id in sorted(fresh):
             appeared = self.seen_files.get(exposure_id)
             if appeared is not None:
-                path = critical_path(appeared, cycle, exposure=exposure_id)
+                path = critical_path(appeared, cycle, exposure=exposure_id, overlapped=overlapped or ())
                 self.report.latency_s[exposure_id] = path["latency_s"]
                 self.report.latency_stages_s[exposure_id] = {s["stage"]: s["seconds"] for s in path["stages"]}
                 if path["latency_s"] >= self.report.critical_path.get("latency_s", -1.0):
