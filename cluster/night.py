@@ -966,7 +966,10 @@ class _Landings:
             except (KeyError, ValueError):  # gone again (its file quarantined), or no field: the plan says why
                 continue
             if ccd in store.landed_ccds(reference):  # the reference's CCD may land before the whole reference
-                units.extend(plan_ccd_tiles(store, key, ccd, size=size, margin=config.night.margin))
+                try:
+                    units.extend(plan_ccd_tiles(store, key, ccd, size=size, margin=config.night.margin))
+                except KeyError:  # deleted while planned (its file quarantined): the plan says why
+                    continue
                 self.streamed_ccds.add((key, ccd))
                 landed.append(when)
             elif reference not in references:
