@@ -179,7 +179,7 @@ class WorkerPool:
                 if len(waiting) >= per_call or flush:
                     take = per_call
                 else:  # an idle actor: its share of what is here, the rest for the others as they free up
-                    take = -(-len(waiting) // max(1, capacity - in_flight))
+                    take = -(-len(waiting) // capacity)
                 call = waiting[:take]
                 del waiting[:take]
                 pool.submit(lambda actor, calls: actor.process.remote(calls), call)
