@@ -3,7 +3,7 @@ Latency of one visit from its FITS file landing in the night directory to its al
 the observatory case: `skyblink night run --watch` with its worker actors already warm.
 
     python benchmarks/visit_latency.py [--ccds 16] [--size 4096] [--rubin-visit] [--work DIR]
-                                       [--sim-only | --reuse-sim]
+                                       [--sim-only | --reuse-sim] [--ingest-only [--repeat N]]
 
 The visit (one exposure of ``--ccds`` CCDs, or ``--rubin-visit``: 189 CCDs of 4096x4096) and its
 field's reference are simulated; the reference is put in the night directory, the watch is
@@ -13,6 +13,12 @@ observatory the template is in place long before the visit), the visit's file is
 ``night.watch_idle_s`` without a new file; its JSON report gives the latency and the stages.
 Prints a line and writes ``visit_latency.json`` to $OUT when set. ``--sim-only`` then
 ``--reuse-sim`` split the simulation (minutes for a Rubin-size visit) from the measurement.
+
+``--ingest-only`` times the visit's ingest alone, CCD by CCD, in this process (a local Ray, the
+reference ingested first, then the visit ``--repeat`` times into fresh stores): when each CCD was
+in the store (`skyblink.cluster.CcdLanded`: a night run hands its tiles to the actors then) and
+when the whole file was (what a run waited for before the per-CCD streaming). Writes
+``visit_ingest.json`` to $OUT when set.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/visit-latency"))
     parser.add_argument("--sim-only", action="store_true", help="simulate the visit into WORK/sim and stop")
     parser.add_argument("--reuse-sim", action="store_true", help="take the visit from an earlier --sim-only run")
+    parser.add_argument("--ingest-only", action="store_true", help="time the visit's ingest CCD by CCD, no night run")
+    parser.add_argument("--repeat", type=int, default=3, help="--ingest-only: ingests of the visit")
     parser.add_argument("--max-wait", type=float, default=3600.0,
                         help="seconds to wait for the watch to end after the visit lands; then it is stopped")
     args = parser.parse_args()
@@ -68,6 +76,9 @@ def main() -> None:
     t_sim = time.perf_counter() - t0
     if args.sim_only:
         print(f"simulated the visit into {sim} in {t_sim:.0f} s")
+        return
+    if args.ingest_only:
+        ingest_only(sim, args.work, args.repeat)
         return
     (live / "exposures").mkdir(parents=True)
     shutil.copytree(sim / "references", live / "references")
@@ -124,6 +135,44 @@ def main() -> None:
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "visit_latency.json").write_text(json.dumps({"ccds": ccds, "size": size, "latency_s": latency,
                                                                               "report": report}, indent=1))
+
+
+def ingest_only(sim: Path, work: Path, repeat: int) -> None:
+    """Ingest the reference, then the visit ``repeat`` times into fresh stores; print when each CCD landed."""
+    import statistics
+
+    from skyblink.cluster import ingest_night
+    from skyblink.cluster.ingest import prestart_ingest_workers
+    from skyblink.cluster.ray_runtime import ray_session
+    from skyblink.config import load_config
+
+    runs = []
+    config = load_config(overrides={"store": str(work / "ingest-0.zarr")})
+    with ray_session(config.ray):
+        import ray
+
+        ray.get(prestart_ingest_workers(int(ray.cluster_resources().get("CPU", 1))))  # warm, as a night run has them
+        for i in range(repeat):
+            night = work / f"ingest-night-{i}"
+            (night / "exposures").mkdir(parents=True)
+            shutil.copytree(sim / "references", night / "references")
+            store = load_config(overrides={"store": str(work / f"ingest-{i}.zarr")})
+            ingest_night(night, store)  # the reference, landed before the visit
+            visit = next((sim / "exposures").glob("*.fits"))
+            os.link(visit, night / "exposures" / visit.name)
+            landed: list[float] = []
+            t0 = time.perf_counter()
+            report = ingest_night(night, store,
+                                  on_ccd=lambda _ccd, landed=landed, t0=t0: landed.append(time.perf_counter() - t0))
+            whole = time.perf_counter() - t0
+            assert len(report.ingested) == 1  # one file: the visit
+            runs.append({"ccds": len(landed), "first_ccd_s": landed[0], "median_ccd_s": statistics.median(landed),
+                         "last_ccd_s": landed[-1], "file_s": whole, "task_s": report.ingested[0].seconds})
+            print(f"ingest {i}: {len(landed)} CCDs; first CCD in the store {landed[0]:.2f} s after the ingest began, "
+                  f"median {statistics.median(landed):.2f} s, last {landed[-1]:.2f} s; the whole file {whole:.2f} s "
+                  f"(its task {report.ingested[0].seconds:.2f} s)")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "visit_ingest.json").write_text(json.dumps(runs, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 from skyblink.lazy_import import lazy_module
 
 from .ingest import (
+    CcdLanded,
     IngestJob,
     IngestOutcome,
     IngestPlanError,
     IngestReport,
     discover_night,
     ingest_file,
+    ingest_file_events,
     ingest_night,
     plan_ingest,
 )
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 _night_run = lazy_module("skyblink.cluster.night")
 
 __all__ = [
+    "CcdLanded",
     "IngestJob",
     "IngestOutcome",
     "IngestPlanError",
@@ -38,6 +41,7 @@ __all__ = [
     "NightRunReport",
     "discover_night",
     "ingest_file",
+    "ingest_file_events",
     "ingest_night",
     "plan_ingest",
     "ray_session",

@@ -3,7 +3,9 @@ Ingest a night directory into its Zarr store with parallel Ray tasks.
 
 The night directory holds ``exposures/*.fits`` and ``references/*.fits`` (what ``skyblink sim
 night`` writes); a directory without those sub-folders is read as a flat folder of exposures.
-Each file becomes one Ray task that owns every shard it writes. The driver keeps the manifest:
+Each file becomes one Ray task that owns every shard it writes; the task streams each CCD back as
+it lands in the store (`CcdLanded`, a Ray generator task), so that a night run can start a visit's
+tiles while its later CCDs are still being written. The driver keeps the manifest:
 unchanged files (same size and mtime, or same sha256) are skipped, changed files are ingested
 again, bad files are quarantined with one line naming the file and the reason, and the rest of
 the night goes on.
@@ -15,15 +17,16 @@ The driver alone writes the manifest; tasks write only their own exposure groups
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import ray
 
@@ -43,8 +46,8 @@ from skyblink.storage import (
 
 from .ray_runtime import ray_session
 
-__all__ = ["IngestJob", "IngestOutcome", "IngestPlanError", "IngestReport", "discover_night", "ingest_file", "ingest_night", "plan_ingest",
-           "prestart_ingest_workers"]
+__all__ = ["CcdLanded", "IngestJob", "IngestOutcome", "IngestPlanError", "IngestReport", "discover_night", "ingest_file",
+           "ingest_file_events", "ingest_night", "plan_ingest", "prestart_ingest_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,22 @@ class IngestOutcome:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CcdLanded:
+    """
+    One CCD of a file being ingested is in the store (readable by name: `NightStore.landed_ccds`);
+    the file's `IngestOutcome` follows once every CCD is. Stable.
+
+    ``seconds`` is the time from the task's start to the CCD landing.
+    """
+
+    key: str
+    kind: ExposureKind
+    path: str
+    ccd: str
+    seconds: float = 0.0
+
+
 @dataclass(slots=True)
 class IngestReport:
     """The result of one ingest run. Stable."""
@@ -165,7 +184,7 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
     """
     Validate one FITS file and write it into the store, or say why not.
 
-    This is the body of the Ray task; it is a plain function, testable without Ray.
+    A plain function, testable without Ray: the last item of `ingest_file_events`.
 
     Parameters
     ----------
@@ -175,6 +194,35 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
     Returns
     -------
     IngestOutcome
+        ``"ingested"``, ``"unchanged"`` (sha256 equals ``job.known_sha256``) or ``"quarantined"``
+        with the reason. Bad input never raises; store or file-system failures do.
+    """
+    outcome: IngestOutcome | None = None
+    for event in ingest_file_events(job):
+        if isinstance(event, IngestOutcome):
+            outcome = event
+    assert outcome is not None  # the events always end with the outcome
+    return outcome
+
+
+def ingest_file_events(job: IngestJob) -> Iterator[CcdLanded | IngestOutcome]:
+    """
+    Validate one FITS file and write it into the store, yielding each CCD as it lands, then the outcome.
+
+    This is the body of the Ray task (a generator task: the driver gets each item as it is
+    yielded). A CCD is yielded once it is readable in the store (`NightStore.write_exposure_ccds`);
+    a file found bad after some CCDs landed (a CCD of NaNs, a truncated HDU) is deleted from the
+    store and quarantined: whoever started on its landed CCDs must drop what it made of them.
+
+    Parameters
+    ----------
+    job : IngestJob
+        The file, its store key and the store layout.
+
+    Yields
+    ------
+    CcdLanded or IngestOutcome
+        Each landed CCD, in the file's order, then the file's `IngestOutcome` (always last, once):
         ``"ingested"``, ``"unchanged"`` (sha256 equals ``job.known_sha256``) or ``"quarantined"``
         with the reason. Bad input never raises; store or file-system failures do.
     """
@@ -188,7 +236,8 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
         digest = _sha256_in_background(path) if sha256 is None else None
     except OSError as exc:
         reason = f"cannot be read ({exc.strerror or exc})"
-        return IngestOutcome(job.key, job.kind, job.path, 0, 0, None, "quarantined", reason)
+        yield IngestOutcome(job.key, job.kind, job.path, 0, 0, None, "quarantined", reason)
+        return
 
     def file_sha256() -> str:
         if digest is not None:
@@ -198,20 +247,27 @@ def ingest_file(job: IngestJob) -> IngestOutcome:
 
     common: dict[str, Any] = {"key": job.key, "kind": job.kind, "path": job.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if sha256 is not None and sha256 == job.known_sha256:
-        return IngestOutcome(**common, sha256=sha256, result="unchanged")
+        yield IngestOutcome(**common, sha256=sha256, result="unchanged")
+        return
     store = NightStore(job.store_url, mode="a", layout=job.layout)
+    nbytes = 0
     try:
         with open_fits_exposure(path, max_nonfinite_fraction=job.max_nonfinite_fraction, headers=job.headers) as reader:
             images = reader.images(threads=min(job.read_threads, len(reader.exposure.ccds)))
-            nbytes = store.write_exposure(job.key, reader.exposure, images, kind=job.kind,
-                                          source=lambda: {"path": job.path, "size": stat.st_size, "sha256": file_sha256()},
-                                          threads=min(job.write_threads, len(reader.exposure.ccds)))
+            writes = store.write_exposure_ccds(job.key, reader.exposure, images, kind=job.kind,
+                                               source=lambda: {"path": job.path, "size": stat.st_size, "sha256": file_sha256()},
+                                               threads=min(job.write_threads, len(reader.exposure.ccds)),
+                                               source_path=job.path)
+            for ccd, written in writes:
+                nbytes += written
+                yield CcdLanded(job.key, job.kind, job.path, ccd, time.perf_counter() - start)
             exposure = reader.exposure
     except InvalidExposureError as exc:
         store.delete(job.key)  # an earlier good version of a file that is now bad is gone too
-        return IngestOutcome(**common, sha256=file_sha256(), result="quarantined", reason=exc.reason)
+        yield IngestOutcome(**common, sha256=file_sha256(), result="quarantined", reason=exc.reason)
+        return
     pixels = sum(c.shape[0] * c.shape[1] for c in exposure.ccds)
-    return IngestOutcome(
+    yield IngestOutcome(
         **common,
         sha256=file_sha256(),
         result="ingested",
@@ -397,6 +453,7 @@ def ingest_night(
     retry_failed: bool = False,
     on_planned: Callable[[int], None] | None = None,
     on_outcome: Callable[[IngestOutcome | ManifestEntry], None] | None = None,
+    on_ccd: Callable[[CcdLanded], None] | None = None,
     settle_s: float = 0.0,
 ) -> IngestReport:
     """
@@ -418,6 +475,9 @@ def ingest_night(
         Called once with the number of files that will be ingested (for a progress bar).
     on_outcome : callable, optional
         Called on the driver with each task's outcome (or failed entry) as it arrives.
+    on_ccd : callable, optional
+        Called on the driver with each CCD as it lands in the store (`CcdLanded`), before its
+        file's outcome; a file quarantined or failed after some CCDs landed is not in the store.
     settle_s : float, optional
         Leave files modified less than this many seconds ago for a later call (``--watch``: a
         file still being written is not read half-way).
@@ -460,7 +520,7 @@ def ingest_night(
         on_planned(len(jobs))
     if jobs:
         with ray_session(config.ray):
-            _run_jobs(jobs, manifest, report, on_outcome)
+            _run_jobs(jobs, manifest, report, on_outcome, on_ccd)
     manifest.save()
     for key in unchanged:
         if manifest.entries[key].state is ExposureState.QUARANTINED:
@@ -475,43 +535,61 @@ def _run_jobs(
     manifest: Manifest,
     report: IngestReport,
     on_outcome: Callable[[IngestOutcome | ManifestEntry], None] | None,
+    on_ccd: Callable[[CcdLanded], None] | None = None,
 ) -> None:
-    task = ray.remote(num_cpus=1, max_retries=2)(ingest_file)
+    # A generator task: each CCD comes back as it lands (`CcdLanded`), the file's outcome last.
+    task = ray.remote(num_cpus=1, max_retries=2)(ingest_file_events)
     # At most two tasks per CPU in flight (Ray's "limit pending tasks" pattern): results stream
     # back and the manifest is saved as they arrive instead of after the whole night.
     max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    pending: dict[ray.ObjectRef, IngestJob] = {}
-    # References first: a night run plans an exposure's tiles as soon as its file and its field's
-    # reference are both in the store.
+    pending: dict[ray.ObjectRefGenerator, IngestJob] = {}
+    # References first: a night run plans an exposure's tiles as soon as its CCDs and its field's
+    # reference are in the store.
     queue = list(reversed(sorted(jobs, key=lambda job: job.kind != "reference")))
     last_save = time.monotonic()
+
+    def finished(job: IngestJob, outcome: IngestOutcome | ManifestEntry) -> None:
+        manifest.entries[job.key] = _updated_entry(manifest.entries.get(job.key), outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
     try:
         while queue or pending:
             while queue and len(pending) < max_in_flight:
                 job = queue.pop()
                 pending[task.remote(job)] = job
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                job = pending.pop(ref)
-                outcome: IngestOutcome | ManifestEntry
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for events in cast(list[ray.ObjectRefGenerator], ready):
+                job = pending[events]
                 try:
-                    ingested: IngestOutcome = ray.get(ref)
+                    event = cast(CcdLanded | IngestOutcome, ray.get(next(events)))
+                except StopIteration:  # ended without an outcome: not expected, recorded as a failure
+                    del pending[events]
+                    entry = _failed_entry(job, RuntimeError("the ingest task ended without an outcome"))
+                    report.failed.append(entry)
+                    finished(job, entry)
+                    continue
                 except Exception as exc:  # noqa: BLE001 - any task failure is recorded, night goes on
-                    outcome = _failed_entry(job, exc)
-                    report.failed.append(outcome)
-                    log.debug("failed %s: %s", job.path, outcome.reason)
-                else:
-                    _record(ingested, report)
-                    outcome = ingested
-                manifest.entries[job.key] = _updated_entry(manifest.entries.get(job.key), outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
+                    del pending[events]
+                    entry = _failed_entry(job, exc)
+                    report.failed.append(entry)
+                    log.debug("failed %s: %s", job.path, entry.reason)
+                    finished(job, entry)
+                    continue
+                if isinstance(event, CcdLanded):
+                    if on_ccd is not None:
+                        on_ccd(event)
+                    continue
+                del pending[events]  # the outcome is the task's last item
+                _record(event, report)
+                finished(job, event)
             if time.monotonic() - last_save > _MANIFEST_SAVE_SECONDS:
                 manifest.save()
                 last_save = time.monotonic()
     finally:
-        for ref in pending:
-            ray.cancel(ref)
+        for events in pending:
+            with contextlib.suppress(Exception):  # already ended: nothing to cancel
+                ray.cancel(events)
         manifest.save()
 
 

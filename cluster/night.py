@@ -16,10 +16,11 @@ with its append-only file in ``night.redis_dir`` (so a resumed run continues the
 and stops it at the end unless asked to keep it (`skyblink.cluster.private_redis`).
 
 The fixed costs are off the critical path where they can be: Ray starts first and the worker
-actors are created at once (they load their engines and warm up while Redis starts and the night
-is ingested); Ray's task workers import the ingest meanwhile; each file's tiles go to the actors
-as soon as the file and its field's reference are in the store, while later files are still
-being ingested.
+actors are created at once (they load their engines and warm up while the night is ingested);
+Ray's task workers import the ingest meanwhile; the ingest starts at once, Redis starting beside
+it; each CCD's tiles go to the actors as soon as the CCD and the same CCD of its field's
+reference are in the store (the ingest task streams each CCD back as it lands), while the
+visit's later CCDs and later files are still being ingested.
 
 With ``watch=True`` the worker actors start (and warm up) first; the run then keeps listing the
 night directory and processes exposures as they land, publishing each one's alerts as soon as it
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -74,8 +76,8 @@ from skyblink.workers.program_config import WorkerConfig
 from skyblink.workers.tile_unit import WorkUnit
 
 from .dispatch import WorkerPool, worker_spec
-from .ingest import IngestOutcome, IngestReport, ingest_night, prestart_ingest_workers
-from .planning import plan_tiles
+from .ingest import CcdLanded, IngestOutcome, IngestReport, ingest_night, prestart_ingest_workers
+from .planning import plan_ccd_tiles, plan_tiles
 from .private_redis import embedded_redis
 from .ray_runtime import ray_session
 from .results import UnitStore, exposure_static_detections
@@ -122,7 +124,15 @@ class NightRunReport:
     Redis); otherwise the run's own (``exposure`` None, ``latency_s`` its wall time, the stages
     as above from ``startup`` to ``shutdown``: Ray, Redis and the actors stopped). Its
     ``stages`` are in order, each ``{stage, start_s, end_s, seconds, share}`` (offsets from the
-    start, the share of ``latency_s``), and their seconds sum to ``latency_s``.
+    start, the share of ``latency_s``), and their seconds sum to ``latency_s``. As the tiles
+    stream, the run's path is: ``startup`` (Ray started, the actors created: the ingest starts),
+    ``ingest`` (until the first exposure CCD whose tiles could run landed), ``plan`` (until they
+    were planned and handed to the actors: Redis starting, when it had not yet), ``workers_start``
+    (what was left of the actors' warm-up then), ``dispatch`` (until the last tile's outcome: the
+    rest of the ingest ran beside it), ``reference_catalogs``, ``reduce``, ``publish``,
+    ``shutdown``; its ``overlapped`` list gives what ran beside the path, each ``{stage, start_s,
+    end_s, seconds}``: ``ingest`` (the whole), ``workers_warmup`` (from the actors' creation to
+    their first health answer), ``redis``, ``plan_night``.
     """
 
     night: str = ""
@@ -187,7 +197,8 @@ class NightRunReport:
         return out
 
 
-def critical_path(start: float, marks: Iterable[tuple[str, float]], *, exposure: str | None = None) -> dict[str, Any]:
+def critical_path(start: float, marks: Iterable[tuple[str, float]], *, exposure: str | None = None,
+                  overlapped: Iterable[tuple[str, float, float]] = ()) -> dict[str, Any]:
     """
     Lay out where the time from ``start`` to the last mark went, stage by stage, in order.
 
@@ -201,13 +212,18 @@ def critical_path(start: float, marks: Iterable[tuple[str, float]], *, exposure:
         is later than its cycle's start) is taken as that one: a stage never has negative time.
     exposure : str, optional
         The exposure whose path this is.
+    overlapped : iterable of (str, float, float), optional
+        ``(what, began, ended)`` of work that ran beside the path (the whole ingest, the actors'
+        warm-up, Redis starting, the night's plan): reported as it ran, in the order given, not
+        summed; a part of one that held the path up is in the stage it delayed.
 
     Returns
     -------
     dict
-        ``{exposure, latency_s, stages: [{stage, start_s, end_s, seconds, share}]}``: offsets
-        from ``start`` and the share of ``latency_s``; the stages' seconds sum to ``latency_s``
-        (to the rounding of 3 decimals). No stages and 0 s when there are no marks.
+        ``{exposure, latency_s, stages: [{stage, start_s, end_s, seconds, share}], overlapped:
+        [{stage, start_s, end_s, seconds}]}``: offsets from ``start`` and the share of
+        ``latency_s``; the stages' seconds sum to ``latency_s`` (to the rounding of 3 decimals).
+        No stages and 0 s when there are no marks.
     """
     bounds: list[tuple[str, float, float]] = []
     begin = start
@@ -218,7 +234,9 @@ def critical_path(start: float, marks: Iterable[tuple[str, float]], *, exposure:
     latency = begin - start
     stages = [{"stage": stage, "start_s": round(lo, 3), "end_s": round(hi, 3), "seconds": round(hi - lo, 3),
                "share": round((hi - lo) / latency, 4) if latency > 0 else 0.0} for stage, lo, hi in bounds]
-    return {"exposure": exposure, "latency_s": round(latency, 3), "stages": stages}
+    beside = [{"stage": stage, "start_s": round(lo - start, 3), "end_s": round(hi - start, 3), "seconds": round(hi - lo, 3)}
+              for stage, lo, hi in overlapped if hi >= lo]
+    return {"exposure": exposure, "latency_s": round(latency, 3), "stages": stages, "overlapped": beside}
 
 
 def night_name(store: NightStore, exposures: list[str]) -> str:
@@ -365,11 +383,12 @@ class NightRun:
     cycles of ``--watch``. `run` runs it once; each stage is a method.
 
     The fixed costs are started first and overlap what follows: Ray starts, the worker actors are
-    created at once (they load their engines and warm up from then on), Ray's task workers import
-    the ingest (`prestart_ingest_workers`) while Redis starts; each cycle's ingest then runs in a
-    thread of the driver, its files streaming into the store, and a file's tiles go to the actors
-    as soon as the file and its field's reference have landed (`_Landings`), so the tiles of the
-    first exposures run while later ones are still being ingested.
+    created at once (they load their engines and warm up from then on: `_Warmup` records when they
+    are ready), Ray's task workers import the ingest (`prestart_ingest_workers`); the first cycle's
+    ingest then starts in a thread of the driver while Redis starts, its files streaming into the
+    store CCD by CCD, and a CCD's tiles go to the actors as soon as it and its reference's CCD
+    have landed (`_Landings`), so the tiles of a visit's first CCDs run while its later CCDs and
+    later files are still being ingested.
 
     Parameters
     ----------
@@ -399,6 +418,10 @@ class NightRun:
         self.client: Any = None
         self.references: _ReferenceCatalogs | None = None
         self.began = 0.0  # the critical path's clock: files' times are wall clock
+        #: When the actors became ready (their first health answer), recorded as it comes (`start_workers`).
+        self.warmup: _Warmup | None = None
+        #: (what, began, ended) of work beside the run's path (`critical_path`'s ``overlapped``).
+        self.overlapped: list[tuple[str, float, float]] = []
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -415,24 +438,37 @@ class NightRun:
         # One writer per store: taken before anything is started, held to the end (watch included).
         lock = StoreLock(config.store, "skyblink night run").acquire(wait=self.wait, say=hooks.say)
         with lock, ray_session(config.ray):
+            landings: _Landings | None = None
             try:
                 self.start_workers()  # they load their engines and warm up while the rest starts
                 self.references = _ReferenceCatalogs(config.night.reference_snr_threshold, hooks.say)
+                if not self.watch:
+                    # Ray started and the actors created: the ingest starts now, beside Redis' start
+                    # (needed only to publish) and the actors' warm-up.
+                    self.marks.append(("startup", time.time()))
+                    self.report.stage_seconds = {"startup": self.marks[-1][1] - self.began, **self.report.stage_seconds}
+                    hooks.on_stage("ingest")
+                    landings = _Landings(self)
+                redis_began = time.time()
                 with embedded_redis(config, keep=self.keep_redis, say=hooks.say) as redis_url:
                     self.client = connect(config.redis, url=redis_url, retries=config.alerts.retries,
                                           backoff_s=config.alerts.backoff_s, backoff_max_s=config.alerts.backoff_max_s)
                     self.report.redis_url = redact_url(redis_url)
+                    self.overlapped.append(("redis", redis_began, time.time()))
                     try:
                         if self.watch:  # the observatory case: the actors are warm before the first exposure lands
                             self.await_workers()
-                        self.marks.append(("startup", time.time()))
-                        # Ray and Redis started, the actors created (--watch: their wait is ``workers_start``).
-                        startup = self.marks[-1][1] - self.began - self.report.stage_seconds.get("workers_start", 0.0)
-                        self.report.stage_seconds = {"startup": startup, **self.report.stage_seconds}
-                        self._cycles()
+                            self.marks.append(("startup", time.time()))
+                            # Ray and Redis started, the actors created (their wait is ``workers_start``).
+                            startup = self.marks[-1][1] - self.began - self.report.stage_seconds.get("workers_start", 0.0)
+                            self.report.stage_seconds = {"startup": startup, **self.report.stage_seconds}
+                        self._cycles(landings)
+                        landings = None
                     finally:
                         self.client.close()
             finally:
+                if landings is not None:  # Redis failed to start: let the ingest end before Ray does
+                    landings.settle()
                 _DriverMetrics.wait_exported(config)  # the actors' too: they live until the pool shuts down
                 if self.pool is not None:
                     self.report.worker_restarts = self.pool.restarts
@@ -441,15 +477,22 @@ class NightRun:
         # In the order the stages run (the ingest's thread and the actors' wait end in either order).
         self.report.stage_seconds = dict(sorted(self.report.stage_seconds.items(), key=lambda kv: _stage_rank(kv[0])))
         if not self.watch:  # --watch: the slowest exposure's, set by the cycles
-            self.report.critical_path = critical_path(self.began, [*self.marks, ("shutdown", time.time())])
+            if self.warmup is not None and self.warmup.ready_at is not None:
+                self.overlapped.insert(1, ("workers_warmup", self.warmup.created_at, self.warmup.ready_at))
+            self.report.critical_path = critical_path(self.began, [*self.marks, ("shutdown", time.time())],
+                                                      overlapped=self.overlapped)
         return self.report
 
-    def _cycles(self) -> None:
-        """One cycle, or with ``watch`` cycles until the night has been idle for ``night.watch_idle_s``."""
+    def _cycles(self, landings: _Landings | None = None) -> None:
+        """
+        One cycle, or with ``watch`` cycles until the night has been idle for ``night.watch_idle_s``;
+        ``landings``: the first cycle's ingest, started already.
+        """
         assert self.references is not None
         idle_since = time.monotonic()
         while True:
-            new_files = self.cycle([] if self.watch else self.marks)  # --watch: per cycle
+            new_files = self.cycle([] if self.watch else self.marks, landings)  # --watch: per cycle
+            landings = None
             if not self.watch:
                 return
             if new_files or self.references.pending:  # idle means nothing new and nothing under way
@@ -469,6 +512,7 @@ class NightRun:
         workers = WorkerConfig.from_config(self.config)  # the one contract every actor gets
         pool = WorkerPool(workers, worker_spec(workers))
         self.pool = pool
+        self.warmup = _Warmup(pool.actors)
         self.report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": str(workers.backend)}
         free = float(ray.cluster_resources().get("CPU", 1.0)) - pool.spec.count * pool.spec.num_cpus
         prestart_ingest_workers(min(int(free), _PRESTART_MAX))
@@ -498,23 +542,33 @@ class NightRun:
 
     # -- one cycle --------------------------------------------------------------------------------
 
-    def cycle(self, marks: list[tuple[str, float]]) -> bool:
+    def cycle(self, marks: list[tuple[str, float]], landings: _Landings | None = None) -> bool:
         """
-        One pass: ingest what is new (its tiles dispatched as each file lands), process what is
+        One pass: ingest what is new (each CCD's tiles dispatched as it lands), process what is
         not done, reduce, publish.
 
         Appends to ``marks`` ``(stage, when it ended)`` (`critical_path`) for each stage it runs:
-        ``ingest``, ``plan``, ``workers_start`` (when the actors were still warming up),
-        ``dispatch``, ``reference_catalogs``, ``reduce``, ``publish``. Returns whether new files
-        were ingested.
+        ``ingest`` (until the first CCD whose tiles could run landed, or the whole ingest when
+        none streamed), ``plan`` (until its tiles were planned and handed to the actors),
+        ``workers_start`` (when the actors were still warming up), ``dispatch``,
+        ``reference_catalogs``, ``reduce``, ``publish``. Returns whether new files were ingested.
+
+        Parameters
+        ----------
+        marks : list of (str, float)
+            Gets the stages' ends.
+        landings : _Landings, optional
+            The cycle's ingest, started already (the run's first cycle starts it beside Redis).
         """
         assert self.references is not None
         report, hooks = self.report, self.hooks
         cycle_start = time.time()
         first_mark = len(marks)
-        hooks.on_stage("ingest")
-        landings = _Landings(self)
-        units = landings.first()  # the first exposure's tiles, or (nothing to stream) the plan's
+        if landings is None:
+            hooks.on_stage("ingest")
+            landings = _Landings(self)
+        units = landings.first()  # the first CCD's tiles, or (nothing to stream) the plan's
+        handed_at = time.time()  # planned and ready to go to the actors
         ready_at: float | None = None
         waited: float | None = None
         dispatch_end: float | None = None
@@ -539,14 +593,23 @@ class NightRun:
         plan = landings.plan
         assert plan is not None  # the feed ends with the night's plan
         store, ingest = plan.store, plan.ingest
-        marks.append(("ingest", plan.ingest_end))
+        if landings.withdrawn:
+            self._withdraw(store, landings, processed)
+        beside = [("ingest", landings.ingest_began, plan.ingest_end),
+                  ("plan_night", plan.ingest_end, plan.ingest_end + plan.seconds)]
+        if not self.watch:
+            self.overlapped += beside
+        streamed_at = landings.first_landed_at
+        # Streamed: the path waits for the first CCD whose tiles could run, not for the whole ingest.
+        marks.append(("ingest", streamed_at if streamed_at is not None else plan.ingest_end))
         new_files = bool(ingest.ingested)
         if not plan.exposures:
             self.references.collect(store, wait_for=())
             return new_files
-        # Planned in the driver once the ingest ended (the driver may have been waiting for the
-        # actors then): on the path, the plan follows the ingest's end by its own seconds.
-        planned = plan.ingest_end + plan.seconds
+        # Streamed: the first tiles were handed to the actors once the driver had them (after Redis
+        # started, in the run's first cycle). Otherwise planned once the ingest ended (the driver may
+        # have been waiting for the actors then): the plan follows the ingest's end by its own seconds.
+        planned = handed_at if streamed_at is not None else plan.ingest_end + plan.seconds
         marks.append(("plan", planned))
         if ready_at is not None and waited is not None:
             marks.append(("workers_start", ready_at))
@@ -574,27 +637,53 @@ class NightRun:
             self.reduce_and_publish(store, [u for u in plan.units if u.key in done], plan.results,
                                     {u.exposure for u in todo} | held_before, incomplete=incomplete, marks=marks)
         if self.watch:
-            self._note_latencies(cycle_start, marks[first_mark:], {u.exposure.rsplit("/", 1)[-1] for u in todo})
+            self._note_latencies(cycle_start, marks[first_mark:], {u.exposure.rsplit("/", 1)[-1] for u in todo},
+                                 overlapped=beside)
         return new_files
 
-    def _note_latencies(self, cycle_start: float, cycle_marks: list[tuple[str, float]], fresh: set[str]) -> None:
-        """--watch: each new exposure's path, from its file appearing, through the wait for this cycle, to its alerts confirmed in Redis."""
+    def _note_latencies(self, cycle_start: float, cycle_marks: list[tuple[str, float]], fresh: set[str], *,
+                        overlapped: list[tuple[str, float, float]] | None = None) -> None:
+        """
+        --watch: each new exposure's path, from its file appearing, through the wait for this cycle, to its alerts
+        confirmed in Redis; ``overlapped``: what ran beside it in the cycle (the whole ingest, the plan).
+        """
         cycle = [("wait", cycle_start), *cycle_marks]
         for exposure_id in sorted(fresh):
             appeared = self.seen_files.get(exposure_id)
             if appeared is not None:
-                path = critical_path(appeared, cycle, exposure=exposure_id)
+                path = critical_path(appeared, cycle, exposure=exposure_id, overlapped=overlapped or ())
                 self.report.latency_s[exposure_id] = path["latency_s"]
                 self.report.latency_stages_s[exposure_id] = {s["stage"]: s["seconds"] for s in path["stages"]}
                 if path["latency_s"] >= self.report.critical_path.get("latency_s", -1.0):
                     self.report.critical_path = path
                 _DriverMetrics.get().latency.observe(path["latency_s"])
 
-    def ingest(self, on_landed: Callable[[IngestOutcome], None]) -> IngestReport:
+    def _withdraw(self, store: NightStore, landings: _Landings, processed: set[str]) -> None:
+        """
+        Drop what was made of the CCDs of files that are not in the store after all (quarantined
+        after some CCDs had landed and run: a CCD of NaNs, a truncated HDU): their tiles' outcomes
+        and result files. The file's quarantine says why (`report.quarantined`), not its tiles.
+        """
+        report = self.report
+        for key, unit in landings.submitted.items():
+            if unit.exposure in landings.withdrawn:
+                report.tiles_failed.pop(key, None)
+                if key in processed:
+                    processed.discard(key)
+                    report.tiles_processed -= 1
+        results = UnitStore(store.url)
+        for exposure in sorted(landings.withdrawn):
+            results.forget(exposure)
+            self.hooks.say(f"{exposure}: its file is not in the store after all; the results of its CCDs that landed "
+                           "first are dropped")
+
+    def ingest(self, on_landed: Callable[[IngestOutcome], None],
+               on_ccd: Callable[[CcdLanded], None] | None = None) -> IngestReport:
         """
         Ingest the night's new and changed files (Ray tasks; this call blocks), calling
-        ``on_landed`` with each file's outcome once it is in the store; record quarantined and
-        failed files and when each new file appeared.
+        ``on_ccd`` with each CCD as it lands in the store and ``on_landed`` with each file's
+        outcome once the whole file is; record quarantined and failed files and when each new
+        file appeared.
         """
 
         def landed(outcome: IngestOutcome | ManifestEntry) -> None:
@@ -602,7 +691,7 @@ class NightRun:
                 on_landed(outcome)
 
         settle = self.config.night.watch_poll_s if self.watch else 0.0
-        ingest = ingest_night(self.night_dir, self.config, settle_s=settle, on_outcome=landed)
+        ingest = ingest_night(self.night_dir, self.config, settle_s=settle, on_outcome=landed, on_ccd=on_ccd)
         for entry in ingest.quarantined:
             self.report.quarantined[entry.path] = entry.reason or "quarantined"
         for entry in ingest.failed:
@@ -755,25 +844,59 @@ class _Plan:
     todo: list[WorkUnit]  # this cycle's units: streamed while the ingest ran, and the rest
 
 
+class _Warmup:
+    """
+    When the worker actors became ready: each actor's first health check is asked for at its
+    creation and its answer's arrival recorded as it comes (a callback, nothing waits), so that the
+    report can say when the warm-up ended even where nobody waited for it.
+    """
+
+    def __init__(self, actors: list[Any]) -> None:
+        self.created_at = time.time()
+        self._left = len(actors)
+        self._lock = threading.Lock()
+        self.ready_at: float | None = None if actors else self.created_at
+        for actor in actors:
+            actor.check_health.remote().future().add_done_callback(self._answered)
+
+    def _answered(self, _future: Any) -> None:
+        with self._lock:  # Ray's threads call back
+            self._left -= 1
+            if self._left == 0:
+                self.ready_at = time.time()
+
+
 class _Landings:
     """
     One cycle's ingest, run in a thread, as a feed of tiles for `WorkerPool.run`.
 
-    Each exposure that lands in the store is planned as soon as its field's reference is there
-    too (references are ingested first), so its tiles go to the actors while later files are
-    still being ingested. Once the ingest has
-    ended, the night is planned as before the streaming (`plan_night`: exposures already in the
-    store, the reasons for skipped ones) and what was not streamed is fed; the feed then ends.
+    Each CCD of an exposure is planned as soon as it lands in the store (`CcdLanded`: the ingest
+    task streams its CCDs as it writes them) and the same CCD of its field's reference has too
+    (references are ingested first), so its tiles go to the actors while the exposure's later CCDs and later
+    files are still being ingested; an exposure's own outcome plans any CCD not streamed. Once the
+    ingest has ended, the night is planned as before the streaming (`plan_night`: the complete
+    exposures of the store, the reasons for skipped ones) and what was not streamed is fed; the
+    feed then ends. Exposures streamed but not in that plan (their file quarantined after some CCDs
+    landed) are `withdrawn`.
     """
 
     def __init__(self, run: NightRun) -> None:
         self.run = run
-        self.landed: queue.Queue[IngestOutcome] = queue.Queue()
-        self.waiting: list[str] = []  # exposures landed before their reference
+        #: (when it arrived, what): each landed CCD and each ingested file's outcome.
+        self.landed: queue.Queue[tuple[float, IngestOutcome | CcdLanded]] = queue.Queue()
+        self.waiting: list[str] = []  # exposures landed whole, CCDs not streamed planned then
+        self.waiting_ccds: list[tuple[str, str, float]] = []  # (exposure, CCD, landed) before the reference
+        self.streamed_ccds: set[tuple[str, str]] = set()
         self.submitted: dict[str, WorkUnit] = {}
+        self.present: dict[str, set[str]] = {}  # exposure -> its result files before this cycle
         self.processed_before = run.report.tiles_processed  # by earlier cycles
         self.plan: _Plan | None = None
+        #: When the first CCD whose tiles were fed landed (None: nothing streamed).
+        self.first_landed_at: float | None = None
+        #: Exposures whose tiles were fed that are not in the night's plan (`_finish`).
+        self.withdrawn: set[str] = set()
         self._ended = False
+        self.ingest_began = time.time()
         self._ingest_end = 0.0
         executor = ThreadPoolExecutor(1, thread_name_prefix="night-ingest")
         self.future = executor.submit(self._ingest)
@@ -782,13 +905,19 @@ class _Landings:
     def _ingest(self) -> IngestReport:
         t0 = time.perf_counter()
         try:
-            return self.run.ingest(self.landed.put)
+            return self.run.ingest(lambda outcome: self.landed.put((time.time(), outcome)),
+                                   lambda ccd: self.landed.put((time.time(), ccd)))
         finally:
             _add_stage(self.run.report, "ingest", time.perf_counter() - t0)
             self._ingest_end = time.time()
 
+    def settle(self) -> None:
+        """Wait for the ingest to end, whatever it raises (the run is ending before its cycle ran)."""
+        with contextlib.suppress(Exception):
+            self.future.result()
+
     def first(self) -> list[WorkUnit]:
-        """Block until there are tiles to run (an exposure landed, or the plan) or nothing is left."""
+        """Block until there are tiles to run (a CCD landed, or the plan) or nothing is left."""
         while True:
             units = self.poll(0.2)
             if units is None or units:
@@ -801,28 +930,52 @@ class _Landings:
         if self.plan is not None:
             self._ended = True
             return None
-        outcomes: list[IngestOutcome] = []
+        events: list[tuple[float, IngestOutcome | CcdLanded]] = []
         with contextlib.suppress(queue.Empty):
-            outcomes.append(self.landed.get(timeout=timeout) if timeout > 0 else self.landed.get_nowait())
+            events.append(self.landed.get(timeout=timeout) if timeout > 0 else self.landed.get_nowait())
             while True:
-                outcomes.append(self.landed.get_nowait())
-        if outcomes:
-            return self._stream(outcomes)
+                events.append(self.landed.get_nowait())
+        if events:
+            return self._stream(events)
         if self.future.done():
             return self._finish()
         return []
 
-    def _stream(self, outcomes: list[IngestOutcome]) -> list[WorkUnit]:
+    def _stream(self, events: list[tuple[float, IngestOutcome | CcdLanded]]) -> list[WorkUnit]:
         config = self.run.config
         store = NightStore(config.store)
         # A reference's catalog tasks start once the ingest has ended (`_finish`), not as it lands:
         # on a small node they take the CPU the exposures' ingest needs (2 loaded cores: the demo
         # night's ingest took 19-20 s with them started on landing, 8-19 s before), and they run
         # beside the tiles anyway.
-        self.waiting.extend(o.key for o in outcomes if o.kind == "exposure")
+        for when, event in events:
+            if event.kind != "exposure":
+                continue
+            if isinstance(event, CcdLanded):
+                self.waiting_ccds.append((event.key, event.ccd, when))
+            else:
+                self.waiting.append(event.key)
         references = set(store.exposure_keys("reference"))
         size = config.night.tile_size or config.ingest.tile_size
         units: list[WorkUnit] = []
+        landed: list[float] = []
+        still_ccds: list[tuple[str, str, float]] = []
+        for key, ccd, when in self.waiting_ccds:
+            try:
+                reference = store.reference_key(str(store.ccd_metadata(key, ccd).get("field")))
+            except (KeyError, ValueError):  # gone again (its file quarantined), or no field: the plan says why
+                continue
+            if ccd in store.landed_ccds(reference):  # the reference's CCD may land before the whole reference
+                try:
+                    units.extend(plan_ccd_tiles(store, key, ccd, size=size, margin=config.night.margin))
+                except KeyError:  # deleted while planned (its file quarantined): the plan says why
+                    continue
+                self.streamed_ccds.add((key, ccd))
+                landed.append(when)
+            elif reference not in references:
+                still_ccds.append((key, ccd, when))
+            # else the complete reference lacks the CCD: the plan skips the exposure and says why
+        self.waiting_ccds = still_ccds
         still: list[str] = []
         for key in self.waiting:
             try:
@@ -832,13 +985,22 @@ class _Landings:
             if reference not in references:
                 still.append(key)
             elif not set(store.ccd_names(key)) - set(store.ccd_names(reference)):
-                units.extend(plan_tiles(store, key, size=size, margin=config.night.margin))
+                for ccd in store.ccd_names(key):
+                    if (key, ccd) not in self.streamed_ccds:  # its landing was not seen (an older ingest)
+                        units.extend(plan_ccd_tiles(store, key, ccd, size=size, margin=config.night.margin))
+                        self.streamed_ccds.add((key, ccd))
         self.waiting = still
         if not units:
             return []
-        done = UnitStore(store.url).done(units)
+        results = UnitStore(store.url)
+        for exposure in {u.exposure for u in units} - set(self.present):
+            self.present[exposure] = results.present(exposure)
+        present = set().union(*(self.present[u.exposure] for u in units))
+        done = results.done(units, present=present)
         fresh = [u for u in units if u.key not in done and u.key not in self.submitted]
         self.submitted.update((u.key, u) for u in fresh)
+        if fresh and self.first_landed_at is None:
+            self.first_landed_at = min(landed) if landed else time.time()
         return fresh
 
     def _finish(self) -> list[WorkUnit]:
@@ -859,6 +1021,7 @@ class _Landings:
         units, skipped, exposures = plan_night(store, run.config)
         report.exposures, report.exposures_skipped = len(exposures), skipped
         report.tiles = len(units)
+        self.withdrawn = {u.exposure for u in self.submitted.values()} - set(exposures)
         results = UnitStore(store.url)
         streamed = set(self.submitted)
         done_before = results.done(units) - streamed

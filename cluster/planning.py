@@ -13,7 +13,7 @@ from typing import Any
 
 from skyblink.workers.tile_unit import WorkUnit
 
-__all__ = ["plan_tiles"]
+__all__ = ["plan_ccd_tiles", "plan_tiles"]
 
 
 def plan_tiles(store: Any, exposure: str, *, size: int, margin: int = 32) -> list[WorkUnit]:
@@ -41,3 +41,18 @@ def plan_tiles(store: Any, exposure: str, *, size: int, margin: int = 32) -> lis
     """
     return [unit for ccd in store.ccd_names(exposure)
             for unit in WorkUnit.tiling(store.url, exposure, ccd, store.image(exposure, ccd).shape, size=size, margin=margin)]
+
+
+def plan_ccd_tiles(store: Any, exposure: str, ccd: str, *, size: int, margin: int = 32) -> list[WorkUnit]:
+    """
+    Return the work units covering one CCD of an exposure (row-major), as `plan_tiles` does for each.
+
+    The CCD may have landed while the exposure's later CCDs are still being written
+    (`NightStore.landed_ccds`): a night run plans each CCD's tiles as it lands.
+
+    Raises
+    ------
+    KeyError
+        The store has no such CCD (not landed, or the exposure is absent).
+    """
+    return WorkUnit.tiling(store.url, exposure, ccd, store.image(exposure, ccd).shape, size=size, margin=margin)

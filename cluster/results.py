@@ -90,17 +90,34 @@ class UnitStore:
         """
         self.files.write(self.path(unit), candidates_table(records), CANDIDATE_SCHEMA)
 
-    def done(self, units: Iterable[WorkUnit]) -> set[str]:
-        """Return the keys of the given units whose result file exists."""
+    def done(self, units: Iterable[WorkUnit], *, present: set[str] | None = None) -> set[str]:
+        """
+        Return the keys of the given units whose result file exists.
+
+        ``present``: the result files of their exposures as `present` listed them (listed here when not given).
+        """
         units = list(units)
-        exposures = {u.exposure.rsplit("/", 1)[-1] for u in units}
-        present: set[str] = set()
-        for name in exposures:
-            base = self.files.unit_results_dir(name)
-            if not self.fs.exists(base):
-                continue
-            present.update(p.rstrip("/") for p in self.fs.find(base) if p.endswith(".parquet"))
+        if present is None:
+            present = set()
+            for name in {u.exposure.rsplit("/", 1)[-1] for u in units}:
+                present |= self.present(name)
         return {u.key for u in units if self.path(u).rstrip("/") in present or self._stripped(self.path(u)) in present}
+
+    def present(self, exposure: str) -> set[str]:
+        """Return the result files of one exposure (its name or store key) now in the store (for `done`)."""
+        base = self.files.unit_results_dir(exposure.rsplit("/", 1)[-1])
+        if not self.fs.exists(base):
+            return set()
+        return {p.rstrip("/") for p in self.fs.find(base) if p.endswith(".parquet")}
+
+    def forget(self, exposure: str) -> None:
+        """
+        Delete every result of one exposure (its name or store key): its file was quarantined
+        after some of its CCDs had landed and been processed, so they are not the night's.
+        """
+        base = self.files.unit_results_dir(exposure.rsplit("/", 1)[-1])
+        if self.fs.exists(base):
+            self.fs.rm(base, recursive=True)
 
     def _stripped(self, path: str) -> str:
         # Local file systems may list paths without the protocol prefix that url_to_fs kept.

@@ -24,13 +24,19 @@ Notes
 Each exposure group is written by exactly one writer, which owns every shard of its arrays:
 concurrent partial writes to one Zarr v3 shard lose data (zarr-python issue #3682). The group's
 ``complete`` attribute is written last, so a writer killed midway leaves a group that readers
-and the next ingest treat as absent. Local paths and fsspec URLs are both accepted.
+and the next ingest treat as absent. Each CCD group gets its own ``complete`` attribute once its
+pixels are written (`NightStore.write_exposure_ccds` yields it then), so that a visit's CCDs can
+be read, tile by tile, while its later CCDs are still being written: a landed CCD is readable by
+name (`image`, `header`, `ccd_context`, ...) before the exposure is complete, but the exposure is
+listed (`exposure_keys`) and its CCDs named (`ccd_names`) only once every CCD is there. Local
+paths and fsspec URLs are both accepted.
 """
 
 from __future__ import annotations
 
+import uuid
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -216,47 +222,79 @@ class NightStore:
             Whatever ``images`` raises (e.g. `InvalidExposureError`); the partly written group
             is deleted first, so nothing of the exposure stays in the store.
         """
+        return sum(nbytes for _name, nbytes in self.write_exposure_ccds(key, exposure, images, kind=kind, source=source,
+                                                                         threads=threads))
+
+    def write_exposure_ccds(
+        self,
+        key: str,
+        exposure: FitsExposure,
+        images: Iterable[CcdImage],
+        *,
+        kind: ExposureKind,
+        source: dict[str, Any] | Callable[[], dict[str, Any]],
+        threads: int = 1,
+        source_path: str | None = None,
+    ) -> Iterator[tuple[str, int]]:
+        """
+        Write every CCD of ``exposure`` under ``key`` as `write_exposure` does, yielding each CCD as it lands.
+
+        A CCD is yielded once its pixels and attributes are written and its ``complete`` attribute
+        set: from then on it can be read by name (`image`, `ccd_context`, ...) while later CCDs
+        are still being written. The exposure is complete (listed by `exposure_keys`) after the
+        last CCD, when the generator ends; a generator closed before its end, or an ``images``
+        that raises, deletes the group, so that readers and the next ingest see nothing of it.
+
+        Parameters
+        ----------
+        key, exposure, images, kind, source, threads
+            As `write_exposure`.
+        source_path : str, optional
+            The input file's path, recorded at once (`source_name` names it in errors about a
+            landed CCD before ``source`` is known).
+
+        Yields
+        ------
+        (str, int)
+            The CCD's group name (``ccd000``, ...) and its bytes of pixel data (uncompressed), in
+            the order of ``images``.
+
+        Raises
+        ------
+        Exception
+            Whatever ``images`` raises (e.g. `InvalidExposureError`); the group is deleted first.
+        """
         group = self.root.create_group(key, overwrite=True)
-        written = 0
+        early: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "primary_header": exposure.primary_header.tostring(),
+            "metadata": exposure.metadata,
+            # Identifies this write (a CCD's cached facts hold while it is the same): it does not
+            # change when the exposure completes, and a new write of the key gets another.
+            "write_id": uuid.uuid4().hex,
+        }
+        if source_path is not None:
+            early["source"] = {"path": source_path}
         names = []
 
         def write(ccd: CcdImage) -> tuple[str, int]:
             return self._write_ccd(group, ccd), ccd.data.nbytes
 
         try:
+            group.attrs.update(early)
             for name, nbytes in ordered_map(write, images, threads=threads, ahead=threads, name="ccd-writer"):
                 names.append(name)
-                written += nbytes
+                yield name, nbytes
             facts = source() if callable(source) else source
-        except BaseException:
+        except BaseException:  # GeneratorExit too: an exposure left half-way is not kept
             self.delete(key)
             raise
-        group.attrs.update(
-            {
-                "format_version": FORMAT_VERSION,
-                "kind": kind,
-                "source": facts,
-                "primary_header": exposure.primary_header.tostring(),
-                "metadata": exposure.metadata,
-                "ccds": names,
-                "complete": True,  # last: a reader trusts nothing of a group without it
-            }
-        )
-        return written
+        group.attrs.update({"source": facts, "ccds": names, "complete": True})  # last: readers trust nothing before
 
     def _write_ccd(self, group: zarr.Group, ccd: CcdImage) -> str:
         name = f"ccd{ccd.index:03d}"
         ccd_group = group.create_group(name)
-        ccd_group.attrs.update(
-            {
-                "format_version": FORMAT_VERSION,
-                "hdu": ccd.hdu,
-                "extname": ccd.extname,
-                "fits_header": ccd.header.tostring(),
-                "wcs_header": ccd.wcs_header,
-                "metadata": ccd.metadata,
-            }
-        )
         tile, shard = self.layout.tile_size, self.layout.shard_size
         image = ccd_group.create_array(
             "image",
@@ -269,6 +307,17 @@ class NightStore:
             dimension_names=("y", "x"),
         )
         image[...] = ccd.data
+        ccd_group.attrs.update(
+            {
+                "format_version": FORMAT_VERSION,
+                "hdu": ccd.hdu,
+                "extname": ccd.extname,
+                "fits_header": ccd.header.tostring(),
+                "wcs_header": ccd.wcs_header,
+                "metadata": ccd.metadata,
+                "complete": True,  # with its pixels written: the CCD can be read before the exposure is complete
+            }
+        )
         return name
 
     def delete(self, key: str) -> None:
@@ -308,7 +357,7 @@ class NightStore:
         Reads raise `ChunkChecksumError` (naming ``key``, ``ccd`` and the region) where a chunk's
         crc32c does not match.
         """
-        return CheckedImage(self._group(key)[f"{ccd}/image"], key, ccd, self.url)  # type: ignore[arg-type]
+        return CheckedImage(self._ccd_group(key, ccd)["image"], key, ccd, self.url)  # type: ignore[arg-type]
 
     def mark_damaged(self, key: str, reason: str) -> None:
         """
@@ -336,11 +385,11 @@ class NightStore:
 
     def header(self, key: str, ccd: str = "ccd000") -> fits.Header:
         """Return the CCD's original FITS header."""
-        return fits.Header.fromstring(self._group(key)[ccd].attrs["fits_header"])
+        return fits.Header.fromstring(cast(str, self._ccd_group(key, ccd).attrs["fits_header"]))
 
     def wcs(self, key: str, ccd: str = "ccd000") -> WCS:
         """Return the CCD's celestial WCS (SIP distortion included)."""
-        return _wcs_from_text(cast(str, self._group(key)[ccd].attrs["wcs_header"]))
+        return _wcs_from_text(cast(str, self._ccd_group(key, ccd).attrs["wcs_header"]))
 
     def reference_key(self, field: str) -> str:
         """
@@ -371,20 +420,20 @@ class NightStore:
         Return what an error about one CCD names: its FITS file where the store knows it
         (``/data/F00-003.fits (exposures/F00-003/ccd000)``), else the store and key.
         """
-        try:
-            source = self._group(key).attrs.get("source") or {}
-        except KeyError:
-            source = {}
+        group = self._written_group(key)
+        source = (group.attrs.get("source") if group is not None else None) or {}
         path = cast(dict[str, Any], source).get("path")
         return f"{path} ({key}/{ccd})" if path else f"{self.url}: {key}/{ccd}"
 
     def _stored_version(self, key: str) -> object:
-        """What identifies the content under ``key``: its source file's facts (path, size, sha256)."""
-        try:
-            source = self._group(key).attrs.get("source")
-        except KeyError:
+        """
+        What identifies the content under ``key``: the write that put it there (``write_id``), or
+        for exposures written before it had one, its source file's facts (path, size, sha256).
+        """
+        group = self._written_group(key)
+        if group is None:
             return None
-        return repr(source)
+        return group.attrs.get("write_id") or repr(group.attrs.get("source"))
 
     def ccd_context(self, key: str, ccd: str = "ccd000", *, headers: HeadersConfig | None = None,
                     measure_fwhm: MeasureFwhm | None = None) -> CcdContext:
@@ -435,7 +484,7 @@ class NightStore:
 
     def ccd_metadata(self, key: str, ccd: str = "ccd000") -> dict[str, Any]:
         """Return the JSON metadata of one CCD (gain, saturate, mjd_obs, ...)."""
-        return dict(cast(dict[str, Any], self._group(key)[ccd].attrs["metadata"]))
+        return dict(cast(dict[str, Any], self._ccd_group(key, ccd).attrs["metadata"]))
 
     def ccd_description(self, key: str, ccd: str = "ccd000") -> tuple[dict[str, Any], fits.Header, WCS]:
         """
@@ -447,9 +496,45 @@ class NightStore:
         KeyError
             If the exposure is absent or incomplete, or has no such CCD.
         """
-        attrs = self._group(key)[ccd].attrs
+        attrs = self._ccd_group(key, ccd).attrs
         return (dict(cast(dict[str, Any], attrs["metadata"])), fits.Header.fromstring(cast(str, attrs["fits_header"])),
                 _wcs_from_text(cast(str, attrs["wcs_header"])))
+
+    def landed_ccds(self, key: str) -> list[str]:
+        """
+        Return the CCDs of ``key`` whose pixels are in the store, sorted: every CCD of a complete
+        exposure, the landed ones of an exposure still being written (`write_exposure_ccds`),
+        none of an absent one.
+        """
+        group = self._written_group(key)
+        if group is None:
+            return []
+        if group.attrs.get("complete") is True:
+            return sorted(cast(list[str], group.attrs["ccds"]))
+        return sorted(name for name, ccd in group.groups() if ccd.attrs.get("complete") is True)
+
+    def _written_group(self, key: str) -> zarr.Group | None:
+        """The group of ``key``, complete or being written, or None."""
+        group = self.root.get(key)
+        return group if isinstance(group, zarr.Group) else None
+
+    def _ccd_group(self, key: str, ccd: str) -> zarr.Group:
+        """
+        The group of one CCD: of a complete exposure, or a landed CCD (its own ``complete``
+        attribute set) of an exposure still being written.
+        """
+        group = self._written_group(key)
+        if group is not None and group.attrs.get("complete") is True:
+            found = group.get(ccd)
+            if isinstance(found, zarr.Group):
+                return found
+            msg = f"exposure {key!r} of store {self.url} has no CCD {ccd!r}"
+            raise KeyError(msg)
+        found = group.get(ccd) if group is not None else None
+        if not isinstance(found, zarr.Group) or found.attrs.get("complete") is not True:
+            msg = f"{key!r} is not a completely ingested exposure in store {self.url}, nor is its CCD {ccd!r} written yet"
+            raise KeyError(msg)
+        return found
 
     def _group(self, key: str) -> zarr.Group:
         group = self.root.get(key)

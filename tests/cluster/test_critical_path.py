@@ -51,3 +51,20 @@ def test_the_summary_says_the_critical_path_in_one_line() -> None:
     assert line == ("slowest exposure F00-001, file -> alerts in Redis 2.5 s: wait 0.5 s (20 %) -> ingest 1.5 s (60 %) "
                     "-> publish 0.5 s (20 %)")
     assert _critical_path_line(critical_path(0.0, [("startup", 1.0)])).startswith("the run 1.0 s: startup 1.0 s (100 %)")
+
+
+def test_what_ran_beside_the_path_is_listed_as_it_ran_and_not_summed() -> None:
+    """The whole ingest and the actors' warm-up ran beside the path: listed with their own times, the path's sum unchanged."""
+    marks = [("startup", 5.0), ("ingest", 6.0), ("plan", 6.1), ("workers_start", 9.0), ("dispatch", 20.0)]
+    beside = [("redis", 5.0, 5.2), ("workers_warmup", 4.9, 9.0), ("ingest", 5.0, 12.0)]
+    path = critical_path(0.0, marks, overlapped=beside)
+    assert path["latency_s"] == 20.0
+    assert sum(s["seconds"] for s in path["stages"]) == pytest.approx(20.0, abs=1e-3)
+    assert path["overlapped"] == [
+        {"stage": "redis", "start_s": 5.0, "end_s": 5.2, "seconds": 0.2},
+        {"stage": "workers_warmup", "start_s": 4.9, "end_s": 9.0, "seconds": 4.1},
+        {"stage": "ingest", "start_s": 5.0, "end_s": 12.0, "seconds": 7.0},
+    ]
+    # The path's ingest is the wait for the first CCD (1 s), the whole ingest (7 s) ran beside the dispatch.
+    assert {s["stage"]: s["seconds"] for s in path["stages"]}["ingest"] == 1.0
+    assert critical_path(0.0, marks)["overlapped"] == []

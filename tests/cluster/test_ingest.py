@@ -138,3 +138,36 @@ def test_retry_failed_reingests_an_exposure_whose_stored_chunks_fail_to_read(tmp
     with fits.open(night / "exposures" / "F00-001.fits") as hdul:
         np.testing.assert_array_equal(NightStore(str(tmp_path / "store.zarr")).image("exposures/F00-001")[...], hdul[0].data)
     assert Manifest.load(str(tmp_path / "store.zarr")).entries["exposures/F00-001"].state is ExposureState.INGESTED
+
+
+def test_each_ccd_is_reported_as_it_lands_before_its_file_and_a_file_bad_midway_leaves_nothing(
+    tmp_path: Path, exposure_writer, ray_local: None
+) -> None:
+    """Per-CCD streaming: the driver hears of each CCD once it is readable; a file found bad after some CCDs is gone."""
+    from skyblink.cluster import CcdLanded
+
+    root = tmp_path / "night"
+    exposure_writer(root / "exposures" / "F00-000.fits", ccds=3, seed=1)
+    exposure_writer(root / "exposures" / "F00-001.fits", ccds=8, dtype="float32", seed=2)
+    with fits.open(root / "exposures" / "F00-001.fits", mode="update") as hdul:
+        hdul[8].data[:] = np.nan  # the last CCD: found once the first have landed (ingest.write_threads = 4 ahead)
+    store_url = str(tmp_path / "store.zarr")
+    events: list[tuple[str, str, str]] = []  # (key, what, CCD or result), in the order the driver got them
+    readable: list[bool] = []
+
+    def on_ccd(landed: CcdLanded) -> None:
+        events.append((landed.key, "ccd", landed.ccd))
+        store = NightStore(store_url)
+        readable.append(landed.ccd in store.landed_ccds(landed.key) and store.image(landed.key, landed.ccd).shape == (96, 128))
+
+    report = ingest_night(root, config(tmp_path), on_ccd=on_ccd,
+                          on_outcome=lambda outcome: events.append((outcome.key, "file", getattr(outcome, "result", "failed"))))
+    good = [e for e in events if e[0] == "exposures/F00-000"]
+    assert good == [("exposures/F00-000", "ccd", f"ccd00{i}") for i in range(3)] + [("exposures/F00-000", "file", "ingested")]
+    bad = [e for e in events if e[0] == "exposures/F00-001"]
+    assert bad[-1] == ("exposures/F00-001", "file", "quarantined")
+    assert 1 <= len(bad) - 1 < 8 and bad[:-1] == [("exposures/F00-001", "ccd", f"ccd{i:03d}") for i in range(len(bad) - 1)]
+    assert all(readable)
+    assert [e.key for e in report.quarantined] == ["exposures/F00-001"]
+    store = NightStore(store_url)
+    assert store.exposure_keys() == ["exposures/F00-000"] and store.landed_ccds("exposures/F00-001") == []

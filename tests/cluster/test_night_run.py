@@ -109,6 +109,11 @@ def test_night_end_to_end_publishes_every_alert_once(reference_run: tuple[Path, 
     assert sum(s["seconds"] for s in path["stages"]) == pytest.approx(path["latency_s"], abs=0.01)
     assert path["latency_s"] == pytest.approx(report["wall_seconds"], abs=0.05)
     assert list(report["stage_seconds"])[0] == "startup"
+    # What ran beside the path (the whole ingest among it), not summed into it.
+    assert [s["stage"] for s in path["overlapped"]] == ["redis", "workers_warmup", "ingest", "plan_night"]
+    ingest = path["overlapped"][2]
+    assert ingest["start_s"] == pytest.approx(path["stages"][0]["end_s"], abs=0.05)  # from the run's startup on
+    assert ingest["end_s"] >= path["stages"][1]["end_s"]  # the path waited for the first CCD, not the whole ingest
 
 
 def test_reducing_exposure_by_exposure_gives_the_night_of_a_single_reduce(reference_run: tuple[Path, dict, list[int]]) -> None:
@@ -294,3 +299,44 @@ def test_corrupt_exposure_is_quarantined_and_watch_processes_exposures_as_they_l
     assert "critical path" in text and f"slowest exposure {path['exposure']}" in text
     manifest = Manifest.load(str(tmp_path / "store.zarr"))
     assert manifest.counts().get("quarantined") == 1
+
+
+def test_a_file_bad_after_some_ccds_ran_is_quarantined_and_what_they_made_is_dropped(
+    tmp_path: Path, ray_local: None
+) -> None:
+    """
+    Per-CCD streaming: an exposure's first CCDs go to the actors as they land; when its last CCD
+    then turns out bad, the file is quarantined by name, its tiles are neither processed nor
+    failed, their result files are gone (a later good file of that name is processed afresh) and
+    the other exposures go out as usual. ``--watch``, so that the actors are warm and the driver
+    takes each CCD as it lands while the files are ingested.
+    """
+    import numpy as np
+    from astropy.io import fits
+
+    ccds = 16
+    night = tmp_path / "night"
+    simulate_night(night, SimConfig(fields=1, exposures_per_field=2, image_size=256, ccds=ccds, seed=5), max_workers=1)
+    bad = night / "exposures" / "F00-001.fits"
+    with fits.open(bad) as hdul:
+        hdus = [hdul[0].copy()]
+        for i, hdu in enumerate(hdul[1:], start=1):
+            header = hdu.header.copy()
+            for keyword in ("BZERO", "BSCALE"):
+                header.remove(keyword, ignore_missing=True)
+            data = hdu.data.astype(np.float32)
+            if i == len(hdul) - 1:
+                data[:] = np.nan  # found when the last CCD is read: the first have landed and run by then
+            hdus.append(fits.ImageHDU(data, header))
+    fits.HDUList(hdus).writeto(bad, overwrite=True)
+    config = _config(tmp_path, **{"night.watch_poll_s": 0.2, "night.watch_idle_s": 0.5, "night.units_per_call": 1})
+    said: list[str] = []
+    report = run_night(night, config, watch=True, say=said.append)
+    assert list(report.quarantined) == ["exposures/F00-001.fits"]
+    assert "every pixel is NaN" in report.quarantined["exposures/F00-001.fits"]
+    assert report.exposures == 1 and report.tiles == ccds and report.tiles_processed == ccds
+    assert not report.tiles_failed and not report.alerts_held_back
+    assert not (tmp_path / "store.zarr" / "results" / "units" / "F00-001").exists()
+    assert len(list((tmp_path / "store.zarr" / "results" / "units" / "F00-000").rglob("*.parquet"))) == ccds
+    dropped = [line for line in said if "F00-001" in line and "dropped" in line]
+    assert dropped, "no CCD of the bad file went to the actors before its last one was read: the test shows nothing"

@@ -97,6 +97,51 @@ def test_bad_ccd_midway_leaves_nothing_of_the_exposure(tmp_path: Path, exposure_
     assert "mef" not in zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["exposures"]
 
 
+def test_each_ccd_is_readable_as_it_lands_and_the_exposure_once_all_have(tmp_path: Path, exposure_writer) -> None:
+    """Per-CCD streaming: a landed CCD reads back exactly while the next is not written; the exposure lists at the end."""
+    path = tmp_path / "mef.fits"
+    exposure_writer(path, ccds=3, shape=(150, 200))
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=64))
+    with open_fits_exposure(path) as reader:
+        writes = store.write_exposure_ccds("exposures/mef", reader.exposure, reader.images(), kind="exposure",
+                                           source={"path": str(path)}, source_path=str(path))
+        name, nbytes = next(writes)
+        assert (name, nbytes) == ("ccd000", 150 * 200 * 2)
+        reader_store = NightStore(str(tmp_path / "s.zarr"))  # another process's view: the store as it is on disk
+        assert reader_store.landed_ccds("exposures/mef") == ["ccd000"]
+        assert reader_store.exposure_keys() == []  # not complete: not listed, not planned as a whole
+        with fits.open(path) as hdul:
+            np.testing.assert_array_equal(reader_store.image("exposures/mef", "ccd000")[...], hdul[1].data)
+        assert reader_store.ccd_metadata("exposures/mef", "ccd000") == store.ccd_metadata("exposures/mef", "ccd000")
+        assert str(path) in reader_store.source_name("exposures/mef", "ccd000")
+        version = reader_store._stored_version("exposures/mef")
+        with pytest.raises(KeyError, match="ccd001"):  # not written yet
+            reader_store.image("exposures/mef", "ccd001")
+        with pytest.raises(KeyError):
+            reader_store.ccd_names("exposures/mef")
+        assert [n for n, _ in writes] == ["ccd001", "ccd002"]
+    assert store.exposure_keys() == ["exposures/mef"]
+    assert store.landed_ccds("exposures/mef") == store.ccd_names("exposures/mef") == ["ccd000", "ccd001", "ccd002"]
+    # The same write: a CCD's facts cached while it was landing stay valid once the exposure is complete.
+    assert store._stored_version("exposures/mef") == version
+    ingest_one(store, path, "exposures/mef")  # written again: another write, the cached facts read again
+    assert store._stored_version("exposures/mef") != version
+
+
+def test_a_writer_stopped_after_some_ccds_leaves_nothing_of_the_exposure(tmp_path: Path, exposure_writer) -> None:
+    path = tmp_path / "mef.fits"
+    exposure_writer(path, ccds=3)
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=64))
+    with open_fits_exposure(path) as reader:
+        writes = store.write_exposure_ccds("exposures/mef", reader.exposure, reader.images(), kind="exposure",
+                                           source={"path": str(path)})
+        assert next(writes)[0] == "ccd000"
+        writes.close()  # the task was stopped
+    assert store.exposure_keys() == [] and store.landed_ccds("exposures/mef") == []
+    with pytest.raises(KeyError):
+        store.image("exposures/mef", "ccd000")
+
+
 def _corrupt(shard: Path, offset: int, nbytes: int = 4096, seed: int = 7) -> None:
     """Write ``nbytes`` random bytes at ``offset`` of a shard file, as a bad disk or copy would."""
     data = bytearray(shard.read_bytes())
