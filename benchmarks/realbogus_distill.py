@@ -1,6 +1,6 @@
 """
 Distillation recipes for real/bogus on real survey alerts, in the grouped folds of the honest
-protocol (`benchmarks/realbogus_real.py`, `skyblink.engines.real_folds`).
+protocol (`benchmarks/realbogus_real.py`, `skyblink.evaluation.real_folds`).
 
 Three steps, so that the training can run on a bare GPU machine (numpy + torch only):
 
@@ -71,9 +71,9 @@ def cmd_pool(args: argparse.Namespace) -> None:
     """Build the training file here (needs the survey readers)."""
     from realbogus_real import SHARED
 
-    from skyblink.engines.braai_port import braai_normalize_batch, load_braai
-    from skyblink.engines.real_folds import load_real_alerts
-    from skyblink.engines.score_external import ExternalStampRule, external_stamps
+    from skyblink.evaluation.braai_port import braai_normalize_batch, load_braai
+    from skyblink.evaluation.real_folds import load_real_alerts
+    from skyblink.engines.stamps import ExternalStampRule, external_stamps
     from skyblink.engines.training.real_sky import RealSkyRecipe, alert_targets, build_pool
     from skyblink.storage.alerts.survey_packets import Survey
 
@@ -133,8 +133,9 @@ def cmd_score(args: argparse.Namespace) -> None:
     from realbogus_real import SHARED, summarize, torch_scores
 
     from skyblink.engines.catalog import load_network
-    from skyblink.engines.real_folds import load_real_alerts, roc_auc
-    from skyblink.engines.score_external import ExternalStampRule, external_stamps, score_alerts
+    from skyblink.evaluation.real_folds import load_real_alerts, roc_auc
+    from skyblink.engines.stamps import ExternalStampRule, external_stamps
+    from skyblink.evaluation.survey_scores import score_alerts
     from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
     from skyblink.storage.alerts.survey_packets import Survey
 
@@ -191,8 +192,8 @@ def cmd_head(args: argparse.Namespace) -> None:
     from realbogus_real import SHARED, head_scores, summarize
 
     from skyblink.engines.catalog import load_network
-    from skyblink.engines.real_folds import load_real_alerts
-    from skyblink.engines.score_external import ExternalStampRule, external_stamps
+    from skyblink.evaluation.real_folds import load_real_alerts
+    from skyblink.engines.stamps import ExternalStampRule, external_stamps
     from skyblink.engines.training.real_sky import (
         RealSkyPool,
         RealSkyRecipe,

@@ -34,6 +34,7 @@ __all__ = [
     "DETECTOR_CLASSES",
     "STAMP_SIZE",
     "Braai",
+    "BraaiClassifier",
     "Classifier",
     "Detector",
 ]
@@ -152,10 +153,70 @@ class Braai(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return drb for normalized stamps."""
+        return torch.sigmoid(self.fc_out(self.features(x)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the (B, 256) activations of ``fc_1`` (after its ReLU), ``fc_out``'s input."""
         x = F.relu(self.conv2(F.relu(self.conv1(x))))
         x = F.max_pool2d(x, 2)
         x = F.relu(self.conv4(F.relu(self.conv3(x))))
         x = F.max_pool2d(x, 4)
         # Keras flattened channels-last (H, W, C): permute before flattening to use its weights.
         x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
-        return torch.sigmoid(self.fc_out(F.relu(self.fc_1(x))))
+        return F.relu(self.fc_1(x))
+
+
+#: Sky level (sigma units) `BraaiClassifier` adds to (science, reference, difference) before braai's
+#: row-wise L2 normalisation: braai was trained on raw ZTF cutouts, whose science and template carry
+#: their sky; sigma-unit stamps have it subtracted. Chosen on the grouped real-alert folds (BENCHMARKS).
+BRAAI_PEDESTAL = (20.0, 20.0, 0.0)
+
+
+class BraaiClassifier(nn.Module):
+    """
+    The classifier v2: v1.0's simulator-trained network beside ZTF's trained braai trunk. Experimental.
+
+    Parameters
+    ----------
+    width : int
+        Width of the `Classifier` part.
+    pedestal : tuple of 3 float
+        Sky level added to each channel before braai's normalisation (`BRAAI_PEDESTAL`).
+
+    Notes
+    -----
+    Same input and outputs as `Classifier` (``(B, 3, 63, 63)`` sigma-unit stamps -> ``real_bogus``,
+    ``class_probs``), so the ONNX graph's names and the pipeline contract are unchanged. The forward
+    does its own normalisation for each part: ``asinh`` for the `Classifier` trunk; pedestal and
+    row-wise L2 (braai d6_m7's own pre-processing) for the `Braai` trunk. ``real_bogus`` is one
+    linear layer on both trunks' features (128 + 256); ``class_probs`` are the `Classifier`'s.
+    braai's weights are those ZTF trained (Duev et al. 2019, MIT licence), loaded from the port.
+    """
+
+    def __init__(self, width: int = 16, pedestal: tuple[float, float, float] = BRAAI_PEDESTAL) -> None:
+        super().__init__()
+        self.sky = Classifier(width)
+        self.braai = Braai()
+        self.register_buffer("pedestal", torch.tensor(pedestal, dtype=torch.float32).view(1, 3, 1, 1))
+        self.real_bogus = nn.Linear(128 + 256, 1)
+
+    def braai_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigma-unit stamps -> braai's input: pedestal added, each row divided by its L2 norm."""
+        y = x + self.pedestal
+        # Scaled by the row's largest |value| first (same result), so the squares stay finite in fp16.
+        y = y / y.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
+        return y / torch.sqrt((y * y).sum(dim=-1, keepdim=True)).clamp_min(1e-6)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the (B, 128) `Classifier` head features and the (B, 256) braai features."""
+        return self.sky.head(self.sky.features(torch.asinh(x))), self.braai.features(self.braai_input(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (real_bogus, class_probs) for sigma-unit stamps; see the class notes."""
+        rb, classes = self.logits(x)
+        return torch.sigmoid(rb), torch.softmax(classes, dim=1)
+
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the pre-activation (real/bogus, class) logits."""
+        h_sky, h_braai = self.features(x)
+        return self.real_bogus(torch.cat([h_sky, h_braai], dim=1)), self.sky.classes(h_sky)

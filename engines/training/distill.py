@@ -2,7 +2,7 @@
 Distillation of a survey's own real/bogus score into the classifier, on augmented real cutouts.
 
 The real alerts in ``../shared/data`` are few (354), but a survey's scorer can label as many
-views of them as we like: ZTF's braai (`skyblink.engines.braai_port`, the network whose output
+views of them as we like: ZTF's braai (`skyblink.evaluation.braai_port`, the network whose output
 *is* ``drb``) scores each training alert's raw cutouts turned, flipped and shifted
 (`VARIANTS`, 8 dihedral turns x 4 shifts), so the student learns braai's answer on every view
 rather than one number per alert. Rubin's ``reliability`` (and ZTF packets without raw
@@ -92,7 +92,7 @@ class DistillData:
     Attributes
     ----------
     alerts : (N, 3, 63, 63) uint8
-        Each alert's classifier stamps (`quantize_stamps` of `score_external.external_stamps`).
+        Each alert's classifier stamps (`quantize_stamps` of `skyblink.engines.stamps.external_stamps`).
     teacher : (N, len(VARIANTS)) float32
         Soft real/bogus target of each alert's view: braai on that view of the raw cutouts (ZTF),
         else the packet's own score for every view; NaN where the alert has none.
