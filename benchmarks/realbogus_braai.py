@@ -282,7 +282,12 @@ def main() -> None:
     from skyblink.engines.catalog import load_network
     from skyblink.engines.stamps import ExternalStampRule, external_stamps
     from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
-    from skyblink.evaluation.real_folds import load_real_alerts, roc_auc
+    from skyblink.evaluation.real_folds import (
+        REFERENCES,
+        load_real_alerts,
+        paired_auc_difference,
+        roc_auc,
+    )
     from skyblink.evaluation.survey_scores import score_alerts
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -346,7 +351,9 @@ def main() -> None:
     # sim AUC of v1.0: its own output on the sim validation features' 128-part equals the network's score.
     w1 = v1.real_bogus.weight.detach().numpy()[0]
     b1 = float(v1.real_bogus.bias.detach()[0])
-    rows = summarize("skyblink_rb v1.0 (shipped)", np.array([s.skyblink_rb for s in shipped], float), data,
+    v1_scores = np.array([s.skyblink_rb for s in shipped], float)
+    scored: dict[str, np.ndarray] = {}  # each recipe's held-out scores, for the paired comparison with v1.0
+    rows = summarize("skyblink_rb v1.0 (shipped)", v1_scores, data,
                      roc_auc(sim_real, fv[:, :128] @ w1 + b1))
     rows += summarize("braai port on raw cutouts (it is drb)",
                       np.array([math.nan if s.braai_drb is None else s.braai_drb for s in shipped]), data, None)
@@ -363,7 +370,8 @@ def main() -> None:
         t0 = time.perf_counter()
         if name in BLENDS:
             a = BLENDS[name]
-            rows += summarize(f"{name} (v1.0 + {a:g} x braai, nothing trained)", fh[:, :128] @ w1 + b1 + a * (fh @ w_init + b_init),
+            scored[name] = fh[:, :128] @ w1 + b1 + a * (fh @ w_init + b_init)
+            rows += summarize(f"{name} (v1.0 + {a:g} x braai, nothing trained)", scored[name],
                               data, roc_auc(sim_real, fv[:, :128] @ w1 + b1 + a * (fv @ w_init + b_init)))
             continue
         if name == "gate":
@@ -381,12 +389,14 @@ def main() -> None:
                         sims.append(roc_auc(sim_real, mix))
                     else:
                         oof[where] = mix
+            scored[name] = oof
             rows += summarize(name, oof, data, float(np.mean(sims)))
             for r in rows[-3:]:
                 print("    " + _row(r), flush=True)
             continue
         if recipe is None:
             score = fh @ w_init + b_init
+            scored[name] = score
             rows += summarize(f"{name} (braai's layer, pedestal {args.pedestal:g})", score, data,
                               roc_auc(sim_real, fv @ w_init + b_init))
             continue
@@ -469,6 +479,7 @@ def main() -> None:
                     oof[data.folds == k] = saved["held"]
                     sims.append(float(saved["sim_auc"]))
         print(f"  {name}: {time.perf_counter() - t0:.0f} s; sim AUC per fold {' '.join(f'{s:.3f}' for s in sims)}", flush=True)
+        scored[name] = oof
         rows += summarize(name, oof, data, float(np.mean(sims)))
         for r in rows[-3:]:
             print("    " + _row(r), flush=True)
@@ -476,6 +487,15 @@ def main() -> None:
     print("|---|---|---:|---:|---|---:|")
     for r in rows:
         print(_row(r))
+    print("\nPaired bootstrap (2,000 resamples of alerts) of AUC(recipe) - AUC(v1.0), per reference:")
+    for name, score in scored.items():
+        cells = []
+        for ref_name, survey, key in REFERENCES:
+            ref = data.reference(survey, key)
+            have = np.isfinite(ref) & np.isfinite(score) & np.isfinite(v1_scores)
+            d, lo, hi = paired_auc_difference(ref[have] >= 0.5, score[have], v1_scores[have])
+            cells.append(f"{ref_name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        print(f"  {name}: " + "; ".join(cells))
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
