@@ -4,20 +4,24 @@ grouped real-alert folds of the honest protocol (`benchmarks/realbogus_real.py`)
 
     python benchmarks/realbogus_distill.py pool --out POOL.npz        # once: views, braai teacher, fakes, sim
     python benchmarks/realbogus_braai.py --pool POOL.npz [--recipes NAME ...] [--cache DIR] [--pedestal P]
-                                         [--json OUT] [--save-all DIR]
+                                         [--json OUT] [--save-all DIR] [--folds K ...] [--scan-pedestal P ...]
 
 The network is `skyblink.engines.networks.BraaiClassifier`: v1.0's simulator-trained classifier
 beside braai's VGG6 trunk with the weights ZTF trained (d6_m7, `skyblink.evaluation.braai_port`),
 braai's input made in the forward from the same sigma-unit stamps (a sky pedestal, then braai's
-row-wise L2). Both trunks are frozen (a 2-core CPU); what a fold trains is the real/bogus output
-layer on their features (L-BFGS logistic regression, L2 towards its initial weights), on the
-training folds' samples only: each alert's 32 views (`distill.VARIANTS`) with a teacher (braai
+row-wise L2). Most recipes keep both trunks frozen (a 2-core CPU) and train per fold the
+real/bogus output layer on their features (L-BFGS logistic regression, L2 towards its initial
+weights; ``mlp*`` add a hidden layer); ``blend_*`` and ``zero_shot`` train nothing, ``gate``
+mixes v1.0's and braai's logits by a simulated-vs-real classifier, and ``tune_*`` fine-tune
+braai's trunk too (minutes a fold here: ``--folds`` runs some folds and keeps their scores in
+``--cache``, the table comes once all are there). Every sample comes from the training folds only: each alert's 32 views (`distill.VARIANTS`) with a teacher (braai
 on the raw cutouts' view, its mean over views, or the packet's own score; Rubin reliability),
 the injections and residuals of `skyblink.engines.training.real_sky`, and the simulated stamps
 with truth (8 dihedral turns each). The class head stays v1.0's.
 
-Baselines in the same run: the shipped classifier v1.0 and braai itself on the raw cutouts. Every
-choice (pedestal, recipe, L2, shares) is made on these folds; ``--save-all`` writes the recipe's
+Baselines in the same run: the shipped classifier v1.0 and braai itself on the raw cutouts; the
+last lines are the paired bootstrap of each recipe's AUC minus v1.0's. Every choice (pedestal,
+recipe, L2, shares) is made on these folds; ``--save-all`` writes the recipe's
 all-alerts model (the candidate to ship) as a state dict.
 """
 
