@@ -4,20 +4,24 @@ grouped real-alert folds of the honest protocol (`benchmarks/realbogus_real.py`)
 
     python benchmarks/realbogus_distill.py pool --out POOL.npz        # once: views, braai teacher, fakes, sim
     python benchmarks/realbogus_braai.py --pool POOL.npz [--recipes NAME ...] [--cache DIR] [--pedestal P]
-                                         [--json OUT] [--save-all DIR]
+                                         [--json OUT] [--save-all DIR] [--folds K ...] [--scan-pedestal P ...]
 
 The network is `skyblink.engines.networks.BraaiClassifier`: v1.0's simulator-trained classifier
 beside braai's VGG6 trunk with the weights ZTF trained (d6_m7, `skyblink.evaluation.braai_port`),
 braai's input made in the forward from the same sigma-unit stamps (a sky pedestal, then braai's
-row-wise L2). Both trunks are frozen (a 2-core CPU); what a fold trains is the real/bogus output
-layer on their features (L-BFGS logistic regression, L2 towards its initial weights), on the
-training folds' samples only: each alert's 32 views (`distill.VARIANTS`) with a teacher (braai
+row-wise L2). Most recipes keep both trunks frozen (a 2-core CPU) and train per fold the
+real/bogus output layer on their features (L-BFGS logistic regression, L2 towards its initial
+weights; ``mlp*`` add a hidden layer); ``blend_*`` and ``zero_shot`` train nothing, ``gate``
+mixes v1.0's and braai's logits by a simulated-vs-real classifier, and ``tune_*`` fine-tune
+braai's trunk too (minutes a fold here: ``--folds`` runs some folds and keeps their scores in
+``--cache``, the table comes once all are there). Every sample comes from the training folds only: each alert's 32 views (`distill.VARIANTS`) with a teacher (braai
 on the raw cutouts' view, its mean over views, or the packet's own score; Rubin reliability),
 the injections and residuals of `skyblink.engines.training.real_sky`, and the simulated stamps
 with truth (8 dihedral turns each). The class head stays v1.0's.
 
-Baselines in the same run: the shipped classifier v1.0 and braai itself on the raw cutouts. Every
-choice (pedestal, recipe, L2, shares) is made on these folds; ``--save-all`` writes the recipe's
+Baselines in the same run: the shipped classifier v1.0 and braai itself on the raw cutouts; the
+last lines are the paired bootstrap of each recipe's AUC minus v1.0's. Every choice (pedestal,
+recipe, L2, shares) is made on these folds; ``--save-all`` writes the recipe's
 all-alerts model (the candidate to ship) as a state dict.
 """
 
@@ -282,7 +286,12 @@ def main() -> None:
     from skyblink.engines.catalog import load_network
     from skyblink.engines.stamps import ExternalStampRule, external_stamps
     from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
-    from skyblink.evaluation.real_folds import load_real_alerts, roc_auc
+    from skyblink.evaluation.real_folds import (
+        REFERENCES,
+        load_real_alerts,
+        paired_auc_difference,
+        roc_auc,
+    )
     from skyblink.evaluation.survey_scores import score_alerts
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -346,7 +355,9 @@ def main() -> None:
     # sim AUC of v1.0: its own output on the sim validation features' 128-part equals the network's score.
     w1 = v1.real_bogus.weight.detach().numpy()[0]
     b1 = float(v1.real_bogus.bias.detach()[0])
-    rows = summarize("skyblink_rb v1.0 (shipped)", np.array([s.skyblink_rb for s in shipped], float), data,
+    v1_scores = np.array([s.skyblink_rb for s in shipped], float)
+    scored: dict[str, np.ndarray] = {}  # each recipe's held-out scores, for the paired comparison with v1.0
+    rows = summarize("skyblink_rb v1.0 (shipped)", v1_scores, data,
                      roc_auc(sim_real, fv[:, :128] @ w1 + b1))
     rows += summarize("braai port on raw cutouts (it is drb)",
                       np.array([math.nan if s.braai_drb is None else s.braai_drb for s in shipped]), data, None)
@@ -363,7 +374,8 @@ def main() -> None:
         t0 = time.perf_counter()
         if name in BLENDS:
             a = BLENDS[name]
-            rows += summarize(f"{name} (v1.0 + {a:g} x braai, nothing trained)", fh[:, :128] @ w1 + b1 + a * (fh @ w_init + b_init),
+            scored[name] = fh[:, :128] @ w1 + b1 + a * (fh @ w_init + b_init)
+            rows += summarize(f"{name} (v1.0 + {a:g} x braai, nothing trained)", scored[name],
                               data, roc_auc(sim_real, fv[:, :128] @ w1 + b1 + a * (fv @ w_init + b_init)))
             continue
         if name == "gate":
@@ -381,12 +393,14 @@ def main() -> None:
                         sims.append(roc_auc(sim_real, mix))
                     else:
                         oof[where] = mix
+            scored[name] = oof
             rows += summarize(name, oof, data, float(np.mean(sims)))
             for r in rows[-3:]:
                 print("    " + _row(r), flush=True)
             continue
         if recipe is None:
             score = fh @ w_init + b_init
+            scored[name] = score
             rows += summarize(f"{name} (braai's layer, pedestal {args.pedestal:g})", score, data,
                               roc_auc(sim_real, fv @ w_init + b_init))
             continue
@@ -469,6 +483,7 @@ def main() -> None:
                     oof[data.folds == k] = saved["held"]
                     sims.append(float(saved["sim_auc"]))
         print(f"  {name}: {time.perf_counter() - t0:.0f} s; sim AUC per fold {' '.join(f'{s:.3f}' for s in sims)}", flush=True)
+        scored[name] = oof
         rows += summarize(name, oof, data, float(np.mean(sims)))
         for r in rows[-3:]:
             print("    " + _row(r), flush=True)
@@ -476,6 +491,15 @@ def main() -> None:
     print("|---|---|---:|---:|---|---:|")
     for r in rows:
         print(_row(r))
+    print("\nPaired bootstrap (2,000 resamples of alerts) of AUC(recipe) - AUC(v1.0), per reference:")
+    for name, score in scored.items():
+        cells = []
+        for ref_name, survey, key in REFERENCES:
+            ref = data.reference(survey, key)
+            have = np.isfinite(ref) & np.isfinite(score) & np.isfinite(v1_scores)
+            d, lo, hi = paired_auc_difference(ref[have] >= 0.5, score[have], v1_scores[have])
+            cells.append(f"{ref_name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        print(f"  {name}: " + "; ".join(cells))
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))

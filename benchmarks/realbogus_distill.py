@@ -71,10 +71,10 @@ def cmd_pool(args: argparse.Namespace) -> None:
     """Build the training file here (needs the survey readers)."""
     from realbogus_real import SHARED
 
-    from skyblink.evaluation.braai_port import braai_normalize_batch, load_braai
-    from skyblink.evaluation.real_folds import load_real_alerts
     from skyblink.engines.stamps import ExternalStampRule, external_stamps
     from skyblink.engines.training.real_sky import RealSkyRecipe, alert_targets, build_pool
+    from skyblink.evaluation.braai_port import braai_normalize_batch, load_braai
+    from skyblink.evaluation.real_folds import load_real_alerts
     from skyblink.storage.alerts.survey_packets import Survey
 
     t0 = time.perf_counter()
@@ -133,10 +133,10 @@ def cmd_score(args: argparse.Namespace) -> None:
     from realbogus_real import SHARED, summarize, torch_scores
 
     from skyblink.engines.catalog import load_network
-    from skyblink.evaluation.real_folds import load_real_alerts, roc_auc
     from skyblink.engines.stamps import ExternalStampRule, external_stamps
-    from skyblink.evaluation.survey_scores import score_alerts
     from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
+    from skyblink.evaluation.real_folds import load_real_alerts, roc_auc
+    from skyblink.evaluation.survey_scores import score_alerts
     from skyblink.storage.alerts.survey_packets import Survey
 
     torch.set_num_threads(2)
@@ -192,7 +192,6 @@ def cmd_head(args: argparse.Namespace) -> None:
     from realbogus_real import SHARED, head_scores, summarize
 
     from skyblink.engines.catalog import load_network
-    from skyblink.evaluation.real_folds import load_real_alerts
     from skyblink.engines.stamps import ExternalStampRule, external_stamps
     from skyblink.engines.training.real_sky import (
         RealSkyPool,
@@ -200,6 +199,7 @@ def cmd_head(args: argparse.Namespace) -> None:
         train_head,
         trunk_features,
     )
+    from skyblink.evaluation.real_folds import load_real_alerts
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()

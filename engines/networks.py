@@ -1,13 +1,14 @@
 """
-The networks: the tile detector, the stamp classifier, and the port of ZTF's braai (VGG6).
+The networks: the tile detector, the stamp classifier, the port of ZTF's braai (VGG6), and the two combined.
 
-All three are plain `torch.nn.Module`s with fixed input conventions, so the same definition
+All are plain `torch.nn.Module`s with fixed input conventions, so the same definition
 trains on the CPU, exports to ONNX, and runs under torch on a GPU.
 
 Inputs are normalized before they reach a network (by the worker's tile program,
 `skyblink.workers.difference`, or for braai by `skyblink.evaluation.braai_port.braai_normalize`);
-the networks themselves do no data-dependent normalization, so ONNX Runtime, TensorRT and torch
-see identical graphs.
+the detector and `Classifier` do no data-dependent normalization. `BraaiClassifier` (experimental,
+not shipped) takes the classifier's input and makes braai's itself (a sky pedestal and braai's
+row-wise L2, plain tensor operations), so its ONNX graph would still need no pre-processing outside it.
 
 Notes
 -----
@@ -192,6 +193,8 @@ class BraaiClassifier(nn.Module):
     linear layer on both trunks' features (128 + 256); ``class_probs`` are the `Classifier`'s.
     braai's weights are those ZTF trained (Duev et al. 2019, MIT licence), loaded from the port.
     """
+
+    pedestal: torch.Tensor  # (1, 3, 1, 1) buffer
 
     def __init__(self, width: int = 16, pedestal: tuple[float, float, float] = BRAAI_PEDESTAL) -> None:
         super().__init__()

@@ -11,7 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyblink.evaluation.real_folds import auc_with_interval, load_real_alerts, roc_auc
+from skyblink.evaluation.real_folds import (
+    auc_with_interval,
+    load_real_alerts,
+    paired_auc_difference,
+    roc_auc,
+)
 from skyblink.storage.alerts.survey_packets import Survey, read_survey_packets
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -69,3 +74,16 @@ def test_auc_and_its_interval() -> None:
     assert auc == pytest.approx(roc_auc(labels, scores)) and auc == pytest.approx(15 / 16)
     assert low < auc <= high <= 1.0 and low > 0.7
     assert all(math.isnan(v) for v in auc_with_interval(np.ones(4, bool), np.arange(4.0)))
+
+
+def test_paired_auc_difference() -> None:
+    rng = np.random.default_rng(5)
+    labels = rng.random(200) < 0.3
+    good = labels + rng.normal(0, 0.5, 200)
+    noise = rng.normal(0, 1, 200)
+    diff, low, high = paired_auc_difference(labels, good, noise, resamples=300)
+    assert diff == pytest.approx(roc_auc(labels, good) - roc_auc(labels, noise))
+    assert 0 < low < diff < high  # a clearly better score: the interval excludes 0
+    same = paired_auc_difference(labels, good, good, resamples=50)
+    assert same == (0.0, 0.0, 0.0)  # the same score on every draw
+    assert all(math.isnan(v) for v in paired_auc_difference(np.ones(4, bool), np.arange(4.0), np.arange(4.0)))
