@@ -273,6 +273,9 @@ class NightStore:
             # Identifies this write (a CCD's cached facts hold while it is the same): it does not
             # change when the exposure completes, and a new write of the key gets another.
             "write_id": uuid.uuid4().hex,
+            # The CCDs to come, so that a reader looks at each by name (listing the group's members
+            # while one is being created trips on its half-made folder).
+            "ccds_expected": [_ccd_name(ccd.index) for ccd in exposure.ccds],
         }
         if source_path is not None:
             early["source"] = {"path": source_path}
@@ -293,7 +296,7 @@ class NightStore:
         group.attrs.update({"source": facts, "ccds": names, "complete": True})  # last: readers trust nothing before
 
     def _write_ccd(self, group: zarr.Group, ccd: CcdImage) -> str:
-        name = f"ccd{ccd.index:03d}"
+        name = _ccd_name(ccd.index)
         ccd_group = group.create_group(name)
         tile, shard = self.layout.tile_size, self.layout.shard_size
         image = ccd_group.create_array(
@@ -511,7 +514,12 @@ class NightStore:
             return []
         if group.attrs.get("complete") is True:
             return sorted(cast(list[str], group.attrs["ccds"]))
-        return sorted(name for name, ccd in group.groups() if ccd.attrs.get("complete") is True)
+        landed = []
+        for name in cast(list[str], group.attrs.get("ccds_expected", [])):
+            ccd = group.get(name)  # None while absent or half made
+            if isinstance(ccd, zarr.Group) and ccd.attrs.get("complete") is True:
+                landed.append(name)
+        return sorted(landed)
 
     def _written_group(self, key: str) -> zarr.Group | None:
         """The group of ``key``, complete or being written, or None."""
@@ -572,6 +580,11 @@ class CheckedImage:
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
+
+
+def _ccd_name(index: int) -> str:
+    """The group name of the CCD of HDU-order ``index`` (``ccd000``, ...)."""
+    return f"ccd{index:03d}"
 
 
 def _region(selection: Any) -> str:
