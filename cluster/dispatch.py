@@ -166,8 +166,8 @@ class WorkerPool:
         # once (a CPU actor with nothing to do, a GPU actor's free slot) or when nothing more
         # is coming; otherwise the units wait to fill a call. Units streamed CCD by CCD (a
         # CCD's tiles fewer than a call) thus still go in full calls while the actors are busy:
-        # a CPU actor's call of 16 tiles took a 16-CCD visit 33-44 s, 16 calls of one tile
-        # each 47-53 s (2 loaded cores; BENCHMARKS, "Per-CCD streaming").
+        # a CPU actor's call of 16 tiles took a 16-CCD visit 35-44 s, 16 calls of one tile
+        # each 46-53 s (2 loaded cores; BENCHMARKS, "Per-CCD streaming").
         capacity = len(self.actors) * (self.slots if self.spec.kind == "gpu" else 1)
         waiting: list[WorkUnit] = []
         in_flight = 0
@@ -176,10 +176,10 @@ class WorkerPool:
             nonlocal in_flight
             waiting.extend(batch)
             while waiting and (len(waiting) >= per_call or flush or in_flight < capacity):
-                # Whole calls: what waits goes to one actor, up to a call (not shared out in small
-                # calls: on the 2 loaded cores a 16-CCD visit's 16 tiles shared 8 and 8 between two
-                # CPU actors took 106 s against 56 s in one call, and a GPU actor batches a call's
-                # tiles on the device).
+                # Whole calls: what waits goes to one actor, up to a call, not shared out in small
+                # calls (a GPU actor batches a call's tiles on the device; on 2 loaded cores a
+                # 16-CCD visit's tiles shared 8 and 8 between two CPU actors took 49.6 and 105.9 s,
+                # in one call 35-56 s at like loads: no gain shown for the smaller calls).
                 call = waiting[:per_call]
                 del waiting[:per_call]
                 pool.submit(lambda actor, calls: actor.process.remote(calls), call)
