@@ -46,6 +46,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 from zarr.codecs import BloscCname, BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
+from zarr.errors import ZarrUserWarning
 
 from skyblink.headers import HeadersConfig
 from skyblink.threads import ordered_map
@@ -339,7 +340,7 @@ class NightStore:
             return []
         keys = [
             f"{_GROUP_OF_KIND[kind]}/{name}"
-            for name, group in parent.groups()
+            for name, group in _members(parent)
             if group.attrs.get("complete") is True
         ]
         return sorted(keys)
@@ -382,7 +383,7 @@ class NightStore:
             parent = self.root.get(kind_group)
             if not isinstance(parent, zarr.Group):
                 continue
-            keys.extend(f"{kind_group}/{name}" for name, group in parent.groups()
+            keys.extend(f"{kind_group}/{name}" for name, group in _members(parent)
                         if group.attrs.get("complete") is True and group.attrs.get("damaged"))
         return sorted(keys)
 
@@ -580,6 +581,17 @@ class CheckedImage:
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
+
+
+def _members(parent: zarr.Group) -> list[tuple[str, zarr.Group]]:
+    """
+    The groups under ``parent``, listed while ingest tasks may be writing beside them: zarr skips,
+    with a warning, a name that is not (yet) a node (a group being created, the temporary file of
+    an atomic metadata write, ``zarr.<id>.partial``); here that is expected, not worth a warning.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        return list(parent.groups())
 
 
 def _ccd_name(index: int) -> str:
