@@ -167,8 +167,8 @@ class WorkerPool:
         # once (a CPU actor with nothing to do, a GPU actor's free slot) or when nothing more
         # is coming; otherwise the units wait to fill a call. Units streamed CCD by CCD (a
         # CCD's tiles fewer than a call) thus still go in full calls while the actors are busy:
-        # a CPU actor's call of 16 tiles took a 16-CCD visit 33-41 s, 16 calls of one tile
-        # each 45-51 s (2 loaded cores).
+        # a CPU actor's call of 16 tiles took a 16-CCD visit 35-44 s, 16 calls of one tile
+        # each 46-53 s (2 loaded cores; BENCHMARKS, "Per-CCD streaming").
         capacity = len(self.actors) * (self.slots if self.spec.kind == "gpu" else 1)
         waiting: list[WorkUnit] = []
         in_flight = 0
@@ -177,12 +177,12 @@ class WorkerPool:
             nonlocal in_flight
             waiting.extend(batch)
             while waiting and (len(waiting) >= per_call or flush or in_flight < capacity):
-                if len(waiting) >= per_call or flush:
-                    take = per_call
-                else:  # an idle actor: its share of what is here, the rest for the others as they free up
-                    take = -(-len(waiting) // capacity)
-                call = waiting[:take]
-                del waiting[:take]
+                # Whole calls: what waits goes to one actor, up to a call, not shared out in small
+                # calls (a GPU actor batches a call's tiles on the device; on 2 loaded cores a
+                # 16-CCD visit's tiles shared 8 and 8 between two CPU actors took 49.6 and 105.9 s,
+                # in one call 35-56 s at like loads: no gain shown for the smaller calls).
+                call = waiting[:per_call]
+                del waiting[:per_call]
                 pool.submit(lambda actor, calls: actor.process.remote(calls), call)
                 in_flight += 1
 

@@ -995,7 +995,7 @@ class _Landings:
         results = UnitStore(store.url)
         for exposure in {u.exposure for u in units} - set(self.present):
             self.present[exposure] = results.present(exposure)
-        present = set().union(*(self.present[u.exposure] for u in units))
+        present = set().union(*(self.present[exposure] for exposure in {u.exposure for u in units}))
         done = results.done(units, present=present)
         fresh = [u for u in units if u.key not in done and u.key not in self.submitted]
         self.submitted.update((u.key, u) for u in fresh)

@@ -46,6 +46,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 from zarr.codecs import BloscCname, BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
+from zarr.errors import ZarrUserWarning
 
 from skyblink.headers import HeadersConfig
 from skyblink.threads import ordered_map
@@ -273,6 +274,9 @@ class NightStore:
             # Identifies this write (a CCD's cached facts hold while it is the same): it does not
             # change when the exposure completes, and a new write of the key gets another.
             "write_id": uuid.uuid4().hex,
+            # The CCDs to come, so that a reader looks at each by name (listing the group's members
+            # while one is being created trips on its half-made folder).
+            "ccds_expected": [_ccd_name(ccd.index) for ccd in exposure.ccds],
         }
         if source_path is not None:
             early["source"] = {"path": source_path}
@@ -293,7 +297,7 @@ class NightStore:
         group.attrs.update({"source": facts, "ccds": names, "complete": True})  # last: readers trust nothing before
 
     def _write_ccd(self, group: zarr.Group, ccd: CcdImage) -> str:
-        name = f"ccd{ccd.index:03d}"
+        name = _ccd_name(ccd.index)
         ccd_group = group.create_group(name)
         tile, shard = self.layout.tile_size, self.layout.shard_size
         image = ccd_group.create_array(
@@ -336,7 +340,7 @@ class NightStore:
             return []
         keys = [
             f"{_GROUP_OF_KIND[kind]}/{name}"
-            for name, group in parent.groups()
+            for name, group in _members(parent)
             if group.attrs.get("complete") is True
         ]
         return sorted(keys)
@@ -379,7 +383,7 @@ class NightStore:
             parent = self.root.get(kind_group)
             if not isinstance(parent, zarr.Group):
                 continue
-            keys.extend(f"{kind_group}/{name}" for name, group in parent.groups()
+            keys.extend(f"{kind_group}/{name}" for name, group in _members(parent)
                         if group.attrs.get("complete") is True and group.attrs.get("damaged"))
         return sorted(keys)
 
@@ -511,7 +515,12 @@ class NightStore:
             return []
         if group.attrs.get("complete") is True:
             return sorted(cast(list[str], group.attrs["ccds"]))
-        return sorted(name for name, ccd in group.groups() if ccd.attrs.get("complete") is True)
+        landed = []
+        for name in cast(list[str], group.attrs.get("ccds_expected", [])):
+            ccd = group.get(name)  # None while absent or half made
+            if isinstance(ccd, zarr.Group) and ccd.attrs.get("complete") is True:
+                landed.append(name)
+        return sorted(landed)
 
     def _written_group(self, key: str) -> zarr.Group | None:
         """The group of ``key``, complete or being written, or None."""
@@ -572,6 +581,22 @@ class CheckedImage:
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
+
+
+def _members(parent: zarr.Group) -> list[tuple[str, zarr.Group]]:
+    """
+    The groups under ``parent``, listed while ingest tasks may be writing beside them: zarr skips,
+    with a warning, a name that is not (yet) a node (a group being created, the temporary file of
+    an atomic metadata write, ``zarr.<id>.partial``); here that is expected, not worth a warning.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        return list(parent.groups())
+
+
+def _ccd_name(index: int) -> str:
+    """The group name of the CCD of HDU-order ``index`` (``ccd000``, ...)."""
+    return f"ccd{index:03d}"
 
 
 def _region(selection: Any) -> str:
