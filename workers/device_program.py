@@ -114,7 +114,8 @@ def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, n
            kernel_fwhm: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     Calibration to the matched-filter S/N: (triplet (B, 3, H, W), S/N (B, H, W), the calibration's
-    mask (B, H, W): saturated or unusable-flat pixels, where no candidate may stand). No host sync
+    mask (B, H, W): saturated or unusable-flat pixels, and the cosmic-ray pixels of a tile whose
+    flags overflowed the cleaning's capacity, where no candidate may stand). No host sync
     unless ``kernel_fwhm`` (science, reference) asks for PSF matching by solved kernels.
     """
     v, (sci_taps, ref_taps, filter_taps) = _unpack(numbers, layout)
@@ -125,6 +126,9 @@ def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, n
     if layout.reject_cosmics:
         cosmics = detect_cosmics_tensor(sci, read_noise=v["read_noise"], mask=bad | ~torch.isfinite(sci))
         sci, bad = cosmics.cleaned, bad | cosmics.mask
+        # A tile that flagged more pixels in a pass than the cleaning's capacity (1/32 of its pixels)
+        # may keep some of them uncleaned: no candidate may stand on its flagged pixels (no host sync).
+        saturated = saturated | (cosmics.mask & cosmics.overflow[:, None, None])
     ref = tp.warp_reference(reference, grid)
     if kernel_fwhm is not None:
         triplet = tp.normalized_triplet(sci, ref, science_fwhm_px=kernel_fwhm[0], reference_fwhm_px=kernel_fwhm[1],
