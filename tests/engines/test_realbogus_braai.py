@@ -12,9 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the networks are torch modules (the dev extra installs torch)")
 
-from skyblink.engines.model_io import STAMP_SIZE  # noqa: E402
 from skyblink.engines.networks import BRAAI_PEDESTAL, BraaiClassifier, Classifier  # noqa: E402
 from skyblink.evaluation.braai_port import BRAAI_MODEL, braai_normalize, load_braai  # noqa: E402
+from skyblink.model_io import STAMP_SIZE  # noqa: E402
 from skyblink.storage.alerts.ztf_cutouts import cutouts_from_record, is_ztf_alert, iter_avro_records  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
