@@ -167,9 +167,10 @@ def _pass_constants(bounds: torch.Tensor) -> tuple[torch.Tensor, ...]:
     Tensors every pass uses: the window-end shift ``[0, 1]``, the signs ``[-1, +1]``, 0.5, and the
     initial window ``[0, top]`` (float64), which is also where a bound falls back to.
     """
+    # Made on the device (no copy from the host): a CUDA graph captures these calls too.
     device = bounds.device
-    shift = torch.tensor([[0, 1]], dtype=torch.int64, device=device)
-    signs = torch.tensor([[-1.0, 1.0]], dtype=torch.float64, device=device)
+    shift = torch.arange(2, dtype=torch.int64, device=device)[None]
+    signs = shift.to(torch.float64) * 2.0 - 1.0
     half = torch.full((1, 2), 0.5, dtype=torch.float64, device=device)
     return shift, signs, half, bounds.to(torch.float64)
 
