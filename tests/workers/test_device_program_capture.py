@@ -22,7 +22,10 @@ from skyblink.workers.program_config import TileProgram  # noqa: E402
 #: Operations a CUDA graph capture refuses or that stall the host.
 REFUSED = {"aten.lift_fresh.default": "a tensor made from host data (torch.tensor / as_tensor of a list)",
            "aten._local_scalar_dense.default": "a value read back to the host (.item(), bool(), float())",
-           "aten.nonzero.default": "a data-dependent shape (nonzero / boolean indexing)"}
+           "aten.nonzero.default": "a data-dependent shape (nonzero / boolean indexing)",
+           "aten.masked_select.default": "a data-dependent shape (masked_select)",
+           "aten._unique2.default": "a data-dependent shape (unique)",
+           "aten.unique_consecutive.default": "a data-dependent shape (unique_consecutive)"}
 
 
 class _Recorder(TorchDispatchMode):
