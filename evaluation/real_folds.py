@@ -26,7 +26,7 @@ CPU only, numpy only (no torch): the driver side can run it. Deterministic.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,18 +251,27 @@ def auc_with_interval(labels: Sequence[bool] | np.ndarray, scores: Sequence[floa
     """
     y = np.asarray(labels, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
-    auc = roc_auc(y, s)
-    if math.isnan(auc):
-        return auc, math.nan, math.nan
+    return _bootstrapped(len(y), lambda idx: roc_auc(y[idx], s[idx]), resamples=resamples, seed=seed, level=level)
+
+
+def _bootstrapped(n: int, statistic: Callable[[np.ndarray], float], *, resamples: int, seed: int,
+                  level: float) -> tuple[float, float, float]:
+    """
+    ``statistic`` of all ``n`` alerts and its percentile bootstrap interval: alerts drawn with
+    replacement, draws where the statistic is NaN (one class only) skipped; NaN throughout when the
+    statistic of all alerts is NaN.
+    """
+    value = statistic(np.arange(n))
+    if math.isnan(value):
+        return value, math.nan, math.nan
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(resamples):
-        idx = rng.integers(0, len(y), len(y))
-        value = roc_auc(y[idx], s[idx])
-        if not math.isnan(value):
-            draws.append(value)
+        drawn = statistic(rng.integers(0, n, n))
+        if not math.isnan(drawn):
+            draws.append(drawn)
     low, high = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return auc, float(low), float(high)
+    return value, float(low), float(high)
 
 
 def paired_auc_difference(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray,
@@ -287,15 +296,5 @@ def paired_auc_difference(labels: Sequence[bool] | np.ndarray, scores: Sequence[
     y = np.asarray(labels, dtype=bool)
     a = np.asarray(scores, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
-    diff = roc_auc(y, a) - roc_auc(y, b)
-    if math.isnan(diff):
-        return diff, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        idx = rng.integers(0, len(y), len(y))
-        value = roc_auc(y[idx], a[idx]) - roc_auc(y[idx], b[idx])
-        if not math.isnan(value):
-            draws.append(value)
-    low, high = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return diff, float(low), float(high)
+    return _bootstrapped(len(y), lambda idx: roc_auc(y[idx], a[idx]) - roc_auc(y[idx], b[idx]), resamples=resamples,
+                         seed=seed, level=level)
