@@ -107,11 +107,7 @@ def base_network(pedestal: float) -> BraaiClassifier:
     net = BraaiClassifier(pedestal=(pedestal, pedestal, 0.0))
     net.sky.load_state_dict(load_network("classifier").state_dict())
     net.braai.load_state_dict(load_braai().state_dict())
-    with torch.no_grad():
-        net.real_bogus.weight.zero_()
-        net.real_bogus.weight[:, 128:] = net.braai.fc_out.weight
-        net.real_bogus.bias.copy_(net.braai.fc_out.bias)
-    return net.eval()
+    return net.use_braai_output().eval()
 
 
 def features(net: BraaiClassifier, stamps: np.ndarray | torch.Tensor, batch: int = 512) -> np.ndarray:

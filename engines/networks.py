@@ -203,6 +203,17 @@ class BraaiClassifier(nn.Module):
         self.register_buffer("pedestal", torch.tensor(pedestal, dtype=torch.float32).view(1, 3, 1, 1))
         self.real_bogus = nn.Linear(128 + 256, 1)
 
+    def use_braai_output(self) -> BraaiClassifier:
+        """
+        Set ``real_bogus`` to braai's own output layer on the braai features (the `Classifier`
+        features weighted zero), so that the network starts as braai; returns itself.
+        """
+        with torch.no_grad():
+            self.real_bogus.weight.zero_()
+            self.real_bogus.weight[:, 128:] = self.braai.fc_out.weight
+            self.real_bogus.bias.copy_(self.braai.fc_out.bias)
+        return self
+
     def braai_input(self, x: torch.Tensor) -> torch.Tensor:
         """Sigma-unit stamps -> braai's input: pedestal added, each row divided by its L2 norm."""
         y = x + self.pedestal

@@ -24,11 +24,7 @@ def _braai_net(pedestal: tuple[float, float, float]) -> BraaiClassifier:
     """The network with braai's weights and its output layer = braai's own (v1.0's part at zero)."""
     net = BraaiClassifier(pedestal=pedestal)
     net.braai.load_state_dict(load_braai().state_dict())
-    with torch.no_grad():
-        net.real_bogus.weight.zero_()
-        net.real_bogus.weight[:, 128:] = net.braai.fc_out.weight
-        net.real_bogus.bias.copy_(net.braai.fc_out.bias)
-    return net.eval()
+    return net.use_braai_output().eval()
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "fink-client").is_dir(), reason=f"no real ZTF alerts under {SHARED_DATA}")
