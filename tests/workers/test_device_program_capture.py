@@ -14,8 +14,6 @@ torch = pytest.importorskip("torch")
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from skyblink.engines.backends import TorchRunner  # noqa: E402
-from skyblink.engines.catalog import load_network  # noqa: E402
 from skyblink.workers import device_program  # noqa: E402
 from skyblink.workers.program_config import TileProgram  # noqa: E402
 
@@ -38,7 +36,8 @@ class _Recorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_captured_parts_of_the_device_program_ask_nothing_of_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_captured_parts_of_the_device_program_ask_nothing_of_the_host(monkeypatch: pytest.MonkeyPatch,
+                                                                          torch_runners) -> None:
     size = 128
     rng = np.random.default_rng(1)
     science = rng.poisson(1000.0, (size, size)).astype(np.uint16)
@@ -57,13 +56,10 @@ def test_the_captured_parts_of_the_device_program_ask_nothing_of_the_host(monkey
         return call
 
     monkeypatch.setattr(device_program, "_graph", run_recorded)
-    det = TorchRunner(load_network("detector"), input_name="tiles", output_names=("heatmaps", "offsets"), device="cpu")
-    cls = TorchRunner(load_network("classifier"), input_name="stamps", output_names=("real_bogus", "class_probs"), device="cpu")
-    with det, cls:
-        program = device_program.make_device_program(det, cls, reference, grid, TileProgram(psf_match="gaussian"),
-                                                     science_fwhm_px=2.4, reference_fwhm_px=2.0, saturate=60000.0,
-                                                     read_noise=5.0, gain=1.0, graphs=True)
-        program(raw, 0)
+    program = device_program.make_device_program(*torch_runners, reference, grid, TileProgram(psf_match="gaussian"),
+                                                 science_fwhm_px=2.4, reference_fwhm_px=2.0, saturate=60000.0,
+                                                 read_noise=5.0, gain=1.0, graphs=True)
+    program(raw, 0)
     assert {name.split()[0] for name in seen} == {"front", "peaks"}, sorted(seen)
     for name, ops in seen.items():
         assert len(ops) > 100, (name, len(ops))  # the functions ran under the recorder

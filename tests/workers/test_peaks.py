@@ -15,7 +15,6 @@ from astropy.wcs import WCS
 
 pytest.importorskip("onnxruntime")
 
-from skyblink.engines.backends import select_runner
 from skyblink.workers.matched_filter import matched_filter_snr
 from skyblink.workers.peaks import find_peaks, masked_cores
 from skyblink.workers.program_config import TileProgram
@@ -63,14 +62,6 @@ def pair() -> tuple[PairImage, PairImage]:
     return _image(science, 2.6), _image(reference, 2.0)
 
 
-@pytest.fixture(scope="module")
-def runners():
-    det = select_runner("detector", backend="onnxruntime").runner
-    cls = select_runner("classifier", backend="onnxruntime").runner
-    with det, cls:
-        yield det, cls
-
-
 def _near(xs: np.ndarray, ys: np.ndarray, at: tuple[float, float], radius: float = 3.0) -> np.ndarray:
     return np.hypot(np.asarray(xs) - at[0], np.asarray(ys) - at[1]) < radius
 
@@ -106,21 +97,16 @@ def test_saturated_hot_pixel_is_no_candidate_on_the_cpu_path(pair, runners, psf_
 
 
 @pytest.mark.parametrize("psf_match", ["gaussian", "kernel"])
-def test_saturated_hot_pixel_is_no_candidate_in_the_device_program(pair, psf_match: str) -> None:
+def test_saturated_hot_pixel_is_no_candidate_in_the_device_program(pair, torch_runners, psf_match: str) -> None:
     torch = pytest.importorskip("torch")
-    from skyblink.engines.backends import TorchRunner
-    from skyblink.engines.catalog import load_network
     from skyblink.workers.device_program import make_device_program
 
     science, reference = pair
     yy, xx = np.mgrid[:SIZE, :SIZE]
     grid = torch.tensor(np.stack([xx, yy]), dtype=torch.float32)[None].contiguous()
     raw = torch.from_numpy(science.data.astype(np.uint16).view(np.int16))[None]
-    det = TorchRunner(load_network("detector"), input_name="tiles", output_names=("heatmaps", "offsets"), device="cpu")
-    cls = TorchRunner(load_network("classifier"), input_name="stamps", output_names=("real_bogus", "class_probs"), device="cpu")
-    with det, cls:
-        out = make_device_program(det, cls, torch.from_numpy(reference.data), grid, TileProgram(psf_match=psf_match), science_fwhm_px=2.6,
-                                  reference_fwhm_px=2.0, saturate=SATURATE, read_noise=5.0, gain=1.0)(raw, 0)
+    out = make_device_program(*torch_runners, torch.from_numpy(reference.data), grid, TileProgram(psf_match=psf_match),
+                              science_fwhm_px=2.6, reference_fwhm_px=2.0, saturate=SATURATE, read_noise=5.0, gain=1.0)(raw, 0)
     valid = out["valid"].numpy()
     xs, ys = out["x"].numpy()[valid], out["y"].numpy()[valid]
     assert _near(xs, ys, TRANSIENT).any(), list(zip(xs, ys, strict=True))

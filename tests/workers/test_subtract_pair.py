@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from skyblink.cli import app
 from skyblink.config import NightConfig
-from skyblink.engines.backends import select_runner
 from skyblink.workers.matched_filter import matched_filter_snr
 from skyblink.workers.program_config import TileProgram
 from skyblink.workers.subtract_pair import PairImage, read_pair_image, subtract_pair
@@ -30,14 +29,6 @@ DECAM = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[3] /
 SCIENCE = DECAM / "4check" / "Stack-DEC-OBS04.fits"
 REFERENCE = DECAM / "4check" / "Stack-DEC-OBS18.fits"
 pytestmark = pytest.mark.skipif(not SCIENCE.exists(), reason=f"DECam/SFFT data not found at {DECAM} (../shared absent)")
-
-
-@pytest.fixture(scope="module")
-def runners():
-    det = select_runner("detector", backend="onnxruntime").runner
-    cls = select_runner("classifier", backend="onnxruntime").runner
-    with det, cls:
-        yield det, cls
 
 
 def _cropped(image: PairImage, y0: int, x0: int, ny: int, nx: int) -> PairImage:
