@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -534,6 +534,13 @@ class NightRun:
         engines: dict[str, Any] = {f"{pool.name}-{i}": answer.get("engines", {}) for i, answer in enumerate(health)}
         self.report.workers["engines"] = engines
         self.hooks.say(f"{pool.spec.count} {pool.spec.kind} worker actor(s) ready")
+        created_at = self.warmup.created_at if self.warmup is not None else None
+        startup = {f"{pool.name}-{i}": actor_startup(cast("dict[str, float]", answer.get("startup", {})), created_at)
+                   for i, answer in enumerate(health)}
+        self.report.workers["startup"] = startup
+        for actor, parts in startup.items():
+            if parts:
+                self.hooks.say(f"{actor} started: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in parts.items()))
         for actor, per_model in engines.items():
             for model, choice in per_model.items():
                 engine = f" {choice['engine_file']} (sha256 {choice['engine_sha256']})" if choice.get("engine_file") else ""
@@ -842,6 +849,28 @@ class _Plan:
     exposures: list[str]
     done_before: set[str]  # units with a result before this cycle
     todo: list[WorkUnit]  # this cycle's units: streamed while the ingest ran, and the rest
+
+
+def actor_startup(startup: dict[str, float], created_at: float | None) -> dict[str, float]:
+    """
+    Where one worker actor's start went, from its `TileWorker.check_health` ``startup`` and the
+    time the driver created it (epoch seconds; None: not known).
+
+    Returns ``{"process": ..., "detector": ..., "classifier": ..., "device_program": ...,
+    "total": ...}`` in seconds (``process``: from the creation to the actor's constructor, Ray's
+    worker process and its imports; ``total``: from the creation to ready), each only where
+    known, rounded to 0.01 s; empty for an actor that sent none (an older worker image).
+    """
+    parts: dict[str, float] = {}
+    began, ready = startup.get("began_at"), startup.get("ready_at")
+    if created_at is not None and began is not None:
+        parts["process"] = max(0.0, began - created_at)
+    for name in ("detector", "classifier", "device_program"):
+        if f"{name}_s" in startup:
+            parts[name] = startup[f"{name}_s"]
+    if created_at is not None and ready is not None:
+        parts["total"] = max(0.0, ready - created_at)
+    return {name: round(seconds, 2) for name, seconds in parts.items()}
 
 
 class _Warmup:

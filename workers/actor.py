@@ -139,17 +139,21 @@ class TileWorker:
 
     def __init__(self, config: WorkerConfig, start_runner: RunnerStarter,
                  result_sink: Callable[[WorkUnit, Sequence[CandidateRecord]], None] | None = None) -> None:
+        began = time.time()
         self._config = config
         self._program = config.program
         if config.program.compile_device_program and config.compile_cache is not None:
             _keep_compile_cache(config.compile_cache)
         shapes = _program_shapes(config.program, config.device_batch)
-        self._choices = {
-            name: start_runner(name, backend=config.backend, precision=config.program.precision,
-                               registry=config.registry, trusted_manifest=config.trusted_manifest,
-                               shapes=shapes[name])
-            for name in ("detector", "classifier")
-        }
+        # Where the actor's start goes, for the night's report (`startup` in `check_health`).
+        self._startup: dict[str, float] = {"began_at": began}
+        self._choices = {}
+        for name in ("detector", "classifier"):
+            t0 = time.perf_counter()
+            self._choices[name] = start_runner(name, backend=config.backend, precision=config.program.precision,
+                                               registry=config.registry, trusted_manifest=config.trusted_manifest,
+                                               shapes=shapes[name])
+            self._startup[f"{name}_s"] = time.perf_counter() - t0
         self._runners = {name: choice.runner for name, choice in self._choices.items()}
         self._stores: dict[str, Any] = {}
         self._result_sink = result_sink
@@ -165,8 +169,11 @@ class TileWorker:
         if self._on_gpu():
             from .gpu_units import GpuUnitProcessor  # noqa: PLC0415 - torch with CUDA only here
 
+            t0 = time.perf_counter()
             self._gpu = GpuUnitProcessor(self._runners["detector"], self._runners["classifier"], config.program,
                                          batch=config.device_batch)
+            self._startup["device_program_s"] = time.perf_counter() - t0
+        self._startup["ready_at"] = time.time()
         log.info("TileWorker ready (%s): %s", "GPU pipeline" if self._gpu else "per tile",
                  {n: c.reason for n, c in self._choices.items()})
 
@@ -265,7 +272,12 @@ class TileWorker:
         """
         Return the actor's state; raise `WorkerLostGpuError` when its GPU context is unusable.
 
-        Plain Ray does not call this by itself: the cluster's supervisor polls it.
+        Plain Ray does not call this by itself: the cluster's supervisor polls it. ``startup``
+        says where the actor's start went: ``began_at`` and ``ready_at`` (epoch seconds: its
+        constructor's start, after the process and its imports, and its end), ``detector_s`` and
+        ``classifier_s`` (each runner started and warmed up; the first also imports the backend
+        and creates the CUDA context), ``device_program_s`` (the GPU pipeline's buffers and one
+        batch through the device program: kernels, compilation, CUDA graphs).
         """
         backends = {name: choice.backend for name, choice in self._choices.items()}
         if "torch" in backends.values():
@@ -280,7 +292,8 @@ class TileWorker:
                     raise WorkerLostGpuError(msg) from exc
         health = {"backends": backends, "active": all(r.is_active for r in self._runners.values()),
                   "units_done": self._units_done,
-                  "engines": {name: choice.describe() for name, choice in self._choices.items()}}
+                  "engines": {name: choice.describe() for name, choice in self._choices.items()},
+                  "startup": dict(self._startup)}
         if self._gpu is not None:
             import torch  # noqa: PLC0415
 

@@ -38,6 +38,8 @@ def test_gpu_actors_run_the_night_and_publish_each_alert_once(tmp_path: Path, ra
     assert actor["units_done"] == report.tiles
     seconds = actor["seconds"]
     assert all(seconds[name] > 0 for name in ("prepare", "launch", "finish", "gpu")), seconds
+    (startup,) = report.workers["startup"].values()
+    assert startup["device_program"] > 0 and startup["detector"] + startup["device_program"] <= startup["total"] + 0.05, startup
     # Every unit's file was written by the actor, and the reduce read them all.
     units, _, _ = plan_night(NightStore(report.store_url), config)
     results = UnitStore(report.store_url)

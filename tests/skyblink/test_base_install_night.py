@@ -216,6 +216,12 @@ def test_base_install_runs_a_night_on_a_cluster_with_ml_workers(night_on_cluster
     engines = report["workers"]["engines"]
     assert engines and all(set(e) == {"detector", "classifier"} for e in engines.values())
     assert all("no engine registry configured" not in c["reason"] for e in engines.values() for c in e.values())
+    # Where each actor's start went: the parts are there and add up to no more than the whole.
+    startup = report["workers"]["startup"]
+    assert set(startup) == set(engines)
+    for parts in startup.values():
+        assert {"process", "detector", "classifier", "total"} <= set(parts), parts
+        assert parts["total"] > 0 and parts["process"] + parts["detector"] + parts["classifier"] <= parts["total"] + 0.05, parts
     consumed = run("alerts", "consume", "--redis-url", night_on_cluster["url"], "--stream", report["stream"],
                    "--group", "test", "--out", "-", "--idle-exit", "2")
     lines = [json.loads(line) for line in consumed.splitlines() if line.startswith("{")]

@@ -46,6 +46,9 @@ def test_actor_returns_each_candidate_once_with_stamps(night_store: tuple[Path, 
     assert {k: health[k] for k in ("backends", "active", "units_done")} == {
         "backends": {"detector": "onnxruntime", "classifier": "onnxruntime"}, "active": True, "units_done": 0}
     assert health["engines"]["detector"]["backend"] == "onnxruntime" and health["engines"]["detector"]["engine_file"] is None
+    startup = health["startup"]
+    assert startup["detector_s"] > 0 and startup["classifier_s"] > 0 and "device_program_s" not in startup  # no GPU pipeline
+    assert startup["ready_at"] - startup["began_at"] >= startup["detector_s"] + startup["classifier_s"]
     outcomes = ray.get(worker.process.remote(units))
     assert [o.unit for o in outcomes] == units and all(o.error is None for o in outcomes)
     candidates = [c for o in outcomes for c in o.candidates]
