@@ -45,7 +45,7 @@ import zarr
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
-from zarr.codecs import BloscCname, BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.errors import ZarrUserWarning
 
 from skyblink.headers import HeadersConfig
@@ -95,14 +95,16 @@ class StoreLayout:
             return checksum
         if self.compressor == "zstd":
             return [ZstdCodec(level=self.compression_level), *checksum]
-        cname = self.compressor.removeprefix("blosc-")
+        # Blosc's names as plain strings: zarr 3.1 takes them beside its enums, and zarr 3.2+ (Python
+        # 3.12+) no longer builds the enums from a value (``BloscCname("zstd")`` is a TypeError there).
+        cname: Literal["zstd", "lz4"] = "zstd" if self.compressor == "blosc-zstd" else "lz4"
         # Byte shuffle groups the high and low bytes of neighbouring pixels: smooth sky compresses
         # far better; it is lossless for integers and floats alike.
         return [
             BloscCodec(
-                cname=BloscCname(cname),
+                cname=cname,
                 clevel=min(self.compression_level, 9),
-                shuffle=BloscShuffle.shuffle,
+                shuffle="shuffle",
                 typesize=dtype.itemsize,
             ),
             *checksum,
