@@ -12,7 +12,8 @@ this is the numpy path's blend of per-cell convolutions, computed once per tap).
 Notes
 -----
 Each window reads its fit pixels' counts back to the host (the cells' pixel lists differ in
-length), so a kernel-matched device program cannot be one CUDA graph. Thread-safe; no global state.
+length; all cells' lists are made together, from one ``nonzero``), so a kernel-matched device
+program cannot be one CUDA graph. Thread-safe; no global state.
 """
 
 from __future__ import annotations
@@ -67,33 +68,75 @@ def _median(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return 0.5 * (lower + upper)
 
 
-def _pixel_list(fit: torch.Tensor, least: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _subsample(n: torch.Tensor, least: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    A fit mask's pixels as `solve_kernel` takes them: row-major, an even subsample beyond
-    `MAX_PIXELS`; none when fewer than ``least`` (the kernel fails).
+    For lists of ``n`` pixels: the step `solve_kernel` keeps every one of (an even subsample
+    beyond `MAX_PIXELS`), and the length kept (0 when fewer than ``least``: the kernel fails).
     """
-    ys, xs = torch.nonzero(fit, as_tuple=True)
-    n = int(ys.numel())
-    if n < least:
-        return ys[:0], xs[:0]
-    if n > pm.MAX_PIXELS:
-        step = -(-n // pm.MAX_PIXELS)
-        return ys[::step], xs[::step]
-    return ys, xs
+    step = ((n + pm.MAX_PIXELS - 1) // pm.MAX_PIXELS).clamp(min=1)
+    return step, torch.where(n >= least, (n + step - 1) // step, torch.zeros_like(n))
 
 
-def _padded(lists: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixel lists padded to one length: (ys, xs, valid), (C, N) each."""
-    length = max(1, *(int(ys.numel()) for ys, _ in lists))
-    device = lists[0][0].device
-    out_y = torch.zeros((len(lists), length), dtype=torch.int64, device=device)
+def _pixel_lists(fits: list[torch.Tensor], least: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """
+    Fit masks' pixels as `solve_kernel` takes them: row-major, an even subsample beyond
+    `MAX_PIXELS`, none when fewer than ``least``. Returns (ys, xs) padded to one length, (C, L)
+    each, and each list's length (read back to the host).
+    """
+    lists = []
+    for fit in fits:
+        ys, xs = torch.nonzero(fit, as_tuple=True)
+        step, kept = _subsample(torch.tensor(ys.numel()), least)
+        lists.append((ys[:: int(step)][: int(kept)], xs[:: int(step)][: int(kept)]))
+    counts = [int(ys.numel()) for ys, _ in lists]
+    device = fits[0].device
+    out_y = torch.zeros((len(lists), max(1, *counts)), dtype=torch.int64, device=device)
     out_x = torch.zeros_like(out_y)
-    valid = torch.zeros((len(lists), length), dtype=torch.bool, device=device)
     for i, (ys, xs) in enumerate(lists):
-        out_y[i, : ys.numel()] = ys
-        out_x[i, : xs.numel()] = xs
-        valid[i, : ys.numel()] = True
-    return out_y, out_x, valid
+        out_y[i, : counts[i]] = ys
+        out_x[i, : counts[i]] = xs
+    return out_y, out_x, counts
+
+
+def _grid_pixel_lists(fit: torch.Tensor, layout: pm.CellLayout, least: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """
+    `_pixel_lists` of the window's fit mask and of its restriction to each cell's fit region
+    (row-major cells), computed together: one ``nonzero`` for the window, and each cell's list
+    picked from the run of rows its region spans (a region is a rectangle; the window's pixels
+    are row-major, so a band of rows is one contiguous run). Returns the window's list first.
+    """
+    device = fit.device
+    ys, xs = torch.nonzero(fit, as_tuple=True)
+    regions = layout.fit_regions()
+    n_y, n_x = layout.grid_shape
+    top, bottom = (torch.tensor([getattr(r[0], end) for r in regions[::n_x]], device=device) for end in ("start", "stop"))
+    columns = torch.tensor([[r[1].start, r[1].stop] for r in regions[:n_x]], device=device)  # (n_x, 2)
+    first = torch.searchsorted(ys, top)
+    run = torch.searchsorted(ys, bottom) - first  # pixels in each band of rows
+    length = max(1, int(run.max()))
+    offset = torch.arange(length, device=device)
+    in_run = offset[None] < run[:, None]  # (n_y, L)
+    index = (first[:, None] + offset[None]).clamp(max=max(0, ys.numel() - 1))
+    band_y, band_x = (ys[index], xs[index]) if ys.numel() else (index, index)
+    member = in_run[:, None] & (band_x[:, None] >= columns[None, :, 0, None]) & (band_x[:, None] < columns[None, :, 1, None])
+    position = member.cumsum(dim=2, dtype=torch.int32) - 1  # (n_y, n_x, L): row-major order within the cell
+    n = member.sum(dim=2, dtype=torch.int64)
+    step, kept = _subsample(n, least)
+    whole_step, whole_kept = _subsample(torch.tensor(ys.numel(), device=device), least)
+    counts = [int(c) for c in torch.cat([whole_kept.reshape(1), kept.reshape(-1)]).tolist()]
+    width = max(1, *counts)
+    # The window's list, then each cell's kept pixels scattered to their slots (others to a spare slot).
+    out_y = torch.zeros((1 + n_y * n_x) * width + 1, dtype=torch.int64, device=device)
+    out_x = torch.zeros_like(out_y)
+    whole = torch.arange(counts[0], device=device)
+    out_y[whole] = ys[whole * whole_step]
+    out_x[whole] = xs[whole * whole_step]
+    keep = member & (position % step[..., None] == 0) & (position // step[..., None] < kept[..., None])
+    cell = torch.arange(1, 1 + n_y * n_x, device=device).reshape(n_y, n_x, 1)
+    slot = torch.where(keep, cell * width + position // step[..., None], torch.full_like(position, out_y.numel() - 1))
+    out_y.scatter_(0, slot.reshape(-1).to(torch.int64), band_y[:, None].expand(-1, n_x, -1).reshape(-1))
+    out_x.scatter_(0, slot.reshape(-1).to(torch.int64), band_x[:, None].expand(-1, n_x, -1).reshape(-1))
+    return out_y[:-1].reshape(-1, width), out_x[:-1].reshape(-1, width), counts
 
 
 def _variance(values: torch.Tensor | float, shape: torch.Size, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -175,20 +218,29 @@ def solve_kernels_tensor(image: torch.Tensor, target: torch.Tensor, fits: list[t
         the kernel and background there are meaningless.
     """
     size = 2 * half_width + 1
-    lists = [_pixel_list(fit, pm.MIN_PIXELS_PER_COEFFICIENT * size * size) for fit in fits]
-    coef = torch.zeros((len(fits), size * size + 1), dtype=torch.float64, device=image.device)
-    ok = torch.zeros(len(fits), dtype=torch.bool, device=image.device)
+    ys, xs, counts = _pixel_lists(fits, pm.MIN_PIXELS_PER_COEFFICIENT * size * size)
+    return _solve_lists(image, target, ys, xs, counts, half_width, image_rms, target_rms, centred)
+
+
+def _solve_lists(image: torch.Tensor, target: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, counts: list[int],
+                 half_width: int, image_rms: torch.Tensor | float, target_rms: torch.Tensor | float,
+                 centred: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`solve_kernels_tensor` on pixel lists padded to one length ((C, L) each, ``counts`` long)."""
+    size = 2 * half_width + 1
+    coef = torch.zeros((len(counts), size * size + 1), dtype=torch.float64, device=image.device)
+    ok = torch.zeros(len(counts), dtype=torch.bool, device=image.device)
     # Lists of similar lengths solved together (padding costs as much as pixels), within the design budget.
-    order = sorted(range(len(fits)), key=lambda i: int(lists[i][0].numel()))
+    order = sorted(range(len(counts)), key=lambda i: counts[i])
     chunk: list[int] = []
     for n, i in enumerate(order):
         chunk.append(i)
-        longest = max(1, int(lists[i][0].numel()))
-        following = int(lists[order[n + 1]][0].numel()) if n + 1 < len(order) else 0
+        longest = max(1, counts[i])
+        following = counts[order[n + 1]] if n + 1 < len(order) else 0
         if n + 1 == len(order) or (len(chunk) + 1) * max(longest, following) * (size * size + 1) > _DESIGN_BUDGET:
-            ys, xs, valid = _padded([lists[j] for j in chunk])
             index = torch.tensor(chunk, device=image.device)
-            coef[index], ok[index] = _solve_batch(image, target, ys, xs, valid, half_width, image_rms, target_rms, centred)
+            valid = torch.arange(longest, device=image.device)[None] < index.new_tensor([counts[j] for j in chunk])[:, None]
+            coef[index], ok[index] = _solve_batch(image, target, ys[index, :longest], xs[index, :longest], valid,
+                                                  half_width, image_rms, target_rms, centred)
             chunk = []
     return coef[:, :-1].reshape(-1, size, size), coef[:, -1], ok
 
@@ -264,9 +316,10 @@ class KernelGridTensor:
         padded = F.pad(image.to(torch.float64)[None, None], (h,) * 4, mode="replicate")[0, 0]
         out = torch.zeros((ny, nx), dtype=torch.float64, device=image.device)
         rows = wy.T @ self.kernels.reshape(*self.kernels.shape[:2], -1).permute(2, 0, 1)  # (taps, H, n_x)
-        for tap in range(size * size):
-            j, i = divmod(tap, size)
-            out += (rows[tap] @ wx) * padded[j: j + ny, i: i + nx]
+        for j in range(size):  # a row of taps at a time: its weight maps and the image shifted by each
+            weights = rows[j * size: (j + 1) * size] @ wx  # (size, H, W)
+            shifted = padded[j: j + ny].unfold(1, nx, 1).permute(1, 0, 2)  # [i, y, x] = padded[j + y, i + x]
+            out += (weights * shifted).sum(dim=0)
         return out.to(torch.float32)
 
 
@@ -281,18 +334,16 @@ def solve_kernel_grid_tensor(image: torch.Tensor, target: torch.Tensor, fit: tor
     """
     layout = pm.CellLayout.of(tuple(image.shape), cell)  # type: ignore[arg-type]
     n_y, n_x = layout.grid_shape
-    fits = [fit]
+    least = pm.MIN_PIXELS_PER_COEFFICIENT * (2 * half_width + 1) ** 2
     if n_y * n_x > 1:
-        for ys, xs in layout.fit_regions():
-            region = torch.zeros_like(fit)
-            region[ys, xs] = True
-            fits.append(fit & region)
-    kernels, background, ok = solve_kernels_tensor(image, target, fits, half_width, image_rms=image_rms,
-                                                   target_rms=target_rms, centred=centred)
+        ys, xs, counts = _grid_pixel_lists(fit, layout, least)
+    else:
+        ys, xs, counts = _pixel_lists([fit], least)
+    kernels, background, ok = _solve_lists(image, target, ys, xs, counts, half_width, image_rms, target_rms, centred)
     ok_host = ok.tolist()
     if not ok_host[0]:
         return None
-    if len(fits) == 1 or not any(ok_host[1:]):
+    if len(counts) == 1 or not any(ok_host[1:]):
         return KernelGridTensor(kernels[:1, None], background[:1, None], pm.CellLayout.single(layout.shape))
     own = ok[1:]
     cells = torch.where(own[:, None, None], kernels[1:], kernels[:1])
