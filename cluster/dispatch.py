@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray
 from ray.util.actor_pool import ActorPool
@@ -52,6 +52,10 @@ class WorkerSpec:
     count: int
     num_gpus: float
     num_cpus: float
+    #: Inference threads of each CPU actor (None on GPUs): the cluster's CPUs shared among them.
+    #: ONNX Runtime's default, every core per session, made two actors on 2 cores 1.4x slower
+    #: per detector call than one thread each (BENCHMARKS, "CPU actors").
+    cpu_threads: int | None = None
 
     @property
     def kind(self) -> str:
@@ -73,7 +77,7 @@ def worker_spec(config: WorkerConfig) -> WorkerSpec:
         Ray's CPUs (so that every core runs tiles once the night is ingested: on 2 cores, 2
         actors of half a CPU took the demo night's tiles in 41.5 s against 54.4 s for one
         actor); ``night.workers`` actors share them likewise. On a one-CPU cluster, one actor
-        of half a CPU.
+        of half a CPU. CPU actors run their inference on ``cpus // count`` threads each.
     """
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -83,7 +87,7 @@ def worker_spec(config: WorkerConfig) -> WorkerSpec:
     cpus = float(resources.get("CPU", 1.0))
     available = cpus - 1.0 if cpus > 1.0 else cpus / 2.0
     count = config.actors or max(1, int(cpus))
-    return WorkerSpec(count, 0.0, min(1.0, available / count))
+    return WorkerSpec(count, 0.0, min(1.0, available / count), cpu_threads=max(1, int(cpus) // count))
 
 
 class WorkerPool:
@@ -117,7 +121,7 @@ class WorkerPool:
         self.name = f"skyblink-worker-{uuid.uuid4().hex[:8]}"
         self.actors = [
             TileWorker.options(**options, name=f"{self.name}-{i}").remote(  # type: ignore[attr-defined]  # ray.remote's class is untyped
-                config, start_runner, result_sink=store_unit_results
+                replace(config, cpu_threads=self.spec.cpu_threads), start_runner, result_sink=store_unit_results
             )
             for i in range(self.spec.count)
         ]

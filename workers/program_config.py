@@ -152,6 +152,9 @@ class WorkerConfig:
         Actors asked for (``night.workers``; None: one per GPU, else one per CPU).
     health_check_s : float
         How often the driver polls the actors' health (``night.health_check_s``).
+    cpu_threads : int or None
+        Threads of each CPU actor's inference sessions: the actors' share of the cluster's cores,
+        set by the pool (`skyblink.cluster.WorkerPool`); None: the runtime's choice (every core).
     """
 
     program: TileProgram = field(default_factory=TileProgram)
@@ -164,6 +167,7 @@ class WorkerConfig:
     prepare_calls: int = _default(NightConfig, "gpu_prepare_calls")
     actors: int | None = None
     health_check_s: float = _default(NightConfig, "health_check_s")
+    cpu_threads: int | None = None
 
     @classmethod
     def from_config(cls, config: SkyblinkConfig) -> WorkerConfig:

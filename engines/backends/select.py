@@ -73,6 +73,7 @@ def select_runner(
     models_root: Path | None = None,
     device: int = 0,
     shapes: Sequence[tuple[int, ...]] = (),
+    cpu_threads: int | None = None,
 ) -> BackendChoice:
     """
     Return an (inactive) runner for ``model`` on the best backend available, or the one asked for.
@@ -95,6 +96,9 @@ def select_runner(
     shapes : sequence of tuple of int
         Input shapes (NCHW, largest batch) the caller will run: a TensorRT engine must have an
         optimization profile covering each (one built here gets them).
+    cpu_threads : int, optional
+        Intra-op threads of an ONNX Runtime runner (the caller's share of the machine's cores);
+        default: ONNX Runtime's choice, every physical core.
 
     Raises
     ------
@@ -132,7 +136,9 @@ def select_runner(
         raise RuntimeError("torch backend asked for, but torch cannot run here")
     reasons.append("no CUDA device" if gpu is None else "onnxruntime forced")
     ort_onnx = release_onnx or onnx_path(model, "fp32", models_root)
-    return _chosen(OnnxRuntimeRunner(ort_onnx), "onnxruntime", "; ".join(reasons) + "; ONNX Runtime on the CPU")
+    threads = f", {cpu_threads} thread(s)" if cpu_threads else ""
+    return _chosen(OnnxRuntimeRunner(ort_onnx, threads=cpu_threads), "onnxruntime",
+                   "; ".join(reasons) + f"; ONNX Runtime on the CPU{threads}")
 
 
 def _production_release(model: str, registry: EngineRegistry | None) -> tuple[Release | None, Path | None]:

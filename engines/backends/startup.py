@@ -65,6 +65,7 @@ def start_runner(
     registry: str | None = None,
     trusted_manifest: Path | None = None,
     shapes: Sequence[tuple[int, ...]] = (),
+    cpu_threads: int | None = None,
 ) -> BackendChoice:
     """
     Select, activate and warm up ``model``'s runner for the inputs a worker will run.
@@ -87,6 +88,9 @@ def start_runner(
         ONNX file that differs from them is refused.
     shapes : sequence of tuple of int
         Input shapes (NCHW, largest batch) the worker will run; a TensorRT engine must cover them.
+    cpu_threads : int, optional
+        Intra-op threads of an ONNX Runtime runner: the worker's share of its machine's cores
+        (`WorkerConfig.cpu_threads`); default: ONNX Runtime's choice.
 
     Returns
     -------
@@ -101,7 +105,8 @@ def start_runner(
         The runner failed its warm-up and no fallback applies.
     """
     engines = EngineRegistry.from_config(registry, trusted_manifest) if registry else None
-    choice = select_runner(model, backend=backend, precision=precision, registry=engines, shapes=shapes)
+    choice = select_runner(model, backend=backend, precision=precision, registry=engines, shapes=shapes,
+                           cpu_threads=cpu_threads)
     try:
         warm_up(model, choice.runner, shapes)
     except Exception as exc:

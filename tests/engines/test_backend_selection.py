@@ -47,3 +47,8 @@ def test_start_runner_hands_the_actor_a_warmed_runner_for_its_shapes(tmp_path) -
     choice.runner.deactivate()
     with pytest.raises(RuntimeError, match="tensorrt: no CUDA device"):
         start_runner("detector", backend=Backend.TENSORRT, precision="fp16")
+    # A CPU actor's share of the cores (WorkerConfig.cpu_threads) reaches its ONNX Runtime session.
+    shared = start_runner("classifier", backend=Backend.AUTO, precision="fp32", shapes=((8, 3, 63, 63),), cpu_threads=1)
+    assert shared.reason.endswith("1 thread(s)")
+    assert shared.runner._session.get_session_options().intra_op_num_threads == 1  # the session ONNX Runtime runs
+    shared.runner.deactivate()

@@ -37,6 +37,19 @@ def _cpu_workers() -> WorkerConfig:
                                                 environ={}))
 
 
+def test_the_pool_shares_the_cores_among_its_cpu_actors(ray_local: None) -> None:
+    """Two CPU actors on 2 cores run their sessions on one thread each, not on every core apiece."""
+    from skyblink.cluster.dispatch import WorkerPool
+
+    with WorkerPool(_cpu_workers()) as pool:
+        assert (pool.spec.kind, pool.spec.count, pool.spec.cpu_threads) == ("cpu", 2, 1)
+        health = pool.wait_ready()
+    assert len(health) == 2
+    for answer in health:
+        for model in ("detector", "classifier"):
+            assert answer["engines"][model]["reason"].endswith("ONNX Runtime on the CPU, 1 thread(s)")
+
+
 def test_actor_returns_each_candidate_once_with_stamps(night_store: tuple[Path, NightStore]) -> None:
     night, store = night_store
     units = plan_tiles(store, "exposures/F00-001", size=256, margin=32)
