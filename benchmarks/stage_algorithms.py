@@ -13,13 +13,14 @@ hits of 1-3 pixels per tile, in electrons):
 2. ``backgrounds``: `tile_program.background` of the science and reference tiles together with
    the device program's 24 fixed histogram passes;
 3. ``histogram passes``: only the 24 passes of (2), on the histograms of (2);
-4. ``kernel-grid PSF match``: `psf_match_tensor.kernel_match_tensor` on the first tile alone (the
-   window's kernel and one per 80-px cell, solved and applied), as ``psf_match = "kernel"`` runs it.
+4. ``kernel-grid PSF match``: `psf_match_tensor.kernel_match_tensor` on the batch (each window's
+   kernel and one per 80-px cell, solved together and applied), as ``psf_match = "kernel"`` runs it
+   (previous and current kernel grids are compared per pair by `subtraction_vs_sfft.py`, two
+   installs of the package side by side).
 
 ``--compare`` also runs the previous algorithm (kept here only for this comparison: the
 histogram passes as they were before issue 23's second session, ~77 operations each, and the
-dense 5x5 masked median on every pixel of every pass, the kernel grid's per-cell masks, pixel
-lists and padded copies and its one-tap-at-a-time convolution of 181ec2a), interleaved with the current one, and
+dense 5x5 masked median on every pixel of every pass), interleaved with the current one, and
 checks that both give the same tensors bit for bit. Torch runs eagerly (``set_fusion(False)``)
 unless ``--fused``, which compiles the fused steps on CUDA as the device program does. Prints a
 table; writes JSON to ``$OUT/stage_algorithms.json`` when ``OUT`` is set.
@@ -44,7 +45,6 @@ from torch.profiler import DeviceType, ProfilerActivity, profile
 
 from skyblink.workers import background as _bg
 from skyblink.workers import cosmics as cr
-from skyblink.workers import psf_match as pm
 from skyblink.workers import psf_match_tensor as pmt
 from skyblink.workers import tile_program as tp
 from skyblink.workers.fused import set_fusion
@@ -161,92 +161,15 @@ def previous_clean(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Ten
     return torch.where(replace, med, data), torch.zeros(data.shape[0], dtype=torch.bool, device=data.device)
 
 
-def _previous_pixel_list(fit: torch.Tensor, least: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ys, xs = torch.nonzero(fit, as_tuple=True)
-    n = int(ys.numel())
-    if n < least:
-        return ys[:0], xs[:0]
-    if n > pm.MAX_PIXELS:
-        step = -(-n // pm.MAX_PIXELS)
-        return ys[::step], xs[::step]
-    return ys, xs
-
-
-def _previous_padded(lists: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    length = max(1, *(int(ys.numel()) for ys, _ in lists))
-    device = lists[0][0].device
-    out_y = torch.zeros((len(lists), length), dtype=torch.int64, device=device)
-    out_x = torch.zeros_like(out_y)
-    valid = torch.zeros((len(lists), length), dtype=torch.bool, device=device)
-    for i, (ys, xs) in enumerate(lists):
-        out_y[i, : ys.numel()] = ys
-        out_x[i, : xs.numel()] = xs
-        valid[i, : ys.numel()] = True
-    return out_y, out_x, valid
-
-
-def previous_solve_kernel_grid(image: torch.Tensor, target: torch.Tensor, fit: torch.Tensor, half_width: int, *,
-                               image_rms: torch.Tensor | float = 1.0, target_rms: torch.Tensor | float = 1.0,
-                               centred: bool = False, cell: int = pm.KERNEL_CELL_PX) -> pmt.KernelGridTensor | None:
-    """`psf_match_tensor.solve_kernel_grid_tensor` as of 181ec2a: a mask, a ``nonzero`` and a padded copy per cell."""
-    layout = pm.CellLayout.of(tuple(image.shape), cell)  # type: ignore[arg-type]
-    n_y, n_x = layout.grid_shape
-    fits = [fit]
-    for ys, xs in layout.fit_regions():
-        region = torch.zeros_like(fit)
-        region[ys, xs] = True
-        fits.append(fit & region)
-    size = 2 * half_width + 1
-    lists = [_previous_pixel_list(f, pm.MIN_PIXELS_PER_COEFFICIENT * size * size) for f in fits]
-    coef = torch.zeros((len(fits), size * size + 1), dtype=torch.float64, device=image.device)
-    ok = torch.zeros(len(fits), dtype=torch.bool, device=image.device)
-    order = sorted(range(len(fits)), key=lambda i: int(lists[i][0].numel()))
-    chunk: list[int] = []
-    for n, i in enumerate(order):
-        chunk.append(i)
-        longest = max(1, int(lists[i][0].numel()))
-        following = int(lists[order[n + 1]][0].numel()) if n + 1 < len(order) else 0
-        if n + 1 == len(order) or (len(chunk) + 1) * max(longest, following) * (size * size + 1) > pmt._DESIGN_BUDGET:
-            ys, xs, valid = _previous_padded([lists[j] for j in chunk])
-            index = torch.tensor(chunk, device=image.device)
-            coef[index], ok[index] = pmt._solve_batch(image, target, ys, xs, valid, half_width, image_rms, target_rms, centred)
-            chunk = []
-    kernels, background = coef[:, :-1].reshape(-1, size, size), coef[:, -1]
-    ok_host = ok.tolist()
-    if not ok_host[0]:
-        return None
-    own = ok[1:]
-    cells = torch.where(own[:, None, None], kernels[1:], kernels[:1])
-    back = torch.where(own, background[1:], background[:1])
-    return pmt.KernelGridTensor(cells.reshape(n_y, n_x, size, size), back.reshape(n_y, n_x), layout)
-
-
-def previous_apply(self: pmt.KernelGridTensor, image: torch.Tensor) -> torch.Tensor:
-    """`KernelGridTensor.apply` as of 181ec2a: one tap at a time."""
-    wy, wx = self._weights()
-    size = self.kernels.shape[-1]
-    h = size // 2
-    ny, nx = self.layout.shape
-    padded = F.pad(image.to(torch.float64)[None, None], (h,) * 4, mode="replicate")[0, 0]
-    out = torch.zeros((ny, nx), dtype=torch.float64, device=image.device)
-    rows = wy.T @ self.kernels.reshape(*self.kernels.shape[:2], -1).permute(2, 0, 1)
-    for tap in range(size * size):
-        j, i = divmod(tap, size)
-        out += (rows[tap] @ wx) * padded[j: j + ny, i: i + nx]
-    return out.to(torch.float32)
-
-
 @contextlib.contextmanager
 def previous_algorithms() -> Iterator[None]:
     """Run the stages with the previous algorithms (module attributes swapped for the duration)."""
-    saved = tp._histogram_mode, cr._clean_sparse, pmt.solve_kernel_grid_tensor, pmt.KernelGridTensor.apply
+    saved = tp._histogram_mode, cr._clean_sparse
     tp._histogram_mode, cr._clean_sparse = previous_histogram_mode, previous_clean
-    pmt.solve_kernel_grid_tensor = previous_solve_kernel_grid
-    pmt.KernelGridTensor.apply = previous_apply  # type: ignore[method-assign]
     try:
         yield
     finally:
-        tp._histogram_mode, cr._clean_sparse, pmt.solve_kernel_grid_tensor, pmt.KernelGridTensor.apply = saved  # type: ignore[method-assign]
+        tp._histogram_mode, cr._clean_sparse = saved
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -325,17 +248,17 @@ def main() -> None:
     operators = tp.background_operators(args.size, args.size, 64, device)
     histograms = tp._mesh_histograms(both, usable, (64, 64))
     histo, nlevels, mean = histograms[0], histograms[1].reshape(-1), histograms[2].to(torch.float32).reshape(-1)
-    # One tile's science and reference, sky subtracted, for the kernel grid (`psf_match = "kernel"`).
-    sky = 1000.0 + 0.05 * torch.arange(args.size, device=device, dtype=torch.float32)[None, :]
-    match_inputs = (tiles["science"][0] - sky, torch.full_like(sky.expand(args.size, -1), 30.0),
-                    tiles["reference"][0] - sky, torch.full_like(sky.expand(args.size, -1), 12.0),
-                    torch.ones_like(tiles["saturated"][0]), ~tiles["saturated"][0])
+    # The batch's science and reference, sky subtracted, for the kernel grid (`psf_match = "kernel"`).
+    sky = 1000.0 + 0.05 * torch.arange(args.size, device=device, dtype=torch.float32)[None, None, :]
+    noise = torch.ones_like(tiles["science"])
+    match_inputs = (tiles["science"] - sky, 30.0 * noise, tiles["reference"] - sky, 12.0 * noise,
+                    torch.ones_like(tiles["saturated"]), ~tiles["saturated"])
 
     stages: dict[str, Callable[[], Any]] = {
         "cosmics (L.A.Cosmic, 4 passes)": lambda: detect_cosmics(tiles),
         f"backgrounds (science + reference, {PASSES} passes)": lambda: tp.background(both, passes=PASSES, operators=operators),
         f"histogram passes alone ({PASSES})": lambda: tp._histogram_mode(histo, nlevels, mean, 3.0, 100, PASSES),
-        "kernel-grid PSF match (first tile alone)": lambda: pmt.kernel_match_tensor(*match_inputs, 3.4, 3.3),
+        "kernel-grid PSF match (the batch)": lambda: pmt.kernel_match_tensor(*match_inputs, 3.4, 3.3),
     }
     variants = {"current": contextlib.nullcontext}
     if args.compare:

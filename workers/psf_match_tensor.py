@@ -1,25 +1,29 @@
 """
 PSF matching by solved kernels in torch: `skyblink.workers.psf_match`'s rules (the fit pixels, the
 weighted, clipped least squares of a delta-function kernel, one kernel per cell of about 80 pixels
-blended bilinearly) for the device program, on any torch device.
+blended bilinearly) for the device program, on any torch device, for a batch of windows at once.
 
 The cells' geometry (`skyblink.workers.psf_match.CellLayout`: their edges, fit regions and tent
-weights) is the numpy path's own; here the least squares of every cell of a window are solved
-together (batched normal equations and solves, in float64), and the blended kernel is applied as
-one sum over its taps of the shifted image times that tap's weight map (the blend is linear, so
-this is the numpy path's blend of per-cell convolutions, computed once per tap).
+weights) is the numpy path's own. Every least squares of a batch (each window's and each of its
+cells') is solved together: the pixel lists of all of them come from one ``nonzero`` and one
+stable sort, the design matrices are gathered from a strided view of the image (no index per
+coefficient), the normal equations are batched matrix products in float64 and solved by
+Cholesky factorisation. The blended kernel is applied as one depthwise convolution per cell over
+the pixels its tent weight reaches (float32, TF32 off), the weighted pieces summed.
 
 Notes
 -----
-Each window reads its fit pixels' counts back to the host (the cells' pixel lists differ in
-length; all cells' lists are made together, from one ``nonzero``), so a kernel-matched device
-program cannot be one CUDA graph. Thread-safe; no global state.
+One host read per batch (the pixel lists' lengths, to size the padded lists and group them by
+length), so a kernel-matched device program cannot be one CUDA graph; no read per window or
+per cell. Thread-safe; no global state (cuDNN's TF32 switch is held off for the convolution).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -28,35 +32,46 @@ from . import psf_match as pm
 __all__ = ["KernelGridTensor", "kernel_match_tensor", "solve_kernel_grid_tensor", "solve_kernel_tensor",
            "solve_kernels_tensor", "source_pixels_tensor"]
 
-#: Most float64 numbers (pixels x coefficients) of the design matrices held at once when cells are solved together.
-_DESIGN_BUDGET = 32_000_000
+#: Most float64 numbers (pixels x coefficients) of the design matrices held at once, on the CPU and on a GPU.
+_DESIGN_BUDGET = {"cpu": 32_000_000, "cuda": 128_000_000}
+
+
+def _design_budget(device: torch.device) -> int:
+    return _DESIGN_BUDGET.get(device.type, _DESIGN_BUDGET["cpu"])
 
 
 def _dilate(mask: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Binary dilation by the 4-connected cross, ``iterations`` times (as ``scipy.ndimage.binary_dilation``)."""
-    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=mask.device).view(1, 1, 3, 3)
-    out = mask.to(torch.float32)[None, None]
-    for _ in range(iterations):
-        out = (F.conv2d(F.pad(out, (1, 1, 1, 1)), cross) > 0).to(torch.float32)
-    return out[0, 0] > 0
+    """(N, H, W) masks dilated by the 4-connected cross ``iterations`` times (``scipy.ndimage.binary_dilation``'s, border False)."""
+    out = mask.to(torch.float32)[:, None]
+    for _ in range(iterations):  # the cross is the maximum of a 3x1 and a 1x3 window
+        out = torch.maximum(F.max_pool2d(out, (3, 1), 1, (1, 0)), F.max_pool2d(out, (1, 3), 1, (0, 1)))
+    return out[:, 0] > 0
 
 
 def source_pixels_tensor(image: torch.Tensor, rms: torch.Tensor, target: torch.Tensor, target_rms: torch.Tensor,
                          usable: torch.Tensor, half_width: int) -> torch.Tensor:
-    """`skyblink.workers.psf_match.source_pixels` in torch, for one (H, W) window on any device."""
+    """
+    `skyblink.workers.psf_match.source_pixels` in torch: the fit pixels of (H, W) or (B, H, W)
+    windows (the noise maps broadcast to the images), on any device. Returns a bool tensor of
+    ``image``'s shape.
+    """
+    shape = image.shape
+    height, width = shape[-2:]
+
     def detected(data: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        z = torch.nan_to_num(data.to(torch.float64) / noise.to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        mean = F.avg_pool2d(F.pad(z[None, None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)[0, 0]
+        z = data.to(torch.float64) / torch.broadcast_to(noise, shape).to(torch.float64)
+        z = torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).reshape(-1, 1, height, width)
+        mean = F.avg_pool2d(F.pad(z, (1, 1, 1, 1), mode="replicate"), 3, stride=1)[:, 0]
         return mean * 3.0 > pm.FIT_NSIGMA
 
     near = _dilate(detected(image, rms) | detected(target, target_rms), half_width)
-    near &= ~_dilate(~usable, half_width)
+    near &= ~_dilate(~torch.broadcast_to(usable, shape).reshape(-1, height, width), half_width)
     h = half_width
-    near[:h] = False
-    near[-h:] = False
     near[:, :h] = False
     near[:, -h:] = False
-    return near
+    near[:, :, :h] = False
+    near[:, :, -h:] = False
+    return near.reshape(shape)
 
 
 def _median(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -77,114 +92,127 @@ def _subsample(n: torch.Tensor, least: int) -> tuple[torch.Tensor, torch.Tensor]
     return step, torch.where(n >= least, (n + step - 1) // step, torch.zeros_like(n))
 
 
-def _pixel_lists(fits: list[torch.Tensor], least: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """
-    Fit masks' pixels as `solve_kernel` takes them: row-major, an even subsample beyond
-    `MAX_PIXELS`, none when fewer than ``least``. Returns (ys, xs) padded to one length, (C, L)
-    each, and each list's length (read back to the host).
-    """
-    lists = []
-    for fit in fits:
-        ys, xs = torch.nonzero(fit, as_tuple=True)
-        step, kept = _subsample(torch.tensor(ys.numel()), least)
-        lists.append((ys[:: int(step)][: int(kept)], xs[:: int(step)][: int(kept)]))
-    counts = [int(ys.numel()) for ys, _ in lists]
-    device = fits[0].device
-    out_y = torch.zeros((len(lists), max(1, *counts)), dtype=torch.int64, device=device)
-    out_x = torch.zeros_like(out_y)
-    for i, (ys, xs) in enumerate(lists):
-        out_y[i, : counts[i]] = ys
-        out_x[i, : counts[i]] = xs
-    return out_y, out_x, counts
+def _region_table(regions: list[slice], n: int, device: torch.device) -> torch.Tensor:
+    """Per pixel along one axis: the indices of the fit regions that hold it, padded with -1 ((n, most) int64)."""
+    member = np.zeros((len(regions), n), dtype=bool)
+    for i, region in enumerate(regions):
+        member[i, region] = True
+    most = max(1, int(member.sum(axis=0).max()))
+    table = np.full((n, most), -1, dtype=np.int64)
+    for pixel in range(n):
+        inside = np.flatnonzero(member[:, pixel])
+        table[pixel, : inside.size] = inside
+    return torch.from_numpy(table).to(device)
 
 
-def _grid_pixel_lists(fit: torch.Tensor, layout: pm.CellLayout, least: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def _pixel_lists(fit: torch.Tensor, layout: pm.CellLayout | None, least: int) -> tuple[torch.Tensor, list[int]]:
     """
-    `_pixel_lists` of the window's fit mask and of its restriction to each cell's fit region
-    (row-major cells), computed together: one ``nonzero`` for the window, and each cell's list
-    picked from the run of rows its region spans (a region is a rectangle; the window's pixels
-    are row-major, so a band of rows is one contiguous run). Returns the window's list first.
+    The pixel lists `solve_kernel` fits on, for (B, H, W) fit masks: per window, its whole mask's
+    list and then (with a ``layout`` of more than one cell) each cell's fit region's, row-major
+    cells. Each list is row-major, an even subsample beyond `MAX_PIXELS`, and empty when shorter
+    than ``least``. All lists come from one ``nonzero``: each fit pixel is entered once for its
+    window and once for each cell whose region holds it, and a stable sort by list keeps every
+    list row-major.
+
+    Returns
+    -------
+    index : (B * (1 + cells), L) int64 tensor
+        Flat indices into the (B, H, W) stack, padded with 0.
+    counts : list of int
+        Each list's length (the batch's one host read).
     """
+    b_count, height, width = fit.shape
     device = fit.device
-    ys, xs = torch.nonzero(fit, as_tuple=True)
-    regions = layout.fit_regions()
-    n_y, n_x = layout.grid_shape
-    top, bottom = (torch.tensor([getattr(r[0], end) for r in regions[::n_x]], device=device) for end in ("start", "stop"))
-    columns = torch.tensor([[r[1].start, r[1].stop] for r in regions[:n_x]], device=device)  # (n_x, 2)
-    first = torch.searchsorted(ys, top)
-    run = torch.searchsorted(ys, bottom) - first  # pixels in each band of rows
-    length = max(1, int(run.max()))
-    offset = torch.arange(length, device=device)
-    in_run = offset[None] < run[:, None]  # (n_y, L)
-    index = (first[:, None] + offset[None]).clamp(max=max(0, ys.numel() - 1))
-    band_y, band_x = (ys[index], xs[index]) if ys.numel() else (index, index)
-    member = in_run[:, None] & (band_x[:, None] >= columns[None, :, 0, None]) & (band_x[:, None] < columns[None, :, 1, None])
-    position = member.cumsum(dim=2, dtype=torch.int32) - 1  # (n_y, n_x, L): row-major order within the cell
-    n = member.sum(dim=2, dtype=torch.int64)
+    b, y, x = torch.nonzero(fit, as_tuple=True)
+    pixel = (b * height + y) * width + x
+    n_y, n_x = layout.grid_shape if layout is not None else (1, 1)
+    cells = n_y * n_x if n_y * n_x > 1 else 0
+    per = 1 + cells
+    lists = [torch.zeros_like(pixel)[:, None]]  # the window's own list
+    if cells:
+        assert layout is not None
+        regions = layout.fit_regions()
+        in_y = _region_table([r[0] for r in regions[::n_x]], height, device)[y]  # (P, most_y)
+        in_x = _region_table([r[1] for r in regions[:n_x]], width, device)[x]  # (P, most_x)
+        cell = in_y[:, :, None] * n_x + in_x[:, None, :]
+        lists.append(torch.where((in_y[:, :, None] >= 0) & (in_x[:, None, :] >= 0), 1 + cell, -1).flatten(1))
+    spare = b_count * per  # entries of no list go to a spare list, dropped below
+    ids = torch.cat(lists, dim=1)
+    entries = ids.shape[1]
+    ids = torch.where(ids >= 0, b[:, None] * per + ids, spare).reshape(-1)
+    ids, order = torch.sort(ids, stable=True)
+    pixel = pixel[:, None].expand(-1, entries).reshape(-1)[order]
+    n = torch.bincount(ids, minlength=spare + 1)
+    start = torch.cumsum(n, 0) - n
+    position = torch.arange(ids.numel(), device=device) - start[ids]
     step, kept = _subsample(n, least)
-    whole_step, whole_kept = _subsample(torch.tensor(ys.numel(), device=device), least)
-    counts = [int(c) for c in torch.cat([whole_kept.reshape(1), kept.reshape(-1)]).tolist()]
-    width = max(1, *counts)
-    # The window's list, then each cell's kept pixels scattered to their slots (others to a spare slot).
-    out_y = torch.zeros((1 + n_y * n_x) * width + 1, dtype=torch.int64, device=device)
-    out_x = torch.zeros_like(out_y)
-    whole = torch.arange(counts[0], device=device)
-    out_y[whole] = ys[whole * whole_step]
-    out_x[whole] = xs[whole * whole_step]
-    keep = member & (position % step[..., None] == 0) & (position // step[..., None] < kept[..., None])
-    cell = torch.arange(1, 1 + n_y * n_x, device=device).reshape(n_y, n_x, 1)
-    slot = torch.where(keep, cell * width + position // step[..., None], torch.full_like(position, out_y.numel() - 1))
-    out_y.scatter_(0, slot.reshape(-1).to(torch.int64), band_y[:, None].expand(-1, n_x, -1).reshape(-1))
-    out_x.scatter_(0, slot.reshape(-1).to(torch.int64), band_x[:, None].expand(-1, n_x, -1).reshape(-1))
-    return out_y[:-1].reshape(-1, width), out_x[:-1].reshape(-1, width), counts
+    kept[spare] = 0
+    counts = kept[:spare].tolist()
+    length = max(1, *counts) if counts else 1
+    take = (position % step[ids] == 0) & (position // step[ids] < kept[ids])
+    slot = torch.where(take, ids * length + position // step[ids], spare * length)
+    out = torch.zeros(spare * length + 1, dtype=torch.int64, device=device)
+    out.scatter_(0, slot, pixel)
+    return out[:-1].reshape(spare, length), counts
 
 
-def _variance(values: torch.Tensor | float, shape: torch.Size, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    v = torch.as_tensor(values, dtype=torch.float64, device=ys.device)
-    return (v * v).expand(shape)[ys, xs]
+def _as_map(values: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """A per-pixel float64 map of ``like``'s shape, flattened (a scalar or a broadcastable tensor)."""
+    v = torch.as_tensor(values, dtype=torch.float64, device=like.device)
+    return torch.broadcast_to(v, like.shape).reshape(-1)
 
 
-def _solve_batch(image: torch.Tensor, target: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, valid: torch.Tensor,
-                 half_width: int, image_rms: torch.Tensor | float, target_rms: torch.Tensor | float,
-                 centred: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`solve_kernel`'s two clipped fits on C pixel lists at once: (coefficients (C, K*K + 1), ok (C,))."""
-    size = 2 * half_width + 1
-    least = pm.MIN_PIXELS_PER_COEFFICIENT * size * size
-    device = image.device
-    d = torch.arange(-half_width, half_width + 1, device=device)
-    dy, dx = torch.meshgrid(d, d, indexing="ij")
-    src = image.to(torch.float64)
-    c, n = ys.shape
-    design = src[ys[..., None] + dy.reshape(-1), xs[..., None] + dx.reshape(-1)]  # (C, N, K*K)
-    design = torch.cat([design, torch.ones((c, n, 1), dtype=torch.float64, device=device)], dim=2)
-    design = torch.where(valid[..., None], design, torch.zeros_like(design))
-    t = torch.where(valid, target.to(torch.float64)[ys, xs], torch.zeros((), dtype=torch.float64, device=device))
-    var_t = torch.where(valid, _variance(target_rms, target.shape, ys, xs), torch.ones((), dtype=torch.float64, device=device))
-    var_i = torch.where(valid, _variance(image_rms, image.shape, ys, xs), torch.ones((), dtype=torch.float64, device=device))
-    keep = valid.clone()
-    ok = valid.sum(dim=1) >= least
-    k2 = size * size
+def _solve_batch(patches: torch.Tensor, target: torch.Tensor, var_t: torch.Tensor, var_i: torch.Tensor,
+                 index: torch.Tensor, counts: torch.Tensor, origin: int, least: int,
+                 penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    `solve_kernel`'s two clipped fits on C pixel lists at once: (coefficients (C, K*K + 1), ok (C,)).
+
+    ``patches`` is the (M, K, K) strided view of the flattened float64 image whose entry m is the
+    patch centred on pixel m + ``origin``; ``index`` (C, N) holds flat pixel indices (the first
+    ``counts`` of each row valid), ``target``, ``var_t`` and ``var_i`` are flat float64 maps.
+    """
+    c, n = index.shape
+    k = patches.shape[-1]
+    k2 = k * k
+    device = index.device
+    valid = torch.arange(n, device=device)[None] < counts[:, None]
+    design = patches[(index - origin).clamp(0, patches.shape[0] - 1)].reshape(c, n, k2)  # (C, N, K*K)
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    t = torch.where(valid, target[index], zero)
+    vt = torch.where(valid, var_t[index], zero + 1.0)
+    vi = torch.where(valid, var_i[index], zero + 1.0)
+    keep = valid
+    ok = counts >= least
     diagonal = torch.arange(k2, device=device)
-    penalty = torch.as_tensor(pm.centring_penalty(half_width), device=device) if centred else None
+    eye = torch.eye(k2 + 1, dtype=torch.float64, device=device)
     coef = torch.zeros((c, k2 + 1), dtype=torch.float64, device=device)
-    for iteration in range(2):
+    for _ in range(2):
         power = (coef[:, :-1] ** 2).sum(dim=1, keepdim=True)
-        w = 1.0 / var_t if iteration == 0 else 1.0 / (var_t + power * var_i)
-        w = torch.where(keep, w, torch.zeros_like(w))
+        w = torch.where(keep, 1.0 / (vt + power * vi), zero)  # power is 0 on the first fit
         weighted = design * w[..., None]
-        normal = weighted.transpose(1, 2) @ design
-        ridge = pm.RIDGE * torch.diagonal(normal, dim1=1, dim2=2)[:, :-1].mean(dim=1)
-        normal[:, diagonal, diagonal] += ridge[:, None]
+        # The normal equations of [design, 1]: the constant's column from sums, no copy of the design.
+        sides = weighted.transpose(1, 2) @ torch.stack([t, torch.ones_like(t)], dim=2)  # (C, K*K, 2)
+        normal = torch.empty((c, k2 + 1, k2 + 1), dtype=torch.float64, device=device)
+        normal[:, :-1, :-1] = weighted.transpose(1, 2) @ design
+        normal[:, :-1, -1] = sides[..., 1]
+        normal[:, -1, :-1] = sides[..., 1]
+        normal[:, -1, -1] = w.sum(dim=1)
+        rhs = torch.cat([sides[..., 0], (w * t).sum(dim=1, keepdim=True)], dim=1)
+        mean_diag = torch.diagonal(normal, dim1=1, dim2=2)[:, :-1].mean(dim=1)
+        normal[:, diagonal, diagonal] += (pm.RIDGE * mean_diag)[:, None]
         if penalty is not None:
             mean_diag = torch.diagonal(normal, dim1=1, dim2=2)[:, :-1].mean(dim=1)
             normal[:, :-1, :-1] += penalty * (pm.CENTRING_WEIGHT * mean_diag)[:, None, None]
-        rhs = (weighted * t[..., None]).sum(dim=1)
-        # A failed cell's system is made the identity, so one batched solve serves every cell.
-        eye = torch.eye(k2 + 1, dtype=torch.float64, device=device)
+        # A failed list's system is made the identity, so one batched solve serves every list;
+        # the normal matrices are symmetric positive definite (a ridge on the diagonal): Cholesky, no host check.
         normal = torch.where(ok[:, None, None], normal, eye)
-        coef = torch.linalg.solve(normal, torch.where(ok[:, None], rhs, torch.zeros_like(rhs)))
+        factor, info = torch.linalg.cholesky_ex(normal)
+        coef = torch.cholesky_solve(torch.where(ok[:, None], rhs, zero)[..., None], factor)[..., 0]
+        ok &= info == 0
         power = (coef[:, :-1] ** 2).sum(dim=1, keepdim=True)
-        residual = (t - (design @ coef[..., None])[..., 0]) / torch.sqrt(var_t + power * var_i)
+        model = (design @ coef[:, :-1, None])[..., 0] + coef[:, -1:]
+        residual = (t - model) / torch.sqrt(vt + power * vi)
         scale = 1.4826 * _median(residual.abs(), keep)
         keep = valid & (residual.abs() < pm.CLIP_NSIGMA * scale.clamp(min=1.0)[:, None])
         ok &= keep.sum(dim=1) >= least
@@ -193,12 +221,48 @@ def _solve_batch(image: torch.Tensor, target: torch.Tensor, ys: torch.Tensor, xs
     return coef, ok
 
 
+def _solve_lists(image: torch.Tensor, target: torch.Tensor, index: torch.Tensor, counts: list[int], half_width: int,
+                 image_rms: torch.Tensor | float, target_rms: torch.Tensor | float,
+                 centred: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    `solve_kernel` on every pixel list of a (B, H, W) stack (``index``: flat indices into it,
+    padded, ``counts`` long each): (kernels (C, K, K), backgrounds (C,), ok (C,)).
+    """
+    size = 2 * half_width + 1
+    width = image.shape[-1]
+    device = image.device
+    least = pm.MIN_PIXELS_PER_COEFFICIENT * size * size
+    src = torch.nan_to_num(image.to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0).reshape(-1)
+    origin = half_width * width + half_width  # the patch of view entry m is centred on pixel m + origin
+    patches = src.as_strided((src.numel() - 2 * origin, size, size), (1, width, 1))
+    tgt = torch.nan_to_num(target.to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0).reshape(-1)
+    var_t, var_i = _as_map(target_rms, target) ** 2, _as_map(image_rms, image) ** 2
+    penalty = torch.as_tensor(pm.centring_penalty(half_width), device=device) if centred else None
+    coef = torch.zeros((len(counts), size * size + 1), dtype=torch.float64, device=device)
+    ok = torch.zeros(len(counts), dtype=torch.bool, device=device)
+    # Lists of similar lengths solved together (padding costs as much as pixels), within the design budget.
+    budget = _design_budget(device)
+    order = sorted(range(len(counts)), key=lambda i: counts[i])
+    chunk: list[int] = []
+    for n, i in enumerate(order):
+        chunk.append(i)
+        longest = max(1, counts[i])
+        following = counts[order[n + 1]] if n + 1 < len(order) else 0
+        if n + 1 == len(order) or (len(chunk) + 1) * max(longest, following) * (size * size + 1) > budget:
+            rows = torch.tensor(chunk, device=device)
+            lengths = torch.tensor([counts[j] for j in chunk], device=device)
+            coef[rows], ok[rows] = _solve_batch(patches, tgt, var_t, var_i, index[rows, :longest], lengths, origin,
+                                                least, penalty)
+            chunk = []
+    return coef[:, :-1].reshape(-1, size, size), coef[:, -1], ok
+
+
 def solve_kernels_tensor(image: torch.Tensor, target: torch.Tensor, fits: list[torch.Tensor], half_width: int, *,
                          image_rms: torch.Tensor | float = 1.0, target_rms: torch.Tensor | float = 1.0,
                          centred: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
-    `skyblink.workers.psf_match.solve_kernel` on several fit masks of one (H, W) window at once
-    (the cells of a kernel grid): their least squares batched, float64, on ``image``'s device.
+    `skyblink.workers.psf_match.solve_kernel` on several fit masks of one (H, W) window at once:
+    their least squares batched, float64, on ``image``'s device.
 
     Parameters
     ----------
@@ -218,31 +282,9 @@ def solve_kernels_tensor(image: torch.Tensor, target: torch.Tensor, fits: list[t
         the kernel and background there are meaningless.
     """
     size = 2 * half_width + 1
-    ys, xs, counts = _pixel_lists(fits, pm.MIN_PIXELS_PER_COEFFICIENT * size * size)
-    return _solve_lists(image, target, ys, xs, counts, half_width, image_rms, target_rms, centred)
-
-
-def _solve_lists(image: torch.Tensor, target: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, counts: list[int],
-                 half_width: int, image_rms: torch.Tensor | float, target_rms: torch.Tensor | float,
-                 centred: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`solve_kernels_tensor` on pixel lists padded to one length ((C, L) each, ``counts`` long)."""
-    size = 2 * half_width + 1
-    coef = torch.zeros((len(counts), size * size + 1), dtype=torch.float64, device=image.device)
-    ok = torch.zeros(len(counts), dtype=torch.bool, device=image.device)
-    # Lists of similar lengths solved together (padding costs as much as pixels), within the design budget.
-    order = sorted(range(len(counts)), key=lambda i: counts[i])
-    chunk: list[int] = []
-    for n, i in enumerate(order):
-        chunk.append(i)
-        longest = max(1, counts[i])
-        following = counts[order[n + 1]] if n + 1 < len(order) else 0
-        if n + 1 == len(order) or (len(chunk) + 1) * max(longest, following) * (size * size + 1) > _DESIGN_BUDGET:
-            index = torch.tensor(chunk, device=image.device)
-            valid = torch.arange(longest, device=image.device)[None] < index.new_tensor([counts[j] for j in chunk])[:, None]
-            coef[index], ok[index] = _solve_batch(image, target, ys[index, :longest], xs[index, :longest], valid,
-                                                  half_width, image_rms, target_rms, centred)
-            chunk = []
-    return coef[:, :-1].reshape(-1, size, size), coef[:, -1], ok
+    index, counts = _pixel_lists(torch.stack(fits), None, pm.MIN_PIXELS_PER_COEFFICIENT * size * size)
+    index = index % image.numel()  # every mask is of the one window
+    return _solve_lists(image[None], target[None], index, counts, half_width, image_rms, target_rms, centred)
 
 
 def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Tensor, half_width: int, *,
@@ -265,12 +307,13 @@ def solve_kernel_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Te
 class KernelGridTensor:
     """
     `skyblink.workers.psf_match.KernelGrid` in torch: one kernel per cell of a `CellLayout`
-    (a single cell: one kernel for the window), blended bilinearly by the layout's tent weights.
+    (a single cell: one kernel for the window), blended bilinearly by the layout's tent weights;
+    for one window or, with a leading batch dimension, for a batch of windows of one layout.
 
     Attributes
     ----------
-    kernels : (n_y, n_x, 2h+1, 2h+1) float64 tensor
-    background : (n_y, n_x) float64 tensor
+    kernels : ([B,] n_y, n_x, 2h+1, 2h+1) float64 tensor
+    background : ([B,] n_y, n_x) float64 tensor
     layout : CellLayout
     """
 
@@ -285,19 +328,19 @@ class KernelGridTensor:
                 torch.as_tensor(wx, dtype=torch.float64, device=device))
 
     def blend(self, values: torch.Tensor) -> torch.Tensor:
-        """Per pixel (H, W), the tent-weighted mean of one value per cell (n_y, n_x)."""
+        """Per pixel ([B,] H, W), the tent-weighted mean of one value per cell ([B,] n_y, n_x)."""
         wy, wx = self._weights()
         return wy.T @ values.to(torch.float64) @ wx
 
     @property
     def flux_ratio(self) -> torch.Tensor:
         """Per pixel: the blended kernel's sum."""
-        return self.blend(self.kernels.sum(dim=(2, 3)))
+        return self.blend(self.kernels.sum(dim=(-2, -1)))
 
     @property
     def noise_factor(self) -> torch.Tensor:
         """Per pixel: sqrt of the blend of the kernels' sum k^2 (as `KernelGrid.noise_factor`)."""
-        return torch.sqrt(self.blend((self.kernels**2).sum(dim=(2, 3))))
+        return torch.sqrt(self.blend((self.kernels**2).sum(dim=(-2, -1))))
 
     @property
     def background_map(self) -> torch.Tensor:
@@ -306,21 +349,72 @@ class KernelGridTensor:
 
     def apply(self, image: torch.Tensor) -> torch.Tensor:
         """
-        The (H, W) image convolved with the kernel of each pixel, edges replicated, float32: as
-        `KernelGrid.apply` (each tap's weight map times the shifted image, summed in float64).
+        The ([B,] H, W) image convolved with the kernel of each pixel, edges replicated, float32: as
+        `KernelGrid.apply` (each cell's kernel convolved over the pixels its tent weight reaches,
+        times that weight, summed; float32, the relative rounding about 1e-7 of the image's peak).
         """
-        wy, wx = self._weights()
         size = self.kernels.shape[-1]
         h = size // 2
-        ny, nx = self.layout.shape
-        padded = F.pad(image.to(torch.float64)[None, None], (h,) * 4, mode="replicate")[0, 0]
-        out = torch.zeros((ny, nx), dtype=torch.float64, device=image.device)
-        rows = wy.T @ self.kernels.reshape(*self.kernels.shape[:2], -1).permute(2, 0, 1)  # (taps, H, n_x)
-        for j in range(size):  # a row of taps at a time: its weight maps and the image shifted by each
-            weights = rows[j * size: (j + 1) * size] @ wx  # (size, H, W)
-            shifted = padded[j: j + ny].unfold(1, nx, 1).permute(1, 0, 2)  # [i, y, x] = padded[j + y, i + x]
-            out += (weights * shifted).sum(dim=0)
-        return out.to(torch.float32)
+        height, width = self.layout.shape
+        n_y, n_x = self.layout.grid_shape
+        lead = image.shape[:-2]
+        batch = math.prod(lead)
+        device = image.device
+        padded = F.pad(image.to(torch.float32).reshape(batch, 1, height, width), (h,) * 4, mode="replicate")[:, 0]
+        kernels = torch.broadcast_to(self.kernels, (*lead, n_y, n_x, size, size)).reshape(-1, 1, size, size)
+        # Per cell along each axis: the first pixel its tent reaches, and that many pixels' weights (0 past its reach).
+        axes = []
+        for weights, n in zip(self.layout.weights(), (height, width), strict=True):
+            reach = [np.flatnonzero(w > 0) for w in weights]
+            first = np.array([r[0] for r in reach])
+            span = max(int(r[-1] - r[0]) + 1 for r in reach)
+            pixels = first[:, None] + np.arange(span)[None]  # (cells, span)
+            inside = pixels < np.array([r[-1] + 1 for r in reach])[:, None]
+            tent = np.where(inside, np.take_along_axis(weights, np.minimum(pixels, n - 1), axis=1), 0.0)
+            source = np.minimum(first[:, None] + np.arange(span + 2 * h)[None], n + 2 * h - 1)  # rows of the padded image
+            axes.append((torch.from_numpy(source).to(device), torch.from_numpy(np.where(inside, pixels, n)).to(device),
+                         torch.from_numpy(tent).to(device=device, dtype=torch.float32)))
+        (src_y, out_y, tent_y), (src_x, out_x, tent_x) = axes
+        pieces = padded[:, src_y[:, None, :, None], src_x[None, :, None, :]]  # (batch, n_y, n_x, span_y + 2h, span_x + 2h)
+        span_y, span_x = tent_y.shape[1], tent_x.shape[1]
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
+            convolved = F.conv2d(pieces.reshape(1, -1, span_y + 2 * h, span_x + 2 * h), kernels.to(torch.float32),
+                                 groups=kernels.shape[0])
+        convolved = convolved.reshape(batch, n_y, n_x, span_y, span_x) * tent_y[:, None, :, None] * tent_x[None, :, None, :]
+        # Cells two apart along an axis reach disjoint pixels: each of the four parities is one plain scatter.
+        out = torch.zeros((batch, height + 1, width + 1), dtype=torch.float32, device=device)
+        for py in range(min(2, n_y)):
+            for px in range(min(2, n_x)):
+                part = torch.zeros_like(out)
+                part[:, out_y[py::2, None, :, None], out_x[None, px::2, None, :]] = convolved[:, py::2, px::2]
+                out += part
+        return out[:, :height, :width].reshape(*lead, height, width)
+
+
+def _solve_grids(image: torch.Tensor, target: torch.Tensor, fit: torch.Tensor, half_width: int,
+                 image_rms: torch.Tensor | float, target_rms: torch.Tensor | float, centred: bool,
+                 cell: int) -> tuple[KernelGridTensor, torch.Tensor]:
+    """
+    `solve_kernel_grid` for a (B, H, W) batch of windows: the grids (batched), and per window
+    whether its own kernel solved (where not, its grid is meaningless). A cell whose own solve
+    fails takes its window's kernel.
+    """
+    b_count = image.shape[0]
+    layout = pm.CellLayout.of(tuple(image.shape[-2:]), cell)  # type: ignore[arg-type]
+    if layout.grid_shape == (1, 1):
+        layout = pm.CellLayout.single(layout.shape)
+    n_y, n_x = layout.grid_shape
+    size = 2 * half_width + 1
+    index, counts = _pixel_lists(fit, layout, pm.MIN_PIXELS_PER_COEFFICIENT * size * size)
+    kernels, background, ok = _solve_lists(image, target, index, counts, half_width, image_rms, target_rms, centred)
+    per = len(counts) // b_count
+    kernels, background, ok = kernels.reshape(b_count, per, size, size), background.reshape(b_count, per), ok.reshape(b_count, per)
+    if per > 1:
+        own = ok[:, 1:]
+        kernels = torch.where(own[..., None, None], kernels[:, 1:], kernels[:, :1])
+        background = torch.where(own, background[:, 1:], background[:, :1])
+    return KernelGridTensor(kernels.reshape(b_count, n_y, n_x, size, size), background.reshape(b_count, n_y, n_x), layout), ok[:, 0]
 
 
 def solve_kernel_grid_tensor(image: torch.Tensor, target: torch.Tensor, fit: torch.Tensor, half_width: int, *,
@@ -329,62 +423,48 @@ def solve_kernel_grid_tensor(image: torch.Tensor, target: torch.Tensor, fit: tor
     """
     `skyblink.workers.psf_match.solve_kernel_grid` in torch, for one (H, W) window: the window's
     kernel and one per cell of the same `CellLayout`, solved together; a cell whose own solve
-    fails takes the window's kernel; a single cell, or no cell solved, is the window's kernel
-    alone (a 1x1 grid). None when not even the window's kernel solves.
+    fails takes the window's kernel. None when not even the window's kernel solves (one host read).
     """
-    layout = pm.CellLayout.of(tuple(image.shape), cell)  # type: ignore[arg-type]
-    n_y, n_x = layout.grid_shape
-    least = pm.MIN_PIXELS_PER_COEFFICIENT * (2 * half_width + 1) ** 2
-    if n_y * n_x > 1:
-        ys, xs, counts = _grid_pixel_lists(fit, layout, least)
-    else:
-        ys, xs, counts = _pixel_lists([fit], least)
-    kernels, background, ok = _solve_lists(image, target, ys, xs, counts, half_width, image_rms, target_rms, centred)
-    ok_host = ok.tolist()
-    if not ok_host[0]:
+    def stack(value: torch.Tensor | float) -> torch.Tensor | float:
+        return value[None] if isinstance(value, torch.Tensor) and value.dim() == 2 else value
+
+    grid, solved = _solve_grids(image[None], target[None], fit[None], half_width, stack(image_rms), stack(target_rms),
+                                centred, cell)
+    if not bool(solved[0]):
         return None
-    if len(counts) == 1 or not any(ok_host[1:]):
-        return KernelGridTensor(kernels[:1, None], background[:1, None], pm.CellLayout.single(layout.shape))
-    own = ok[1:]
-    cells = torch.where(own[:, None, None], kernels[1:], kernels[:1])
-    back = torch.where(own, background[1:], background[:1])
-    size = kernels.shape[-1]
-    return KernelGridTensor(cells.reshape(n_y, n_x, size, size), back.reshape(n_y, n_x), layout)
+    return KernelGridTensor(grid.kernels[0], grid.background[0], grid.layout)
 
 
 def kernel_match_tensor(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, ref_rms: torch.Tensor,
                         covered: torch.Tensor, usable: torch.Tensor, science_fwhm_px: float,
-                        reference_fwhm_px: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+                        reference_fwhm_px: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """
-    One (H, W) window matched by a solved kernel grid, `skyblink.workers.difference.matched_difference`'s
+    A batch of (B, H, W) windows matched by solved kernel grids, `skyblink.workers.difference.matched_difference`'s
     rules: the sharper image is convolved onto the broader one (the science then put back on its
     own flux scale by the blended flux ratio).
 
     Parameters
     ----------
-    sci, sci_rms, ref, ref_rms : (H, W) float32 tensors
+    sci, sci_rms, ref, ref_rms : (B, H, W) float32 tensors
         Background-subtracted science and reference (0 where not covered) and their noise.
-    covered, usable : (H, W) bool tensors
+    covered, usable : (B, H, W) bool tensors
         Where the reference covers; where both images may be fitted on.
     science_fwhm_px, reference_fwhm_px : float
 
     Returns
     -------
-    (sci, sci_rms, ref, ref_rms) float32 tensors, or None
-        The matched images and their noise; None when no kernel solves (the caller falls back
-        to the Gaussian match).
+    (sci, sci_rms, ref, ref_rms) float32 (B, H, W) tensors, and solved (B,) bool tensor
+        The matched images and their noise; where ``solved`` is False (no kernel solved for the
+        window) they are meaningless and the caller falls back to the Gaussian match.
     """
     half = pm.kernel_half_width(science_fwhm_px, reference_fwhm_px)
     ref_convolved = science_fwhm_px >= reference_fwhm_px
     image, image_rms, target, target_rms = (ref, ref_rms, sci, sci_rms) if ref_convolved else (sci, sci_rms, ref, ref_rms)
     fit = source_pixels_tensor(image, image_rms, target, target_rms, usable, half)
-    grid = solve_kernel_grid_tensor(image, target, fit, half, image_rms=image_rms, target_rms=target_rms,
-                                    centred=not ref_convolved)
-    if grid is None:
-        return None
+    grid, solved = _solve_grids(image, target, fit, half, image_rms, target_rms, not ref_convolved, pm.KERNEL_CELL_PX)
     convolved = grid.apply(image) + grid.background_map.to(torch.float32)
     noise_factor = grid.noise_factor.to(torch.float32)
     if ref_convolved:
-        return sci, sci_rms, torch.where(covered, convolved, torch.zeros_like(convolved)), ref_rms * noise_factor
+        return sci, sci_rms, torch.where(covered, convolved, torch.zeros_like(convolved)), ref_rms * noise_factor, solved
     ratio = grid.flux_ratio.to(torch.float32)
-    return convolved / ratio, sci_rms * noise_factor / ratio, ref / ratio, ref_rms / ratio
+    return convolved / ratio, sci_rms * noise_factor / ratio, ref / ratio, ref_rms / ratio, solved

@@ -526,7 +526,7 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
     psf_match : {"gaussian", "kernel"}
         As `skyblink.workers.difference.matched_difference`: ``"kernel"`` solves a kernel per
         cell of about 80 pixels on the tile's sources, blended bilinearly
-        (`skyblink.workers.psf_match_tensor.kernel_match_tensor`, host syncs per tile), a tile
+        (`skyblink.workers.psf_match_tensor.kernel_match_tensor`, one host read per batch), a tile
         with too few falling back to the Gaussian.
 
     Returns
@@ -542,10 +542,9 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
     sci_sub, sci_rms, ref_sub, ref_rms = _subtracted(sci, ref, level, rms, covered)
     gaussian = (blur_taps(sci_sub, sci_taps), sci_rms * sci_factor, blur_taps(ref_sub, ref_taps), ref_rms * ref_factor)
     usable = covered & ~sci_mask
-    parts = [kernel_match_tensor(sci_sub[i], sci_rms[i], ref_sub[i], ref_rms[i], covered[i], usable[i], science_fwhm_px,
-                           reference_fwhm_px) for i in range(sci.shape[0])]
-    sci_m, sci_rms, ref_m, ref_rms = (torch.stack([p[j] if p is not None else gaussian[j][i] for i, p in enumerate(parts)])
-                                      for j in range(4))
+    *matched, solved = kernel_match_tensor(sci_sub, sci_rms, ref_sub, ref_rms, covered, usable, science_fwhm_px,
+                                           reference_fwhm_px)
+    sci_m, sci_rms, ref_m, ref_rms = (torch.where(solved[:, None, None], m, g) for m, g in zip(matched, gaussian, strict=True))
     return _normalised(sci_m, sci_rms, ref_m, ref_rms, covered)
 
 

@@ -100,25 +100,30 @@ def test_a_cell_without_sources_takes_the_windows_kernel(scene) -> None:
 
 def test_the_cells_pixel_lists_are_numpys_pixels() -> None:
     """
-    The grid's pixel lists, made for all cells from one ``nonzero``, are the pixels `solve_kernel`
-    fits on for each cell's fit mask: row-major, an even subsample beyond MAX_PIXELS, none below
-    the minimum (dense cells subsampled, a sparse cell empty, the window's list first).
+    The pixel lists of a batch of windows, made for every window and cell from one ``nonzero``, are
+    the pixels `solve_kernel` fits on for each cell's fit mask: row-major, an even subsample beyond
+    MAX_PIXELS, none below the minimum (dense cells subsampled, a sparse cell empty), each window's
+    own list first, the windows in order.
     """
     from skyblink.workers import psf_match as pm
-    from skyblink.workers.psf_match_tensor import _grid_pixel_lists
+    from skyblink.workers.psf_match_tensor import _pixel_lists
 
     rng = np.random.default_rng(5)
     fit = rng.random((400, 360)) < 0.95  # cells' regions up to 160x160 px: more than MAX_PIXELS fit pixels
     fit[:120, 200:] = rng.random((120, 160)) < 0.002  # a corner too sparse for a kernel
+    sparse = rng.random((400, 360)) < 0.05  # a second window of the batch: its own lists, not the first's
     layout = CellLayout.of(fit.shape)
     least = pm.MIN_PIXELS_PER_COEFFICIENT * 7 * 7
-    ys, xs, counts = _grid_pixel_lists(torch.from_numpy(fit), layout, least)
-    masks = [fit]
-    for rows, cols in layout.fit_regions():
-        region = np.zeros_like(fit)
-        region[rows, cols] = True
-        masks.append(fit & region)
-    assert len(counts) == len(masks) == 1 + layout.grid_shape[0] * layout.grid_shape[1]
+    index, counts = _pixel_lists(torch.from_numpy(np.stack([fit, sparse])), layout, least)
+    masks = []
+    for window in (fit, sparse):
+        masks.append(window)
+        for rows, cols in layout.fit_regions():
+            region = np.zeros_like(window)
+            region[rows, cols] = True
+            masks.append(window & region)
+    per = 1 + layout.grid_shape[0] * layout.grid_shape[1]
+    assert len(counts) == len(masks) == 2 * per
     subsampled = empty = 0
     for i, mask in enumerate(masks):
         want_y, want_x = np.nonzero(mask)
@@ -130,5 +135,7 @@ def test_the_cells_pixel_lists_are_numpys_pixels() -> None:
             want_y, want_x = want_y[::step], want_x[::step]
             subsampled += 1
         assert counts[i] == want_y.size, i
-        assert np.array_equal(ys[i, : counts[i]].numpy(), want_y) and np.array_equal(xs[i, : counts[i]].numpy(), want_x), i
+        window, rest = np.divmod(index[i, : counts[i]].numpy(), fit.size)
+        assert (window == i // per).all(), i
+        assert np.array_equal(rest // fit.shape[1], want_y) and np.array_equal(rest % fit.shape[1], want_x), i
     assert subsampled >= 2 and empty >= 1

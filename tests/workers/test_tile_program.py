@@ -86,6 +86,32 @@ def test_kernel_matched_triplet_matches_numpy(tile, science_fwhm: float, referen
     assert np.abs(gauss[2] - cpu[2]).max() > 0.1
 
 
+def test_kernel_match_of_a_batch_is_each_windows_own(tile) -> None:
+    """
+    Windows matched in one batch (all their cells solved together) give each window's own triplet, and
+    a window with no source to fit falls back to the Gaussian match alone, without touching the others.
+    """
+    science, reference, grid = tile
+    ref_dev = tp.warp_reference(tp.as_tensor(reference.pixels).float(), torch.from_numpy(grid)[None])
+    sci = tp.as_tensor(science.pixels)[None].float()
+    mask = torch.from_numpy(science.mask > 0)[None]
+    sky = torch.full_like(sci, float(np.median(science.pixels)))
+    options = {"science_fwhm_px": 3.1, "reference_fwhm_px": 2.2, "scale": 1.03, "psf_match": "kernel"}
+    alone = tp.normalized_triplet(sci, ref_dev, science_mask=mask, **options)
+    blank = tp.normalized_triplet(sky, ref_dev * 0 + float(np.median(reference.pixels)), science_mask=mask, **options)
+    batch = tp.normalized_triplet(torch.cat([sci, sky, torch.flip(sci, (2,))]),
+                                  torch.cat([ref_dev, ref_dev * 0 + float(np.median(reference.pixels)), torch.flip(ref_dev, (2,))]),
+                                  science_mask=torch.cat([mask, mask, torch.flip(mask, (2,))]), **options)
+    flipped = tp.normalized_triplet(torch.flip(sci, (2,)), torch.flip(ref_dev, (2,)), science_mask=torch.flip(mask, (2,)),
+                                    **options)
+    gaussian = tp.normalized_triplet(sky, ref_dev * 0 + float(np.median(reference.pixels)), science_mask=mask,
+                                     **{**options, "psf_match": "gaussian"})
+    assert torch.allclose(batch[0], alone[0], atol=1e-4) and torch.allclose(batch[2], flipped[0], atol=1e-4)
+    assert torch.equal(blank, gaussian) and torch.allclose(batch[1], blank[0], atol=1e-5)
+    assert not torch.allclose(alone, tp.normalized_triplet(sci, ref_dev, science_mask=mask,
+                                                           **{**options, "psf_match": "gaussian"}), atol=0.1)
+
+
 def test_padded_taps_and_fixed_passes_give_the_public_triplet(tile) -> None:
     """The device program's form (taps padded to a fixed width, fixed histogram passes) changes no result."""
     science, reference, grid = tile
