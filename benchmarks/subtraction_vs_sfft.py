@@ -340,7 +340,7 @@ def main() -> None:
             for mode in ("gaussian", "kernel"):
                 t_dev, n_dev = device_program_seconds(sci, ref, device=device, psf_match=mode)
                 time_table.add_row("simulated", f"{args.big}x{args.big}", f"{t_dev:.2f} (device program on {device}, {mode} match, "
-                                   f"{n_dev} cands)", f"{t_sfft:.1f}" if np.isfinite(t_sfft) else "-",
+                                   f"{n_dev} cands)", f"{t_sfft:.2f}" if np.isfinite(t_sfft) else "-",
                                    f"{t_sfft / t_dev:.1f}x" if np.isfinite(t_sfft) else "-")
         console.print(time_table)
 

@@ -97,11 +97,10 @@ def _region_table(regions: list[slice], n: int, device: torch.device) -> torch.T
     member = np.zeros((len(regions), n), dtype=bool)
     for i, region in enumerate(regions):
         member[i, region] = True
-    most = max(1, int(member.sum(axis=0).max()))
-    table = np.full((n, most), -1, dtype=np.int64)
-    for pixel in range(n):
-        inside = np.flatnonzero(member[:, pixel])
-        table[pixel, : inside.size] = inside
+    count = member.sum(axis=0)
+    most = max(1, int(count.max()))
+    table = np.argsort(~member, axis=0, kind="stable")[:most].T  # (n, most): the regions holding each pixel first, in order
+    table = np.where(np.arange(most)[None] < count[:, None], table, -1)
     return torch.from_numpy(table).to(device)
 
 
