@@ -42,10 +42,15 @@ def _design_budget(device: torch.device) -> int:
 
 def _dilate(mask: torch.Tensor, iterations: int) -> torch.Tensor:
     """(N, H, W) masks dilated by the 4-connected cross ``iterations`` times (``scipy.ndimage.binary_dilation``'s, border False)."""
-    out = mask.to(torch.float32)[:, None]
-    for _ in range(iterations):  # the cross is the maximum of a 3x1 and a 1x3 window
-        out = torch.maximum(F.max_pool2d(out, (3, 1), 1, (1, 0)), F.max_pool2d(out, (1, 3), 1, (0, 1)))
-    return out[:, 0] > 0
+    out = mask
+    for _ in range(iterations):  # each pixel or'ed with its four neighbours
+        grown = out.clone()
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        grown[:, :, 1:] |= out[:, :, :-1]
+        grown[:, :, :-1] |= out[:, :, 1:]
+        out = grown
+    return out
 
 
 def source_pixels_tensor(image: torch.Tensor, rms: torch.Tensor, target: torch.Tensor, target_rms: torch.Tensor,
