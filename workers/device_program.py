@@ -132,7 +132,8 @@ def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, n
     ref = tp.warp_reference(reference, grid)
     if kernel_fwhm is not None:
         triplet = tp.normalized_triplet(sci, ref, science_fwhm_px=kernel_fwhm[0], reference_fwhm_px=kernel_fwhm[1],
-                                        scale=v["scale"], science_mask=bad & torch.isfinite(sci), psf_match="kernel")
+                                        scale=v["scale"], science_mask=bad & torch.isfinite(sci), psf_match="kernel",
+                                        passes=passes, operators=operators)
     else:
         triplet = tp.gaussian_triplet(sci, ref, scale=v["scale"], science_mask=bad & torch.isfinite(sci),
                                       taps=(sci_taps, ref_taps), noise_factors=(v["sci_factor"], v["ref_factor"]),
@@ -269,7 +270,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     graphs : bool, optional
         Run the program as two CUDA graphs around the detector, its per-pixel steps compiled
         (`skyblink.workers.fused`): no host synchronisation and a few launches a batch. Default:
-        on CUDA devices; never with ``psf_match="kernel"`` (a solved kernel needs the host per tile).
+        on CUDA devices; never with ``psf_match="kernel"`` (a solved kernel grid reads its pixel lists' lengths back once a batch).
         Every program of the same shapes and options shares its graphs, captured at the first
         call (the actors' warm-up): per-field numbers reach them as one small tensor.
 

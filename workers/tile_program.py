@@ -513,7 +513,8 @@ def gaussian_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *, 
 
 def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *, science_fwhm_px: float,
                        reference_fwhm_px: float, scale: float | torch.Tensor = 1.0, science_mask: torch.Tensor | None = None,
-                       mesh: int = 64, psf_match: str = "gaussian") -> torch.Tensor:
+                       mesh: int = 64, psf_match: str = "gaussian", passes: int | None = None,
+                       operators: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """
     The detector input for a batch of tiles (see `skyblink.workers.normalized_triplet`).
 
@@ -528,6 +529,8 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
         cell of about 80 pixels on the tile's sources, blended bilinearly
         (`skyblink.workers.psf_match_tensor.kernel_match_tensor`, one host read per batch), a tile
         with too few falling back to the Gaussian.
+    passes, operators
+        As `gaussian_triplet` (fixed histogram passes: no host sync in the backgrounds).
 
     Returns
     -------
@@ -536,9 +539,10 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
     sci_taps, ref_taps, sci_factor, ref_factor = psf_match_taps(science_fwhm_px, reference_fwhm_px, device=science.device)
     if psf_match != "kernel":
         return gaussian_triplet(science, reference_on_grid, scale=scale, science_mask=science_mask,
-                                taps=(sci_taps, ref_taps), noise_factors=(sci_factor, ref_factor), mesh=mesh)
+                                taps=(sci_taps, ref_taps), noise_factors=(sci_factor, ref_factor), mesh=mesh,
+                                passes=passes, operators=operators)
     sci = science.to(torch.float32)
-    covered, sci_mask, ref, level, rms = _backgrounds(sci, reference_on_grid, scale, science_mask, mesh, None, None)
+    covered, sci_mask, ref, level, rms = _backgrounds(sci, reference_on_grid, scale, science_mask, mesh, passes, operators)
     sci_sub, sci_rms, ref_sub, ref_rms = _subtracted(sci, ref, level, rms, covered)
     gaussian = (blur_taps(sci_sub, sci_taps), sci_rms * sci_factor, blur_taps(ref_sub, ref_taps), ref_rms * ref_factor)
     usable = covered & ~sci_mask
