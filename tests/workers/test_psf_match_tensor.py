@@ -9,6 +9,7 @@ from scipy.ndimage import gaussian_filter, shift
 from skyblink.workers.psf_match import (
     CellLayout,
     KernelGrid,
+    SolvedKernel,
     kernel_half_width,
     solve_kernel,
     solve_kernel_grid,
@@ -139,3 +140,17 @@ def test_the_cells_pixel_lists_are_numpys_pixels() -> None:
         assert (window == i // per).all(), i
         assert np.array_equal(rest // fit.shape[1], want_y) and np.array_equal(rest % fit.shape[1], want_x), i
     assert subsampled >= 2 and empty >= 1
+
+
+def test_a_window_of_one_cell_is_one_kernel_as_numpy(scene) -> None:
+    """A window no larger than 1.5 cells is one kernel on both paths, applied alike (no tent to blend)."""
+    ref, sci, _, half = scene
+    ref, sci = ref[:100, :90], sci[:100, :90]
+    fit = source_pixels(ref, np.full_like(ref, NOISE), sci, np.full_like(sci, NOISE), np.ones(ref.shape, bool), half)
+    grid = solve_kernel_grid(ref, sci, fit, half, image_rms=NOISE, target_rms=NOISE)
+    dev = solve_kernel_grid_tensor(torch.from_numpy(ref), torch.from_numpy(sci), torch.from_numpy(fit), half,
+                                   image_rms=NOISE, target_rms=NOISE)
+    assert isinstance(grid, SolvedKernel) and dev is not None and tuple(dev.kernels.shape[:2]) == (1, 1)
+    assert np.abs(dev.kernels[0, 0].numpy() - grid.kernel).max() < 1e-9
+    convolved = grid.apply(ref)
+    assert np.abs(dev.apply(torch.from_numpy(ref)).numpy() - convolved).max() <= 1e-6 * np.abs(convolved).max()
