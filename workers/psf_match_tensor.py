@@ -9,13 +9,13 @@ cells') is solved together: the pixel lists of all of them come from one ``nonze
 stable sort, the design matrices are gathered from a strided view of the image (no index per
 coefficient), the normal equations are batched matrix products in float64 and solved by
 Cholesky factorisation. The blended kernel is applied as one depthwise convolution per cell over
-the pixels its tent weight reaches (float32, TF32 off), the weighted pieces summed.
+the pixels its tent weight reaches (float32), the weighted pieces summed.
 
 Notes
 -----
 One host read per batch (the pixel lists' lengths, to size the padded lists and group them by
 length), so a kernel-matched device program cannot be one CUDA graph; no read per window or
-per cell. Thread-safe; no global state (cuDNN's TF32 switch is held off for the convolution).
+per cell. Thread-safe; no global state.
 """
 
 from __future__ import annotations
@@ -381,10 +381,10 @@ class KernelGridTensor:
         (src_y, out_y, tent_y), (src_x, out_x, tent_x) = axes
         pieces = padded[:, src_y[:, None, :, None], src_x[None, :, None, :]]  # (batch, n_y, n_x, span_y + 2h, span_x + 2h)
         span_y, span_x = tent_y.shape[1], tent_x.shape[1]
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
-                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
-            convolved = F.conv2d(pieces.reshape(1, -1, span_y + 2 * h, span_x + 2 * h), kernels.to(torch.float32),
-                                 groups=kernels.shape[0])
+        # Depthwise in float32: torch's own depthwise kernel on CUDA (cuDNN takes depthwise only in half
+        # precision), so no TF32 rounding (`test_kernel_grid_on_cuda_matches_numpy`).
+        convolved = F.conv2d(pieces.reshape(1, -1, span_y + 2 * h, span_x + 2 * h), kernels.to(torch.float32),
+                             groups=kernels.shape[0])
         convolved = convolved.reshape(batch, n_y, n_x, span_y, span_x) * tent_y[:, None, :, None] * tent_x[None, :, None, :]
         # Cells two apart along an axis reach disjoint pixels: each of the four parities is one plain scatter.
         out = torch.zeros((batch, height + 1, width + 1), dtype=torch.float32, device=device)

@@ -154,3 +154,17 @@ def test_a_window_of_one_cell_is_one_kernel_as_numpy(scene) -> None:
     assert np.abs(dev.kernels[0, 0].numpy() - grid.kernel).max() < 1e-9
     convolved = grid.apply(ref)
     assert np.abs(dev.apply(torch.from_numpy(ref)).numpy() - convolved).max() <= 1e-6 * np.abs(convolved).max()
+
+
+@pytest.mark.gpu
+def test_kernel_grid_on_cuda_matches_numpy(scene) -> None:
+    """On a GPU the same kernels and convolution as numpy: float64 solves, a float32 depthwise convolution without TF32."""
+    ref, sci, fit, half = scene
+    grid = solve_kernel_grid(ref, sci, fit, half, image_rms=NOISE, target_rms=NOISE)
+    dev = solve_kernel_grid_tensor(torch.from_numpy(ref).cuda(), torch.from_numpy(sci).cuda(), torch.from_numpy(fit).cuda(),
+                                   half, image_rms=NOISE, target_rms=NOISE)
+    assert isinstance(grid, KernelGrid) and dev is not None
+    kernels = np.array([[k.kernel for k in row] for row in grid.kernels])
+    assert np.abs(dev.kernels.cpu().numpy() - kernels).max() < 1e-9
+    convolved = grid.apply(ref)
+    assert np.abs(dev.apply(torch.from_numpy(ref).cuda()).cpu().numpy() - convolved).max() <= 1e-6 * np.abs(convolved).max()
