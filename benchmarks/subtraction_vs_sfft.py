@@ -270,7 +270,7 @@ def main() -> None:
         pairs += [(f"OBS04{c}", data / "input_data" / f"DEC-OBS04{c}.mini.fits") for c in "abcde"]
     ratios: dict[str, list[float]] = {"star": [], "snr": [], "candidate": []}
     with det, cls, tempfile.TemporaryDirectory(prefix="skyblink-sfft-") as tmp:
-        reference = read_pair_image(reference_stack)
+        reference = read_pair_image(reference_stack) if pairs else None
         if pairs:
             subtract_pair(read_pair_image(pairs[0][1]), reference, det, cls)  # warm-up (sessions, numba in SFFT below)
         for name, path in pairs:
