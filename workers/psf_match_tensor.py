@@ -36,6 +36,10 @@ __all__ = ["KernelGridTensor", "kernel_match_tensor", "solve_kernel_grid_tensor"
 _DESIGN_BUDGET = {"cpu": 32_000_000, "cuda": 128_000_000}
 
 
+#: Longest over shortest list of the lists solved in one batched call (their padding is computed for nothing).
+_LENGTH_SPREAD = 1.25
+
+
 def _design_budget(device: torch.device) -> int:
     return _DESIGN_BUDGET.get(device.type, _DESIGN_BUDGET["cpu"])
 
@@ -244,7 +248,8 @@ def _solve_lists(image: torch.Tensor, target: torch.Tensor, index: torch.Tensor,
     penalty = torch.as_tensor(pm.centring_penalty(half_width), device=device) if centred else None
     coef = torch.zeros((len(counts), size * size + 1), dtype=torch.float64, device=device)
     ok = torch.zeros(len(counts), dtype=torch.bool, device=device)
-    # Lists of similar lengths solved together (padding costs as much as pixels), within the design budget.
+    # Lists of similar lengths solved together (padding costs as much as pixels: each chunk's longest list
+    # at most `_LENGTH_SPREAD` times its shortest), within the design budget.
     budget = _design_budget(device)
     order = sorted(range(len(counts)), key=lambda i: counts[i])
     chunk: list[int] = []
@@ -252,7 +257,8 @@ def _solve_lists(image: torch.Tensor, target: torch.Tensor, index: torch.Tensor,
         chunk.append(i)
         longest = max(1, counts[i])
         following = counts[order[n + 1]] if n + 1 < len(order) else 0
-        if n + 1 == len(order) or (len(chunk) + 1) * max(longest, following) * (size * size + 1) > budget:
+        if (n + 1 == len(order) or following > _LENGTH_SPREAD * max(1, counts[chunk[0]])
+                or (len(chunk) + 1) * max(longest, following) * (size * size + 1) > budget):
             rows = torch.tensor(chunk, device=device)
             lengths = torch.tensor([counts[j] for j in chunk], device=device)
             coef[rows], ok[rows] = _solve_batch(patches, tgt, var_t, var_i, index[rows, :longest], lengths, origin,
