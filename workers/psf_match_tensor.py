@@ -20,6 +20,7 @@ per cell. Thread-safe; no global state.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -101,7 +102,12 @@ def _subsample(n: torch.Tensor, least: int) -> tuple[torch.Tensor, torch.Tensor]
     return step, torch.where(n >= least, (n + step - 1) // step, torch.zeros_like(n))
 
 
-def _region_table(regions: list[slice], n: int, device: torch.device) -> torch.Tensor:
+def _layout_key(layout: pm.CellLayout) -> tuple:
+    """A hashable key of a layout's geometry (for the per-process caches of its tensors)."""
+    return layout.shape, tuple(layout.edges_y.tolist()), tuple(layout.edges_x.tolist())
+
+
+def _region_table(regions: list[slice], n: int) -> np.ndarray:
     """Per pixel along one axis: the indices of the fit regions that hold it, padded with -1 ((n, most) int64)."""
     member = np.zeros((len(regions), n), dtype=bool)
     for i, region in enumerate(regions):
@@ -109,8 +115,52 @@ def _region_table(regions: list[slice], n: int, device: torch.device) -> torch.T
     count = member.sum(axis=0)
     most = max(1, int(count.max()))
     table = np.argsort(~member, axis=0, kind="stable")[:most].T  # (n, most): the regions holding each pixel first, in order
-    table = np.where(np.arange(most)[None] < count[:, None], table, -1)
-    return torch.from_numpy(table).to(device)
+    return np.where(np.arange(most)[None] < count[:, None], table, -1)
+
+
+@functools.lru_cache(maxsize=32)
+def _region_tables(key: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_region_table` of a layout's rows and columns, on ``device`` (made once per layout and device)."""
+    layout = pm.CellLayout(key[0], np.array(key[1]), np.array(key[2]))
+    regions = layout.fit_regions()
+    n_x = layout.grid_shape[1]
+    return (torch.from_numpy(_region_table([r[0] for r in regions[::n_x]], layout.shape[0])).to(device),
+            torch.from_numpy(_region_table([r[1] for r in regions[:n_x]], layout.shape[1])).to(device))
+
+
+@functools.lru_cache(maxsize=32)
+def _tents(key: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layout's tent weights (wy (n_y, H), wx (n_x, W)) as float64 tensors on ``device`` (made once)."""
+    wy, wx = pm.CellLayout(key[0], np.array(key[1]), np.array(key[2])).weights()
+    return (torch.as_tensor(wy, dtype=torch.float64, device=device), torch.as_tensor(wx, dtype=torch.float64, device=device))
+
+
+@functools.lru_cache(maxsize=32)
+def _reaches(key: tuple, half_width: int, device: torch.device) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """
+    Per axis of a layout, for `KernelGridTensor.apply`: each cell's rows of the padded image
+    (span + 2h), the output rows it writes (span; past its tent's reach: the spare row n) and its
+    tent weights there (float32, 0 past its reach). Made once per layout, half-width and device.
+    """
+    layout = pm.CellLayout(key[0], np.array(key[1]), np.array(key[2]))
+    axes = []
+    for weights, n in zip(layout.weights(), layout.shape, strict=True):
+        reach = [np.flatnonzero(w > 0) for w in weights]
+        first = np.array([r[0] for r in reach])
+        span = max(int(r[-1] - r[0]) + 1 for r in reach)
+        pixels = first[:, None] + np.arange(span)[None]  # (cells, span)
+        inside = pixels < np.array([r[-1] + 1 for r in reach])[:, None]
+        tent = np.where(inside, np.take_along_axis(weights, np.minimum(pixels, n - 1), axis=1), 0.0)
+        source = np.minimum(first[:, None] + np.arange(span + 2 * half_width)[None], n + 2 * half_width - 1)
+        axes.append((torch.from_numpy(source).to(device), torch.from_numpy(np.where(inside, pixels, n)).to(device),
+                     torch.from_numpy(tent).to(device=device, dtype=torch.float32)))
+    return tuple(axes)
+
+
+@functools.lru_cache(maxsize=8)
+def _penalty(half_width: int, device: torch.device) -> torch.Tensor:
+    """`psf_match.centring_penalty` on ``device`` (made once)."""
+    return torch.as_tensor(pm.centring_penalty(half_width), device=device)
 
 
 def _pixel_lists(fit: torch.Tensor, layout: pm.CellLayout | None, least: int) -> tuple[torch.Tensor, list[int]]:
@@ -139,9 +189,8 @@ def _pixel_lists(fit: torch.Tensor, layout: pm.CellLayout | None, least: int) ->
     lists = [torch.zeros_like(pixel)[:, None]]  # the window's own list
     if cells:
         assert layout is not None
-        regions = layout.fit_regions()
-        in_y = _region_table([r[0] for r in regions[::n_x]], height, device)[y]  # (P, most_y)
-        in_x = _region_table([r[1] for r in regions[:n_x]], width, device)[x]  # (P, most_x)
+        rows, columns = _region_tables(_layout_key(layout), device)
+        in_y, in_x = rows[y], columns[x]  # (P, most): the cells' rows and columns whose regions hold each pixel
         cell = in_y[:, :, None] * n_x + in_x[:, None, :]
         lists.append(torch.where((in_y[:, :, None] >= 0) & (in_x[:, None, :] >= 0), 1 + cell, -1).flatten(1))
     spare = b_count * per  # entries of no list go to a spare list, dropped below
@@ -245,25 +294,26 @@ def _solve_lists(image: torch.Tensor, target: torch.Tensor, index: torch.Tensor,
     patches = src.as_strided((src.numel() - 2 * origin, size, size), (1, width, 1))
     tgt = torch.nan_to_num(target.to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0).reshape(-1)
     var_t, var_i = _as_map(target_rms, target) ** 2, _as_map(image_rms, image) ** 2
-    penalty = torch.as_tensor(pm.centring_penalty(half_width), device=device) if centred else None
+    penalty = _penalty(half_width, device) if centred else None
     coef = torch.zeros((len(counts), size * size + 1), dtype=torch.float64, device=device)
     ok = torch.zeros(len(counts), dtype=torch.bool, device=device)
     # Lists of similar lengths solved together (padding costs as much as pixels: each chunk's longest list
     # at most `_LENGTH_SPREAD` times its shortest), within the design budget.
     budget = _design_budget(device)
     order = sorted(range(len(counts)), key=lambda i: counts[i])
-    chunk: list[int] = []
+    # The order and lengths go to the device once (a small copy from the host waits for the queue).
+    order_t = torch.tensor(order, device=device)
+    lengths_t = torch.tensor([counts[i] for i in order], device=device)
+    first = 0
     for n, i in enumerate(order):
-        chunk.append(i)
         longest = max(1, counts[i])
         following = counts[order[n + 1]] if n + 1 < len(order) else 0
-        if (n + 1 == len(order) or following > _LENGTH_SPREAD * max(1, counts[chunk[0]])
-                or (len(chunk) + 1) * max(longest, following) * (size * size + 1) > budget):
-            rows = torch.tensor(chunk, device=device)
-            lengths = torch.tensor([counts[j] for j in chunk], device=device)
-            coef[rows], ok[rows] = _solve_batch(patches, tgt, var_t, var_i, index[rows, :longest], lengths, origin,
-                                                least, penalty)
-            chunk = []
+        if (n + 1 == len(order) or following > _LENGTH_SPREAD * max(1, counts[order[first]])
+                or (n + 2 - first) * max(longest, following) * (size * size + 1) > budget):
+            rows = order_t[first: n + 1]
+            coef[rows], ok[rows] = _solve_batch(patches, tgt, var_t, var_i, index[rows, :longest], lengths_t[first: n + 1],
+                                                origin, least, penalty)
+            first = n + 1
     return coef[:, :-1].reshape(-1, size, size), coef[:, -1], ok
 
 
@@ -331,15 +381,9 @@ class KernelGridTensor:
     background: torch.Tensor
     layout: pm.CellLayout
 
-    def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        wy, wx = self.layout.weights()
-        device = self.kernels.device
-        return (torch.as_tensor(wy, dtype=torch.float64, device=device),
-                torch.as_tensor(wx, dtype=torch.float64, device=device))
-
     def blend(self, values: torch.Tensor) -> torch.Tensor:
         """Per pixel ([B,] H, W), the tent-weighted mean of one value per cell ([B,] n_y, n_x)."""
-        wy, wx = self._weights()
+        wy, wx = _tents(_layout_key(self.layout), self.kernels.device)
         return wy.T @ values.to(torch.float64) @ wx
 
     @property
@@ -372,19 +416,7 @@ class KernelGridTensor:
         device = image.device
         padded = F.pad(image.to(torch.float32).reshape(batch, 1, height, width), (h,) * 4, mode="replicate")[:, 0]
         kernels = torch.broadcast_to(self.kernels, (*lead, n_y, n_x, size, size)).reshape(-1, 1, size, size)
-        # Per cell along each axis: the first pixel its tent reaches, and that many pixels' weights (0 past its reach).
-        axes = []
-        for weights, n in zip(self.layout.weights(), (height, width), strict=True):
-            reach = [np.flatnonzero(w > 0) for w in weights]
-            first = np.array([r[0] for r in reach])
-            span = max(int(r[-1] - r[0]) + 1 for r in reach)
-            pixels = first[:, None] + np.arange(span)[None]  # (cells, span)
-            inside = pixels < np.array([r[-1] + 1 for r in reach])[:, None]
-            tent = np.where(inside, np.take_along_axis(weights, np.minimum(pixels, n - 1), axis=1), 0.0)
-            source = np.minimum(first[:, None] + np.arange(span + 2 * h)[None], n + 2 * h - 1)  # rows of the padded image
-            axes.append((torch.from_numpy(source).to(device), torch.from_numpy(np.where(inside, pixels, n)).to(device),
-                         torch.from_numpy(tent).to(device=device, dtype=torch.float32)))
-        (src_y, out_y, tent_y), (src_x, out_x, tent_x) = axes
+        (src_y, out_y, tent_y), (src_x, out_x, tent_x) = _reaches(_layout_key(self.layout), h, device)
         pieces = padded[:, src_y[:, None, :, None], src_x[None, :, None, :]]  # (batch, n_y, n_x, span_y + 2h, span_x + 2h)
         span_y, span_x = tent_y.shape[1], tent_x.shape[1]
         # Depthwise in float32: torch's own depthwise kernel on CUDA (cuDNN takes depthwise only in half
