@@ -25,7 +25,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, correlate, uniform_filter
 
 __all__ = ["KERNEL_CELL_PX", "CellLayout", "KernelGrid", "SolvedKernel", "kernel_half_width", "solve_kernel",
-           "solve_kernel_grid", "source_pixels", "tent_weights"]
+           "solve_kernel_grid", "source_pixels", "tent_reaches", "tent_weights"]
 
 #: Detection level (sigma, 3x3 mean) of the pixels a kernel is fitted on.
 FIT_NSIGMA = 20.0
@@ -215,6 +215,18 @@ def tent_weights(centres: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def tent_reaches(centres: np.ndarray, n: int) -> list[tuple[slice, np.ndarray]]:
+    """
+    Per cell along one axis: the pixels where its tent weight (`tent_weights`) is non-zero, and
+    the weights there.
+    """
+    out = []
+    for w in tent_weights(centres, n):
+        inside = np.flatnonzero(w > 0)
+        out.append((slice(int(inside[0]), int(inside[-1]) + 1), w[inside[0]: inside[-1] + 1]))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class CellLayout:
     """
@@ -297,18 +309,10 @@ class KernelGrid:
     centres_x: np.ndarray
     shape: tuple[int, int]
 
-    def _weights(self, centres: np.ndarray, n: int) -> list[tuple[slice, np.ndarray]]:
-        """Per cell along one axis: the pixels where its tent weight (`tent_weights`) is non-zero, and the weights there."""
-        out = []
-        for w in tent_weights(centres, n):
-            inside = np.flatnonzero(w > 0)
-            out.append((slice(int(inside[0]), int(inside[-1]) + 1), w[inside[0]: inside[-1] + 1]))
-        return out
-
     def _blend(self, value: Callable[[SolvedKernel, slice, slice], np.ndarray | float]) -> np.ndarray:
         out = np.zeros(self.shape, dtype=np.float64)
-        for (ys, wy), row in zip(self._weights(self.centres_y, self.shape[0]), self.kernels, strict=True):
-            for (xs, wx), kernel in zip(self._weights(self.centres_x, self.shape[1]), row, strict=True):
+        for (ys, wy), row in zip(tent_reaches(self.centres_y, self.shape[0]), self.kernels, strict=True):
+            for (xs, wx), kernel in zip(tent_reaches(self.centres_x, self.shape[1]), row, strict=True):
                 out[ys, xs] += wy[:, None] * wx[None, :] * value(kernel, ys, xs)
         return out
 

@@ -118,10 +118,15 @@ def _region_table(regions: list[slice], n: int) -> np.ndarray:
     return np.where(np.arange(most)[None] < count[:, None], table, -1)
 
 
+def _layout_of(key: tuple) -> pm.CellLayout:
+    """The layout `_layout_key` was made of."""
+    return pm.CellLayout(key[0], np.array(key[1]), np.array(key[2]))
+
+
 @functools.lru_cache(maxsize=32)
 def _region_tables(key: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """`_region_table` of a layout's rows and columns, on ``device`` (made once per layout and device)."""
-    layout = pm.CellLayout(key[0], np.array(key[1]), np.array(key[2]))
+    layout = _layout_of(key)
     regions = layout.fit_regions()
     n_x = layout.grid_shape[1]
     return (torch.from_numpy(_region_table([r[0] for r in regions[::n_x]], layout.shape[0])).to(device),
@@ -131,7 +136,7 @@ def _region_tables(key: tuple, device: torch.device) -> tuple[torch.Tensor, torc
 @functools.lru_cache(maxsize=32)
 def _tents(key: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A layout's tent weights (wy (n_y, H), wx (n_x, W)) as float64 tensors on ``device`` (made once)."""
-    wy, wx = pm.CellLayout(key[0], np.array(key[1]), np.array(key[2])).weights()
+    wy, wx = _layout_of(key).weights()
     return (torch.as_tensor(wy, dtype=torch.float64, device=device), torch.as_tensor(wx, dtype=torch.float64, device=device))
 
 
@@ -139,19 +144,19 @@ def _tents(key: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
 def _reaches(key: tuple, half_width: int, device: torch.device) -> tuple[tuple[torch.Tensor, ...], ...]:
     """
     Per axis of a layout, for `KernelGridTensor.apply`: each cell's rows of the padded image
-    (span + 2h), the output rows it writes (span; past its tent's reach: the spare row n) and its
-    tent weights there (float32, 0 past its reach). Made once per layout, half-width and device.
+    (span + 2h), the output rows it writes (span; past its tent's reach (`psf_match.tent_reaches`):
+    the spare row n) and its tent weights there (float32, 0 past its reach). Made once per layout,
+    half-width and device.
     """
-    layout = pm.CellLayout(key[0], np.array(key[1]), np.array(key[2]))
+    layout = _layout_of(key)
     axes = []
-    for weights, n in zip(layout.weights(), layout.shape, strict=True):
-        reach = [np.flatnonzero(w > 0) for w in weights]
-        first = np.array([r[0] for r in reach])
-        span = max(int(r[-1] - r[0]) + 1 for r in reach)
-        pixels = first[:, None] + np.arange(span)[None]  # (cells, span)
-        inside = pixels < np.array([r[-1] + 1 for r in reach])[:, None]
-        tent = np.where(inside, np.take_along_axis(weights, np.minimum(pixels, n - 1), axis=1), 0.0)
-        source = np.minimum(first[:, None] + np.arange(span + 2 * half_width)[None], n + 2 * half_width - 1)
+    for centres, n in ((layout.centres_y, layout.shape[0]), (layout.centres_x, layout.shape[1])):
+        reaches = pm.tent_reaches(centres, n)
+        span = max(r.stop - r.start for r, _ in reaches)
+        pixels = np.array([r.start for r, _ in reaches])[:, None] + np.arange(span)[None]  # (cells, span)
+        inside = pixels < np.array([r.stop for r, _ in reaches])[:, None]
+        tent = np.array([np.pad(w, (0, span - w.size)) for _, w in reaches])
+        source = np.minimum(pixels[:, :1] + np.arange(span + 2 * half_width)[None], n + 2 * half_width - 1)
         axes.append((torch.from_numpy(source).to(device), torch.from_numpy(np.where(inside, pixels, n)).to(device),
                      torch.from_numpy(tent).to(device=device, dtype=torch.float32)))
     return tuple(axes)
@@ -444,8 +449,6 @@ def _solve_grids(image: torch.Tensor, target: torch.Tensor, fit: torch.Tensor, h
     """
     b_count = image.shape[0]
     layout = pm.CellLayout.of(tuple(image.shape[-2:]), cell)  # type: ignore[arg-type]
-    if layout.grid_shape == (1, 1):
-        layout = pm.CellLayout.single(layout.shape)
     n_y, n_x = layout.grid_shape
     size = 2 * half_width + 1
     index, counts = _pixel_lists(fit, layout, pm.MIN_PIXELS_PER_COEFFICIENT * size * size)
