@@ -15,8 +15,8 @@ hits of 1-3 pixels per tile, in electrons):
 3. ``histogram passes``: only the 24 passes of (2), on the histograms of (2);
 4. ``kernel-grid PSF match``: `psf_match_tensor.kernel_match_tensor` on the batch (each window's
    kernel and one per 80-px cell, solved together and applied), as ``psf_match = "kernel"`` runs it
-   (previous and current kernel grids are compared per pair by `subtraction_vs_sfft.py`, two
-   installs of the package side by side).
+   (no previous form of it is kept here: BENCHMARKS.md times the previous and current kernel grids
+   as two installed wheels side by side).
 
 ``--compare`` also runs the previous algorithm (kept here only for this comparison: the
 histogram passes as they were before issue 23's second session, ~77 operations each, and the
