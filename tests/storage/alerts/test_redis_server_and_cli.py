@@ -81,7 +81,10 @@ def test_cli_tail_shows_the_last_entries(redis_server: RedisServer, published: l
 
 
 def test_cli_needs_a_url_and_hides_a_wrong_password(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["alerts", "tail", "--night", NIGHT], env={"SKYBLINK_REDIS__URL": ""})
+    # No URL and no private redis-server in the night's Redis folder (an empty one: a demo night run in
+    # this checkout keeps its server under ./.skyblink/redis, which the CLI would rightly find).
+    result = CliRunner().invoke(app, ["alerts", "tail", "--night", NIGHT],
+                                env={"SKYBLINK_REDIS__URL": "", "SKYBLINK_NIGHT__REDIS_DIR": str(tmp_path / "no-redis")})
     assert result.exit_code == 1 and "no Redis to read from" in result.output
     with RedisServer(data_dir=tmp_path / "r", password="right-one") as server:
         url = f"redis://:wrong-pw-123@127.0.0.1:{server.port}/0"
