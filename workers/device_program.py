@@ -9,7 +9,8 @@ tensors for `skyblink.workers.pipeline.TilePipeline`.
 Notes
 -----
 On a GPU the program never waits for the host: everything before the detector is one CUDA graph
-and the peaks and stamps another (the detector and classifier runners keep their own launch
+and the peaks and stamps another (with PSF matching by solved kernels, the solve runs eagerly between
+two graphs of the steps before and after it, reading its pixel lists' lengths back once a batch) (the detector and classifier runners keep their own launch
 modes), their per-pixel steps compiled by Inductor (`skyblink.workers.fused`). A graph is captured
 once per shapes and options and shared by every program, whatever its field: the per-field
 numbers (gain, saturation, read noise, flux scale, the PSF-match and matched-filter taps) enter
@@ -32,6 +33,8 @@ from torch.nn import functional as F
 
 from skyblink.psf_units import FWHM_PER_SIGMA
 
+from . import psf_match as pm
+from . import psf_match_tensor as pmt
 from . import tile_program as tp
 from .calibration import calibrate_tensor
 from .cosmics import detect_cosmics_tensor
@@ -108,17 +111,15 @@ def _unpack(numbers: torch.Tensor, layout: _Layout) -> tuple[dict[str, torch.Ten
     return scalars, tuple(t.to(torch.float32) for t in taps)
 
 
-def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, numbers: torch.Tensor,
-           bias_frame: torch.Tensor | None, flat: torch.Tensor | None, operators: tuple[torch.Tensor, torch.Tensor],
-           layout: _Layout, passes: int | None,
-           kernel_fwhm: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _calibrated(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, v: dict[str, torch.Tensor],
+                bias_frame: torch.Tensor | None, flat: torch.Tensor | None,
+                layout: _Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """
-    Calibration to the matched-filter S/N: (triplet (B, 3, H, W), S/N (B, H, W), the calibration's
-    mask (B, H, W): saturated or unusable-flat pixels, and the cosmic-ray pixels of a tile whose
-    flags overflowed the cleaning's capacity, where no candidate may stand). No host sync
-    unless ``kernel_fwhm`` (science, reference) asks for PSF matching by solved kernels.
+    Calibration, cosmic rays and the warp: (science in electrons, its bad pixels, the pixels where
+    no candidate may stand, the reference on the tiles' grid), each (B, H, W). The last mask holds
+    the saturated or unusable-flat pixels, and the cosmic-ray pixels of a tile whose flags
+    overflowed the cleaning's capacity. No host sync.
     """
-    v, (sci_taps, ref_taps, filter_taps) = _unpack(numbers, layout)
     bias = v["bias"] if bias_frame is None else bias_frame
     calibrated = calibrate_tensor(uint16_from_int16(science), gain=v["gain"], bias=bias, flat=flat, saturate=v["saturate"])
     sci, bad = calibrated.electrons, calibrated.mask
@@ -129,17 +130,52 @@ def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, n
         # A tile that flagged more pixels in a pass than the cleaning's capacity (1/32 of its pixels)
         # may keep some of them uncleaned: no candidate may stand on its flagged pixels (no host sync).
         saturated = saturated | (cosmics.mask & cosmics.overflow[:, None, None])
-    ref = tp.warp_reference(reference, grid)
-    if kernel_fwhm is not None:
-        triplet = tp.normalized_triplet(sci, ref, science_fwhm_px=kernel_fwhm[0], reference_fwhm_px=kernel_fwhm[1],
-                                        scale=v["scale"], science_mask=bad & torch.isfinite(sci), psf_match="kernel",
-                                        passes=passes, operators=operators)
-    else:
-        triplet = tp.gaussian_triplet(sci, ref, scale=v["scale"], science_mask=bad & torch.isfinite(sci),
-                                      taps=(sci_taps, ref_taps), noise_factors=(v["sci_factor"], v["ref_factor"]),
-                                      passes=passes, operators=operators)
+    return sci, bad & torch.isfinite(sci), saturated, tp.warp_reference(reference, grid)
+
+
+def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, numbers: torch.Tensor,
+           bias_frame: torch.Tensor | None, flat: torch.Tensor | None, operators: tuple[torch.Tensor, torch.Tensor],
+           layout: _Layout, passes: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    Calibration to the matched-filter S/N with the Gaussian PSF match: (triplet (B, 3, H, W), S/N
+    (B, H, W), the mask of `_calibrated` where no candidate may stand). No host sync.
+    """
+    v, (sci_taps, ref_taps, filter_taps) = _unpack(numbers, layout)
+    sci, bad, saturated, ref = _calibrated(science, reference, grid, v, bias_frame, flat, layout)
+    triplet = tp.gaussian_triplet(sci, ref, scale=v["scale"], science_mask=bad, taps=(sci_taps, ref_taps),
+                                  noise_factors=(v["sci_factor"], v["ref_factor"]), passes=passes, operators=operators)
     snr = matched_filter_snr_tensor(triplet[:, 2], 1.0, renormalize=True, taps=(filter_taps, v["filter_norm"]))
     return triplet, snr, saturated
+
+
+def _kernel_front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, numbers: torch.Tensor,
+                  bias_frame: torch.Tensor | None, flat: torch.Tensor | None,
+                  operators: tuple[torch.Tensor, torch.Tensor], layout: _Layout, passes: int | None,
+                  fwhm: tuple[float, float]) -> tuple[torch.Tensor, ...]:
+    """
+    With PSF matching by solved kernels, everything before the solve (`tile_program.kernel_match_inputs`):
+    its seven tensors, then the mask of `_calibrated`. No host sync.
+    """
+    v, _ = _unpack(numbers, layout)
+    sci, bad, saturated, ref = _calibrated(science, reference, grid, v, bias_frame, flat, layout)
+    parts = tp.kernel_match_inputs(sci, ref, science_fwhm_px=fwhm[0], reference_fwhm_px=fwhm[1], scale=v["scale"],
+                                   science_mask=bad, passes=passes, operators=operators)
+    return (*parts, saturated)
+
+
+def _kernel_back(layout: _Layout, sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, ref_rms: torch.Tensor,
+                 covered: torch.Tensor, sci_m: torch.Tensor, sci_rms_m: torch.Tensor, ref_m: torch.Tensor,
+                 ref_rms_m: torch.Tensor, solved: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    With PSF matching by solved kernels, everything after the solve: the triplet
+    (`tile_program.kernel_triplet`, the Gaussian match where a window's kernel did not solve) and
+    the matched-filter S/N. No host sync.
+    """
+    v, (sci_taps, ref_taps, filter_taps) = _unpack(numbers, layout)
+    triplet = tp.kernel_triplet(sci, sci_rms, ref, ref_rms, covered, matched=(sci_m, sci_rms_m, ref_m, ref_rms_m),
+                                solved=solved, taps=(sci_taps, ref_taps), noise_factors=(v["sci_factor"], v["ref_factor"]))
+    snr = matched_filter_snr_tensor(triplet[:, 2], 1.0, renormalize=True, taps=(filter_taps, v["filter_norm"]))
+    return triplet, snr
 
 
 @fused
@@ -270,7 +306,8 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     graphs : bool, optional
         Run the program as two CUDA graphs around the detector, its per-pixel steps compiled
         (`skyblink.workers.fused`): no host synchronisation and a few launches a batch. Default:
-        on CUDA devices; never with ``psf_match="kernel"`` (a solved kernel grid reads its pixel lists' lengths back once a batch).
+        on CUDA devices. With ``psf_match="kernel"`` the kernels' solve runs between two graphs
+        (it reads its pixel lists' lengths back once a batch) and the peaks make a third.
         Every program of the same shapes and options shares its graphs, captured at the first
         call (the actors' warm-up): per-field numbers reach them as one small tensor.
 
@@ -299,23 +336,36 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
                              gain=gain, saturate=saturate, read_noise=read_noise,
                              bias=None if isinstance(bias, torch.Tensor) else bias, device=device)
     operators = _operators(h, w, device)
-    use_graphs = (device.type == "cuda" if graphs is None else graphs) and psf_match == "gaussian"
+    use_graphs = device.type == "cuda" if graphs is None else graphs
+    kernel_fwhm = None if psf_match == "gaussian" else (science_fwhm_px, reference_fwhm_px)
+    frames_name = f"bias={bias_frame is not None} flat={flat is not None}"  # which frames the inputs hold
+    if kernel_fwhm is not None:  # what the kernel front's capture depends on besides the layout
+        frames_name += (f" kernel half={pm.kernel_half_width(*kernel_fwhm)}"
+                        f" reference convolved={science_fwhm_px >= reference_fwhm_px}")
     made = None
     if device.type == "cuda":  # the numbers' copy, queued on this stream, before any program reads them
         made = torch.cuda.Event()
         made.record()
 
-    def front(science: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ref, grd, nums, ay, ax = rest[:5]
-        frames = iter(rest[5:])
-        bias_t = next(frames) if bias_frame is not None else None
-        flat_t = next(frames) if flat is not None else None
-        return _front(science, ref, grd, nums, bias_t, flat_t, (ay, ax), layout, BACKGROUND_PASSES,
-                      None if psf_match == "gaussian" else (science_fwhm_px, reference_fwhm_px))
+    def frames(rest: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        it = iter(rest)
+        return (next(it) if bias_frame is not None else None), (next(it) if flat is not None else None)
+
+    def front(science: torch.Tensor, ref: torch.Tensor, grd: torch.Tensor, nums: torch.Tensor, ay: torch.Tensor,
+              ax: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if kernel_fwhm is None:
+            return _front(science, ref, grd, nums, *frames(rest), (ay, ax), layout, BACKGROUND_PASSES)
+        return _kernel_front(science, ref, grd, nums, *frames(rest), (ay, ax), layout, BACKGROUND_PASSES, kernel_fwhm)
+
+    def kernel_back(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _kernel_back(layout, *tensors)
 
     def back(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor,
              masked: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return _peaks(triplet, heat, offsets, snr, masked, layout)
+
+    def stage(name: str, fn: Callable[..., tuple[torch.Tensor, ...]], args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return _graph(name, fn, args, layout)(args) if use_graphs else fn(*args)
 
     def run(science: torch.Tensor, _index: int) -> dict[str, torch.Tensor]:
         if made is not None:
@@ -323,11 +373,14 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
         with torch.inference_mode():
             inputs = [science, reference, grid, numbers, *operators,
                       *([bias_frame] if bias_frame is not None else []), *([flat] if flat is not None else [])]
-            if use_graphs:
-                name = f"front bias={bias_frame is not None} flat={flat is not None}"  # which frames the inputs hold
-                triplet, snr, masked = _graph(name, front, inputs, layout)(inputs)
+            if kernel_fwhm is None:
+                triplet, snr, masked = stage(f"front {frames_name}", front, inputs)
             else:
-                triplet, snr, masked = front(*inputs)
+                # Two graphs around the kernels' solve, which reads its pixel lists' lengths back once a batch.
+                sci, sci_rms, ref, ref_rms, covered, usable, fit, masked = stage(f"front {frames_name}", front, inputs)
+                *matched, solved = pmt.kernel_match_tensor(sci, sci_rms, ref, ref_rms, covered, usable, kernel_fwhm[0],
+                                                           kernel_fwhm[1], fit=fit)
+                triplet, snr = stage("kernel back", kernel_back, [sci, sci_rms, ref, ref_rms, covered, *matched, solved, numbers])
             heat, offsets = detector.infer_tensors(triplet)  # type: ignore[attr-defined]
             middle = [triplet, heat, offsets, snr, masked]
             found = _graph("peaks", back, middle, layout)(middle) if use_graphs else back(*middle)

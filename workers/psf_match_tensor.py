@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from . import psf_match as pm
 
-__all__ = ["KernelGridTensor", "kernel_match_tensor", "solve_kernel_grid_tensor", "solve_kernel_tensor",
+__all__ = ["KernelGridTensor", "kernel_fit_pixels", "kernel_match_tensor", "solve_kernel_grid_tensor", "solve_kernel_tensor",
            "solve_kernels_tensor", "source_pixels_tensor"]
 
 #: Most float64 numbers (pixels x coefficients) of the design matrices held at once, on the CPU and on a GPU.
@@ -77,10 +77,8 @@ def source_pixels_tensor(image: torch.Tensor, rms: torch.Tensor, target: torch.T
     near = _dilate(detected(image, rms) | detected(target, target_rms), half_width)
     near &= ~_dilate(~torch.broadcast_to(usable, shape).reshape(-1, height, width), half_width)
     h = half_width
-    near[:, :h] = False
-    near[:, -h:] = False
-    near[:, :, :h] = False
-    near[:, :, -h:] = False
+    for border in (near[:, :h], near[:, -h:], near[:, :, :h], near[:, :, -h:]):
+        border.fill_(False)  # in place, no tensor from the host (a CUDA graph captures this)
     return near.reshape(shape)
 
 
@@ -480,9 +478,23 @@ def solve_kernel_grid_tensor(image: torch.Tensor, target: torch.Tensor, fit: tor
     return KernelGridTensor(grid.kernels[0], grid.background[0], grid.layout)
 
 
+def kernel_fit_pixels(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, ref_rms: torch.Tensor,
+                      usable: torch.Tensor, science_fwhm_px: float, reference_fwhm_px: float) -> torch.Tensor:
+    """
+    The (B, H, W) fit pixels `kernel_match_tensor` solves its kernels on (`source_pixels_tensor` of
+    the image it convolves and its target), with no host synchronisation: the part of the match
+    that a CUDA graph can capture. Takes `kernel_match_tensor`'s arguments; returns a bool tensor.
+    """
+    half = pm.kernel_half_width(science_fwhm_px, reference_fwhm_px)
+    if science_fwhm_px >= reference_fwhm_px:  # the reference is convolved onto the science
+        return source_pixels_tensor(ref, ref_rms, sci, sci_rms, usable, half)
+    return source_pixels_tensor(sci, sci_rms, ref, ref_rms, usable, half)
+
+
 def kernel_match_tensor(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, ref_rms: torch.Tensor,
                         covered: torch.Tensor, usable: torch.Tensor, science_fwhm_px: float,
-                        reference_fwhm_px: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                        reference_fwhm_px: float, *,
+                        fit: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     A batch of (B, H, W) windows matched by solved kernel grids, `skyblink.workers.difference.matched_difference`'s
     rules: the sharper image is convolved onto the broader one (the science then put back on its
@@ -495,6 +507,8 @@ def kernel_match_tensor(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Ten
     covered, usable : (B, H, W) bool tensors
         Where the reference covers; where both images may be fitted on.
     science_fwhm_px, reference_fwhm_px : float
+    fit : (B, H, W) bool tensor, optional
+        `kernel_fit_pixels` of these arguments, where the caller made them already.
 
     Returns
     -------
@@ -505,7 +519,8 @@ def kernel_match_tensor(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Ten
     half = pm.kernel_half_width(science_fwhm_px, reference_fwhm_px)
     ref_convolved = science_fwhm_px >= reference_fwhm_px
     image, image_rms, target, target_rms = (ref, ref_rms, sci, sci_rms) if ref_convolved else (sci, sci_rms, ref, ref_rms)
-    fit = source_pixels_tensor(image, image_rms, target, target_rms, usable, half)
+    if fit is None:
+        fit = kernel_fit_pixels(sci, sci_rms, ref, ref_rms, usable, science_fwhm_px, reference_fwhm_px)
     grid, solved = _solve_grids(image, target, fit, half, image_rms, target_rms, not ref_convolved, pm.KERNEL_CELL_PX)
     convolved = grid.apply(image) + grid.background_map.to(torch.float32)
     noise_factor = grid.noise_factor.to(torch.float32)

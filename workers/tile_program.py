@@ -22,7 +22,12 @@ from torch.nn import functional as F
 from . import background as _bg
 from .difference import MIN_MATCH_SIGMA, blurred_noise_factor, match_kernel_sigma
 from .fused import fused
-from .psf_match_tensor import kernel_match_tensor, solve_kernel_tensor, source_pixels_tensor
+from .psf_match_tensor import (
+    kernel_fit_pixels,
+    kernel_match_tensor,
+    solve_kernel_tensor,
+    source_pixels_tensor,
+)
 
 __all__ = [
     "background",
@@ -31,6 +36,8 @@ __all__ = [
     "gaussian_blur",
     "gaussian_taps",
     "gaussian_triplet",
+    "kernel_match_inputs",
+    "kernel_triplet",
     "normalized_triplet",
     "psf_match_taps",
     "solve_kernel_tensor",
@@ -541,13 +548,49 @@ def normalized_triplet(science: torch.Tensor, reference_on_grid: torch.Tensor, *
         return gaussian_triplet(science, reference_on_grid, scale=scale, science_mask=science_mask,
                                 taps=(sci_taps, ref_taps), noise_factors=(sci_factor, ref_factor), mesh=mesh,
                                 passes=passes, operators=operators)
+    parts = kernel_match_inputs(science, reference_on_grid, science_fwhm_px=science_fwhm_px,
+                                reference_fwhm_px=reference_fwhm_px, scale=scale, science_mask=science_mask, mesh=mesh,
+                                passes=passes, operators=operators)
+    sci, sci_rms, ref, ref_rms, covered, usable, fit = parts
+    *matched, solved = kernel_match_tensor(sci, sci_rms, ref, ref_rms, covered, usable, science_fwhm_px, reference_fwhm_px,
+                                           fit=fit)
+    return kernel_triplet(sci, sci_rms, ref, ref_rms, covered, matched=matched, solved=solved, taps=(sci_taps, ref_taps),
+                          noise_factors=(sci_factor, ref_factor))
+
+
+def kernel_match_inputs(science: torch.Tensor, reference_on_grid: torch.Tensor, *, science_fwhm_px: float,
+                        reference_fwhm_px: float, scale: float | torch.Tensor, science_mask: torch.Tensor | None,
+                        mesh: int = 64, passes: int | None = None,
+                        operators: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+    """
+    The solved-kernel triplet's first part, everything before the kernels' solve: both images
+    background-subtracted and where the kernels are fitted. No host synchronisation with fixed
+    ``passes`` (a CUDA graph captures it). Takes `normalized_triplet`'s arguments.
+
+    Returns
+    -------
+    (sci, sci rms, ref, ref rms, covered, usable, fit), each (B, H, W)
+        The first six are `skyblink.workers.psf_match_tensor.kernel_match_tensor`'s arguments,
+        ``fit`` its fit pixels.
+    """
     sci = science.to(torch.float32)
     covered, sci_mask, ref, level, rms = _backgrounds(sci, reference_on_grid, scale, science_mask, mesh, passes, operators)
     sci_sub, sci_rms, ref_sub, ref_rms = _subtracted(sci, ref, level, rms, covered)
-    gaussian = (blur_taps(sci_sub, sci_taps), sci_rms * sci_factor, blur_taps(ref_sub, ref_taps), ref_rms * ref_factor)
     usable = covered & ~sci_mask
-    *matched, solved = kernel_match_tensor(sci_sub, sci_rms, ref_sub, ref_rms, covered, usable, science_fwhm_px,
-                                           reference_fwhm_px)
+    fit = kernel_fit_pixels(sci_sub, sci_rms, ref_sub, ref_rms, usable, science_fwhm_px, reference_fwhm_px)
+    return sci_sub, sci_rms, ref_sub, ref_rms, covered, usable, fit
+
+
+def kernel_triplet(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, ref_rms: torch.Tensor,
+                   covered: torch.Tensor, *, matched: list[torch.Tensor] | tuple[torch.Tensor, ...], solved: torch.Tensor,
+                   taps: tuple[torch.Tensor, torch.Tensor],
+                   noise_factors: tuple[float | torch.Tensor, float | torch.Tensor]) -> torch.Tensor:
+    """
+    The solved-kernel triplet's last part: the matched images (`kernel_match_tensor`'s four) where
+    the window's kernel ``solved``, else the Gaussian match by ``taps`` (`psf_match_taps`), as the
+    normalised (B, 3, H, W) float32 triplet. No host synchronisation (a CUDA graph captures it).
+    """
+    gaussian = (blur_taps(sci, taps[0]), sci_rms * noise_factors[0], blur_taps(ref, taps[1]), ref_rms * noise_factors[1])
     sci_m, sci_rms, ref_m, ref_rms = (torch.where(solved[:, None, None], m, g) for m, g in zip(matched, gaussian, strict=True))
     return _normalised(sci_m, sci_rms, ref_m, ref_rms, covered)
 

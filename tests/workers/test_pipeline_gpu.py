@@ -42,11 +42,16 @@ def test_pipelined_and_synchronous_candidates_are_identical() -> None:
             np.testing.assert_array_equal(a.columns[name], b.columns[name], err_msg=name)
 
 
-def test_graphed_program_finds_the_eager_programs_candidates() -> None:
-    """The program as two CUDA graphs (the workers' default on a GPU) finds what it finds launched step by step."""
+@pytest.mark.parametrize("psf_match", ["gaussian", "kernel"])
+def test_graphed_program_finds_the_eager_programs_candidates(psf_match: str) -> None:
+    """
+    The program as CUDA graphs (the workers' default on a GPU; with solved kernels, two graphs
+    around the solve) finds what it finds launched step by step.
+    """
     from skyblink.engines.backends import TorchRunner
     from skyblink.engines.catalog import load_network
     from skyblink.workers.device_program import make_device_program
+    from skyblink.workers.program_config import TileProgram
 
     rng = np.random.default_rng(1)
     size, batch = 256, 2
@@ -61,7 +66,8 @@ def test_graphed_program_finds_the_eager_programs_candidates() -> None:
     science = torch.from_numpy(np.clip(tiles, 0, 65535).astype(np.uint16).view(np.int16)).cuda()
     det = TorchRunner(load_network("detector"), input_name="tiles", output_names=("heatmaps", "offsets"), device="cuda")
     cls = TorchRunner(load_network("classifier"), input_name="stamps", output_names=("real_bogus", "class_probs"), device="cuda")
-    options = {"science_fwhm_px": 3.0, "reference_fwhm_px": 2.5, "gain": 1.5, "read_noise": 5.0, "saturate": 60000.0}
+    options = {"science_fwhm_px": 3.0, "reference_fwhm_px": 2.5, "gain": 1.5, "read_noise": 5.0, "saturate": 60000.0,
+               "program": TileProgram(psf_match=psf_match)}
     with det, cls:
         graphed = make_device_program(det, cls, reference, grid, **options, graphs=True)(science, 0)
         eager = make_device_program(det, cls, reference, grid, **options, graphs=False)(science, 0)
