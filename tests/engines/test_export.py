@@ -64,3 +64,19 @@ def test_torch_cpu_runner_gives_the_onnxruntime_outputs(exported) -> None:
         ort_out = ort_runner.infer({"tiles": x})
     for name in ("heatmaps", "offsets"):
         assert rel_err(torch_out[name], ort_out[name]) < 1e-4
+
+
+@pytest.mark.parametrize("model", ["detector", "classifier"])
+def test_the_torch_runner_folds_batch_norms_and_keeps_the_networks_outputs(exported, model: str) -> None:
+    from skyblink.engines.backends.torch_runner import fold_batch_norms
+
+    network = exported[model]
+    folded = fold_batch_norms(network)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())  # the caller's network unchanged
+    shape = (2, 3, 64, 96) if model == "detector" else (5, 3, 63, 63)
+    x = torch.from_numpy(np.random.default_rng(6).normal(0, 3, shape).astype(np.float32))
+    with torch.inference_mode():
+        before, after = network(x), folded(x)
+    for a, b in zip(after, before, strict=True):
+        assert rel_err(a.numpy(), b.numpy()) < 1e-5
