@@ -223,42 +223,53 @@ def _as_map(values: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
 
 
 def _solve_batch(patches: torch.Tensor, target: torch.Tensor, var_t: torch.Tensor, var_i: torch.Tensor,
-                 index: torch.Tensor, counts: torch.Tensor, origin: int, least: int,
+                 chunks: list[tuple[torch.Tensor, torch.Tensor]], origin: int, least: int,
                  penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    `solve_kernel`'s two clipped fits on C pixel lists at once: (coefficients (C, K*K + 1), ok (C,)).
+    `solve_kernel`'s two clipped fits on C pixel lists at once: (coefficients (C, K*K + 1), ok (C,)),
+    the lists in the order of ``chunks``.
 
     ``patches`` is the (M, K, K) strided view of the flattened float64 image whose entry m is the
-    patch centred on pixel m + ``origin``; ``index`` (C, N) holds flat pixel indices (the first
-    ``counts`` of each row valid), ``target``, ``var_t`` and ``var_i`` are flat float64 maps.
+    patch centred on pixel m + ``origin``; each chunk holds ``index`` (c, n), flat pixel indices
+    (the first ``counts`` (c,) of each row valid), of lists of similar lengths, so that little of
+    the padding is computed; ``target``, ``var_t`` and ``var_i`` are flat float64 maps. The normal
+    equations of every chunk are solved together: one factorisation a fit, whatever the chunks.
     """
-    c, n = index.shape
     k = patches.shape[-1]
     k2 = k * k
-    device = index.device
-    valid = torch.arange(n, device=device)[None] < counts[:, None]
-    design = patches[(index - origin).clamp(0, patches.shape[0] - 1)].reshape(c, n, k2)  # (C, N, K*K)
+    device = patches.device
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    t = torch.where(valid, target[index], zero)
-    vt = torch.where(valid, var_t[index], zero + 1.0)
-    vi = torch.where(valid, var_i[index], zero + 1.0)
-    keep = valid
-    ok = counts >= least
+    designs, targets, var_ts, var_is, valids = [], [], [], [], []
+    for index, counts in chunks:
+        c, n = index.shape
+        valid = torch.arange(n, device=device)[None] < counts[:, None]
+        designs.append(patches[(index - origin).clamp(0, patches.shape[0] - 1)].reshape(c, n, k2))  # (c, n, K*K)
+        targets.append(torch.where(valid, target[index], zero))
+        var_ts.append(torch.where(valid, var_t[index], zero + 1.0))
+        var_is.append(torch.where(valid, var_i[index], zero + 1.0))
+        valids.append(valid)
+    sizes = [index.shape[0] for index, _ in chunks]
+    keeps = list(valids)
+    ok = torch.cat([counts for _, counts in chunks]) >= least
     diagonal = torch.arange(k2, device=device)
     eye = torch.eye(k2 + 1, dtype=torch.float64, device=device)
-    coef = torch.zeros((c, k2 + 1), dtype=torch.float64, device=device)
+    coef = torch.zeros((sum(sizes), k2 + 1), dtype=torch.float64, device=device)
     for _ in range(2):
-        power = (coef[:, :-1] ** 2).sum(dim=1, keepdim=True)
-        w = torch.where(keep, 1.0 / (vt + power * vi), zero)  # power is 0 on the first fit
-        weighted = design * w[..., None]
-        # The normal equations of [design, 1]: the constant's column from sums, no copy of the design.
-        sides = weighted.transpose(1, 2) @ torch.stack([t, torch.ones_like(t)], dim=2)  # (C, K*K, 2)
-        normal = torch.empty((c, k2 + 1, k2 + 1), dtype=torch.float64, device=device)
-        normal[:, :-1, :-1] = weighted.transpose(1, 2) @ design
-        normal[:, :-1, -1] = sides[..., 1]
-        normal[:, -1, :-1] = sides[..., 1]
-        normal[:, -1, -1] = w.sum(dim=1)
-        rhs = torch.cat([sides[..., 0], (w * t).sum(dim=1, keepdim=True)], dim=1)
+        normals, sides_all = [], []
+        for j, part in enumerate(coef.split(sizes)):
+            power = (part[:, :-1] ** 2).sum(dim=1, keepdim=True)
+            w = torch.where(keeps[j], 1.0 / (var_ts[j] + power * var_is[j]), zero)  # power is 0 on the first fit
+            weighted = designs[j] * w[..., None]
+            # The normal equations of [design, 1]: the constant's column from sums, no copy of the design.
+            sides = weighted.transpose(1, 2) @ torch.stack([targets[j], torch.ones_like(targets[j])], dim=2)  # (c, K*K, 2)
+            normal = torch.empty((part.shape[0], k2 + 1, k2 + 1), dtype=torch.float64, device=device)
+            normal[:, :-1, :-1] = weighted.transpose(1, 2) @ designs[j]
+            normal[:, :-1, -1] = sides[..., 1]
+            normal[:, -1, :-1] = sides[..., 1]
+            normal[:, -1, -1] = w.sum(dim=1)
+            normals.append(normal)
+            sides_all.append(torch.cat([sides[..., 0], (w * targets[j]).sum(dim=1, keepdim=True)], dim=1))
+        normal, rhs = torch.cat(normals), torch.cat(sides_all)
         mean_diag = torch.diagonal(normal, dim1=1, dim2=2)[:, :-1].mean(dim=1)
         normal[:, diagonal, diagonal] += (pm.RIDGE * mean_diag)[:, None]
         if penalty is not None:
@@ -270,12 +281,15 @@ def _solve_batch(patches: torch.Tensor, target: torch.Tensor, var_t: torch.Tenso
         factor, info = torch.linalg.cholesky_ex(normal)
         coef = torch.cholesky_solve(torch.where(ok[:, None], rhs, zero)[..., None], factor)[..., 0]
         ok &= info == 0
-        power = (coef[:, :-1] ** 2).sum(dim=1, keepdim=True)
-        model = (design @ coef[:, :-1, None])[..., 0] + coef[:, -1:]
-        residual = (t - model) / torch.sqrt(vt + power * vi)
-        scale = 1.4826 * _median(residual.abs(), keep)
-        keep = valid & (residual.abs() < pm.CLIP_NSIGMA * scale.clamp(min=1.0)[:, None])
-        ok &= keep.sum(dim=1) >= least
+        enough = []
+        for j, part in enumerate(coef.split(sizes)):
+            power = (part[:, :-1] ** 2).sum(dim=1, keepdim=True)
+            model = (designs[j] @ part[:, :-1, None])[..., 0] + part[:, -1:]
+            residual = (targets[j] - model) / torch.sqrt(var_ts[j] + power * var_is[j])
+            scale = 1.4826 * _median(residual.abs(), keeps[j])
+            keeps[j] = valids[j] & (residual.abs() < pm.CLIP_NSIGMA * scale.clamp(min=1.0)[:, None])
+            enough.append(keeps[j].sum(dim=1) >= least)
+        ok &= torch.cat(enough)
     ratio = coef[:, :-1].sum(dim=1)
     ok &= (ratio >= pm.FLUX_RATIO_RANGE[0]) & (ratio <= pm.FLUX_RATIO_RANGE[1])
     return coef, ok
@@ -300,23 +314,33 @@ def _solve_lists(image: torch.Tensor, target: torch.Tensor, index: torch.Tensor,
     penalty = _penalty(half_width, device) if centred else None
     coef = torch.zeros((len(counts), size * size + 1), dtype=torch.float64, device=device)
     ok = torch.zeros(len(counts), dtype=torch.bool, device=device)
-    # Lists of similar lengths solved together (padding costs as much as pixels: each chunk's longest list
-    # at most `_LENGTH_SPREAD` times its shortest), within the design budget.
+    # Lists of similar lengths make a chunk (padding costs as much as pixels: each chunk's longest list
+    # at most `_LENGTH_SPREAD` times its shortest); chunks whose design matrices fit the budget together
+    # are solved in one call.
     budget = _design_budget(device)
     order = sorted(range(len(counts)), key=lambda i: counts[i])
     # The order and lengths go to the device once (a small copy from the host waits for the queue).
     order_t = torch.tensor(order, device=device)
     lengths_t = torch.tensor([counts[i] for i in order], device=device)
+    spans: list[tuple[int, int, int]] = []  # each chunk's (first, end) in ``order`` and its longest list
     first = 0
     for n, i in enumerate(order):
         longest = max(1, counts[i])
         following = counts[order[n + 1]] if n + 1 < len(order) else 0
         if (n + 1 == len(order) or following > _LENGTH_SPREAD * max(1, counts[order[first]])
                 or (n + 2 - first) * max(longest, following) * (size * size + 1) > budget):
-            rows = order_t[first: n + 1]
-            coef[rows], ok[rows] = _solve_batch(patches, tgt, var_t, var_i, index[rows, :longest], lengths_t[first: n + 1],
-                                                origin, least, penalty)
+            spans.append((first, n + 1, longest))
             first = n + 1
+    held, group = 0, []
+    for at, (start, end, longest) in enumerate(spans):
+        group.append((start, end, longest))
+        held += (end - start) * longest * (size * size + 1)
+        following = spans[at + 1] if at + 1 < len(spans) else None
+        if following is None or held + (following[1] - following[0]) * following[2] * (size * size + 1) > budget:
+            rows = order_t[group[0][0]: group[-1][1]]
+            chunks = [(index[order_t[a:e], :longest], lengths_t[a:e]) for a, e, longest in group]
+            coef[rows], ok[rows] = _solve_batch(patches, tgt, var_t, var_i, chunks, origin, least, penalty)
+            held, group = 0, []
     return coef[:, :-1].reshape(-1, size, size), coef[:, -1], ok
 
 
