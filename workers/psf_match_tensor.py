@@ -6,16 +6,15 @@ blended bilinearly) for the device program, on any torch device, for a batch of 
 The cells' geometry (`skyblink.workers.psf_match.CellLayout`: their edges, fit regions and tent
 weights) is the numpy path's own. Every least squares of a batch (each window's and each of its
 cells') is solved together: the pixel lists of all of them come from one ``nonzero`` and one
-stable sort, each list is cut into blocks of equal length whose design matrices are gathered
-from a strided view of the image (no index per coefficient), the normal equations are batched
-matrix products in float64 summed per list and solved by Cholesky factorisation, all lists in
-one call whatever their lengths. The blended kernel is applied as one depthwise convolution per cell over
+stable sort, the design matrices are gathered from a strided view of the image (no index per
+coefficient), the normal equations are batched matrix products in float64 and solved by
+Cholesky factorisation. The blended kernel is applied as one depthwise convolution per cell over
 the pixels its tent weight reaches (float32), the weighted pieces summed.
 
 Notes
 -----
-One host read per batch (the pixel lists' lengths, to size the padded lists and cut them into
-blocks), so a kernel-matched device program cannot be one CUDA graph; no read per window or
+One host read per batch (the pixel lists' lengths, to size the padded lists and group them by
+length), so a kernel-matched device program cannot be one CUDA graph; no read per window or
 per cell. Thread-safe; no global state.
 """
 
@@ -38,18 +37,12 @@ __all__ = ["KernelGridTensor", "kernel_fit_pixels", "kernel_match_tensor", "solv
 _DESIGN_BUDGET = {"cpu": 32_000_000, "cuda": 128_000_000}
 
 
-#: Pixels of a block of a list, on the CPU and on a GPU: each list's least squares is summed over its
-#: blocks (the last one padded). Small on a GPU (little padding; the products are batched anyway),
-#: larger on the CPU, where the per-block normal equations' memory traffic costs more than padding.
-_BLOCK = {"cpu": 2048, "cuda": 256}
+#: Longest over shortest list of the lists solved in one batched call (their padding is computed for nothing).
+_LENGTH_SPREAD = 1.25
 
 
 def _design_budget(device: torch.device) -> int:
     return _DESIGN_BUDGET.get(device.type, _DESIGN_BUDGET["cpu"])
-
-
-def _block_rows(device: torch.device) -> int:
-    return _BLOCK.get(device.type, _BLOCK["cpu"])
 
 
 def _dilate(mask: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -229,88 +222,54 @@ def _as_map(values: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     return torch.broadcast_to(v, like.shape).reshape(-1)
 
 
-def _pinned(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A small host array on ``device``: pinned and asynchronous on a GPU (a pageable copy waits for the queue)."""
-    host = torch.from_numpy(np.ascontiguousarray(values))
-    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
-
-
-def _list_medians(values: torch.Tensor, keep: torch.Tensor, owner: torch.Tensor, first_row: torch.Tensor,
-                  kept: torch.Tensor) -> torch.Tensor:
+def _solve_batch(patches: torch.Tensor, target: torch.Tensor, var_t: torch.Tensor, var_i: torch.Tensor,
+                 chunks: list[tuple[torch.Tensor, torch.Tensor]], origin: int, least: int,
+                 penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Per list, the median of ``values`` (NB, R) where ``keep``, over the blocks each list owns
-    (``owner`` (NB,), consecutive; ``first_row`` (C,): the list's first row in the flattened
-    blocks; ``kept`` (C,): its count kept), numpy's (the mean of the two middle values of an even
-    count); inf for a list with none kept. Two stable sorts of every row: by value, then by list.
-    """
-    flat = torch.where(keep, values, torch.full_like(values, math.inf)).reshape(-1)
-    rows = owner[:, None].expand(-1, values.shape[1]).reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    order = order[torch.argsort(rows[order], stable=True)]
-    ordered = flat[order]
-    last = ordered.numel() - 1
-    lower = ordered[(first_row + ((kept - 1) // 2).clamp(min=0)).clamp(max=last)]
-    upper = ordered[(first_row + kept // 2).clamp(max=last)]
-    return torch.where(kept > 0, 0.5 * (lower + upper), math.inf)
-
-
-def _solve_blocks(patches: torch.Tensor, target: torch.Tensor, var_t: torch.Tensor, var_i: torch.Tensor,
-                  index: torch.Tensor, counts: list[int], origin: int, least: int,
-                  penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    `solve_kernel`'s two clipped fits on C pixel lists at once: (coefficients (C, K*K + 1), ok (C,)).
+    `solve_kernel`'s two clipped fits on C pixel lists at once: (coefficients (C, K*K + 1), ok (C,)),
+    the lists in the order of ``chunks``.
 
     ``patches`` is the (M, K, K) strided view of the flattened float64 image whose entry m is the
-    patch centred on pixel m + ``origin``; ``index`` (C, L) holds flat pixel indices (the first
-    ``counts`` of each row valid); ``target``, ``var_t`` and ``var_i`` are flat float64 maps.
-
-    Each list is cut into blocks of `_BLOCK` pixels (its last one padded): the design matrices are
-    gathered and multiplied per block, in one batched product whatever the lists' lengths, and
-    each list's normal equations are the sum of its blocks' (a segment sum, deterministic). A
-    few dozen operations a fit, however many lists and lengths.
+    patch centred on pixel m + ``origin``; each chunk holds ``index`` (c, n), flat pixel indices
+    (the first ``counts`` (c,) of each row valid), of lists of similar lengths, so that little of
+    the padding is computed; ``target``, ``var_t`` and ``var_i`` are flat float64 maps. The normal
+    equations of every chunk are solved together: one factorisation a fit, whatever the chunks.
     """
-    c, width = index.shape
     k = patches.shape[-1]
     k2 = k * k
-    device = index.device
-    rows = _block_rows(device)
-    blocks = np.array([-(-n // rows) for n in counts], dtype=np.int64)
-    total = int(blocks.sum())
-    coef = torch.zeros((c, k2 + 1), dtype=torch.float64, device=device)
-    if total == 0:
-        return coef, torch.zeros(c, dtype=torch.bool, device=device)
-    owner_np = np.repeat(np.arange(c), blocks)
-    first_np = np.cumsum(blocks) - blocks
-    table = _pinned(np.concatenate([owner_np, (np.arange(total) - first_np[owner_np]) * rows, np.asarray(counts),
-                                    blocks, first_np * rows]), device)
-    owner, offset, counts_t, blocks_t, first_row = table.split([total, total, c, c, c])
-    position = offset[:, None] + torch.arange(rows, device=device)  # (NB, R): each row's place in its list
-    valid = position < counts_t[owner][:, None]
-    pixel = index[owner[:, None], position.clamp(max=width - 1)]
-    design = patches[(pixel - origin).clamp(0, patches.shape[0] - 1)].reshape(total, rows, k2)  # (NB, R, K*K)
+    device = patches.device
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    t = torch.where(valid, target[pixel], zero)
-    vt = torch.where(valid, var_t[pixel], zero + 1.0)
-    vi = torch.where(valid, var_i[pixel], zero + 1.0)
-    keep = valid
-    ok = counts_t >= least
+    designs, targets, var_ts, var_is, valids = [], [], [], [], []
+    for index, counts in chunks:
+        c, n = index.shape
+        valid = torch.arange(n, device=device)[None] < counts[:, None]
+        designs.append(patches[(index - origin).clamp(0, patches.shape[0] - 1)].reshape(c, n, k2))  # (c, n, K*K)
+        targets.append(torch.where(valid, target[index], zero))
+        var_ts.append(torch.where(valid, var_t[index], zero + 1.0))
+        var_is.append(torch.where(valid, var_i[index], zero + 1.0))
+        valids.append(valid)
+    sizes = [index.shape[0] for index, _ in chunks]
+    keeps = list(valids)
+    ok = torch.cat([counts for _, counts in chunks]) >= least
     diagonal = torch.arange(k2, device=device)
     eye = torch.eye(k2 + 1, dtype=torch.float64, device=device)
+    coef = torch.zeros((sum(sizes), k2 + 1), dtype=torch.float64, device=device)
     for _ in range(2):
-        per_block = coef[owner]
-        power = (per_block[:, :-1] ** 2).sum(dim=1, keepdim=True)
-        w = torch.where(keep, 1.0 / (vt + power * vi), zero)  # power is 0 on the first fit
-        weighted = design * w[..., None]
-        # The normal equations of [design, 1] per block: the constant's column from sums, no copy of the design.
-        sides = weighted.transpose(1, 2) @ torch.stack([t, torch.ones_like(t)], dim=2)  # (NB, K*K, 2)
-        normal = torch.empty((total, k2 + 1, k2 + 1), dtype=torch.float64, device=device)
-        normal[:, :-1, :-1] = weighted.transpose(1, 2) @ design
-        normal[:, :-1, -1] = sides[..., 1]
-        normal[:, -1, :-1] = sides[..., 1]
-        normal[:, -1, -1] = w.sum(dim=1)
-        rhs = torch.cat([sides[..., 0], (w * t).sum(dim=1, keepdim=True)], dim=1)
-        normal = torch.segment_reduce(normal, "sum", lengths=blocks_t, axis=0, unsafe=True)  # (C, K*K + 1, K*K + 1)
-        rhs = torch.segment_reduce(rhs, "sum", lengths=blocks_t, axis=0, unsafe=True)
+        normals, sides_all = [], []
+        for j, part in enumerate(coef.split(sizes)):
+            power = (part[:, :-1] ** 2).sum(dim=1, keepdim=True)
+            w = torch.where(keeps[j], 1.0 / (var_ts[j] + power * var_is[j]), zero)  # power is 0 on the first fit
+            weighted = designs[j] * w[..., None]
+            # The normal equations of [design, 1]: the constant's column from sums, no copy of the design.
+            sides = weighted.transpose(1, 2) @ torch.stack([targets[j], torch.ones_like(targets[j])], dim=2)  # (c, K*K, 2)
+            normal = torch.empty((part.shape[0], k2 + 1, k2 + 1), dtype=torch.float64, device=device)
+            normal[:, :-1, :-1] = weighted.transpose(1, 2) @ designs[j]
+            normal[:, :-1, -1] = sides[..., 1]
+            normal[:, -1, :-1] = sides[..., 1]
+            normal[:, -1, -1] = w.sum(dim=1)
+            normals.append(normal)
+            sides_all.append(torch.cat([sides[..., 0], (w * targets[j]).sum(dim=1, keepdim=True)], dim=1))
+        normal, rhs = torch.cat(normals), torch.cat(sides_all)
         mean_diag = torch.diagonal(normal, dim1=1, dim2=2)[:, :-1].mean(dim=1)
         normal[:, diagonal, diagonal] += (pm.RIDGE * mean_diag)[:, None]
         if penalty is not None:
@@ -322,14 +281,15 @@ def _solve_blocks(patches: torch.Tensor, target: torch.Tensor, var_t: torch.Tens
         factor, info = torch.linalg.cholesky_ex(normal)
         coef = torch.cholesky_solve(torch.where(ok[:, None], rhs, zero)[..., None], factor)[..., 0]
         ok &= info == 0
-        per_block = coef[owner]
-        power = (per_block[:, :-1] ** 2).sum(dim=1, keepdim=True)
-        model = (design @ per_block[:, :-1, None])[..., 0] + per_block[:, -1:]
-        residual = ((t - model) / torch.sqrt(vt + power * vi)).abs()
-        kept = torch.zeros(c, dtype=torch.int64, device=device).index_add_(0, owner, keep.sum(dim=1))
-        scale = 1.4826 * _list_medians(residual, keep, owner, first_row, kept)
-        keep = valid & (residual < pm.CLIP_NSIGMA * scale.clamp(min=1.0)[owner][:, None])
-        ok &= torch.zeros_like(kept).index_add_(0, owner, keep.sum(dim=1)) >= least
+        enough = []
+        for j, part in enumerate(coef.split(sizes)):
+            power = (part[:, :-1] ** 2).sum(dim=1, keepdim=True)
+            model = (designs[j] @ part[:, :-1, None])[..., 0] + part[:, -1:]
+            residual = (targets[j] - model) / torch.sqrt(var_ts[j] + power * var_is[j])
+            scale = 1.4826 * _median(residual.abs(), keeps[j])
+            keeps[j] = valids[j] & (residual.abs() < pm.CLIP_NSIGMA * scale.clamp(min=1.0)[:, None])
+            enough.append(keeps[j].sum(dim=1) >= least)
+        ok &= torch.cat(enough)
     ratio = coef[:, :-1].sum(dim=1)
     ok &= (ratio >= pm.FLUX_RATIO_RANGE[0]) & (ratio <= pm.FLUX_RATIO_RANGE[1])
     return coef, ok
@@ -354,21 +314,33 @@ def _solve_lists(image: torch.Tensor, target: torch.Tensor, index: torch.Tensor,
     penalty = _penalty(half_width, device) if centred else None
     coef = torch.zeros((len(counts), size * size + 1), dtype=torch.float64, device=device)
     ok = torch.zeros(len(counts), dtype=torch.bool, device=device)
-    # Consecutive lists whose blocks' design matrices (and the copy weighted) and per-block normal
-    # equations fit the design budget are solved in one call.
+    # Lists of similar lengths make a chunk (padding costs as much as pixels: each chunk's longest list
+    # at most `_LENGTH_SPREAD` times its shortest); chunks whose design matrices fit the budget together
+    # are solved in one call.
     budget = _design_budget(device)
-    rows = _block_rows(device)
-    per_block = rows * (size * size + 1) * 2 + (size * size + 1) ** 2
-    first, held = 0, 0
-    for i, n in enumerate(counts):
-        need = -(-n // rows) * per_block
-        if i > first and held + need > budget:
-            coef[first:i], ok[first:i] = _solve_blocks(patches, tgt, var_t, var_i, index[first:i], counts[first:i],
-                                                       origin, least, penalty)
-            first, held = i, 0
-        held += need
-    coef[first:], ok[first:] = _solve_blocks(patches, tgt, var_t, var_i, index[first:], counts[first:], origin, least,
-                                             penalty)
+    order = sorted(range(len(counts)), key=lambda i: counts[i])
+    # The order and lengths go to the device once (a small copy from the host waits for the queue).
+    order_t = torch.tensor(order, device=device)
+    lengths_t = torch.tensor([counts[i] for i in order], device=device)
+    spans: list[tuple[int, int, int]] = []  # each chunk's (first, end) in ``order`` and its longest list
+    first = 0
+    for n, i in enumerate(order):
+        longest = max(1, counts[i])
+        following = counts[order[n + 1]] if n + 1 < len(order) else 0
+        if (n + 1 == len(order) or following > _LENGTH_SPREAD * max(1, counts[order[first]])
+                or (n + 2 - first) * max(longest, following) * (size * size + 1) > budget):
+            spans.append((first, n + 1, longest))
+            first = n + 1
+    held, group = 0, []
+    for at, (start, end, longest) in enumerate(spans):
+        group.append((start, end, longest))
+        held += (end - start) * longest * (size * size + 1)
+        following = spans[at + 1] if at + 1 < len(spans) else None
+        if following is None or held + (following[1] - following[0]) * following[2] * (size * size + 1) > budget:
+            rows = order_t[group[0][0]: group[-1][1]]
+            chunks = [(index[order_t[a:e], :longest], lengths_t[a:e]) for a, e, longest in group]
+            coef[rows], ok[rows] = _solve_batch(patches, tgt, var_t, var_i, chunks, origin, least, penalty)
+            held, group = 0, []
     return coef[:, :-1].reshape(-1, size, size), coef[:, -1], ok
 
 
