@@ -335,10 +335,10 @@ def _solve_lists(image: torch.Tensor, target: torch.Tensor, index: torch.Tensor,
     for at, (start, end, longest) in enumerate(spans):
         group.append((start, end, longest))
         held += (end - start) * longest * (size * size + 1)
-        following = spans[at + 1] if at + 1 < len(spans) else None
-        if following is None or held + (following[1] - following[0]) * following[2] * (size * size + 1) > budget:
+        upcoming = spans[at + 1] if at + 1 < len(spans) else None
+        if upcoming is None or held + (upcoming[1] - upcoming[0]) * upcoming[2] * (size * size + 1) > budget:
             rows = order_t[group[0][0]: group[-1][1]]
-            chunks = [(index[order_t[a:e], :longest], lengths_t[a:e]) for a, e, longest in group]
+            chunks = [(index[order_t[a:e], :width], lengths_t[a:e]) for a, e, width in group]
             coef[rows], ok[rows] = _solve_batch(patches, tgt, var_t, var_i, chunks, origin, least, penalty)
             held, group = 0, []
     return coef[:, :-1].reshape(-1, size, size), coef[:, -1], ok

@@ -46,7 +46,7 @@ def fold_batch_norms(network: Any) -> Any:
     replaced by an identity. The same function up to float rounding; the normalisation's own
     pass over the activations is gone.
     """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from torch.nn.utils.fusion import fuse_conv_bn_eval  # noqa: PLC0415 - torch only where a runner activates
 
     folded = copy.deepcopy(network).eval()
     for block in folded.modules():
