@@ -9,9 +9,10 @@ tensors for `skyblink.workers.pipeline.TilePipeline`.
 Notes
 -----
 On a GPU the program never waits for the host: everything before the detector is one CUDA graph
-and the peaks and stamps another (with PSF matching by solved kernels, the solve runs eagerly between
-two graphs of the steps before and after it, reading its pixel lists' lengths back once a batch) (the detector and classifier runners keep their own launch
-modes), their per-pixel steps compiled by Inductor (`skyblink.workers.fused`). A graph is captured
+and the peaks and stamps another (the detector and classifier runners keep their own launch
+modes). With PSF matching by solved kernels the solve runs eagerly between two graphs of the steps
+before and after it, reading its pixel lists' lengths back once a batch. The graphs' per-pixel
+steps are compiled by Inductor (`skyblink.workers.fused`). A graph is captured
 once per shapes and options and shared by every program, whatever its field: the per-field
 numbers (gain, saturation, read noise, flux scale, the PSF-match and matched-filter taps) enter
 as one small tensor copied into the graph's input, so the first call pays for compilation and
@@ -383,7 +384,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
                 triplet, snr = stage("kernel back", kernel_back, [sci, sci_rms, ref, ref_rms, covered, *matched, solved, numbers])
             heat, offsets = detector.infer_tensors(triplet)  # type: ignore[attr-defined]
             middle = [triplet, heat, offsets, snr, masked]
-            found = _graph("peaks", back, middle, layout)(middle) if use_graphs else back(*middle)
+            found = stage("peaks", back, middle)
             valid, tile, y, x, score, peak_snr, stamps = found
             rb, probs = classifier.infer_tensors(stamps)  # type: ignore[attr-defined]
             return {

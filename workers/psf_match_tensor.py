@@ -510,9 +510,15 @@ def kernel_fit_pixels(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tenso
     that a CUDA graph can capture. Takes `kernel_match_tensor`'s arguments; returns a bool tensor.
     """
     half = pm.kernel_half_width(science_fwhm_px, reference_fwhm_px)
-    if science_fwhm_px >= reference_fwhm_px:  # the reference is convolved onto the science
-        return source_pixels_tensor(ref, ref_rms, sci, sci_rms, usable, half)
-    return source_pixels_tensor(sci, sci_rms, ref, ref_rms, usable, half)
+    image, image_rms, target, target_rms = _image_and_target(sci, sci_rms, ref, ref_rms, science_fwhm_px, reference_fwhm_px)
+    return source_pixels_tensor(image, image_rms, target, target_rms, usable, half)
+
+
+def _image_and_target(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, ref_rms: torch.Tensor,
+                      science_fwhm_px: float,
+                      reference_fwhm_px: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image, its rms, target, its rms): the sharper image is the one convolved onto the broader (the reference on ties)."""
+    return (ref, ref_rms, sci, sci_rms) if science_fwhm_px >= reference_fwhm_px else (sci, sci_rms, ref, ref_rms)
 
 
 def kernel_match_tensor(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Tensor, ref_rms: torch.Tensor,
@@ -542,7 +548,7 @@ def kernel_match_tensor(sci: torch.Tensor, sci_rms: torch.Tensor, ref: torch.Ten
     """
     half = pm.kernel_half_width(science_fwhm_px, reference_fwhm_px)
     ref_convolved = science_fwhm_px >= reference_fwhm_px
-    image, image_rms, target, target_rms = (ref, ref_rms, sci, sci_rms) if ref_convolved else (sci, sci_rms, ref, ref_rms)
+    image, image_rms, target, target_rms = _image_and_target(sci, sci_rms, ref, ref_rms, science_fwhm_px, reference_fwhm_px)
     if fit is None:
         fit = kernel_fit_pixels(sci, sci_rms, ref, ref_rms, usable, science_fwhm_px, reference_fwhm_px)
     grid, solved = _solve_grids(image, target, fit, half, image_rms, target_rms, not ref_convolved, pm.KERNEL_CELL_PX)
