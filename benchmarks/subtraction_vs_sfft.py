@@ -204,9 +204,7 @@ def device_program_seconds(sci: PairImage, ref: PairImage, *, device: str, psf_m
     """
     import torch
 
-    from skyblink.engines.backends import TorchRunner
-    from skyblink.engines.catalog import load_network
-    from skyblink.engines.manifest import IO_NAMES
+    from skyblink.engines.backends import torch_runner
     from skyblink.workers.device_program import make_device_program
     from skyblink.workers.tile_unit import read_window
 
@@ -215,11 +213,12 @@ def device_program_seconds(sci: PairImage, ref: PairImage, *, device: str, psf_m
     edge = window_edge(core, margin)
     origins = [(y0 - margin, x0 - margin) for y0 in range(0, size, core) for x0 in range(0, size, core)]
     windows = [np.nan_to_num(read_window(raw, oy, ox, edge, edge), nan=1000.0).astype(np.uint16) for oy, ox in origins]
-    # The networks as the GPU actors run them without TensorRT: torch at the configured precision (fp32 on the CPU).
+    # The networks as the GPU actors run them without TensorRT (`torch_runner`): the configured precision, NHWC,
+    # the detector compiled with the device program (fp32, eager on the CPU).
     configured = TileProgram().precision
     precision = configured if device.startswith("cuda") and configured in ("fp32", "fp16") else "fp32"
-    runners = [TorchRunner(load_network(m), input_name=IO_NAMES[m].inputs[0], output_names=IO_NAMES[m].outputs, device=device,
-                           precision=precision) for m in ("detector", "classifier")]
+    runners = [torch_runner(m, device=device, precision=precision, compiled=TileProgram().compile_device_program)
+               for m in ("detector", "classifier")]
     reference = torch.from_numpy(np.asarray(ref.data, dtype=np.float32) + 1000.0).to(device)
     yy, xx = torch.meshgrid(torch.arange(edge, device=device), torch.arange(edge, device=device), indexing="ij")
     # The batches as the workers hold them: pinned host buffers on a GPU (`skyblink.workers.pipeline`),

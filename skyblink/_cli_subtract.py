@@ -99,6 +99,7 @@ def subtract(
     except storage.InvalidExposureError as exc:
         raise fail(f"error: {exc}") from None
     try:
+        # Eager networks: one pair does not repay compiling the detector for its batch shape.
         runners = [select_runner(name, backend=backend).runner for name in ("detector", "classifier")]  # type: ignore[arg-type]
     except RuntimeError as exc:
         raise fail(f"error: --backend {backend}: {exc}") from None

@@ -57,8 +57,11 @@ class RunnerStarter(Protocol):
 
     def __call__(self, model: str, *, backend: Backend, precision: Any, registry: str | None,
                  trusted_manifest: Path | None, shapes: Sequence[tuple[int, ...]],
-                 cpu_threads: int | None) -> RunnerChoice:
-        """Select, activate and warm up ``model``'s runner for inputs of ``shapes`` (CPU runners on ``cpu_threads``)."""
+                 cpu_threads: int | None, compiled: bool) -> RunnerChoice:
+        """
+        Select, activate and warm up ``model``'s runner for inputs of ``shapes`` (CPU runners on
+        ``cpu_threads``; a torch detector on a GPU compiled when ``compiled``).
+        """
         ...
 
 
@@ -153,7 +156,8 @@ class TileWorker:
             t0 = time.perf_counter()
             self._choices[name] = start_runner(name, backend=config.backend, precision=config.program.precision,
                                                registry=config.registry, trusted_manifest=config.trusted_manifest,
-                                               shapes=shapes[name], cpu_threads=config.cpu_threads)
+                                               shapes=shapes[name], cpu_threads=config.cpu_threads,
+                                               compiled=config.program.compile_device_program)
             self._startup[f"{name}_s"] = time.perf_counter() - t0
         self._runners = {name: choice.runner for name, choice in self._choices.items()}
         self._stores: dict[str, Any] = {}

@@ -2,7 +2,7 @@
 
 from .base import InferenceRunner, RunnerStateError
 from .onnxruntime_runner import OnnxRuntimeRunner
-from .select import BackendChoice, BackendName, select_runner
+from .select import BackendChoice, BackendName, select_runner, torch_runner
 from .startup import start_runner, warm_up
 from .tensorrt_runner import CudaError, TensorRTRunner
 from .torch_runner import TorchMode, TorchRunner
@@ -19,5 +19,6 @@ __all__ = [
     "TorchRunner",
     "select_runner",
     "start_runner",
+    "torch_runner",
     "warm_up",
 ]

@@ -38,9 +38,9 @@ from ._trt_probe import trt_runtime_available
 from .base import InferenceRunner
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .tensorrt_runner import TensorRTRunner
-from .torch_runner import TorchRunner
+from .torch_runner import TorchMode, TorchRunner
 
-__all__ = ["BackendChoice", "BackendName", "select_runner"]
+__all__ = ["BackendChoice", "BackendName", "select_runner", "torch_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,38 @@ class BackendChoice:
                 "reason": self.reason}
 
 
+def torch_runner(model: str, *, device: str, precision: Literal["fp32", "fp16"] = "fp32", compiled: bool = False,
+                 models_root: Path | None = None) -> TorchRunner:
+    """
+    The (inactive) torch runner of ``model`` as a worker runs it without TensorRT.
+
+    On a CUDA ``device`` both networks keep their activations in NHWC (the layout cuDNN's
+    tensor-core convolutions read) and, when ``compiled`` (``night.compile_device_program``), the
+    detector is compiled by Inductor for the program's one padded batch shape: at batch 8 of
+    1024x1024 tiles on an H100 that is 2.9x the eager fp16 network (BENCHMARKS.md, "Engines:
+    detector backends"). The classifier runs on a few stamps per tile and stays eager. On the
+    CPU: eager, NCHW, fp32.
+
+    Parameters
+    ----------
+    model : str
+        ``detector`` or ``classifier``.
+    device : str
+        ``cuda``, ``cuda:N`` or ``cpu``.
+    precision : {"fp32", "fp16"}
+        The network's precision on a CUDA device (the CPU runs fp32).
+    compiled : bool
+        Compile the detector on a CUDA device.
+    models_root : Path, optional
+        Models folder (default: the shipped models).
+    """
+    names = IO_NAMES[model]
+    gpu = device.startswith("cuda")
+    mode: TorchMode = "compile" if gpu and compiled and model == "detector" else "eager"
+    return TorchRunner(load_network(model, models_root), input_name=names.inputs[0], output_names=names.outputs,
+                       device=device, precision=precision if gpu else "fp32", mode=mode, channels_last=gpu)
+
+
 def select_runner(
     model: str,
     *,
@@ -74,6 +106,7 @@ def select_runner(
     device: int = 0,
     shapes: Sequence[tuple[int, ...]] = (),
     cpu_threads: int | None = None,
+    compiled: bool = False,
 ) -> BackendChoice:
     """
     Return an (inactive) runner for ``model`` on the best backend available, or the one asked for.
@@ -99,13 +132,14 @@ def select_runner(
     cpu_threads : int, optional
         Intra-op threads of an ONNX Runtime runner (the caller's share of the machine's cores);
         default: ONNX Runtime's choice, every physical core.
+    compiled : bool
+        With torch on a GPU, compile the detector (`torch_runner`; ``night.compile_device_program``).
 
     Raises
     ------
     RuntimeError
         The forced backend cannot run here; the message says why.
     """
-    names = IO_NAMES[model]
     gpu = current_device(device)
     reasons: list[str] = []
     release, release_onnx = _production_release(model, registry)
@@ -126,8 +160,7 @@ def select_runner(
     if backend in ("auto", "torch") and (gpu is not None or backend == "torch"):
         target = f"cuda:{device}" if gpu is not None else "cpu"
         torch_precision = precision if gpu is not None and precision in ("fp32", "fp16") else "fp32"
-        runner = TorchRunner(load_network(model, models_root), input_name=names.inputs[0], output_names=names.outputs,
-                             device=target, precision=torch_precision)
+        runner = torch_runner(model, device=target, precision=torch_precision, compiled=compiled, models_root=models_root)
         why = f"torch on {gpu.name}" if gpu is not None else "torch on the CPU (forced)"
         if release is not None and release.precision == "int8":
             why += " (runs the shipped weights in fp32/fp16: torch does not run the INT8 Q/DQ release)"

@@ -41,7 +41,9 @@ def warm_up(model: str, runner: InferenceRunner, shapes: Sequence[tuple[int, ...
         An inactive or active runner.
     shapes : sequence of tuple of int
         Input shapes the caller will run (NCHW, largest batch first); the warm-up runs batch 1 of
-        the first. Without them: a 64x64 detector tile or one classifier stamp.
+        the first, or the whole first shape for a compiled torch runner (it compiles once per
+        shape, and a batch-1 compile would be spent for nothing). Without them: a 64x64 detector
+        tile or one classifier stamp.
 
     Raises
     ------
@@ -51,7 +53,8 @@ def warm_up(model: str, runner: InferenceRunner, shapes: Sequence[tuple[int, ...
     """
     runner.activate()
     if shapes:
-        shape = (1, *shapes[0][1:])
+        compiled = getattr(runner, "mode", "eager").startswith("compile")
+        shape = tuple(shapes[0]) if compiled else (1, *shapes[0][1:])
     else:
         shape = (1, 3, 64, 64) if model == "detector" else (1, 3, STAMP_SIZE, STAMP_SIZE)
     runner.infer({IO_NAMES[model].inputs[0]: np.zeros(shape, np.float32)})
@@ -66,6 +69,7 @@ def start_runner(
     trusted_manifest: Path | None = None,
     shapes: Sequence[tuple[int, ...]] = (),
     cpu_threads: int | None = None,
+    compiled: bool = False,
 ) -> BackendChoice:
     """
     Select, activate and warm up ``model``'s runner for the inputs a worker will run.
@@ -91,6 +95,9 @@ def start_runner(
     cpu_threads : int, optional
         Intra-op threads of an ONNX Runtime runner: the worker's share of its machine's cores
         (`WorkerConfig.cpu_threads`); default: ONNX Runtime's choice.
+    compiled : bool
+        With torch on a GPU, compile the detector (``night.compile_device_program``); its warm-up
+        then runs the first of ``shapes`` whole, the one shape the worker's padded batches have.
 
     Returns
     -------
@@ -106,7 +113,7 @@ def start_runner(
     """
     engines = EngineRegistry.from_config(registry, trusted_manifest) if registry else None
     choice = select_runner(model, backend=backend, precision=precision, registry=engines, shapes=shapes,
-                           cpu_threads=cpu_threads)
+                           cpu_threads=cpu_threads, compiled=compiled)
     try:
         warm_up(model, choice.runner, shapes)
     except Exception as exc:
@@ -116,8 +123,8 @@ def start_runner(
             choice.runner.deactivate()
         refused = f"tensorrt: engine {choice.engine_file} refused by the runtime ({type(exc).__name__}: {exc})"
         log.warning("%s; falling back to torch", refused)
-        fallback = select_runner(model, backend=Backend.TORCH, precision=precision)
-        warm_up(model, fallback.runner, ())
+        fallback = select_runner(model, backend=Backend.TORCH, precision=precision, compiled=compiled)
+        warm_up(model, fallback.runner, shapes)
         choice = replace(fallback, reason=f"{refused}; {fallback.reason}", engine_file=choice.engine_file,
                          engine_sha256=choice.engine_sha256)
     return choice

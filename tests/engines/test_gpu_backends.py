@@ -42,3 +42,32 @@ def test_torch_cuda_matches_onnxruntime(model: str, mode: str, precision: str, c
         assert np.isfinite(first[name]).all()
         assert rel_err(first[name], reference[name]) <= tolerance, name
         np.testing.assert_array_equal(first[name], again[name])
+
+
+@pytest.mark.parametrize("model", ["detector", "classifier"])
+def test_actor_torch_runner_is_compiled_once_and_matches_onnxruntime(model: str) -> None:
+    # What a GPU actor starts without TensorRT (`start_runner(..., compiled=night.compile_device_program)`):
+    # the detector compiled by Inductor in NHWC fp16, warmed on the worker's one padded batch shape, so
+    # the first batch of the night compiles nothing more; its answer is ONNX Runtime's within fp16 rounding.
+    import torch._dynamo
+
+    from skyblink.config import Backend
+    from skyblink.engines.backends import start_runner
+
+    torch._dynamo.reset()
+    names = IO_NAMES[model]
+    x = inputs(model, np.random.default_rng(2))
+    choice = start_runner(model, backend=Backend.TORCH, precision="fp16", shapes=(x.shape,), compiled=True)
+    runner = choice.runner
+    assert isinstance(runner, TorchRunner) and runner.channels_last
+    assert runner.mode == ("compile" if model == "detector" else "eager")
+    compiled_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    try:
+        got = runner.infer({names.inputs[0]: x})
+    finally:
+        runner.deactivate()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled_before  # the warm-up compiled it
+    with OnnxRuntimeRunner(onnx_path(model, "fp32")) as reference_runner:
+        reference = reference_runner.infer({names.inputs[0]: x})
+    for name in names.outputs:
+        assert rel_err(got[name], reference[name]) <= 1e-2, name
