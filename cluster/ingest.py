@@ -46,7 +46,8 @@ from skyblink.storage import (
 
 from .ray_runtime import ray_session
 
-__all__ = ["CcdLanded", "IngestJob", "IngestOutcome", "IngestPlanError", "IngestReport", "discover_night", "ingest_file",
+__all__ = ["CcdLanded", "IngestJob", "IngestOutcome", "IngestPlanError", "IngestReport", "discover_night", "estimate_night_tiles",
+           "ingest_file",
            "ingest_file_events", "ingest_night", "plan_ingest", "prestart_ingest_workers"]
 
 log = logging.getLogger(__name__)
@@ -348,6 +349,41 @@ def discover_night(night_dir: Path) -> list[tuple[str, ExposureKind, str]]:
             seen[key] = rel
             found.append((rel, kind, key))
     return found
+
+
+def estimate_night_tiles(night_dir: Path, tile_size: int, headers: HeadersConfig | None = None) -> int | None:
+    """
+    The tiles a night run will have, before anything is ingested: the number of science exposures
+    times the tiles of the first one whose headers validate (no pixels read).
+
+    Parameters
+    ----------
+    night_dir : Path
+        As `discover_night`.
+    tile_size : int
+        Core edge of a tile in pixels.
+    headers : HeadersConfig, optional
+        The ``[headers]`` section the files are read with.
+
+    Returns
+    -------
+    int or None
+        None when no science exposure's headers could be read (the ingest will say why).
+
+    Raises
+    ------
+    IngestPlanError
+        As `discover_night`.
+    """
+    files = [rel for rel, kind, _ in discover_night(night_dir) if kind == "exposure"]
+    for rel in files[:3]:
+        try:
+            with open_fits_exposure(night_dir / rel, headers=headers) as reader:
+                shapes = [ccd.shape for ccd in reader.exposure.ccds]
+        except (InvalidExposureError, OSError):
+            continue
+        return len(files) * sum(-(-ny // tile_size) * -(-nx // tile_size) for ny, nx in shapes)
+    return None
 
 
 def plan_ingest(

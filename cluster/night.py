@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -72,11 +72,18 @@ from skyblink.storage.alerts import AlertBuilder, AlertProducer, PublishReport, 
 from skyblink.storage.alerts.entry import stream_name
 from skyblink.storage.schemas.tables import OBJECTS_SCHEMA, detections_schema
 from skyblink.workers.actor import UnitOutcome
-from skyblink.workers.program_config import WorkerConfig
+from skyblink.workers.program_config import WorkerConfig, compiles_for
 from skyblink.workers.tile_unit import WorkUnit
 
 from .dispatch import WorkerPool, worker_spec
-from .ingest import CcdLanded, IngestOutcome, IngestReport, ingest_night, prestart_ingest_workers
+from .ingest import (
+    CcdLanded,
+    IngestOutcome,
+    IngestReport,
+    estimate_night_tiles,
+    ingest_night,
+    prestart_ingest_workers,
+)
 from .planning import plan_ccd_tiles, plan_tiles
 from .private_redis import embedded_redis
 from .ray_runtime import ray_session
@@ -510,13 +517,34 @@ class NightRun:
         meanwhile), and have the CPUs they leave free import the ingest (`prestart_ingest_workers`).
         """
         workers = WorkerConfig.from_config(self.config)  # the one contract every actor gets
-        pool = WorkerPool(workers, worker_spec(workers))
+        spec = worker_spec(workers)
+        compiled = self._compiles(spec.count) if spec.num_gpus else False  # CPU actors run numpy and ONNX Runtime
+        workers = replace(workers, program=replace(workers.program, compile_device_program=compiled))
+        pool = WorkerPool(workers, spec)
         self.pool = pool
         self.warmup = _Warmup(pool.actors)
-        self.report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": str(workers.backend)}
+        self.report.workers = {"count": pool.spec.count, "kind": pool.spec.kind, "backend": str(workers.backend),
+                               "compiled": compiled}
         free = float(ray.cluster_resources().get("CPU", 1.0)) - pool.spec.count * pool.spec.num_cpus
         prestart_ingest_workers(min(int(free), _PRESTART_MAX))
         return pool
+
+    def _compiles(self, actors: int) -> bool:
+        """
+        Whether the GPU actors compile their device program (`compiles_for`): with ``"auto"``,
+        by the night's estimated tiles per actor (`estimate_night_tiles`), said to the operator.
+        """
+        night = self.config.night
+        setting = night.compile_device_program
+        if setting != "auto" or self.watch:
+            return compiles_for(setting, watch=self.watch)
+        tiles = estimate_night_tiles(self.night_dir, night.tile_size or self.config.ingest.tile_size, self.config.headers)
+        per_actor = None if tiles is None else tiles / max(1, actors)
+        compiled = compiles_for(setting, tiles_per_actor=per_actor, min_tiles=night.compile_min_tiles)
+        size = "an unknown number of" if tiles is None else f"about {tiles}"
+        self.hooks.say(f"device program {'compiled' if compiled else 'eager'}: {size} tiles for {actors} GPU actor(s) "
+                       f"(night.compile_device_program = auto, compile_min_tiles = {night.compile_min_tiles} per actor)")
+        return compiled
 
     def await_workers(self) -> float:
         """

@@ -176,3 +176,15 @@ def test_each_ccd_is_reported_as_it_lands_before_its_file_and_a_file_bad_midway_
     assert [e.key for e in report.quarantined] == ["exposures/F00-001"]
     store = NightStore(store_url)
     assert store.exposure_keys() == ["exposures/F00-000"] and store.landed_ccds("exposures/F00-001") == []
+
+
+def test_the_night_run_estimates_its_tiles_from_the_first_readable_exposure(night: Path, exposure_writer) -> None:
+    # What `night.compile_device_program = "auto"` decides on, before anything is ingested: the science
+    # files (7 here, 3 of them bad) times the tiles of the first one whose headers validate.
+    from skyblink.cluster.ingest import estimate_night_tiles
+
+    assert estimate_night_tiles(night, 64) == 7 * (2 * 2)  # 96x128 pixels: 2 x 2 tiles of 64
+    (night / "exposures" / "A00-empty.fits").write_bytes(b"")  # listed first, unreadable: the next is read
+    exposure_writer(night / "exposures" / "A01-big.fits", shape=(256, 200))
+    assert estimate_night_tiles(night, 64) == 9 * (4 * 4)
+    assert estimate_night_tiles(night / "references", 64) == 1 * (2 * 3)  # a flat folder: every file is science

@@ -33,6 +33,7 @@ def test_gpu_actors_run_the_night_and_publish_each_alert_once(tmp_path: Path, ra
     }, environ={})
     report = run_night(tmp_path / "night", config)
     assert report.workers["kind"] == "gpu" and report.workers["count"] == 1
+    assert report.workers["compiled"] is False  # night.compile_device_program = "auto": 96 tiles do not repay a compile
     assert report.tiles == report.tiles_processed == 6 * 16 and not report.tiles_failed
     (actor,) = report.workers["actors"]
     assert actor["units_done"] == report.tiles

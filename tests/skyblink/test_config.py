@@ -93,3 +93,21 @@ def test_cli_config_show_and_validate(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "unknown configuration key 'ray.adress'" in result.output
     assert runner.invoke(app, ["--version"]).output.startswith("skyblink ")
+
+
+def test_compile_device_program_is_auto_by_default_and_decided_by_the_runs_size() -> None:
+    from skyblink.workers.program_config import WorkerConfig, compiles_for
+
+    config = load_config(environ={})
+    assert config.night.compile_device_program == "auto" and config.night.compile_min_tiles == 5000
+    assert WorkerConfig.from_config(config).program.compile_device_program is True  # until a run decides
+    assert load_config(environ={"SKYBLINK_NIGHT__COMPILE_DEVICE_PROGRAM": "false"}).night.compile_device_program is False
+    assert load_config(overrides={"night.compile_device_program": "true"}, environ={}).night.compile_device_program is True
+    with pytest.raises(ConfigError, match=r"night\.compile_device_program \(from the environment\)"):
+        load_config(environ={"SKYBLINK_NIGHT__COMPILE_DEVICE_PROGRAM": "sometimes"})
+    # The demo night (40 tiles, one GPU) stays eager; a night of many tiles per actor, or --watch, compiles.
+    assert compiles_for("auto", tiles_per_actor=40) is False
+    assert compiles_for("auto", tiles_per_actor=20_000 / 4) is True
+    assert compiles_for("auto", tiles_per_actor=40, watch=True) is True
+    assert compiles_for("auto") is True  # a size that could not be estimated: the throughput default
+    assert compiles_for(True, tiles_per_actor=1) is True and compiles_for(False, tiles_per_actor=10**6, watch=True) is False
