@@ -46,9 +46,8 @@ from skyblink.storage import (
 
 from .ray_runtime import ray_session
 
-__all__ = ["CcdLanded", "IngestJob", "IngestOutcome", "IngestPlanError", "IngestReport", "discover_night", "estimate_night_tiles",
-           "ingest_file",
-           "ingest_file_events", "ingest_night", "plan_ingest", "prestart_ingest_workers"]
+__all__ = ["CcdLanded", "IngestJob", "IngestOutcome", "IngestPlanError", "IngestReport", "discover_night",
+           "estimate_night_tiles", "ingest_file", "ingest_file_events", "ingest_night", "plan_ingest", "prestart_ingest_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +353,8 @@ def discover_night(night_dir: Path) -> list[tuple[str, ExposureKind, str]]:
 def estimate_night_tiles(night_dir: Path, tile_size: int, headers: HeadersConfig | None = None) -> int | None:
     """
     The tiles a night run will have, before anything is ingested: the number of science exposures
-    times the tiles of the first one whose headers validate (no pixels read).
+    times the tiles (`WorkUnit.tiling`, as the run plans them) of the first of the first three whose
+    headers validate (no pixels read).
 
     Parameters
     ----------
@@ -368,13 +368,17 @@ def estimate_night_tiles(night_dir: Path, tile_size: int, headers: HeadersConfig
     Returns
     -------
     int or None
-        None when no science exposure's headers could be read (the ingest will say why).
+        None when none of the first three science exposures' headers could be read (the ingest
+        will say why).
 
     Raises
     ------
     IngestPlanError
         As `discover_night`.
     """
+    # The driver's alone (it holds the module already): the ingest's tasks do not import the tile program.
+    from skyblink.workers.tile_unit import WorkUnit  # noqa: PLC0415
+
     files = [rel for rel, kind, _ in discover_night(night_dir) if kind == "exposure"]
     for rel in files[:3]:
         try:
@@ -382,7 +386,7 @@ def estimate_night_tiles(night_dir: Path, tile_size: int, headers: HeadersConfig
                 shapes = [ccd.shape for ccd in reader.exposure.ccds]
         except (InvalidExposureError, OSError):
             continue
-        return len(files) * sum(-(-ny // tile_size) * -(-nx // tile_size) for ny, nx in shapes)
+        return len(files) * sum(len(WorkUnit.tiling("", rel, "", shape, size=tile_size)) for shape in shapes)
     return None
 
 

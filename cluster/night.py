@@ -518,7 +518,8 @@ class NightRun:
         """
         workers = WorkerConfig.from_config(self.config)  # the one contract every actor gets
         spec = worker_spec(workers)
-        compiled = self._compiles(spec.count) if spec.num_gpus else False  # CPU actors run numpy and ONNX Runtime
+        # CPU actors run numpy and ONNX Runtime: nothing to compile.
+        compiled = self._compiles(spec.count, workers.program.tile_size) if spec.num_gpus else False
         workers = replace(workers, program=replace(workers.program, compile_device_program=compiled))
         pool = WorkerPool(workers, spec)
         self.pool = pool
@@ -529,7 +530,7 @@ class NightRun:
         prestart_ingest_workers(min(int(free), _PRESTART_MAX))
         return pool
 
-    def _compiles(self, actors: int) -> bool:
+    def _compiles(self, actors: int, tile_size: int) -> bool:
         """
         Whether the GPU actors compile their device program (`compiles_for`): with ``"auto"``,
         by the night's estimated tiles per actor (`estimate_night_tiles`), said to the operator.
@@ -538,7 +539,7 @@ class NightRun:
         setting = night.compile_device_program
         if setting != "auto" or self.watch:
             return compiles_for(setting, watch=self.watch)
-        tiles = estimate_night_tiles(self.night_dir, night.tile_size or self.config.ingest.tile_size, self.config.headers)
+        tiles = estimate_night_tiles(self.night_dir, tile_size, self.config.headers)
         per_actor = None if tiles is None else tiles / max(1, actors)
         compiled = compiles_for(setting, tiles_per_actor=per_actor, min_tiles=night.compile_min_tiles)
         size = "an unknown number of" if tiles is None else f"about {tiles}"
