@@ -174,16 +174,17 @@ def store_unit_results(unit: WorkUnit, records: Sequence[CandidateRecord]) -> No
 def exposure_static_detections(store_url: str, units: list[WorkUnit], night: str,
                                config: NightConfig) -> tuple[pa.Table, pa.Table]:
     """
-    Read one exposure's unit results and reduce them (`skyblink.reduce.exposure_task.reduce_exposure`):
-    the body of the night run's per-exposure Ray task. The results are read in the task, so that
-    their stamps never pass through the driver, and this module imports no worker side.
+    Read one exposure's unit results (all of them, or a run of whole CCDs) and reduce them
+    (`skyblink.reduce.exposure_task.reduce_exposure`): the body of the night run's reduce Ray
+    tasks. The results are read in the task, so that their stamps never pass through the driver,
+    and this module imports no worker side.
 
     Parameters
     ----------
     store_url : str
         The night's store.
     units : list of WorkUnit
-        The exposure's units with results.
+        Units of one exposure with results (whole CCDs: duplicates are merged within a CCD).
     night : str
         Part of every alert id.
     config : NightConfig

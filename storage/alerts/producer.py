@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from types import TracebackType
 from typing import Any, Self
@@ -337,12 +338,24 @@ class AlertProducer:
         return tally.report()
 
     def _publish_into(self, tally: _Tally, entries: Iterator[EncodedAlert], *, from_spool: bool = False) -> None:
+        """
+        Publish ``entries`` in batches of ``alerts.batch_size``, each sent in a thread of its own
+        while the caller's thread takes and encodes the next: the socket's writes and Redis' work
+        overlap the building of packets. One batch is in flight at a time, so batches reach the
+        stream in order, and the batch before an error is sent (or spooled) before it is raised.
+        """
         batch: list[EncodedAlert] = []
-        for entry in entries:
-            batch.append(entry)
-            if len(batch) >= self.config.batch_size:
-                self._publish_batch(tally, batch, from_spool=from_spool)
-                batch = []
+        with ThreadPoolExecutor(1, thread_name_prefix="alert-sender") as sender:
+            in_flight: Future[None] | None = None
+            for entry in entries:
+                batch.append(entry)
+                if len(batch) >= self.config.batch_size:
+                    if in_flight is not None:
+                        in_flight.result()  # its error (auth, spool) stops the publish here
+                    in_flight = sender.submit(self._publish_batch, tally, batch, from_spool=from_spool)
+                    batch = []
+            if in_flight is not None:
+                in_flight.result()
         if batch:
             self._publish_batch(tally, batch, from_spool=from_spool)
 

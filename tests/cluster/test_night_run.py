@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -171,6 +172,52 @@ def test_the_per_exposure_reduce_in_ray_tasks_gives_the_driver_s_night(reference
             assert a == b or close, name
 
 
+def test_a_large_exposure_is_reduced_in_tasks_of_whole_ccds(tmp_path: Path, ray_local: None) -> None:
+    """One exposure (a --watch cycle of a Rubin-size visit) split into tasks by CCD: the driver's detections."""
+    import math
+
+    from skyblink.cluster import ingest_night
+    from skyblink.cluster.night import _StaticDetections, plan_night
+    from skyblink.cluster.results import UnitStore, store_unit_results
+    from skyblink.reduce.steps import DETECTION_ORDER
+    from skyblink.storage import NightStore
+    from skyblink.workers.tile_unit import CandidateRecord
+
+    simulate_night(tmp_path / "night", SimConfig(fields=1, exposures_per_field=1, ccds=3, image_size=256, seed=5),
+                   max_workers=1)
+    config = _config(tmp_path)
+    ingest_night(tmp_path / "night", config)
+    store = NightStore(config.store)
+    visit, _, _ = plan_night(store, config)
+    assert len({u.ccd for u in visit}) == 3
+    rng = np.random.default_rng(3)
+    for unit in visit:  # as the actors store them: candidates with stamps, some near each other
+        oy, ox = unit.origin
+        records = []
+        for _ in range(12):
+            x, y = ox + unit.margin + rng.uniform(0, unit.size), oy + unit.margin + rng.uniform(0, unit.size)
+            stamp = rng.normal(0.0, 1.0, (3, 63, 63)).astype(np.float16)
+            stamp[:, 29:34, 29:34] += 15.0
+            records.append(CandidateRecord(unit.key, unit.exposure, unit.ccd, x, y, 0.9, float(rng.uniform(6, 40)),
+                                           0.9, (0.02, 0.02, 0.9, 0.02, 0.02, 0.01, 0.01), stamp))
+        store_unit_results(unit, records)
+    results = UnitStore(store.url)
+    split = _StaticDetections(task_units=0, part_units=1)
+    parts = split._parts(visit)
+    assert [len({u.ccd for u in part}) for part in parts] == [1, 1, 1]  # one task per CCD, in the units' order
+    assert [u.key for part in parts for u in part] == [u.key for u in visit]
+    driver = _StaticDetections(task_units=len(visit) + 1).update(store, results, visit, "20261124", config, redo=set())
+    tasks = split.update(store, results, visit, "20261124", config, redo=set())
+    assert tasks[0].equals(driver[0])  # the units' results in the same order
+    assert driver[0].num_rows == 36 and split.candidates == {visit[0].exposure: 36}
+    assert tasks[1].num_rows == driver[1].num_rows > 0
+    ordered = [t.sort_by(DETECTION_ORDER) for t in (driver[1], tasks[1])]
+    for name in ordered[0].column_names:
+        for a, b in zip(ordered[0].column(name).to_pylist(), ordered[1].column(name).to_pylist(), strict=True):
+            close = isinstance(a, float) and (math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9) or math.isnan(a) and math.isnan(b))
+            assert a == b or close, name
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # our own CLI
         [sys.executable, "-m", "skyblink.cli", *args],
@@ -311,7 +358,6 @@ def test_a_file_bad_after_some_ccds_ran_is_quarantined_and_what_they_made_is_dro
     the other exposures go out as usual. ``--watch``, so that the actors are warm and the driver
     takes each CCD as it lands while the files are ingested.
     """
-    import numpy as np
     from astropy.io import fits
 
     ccds = 16
