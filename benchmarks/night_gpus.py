@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--units-per-call", type=int, default=8, help="night.units_per_call (was --tiles-per-task)")
     parser.add_argument("--device-batch", type=int, default=8, help="night.device_batch (was --tiles-per-task)")
-    parser.add_argument("--prepare-calls", type=int, default=2, help="night.gpu_prepare_calls of the actors")
+    parser.add_argument("--prepare-calls", type=int, default=4, help="night.gpu_prepare_calls of the actors")
     parser.add_argument("--visit-ccds", type=int, default=16)
     parser.add_argument("--backend", default="torch", help="engines.backend of the worker actors")
     parser.add_argument("--work", type=Path, default=Path("/tmp/night-gpus"))

@@ -331,7 +331,7 @@ class NightConfig(_Section):
         description="Windows a GPU worker actor runs through its device program at once (sizes its pinned and device buffers).",
     )
     gpu_prepare_calls: int = Field(
-        2, ge=1, le=16, description="Calls a GPU worker actor reads and prepares on the host while one launches on its device."
+        4, ge=1, le=16, description="Calls a GPU worker actor reads and prepares on the host while one launches on its device."
     )
     workers: int | None = Field(
         None, ge=1, description="Worker actors (unset: one per GPU, else one per CPU of the cluster, sharing all CPUs but one)."
