@@ -81,7 +81,7 @@ def main() -> None:
         ingest_only(sim, args.work, args.repeat)
         return
     (live / "exposures").mkdir(parents=True)
-    shutil.copytree(sim / "references", live / "references")
+    shutil.copytree(sim / "references", live / "references", copy_function=_link_or_copy)  # 7.5 GB for a Rubin visit
     visit = next((sim / "exposures").glob("*.fits"))
     staged = live / "exposures" / f".{visit.name}.part"  # same file system: the rename is atomic
     try:
@@ -137,6 +137,14 @@ def main() -> None:
                                                                               "report": report}, indent=1))
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link ``src`` to ``dst`` (instant, no second copy of a multi-GB file), else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def ingest_only(sim: Path, work: Path, repeat: int) -> None:
     """Ingest the reference, then the visit ``repeat`` times into fresh stores; print when each CCD landed."""
     import statistics
@@ -155,7 +163,7 @@ def ingest_only(sim: Path, work: Path, repeat: int) -> None:
         for i in range(repeat):
             night = work / f"ingest-night-{i}"
             (night / "exposures").mkdir(parents=True)
-            shutil.copytree(sim / "references", night / "references")
+            shutil.copytree(sim / "references", night / "references", copy_function=_link_or_copy)
             store = load_config(overrides={"store": str(work / f"ingest-{i}.zarr")})
             ingest_night(night, store)  # the reference, landed before the visit
             visit = next((sim / "exposures").glob("*.fits"))

@@ -555,7 +555,8 @@ def ingest_night(
     jobs, unchanged = plan_ingest(night_dir, files, store, manifest, config, retry_quarantined=retry_quarantined,
                                   retry_failed=retry_failed)
     report = IngestReport(store_url=store.url, unchanged=unchanged)
-    log.info("%d file(s) to ingest, %d unchanged", len(jobs), len(unchanged))
+    # A watch polls every ``night.watch_poll_s``: a poll that finds nothing new is not news.
+    log.log(logging.INFO if jobs else logging.DEBUG, "%d file(s) to ingest, %d unchanged", len(jobs), len(unchanged))
     if on_planned is not None:
         on_planned(len(jobs))
     if jobs:
