@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from conftest import wait_for
 
 from skyblink.config import AlertsConfig, RedisConfig
 from skyblink.storage.alerts import (
+    Alert,
     AlertProducer,
     AlertSpool,
     RedisAuthError,
@@ -195,3 +197,24 @@ def test_confirm_counts_trimmed_entries_as_delivered_and_spooled_ids_are_kept(
         redis_server.kill()
         producer.publish(make_alerts(3, start=5000, with_cutouts=False))
         assert len(producer.spooled_ids) == 3
+
+
+def test_batches_before_a_failing_alert_reach_the_stream_in_order(
+    redis_server: RedisServer, alerts_config: AlertsConfig
+) -> None:
+    """A batch is sent while the next is built: when building fails, what was built before is in the stream."""
+    config = alerts_config.model_copy(update={"batch_size": 50})
+    alerts = make_alerts(130)
+
+    def built() -> Iterator[Alert]:
+        yield from alerts[:100]
+        raise ValueError("the 101st packet could not be built")
+
+    client = connect(RedisConfig(), url=redis_server.url)
+    with AlertProducer(client, NIGHT, config=config) as producer, pytest.raises(ValueError, match="101st"):
+        producer.publish(built())
+    assert stream_alert_ids(redis_server) == [a.alert_id for a in alerts[:100]]
+    with AlertProducer(client, NIGHT, config=config) as producer:  # the night's rerun sends the rest, once
+        again = producer.publish(alerts)
+    assert (again.published, again.duplicates) == (30, 100)
+    assert stream_alert_ids(redis_server) == [a.alert_id for a in alerts]
