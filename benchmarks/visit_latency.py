@@ -7,7 +7,7 @@ the observatory case: `skyblink night run --watch` with its worker actors alread
 
 The visit (one exposure of ``--ccds`` CCDs, or ``--rubin-visit``: 189 CCDs of 4096x4096) and its
 field's reference are simulated; the reference is put in the night directory, the watch is
-started and, once its actors are warm and it says the reference's source catalog is ready (at an
+started and, once it says that its actors are warm and the reference's source catalog is ready (at an
 observatory the template is in place long before the visit), the visit's file is renamed into
 ``exposures/`` (as an observatory writes, then renames). The run stops after
 ``night.watch_idle_s`` without a new file; its JSON report gives the latency and the stages.
@@ -92,6 +92,7 @@ def main() -> None:
     run = subprocess.Popen([sys.executable, "-m", "skyblink.cli", "night", "run", str(live), "--watch",
                             "--report", str(report_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ready = threading.Event()
+    seen: set[str] = set()
     lines: list[str] = []
     log = (args.work / "watch.log").open("w")  # the watch's output as it comes, also when the run is stopped
 
@@ -100,7 +101,9 @@ def main() -> None:
             lines.append(line)
             log.write(f"{time.perf_counter() - t0 - t_sim:8.1f} s  {line}")
             log.flush()
-            if "reference catalog of" in line:  # actors warm, reference ingested and its catalog cached
+            # The actors warm and the reference ingested and catalogued (the watch does both at once).
+            seen.update(mark for mark in ("worker actor(s) ready", "reference catalog of") if mark in line)
+            if len(seen) == 2:
                 ready.set()
 
     reader = threading.Thread(target=read, daemon=True)

@@ -464,12 +464,14 @@ class NightRun:
                     self.report.redis_url = redact_url(redis_url)
                     self.overlapped.append(("redis", redis_began, time.time()))
                     try:
-                        if self.watch:  # the observatory case: the actors are warm before the first exposure lands
-                            self.await_workers()
+                        if self.watch:
+                            # The observatory case: Ray and Redis started, the actors created. They
+                            # warm up (a compile: 96 s on an H100) while the references are ingested
+                            # and catalogued; an exposure landing before they are ready waits for
+                            # them (its ``workers_start``).
                             self.marks.append(("startup", time.time()))
-                            # Ray and Redis started, the actors created (their wait is ``workers_start``).
-                            startup = self.marks[-1][1] - self.began - self.report.stage_seconds.get("workers_start", 0.0)
-                            self.report.stage_seconds = {"startup": startup, **self.report.stage_seconds}
+                            self.report.stage_seconds = {"startup": self.marks[-1][1] - self.began,
+                                                         **self.report.stage_seconds}
                         self._cycles(landings)
                         landings = None
                     finally:
@@ -503,7 +505,12 @@ class NightRun:
             landings = None
             if not self.watch:
                 return
-            if new_files or self.references.pending:  # idle means nothing new and nothing under way
+            warming = self.pool is not None and not self.pool.ready
+            if warming and self.warmup is not None and self.warmup.ready_at is not None:
+                self.await_workers()  # ready meanwhile: said, their engines and start in the report
+                warming = False
+            # Idle means nothing new and nothing under way (a reference's catalog, the actors' warm-up).
+            if new_files or self.references.pending or warming:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= self.config.night.watch_idle_s:
                 self.hooks.say(f"no new exposure for {self.config.night.watch_idle_s:.0f} s: the night is over")

@@ -294,8 +294,12 @@ def test_watch_does_not_end_the_night_while_a_reference_catalog_is_under_way(
     assert report.exposures == 0
     fs, path = reference_catalog_path(NightStore(report.store_url), "F00", config.night.reference_snr_threshold)
     assert fs.exists(path), said
-    assert said.index(next(s for s in said if s.startswith("reference catalog of F00 ready"))) < said.index(
-        next(s for s in said if "the night is over" in s))
+    over = said.index(next(s for s in said if "the night is over" in s))
+    assert said.index(next(s for s in said if s.startswith("reference catalog of F00 ready"))) < over
+    # The actors warm up beside the reference's ingest; the watch does not end before they are
+    # ready, and says so with their engines (no exposure made it wait for them).
+    assert said.index(next(s for s in said if s.endswith("worker actor(s) ready"))) < over
+    assert report.workers["engines"] and "workers_start" in report.stage_seconds
 
 
 @pytest.mark.slow
