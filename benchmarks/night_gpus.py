@@ -3,7 +3,7 @@
 simulated night, and the latency of one large visit from FITS to alerts in Redis.
 
     python benchmarks/night_gpus.py [--gpus 1 2] [--fields 4] [--exposures 6] [--size 4096]
-                                    [--units-per-call 8] [--device-batch 8] [--prepare-calls 2] [--visit-ccds 16] [--work DIR]
+                                    [--units-per-call 8] [--device-batch 8] [--prepare-calls N] [--visit-ccds 16] [--work DIR]
                                     [--reuse-night]
 
 The night is simulated and ingested once; each GPU count then reprocesses every tile (the unit
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--units-per-call", type=int, default=8, help="night.units_per_call (was --tiles-per-task)")
     parser.add_argument("--device-batch", type=int, default=8, help="night.device_batch (was --tiles-per-task)")
-    parser.add_argument("--prepare-calls", type=int, default=4, help="night.gpu_prepare_calls of the actors")
+    parser.add_argument("--prepare-calls", type=int, help="night.gpu_prepare_calls of the actors (default: the configuration's)")
     parser.add_argument("--visit-ccds", type=int, default=16)
     parser.add_argument("--backend", default="torch", help="engines.backend of the worker actors")
     parser.add_argument("--work", type=Path, default=Path("/tmp/night-gpus"))
@@ -71,13 +71,14 @@ def main() -> None:
         "SKYBLINK_INGEST__TILE_SIZE": str(args.tile_size),
         "SKYBLINK_NIGHT__UNITS_PER_CALL": str(args.units_per_call),
         "SKYBLINK_NIGHT__DEVICE_BATCH": str(args.device_batch),
-        "SKYBLINK_NIGHT__GPU_PREPARE_CALLS": str(args.prepare_calls),
         "SKYBLINK_NIGHT__REDIS_DIR": str(args.work / "redis"),
         "SKYBLINK_ALERTS__SPOOL_DIR": str(args.work / "spool"),
         "SKYBLINK_ENGINES__BACKEND": args.backend,
         # Throughput at the actors' pace: compiled whatever the night's size (auto leaves small nights eager).
         "SKYBLINK_NIGHT__COMPILE_DEVICE_PROGRAM": "true",
     }
+    if args.prepare_calls is not None:
+        env["SKYBLINK_NIGHT__GPU_PREPARE_CALLS"] = str(args.prepare_calls)
     t_sim = t_ingest = 0.0
     if not reuse:
         t_sim = skyblink("sim", "night", str(night), "--fields", str(args.fields), "--exposures", str(args.exposures),
