@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from functools import cache
 from typing import Any
 
@@ -649,6 +649,7 @@ def build_alerts(
     exposures: Iterable[str] | None = None,
     threads: int | None = None,
     ahead: int | None = None,
+    only: Collection[int] | None = None,
 ) -> Iterator[Alert]:
     """
     Build the alert packets of the alerted detections, in time order.
@@ -675,6 +676,9 @@ def build_alerts(
         them in batches (`AlertProducer.publish`) wants more than a batch: the threads then build
         the next batch while it sends one (a Rubin-size visit's 10,582 packets took 9.3 s to build
         and publish on an H100 node when they did not).
+    only : collection of int, optional
+        Only the alerts of these alert ids (of the exposures asked for); the other rows still
+        give the history (``prv_detections``) of the packets built. Default all.
 
     Yields
     ------
@@ -695,7 +699,8 @@ def build_alerts(
         for row in rows:
             detection = _detection(row, row["alert_type"])
             earlier = history.setdefault(int(row["object_id"]), [])
-            if row["alert_type"] is not None and (wanted is None or row["exposure_id"] in wanted):
+            if (row["alert_type"] is not None and (wanted is None or row["exposure_id"] in wanted)
+                    and (only is None or row["alert_id"] in only)):
                 stamp = stamps[int(row["row"])]  # float16: the cutout writer makes it float32 in the builder's thread
                 x_peak, y_peak = row.get("x_peak", row["x"]), row.get("y_peak", row["y"])
                 wcs = wcs_of(row["exposure"], row["ccd"])

@@ -47,7 +47,7 @@ from .packet import (
     MovingObject,
     make_alert_id,
 )
-from .producer import AlertProducer, PublishReport
+from .producer import AlertEncoder, AlertProducer, PublishReport
 from .schema import (
     AlertSchema,
     decode_payload,
@@ -69,6 +69,7 @@ __all__ = [
     "AlertDecodeError",
     "AlertEncodeError",
     "AlertError",
+    "AlertEncoder",
     "AlertProducer",
     "AlertSchema",
     "AlertSpool",

@@ -43,7 +43,7 @@ from .packet import Alert
 from .schema import AlertSchema, latest_schema
 from .spool import AlertSpool
 
-__all__ = ["AlertProducer", "PublishReport"]
+__all__ = ["AlertEncoder", "AlertProducer", "PublishReport"]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,65 @@ class _Tally:
         )
 
 
+class AlertEncoder:
+    """
+    Edge-filter and encode alerts for one night's stream: what `AlertProducer.publish` sends,
+    made where no Redis is needed (the producer's thread, or processes building packets beside
+    it for `AlertProducer.publish_encoded`). Stable.
+
+    Parameters
+    ----------
+    night : str
+        Names the stream (``alerts.stream`` template).
+    config : AlertsConfig, optional
+        Stream template, cutout placement, edge threshold (default: the embedded defaults).
+    schema : AlertSchema, optional
+        Writer schema (default: the latest).
+    """
+
+    def __init__(self, night: str, *, config: AlertsConfig | None = None, schema: AlertSchema | None = None) -> None:
+        self.config = config or AlertsConfig()
+        self.stream = stream_name(self.config.stream, night)
+        self.schema = schema or latest_schema()
+        self.edge = EdgeFilter(self.config.edge_min_score)
+        #: Alerts the edge filter has held back so far (not encoded, not to be sent).
+        self.filtered = 0
+
+    def encode(self, alert: Alert) -> EncodedAlert:
+        """
+        Encode one alert for this stream and cutout placement.
+
+        Raises
+        ------
+        AlertEncodeError
+            The alert does not fit the schema.
+        """
+        return encode_alert(alert, self.stream, cutouts=self.config.cutouts, schema=self.schema)
+
+    def encode_kept(self, alerts: Iterable[Alert], *, sent: list[int] | None = None) -> Iterator[EncodedAlert]:
+        """
+        Yield the encoded alerts that pass the edge filter, in order; count the others in `filtered`.
+
+        Parameters
+        ----------
+        alerts : iterable of Alert
+        sent : list of int, optional
+            Receives the id of every alert yielded.
+
+        Raises
+        ------
+        AlertEncodeError
+            An alert does not fit the schema (raised when it is reached).
+        """
+        for alert in alerts:
+            if self.edge.keep(alert):
+                if sent is not None:
+                    sent.append(alert.alert_id)
+                yield self.encode(alert)
+            else:
+                self.filtered += 1
+
+
 class AlertProducer:
     """
     Publish the alerts of one night to its stream. Stable.
@@ -172,10 +231,9 @@ class AlertProducer:
     ) -> None:
         self.config = config or AlertsConfig()
         self.night = night
-        self.stream = stream_name(self.config.stream, night)
+        self.encoder = AlertEncoder(night, config=self.config, schema=schema)
+        self.stream, self.schema, self.edge = self.encoder.stream, self.encoder.schema, self.encoder.edge
         self.spool = spool or AlertSpool(self.config.spool_dir)
-        self.schema = schema or latest_schema()
-        self.edge = EdgeFilter(self.config.edge_min_score)
         self._client = client
         self._sha: str | None = None
         self._degraded = False
@@ -245,7 +303,7 @@ class AlertProducer:
         AlertEncodeError
             The alert does not fit the schema.
         """
-        return encode_alert(alert, self.stream, cutouts=self.config.cutouts, schema=self.schema)
+        return self.encoder.encode(alert)
 
     # --------------------------------------------------------------------------------- publish
     def publish(self, alerts: Iterable[Alert], *, sent: list[int] | None = None) -> PublishReport:
@@ -273,17 +331,11 @@ class AlertProducer:
             Redis was unreachable and the spool could not be written.
         """
         tally = _Tally()
-
-        def encoded() -> Iterator[EncodedAlert]:
-            for alert in alerts:
-                if self.edge.keep(alert):
-                    if sent is not None:
-                        sent.append(alert.alert_id)
-                    yield self.encode(alert)
-                else:
-                    tally.filtered += 1
-
-        self._publish_into(tally, encoded())
+        before = self.encoder.filtered
+        try:
+            self._publish_into(tally, self.encoder.encode_kept(alerts, sent=sent))
+        finally:
+            tally.filtered += self.encoder.filtered - before
         return tally.report()
 
     def publish_encoded(self, entries: Iterable[EncodedAlert]) -> PublishReport:

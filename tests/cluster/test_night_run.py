@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -216,6 +218,72 @@ def test_a_large_exposure_is_reduced_in_tasks_of_whole_ccds(tmp_path: Path, ray_
         for a, b in zip(ordered[0].column(name).to_pylist(), ordered[1].column(name).to_pylist(), strict=True):
             close = isinstance(a, float) and (math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9) or math.isnan(a) and math.isnan(b))
             assert a == b or close, name
+
+
+def test_packets_built_in_tasks_are_the_drivers_entries_in_its_order(tmp_path: Path, ray_local: None) -> None:
+    """A large visit's packets built in Ray tasks of consecutive alerts: the same stream entries, in the same order,
+    each packet with its object's whole history, also where that history lies in an earlier task's alerts."""
+    import ray
+
+    from skyblink.cluster import ingest_night
+    from skyblink.cluster.night import _StaticDetections, plan_night
+    from skyblink.cluster.results import UnitStore, store_unit_results
+    from skyblink.reduce.packet_task import alert_parts, encode_alert_part
+    from skyblink.reduce.steps import build_alerts, night_detections
+    from skyblink.storage import NightStore
+    from skyblink.storage.alerts import AlertBuilder, AlertEncoder
+    from skyblink.workers.tile_unit import CandidateRecord
+
+    simulate_night(tmp_path / "night", SimConfig(fields=1, exposures_per_field=3, ccds=1, image_size=256, seed=5),
+                   max_workers=1)
+    config = _config(tmp_path, **{"alerts.edge_min_score": 0.92})
+    ingest_night(tmp_path / "night", config)
+    store = NightStore(config.store)
+    units, _, _ = plan_night(store, config)
+    rng = np.random.default_rng(4)
+    first = units[0]
+    sky = store.wcs(first.exposure, first.ccd).all_pix2world(
+        rng.uniform(first.margin + 4, first.margin + first.size - 4, (9, 2)), 0)  # the same 9 places in every exposure
+    for unit in units:
+        xy = store.wcs(unit.exposure, unit.ccd).all_world2pix(sky, 0)
+        records = []
+        for i, (x, y) in enumerate(xy):
+            stamp = rng.normal(0.0, 1.0, (3, 63, 63)).astype(np.float16)
+            stamp[:, 29:34, 29:34] += 15.0
+            records.append(CandidateRecord(unit.key, unit.exposure, unit.ccd, float(x), float(y), 0.9, 20.0,
+                                           0.9 + 0.01 * (i % 5), (0.02, 0.02, 0.9, 0.02, 0.02, 0.01, 0.01), stamp))
+        store_unit_results(unit, records)
+    candidates, static = _StaticDetections().update(store, UnitStore(store.url), units, "20261124", config, redo=set())
+    detections = night_detections(static, config.night)
+    driver_encoder = AlertEncoder("20261124", config=config.alerts)
+    driver = list(driver_encoder.encode_kept(build_alerts(detections, candidates, store, AlertBuilder("20261124"),
+                                                          threads=1)))
+    assert len(driver) >= 12 and driver_encoder.filtered > 0  # the edge filter holds some back
+
+    parts = alert_parts(detections, None, size=5)
+    assert len(parts) >= 4
+    seen: set[int] = set()
+    later_objects = []
+    for part, ids in parts[1:]:
+        earlier = part.filter(pc.invert(pc.is_in(part.column("alert_id"), pa.array(ids))))
+        later_objects.append(set(earlier.column("object_id").to_pylist()))
+    assert any(later_objects), "no task needs the history of an earlier task's alerts: the test shows nothing"
+    task = ray.remote(encode_alert_part)
+    stamps = ray.put(candidates)
+    results = ray.get([task.remote(part, ids, stamps, store.url, "20261124", "rle", config.alerts) for part, ids in parts])
+    tasks = [entry for encoded, _, _ in results for entry in encoded]
+    assert tasks == driver  # byte for byte, in the same order
+    assert [i for _, sent, _ in results for i in sent] == [e.alert_id for e in driver]
+    assert sum(held for _, _, held in results) == driver_encoder.filtered
+    for _, ids in parts:
+        assert not seen & set(ids)
+        seen |= set(ids)
+
+    last = detections.column("exposure_id")[detections.num_rows - 1].as_py()  # a --watch cycle: one exposure's alerts
+    one = alert_parts(detections, {last}, size=5)
+    wanted = detections.filter(pc.equal(detections.column("exposure_id"), last))
+    assert sorted(i for _, ids in one for i in ids) == sorted(
+        wanted.filter(pc.is_valid(wanted.column("alert_type"))).column("alert_id").to_pylist())
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
