@@ -65,6 +65,27 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {1, id}
 """
 
+# KEYS: stream. ARGV: entry ids. Returns, per id, 1 when the stream holds that entry, else 0:
+# the check runs in Redis, so the entries (tens of kilobytes each, with inline cutouts) are not
+# sent back to be looked at. A Rubin-like visit's 12,676 entries (453 MB): 1.2-1.3 s, against
+# 2.6-2.9 s read back over loopback (2 cores, 2026-12-07); over a network, 450 MB more.
+HAS_ENTRIES_SCRIPT = """
+local found = {}
+for i = 1, #ARGV do
+  found[i] = #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i], 'COUNT', 1)
+end
+return found
+"""
+
+# KEYS: stream. Returns the id of its first entry (false when empty), without the entry.
+FIRST_ENTRY_SCRIPT = """
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first == 0 then
+  return false
+end
+return first[1][1]
+"""
+
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -236,6 +257,9 @@ class AlertProducer:
         self.spool = spool or AlertSpool(self.config.spool_dir)
         self._client = client
         self._sha: str | None = None
+        # Loaded on first use, and again after a restart.
+        self._has_entries = client.register_script(HAS_ENTRIES_SCRIPT)
+        self._first_entry = client.register_script(FIRST_ENTRY_SCRIPT)
         self._degraded = False
         self._url = client_url(client)
         #: What the spool replay at `open` did (the alerts an earlier run could not deliver).
@@ -495,13 +519,12 @@ class AlertProducer:
             return []
         dedup = dedup_key(self.stream)
         try:
-            first = self._client.xrange(self.stream, count=1)
-            first_id = _entry_order(first[0][0]) if first and first[0][0] is not None else None
+            first = self._first_entry(keys=[self.stream])
+            first_id = _entry_order(first) if first is not None else None
             missing: list[int] = []
             for start in range(0, len(ids), chunk):
                 part = ids[start : start + chunk]
                 entries = self._client.hmget(dedup, [str(i) for i in part])
-                pipe = self._client.pipeline(transaction=False)
                 looked: list[tuple[int, bytes | str]] = []
                 for alert_id, entry in zip(part, entries, strict=True):
                     if entry is None:
@@ -509,9 +532,9 @@ class AlertProducer:
                     elif first_id is not None and _entry_order(entry) < first_id:
                         continue  # delivered, then trimmed by MAXLEN
                     else:
-                        pipe.xrange(self.stream, min=entry, max=entry, count=1)
                         looked.append((alert_id, entry))
-                gone = [alert_id for (alert_id, _), found in zip(looked, pipe.execute(), strict=True) if not found]
+                found = self._has_entries(keys=[self.stream], args=[entry for _, entry in looked]) if looked else []
+                gone = [alert_id for (alert_id, _), there in zip(looked, found, strict=True) if not int(there)]
                 if gone:
                     self._client.hdel(dedup, *[str(i) for i in gone])
                     missing.extend(gone)

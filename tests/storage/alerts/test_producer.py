@@ -183,6 +183,28 @@ def test_confirm_finds_what_a_restarted_server_lost_and_a_resend_restores_it(
         assert sorted(stream_alert_ids(server)) == sorted(sent)
 
 
+def test_confirm_finds_entries_gone_behind_the_dedup_hash_without_reading_them_back(
+    redis_server: RedisServer, alerts_config: AlertsConfig
+) -> None:
+    """Entries lost while the dedup hash kept their ids (an older append-only file): found, their ids freed, resent."""
+    alerts = make_alerts(40)
+    client = connect(RedisConfig(), url=redis_server.url)
+    sent: list[int] = []
+    with AlertProducer(client, NIGHT, config=alerts_config) as producer:
+        producer.publish(alerts, sent=sent)
+        lost = sent[5:8] + sent[30:31]
+        entries = client.hmget(dedup_key(STREAM), [str(i) for i in lost])
+        assert all(entries) and client.xdel(STREAM, *entries) == 4
+        client.script_flush()  # as after a restart: the check is loaded again
+        before = client.info("stats")["total_net_output_bytes"]
+        assert producer.confirm(sent) == lost
+        assert client.info("stats")["total_net_output_bytes"] - before < 20_000  # not the 40 entries with their cutouts
+        assert client.hmget(dedup_key(STREAM), [str(i) for i in lost]) == [None] * 4
+        again = producer.publish(a for a in alerts if a.alert_id in set(lost))
+        assert again.published == 4 and producer.confirm(sent) == []
+    assert sorted(stream_alert_ids(redis_server)) == sorted(sent)
+
+
 def test_confirm_counts_trimmed_entries_as_delivered_and_spooled_ids_are_kept(
     redis_server: RedisServer, alerts_config: AlertsConfig
 ) -> None:
