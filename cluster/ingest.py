@@ -543,6 +543,7 @@ def ingest_night(
         shard_tiles=config.ingest.shard_tiles,
         compressor=config.ingest.compressor,
         compression_level=config.ingest.compression_level,
+        shuffle=config.ingest.shuffle,
     )
     files = discover_night(night_dir)  # checks the directory before anything is created
     if settle_s > 0:

@@ -144,6 +144,9 @@ class IngestConfig(_Section):
     compression_level: int = Field(
         1, ge=0, le=22, description="Compressor level; blosc-zstd 1 keeps 97 % of level 5's ratio at twice its speed."
     )
+    shuffle: Literal["byte", "bit"] = Field(
+        "byte", description="Blosc's shuffle before compressing: of bytes, or of bits."
+    )
     write_threads: int = Field(
         4, ge=1, le=64, description="CCDs of one file compressed and written at once (a visit is one file of many CCDs)."
     )

@@ -82,6 +82,7 @@ class StoreLayout:
     compressor: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
     compression_level: int = 1
     checksum: Literal["crc32c", "none"] = "crc32c"
+    shuffle: Literal["byte", "bit"] = "byte"
 
     @property
     def shard_size(self) -> int:
@@ -98,13 +99,13 @@ class StoreLayout:
         # Blosc's names as plain strings: zarr 3.1 takes them beside its enums, and zarr 3.2+ (Python
         # 3.12+) no longer builds the enums from a value (``BloscCname("zstd")`` is a TypeError there).
         cname: Literal["zstd", "lz4"] = "zstd" if self.compressor == "blosc-zstd" else "lz4"
-        # Byte shuffle groups the high and low bytes of neighbouring pixels: smooth sky compresses
-        # far better; it is lossless for integers and floats alike.
+        # Shuffling groups the high and low bytes (or bits) of neighbouring pixels: smooth sky
+        # compresses far better; it is lossless for integers and floats alike.
         return [
             BloscCodec(
                 cname=cname,
                 clevel=min(self.compression_level, 9),
-                shuffle="shuffle",
+                shuffle="bitshuffle" if self.shuffle == "bit" else "shuffle",
                 typesize=dtype.itemsize,
             ),
             *checksum,

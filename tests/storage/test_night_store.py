@@ -80,6 +80,26 @@ def test_existing_store_with_another_layout_is_refused(tmp_path: Path) -> None:
     assert store.layout.compressor == "blosc-lz4"
 
 
+def test_bit_shuffled_exposures_read_back_exactly_beside_byte_shuffled_ones(tmp_path: Path, exposure_writer) -> None:
+    """ingest.shuffle = "bit" in a store of byte-shuffled arrays: each array records its own codec, and both read
+    back bit for bit."""
+    import json
+
+    pixels = exposure_writer(tmp_path / "e.fits", shape=(256, 256))[0]
+    NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=128))
+    ingest_one(NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=128)), tmp_path / "e.fits",
+               "exposures/byte")
+    bit = NightStore(str(tmp_path / "s.zarr"), mode="a",
+                     layout=StoreLayout(tile_size=128, compressor="blosc-lz4", shuffle="bit"))
+    ingest_one(bit, tmp_path / "e.fits", "exposures/bit")
+    store = NightStore(str(tmp_path / "s.zarr"))
+    for key, shuffle in (("exposures/byte", "shuffle"), ("exposures/bit", "bitshuffle")):
+        np.testing.assert_array_equal(store.image(key)[...], pixels)
+        meta = json.loads((tmp_path / "s.zarr" / key / "ccd000" / "image" / "zarr.json").read_text())
+        inner = meta["codecs"][0]["configuration"]["codecs"]
+        assert [c["configuration"]["shuffle"] for c in inner if c["name"] == "blosc"] == [shuffle]
+
+
 def test_missing_store_is_named(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="no skyblink store"):
         NightStore(str(tmp_path / "absent.zarr"))
