@@ -112,15 +112,38 @@ def stamps_of(candidates: pa.Table) -> np.ndarray:
     column's Arrow buffers (a view where the table holds one chunk, else one copy): a Rubin-size
     visit's 12,000 stamps were 3.5 s as Python bytes and float32, most of the reduce's locate.
 
-    Callers convert what they use: `locate` measures the difference planes in float64 chunks,
-    `build_alerts` hands an alert's planes to the cutout writer, which writes them as float32 in
-    its builder thread.
+    Callers convert what they use: `locate` measures the difference planes in float64 chunks.
+    `build_alerts` reads each alert's planes in place, chunk by chunk, without this function's
+    copy, and hands them to the cutout writer, which writes them as float32 in its builder thread.
 
     Raises
     ------
     ValueError
         A stamp is null or not 3 x 63 x 63 float16 values.
     """
+    parts = _stamp_chunks(candidates)
+    if not parts:
+        return np.zeros((0, *_STAMP_SHAPE), np.float16)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class _StampRows:
+    """The stamps of a candidates table by row, read in place from its chunks (no concatenation)."""
+
+    def __init__(self, candidates: pa.Table) -> None:
+        self.chunks = _stamp_chunks(candidates)
+        self.starts = np.cumsum([0] + [len(c) for c in self.chunks])
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        i = int(np.searchsorted(self.starts, row, side="right")) - 1
+        if not 0 <= row < self.starts[-1]:
+            msg = f"stamp row {row} is outside the {int(self.starts[-1])} candidates"
+            raise IndexError(msg)
+        return self.chunks[i][row - self.starts[i]]
+
+
+def _stamp_chunks(candidates: pa.Table) -> list[np.ndarray]:
+    """Each non-empty chunk of the ``stamp`` column as an (n, 3, 63, 63) float16 view (see `stamps_of`)."""
     size = int(np.prod(_STAMP_SHAPE)) * 2
     parts = []
     for chunk in candidates.column("stamp").chunks:
@@ -137,9 +160,7 @@ def stamps_of(candidates: pa.Table) -> np.ndarray:
             raise ValueError(msg)
         data = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
         parts.append(data.view(np.float16).reshape(-1, *_STAMP_SHAPE))
-    if not parts:
-        return np.zeros((0, *_STAMP_SHAPE), np.float16)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return parts
 
 
 def ccd_context(store: NightStore, exposure: str, ccd: str) -> CcdContext:
@@ -690,7 +711,7 @@ def build_alerts(
                           pc.is_in(detections.column("exposure_id"), pa.array(sorted(wanted), pa.string())))
         objects = pc.unique(pc.filter(detections.column("object_id"), alerted))
         detections = detections.filter(pc.is_in(detections.column("object_id"), objects))
-    stamps = stamps_of(candidates)
+    stamps = _StampRows(candidates)  # a packet's stamps in place: no copy of every candidate's (300 MB for a Rubin visit)
     rows = detections.to_pylist()
     history: dict[int, list[Detection]] = {}
     wcs_of = cache(lambda exposure, ccd: ccd_context(store, exposure, ccd).wcs)

@@ -237,6 +237,30 @@ def test_one_exposure_reduced_alone_gives_its_detections_on_the_sky_and_their_al
     assert alerts[1].detection.ra == pytest.approx(float(ra[1]), abs=0.05 * ARCSEC)
 
 
+def test_each_alert_carries_its_own_candidate_stamps_when_the_results_come_in_several_chunks(store: NightStore) -> None:
+    """Unit results read in parts (a large visit's reduce tasks) are a table of several chunks: each packet's three
+    cutouts are its own candidate's planes, read in place."""
+    from skyblink.storage.alerts import read_cutout
+
+    rows = [(*STAR, 9.0, 0.9, "variable"), (*NEW, 12.0, 0.95, "transient"), (30.0, 130.0, 8.0, 0.9, "transient")]
+    one = _candidates(rows)
+    stamps = []
+    for i in range(len(rows)):  # a different stamp per candidate
+        stamp = np.random.default_rng(i).normal(0.0, 1.0, (3, 63, 63)).astype(np.float16)
+        stamp[2, 31, 31] = 100.0 + i
+        stamps.append(stamp)
+    one = one.set_column(one.schema.get_field_index("stamp"), "stamp", pa.array([s.tobytes() for s in stamps], pa.binary()))
+    chunked = pa.concat_tables([one.slice(0, 1), one.slice(1, 0), one.slice(1, 2)])
+    assert chunked.column("stamp").num_chunks == 3
+    detections = night_detections(reduce_exposure(one, store.url, "20261125", NightConfig()), NightConfig())
+    alerts = list(build_alerts(detections, chunked, store, AlertBuilder("20261125"), threads=1))
+    assert len(alerts) == 3
+    for alert, row in zip(alerts, detections.column("row").to_pylist(), strict=True):
+        for cutout, plane in ((alert.cutout_science, 0), (alert.cutout_template, 1), (alert.cutout_difference, 2)):
+            assert cutout is not None
+            np.testing.assert_array_equal(read_cutout(cutout.stamp_data).data, stamps[row][plane].astype(np.float32))
+
+
 def test_reduce_exposure_refuses_the_candidates_of_two_exposures(store: NightStore) -> None:
     candidates = _candidates([(*STAR, 9.0, 0.9, "variable")])
     other = candidates.set_column(1, "exposure", pa.array(["exposures/F07-002"]))
