@@ -119,6 +119,29 @@ def test_night_end_to_end_publishes_every_alert_once(reference_run: tuple[Path, 
     assert ingest["end_s"] >= path["stages"][1]["end_s"]  # the path waited for the first CCD, not the whole ingest
 
 
+def test_a_night_whose_packets_are_built_in_tasks_publishes_the_same_stream(
+    night_dir: Path, reference_run: tuple[Path, dict, list[int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packet tasks of a large visit (here forced on for a small night): the stream of the run that built its
+    packets in its own threads, alert for alert in the same order, every alert confirmed."""
+    import skyblink.cluster.night as night_run
+
+    monkeypatch.setattr(night_run, "_TASK_PACKET_ALERTS", 1)
+    monkeypatch.setattr(night_run, "_TASK_PACKET_CPUS", 0)
+    monkeypatch.setattr(night_run, "_TASK_PACKET_PART_ALERTS", 3)
+    said: list[str] = []
+    report = run_night(night_dir, _config(tmp_path), keep_redis=True, say=said.append)
+    server = json.loads((tmp_path / "redis" / "server.json").read_text())
+    try:
+        ids = _stream_ids(_private_url(tmp_path / "redis", server["port"]), report.stream)
+    finally:
+        os.kill(server["pid"], signal.SIGTERM)
+    assert any("alert packets in" in line and "Ray task(s)" in line for line in said), said
+    assert ids == reference_run[2]
+    assert report.alerts_published == len(ids) == reference_run[1]["alerts_published"]
+    assert report.alerts_in_stream == len(ids) and report.alerts_unconfirmed == 0
+
+
 def test_reducing_exposure_by_exposure_gives_the_night_of_a_single_reduce(reference_run: tuple[Path, dict, list[int]]) -> None:
     """As in --watch: each cycle locates and matches its new exposure only; the night is the same."""
     import math
