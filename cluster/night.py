@@ -438,8 +438,6 @@ class NightRun:
         self.warmup: _Warmup | None = None
         #: (what, began, ended) of work beside the run's path (`critical_path`'s ``overlapped``).
         self.overlapped: list[tuple[str, float, float]] = []
-        #: Alerts of one publish from which their packets are built in Ray tasks.
-        self.task_packet_alerts = _TASK_PACKET_ALERTS
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -832,7 +830,7 @@ class NightRun:
                 replayed = producer.opened  # alerts an earlier run spooled, sent now
                 count = len(alerted_rows(final, exposure_ids))
                 free = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else 0
-                if count >= self.task_packet_alerts and free >= _TASK_PACKET_CPUS:
+                if count >= _TASK_PACKET_ALERTS and free >= _TASK_PACKET_CPUS:
                     # A large visit: its packets are built in Ray tasks, in order, while the
                     # producer sends the parts that are ready (the driver's threads share one lock).
                     filtered: list[int] = []
@@ -1297,8 +1295,8 @@ _PRESTART_MAX = 64
 _TASK_PACKET_ALERTS = 2000
 #: Alerts of one packet task at least (more where the cluster has few CPUs: two tasks a CPU).
 _TASK_PACKET_PART_ALERTS = 250
-#: Free CPUs (those the actors leave) from which packets are built in tasks. A packet is ~85 %
-#: Python under the interpreter lock: on 2 cores the driver's threads build a Rubin-like visit's
+#: Free CPUs (those the actors leave) from which packets are built in tasks. 60 % of a packet is
+#: Python under the interpreter lock (zlib the rest): on 2 cores the driver's threads build a Rubin-like visit's
 #: 12,676 packets in 17.6 s and two tasks in 18.5 s, and a run whose worker actor holds one of the
 #: two CPUs spent 40 s publishing from one task at a time, against 30 s from its threads.
 _TASK_PACKET_CPUS = 4
