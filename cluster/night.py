@@ -60,10 +60,11 @@ from skyblink.reduce.association import (
     reference_ccd_task,
     write_reference_catalog,
 )
-from skyblink.reduce.packet_task import alert_parts, alerted_rows, encode_alert_part
+from skyblink.reduce.packet_task import alert_parts, encode_alert_part
 from skyblink.reduce.steps import (
     DETECTION_ORDER,
     alert_counts,
+    alerted_rows,
     build_alerts,
     night_detections,
     split_by_exposure,

@@ -18,32 +18,18 @@ from collections.abc import Collection
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from skyblink.config import AlertsConfig
 from skyblink.storage import NightStore
 from skyblink.storage.alerts import AlertBuilder, AlertEncoder, EncodedAlert
 from skyblink.storage.alerts.cutouts import GzipMode
 
-from .steps import build_alerts
+from .steps import alerted_rows, build_alerts
 
-__all__ = ["AlertPart", "alert_parts", "alerted_rows", "encode_alert_part"]
+__all__ = ["AlertPart", "alert_parts", "encode_alert_part"]
 
 #: One run of alerts: the detections its packets need, and the ids of the alerts to build.
 AlertPart = tuple[pa.Table, list[int]]
-
-
-def alerted_rows(detections: pa.Table, exposures: Collection[str] | None) -> np.ndarray:
-    """
-    Return the indices of the rows of ``detections`` whose alerts are built (`build_alerts`'s
-    choice): an alert type, and of one of ``exposures`` when given.
-    """
-    if not detections.num_rows:
-        return np.zeros(0, np.int64)
-    alerted = pc.is_valid(detections.column("alert_type"))
-    if exposures is not None:
-        alerted = pc.and_(alerted, pc.is_in(detections.column("exposure_id"), pa.array(sorted(exposures), pa.string())))
-    return np.flatnonzero(alerted.to_numpy(zero_copy_only=False))
 
 
 def alert_parts(detections: pa.Table, exposures: Collection[str] | None, size: int) -> list[AlertPart]:

@@ -82,6 +82,7 @@ from .measurement import measure_ccd_fwhm, measure_stamps
 __all__ = [
     "DETECTION_ORDER",
     "alert_counts",
+    "alerted_rows",
     "associate",
     "build_alerts",
     "ccd_context",
@@ -661,6 +662,19 @@ def _detection(row: dict[str, Any], alert_type: str | None) -> Detection:
     )
 
 
+def alerted_rows(detections: pa.Table, exposures: Collection[str] | None) -> np.ndarray:
+    """
+    Return the indices of the rows of ``detections`` whose alerts are built (`build_alerts`'s
+    choice): an alert type, and of one of ``exposures`` when given.
+    """
+    if not detections.num_rows:
+        return np.zeros(0, np.int64)
+    alerted = pc.is_valid(detections.column("alert_type"))
+    if exposures is not None:
+        alerted = pc.and_(alerted, pc.is_in(detections.column("exposure_id"), pa.array(sorted(exposures), pa.string())))
+    return np.flatnonzero(alerted.to_numpy(zero_copy_only=False))
+
+
 def build_alerts(
     detections: pa.Table,
     candidates: pa.Table,
@@ -707,9 +721,7 @@ def build_alerts(
     """
     wanted = None if exposures is None else set(exposures)
     if wanted is not None and detections.num_rows:  # only these exposures' objects need their history
-        alerted = pc.and_(pc.is_valid(detections.column("alert_type")),
-                          pc.is_in(detections.column("exposure_id"), pa.array(sorted(wanted), pa.string())))
-        objects = pc.unique(pc.filter(detections.column("object_id"), alerted))
+        objects = pc.unique(detections.column("object_id").take(pa.array(alerted_rows(detections, wanted))))
         detections = detections.filter(pc.is_in(detections.column("object_id"), objects))
     stamps = _StampRows(candidates)  # a packet's stamps in place: no copy of every candidate's (300 MB for a Rubin visit)
     rows = detections.to_pylist()

@@ -253,7 +253,7 @@ class AlertProducer:
         self.config = config or AlertsConfig()
         self.night = night
         self.encoder = AlertEncoder(night, config=self.config, schema=schema)
-        self.stream, self.schema, self.edge = self.encoder.stream, self.encoder.schema, self.encoder.edge
+        self.stream = self.encoder.stream
         self.spool = spool or AlertSpool(self.config.spool_dir)
         self._client = client
         self._sha: str | None = None
