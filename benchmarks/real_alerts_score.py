@@ -3,6 +3,11 @@ skyblink's classifier (trained on simulations only) on every real ZTF and Rubin 
 ../shared/data, against each packet's own score.
 
     python benchmarks/real_alerts_score.py [--rule as_packet|zero_fill|no_resample|no_depth]
+                                           [--model classifier|survey_classifier]
+
+``--model classifier`` (the default) is the pipeline's simulator-trained classifier, whose figures
+this benchmark recorded first; ``survey_classifier`` was trained on these very alerts, so its figures
+here are in-sample (its card gives its grouped-fold figures, `benchmarks/realbogus_braai.py`).
 
 Prints, per reference score (ZTF drb, ZTF rb, Rubin reliability): the number of alerts, ROC AUC
 with the label "packet score >= 0.5" (where both classes occur), the pairwise AUC against the
@@ -53,12 +58,14 @@ def main() -> None:
     """Score and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rule", choices=sorted(RULES), default="default")
+    parser.add_argument("--model", choices=("classifier", "survey_classifier"), default="classifier")
     args = parser.parse_args()
     start = time.perf_counter()
     report = read_survey_files(files())
-    scores = [s for s in score_alerts(report.alerts, rule=RULES[args.rule]) if s.skyblink_rb is not None]
+    scores = [s for s in score_alerts(report.alerts, rule=RULES[args.rule], model=args.model) if s.skyblink_rb is not None]
     elapsed = time.perf_counter() - start
-    print(f"{len(scores)} real alerts with cutouts, {len(report.errors)} unreadable; rule {args.rule}; "
+    in_sample = " (in-sample: trained on these alerts)" if args.model == "survey_classifier" else ""
+    print(f"{len(scores)} real alerts with cutouts, {len(report.errors)} unreadable; {args.model}{in_sample}; rule {args.rule}; "
           f"read + scored in {elapsed:.1f} s")
     print("| reference | alerts | ROC AUC (ref >= 0.5) | pairwise AUC | Spearman |")
     print("|---|---|---:|---:|---:|")

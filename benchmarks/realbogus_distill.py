@@ -146,7 +146,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         sys.exit(f"{args.pool}: its folds differ from the alerts' folds now; rebuild it with `pool`")
     stamps = np.stack([external_stamps(a, ExternalStampRule()) for a in data.alerts])
     sim_val = build_training_data(TrainingDataConfig(fields=2, exposures_per_field=3, seed=1001, workers=1)).stamps
-    shipped = score_alerts(data.alerts, backend="onnxruntime")
+    shipped = score_alerts(data.alerts, backend="onnxruntime", model="classifier")  # v1.0, the baseline
     rows = summarize("skyblink_rb v1.0 (shipped)", np.array([s.skyblink_rb for s in shipped], float), data,
                      roc_auc(sim_val.real, torch_scores(load_network("classifier"), sim_val.stamps)))
     rows += summarize("braai port (d6_m7)", np.array([math.nan if s.braai_drb is None else s.braai_drb for s in shipped]),

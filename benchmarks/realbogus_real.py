@@ -134,7 +134,7 @@ def main() -> None:
         cells = " | ".join(f"{row[r][0]} ({row[r][1]})" for r, _, _ in REFERENCES)
         print(f"| {row['fold']} | {row['alerts']} | {row['nights']} | {cells} | {', '.join(row['files'])} |")
     sim_val = build_training_data(TrainingDataConfig(fields=2, exposures_per_field=3, seed=1001, workers=1)).stamps
-    shipped = score_alerts(data.alerts, rule=RULES[args.rule], backend="onnxruntime")
+    shipped = score_alerts(data.alerts, rule=RULES[args.rule], backend="onnxruntime", model="classifier")  # v1.0
     rows = []
     rows += summarize("skyblink_rb v1.0 (shipped)", np.array([s.skyblink_rb for s in shipped], float), data,
                       roc_auc(sim_val.real, torch_scores(load_network("classifier"), sim_val.stamps)))

@@ -33,7 +33,10 @@ else:
 __all__ = ["MODEL_VERSIONS", "ModelNotShippedError", "load_card", "load_network", "model_dir", "onnx_path"]
 
 #: Version of each trained network; bumped when its architecture or training changes.
-MODEL_VERSIONS = {"detector": "1.0", "classifier": "1.0"}
+MODEL_VERSIONS = {"detector": "1.0", "classifier": "1.0", "survey_classifier": "1.0"}
+
+#: The network class of each model (`skyblink.engines.networks`); its card's ``architecture`` holds the arguments.
+_NETWORKS = {"detector": "Detector", "classifier": "Classifier", "survey_classifier": "BraaiClassifier"}
 
 
 class ModelNotShippedError(FileNotFoundError):
@@ -98,7 +101,7 @@ def load_network(name: str, root: Path | None = None) -> Any:
         The weights' sha256 differs from the one in ``card.json``.
     """
     card = load_card(name, root)
-    network = {"detector": networks.Detector, "classifier": networks.Classifier}[name](**card["architecture"])
+    network = getattr(networks, _NETWORKS[name])(**card["architecture"])
     weights = _require(model_dir(name, root) / "weights.pt", name)
     verify_file(weights, _card_sha256(name, root, "weights"), what=f"{name} weights in its card.json")
     state = torch.load(weights, map_location="cpu", weights_only=True)

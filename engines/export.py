@@ -21,7 +21,7 @@ from skyblink.lazy_import import lazy_module
 from skyblink.model_io import IO_NAMES, STAMP_SIZE
 
 from .manifest import file_sha256
-from .networks import Braai, Classifier, Detector
+from .networks import Braai, BraaiClassifier, Classifier, Detector
 
 if TYPE_CHECKING:
     import onnx
@@ -42,11 +42,11 @@ log = logging.getLogger(__name__)
 def _kind_of(model: nn.Module) -> ModelKind:
     if isinstance(model, Detector):
         return "detector"
-    if isinstance(model, Classifier):
+    if isinstance(model, (Classifier, BraaiClassifier)):  # the same stamps in, the same outputs
         return "classifier"
     if isinstance(model, Braai):
         return "braai"
-    msg = f"cannot export {type(model).__name__}: expected Detector, Classifier or Braai"
+    msg = f"cannot export {type(model).__name__}: expected Detector, Classifier, BraaiClassifier or Braai"
     raise TypeError(msg)
 
 
@@ -56,7 +56,7 @@ def export_onnx(model: nn.Module, path: Path | str, *, precision: Precision = "f
 
     Parameters
     ----------
-    model : Detector, Classifier or Braai
+    model : Detector, Classifier, BraaiClassifier or Braai
         The network (its weights are copied; the module passed in is not modified).
     path : Path or str
         Output ``.onnx`` file.

@@ -1,7 +1,11 @@
 """
-Score real survey alerts (ZTF, Rubin) with skyblink's classifier and, for ZTF, the braai port.
+Score real survey alerts (ZTF, Rubin) with skyblink's classifier for survey stamps and, for ZTF, the braai port.
 
-The classifier sees each alert's stamps as `skyblink.engines.stamps.external_stamps` brings them
+By default the model is ``survey_classifier`` (`skyblink.engines.catalog`): braai's trained
+trunk beside the pipeline's classifier, its real/bogus layer trained on the real alerts of
+``shared/data`` in grouped folds (its card records them). The pipeline's own ``classifier``,
+trained on the simulator, ranks real survey alerts at chance; ``model="classifier"`` scores
+with it (the benchmarks' baseline). The classifier sees each alert's stamps as `skyblink.engines.stamps.external_stamps` brings them
 to its input (one documented rule, `~skyblink.engines.stamps.ExternalStampRule`: science minus
 template, block-averaged to the training pixel scale, sigma units, template depth, noise fill).
 `pairwise_auc` measures how well a score orders the alerts as a survey's own score does.
@@ -38,7 +42,7 @@ else:
     torch = lazy_module("torch")  # only when braai runs
     braai_port = lazy_module(".braai_port", __package__)
 
-__all__ = ["AlertScore", "pairwise_auc", "score_alerts"]
+__all__ = ["AlertScore", "SurveyModel", "pairwise_auc", "score_alerts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,8 @@ class AlertScore:
     ----------
     alert : SurveyAlert
     skyblink_rb : float or None
-        skyblink's classifier real/bogus; None when the packet has no cutouts.
+        The real/bogus of the model `score_alerts` ran (``survey_classifier`` by default); None when
+        the packet has no cutouts.
     skyblink_class : str or None
         The classifier's most probable class.
     braai_drb : float or None
@@ -102,10 +107,14 @@ def _braai_scores(alerts: Sequence[SurveyAlert]) -> dict[int, float]:
     return {i: float(v) for (i, _), v in zip(ztf, drb, strict=True)}
 
 
+SurveyModel = Literal["survey_classifier", "classifier"]
+
+
 def score_alerts(alerts: Sequence[SurveyAlert], *, rule: ExternalStampRule | None = None, braai: bool = True,
-                 backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = "auto", batch: int = 256) -> list[AlertScore]:
+                 backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = "auto", batch: int = 256,
+                 model: SurveyModel = "survey_classifier") -> list[AlertScore]:
     """
-    Score survey alerts with skyblink's classifier (and braai for ZTF). Stable.
+    Score survey alerts with skyblink's survey classifier (and braai for ZTF). Stable.
 
     Parameters
     ----------
@@ -119,6 +128,8 @@ def score_alerts(alerts: Sequence[SurveyAlert], *, rule: ExternalStampRule | Non
         Classifier backend (`select_runner`); ``auto`` is ONNX Runtime on a machine without GPU.
     batch : int
         Stamps per inference call.
+    model : {"survey_classifier", "classifier"}
+        The network: the one made for survey stamps (default), or the pipeline's simulator-trained one.
 
     Returns
     -------
@@ -130,7 +141,7 @@ def score_alerts(alerts: Sequence[SurveyAlert], *, rule: ExternalStampRule | Non
     cls: dict[int, str] = {}
     if scorable:
         inputs = np.stack([external_stamps(alerts[i], rule) for i in scorable])
-        with select_runner("classifier", backend=backend).runner as runner:
+        with select_runner(model, backend=backend).runner as runner:
             for start in range(0, len(scorable), batch):
                 out = runner.infer({"stamps": inputs[start : start + batch]})
                 for j, i in enumerate(scorable[start : start + batch]):

@@ -313,12 +313,20 @@ def score(
         typer.Option("--rubin-schemas", help="Rubin's schema folder, for framed messages (env: SKYBLINK_RUBIN_SCHEMA_DIR)."),
     ] = None,
     braai: Annotated[bool, typer.Option("--braai/--no-braai", help="Also score ZTF alerts with the braai port (default on).")] = True,
+    model: Annotated[
+        str,
+        typer.Option("--model", help="skyblink_rb's network: survey_classifier (made for survey stamps, the default) or "
+                                      "classifier (the pipeline's, trained on the simulator)."),
+    ] = "survey_classifier",
 ) -> None:
-    """Score real survey alerts with skyblink's classifier (and braai for ZTF), one row per alert."""
+    """Score real survey alerts with skyblink's survey classifier (and braai for ZTF), one row per alert."""
     from skyblink.evaluation.survey_scores import score_alerts  # noqa: PLC0415
 
+    if model not in ("survey_classifier", "classifier"):
+        msg = f"--model {model!r}: expected survey_classifier or classifier"
+        raise typer.BadParameter(msg)
     report = survey_packets.read_survey_files(files, rubin_schema_dir=rubin_schemas)
-    scores = score_alerts(report.alerts, braai=braai)
+    scores = score_alerts(report.alerts, braai=braai, model=model)  # type: ignore[arg-type]
     columns = ("alert_id", "survey", "object_id", "schema_version", "skyblink_rb", "skyblink_class", "braai_drb",
                "packet_score", "packet_score_name", "drb", "rb", "reliability", "stamp_shape", "packet")
     rows = []
@@ -328,7 +336,7 @@ def score(
         rows.append((str(a.alert_id), str(a.survey), a.object_id, a.schema_version, _cell(s.skyblink_rb), s.skyblink_class or "",
                      _cell(s.braai_drb), _cell(a.packet_score), a.packet_score_name or "", _cell(a.scores.get("drb")),
                      _cell(a.scores.get("rb")), _cell(a.scores.get("reliability")), shape, a.packet))
-    table = Table(title=f"{len(rows)} alert(s) from {len(files)} file(s)")
+    table = Table(title=f"{len(rows)} alert(s) from {len(files)} file(s); skyblink_rb: {model}")
     shown = (0, 1, 4, 6, 7, 8)  # alert_id, survey, skyblink_rb, braai_drb, packet_score, packet_score_name
     for i in shown:
         table.add_column(columns[i], justify="right" if i in (4, 6, 7) else "left", no_wrap=True)

@@ -44,5 +44,7 @@ class IONames:
 IO_NAMES: dict[str, IONames] = {
     "detector": IONames(("tiles",), ("heatmaps", "offsets")),
     "classifier": IONames(("stamps",), ("real_bogus", "class_probs")),
+    # The classifier for survey stamps (ZTF, Rubin cutouts): the same contract as the classifier.
+    "survey_classifier": IONames(("stamps",), ("real_bogus", "class_probs")),
     "braai": IONames(("stamps",), ("drb",)),
 }

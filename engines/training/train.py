@@ -36,7 +36,7 @@ from .dataset import StampRealism, TrainingDataConfig, build_training_data, expo
 from .metrics import completeness_by_magnitude, fpr_at_fnr, roc_auc
 
 __all__ = ["CLASSIFIER_DEFAULTS", "CLASSIFIER_REALISM", "EvaluatedModel", "TrainingConfig", "evaluate_classifier",
-           "evaluate_detector", "train_classifier", "train_detector", "validation_data"]
+           "evaluate_detector", "train_classifier", "train_detector", "validation_data", "write_model"]
 
 
 class EvaluatedModel(Protocol):
@@ -100,14 +100,39 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _ship(name: str, model: torch.nn.Module, card: dict[str, Any], out_root: Path | None) -> dict[str, Any]:
+def write_model(name: str, model: torch.nn.Module, card: dict[str, Any], out_root: Path | None) -> dict[str, Any]:
+    """
+    Write a model's folder (`skyblink.engines.catalog.model_dir`): weights, fp32 and fp16 ONNX
+    graphs and ``card.json`` with their sha256 added to ``card`` (its ``onnx`` entry is filled in).
+
+    Parameters
+    ----------
+    name : str
+        The model's name (a key of `MODEL_VERSIONS`).
+    model : torch.nn.Module
+        The trained network (`skyblink.engines.export.export_onnx` must take it).
+    card : dict
+        The model card so far; undefined metrics (NaN) become null.
+    out_root : Path, optional
+        Models folder; default the package's own (shipping).
+
+    Returns
+    -------
+    dict
+        The card as written.
+
+    Raises
+    ------
+    TypeError
+        ``model`` cannot be exported.
+    """
     out = model_dir(name, out_root)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "weights.pt")
     card["weights"] = {"file": "weights.pt", "sha256": file_sha256(out / "weights.pt")}
     for precision in ("fp32", "fp16"):
         path = export_onnx(model, out / f"model.{precision}.onnx", precision=precision)
-        card["onnx"][precision] = {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
+        card.setdefault("onnx", {})[precision] = {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
     card = _json_safe(card)
     (out / "card.json").write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
     log.info("wrote %s", out)
@@ -253,7 +278,7 @@ def train_detector(cfg: TrainingConfig = TrainingConfig(), *, out_root: Path | N
         training_crops=len(x),
         validation=metrics,
     )
-    return _ship("detector", model, card, out_root)
+    return write_model("detector", model, card, out_root)
 
 
 # ---------------------------------------------------------------------------------- classifier
@@ -341,4 +366,4 @@ def train_classifier(cfg: TrainingConfig = CLASSIFIER_DEFAULTS, *,
         training_stamps={name: int((train.labels == i).sum()) for i, name in enumerate(CLASSIFIER_CLASSES)},
         validation=metrics,
     )
-    return _ship("classifier", model, card, out_root)
+    return write_model("classifier", model, card, out_root)

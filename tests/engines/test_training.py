@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from skyblink.engines.backends import OnnxRuntimeRunner
-from skyblink.engines.catalog import load_card, model_dir, onnx_path
+from skyblink.engines.catalog import load_card, load_network, model_dir, onnx_path
 from skyblink.engines.training.dataset import TrainingDataConfig
 from skyblink.engines.training.train import TrainingConfig, train_classifier, train_detector
 
@@ -52,3 +52,23 @@ def test_shipped_models_fit_the_size_budget() -> None:
     root = model_dir("detector").parent
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert total < 20e6, f"shipped models take {total / 1e6:.1f} MB, over the 20 MB budget"
+
+
+def test_the_shipped_survey_classifier_is_its_card_and_its_graph() -> None:
+    import torch
+
+    card = load_card("survey_classifier")
+    folds = card["real_data_folds"]
+    assert set(folds["roc_auc"]) == {"ZTF drb", "ZTF rb", "Rubin reliability"}
+    for figure in folds["roc_auc"].values():
+        low, high = figure["ci95"]
+        assert low <= figure["auc"] <= high and figure["negatives"] > 0
+    network = load_network("survey_classifier")  # its weights' sha256 checked against the card
+    stamps = np.random.default_rng(3).normal(size=(16, 3, 63, 63)).astype(np.float32)
+    stamps[:, :, 28:35, 28:35] += 20.0  # a source at the centre of each channel
+    with torch.no_grad():
+        rb, classes = network(torch.from_numpy(stamps))
+    with OnnxRuntimeRunner(onnx_path("survey_classifier")) as runner:  # the graph's sha256 checked as well
+        out = runner.infer({"stamps": stamps})
+    np.testing.assert_allclose(out["real_bogus"], rb.numpy(), atol=1e-4)
+    np.testing.assert_allclose(out["class_probs"], classes.numpy(), atol=1e-4)

@@ -107,7 +107,9 @@ def test_engines_init_script_calls_the_cli_with_real_flags() -> None:
                           (registry, ("EngineNotFoundError", "EngineRegistry", "EngineRequest", "current_device"))):
         for name in names:
             assert f"{name}" in text and hasattr(module, name), name
-    assert set(catalog.MODEL_VERSIONS) == {"detector", "classifier"}
+    # The actors' two networks get engines; the survey classifier scores survey packets (`alerts score`), not tiles.
+    assert set(catalog.MODEL_VERSIONS) == {"detector", "classifier", "survey_classifier"}
+    assert 'for model in ("detector", "classifier"):' in text
 
 
 def test_engines_init_without_a_gpu_warns_and_lets_the_worker_start(tmp_path: Path) -> None:
