@@ -590,7 +590,8 @@ class NightRun:
         for actor, per_model in engines.items():
             for model, choice in per_model.items():
                 engine = f" {choice['engine_file']} (sha256 {choice['engine_sha256']})" if choice.get("engine_file") else ""
-                self.hooks.say(f"{actor} {model}: {choice['backend']}{engine}: {choice['reason']}")
+                network = f" ({choice['network']})" if choice.get("network", model) != model else ""
+                self.hooks.say(f"{actor} {model}{network}: {choice['backend']}{engine}: {choice['reason']}")
         return waited
 
     # -- one cycle --------------------------------------------------------------------------------

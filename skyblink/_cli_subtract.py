@@ -84,17 +84,18 @@ def subtract(
     tile_size: Annotated[int | None, typer.Option("--tile-size", help="Work-unit core edge (config: night.tile_size, else ingest.tile_size, 1024).")] = None,
     psf_match: Annotated[str, typer.Option("--psf-match", help="kernel (solved on each tile's stars) or gaussian (of the FWHMs).")] = "kernel",
     classifier: Annotated[
-        str,
+        str | None,
         typer.Option("--classifier", help="Real/bogus network: classifier (the pipeline's, trained on the simulator) or "
-                                          "survey_classifier (braai's trunk, its layer trained on real survey alerts)."),
-    ] = "classifier",
+                                          "survey_classifier (braai's trunk, its layer trained on real survey alerts); "
+                                          "config: night.classifier."),
+    ] = None,
 ) -> None:
     """Subtract REFERENCE from SCIENCE with the workers' per-tile program; write the difference and candidates."""
-    config = effective_config(ctx, **{"night.tile_size": tile_size})
     if psf_match not in ("kernel", "gaussian"):
         raise fail(f"error: --psf-match must be kernel or gaussian, got {psf_match!r}")
-    if classifier not in ("classifier", "survey_classifier"):
+    if classifier not in (None, "classifier", "survey_classifier"):
         raise fail(f"error: --classifier must be classifier or survey_classifier, got {classifier!r}")
+    config = effective_config(ctx, **{"night.tile_size": tile_size, "night.classifier": classifier})
     try:  # the worker side (ML extras) loads here
         select_runner = backends.select_runner
         read_pair_image, subtract_pair = pair_subtraction.read_pair_image, pair_subtraction.subtract_pair
@@ -107,7 +108,8 @@ def subtract(
         raise fail(f"error: {exc}") from None
     try:
         # Eager networks: one pair does not repay compiling the detector for its batch shape.
-        runners = [select_runner(name, backend=backend).runner for name in ("detector", classifier)]  # type: ignore[arg-type]
+        runners = [select_runner(name, backend=backend).runner  # type: ignore[arg-type]
+                   for name in ("detector", config.night.classifier)]
     except RuntimeError as exc:
         raise fail(f"error: --backend {backend}: {exc}") from None
     night = config.night

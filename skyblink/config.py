@@ -350,6 +350,12 @@ class NightConfig(_Section):
         "gaussian",
         description="PSF matching of the per-tile program: a Gaussian of the FWHMs, or a kernel solved on each tile's stars.",
     )
+    classifier: Literal["classifier", "survey_classifier"] = Field(
+        "classifier",
+        description="The real/bogus network of the per-tile program: classifier (trained on the simulator; the simulated "
+        "nights' targets are measured with it) or survey_classifier (braai's trunk, its layer trained on real ZTF and Rubin "
+        "alerts: for real skies; it called the real DECam transient real where the classifier did not).",
+    )
     compile_device_program: bool | Literal["auto"] = Field(
         "auto",
         description="On a GPU, compile the device program's per-pixel steps and the detector (torch.compile) and run the "

@@ -152,9 +152,11 @@ class TileWorker:
         # Where the actor's start goes, for the night's report (`startup` in `check_health`).
         self._startup: dict[str, float] = {"began_at": began}
         self._choices = {}
-        for name in ("detector", "classifier"):
+        # The program's two roles; the classifier's network is the night's choice (``night.classifier``).
+        self._networks = {"detector": "detector", "classifier": config.program.classifier}
+        for name, model in self._networks.items():
             t0 = time.perf_counter()
-            self._choices[name] = start_runner(name, backend=config.backend, precision=config.program.precision,
+            self._choices[name] = start_runner(model, backend=config.backend, precision=config.program.precision,
                                                registry=config.registry, trusted_manifest=config.trusted_manifest,
                                                shapes=shapes[name], cpu_threads=config.cpu_threads,
                                                compiled=config.program.compile_device_program)
@@ -297,7 +299,8 @@ class TileWorker:
                     raise WorkerLostGpuError(msg) from exc
         health = {"backends": backends, "active": all(r.is_active for r in self._runners.values()),
                   "units_done": self._units_done,
-                  "engines": {name: choice.describe() for name, choice in self._choices.items()},
+                  "engines": {name: {**choice.describe(), "network": self._networks[name]}
+                              for name, choice in self._choices.items()},
                   "startup": dict(self._startup)}
         if self._gpu is not None:
             import torch  # noqa: PLC0415

@@ -29,10 +29,11 @@ from skyblink.config import Backend, EnginesConfig, IngestConfig, NightConfig, S
 from skyblink.headers import HeadersConfig
 from skyblink.model_io import DETECTOR_STRIDE
 
-__all__ = ["Backend", "PrecisionName", "PsfMatchName", "TileProgram", "WorkerConfig", "compiles_for", "window_edge"]
+__all__ = ["Backend", "ClassifierName", "PrecisionName", "PsfMatchName", "TileProgram", "WorkerConfig", "compiles_for", "window_edge"]
 
 PrecisionName = Literal["fp32", "fp16", "int8"]
 PsfMatchName = Literal["gaussian", "kernel"]
+ClassifierName = Literal["classifier", "survey_classifier"]
 
 
 def _default(section: type[Any], key: str) -> Any:
@@ -106,6 +107,8 @@ class TileProgram:
         Most candidates kept per tile (``night.top_k``).
     psf_match : {"gaussian", "kernel"}
         PSF matching (``night.psf_match``).
+    classifier : {"classifier", "survey_classifier"}
+        The shipped real/bogus network the program runs (``night.classifier``).
     precision : {"fp32", "fp16", "int8"}
         The networks' precision on GPU backends (``engines.precision``).
     reject_cosmics : bool
@@ -124,6 +127,7 @@ class TileProgram:
     snr_threshold: float = _default(NightConfig, "snr_threshold")
     top_k: int = _default(NightConfig, "top_k")
     psf_match: PsfMatchName = _default(NightConfig, "psf_match")
+    classifier: ClassifierName = _default(NightConfig, "classifier")
     precision: PrecisionName = _default(EnginesConfig, "precision")
     reject_cosmics: bool = True
     compile_device_program: bool = True
@@ -145,7 +149,8 @@ class TileProgram:
         night = config.night
         return cls(tile_size=night.tile_size or config.ingest.tile_size, margin=night.margin,
                    detector_threshold=night.detector_threshold, snr_threshold=night.snr_threshold, top_k=night.top_k,
-                   psf_match=night.psf_match, precision=config.engines.precision, headers=config.headers,
+                   psf_match=night.psf_match, classifier=night.classifier, precision=config.engines.precision,
+                   headers=config.headers,
                    compile_device_program=compiles_for(night.compile_device_program))
 
     @property

@@ -110,3 +110,25 @@ def test_actor_stores_results_itself_with_a_result_sink(night_store: tuple[Path,
                       np.round(table.column("y").to_numpy(), 3), strict=True)) == expected
     for worker in (returning, storing):
         ray.kill(worker)
+
+
+def test_a_night_that_chooses_the_survey_classifier_scores_its_candidates_with_it(
+        night_store: tuple[Path, NightStore]) -> None:
+    """``night.classifier = "survey_classifier"``: the same candidates, scored by that network; the actor says which."""
+    _, store = night_store
+    units = plan_tiles(store, "exposures/F00-001", size=256, margin=32)
+    config = WorkerConfig.from_config(load_config(overrides={"ingest.tile_size": 256, "engines.backend": "onnxruntime",
+                                                             "night.classifier": "survey_classifier"}, environ={}))
+    assert config.program.classifier == "survey_classifier"
+    survey, default = (TileWorker.options(num_cpus=1).remote(c, start_runner) for c in (config, _cpu_workers()))
+    health = ray.get(survey.check_health.remote())
+    assert health["engines"]["classifier"]["network"] == "survey_classifier"
+    assert health["engines"]["detector"]["network"] == "detector"
+    ours, theirs = ([c for o in ray.get(w.process.remote(units)) for c in o.candidates] for w in (survey, default))
+    assert [(c.unit, c.x, c.y) for c in ours] == [(c.unit, c.x, c.y) for c in theirs] and ours
+    with OnnxRuntimeRunner(onnx_path("survey_classifier")) as runner:
+        expected = runner.infer({"stamps": np.stack([c.stamp for c in ours]).astype(np.float32)})["real_bogus"][:, 0]
+    np.testing.assert_allclose([c.real_bogus for c in ours], expected, atol=2e-3)  # the kept stamps are rounded
+    assert not np.allclose([c.real_bogus for c in ours], [c.real_bogus for c in theirs], atol=1e-3)
+    for worker in (survey, default):
+        ray.kill(worker)
