@@ -37,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
 SUBPACKAGES = {"cluster", "reduce", "evaluation", "workers", "engines", "storage", "sim"}
 
 #: The only modules of the worker side (and of the driver) that the reduce and the evaluation may
-#: import: torch-free ones (tests/skyblink/test_import_boundary.py imports them with torch refused).
+#: import: torch-free ones (tests/toplevel/test_import_boundary.py imports them with torch refused).
 LOWER_MODULES: dict[str, set[str]] = {
     "reduce": {
         # A CCD's PSF width where no header gives it, measured as the tile program measures it;
