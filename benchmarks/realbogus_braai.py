@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from realbogus_real import SHARED, summarize, torch_scores
+from realbogus_real import SHARED, paired_differences, paired_line, summarize, torch_scores
 
 from skyblink.engines.networks import BraaiClassifier
 from skyblink.engines.training.distill import VARIANTS, DistillData, augment, dequantize_stamps
@@ -287,9 +287,7 @@ def main() -> None:
     from skyblink.engines.stamps import ExternalStampRule, external_stamps
     from skyblink.engines.training.dataset import TrainingDataConfig, build_training_data
     from skyblink.evaluation.real_folds import (
-        REFERENCES,
         load_real_alerts,
-        paired_auc_difference,
         roc_auc,
     )
     from skyblink.evaluation.survey_scores import score_alerts
@@ -501,13 +499,7 @@ def main() -> None:
         print(_row(r))
     print("\nPaired bootstrap (2,000 resamples of alerts) of AUC(recipe) - AUC(v1.0), per reference:")
     for name, score in scored.items():
-        cells = []
-        for ref_name, survey, key in REFERENCES:
-            ref = data.reference(survey, key)
-            have = np.isfinite(ref) & np.isfinite(score) & np.isfinite(v1_scores)
-            d, lo, hi = paired_auc_difference(ref[have] >= 0.5, score[have], v1_scores[have])
-            cells.append(f"{ref_name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-        print(f"  {name}: " + "; ".join(cells))
+        print(f"  {name}: " + paired_line(data, score, v1_scores))
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
@@ -533,7 +525,6 @@ def survey_card(name: str, recipe: HeadRecipe, pedestal: float, data, pool: Dist
     from datetime import UTC, datetime
 
     from skyblink.engines.catalog import MODEL_VERSIONS
-    from skyblink.evaluation.real_folds import REFERENCES, paired_auc_difference
 
     def figures(model: str) -> dict:
         return {r["reference"]: {"alerts": r["alerts"], "negatives": r["negatives"], "auc": round(r["auc"], 4),
@@ -541,12 +532,8 @@ def survey_card(name: str, recipe: HeadRecipe, pedestal: float, data, pool: Dist
                                  "per_fold": [None if math.isnan(v) else round(v, 4) for v in r["per_fold"]]}
                 for r in rows if r["model"] == model}
 
-    paired = {}
-    for ref_name, survey, key in REFERENCES:
-        ref = data.reference(survey, key)
-        have = np.isfinite(ref) & np.isfinite(held_out) & np.isfinite(v1_scores)
-        d, lo, hi = paired_auc_difference(ref[have] >= 0.5, held_out[have], v1_scores[have])
-        paired[ref_name] = {"difference": round(d, 4), "ci95": [round(lo, 4), round(hi, 4)]}
+    paired = {ref: {"difference": round(d, 4), "ci95": [round(lo, 4), round(hi, 4)]}
+              for ref, (d, lo, hi) in paired_differences(data, held_out, v1_scores).items()}
     surveys: dict[str, int] = {}
     for a in data.alerts:
         surveys[str(a.survey)] = surveys.get(str(a.survey), 0) + 1

@@ -56,7 +56,7 @@ from scipy.special import expit, log_expit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from realbogus_real import SHARED, summarize
+from realbogus_real import SHARED, paired_line, summarize
 
 #: L2 strengths the nested models choose from (standardised weights; 1.0 = scikit-learn's C = 1).
 L2_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -165,7 +165,6 @@ def main() -> None:
     from skyblink.evaluation.real_folds import (
         REFERENCES,
         load_real_alerts,
-        paired_auc_difference,
         roc_auc,
     )
     from skyblink.evaluation.stamp_features import FEATURE_NAMES, triplet_features
@@ -379,23 +378,11 @@ def main() -> None:
     for base in ("skyblink_rb v1.0", "zero_shot", "both_no_sim", "braai_only_sim"):
         print(f"against {base}:")
         for name in recipes_run:
-            cells = []
-            for ref_name, survey, key in REFERENCES:
-                ref = data.reference(survey, key)
-                have = np.isfinite(ref)
-                d, lo, hi = paired_auc_difference(ref[have] >= 0.5, scored[name][have], scored[base][have])
-                cells.append(f"{ref_name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-            print(f"  {name}: " + "; ".join(cells))
+            print(f"  {name}: " + paired_line(data, scored[name], scored[base]))
     print("contrasts, the physical features added to the same model and samples (paired, as above):")
     for name, base in CONTRASTS.items():
         if name in scored and base in scored:
-            cells = []
-            for ref_name, survey, key in REFERENCES:
-                ref = data.reference(survey, key)
-                have = np.isfinite(ref)
-                d, lo, hi = paired_auc_difference(ref[have] >= 0.5, scored[name][have], scored[base][have])
-                cells.append(f"{ref_name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-            print(f"  {name} - {base}: " + "; ".join(cells))
+            print(f"  {name} - {base}: " + paired_line(data, scored[name], scored[base]))
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "l2": chosen}, indent=1, default=float))

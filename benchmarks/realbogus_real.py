@@ -38,7 +38,13 @@ from skyblink.engines.training.real_sky import (
     train_head,
     trunk_features,
 )
-from skyblink.evaluation.real_folds import REFERENCES, auc_with_interval, load_real_alerts, roc_auc
+from skyblink.evaluation.real_folds import (
+    REFERENCES,
+    auc_with_interval,
+    load_real_alerts,
+    paired_auc_difference,
+    roc_auc,
+)
 from skyblink.evaluation.survey_scores import score_alerts
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -86,6 +92,21 @@ def summarize(name: str, scores: np.ndarray, data, sim_auc: float | None) -> lis
         rows.append({"model": name, "reference": ref_name, "alerts": int(have.sum()), "negatives": int((~labels).sum()),
                      "auc": auc, "low": lo, "high": hi, "per_fold": per_fold, "sim_auc": sim_auc})
     return rows
+
+
+def paired_differences(data, score: np.ndarray, baseline: np.ndarray) -> dict[str, tuple[float, float, float]]:
+    """Per reference: AUC(score) - AUC(baseline) on the same alerts, with its paired bootstrap 95 % interval."""
+    out = {}
+    for ref_name, survey, key in REFERENCES:
+        ref = data.reference(survey, key)
+        have = np.isfinite(ref) & np.isfinite(score) & np.isfinite(baseline)
+        out[ref_name] = paired_auc_difference(ref[have] >= 0.5, score[have], baseline[have])
+    return out
+
+
+def paired_line(data, score: np.ndarray, baseline: np.ndarray) -> str:
+    """`paired_differences` as one printed line."""
+    return "; ".join(f"{ref} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for ref, (d, lo, hi) in paired_differences(data, score, baseline).items())
 
 
 def record_card(data, rows: list[dict], rule: str) -> None:
