@@ -825,7 +825,8 @@ class NightRun:
         report, config = self.report, self.config
         self.hooks.on_stage("publish")
         with _timed(report, "publish"):
-            builder = AlertBuilder(report.night, gzip_mode=config.alerts.cutout_gzip)
+            builder = AlertBuilder(report.night, gzip_mode=config.alerts.cutout_gzip,
+                                   real_bogus_model=real_bogus_model(config))
             exposure_ids = {key.rsplit("/", 1)[-1] for key in new} if self.watch else None
             sent: list[int] = []
             with AlertProducer(self.client, report.night, config=config.alerts) as producer:
@@ -867,7 +868,8 @@ class NightRun:
         task = ray.remote(num_cpus=1, max_retries=2)(encode_alert_part)
         stamps = ray.put(candidates)  # once, for every task (Arrow: read in place)
         config = self.config
-        refs = [task.remote(part, ids, stamps, store.url, self.report.night, config.alerts.cutout_gzip, config.alerts)
+        refs = [task.remote(part, ids, stamps, store.url, self.report.night, config.alerts.cutout_gzip, config.alerts,
+                            real_bogus_model(config))
                 for part, ids in alert_parts(detections, exposure_ids, size)]
         self.hooks.say(f"building {count} alert packets in {len(refs)} Ray task(s) on {cpus} free CPU(s)")
         for ref in refs:
@@ -930,6 +932,24 @@ class _Plan:
     exposures: list[str]
     done_before: set[str]  # units with a result before this cycle
     todo: list[WorkUnit]  # this cycle's units: streamed while the ingest ran, and the rest
+
+
+def real_bogus_model(config: SkyblinkConfig) -> str:
+    """
+    The network that scores a night's candidates, as its alert packets record it (``realBogusModel``).
+
+    Parameters
+    ----------
+    config : SkyblinkConfig
+
+    Returns
+    -------
+    str
+        ``"<name> <version>"`` of the shipped model ``night.classifier`` names, e.g. ``"classifier 1.0"``.
+    """
+    from skyblink.engines.catalog import MODEL_VERSIONS  # noqa: PLC0415 - torch-free (the cards and versions)
+
+    return f"{config.night.classifier} {MODEL_VERSIONS[config.night.classifier]}"
 
 
 def actor_startup(startup: dict[str, float], created_at: float | None) -> dict[str, float]:

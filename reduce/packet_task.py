@@ -76,7 +76,8 @@ def alert_parts(detections: pa.Table, exposures: Collection[str] | None, size: i
 
 
 def encode_alert_part(part: pa.Table, alert_ids: list[int], candidates: pa.Table, store_url: str, night: str,
-                      gzip_mode: GzipMode, config: AlertsConfig) -> tuple[list[EncodedAlert], list[int], int]:
+                      gzip_mode: GzipMode, config: AlertsConfig, real_bogus_model: str | None = None,
+                      ) -> tuple[list[EncodedAlert], list[int], int]:
     """
     Build, edge-filter and encode one run of alerts (from `alert_parts`): the body of the night
     run's packet tasks.
@@ -96,6 +97,8 @@ def encode_alert_part(part: pa.Table, alert_ids: list[int], candidates: pa.Table
     gzip_mode : {"rle", "deflate", "stored"}
         The cutouts' compression (``alerts.cutout_gzip``).
     config : AlertsConfig
+    real_bogus_model : str, optional
+        The network that scored the detections (`skyblink.storage.alerts.AlertBuilder`).
 
     Returns
     -------
@@ -113,7 +116,7 @@ def encode_alert_part(part: pa.Table, alert_ids: list[int], candidates: pa.Table
     """
     encoder = AlertEncoder(night, config=config)
     sent: list[int] = []
-    alerts = build_alerts(part, candidates, NightStore(store_url), AlertBuilder(night, gzip_mode=gzip_mode), threads=1,
+    alerts = build_alerts(part, candidates, NightStore(store_url), AlertBuilder(night, gzip_mode=gzip_mode, real_bogus_model=real_bogus_model), threads=1,
                           only=set(alert_ids))
     encoded = list(encoder.encode_kept(alerts, sent=sent))
     return encoded, sent, encoder.filtered

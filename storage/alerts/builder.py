@@ -86,14 +86,18 @@ class AlertBuilder:
         The night (e.g. ``"20261125"``); part of every alertId.
     gzip_mode : {"rle", "deflate", "stored"}, optional
         Compression of the cutouts (config: alerts.cutout_gzip).
+    real_bogus_model : str, optional
+        The network that scored the detections, name and version (``"classifier 1.0"``), written
+        into every packet (``realBogusModel``); None leaves it unrecorded.
     """
 
-    def __init__(self, night: str, *, gzip_mode: GzipMode = "rle") -> None:
+    def __init__(self, night: str, *, gzip_mode: GzipMode = "rle", real_bogus_model: str | None = None) -> None:
         if not night or any(c.isspace() for c in night):
             msg = f"night must be a non-empty name without spaces, got {night!r}"
             raise ValueError(msg)
         self.night = night
         self.gzip_mode: GzipMode = gzip_mode
+        self.real_bogus_model = real_bogus_model
         self._writers: OrderedDict[int, tuple[object, StampWriter]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -183,4 +187,5 @@ class AlertBuilder:
             cutout_science=cutout(science, CutoutKind.SCIENCE),
             cutout_template=cutout(template, CutoutKind.TEMPLATE),
             cutout_difference=cutout(difference, CutoutKind.DIFFERENCE),
+            real_bogus_model=self.real_bogus_model,
         )

@@ -3,7 +3,7 @@ The layout of one alert in Redis: the stream entry, its dedup record and its sid
 
 ::
 
-    <stream>                        XADD fields: schema_version "1.0", schema_id "100",
+    <stream>                        XADD fields: schema_version "1.1", schema_id "101",
                                     alert_id "<alertId>", payload <Confluent wire-format Avro>
     {<stream>}:dedup                hash alertId -> entry id (TTL alerts.dedup_ttl_s)
     {<stream>}:cutouts:<alertId>    hash science/template/difference -> gzipped FITS

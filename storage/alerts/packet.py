@@ -389,6 +389,9 @@ class Alert:
         None when absent or in the side store.
     cutout_store_key : str or None
         Redis key of the side-store hash holding the cutouts; None when inline.
+    real_bogus_model : str or None
+        The network that scored the detections, name and version (``"classifier 1.0"``); None when
+        not recorded (and in packets of schema 1.0, which has no such field).
     """
 
     alert_id: int
@@ -401,6 +404,7 @@ class Alert:
     cutout_template: Cutout | None = None
     cutout_difference: Cutout | None = None
     cutout_store_key: str | None = field(default=None)
+    real_bogus_model: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.alert_id <= _INT63:
@@ -436,6 +440,7 @@ class Alert:
             "cutoutTemplate": None if self.cutout_template is None else self.cutout_template.to_avro(),
             "cutoutDifference": None if self.cutout_difference is None else self.cutout_difference.to_avro(),
             "cutoutStoreKey": self.cutout_store_key,
+            "realBogusModel": self.real_bogus_model,  # schema 1.1; a 1.0 writer leaves it out
         }
 
     @classmethod
@@ -472,6 +477,7 @@ class Alert:
                 cutout_template=Cutout.from_avro(record.get("cutoutTemplate")),
                 cutout_difference=Cutout.from_avro(record.get("cutoutDifference")),
                 cutout_store_key=record.get("cutoutStoreKey"),
+                real_bogus_model=record.get("realBogusModel"),
             )
         except ValueError as exc:
             raise AlertDecodeError(str(exc), field="alertId") from None

@@ -64,12 +64,16 @@ def _private_url(redis_dir: Path, port: int) -> str:
     return f"redis://:{private_password(redis_dir)}@127.0.0.1:{port}/0"
 
 
-def _stream_ids(redis_url: str, stream: str) -> list[int]:
+def _stream_ids(redis_url: str, stream: str, models: set[str | None] | None = None) -> list[int]:
+    """The stream's alert ids in order; ``models`` collects the networks the packets say scored them."""
     client = redis.Redis.from_url(redis_url)
     try:
-        return [decode_entry(fields)[0].alert_id for _, fields in client.xrange(stream)]
+        alerts = [decode_entry(fields)[0] for _, fields in client.xrange(stream)]
     finally:
         client.close()
+    if models is not None:
+        models.update(a.real_bogus_model for a in alerts)
+    return [a.alert_id for a in alerts]
 
 
 def _detections(store: Path) -> list[tuple[str, int]]:
@@ -85,9 +89,11 @@ def reference_run(night_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray
     report = run_night(night_dir, config, keep_redis=True)
     assert ":***@" in report.redis_url  # the private server's password, redacted in the report
     server = json.loads((root / "redis" / "server.json").read_text())
-    ids = _stream_ids(_private_url(root / "redis", server["port"]), report.stream)
+    models: set[str | None] = set()
+    ids = _stream_ids(_private_url(root / "redis", server["port"]), report.stream, models)
     pid = server["pid"]
     os.kill(pid, signal.SIGTERM)
+    assert models == {"classifier 1.0"}  # every packet says which network scored it
     return root, report.to_json(), ids
 
 
@@ -132,11 +138,13 @@ def test_a_night_whose_packets_are_built_in_tasks_publishes_the_same_stream(
     said: list[str] = []
     report = run_night(night_dir, _config(tmp_path), keep_redis=True, say=said.append)
     server = json.loads((tmp_path / "redis" / "server.json").read_text())
+    models: set[str | None] = set()
     try:
-        ids = _stream_ids(_private_url(tmp_path / "redis", server["port"]), report.stream)
+        ids = _stream_ids(_private_url(tmp_path / "redis", server["port"]), report.stream, models)
     finally:
         os.kill(server["pid"], signal.SIGTERM)
     assert any("alert packets in" in line and "Ray task(s)" in line for line in said), said
+    assert models == {"classifier 1.0"}  # the tasks' packets say which network scored them too
     assert ids == reference_run[2]
     assert report.alerts_published == len(ids) == reference_run[1]["alerts_published"]
     assert report.alerts_in_stream == len(ids) and report.alerts_unconfirmed == 0

@@ -62,7 +62,7 @@ def test_the_wheel_ships_models_and_schemas_without_setuptools_warnings(tmp_path
     for data in ("skyblink/engines/models/detector/model.fp32.onnx", "skyblink/engines/models/classifier/model.fp32.onnx",
                  "skyblink/engines/models/survey_classifier/model.fp32.onnx",
                  "skyblink/engines/models/braai/d6_m7.npz", "skyblink/storage/schemas/alert/latest.txt",
-                 "skyblink/storage/schemas/alert/1/0/alert.avsc"):
+                 "skyblink/storage/schemas/alert/1/0/alert.avsc", "skyblink/storage/schemas/alert/1/1/alert.avsc"):
         assert data in names, data
 
 

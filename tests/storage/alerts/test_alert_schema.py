@@ -96,8 +96,23 @@ def test_entry_fields_must_agree_with_the_payload() -> None:
     encoded = encode_alert(make_alerts(1, with_cutouts=False)[0], "s")
     fields = {name.encode(): value for name, value in encoded.fields}
     alert, schema = decode_entry(fields, entry_id="5-1")
-    assert alert.alert_id == encoded.alert_id and schema.version == "1.0"
+    assert alert.alert_id == encoded.alert_id and schema.version == latest_schema().version
     with pytest.raises(AlertDecodeError, match="field 'alert_id'"):
         decode_entry({**fields, b"alert_id": b"12"}, entry_id="5-1")
     with pytest.raises(AlertDecodeError, match="field 'schema_version': missing"):
         decode_entry({k: v for k, v in fields.items() if k != b"schema_version"})
+
+
+def test_packets_say_which_network_scored_them_and_1_0_packets_still_read() -> None:
+    """Schema 1.1's ``realBogusModel`` round-trips; a packet a 1.0 producer wrote reads back without it."""
+    import dataclasses
+
+    alert = dataclasses.replace(make_alerts(1, with_cutouts=False)[0], real_bogus_model="survey_classifier 1.0")
+    schema, back = decode_payload(encode_payload(alert.to_avro()))
+    assert schema.version == "1.1" and Alert.from_avro(back).real_bogus_model == "survey_classifier 1.0"
+    old = load_schema("1.0")
+    payload = encode_payload(alert.to_avro(), old)  # a 1.0 writer: the field is not in its schema
+    assert payload[1:5] == old.schema_id.to_bytes(4, "big")
+    schema, back = decode_payload(payload)
+    assert schema.version == "1.0" and Alert.from_avro(back).real_bogus_model is None
+    assert Alert.from_avro(back).alert_id == alert.alert_id

@@ -53,7 +53,7 @@ def test_publish_then_rerun_adds_no_duplicate(redis_server: RedisServer, alerts_
     assert client.hlen(dedup_key(STREAM)) == 120
     assert 0 < client.ttl(dedup_key(STREAM)) <= alerts_config.dedup_ttl_s
     entry = client.xrange(STREAM, count=1)[0][1]
-    assert entry[b"schema_version"] == b"1.0" and entry[b"schema_id"] == b"100"
+    assert entry[b"schema_version"] == b"1.1" and entry[b"schema_id"] == b"101"
 
 
 def test_side_store_keeps_cutouts_out_of_the_stream(redis_server: RedisServer, alerts_config: AlertsConfig) -> None:
