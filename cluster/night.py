@@ -867,9 +867,8 @@ class NightRun:
         size = max(_TASK_PACKET_PART_ALERTS, -(-count // (2 * max(1, cpus))))  # two tasks a CPU at least
         task = ray.remote(num_cpus=1, max_retries=2)(encode_alert_part)
         stamps = ray.put(candidates)  # once, for every task (Arrow: read in place)
-        config = self.config
-        refs = [task.remote(part, ids, stamps, store.url, self.report.night, config.alerts.cutout_gzip, config.alerts,
-                            real_bogus_model(config))
+        config, model = self.config, real_bogus_model(self.config)
+        refs = [task.remote(part, ids, stamps, store.url, self.report.night, config.alerts.cutout_gzip, config.alerts, model)
                 for part, ids in alert_parts(detections, exposure_ids, size)]
         self.hooks.say(f"building {count} alert packets in {len(refs)} Ray task(s) on {cpus} free CPU(s)")
         for ref in refs:

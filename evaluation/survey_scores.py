@@ -31,7 +31,7 @@ import numpy as np
 from skyblink.engines.backends import select_runner
 from skyblink.engines.stamps import ExternalStampRule, external_stamps
 from skyblink.lazy_import import lazy_module
-from skyblink.model_io import CLASSIFIER_CLASSES
+from skyblink.model_io import CLASSIFIER_CLASSES, ClassifierName
 from skyblink.storage.alerts.survey_packets import Survey, SurveyAlert
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ else:
     torch = lazy_module("torch")  # only when braai runs
     braai_port = lazy_module(".braai_port", __package__)
 
-__all__ = ["AlertScore", "SurveyModel", "pairwise_auc", "score_alerts"]
+__all__ = ["AlertScore", "pairwise_auc", "score_alerts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +107,9 @@ def _braai_scores(alerts: Sequence[SurveyAlert]) -> dict[int, float]:
     return {i: float(v) for (i, _), v in zip(ztf, drb, strict=True)}
 
 
-SurveyModel = Literal["survey_classifier", "classifier"]
-
-
 def score_alerts(alerts: Sequence[SurveyAlert], *, rule: ExternalStampRule | None = None, braai: bool = True,
                  backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = "auto", batch: int = 256,
-                 model: SurveyModel = "survey_classifier") -> list[AlertScore]:
+                 model: ClassifierName = "survey_classifier") -> list[AlertScore]:
     """
     Score survey alerts with skyblink's survey classifier (and braai for ZTF). Stable.
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from rich.table import Table
 
+from . import model_io
 from ._cli_checks import check_output_dir
 from ._cli_common import (
     EXIT_ERROR,
@@ -322,8 +323,8 @@ def score(
     """Score real survey alerts with skyblink's survey classifier (and braai for ZTF), one row per alert."""
     from skyblink.evaluation.survey_scores import score_alerts  # noqa: PLC0415
 
-    if model not in ("survey_classifier", "classifier"):
-        msg = f"--model {model!r}: expected survey_classifier or classifier"
+    if model not in model_io.CLASSIFIER_MODELS:
+        msg = f"--model {model!r}: expected one of {', '.join(model_io.CLASSIFIER_MODELS)}"
         raise typer.BadParameter(msg)
     report = survey_packets.read_survey_files(files, rubin_schema_dir=rubin_schemas)
     scores = score_alerts(report.alerts, braai=braai, model=model)  # type: ignore[arg-type]

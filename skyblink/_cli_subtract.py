@@ -93,8 +93,8 @@ def subtract(
     """Subtract REFERENCE from SCIENCE with the workers' per-tile program; write the difference and candidates."""
     if psf_match not in ("kernel", "gaussian"):
         raise fail(f"error: --psf-match must be kernel or gaussian, got {psf_match!r}")
-    if classifier not in (None, "classifier", "survey_classifier"):
-        raise fail(f"error: --classifier must be classifier or survey_classifier, got {classifier!r}")
+    if classifier is not None and classifier not in model_io.CLASSIFIER_MODELS:
+        raise fail(f"error: --classifier must be one of {', '.join(model_io.CLASSIFIER_MODELS)}, got {classifier!r}")
     config = effective_config(ctx, **{"night.tile_size": tile_size, "night.classifier": classifier})
     try:  # the worker side (ML extras) loads here
         select_runner = backends.select_runner

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from .headers import HeadersConfig
 from .lazy_import import lazy_module
+from .model_io import ClassifierName
 from .redaction import MASK, redact_text
 
 if TYPE_CHECKING:
@@ -350,7 +351,7 @@ class NightConfig(_Section):
         "gaussian",
         description="PSF matching of the per-tile program: a Gaussian of the FWHMs, or a kernel solved on each tile's stars.",
     )
-    classifier: Literal["classifier", "survey_classifier"] = Field(
+    classifier: ClassifierName = Field(
         "classifier",
         description="The real/bogus network of the per-tile program: classifier (trained on the simulator; the simulated "
         "nights' targets are measured with it) or survey_classifier (braai's trunk, its layer trained on real ZTF and Rubin "

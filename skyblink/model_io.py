@@ -12,15 +12,18 @@ and `skyblink.engines.manifest` re-export them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from skyblink.stamps import STAMP_SIZE  # the stamp edge, defined with the driver side's core
 
 __all__ = [
     "CLASSIFIER_CLASSES",
+    "CLASSIFIER_MODELS",
     "DETECTOR_CLASSES",
     "DETECTOR_STRIDE",
     "IO_NAMES",
     "STAMP_SIZE",
+    "ClassifierName",
     "IONames",
 ]
 
@@ -28,6 +31,10 @@ __all__ = [
 DETECTOR_CLASSES = ("static", "transient", "moving", "artifact")
 #: Class-probability columns of the classifier, in output order.
 CLASSIFIER_CLASSES = ("star", "galaxy", "transient", "variable", "moving", "cosmic_ray", "artifact")
+#: The shipped real/bogus networks a night, `skyblink subtract` or `skyblink alerts score` can run:
+#: the pipeline's (trained on the simulator) and the one made for survey stamps (real alerts).
+ClassifierName = Literal["classifier", "survey_classifier"]
+CLASSIFIER_MODELS: tuple[str, ...] = get_args(ClassifierName)
 #: The detector's input height and width must be multiples of this.
 DETECTOR_STRIDE = 32
 

@@ -27,13 +27,12 @@ from typing import Any, Literal
 
 from skyblink.config import Backend, EnginesConfig, IngestConfig, NightConfig, SkyblinkConfig
 from skyblink.headers import HeadersConfig
-from skyblink.model_io import DETECTOR_STRIDE
+from skyblink.model_io import DETECTOR_STRIDE, ClassifierName
 
 __all__ = ["Backend", "ClassifierName", "PrecisionName", "PsfMatchName", "TileProgram", "WorkerConfig", "compiles_for", "window_edge"]
 
 PrecisionName = Literal["fp32", "fp16", "int8"]
 PsfMatchName = Literal["gaussian", "kernel"]
-ClassifierName = Literal["classifier", "survey_classifier"]
 
 
 def _default(section: type[Any], key: str) -> Any:
