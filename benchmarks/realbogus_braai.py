@@ -506,7 +506,7 @@ def main() -> None:
     if args.ship:
         w, b, sim_auc, seconds = heads[args.ship]
         card = survey_card(args.ship, RECIPES[args.ship], args.pedestal, data, pool, rows, scored[args.ship], v1_scores,
-                           sim_auc, seconds)
+                           sim_auc, seconds, parameters=int(sum(p.numel() for p in net.parameters())))
         with torch.no_grad():
             net.real_bogus.weight[0] = torch.from_numpy(w)
             net.real_bogus.bias[0] = b
@@ -518,7 +518,7 @@ def main() -> None:
 
 
 def survey_card(name: str, recipe: HeadRecipe, pedestal: float, data, pool: DistillData, rows: list[dict],
-                held_out: np.ndarray, v1_scores: np.ndarray, sim_auc: float, seconds: float) -> dict:
+                held_out: np.ndarray, v1_scores: np.ndarray, sim_auc: float, seconds: float, *, parameters: int) -> dict:
     """The survey classifier's card: what it is for, its recipe and data, and the folds' figures."""
     import platform
     from dataclasses import asdict
@@ -577,7 +577,7 @@ def survey_card(name: str, recipe: HeadRecipe, pedestal: float, data, pool: Dist
         },
         "simulated_stamps_auc": round(sim_auc, 4),
         "licence": "braai's weights: MIT, Copyright (c) 2019 Dmitry Duev (engines/models/braai/LICENSE-braai.txt)",
-        "parameters": int(sum(p.numel() for p in BraaiClassifier().parameters())),
+        "parameters": parameters,
     }
 
 
