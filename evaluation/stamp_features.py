@@ -40,7 +40,9 @@ Features (`FEATURE_NAMES`, columns of `triplet_features`):
 
 Notes
 -----
-numpy and scipy only, deterministic; about 1.3 ms a stamp on one core. Experimental.
+numpy and scipy only, deterministic; about 1.3 ms a stamp on one core. Experimental. The S/N
+maps (``snr``, ``sci_snr``, ``ref_snr``, ``second_peak``) are the pipeline's own matched filter,
+`skyblink.psf_filter.matched_filter_snr`, at the PSF's FWHM.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ import math
 
 import numpy as np
 from scipy import ndimage
+
+from skyblink.psf_filter import matched_filter_snr
+from skyblink.psf_units import FWHM_PER_SIGMA
 
 __all__ = ["FEATURE_NAMES", "WINDOW_RADIUS", "adaptive_moments", "triplet_features"]
 
@@ -131,15 +136,15 @@ def _one(sci: np.ndarray, ref: np.ndarray, diff: np.ndarray, sigma: float | None
     yy, xx = grid[0], grid[1]
     r_centre = np.hypot(yy - c, xx - c)
     window = r_centre <= WINDOW_RADIUS
-    snr_scale = 2 * math.sqrt(math.pi) * sigma  # gaussian_filter(D) * this = sum(D K) / sqrt(sum K^2)
-    filtered = ndimage.gaussian_filter(diff.astype(np.float64), sigma, mode="nearest", truncate=3.0)
+    fwhm = sigma * FWHM_PER_SIGMA
+    filtered = matched_filter_snr(diff, fwhm).astype(np.float64)  # the pipeline's own S/N map
     near = r_centre <= 2.0
     sign = 1.0 if filtered[near][np.argmax(np.abs(filtered[near]))] >= 0 else -1.0
     d = sign * diff.astype(np.float64)
     f = sign * filtered
     masked = np.where(window, f, -np.inf)
     py, px = (int(v) for v in np.unravel_index(int(np.argmax(masked)), f.shape))
-    snr = float(f[py, px] * snr_scale)
+    snr = float(f[py, px])
     offset = math.hypot(py - c, px - c) / sigma
     # PSF amplitude at the peak (least squares, the Gaussian's peak 1) and its chi2, r <= 3 px
     kernel = _gaussian(d.shape, sigma, py, px)
@@ -164,11 +169,10 @@ def _one(sci: np.ndarray, ref: np.ndarray, diff: np.ndarray, sigma: float | None
     peak = max(float(d[py, px]), 1.0)
     neg_fraction = float((d[window] < -3.0).mean())
     neg_depth = float(max(0.0, -float(d[window].min())) / peak)
-    bright = sci if sign > 0 else ref
-    f_bright = float(ndimage.gaussian_filter(bright.astype(np.float64), sigma, mode="nearest", truncate=3.0)[py, px])
-    flux_ratio = float(np.clip(f[py, px] / max(f_bright, 1.0 / snr_scale), -3.0, 3.0))
-    sci_snr = float(ndimage.gaussian_filter(sci.astype(np.float64), sigma, mode="nearest", truncate=3.0)[py, px] * snr_scale)
-    ref_snr = float(ndimage.gaussian_filter(ref.astype(np.float64), sigma, mode="nearest", truncate=3.0)[py, px] * snr_scale)
+    sci_snr = float(matched_filter_snr(sci, fwhm)[py, px])
+    ref_snr = float(matched_filter_snr(ref, fwhm)[py, px])
+    # both in S/N units of the same filter, so their ratio is the ratio of matched fluxes
+    flux_ratio = float(np.clip(f[py, px] / max(sci_snr if sign > 0 else ref_snr, 1.0), -3.0, 3.0))
     # second local maximum of the filtered difference in the window, at least max(2, 2 sigma) px away
     local = (f == ndimage.maximum_filter(f, size=3, mode="nearest")) & window
     local &= np.hypot(yy - py, xx - px) >= max(2.0, 2.0 * sigma)
