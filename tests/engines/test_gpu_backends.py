@@ -1,4 +1,4 @@
-"""GPU backends against ONNX Runtime on the shipped detector and classifier (run on a CUDA machine)."""
+"""GPU backends against ONNX Runtime on the shipped detector and both classifiers (run on a CUDA machine)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from skyblink.engines.backends import OnnxRuntimeRunner, TorchRunner
 from skyblink.engines.catalog import load_network, onnx_path
-from skyblink.model_io import IO_NAMES
+from skyblink.model_io import CLASSIFIER_MODELS, IO_NAMES
 
 pytestmark = pytest.mark.gpu
 
@@ -23,7 +23,7 @@ def inputs(model: str, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("model", ["detector", "classifier"])
+@pytest.mark.parametrize("model", ["detector", *CLASSIFIER_MODELS])
 # fp32 on CUDA runs its convolutions in TF32 by default (torch.backends.cudnn.allow_tf32): ~1e-3.
 @pytest.mark.parametrize(("mode", "precision", "channels_last", "tolerance"), [
     ("eager", "fp32", False, 5e-3), ("eager", "fp16", False, 1e-2), ("cuda-graphs", "fp16", True, 1e-2),
@@ -44,7 +44,7 @@ def test_torch_cuda_matches_onnxruntime(model: str, mode: str, precision: str, c
         np.testing.assert_array_equal(first[name], again[name])
 
 
-@pytest.mark.parametrize("model", ["detector", "classifier"])
+@pytest.mark.parametrize("model", ["detector", *CLASSIFIER_MODELS])
 def test_actor_torch_runner_is_compiled_once_and_matches_onnxruntime(model: str) -> None:
     # What a GPU actor starts without TensorRT (`start_runner(..., compiled=night.compile_device_program)`):
     # the detector compiled by Inductor in NHWC fp16, warmed on the worker's one padded batch shape, so
