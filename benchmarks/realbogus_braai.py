@@ -543,16 +543,21 @@ def survey_card(name: str, recipe: HeadRecipe, pedestal: float, data, pool: Dist
         "task": "real/bogus (and class) of survey alert stamps: ZTF and Rubin cutouts brought to the pipeline's 63x63 "
                 "sigma-unit stamps by skyblink.engines.stamps.external_stamps; `skyblink alerts score` reports it as skyblink_rb",
         "why_not_the_classifier": "The pipeline's classifier (trained on the simulator) ranks real survey alerts at chance "
-                                  "(grouped-CV AUC vs ZTF drb 0.48); this network's braai trunk ranks them at 0.80 but "
-                                  "simulated stamps at 0.83-0.87 against the classifier's 0.98, and no single head holds "
-                                  "both (BENCHMARKS.md, 'transfer from braai's own trained trunk'). The pipeline keeps the "
-                                  "classifier; survey stamps get this one.",
+                                  "(grouped-CV AUC vs ZTF drb 0.48); this network's braai trunk, shown the difference "
+                                  "source-positive as ZTF's cutouts are, ranks them at 0.96 with braai's own layer but "
+                                  "simulated stamps at 0.84-0.88 against the classifier's 0.98, and no single head measured "
+                                  "holds both (BENCHMARKS.md, 'transfer from braai's own trained trunk' and 'the difference "
+                                  "source-positive for braai'). The pipeline keeps the classifier; survey stamps get this one.",
+        "changes": {"1.1": "braai's branch sees the difference turned source-positive (the sign of its central 5x5 sum), "
+                           "as ZTF's refmsci cutouts are; 1.0 showed it fading sources negative, and braai scored those "
+                           "(123 of the 316 ZTF alerts) near 0. Same recipe, retrained."},
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "training_seconds": round(seconds, 1),
         "trained_on": f"{platform.machine()} CPU, torch {torch.__version__}",
         "architecture": {"width": 16, "pedestal": [pedestal, pedestal, 0.0]},
         "network": "skyblink.engines.networks.BraaiClassifier: the classifier v1.0 (trunk and class head, frozen) beside "
-                   "braai d6_m7's VGG6 trunk (ZTF's weights, frozen); real_bogus is one linear layer on braai's 256 "
+                   "braai d6_m7's VGG6 trunk (ZTF's weights, frozen; its input made in the forward: the difference "
+                   "turned source-positive, the sky pedestal, braai's row-wise L2); real_bogus is one linear layer on braai's 256 "
                    "features (the classifier's 128 weighted zero); class_probs are the classifier v1.0's",
         "recipe": {"name": name, **asdict(recipe), "trained": "the real_bogus layer only (L-BFGS logistic regression, L2 "
                                                               "towards braai's own output layer)"},

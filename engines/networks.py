@@ -171,6 +171,8 @@ class Braai(nn.Module):
 #: row-wise L2 normalisation: braai was trained on raw ZTF cutouts, whose science and template carry
 #: their sky; sigma-unit stamps have it subtracted. Chosen on the grouped real-alert folds (BENCHMARKS).
 BRAAI_PEDESTAL = (20.0, 20.0, 0.0)
+#: Half-size of the central box whose sum gives the difference's sign for braai (5 x 5 pixels).
+ORIENT_HALF = 2
 
 
 class BraaiClassifier(nn.Module):
@@ -188,8 +190,9 @@ class BraaiClassifier(nn.Module):
     -----
     Same input and outputs as `Classifier` (``(B, 3, 63, 63)`` sigma-unit stamps -> ``real_bogus``,
     ``class_probs``), so the ONNX graph's names and the pipeline contract are unchanged. The forward
-    does its own normalisation for each part: ``asinh`` for the `Classifier` trunk; pedestal and
-    row-wise L2 (braai d6_m7's own pre-processing) for the `Braai` trunk. ``real_bogus`` is one
+    does its own normalisation for each part: ``asinh`` for the `Classifier` trunk; the difference
+    turned source-positive as ZTF's cutouts are, a pedestal and row-wise L2 (braai d6_m7's own
+    pre-processing) for the `Braai` trunk (`braai_input`). ``real_bogus`` is one
     linear layer on both trunks' features (128 + 256); ``class_probs`` are the `Classifier`'s.
     braai's weights are those ZTF trained (Duev et al. 2019, MIT licence), loaded from the port.
     """
@@ -215,8 +218,20 @@ class BraaiClassifier(nn.Module):
         return self
 
     def braai_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Sigma-unit stamps -> braai's input: pedestal added, each row divided by its L2 norm."""
-        y = x + self.pedestal
+        """
+        Sigma-unit stamps -> braai's input: the difference turned source-positive, the pedestal
+        added, each row divided by its L2 norm.
+
+        braai learnt on ZTF's difference cutouts, which are source-positive (reference minus
+        science for a fading source, ``isdiffpos = 'f'``); the classifier's stamps are science
+        minus reference. The difference is multiplied by the sign of its sum over the central
+        `ORIENT_HALF` -radius box, so braai sees a fading source as ZTF showed it: on the real ZTF
+        alerts in ``../shared/data`` that sign is the packet's own in every case.
+        """
+        c, r = x.shape[-1] // 2, ORIENT_HALF
+        centre = x[:, 2:3, c - r : c + r + 1, c - r : c + r + 1].sum(dim=(-2, -1), keepdim=True)
+        sign = torch.where(centre < 0, -torch.ones_like(centre), torch.ones_like(centre))
+        y = torch.cat([x[:, :2], x[:, 2:3] * sign], dim=1) + self.pedestal
         # Scaled by the row's largest |value| first (same result), so the squares stay finite in fp16.
         y = y / y.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
         return y / torch.sqrt((y * y).sum(dim=-1, keepdim=True)).clamp_min(1e-6)
