@@ -33,7 +33,7 @@ else:
 __all__ = ["MODEL_VERSIONS", "ModelNotShippedError", "load_card", "load_network", "model_dir", "onnx_path"]
 
 #: Version of each trained network; bumped when its architecture or training changes.
-MODEL_VERSIONS = {"detector": "1.0", "classifier": "1.0", "survey_classifier": "1.1"}
+MODEL_VERSIONS = {"detector": "2.0", "classifier": "1.0", "survey_classifier": "1.1"}
 
 #: The network class of each model (`skyblink.engines.networks`); its card's ``architecture`` holds the arguments.
 _NETWORKS = {"detector": "Detector", "classifier": "Classifier", "survey_classifier": "BraaiClassifier"}

@@ -51,7 +51,7 @@ ModelsOption = Annotated[
     Path | None, typer.Option("--models", help="Models folder to write (default: the package's shipped models).")
 ]
 EpochsOption = Annotated[int | None, typer.Option("--epochs", help="Training epochs (default: the shipped model's).")]
-FieldsOption = Annotated[int | None, typer.Option("--fields", help="Simulated fields of training data (default 6).")]
+FieldsOption = Annotated[int | None, typer.Option("--fields", help="Simulated fields of training data (default: 16 for the detector, 8 for the classifier).")]
 ExposuresOption = Annotated[int | None, typer.Option("--exposures", help="Exposures per field of training data (default 5).")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of the training night (default 1).")]
 RegistryOption = Annotated[
@@ -61,7 +61,7 @@ RegistryOption = Annotated[
 
 
 def _training_config(which: str, epochs: int | None, fields: int | None, exposures: int | None, seed: int | None):
-    base = training.TrainingConfig() if which == "detector" else training.CLASSIFIER_DEFAULTS
+    base = training.DETECTOR_DEFAULTS if which == "detector" else training.CLASSIFIER_DEFAULTS
     changes: dict[str, Any] = {k: v for k, v in {"fields": fields, "exposures_per_field": exposures, "seed": seed}.items() if v is not None}
     data = replace(base.data, **changes)
     return replace(base, data=data, **({"epochs": epochs} if epochs is not None else {}))

@@ -35,7 +35,7 @@ from ..networks import Classifier, Detector
 from .dataset import StampRealism, TrainingDataConfig, build_training_data, exposure_triplet
 from .metrics import completeness_by_magnitude, fpr_at_fnr, roc_auc
 
-__all__ = ["CLASSIFIER_DEFAULTS", "CLASSIFIER_REALISM", "EvaluatedModel", "TrainingConfig", "evaluate_classifier",
+__all__ = ["CLASSIFIER_DEFAULTS", "CLASSIFIER_REALISM", "DETECTOR_DEFAULTS", "EvaluatedModel", "TrainingConfig", "evaluate_classifier",
            "evaluate_detector", "train_classifier", "train_detector", "validation_data", "write_model"]
 
 
@@ -64,6 +64,8 @@ class TrainingConfig:
     batch_size: int = 16
     learning_rate: float = 3e-3
     width: int = 8
+    #: The detector's `Detector` stride (1: version 1.0's layout; 2: the space-to-depth stem of version 2.0).
+    stride: int = 1
     seed: int = 7
     threads: int = 2
 
@@ -229,7 +231,12 @@ def evaluate_detector(model: Detector | EvaluatedModel, cfg: TrainingConfig, *,
     }
 
 
-def train_detector(cfg: TrainingConfig = TrainingConfig(), *, out_root: Path | None = None,
+#: Defaults of the detector run: version 2.0, the space-to-depth network on twice version 1.0's
+#: training fields (16; measured 2026-12-07: on 8 it lost completeness at equal purity).
+DETECTOR_DEFAULTS = TrainingConfig(stride=2, data=TrainingDataConfig(fields=16))
+
+
+def train_detector(cfg: TrainingConfig = DETECTOR_DEFAULTS, *, out_root: Path | None = None,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """
     Train the detector, validate it on other simulated exposures and write the shipped files.
@@ -256,13 +263,16 @@ def train_detector(cfg: TrainingConfig = TrainingConfig(), *, out_root: Path | N
     say(f"detector data: {len(data.inputs)} crops of {cfg.data.crop}px in {time.perf_counter() - start:.0f} s")
     x, heat = torch.from_numpy(data.inputs), torch.from_numpy(data.heatmaps)
     off, mask = torch.from_numpy(data.offsets), torch.from_numpy(data.offset_mask)
-    model = Detector(width=cfg.width)
+    model = Detector(width=cfg.width, stride=cfg.stride)
 
     def detector_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         xb, hb, ob, mb = x[idx], heat[idx], off[idx].clone(), mask[idx]
         if torch.rand(1, generator=gen).item() < 0.5:  # mirror augmentation; x offsets follow
             xb, hb, ob, mb = xb.flip(-1), hb.flip(-1), ob.flip(-1), mb.flip(-1)
             ob[:, 0] = -ob[:, 0]
+        if cfg.stride > 1:  # a space-to-depth stem sees stride^2 pixel phases of a source: train on all of them
+            dy, dx = (int(v) for v in torch.randint(0, cfg.stride, (2,), generator=gen))
+            xb, hb, ob, mb = (t.roll((dy, dx), dims=(-2, -1)) for t in (xb, hb, ob, mb))
         pred_h, pred_o = model(xb)
         return _focal_loss(pred_h, hb) + F.l1_loss(pred_o * mb, ob * mb, reduction="sum") / mb.sum().clamp(min=1.0)
 
@@ -271,7 +281,7 @@ def train_detector(cfg: TrainingConfig = TrainingConfig(), *, out_root: Path | N
     seconds = time.perf_counter() - start
     card = _card_common("detector", cfg, model, seconds)
     card.update(
-        architecture={"width": cfg.width},
+        architecture={"width": cfg.width, "stride": cfg.stride},
         inputs={"tiles": "(B, 3, H, W) float; science, warped reference, difference in sigma units; H, W multiples of 32"},
         outputs={"heatmaps": f"(B, 4, H, W) sigmoid scores for {list(DETECTOR_CLASSES)}", "offsets": "(B, 2, H, W) sub-pixel (dx, dy)"},
         gflops_per_1024_tile=round(_gflops(model, (1, 3, 1024, 1024)), 2),

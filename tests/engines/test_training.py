@@ -72,3 +72,36 @@ def test_the_shipped_survey_classifier_is_its_card_and_its_graph() -> None:
         out = runner.infer({"stamps": stamps})
     np.testing.assert_allclose(out["real_bogus"], rb.numpy(), atol=1e-4)
     np.testing.assert_allclose(out["class_probs"], classes.numpy(), atol=1e-4)
+
+
+def test_the_shipped_detector_finds_more_than_the_version_it_replaced_on_the_same_night() -> None:
+    # Version 2.0 (space-to-depth stem) replaced 1.0 only because its validation night, scored by the same
+    # code, lost neither completeness nor purity: the card keeps both, and the shipped weights give its own.
+    card = load_card("detector")
+    assert card["version"] == "2.0" and card["architecture"] == {"width": 8, "stride": 2}
+    new, old = card["validation"], card["previous_version"]["validation_same_code"]
+    assert new["completeness"] >= old["completeness"] and new["purity"] >= old["purity"]
+    assert new["completeness_above_5sigma_limit"] >= old["completeness_above_5sigma_limit"]
+
+
+def test_the_space_to_depth_detector_puts_a_source_on_its_full_resolution_pixel() -> None:
+    import torch
+
+    from skyblink.engines.networks import Detector
+
+    network = load_network("detector")
+    assert isinstance(network, Detector) and network.stride == 2
+    rng = np.random.default_rng(4)
+    for y, x in ((41, 61), (42, 62), (41, 62), (42, 61)):  # the four pixel phases of a 2x2 block
+        tiles = rng.normal(size=(1, 3, 96, 128)).astype(np.float32)
+        yy, xx = np.mgrid[:96, :128]
+        source = 25.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3**2))
+        tiles[0, 0] += source
+        tiles[0, 2] += source  # new in the science: a transient
+        with torch.no_grad():
+            heat, offsets = network(torch.from_numpy(tiles))
+        assert heat.shape == (1, 4, 96, 128) and offsets.shape == (1, 2, 96, 128)
+        peak = np.unravel_index(int(heat[0].amax(dim=0).argmax()), (96, 128))
+        assert abs(peak[0] - y) <= 1 and abs(peak[1] - x) <= 1, (y, x, peak)
+    with pytest.raises(ValueError, match="stride"):
+        Detector(stride=3)
