@@ -4,6 +4,11 @@ graphs fp16 and compile + CUDA graphs fp16, at several batch sizes, side by side
 the numerical check of the torch backend (fp16 and fp32 on CUDA) against ONNX Runtime (fp32, CPU).
 
     python benchmarks/detector_backends.py [--batches 1 8 32] [--size 1024] [--repeat 50]
+        [--modes "eager fp32" "compile+cuda-graphs fp16 nhwc"] [--baseline-root DIR]
+
+``--baseline-root DIR`` also times the detector of another release (``DIR/detector``: its card,
+weights and ONNX graphs, for example an earlier version taken from git) in the same run, and
+gives every variant's speed against the baseline's eager fp32 as well as its own.
 
 Times come from CUDA events around ``repeat`` calls after a warm-up, over three rotating input
 sets already on the device (what the worker's pipeline hands the network); the median per call
@@ -18,12 +23,13 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from skyblink.engines.backends import OnnxRuntimeRunner, TorchRunner
-from skyblink.engines.catalog import load_network, onnx_path
+from skyblink.engines.catalog import load_card, load_network, onnx_path
 from skyblink.engines.export import IO_NAMES
 
 #: (mode, precision, channels_last)
@@ -56,12 +62,18 @@ def realistic_tiles(batch: int, size: int, rng: np.random.Generator) -> np.ndarr
     return tiles
 
 
-def time_mode(mode: str, precision: str, channels_last: bool, batch: int, size: int, repeat: int) -> dict[str, float]:
+def mode_label(mode: str, precision: str, channels_last: bool) -> str:
+    """The name of a variant on the command line and in the table: ``"compile+cuda-graphs fp16 nhwc"``."""
+    return f"{mode} {precision}" + (" nhwc" if channels_last else "")
+
+
+def time_mode(mode: str, precision: str, channels_last: bool, batch: int, size: int, repeat: int,
+              root: Path | None = None) -> dict[str, Any]:
     # Every variant compiles the same Detector.forward: start each from a clean compiler cache, or
     # dynamo's recompile limit silently drops the later variants to eager.
     torch._dynamo.reset()
     names = IO_NAMES["detector"]
-    runner = TorchRunner(load_network("detector"), input_name=names.inputs[0], output_names=names.outputs,
+    runner = TorchRunner(load_network("detector", root), input_name=names.inputs[0], output_names=names.outputs,
                          device="cuda", precision=precision, mode=mode, channels_last=channels_last)
     dtype = torch.float16 if precision == "fp16" else torch.float32
     gen = torch.Generator(device="cuda").manual_seed(batch)
@@ -89,16 +101,16 @@ def time_mode(mode: str, precision: str, channels_last: bool, batch: int, size: 
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
-def numerics(size: int) -> list[dict[str, float]]:
+def numerics(size: int, root: Path | None = None) -> list[dict[str, Any]]:
     """Relative L2 error of each torch CUDA variant against ONNX Runtime fp32 on the CPU."""
     rng = np.random.default_rng(0)
     x = realistic_tiles(2, size, rng)
     names = IO_NAMES["detector"]
-    with OnnxRuntimeRunner(onnx_path("detector", "fp32")) as ort_runner:
+    with OnnxRuntimeRunner(onnx_path("detector", "fp32", root)) as ort_runner:
         reference = ort_runner.infer({"tiles": x})
     rows = []
     for mode, precision, channels_last in [("eager", "fp32", False), ("eager", "fp16", False), ("compile+cuda-graphs", "fp16", True)]:
-        runner = TorchRunner(load_network("detector"), input_name=names.inputs[0], output_names=names.outputs,
+        runner = TorchRunner(load_network("detector", root), input_name=names.inputs[0], output_names=names.outputs,
                              device="cuda", precision=precision, mode=mode, channels_last=channels_last)
         torch._dynamo.reset()
         with runner:
@@ -115,28 +127,46 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=50)
+    labels = [mode_label(*m) for m in MODES]
+    parser.add_argument("--modes", nargs="+", choices=labels, default=labels, metavar="MODE",
+                        help=f"variants to time (eager fp32 always runs); of: {', '.join(labels)}")
+    parser.add_argument("--baseline-root", type=Path, help="a models folder whose detector/ is timed too, as the baseline")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
     device = f"{torch.cuda.get_device_name(0)} (cc {'.'.join(map(str, torch.cuda.get_device_capability(0)))}), torch {torch.__version__}"
     print(f"device: {device}", flush=True)
+    modes = [m for m in MODES if mode_label(*m) in args.modes or mode_label(*m) == "eager fp32"]
+    detectors: dict[str, Path | None] = {f"shipped {load_card('detector')['version']}": None}
+    if args.baseline_root is not None:
+        detectors[f"baseline {load_card('detector', args.baseline_root)['version']}"] = args.baseline_root
 
-    checks = numerics(args.size)
-    print("\nnumerics vs ONNX Runtime fp32 (CPU), 2 tiles:")
-    for row in checks:
-        print(f"  {row['variant']:<35} {row['output']:<9} rel L2 {row['rel_l2_vs_onnxruntime']:.2e}  finite={row['finite']}")
+    checks = []
+    for name, root in detectors.items():
+        rows = [dict(row, detector=name) for row in numerics(args.size, root)]
+        checks += rows
+        print(f"\nnumerics vs ONNX Runtime fp32 (CPU), 2 tiles, detector {name}:")
+        for row in rows:
+            print(f"  {row['variant']:<35} {row['output']:<9} rel L2 {row['rel_l2_vs_onnxruntime']:.2e}  finite={row['finite']}")
 
     results = []
     for batch in args.batches:
-        for mode, precision, channels_last in MODES:
-            row = time_mode(mode, precision, channels_last, batch, args.size, args.repeat)
-            results.append(row)
-            print(f"  done {mode} {precision} batch {batch}: {row['tiles_per_s']:.0f} tiles/s", flush=True)
+        for name, root in detectors.items():
+            for mode, precision, channels_last in modes:
+                row = time_mode(mode, precision, channels_last, batch, args.size, args.repeat, root) | {"detector": name}
+                results.append(row)
+                print(f"  done {name} {mode} {precision} batch {batch}: {row['tiles_per_s']:.0f} tiles/s", flush=True)
+    baseline = list(detectors)[-1]
     print(f"\ndetector, {args.size}x{args.size} tiles, median of {args.repeat} calls (CUDA events), {device}")
-    print(f"{'batch':>5} {'mode':<27} {'prec':<5} {'ms/call':>9} {'tiles/s':>9} {'x eager fp32':>12} {'peak GiB':>9} {'warm-up s':>9}")
+    print(f"{'batch':>5} {'detector':<14} {'mode':<27} {'prec':<5} {'ms/call':>9} {'tiles/s':>9} {'x own eager fp32':>16} "
+          f"{'x ' + baseline + ' eager fp32':>28} {'peak GiB':>9} {'warm-up s':>9}")
     for row in results:
-        base = next(r for r in results if r["batch"] == row["batch"] and r["mode"] == "eager" and r["precision"] == "fp32")
-        print(f"{row['batch']:>5} {row['mode']:<27} {row['precision']:<5} {row['ms']:>9.3f} {row['tiles_per_s']:>9.0f} "
-              f"{row['tiles_per_s'] / base['tiles_per_s']:>11.2f}x {row['peak_gib']:>9.2f} {row['warmup_s']:>9.1f}")
+        def eager(name: str, row: dict[str, Any] = row) -> dict[str, Any]:
+            return next(r for r in results if r["batch"] == row["batch"] and r["detector"] == name
+                        and r["mode"] == "eager" and r["precision"] == "fp32")
+        row["x_own_eager_fp32"] = row["tiles_per_s"] / eager(row["detector"])["tiles_per_s"]
+        row["x_baseline_eager_fp32"] = row["tiles_per_s"] / eager(baseline)["tiles_per_s"]
+        print(f"{row['batch']:>5} {row['detector']:<14} {row['mode']:<27} {row['precision']:<5} {row['ms']:>9.3f} {row['tiles_per_s']:>9.0f} "
+              f"{row['x_own_eager_fp32']:>15.2f}x {row['x_baseline_eager_fp32']:>27.2f}x {row['peak_gib']:>9.2f} {row['warmup_s']:>9.1f}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "detector_backends.json").write_text(json.dumps({"device": device, "numerics": checks, "timings": results}, indent=1))
 

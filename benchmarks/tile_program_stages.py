@@ -2,7 +2,7 @@
 Time per stage of the per-tile program on one GPU, synchronous (no copy/compute overlap), then
 the whole device program as it runs in the workers (two CUDA graphs around the detector).
 
-    python benchmarks/tile_program_stages.py [--batch 16] [--size 1024] [--repeat 20] [--compare]
+    python benchmarks/tile_program_stages.py [--batch 16] [--size 1024] [--repeat 20] [--compare] [--baseline-root DIR]
 
 Stages, each timed with CUDA events over ``repeat`` batches after a warm-up:
 
@@ -21,7 +21,8 @@ a stage's time includes its launches (the program's CUDA graphs remove most of t
 
 ``--compare`` also times the cosmic-ray and triplet stages with the previous algorithms (the
 dense 5x5 cleaning at every pixel, the unpacked histogram passes: `stage_algorithms.py`), in the
-same run, right after the current ones.
+same run, right after the current ones. ``--baseline-root DIR`` times the detector of another release
+(``DIR/detector``, for example an earlier version from git) and the whole program with it, in the same run.
 
 Inputs are synthetic (sky, noise and stars, a slightly rotated sampling grid), made on the
 device: the GPU machines have no astropy, and the work per pixel does not depend on content
@@ -41,7 +42,7 @@ import torch
 from torch.nn import functional as F
 
 from skyblink.engines.backends import TorchRunner
-from skyblink.engines.catalog import load_network
+from skyblink.engines.catalog import load_card, load_network
 from skyblink.engines.manifest import IO_NAMES
 from skyblink.workers import tile_program as tp
 from skyblink.workers.calibration import calibrate_tensor
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--compare", action="store_true", help="also time the previous cosmic-ray and background algorithms")
+    parser.add_argument("--baseline-root", type=Path,
+                        help="a models folder whose detector/ is timed too (its stage and the whole program with it), as the baseline")
     args = parser.parse_args()
     device = "cuda"
     science, reference, grid = synthetic_batch(args.batch, args.size, device)
@@ -100,9 +103,14 @@ def main() -> None:
     pageable = science.cpu().clone()
     on_device = torch.empty_like(science)
     names = IO_NAMES["detector"]
-    detector = TorchRunner(load_network("detector"), input_name=names.inputs[0], output_names=names.outputs,
+
+    def detector_runner(root: Path | None = None) -> TorchRunner:
+        return TorchRunner(load_network("detector", root), input_name=names.inputs[0], output_names=names.outputs,
                            device=device, precision="fp16", mode="compile+cuda-graphs", channels_last=True)
+
+    detector = detector_runner()
     detector.activate()
+    version = load_card("detector")["version"]
     state: dict[str, torch.Tensor] = {}
 
     def calibrate_and_clean() -> None:
@@ -146,7 +154,7 @@ def main() -> None:
         ("calibrate + cosmic rays (L.A.Cosmic)", timed(calibrate_and_clean, args.repeat)),
         ("warp (GridSample)", timed(warp, args.repeat)),
         ("triplet (2 backgrounds, PSF match, diff)", timed(triplet, args.repeat)),
-        ("detector (compile+graphs fp16 NHWC)", timed(detect, args.repeat)),
+        (f"detector {version} (compile+graphs fp16 NHWC)", timed(detect, args.repeat)),
         ("matched filter S/N", timed(matched, args.repeat)),
         ("peaks (max-pool, S/N gate, top-K)", timed(peaks, args.repeat)),
     ]
@@ -158,6 +166,17 @@ def main() -> None:
             rows.append(("  previous: triplet", timed(triplet, args.repeat)))
     whole = ("whole program, CUDA graphs (stamps, classifier)", timed(lambda: program(science, 0), args.repeat))
     detector.deactivate()
+    baseline_rows = []
+    if args.baseline_root is not None:
+        torch._dynamo.reset()
+        old = detector_runner(args.baseline_root)
+        old.activate()
+        old_version = load_card("detector", args.baseline_root)["version"]
+        baseline_rows.append((f"  baseline: detector {old_version}", timed(lambda: old.infer_tensors(state["x"]), args.repeat)))
+        old_program = make_device_program(old, classifier, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=2.2,
+                                          gain=1.5, saturate=30000.0, read_noise=5.0)
+        baseline_rows.append((f"  baseline: whole program, detector {old_version}", timed(lambda: old_program(science, 0), args.repeat)))
+        old.deactivate()
     classifier.deactivate()
     name = torch.cuda.get_device_name(0)
     print(f"\nper-tile program stages, batch {args.batch} of {args.size}x{args.size}, median of {args.repeat}, {name}, torch {torch.__version__}")
@@ -167,7 +186,9 @@ def main() -> None:
     compute = sum(ms for stage, ms in rows[2:] if not stage.startswith("  previous"))
     print(f"{'sum of device stages (no overlap)':<44} {compute:>9.3f} {args.batch / compute * 1e3:>9.0f}")
     print(f"{whole[0]:<44} {whole[1]:>9.3f} {args.batch / whole[1] * 1e3:>9.0f}")
-    rows.append(whole)
+    for stage, ms in baseline_rows:
+        print(f"{stage:<44} {ms:>9.3f} {args.batch / ms * 1e3:>9.0f}")
+    rows += [whole, *baseline_rows]
     print(f"peak device memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "tile_program_stages.json").write_text(json.dumps({"device": name, "batch": args.batch, "rows": rows}, indent=1))
