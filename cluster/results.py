@@ -30,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 
 from skyblink.config import NightConfig
-from skyblink.reduce.exposure_task import reduce_exposure
 from skyblink.storage.night_files import NightFiles
 from skyblink.storage.schemas.tables import CANDIDATE_SCHEMA
 
@@ -201,5 +200,10 @@ def exposure_static_detections(store_url: str, units: list[WorkUnit], night: str
     ValueError
         The units are of more than one exposure.
     """
+    # Here, not at the top: the GPU actors import this module for `store_unit_results`, and the
+    # reduce would bring the alert packets and Redis into their start (issue 22: the actor's
+    # imports are on the demo night's critical path).
+    from skyblink.reduce.exposure_task import reduce_exposure  # noqa: PLC0415
+
     candidates = UnitStore(store_url).read(units)
     return candidates, reduce_exposure(candidates, store_url, night, config)

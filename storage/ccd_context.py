@@ -45,7 +45,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from skyblink.headers import HeadersConfig, psf_fwhm_px
 
-from .alerts.packet import Band
+from .bands import Band
 
 __all__ = ["AB_NJY_ZERO", "CcdContext", "CcdContextCache", "CcdStore", "MeasureFwhm", "calibration_facts", "flux_scale",
            "pixel_scale_arcsec", "sky_noise_adu"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
 from typing import Any
 
+from ..bands import Band
 from .errors import AlertDecodeError
 
 __all__ = [
@@ -34,17 +35,6 @@ __all__ = [
 ]
 
 _INT63 = (1 << 63) - 1
-
-
-class Band(StrEnum):
-    """Filter band."""
-
-    U = "u"
-    G = "g"
-    R = "r"
-    I = "i"  # noqa: E741 - the band's name
-    Z = "z"
-    Y = "y"
 
 
 class AlertType(StrEnum):
