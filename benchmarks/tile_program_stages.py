@@ -13,7 +13,9 @@ Stages, each timed with CUDA events over ``repeat`` batches after a warm-up:
 4. detector: the shipped detector, torch.compile + CUDA graphs, fp16, NHWC;
 5. matched filter: the difference's S/N for a point source (PSF correlation);
 6. peaks: 5x5 max-pool suppression, threshold, S/N gate and top-K on the new-source score;
-7. the whole program (`make_device_program`, input on the device, stamps and classifier included).
+7. stamps: the 63x63 triplet stamps of the night's ``top_k`` slots per tile, and the classifier on them
+   (eager fp16, as the actors run it: every slot, valid or not, so that the shapes stay fixed);
+8. the whole program (`make_device_program`, input on the device, stamps and classifier included).
 
 Each stage runs as the device program runs it: its per-pixel steps compiled
 (`skyblink.workers.fused`), the backgrounds with fixed histogram passes; launched eagerly here, so
@@ -49,7 +51,8 @@ from skyblink.workers.calibration import calibrate_tensor
 from skyblink.workers.cosmics import detect_cosmics_tensor
 from skyblink.workers.device_program import BACKGROUND_PASSES, make_device_program
 from skyblink.workers.matched_filter import matched_filter_snr_tensor, matched_filter_taps
-from skyblink.workers.pipeline import uint16_from_int16
+from skyblink.workers.pipeline import extract_stamps, uint16_from_int16
+from skyblink.workers.program_config import TileProgram
 
 
 def synthetic_batch(batch: int, size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,6 +114,7 @@ def main() -> None:
     detector = detector_runner()
     detector.activate()
     version = load_card("detector")["version"]
+    top_k = TileProgram().top_k  # the night's candidate slots per tile (``night.top_k``)
     state: dict[str, torch.Tensor] = {}
 
     def calibrate_and_clean() -> None:
@@ -140,7 +144,15 @@ def main() -> None:
         score = state["heat"][:, 1:3].amax(dim=1, keepdim=True).float()
         peak_snr = F.max_pool2d(state["snr"][:, None], 3, 1, 1)
         keep = (score == F.max_pool2d(score, 5, 1, 2)) & (score >= 0.3) & (peak_snr >= 5.0)
-        state["top"] = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=256, dim=1)
+        state["top"] = torch.topk(torch.where(keep, score, 0.0).flatten(1), k=top_k, dim=1)
+
+    def stamps() -> None:
+        index = state["top"].indices.flatten()
+        tile = torch.arange(args.batch, device=device).repeat_interleave(top_k)
+        state["stamps"] = extract_stamps(state["x"], tile, index // args.size, index % args.size)
+
+    def classify() -> None:
+        state["rb"] = classifier.infer_tensors(state["stamps"])
 
     classifier = TorchRunner(load_network("classifier"), input_name=IO_NAMES["classifier"].inputs[0],
                              output_names=IO_NAMES["classifier"].outputs, device=device, precision="fp16")
@@ -157,6 +169,8 @@ def main() -> None:
         (f"detector {version} (compile+graphs fp16 NHWC)", timed(detect, args.repeat)),
         ("matched filter S/N", timed(matched, args.repeat)),
         ("peaks (max-pool, S/N gate, top-K)", timed(peaks, args.repeat)),
+        (f"stamps ({top_k} slots a tile, 3x63x63)", timed(stamps, args.repeat)),
+        (f"classifier (eager fp16, {args.batch * top_k} stamps)", timed(classify, args.repeat)),
     ]
     if args.compare:
         from stage_algorithms import previous_algorithms  # this script's folder is on sys.path
