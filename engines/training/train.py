@@ -114,7 +114,8 @@ def write_model(name: str, model: torch.nn.Module, card: dict[str, Any], out_roo
     model : torch.nn.Module
         The trained network (`skyblink.engines.export.export_onnx` must take it).
     card : dict
-        The model card so far; undefined metrics (NaN) become null.
+        The model card so far; undefined metrics (NaN) become null. A card of the version already
+        shipped gets the shipped card's history (`HISTORY_KEYS`) where it sets none of its own.
     out_root : Path, optional
         Models folder; default the package's own (shipping).
 
@@ -128,6 +129,7 @@ def write_model(name: str, model: torch.nn.Module, card: dict[str, Any], out_roo
     TypeError
         ``model`` cannot be exported.
     """
+    card.update(_history(name, card))
     out = model_dir(name, out_root)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "weights.pt")
@@ -139,6 +141,22 @@ def write_model(name: str, model: torch.nn.Module, card: dict[str, Any], out_roo
     (out / "card.json").write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
     log.info("wrote %s", out)
     return card
+
+
+#: Card entries that record a model's history rather than its training run (the version it replaced, scored
+#: by the same code; what a version changed): a retraining of the same version keeps them from the shipped card.
+HISTORY_KEYS = ("previous_version", "changes")
+
+
+def _history(name: str, card: dict[str, Any]) -> dict[str, Any]:
+    """The shipped card's `HISTORY_KEYS` when it is of ``card``'s version and ``card`` does not set them."""
+    shipped = model_dir(name) / "card.json"
+    if not shipped.is_file():
+        return {}
+    old = json.loads(shipped.read_text())
+    if old.get("version") != card.get("version"):
+        return {}
+    return {key: old[key] for key in HISTORY_KEYS if key in old and key not in card}
 
 
 def _card_common(name: str, cfg: TrainingConfig, model: torch.nn.Module, seconds: float) -> dict[str, Any]:

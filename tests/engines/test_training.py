@@ -105,3 +105,17 @@ def test_the_space_to_depth_detector_puts_a_source_on_its_full_resolution_pixel(
         assert abs(peak[0] - y) <= 1 and abs(peak[1] - x) <= 1, (y, x, peak)
     with pytest.raises(ValueError, match="stride"):
         Detector(stride=3)
+
+
+def test_retraining_the_shipped_version_keeps_its_cards_history(tmp_path: Path) -> None:
+    # `skyblink train detector` rewrites version 2.0 bit for bit; its card must keep what training does not
+    # measure: the version it replaced, scored on the same night by the same code. Another version starts afresh.
+    from skyblink.engines.training.train import write_model
+
+    network = load_network("detector")
+    shipped = load_card("detector")
+    card = write_model("detector", network, {"name": "detector", "version": shipped["version"]}, tmp_path / "same")
+    assert card["previous_version"] == shipped["previous_version"]
+    assert load_card("detector", tmp_path / "same")["previous_version"]["version"] == "1.0"
+    card = write_model("detector", network, {"name": "detector", "version": "9.9"}, tmp_path / "next")
+    assert "previous_version" not in card and "previous_version" not in load_card("detector", tmp_path / "next")
