@@ -159,12 +159,10 @@ def main() -> None:
     print(f"\ndetector, {args.size}x{args.size} tiles, median of {args.repeat} calls (CUDA events), {device}")
     print(f"{'batch':>5} {'detector':<14} {'mode':<27} {'prec':<5} {'ms/call':>9} {'tiles/s':>9} {'x own eager fp32':>16} "
           f"{'x ' + baseline + ' eager fp32':>28} {'peak GiB':>9} {'warm-up s':>9}")
+    eager = {(r["batch"], r["detector"]): r["tiles_per_s"] for r in results if r["mode"] == "eager" and r["precision"] == "fp32"}
     for row in results:
-        def eager(name: str, row: dict[str, Any] = row) -> dict[str, Any]:
-            return next(r for r in results if r["batch"] == row["batch"] and r["detector"] == name
-                        and r["mode"] == "eager" and r["precision"] == "fp32")
-        row["x_own_eager_fp32"] = row["tiles_per_s"] / eager(row["detector"])["tiles_per_s"]
-        row["x_baseline_eager_fp32"] = row["tiles_per_s"] / eager(baseline)["tiles_per_s"]
+        row["x_own_eager_fp32"] = row["tiles_per_s"] / eager[row["batch"], row["detector"]]
+        row["x_baseline_eager_fp32"] = row["tiles_per_s"] / eager[row["batch"], baseline]
         print(f"{row['batch']:>5} {row['detector']:<14} {row['mode']:<27} {row['precision']:<5} {row['ms']:>9.3f} {row['tiles_per_s']:>9.0f} "
               f"{row['x_own_eager_fp32']:>15.2f}x {row['x_baseline_eager_fp32']:>27.2f}x {row['peak_gib']:>9.2f} {row['warmup_s']:>9.1f}")
     if os.environ.get("OUT"):

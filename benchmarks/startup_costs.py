@@ -91,7 +91,6 @@ class _Worker:
 def one_round(size: int) -> dict[str, float]:
     """One start of Ray, a bare actor, a worker-like actor and Ray's shutdown; seconds per step."""
     row: dict[str, float] = {}
-    gpus = 0.0
     t0 = time.perf_counter()
     with ray_session(RayConfig()):
         row["ray start (local, as the night)"] = time.perf_counter() - t0

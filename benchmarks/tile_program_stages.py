@@ -157,8 +157,12 @@ def main() -> None:
     classifier = TorchRunner(load_network("classifier"), input_name=IO_NAMES["classifier"].inputs[0],
                              output_names=IO_NAMES["classifier"].outputs, device=device, precision="fp16")
     classifier.activate()
-    program = make_device_program(detector, classifier, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=2.2,
-                                  gain=1.5, saturate=30000.0, read_noise=5.0)
+
+    def whole_program(runner: TorchRunner):
+        return make_device_program(runner, classifier, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=2.2,
+                                   gain=1.5, saturate=30000.0, read_noise=5.0)
+
+    program = whole_program(detector)
 
     rows = [
         ("H2D 16-bit, pinned", timed(lambda: on_device.copy_(pinned, non_blocking=True), args.repeat)),
@@ -187,8 +191,7 @@ def main() -> None:
         old.activate()
         old_version = load_card("detector", args.baseline_root)["version"]
         baseline_rows.append((f"  baseline: detector {old_version}", timed(lambda: old.infer_tensors(state["x"]), args.repeat)))
-        old_program = make_device_program(old, classifier, reference, grid, science_fwhm_px=3.0, reference_fwhm_px=2.2,
-                                          gain=1.5, saturate=30000.0, read_noise=5.0)
+        old_program = whole_program(old)
         baseline_rows.append((f"  baseline: whole program, detector {old_version}", timed(lambda: old_program(science, 0), args.repeat)))
         old.deactivate()
     classifier.deactivate()
