@@ -3,6 +3,7 @@ Time per stage of the per-tile program on one GPU, synchronous (no copy/compute 
 the whole device program as it runs in the workers (two CUDA graphs around the detector).
 
     python benchmarks/tile_program_stages.py [--batch 16] [--size 1024] [--repeat 20] [--compare] [--baseline-root DIR]
+                                             [--profile N]
 
 Stages, each timed with CUDA events over ``repeat`` batches after a warm-up:
 
@@ -23,7 +24,9 @@ a stage's time includes its launches (the program's CUDA graphs remove most of t
 
 ``--compare`` also times the cosmic-ray and triplet stages with the previous algorithms (the
 dense 5x5 cleaning at every pixel, the unpacked histogram passes: `stage_algorithms.py`), in the
-same run, right after the current ones. ``--baseline-root DIR`` times the detector of another release
+same run, right after the current ones. ``--profile N`` runs the whole program N more times under
+torch's profiler and prints its kernels by device time (those replayed from the CUDA graphs
+included), writing the trace to ``$OUT/whole_program_trace.json`` when ``OUT`` is set. ``--baseline-root DIR`` times the detector of another release
 (``DIR/detector``, for example an earlier version from git) and the whole program with it, in the same run.
 
 Inputs are synthetic (sky, noise and stars, a slightly rotated sampling grid), made on the
@@ -91,12 +94,36 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
+def profile_program(call, calls: int) -> None:
+    """Print the kernels of ``calls`` calls of ``call`` by total device time (per call); save the trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.setdefault(event.name, []).append(event.device_time / 1000.0)
+    total = sum(sum(t) for t in kernels.values()) / calls
+    print(f"\nwhole program under the profiler, {calls} calls: {total:.3f} ms of kernels a call")
+    print(f"{'ms/call':>8} {'share':>6} {'n/call':>6}  kernel")
+    for name, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:40]:
+        print(f"{sum(times) / calls:>8.3f} {sum(times) / calls / total:>6.1%} {len(times) / calls:>6.1f}  {name[:110]}")
+    if os.environ.get("OUT"):
+        prof.export_chrome_trace(str(Path(os.environ["OUT"], "whole_program_trace.json")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--compare", action="store_true", help="also time the previous cosmic-ray and background algorithms")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile N more calls of the whole program: its kernels by device time")
     parser.add_argument("--baseline-root", type=Path,
                         help="a models folder whose detector/ is timed too (its stage and the whole program with it), as the baseline")
     args = parser.parse_args()
@@ -183,6 +210,8 @@ def main() -> None:
             rows.append(("  previous: calibrate + cosmic rays", timed(calibrate_and_clean, args.repeat)))
             rows.append(("  previous: triplet", timed(triplet, args.repeat)))
     whole = ("whole program, CUDA graphs (stamps, classifier)", timed(lambda: program(science, 0), args.repeat))
+    if args.profile:
+        profile_program(lambda: program(science, 0), args.profile)
     detector.deactivate()
     baseline_rows = []
     if args.baseline_root is not None:
