@@ -42,7 +42,12 @@ from .cosmics import detect_cosmics_tensor
 from .difference import match_kernel_sigma
 from .fused import fused, set_fusion
 from .matched_filter import matched_filter_snr_tensor, matched_filter_taps
-from .peaks import DIFFERENCE_SNR_THRESHOLD, difference_point_sources_tensor, masked_cores_tensor
+from .peaks import (
+    DIFFERENCE_SNR_THRESHOLD,
+    difference_point_sources_tensor,
+    masked_cores_tensor,
+    max_filter_tensor,
+)
 from .pipeline import extract_stamps, uint16_from_int16
 from .program_config import TileProgram
 from .tile_unit import FLOAT16_MAX
@@ -225,7 +230,7 @@ def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr
     source, sub_dy, sub_dx = difference_point_sources_tensor(
         snr, fwhm, snr_threshold=max(layout.snr_threshold, DIFFERENCE_SNR_THRESHOLD))
     reach = int(math.ceil(fwhm))
-    source &= (F.max_pool2d(keep[:, None].float(), 2 * reach + 1, 1, reach)[:, 0] == 0) & ~blocked
+    source &= (max_filter_tensor(keep.float(), 2 * reach + 1) == 0) & ~blocked
     priority = torch.where(keep, 2.0 + score, torch.where(source, 1.0 + torch.tanh(snr / 1000.0), 0.0))
     return _slots(triplet, offsets, priority, keep, score, peak_snr, sub_dy, sub_dx, layout.top_k)
 

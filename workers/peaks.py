@@ -21,8 +21,9 @@ was alerted on the scoring night (benchmarks/BENCHMARKS.md, issue 20).
 
 Notes
 -----
-Pure numpy/scipy. The GPU tile program does the same with ``torch.nn.functional.max_pool2d``
-and `difference_point_sources_tensor` (the same formulas, tested against these).
+Pure numpy/scipy. The GPU tile program does the same with `max_filter_tensor` (a square maximum
+filter as two 1-D max-pools, exact: a 13x13 window reads 26 pixels, not 169) and
+`difference_point_sources_tensor` (the same formulas, tested against these).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ else:
     F = lazy_module("torch.nn.functional")
 
 __all__ = ["DIFFERENCE_SNR_THRESHOLD", "MASKED_CORE_FWHM", "MAX_NEGATIVE_LOBE", "MAX_RING", "Peaks",
-           "difference_point_sources", "difference_point_sources_tensor", "find_peaks", "masked_cores", "masked_cores_tensor"]
+           "difference_point_sources", "difference_point_sources_tensor", "find_peaks", "masked_cores", "masked_cores_tensor",
+           "max_filter_tensor"]
 
 #: S/N a point-like difference source needs to be a candidate without the detector's new-source score.
 DIFFERENCE_SNR_THRESHOLD = 10.0
@@ -100,6 +102,38 @@ def masked_cores(masked: np.ndarray, fwhm_px: float | None) -> np.ndarray:
     return maximum_filter(np.asarray(masked, dtype=bool), size=2 * r + 1, mode="constant", cval=False)
 
 
+def max_filter_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
+    """
+    Maximum over the ``size x size`` window centred on each pixel of each (H, W) image.
+
+    As ``F.max_pool2d(x[:, None], size, 1, size // 2)[:, 0]`` (windows cut at the edges, as
+    ``scipy.ndimage.maximum_filter`` with ``mode="constant"`` and ``cval`` -inf), bit for bit,
+    computed as a maximum along columns and then along rows: ``2 * size`` reads a pixel instead
+    of ``size**2``.
+
+    Parameters
+    ----------
+    x : (B, H, W) float tensor
+    size : int
+        Odd window edge, pixels.
+
+    Returns
+    -------
+    (B, H, W) float tensor
+
+    Raises
+    ------
+    ValueError
+        If ``size`` is not a positive odd number.
+    """
+    if size < 1 or size % 2 == 0:
+        msg = f"size must be a positive odd number of pixels, got {size!r}"
+        raise ValueError(msg)
+    half = size // 2
+    columns = F.max_pool2d(x[:, None], (size, 1), 1, (half, 0))
+    return F.max_pool2d(columns, (1, size), 1, (0, half))[:, 0]
+
+
 def masked_cores_tensor(masked: torch.Tensor, fwhm_px: float | None) -> torch.Tensor:
     """
     `masked_cores` for a batch on any device.
@@ -115,7 +149,7 @@ def masked_cores_tensor(masked: torch.Tensor, fwhm_px: float | None) -> torch.Te
     (B, H, W) bool tensor
     """
     r = _core_radius(fwhm_px)
-    return F.max_pool2d(masked[:, None].to(torch.float32), 2 * r + 1, 1, r)[:, 0] > 0
+    return max_filter_tensor(masked.to(torch.float32), 2 * r + 1) > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,18 +375,19 @@ def difference_point_sources_tensor(snr: torch.Tensor, fwhm_px: float, *, snr_th
     if not fwhm_px > 0:
         msg = f"fwhm_px must be positive, got {fwhm_px!r}"
         raise ValueError(msg)
-    snr = torch.nan_to_num(snr.to(torch.float32))[:, None]
-    is_source = (snr >= snr_threshold) & (snr == F.max_pool2d(snr, kernel, 1, kernel // 2))
+    snr = torch.nan_to_num(snr.to(torch.float32))
+    is_source = (snr >= snr_threshold) & (snr == max_filter_tensor(snr, kernel))
     lobe = int(np.ceil(_LOBE_RADIUS_FWHM * fwhm_px))
-    is_source &= -F.max_pool2d(-snr, 2 * lobe + 1, 1, lobe) > -MAX_NEGATIVE_LOBE * snr
+    is_source &= -max_filter_tensor(-snr, 2 * lobe + 1) > -MAX_NEGATIVE_LOBE * snr
+    snr = snr[:, None]
     reach = int(np.ceil(_RING_RADIUS_FWHM * fwhm_px)) + 1
     padded = F.pad(snr, (reach, reach, reach, reach), mode="constant", value=-float("inf"))
     h, w = snr.shape[-2:]
     ring = torch.stack([padded[..., reach + dy: reach + dy + h, reach + dx: reach + dx + w]
                         for dy, dx in _ring_offsets(fwhm_px)]).amax(dim=0)
-    is_source &= ring < MAX_RING * snr
+    is_source = is_source & (ring < MAX_RING * snr)[:, 0]
     edge = F.pad(snr, (1, 1, 1, 1), mode="replicate")[:, 0]
     centre = edge[:, 1:-1, 1:-1]
     dy = _parabola(edge[:, :-2, 1:-1], centre, edge[:, 2:, 1:-1])
     dx = _parabola(edge[:, 1:-1, :-2], centre, edge[:, 1:-1, 2:])
-    return is_source[:, 0], dy.float(), dx.float()  # type: ignore[union-attr]
+    return is_source, dy.float(), dx.float()  # type: ignore[union-attr]

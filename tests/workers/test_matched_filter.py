@@ -150,6 +150,25 @@ def test_difference_point_sources_tensor_matches_numpy() -> None:
     assert abs(peaks.y[0] - 30.3) < 0.3 and abs(peaks.x[0] - 40.6) < 0.3
 
 
+def test_max_filter_tensor_is_the_square_maximum_filter_bit_for_bit() -> None:
+    torch = pytest.importorskip("torch")
+    from scipy.ndimage import maximum_filter
+
+    from skyblink.workers.peaks import max_filter_tensor
+
+    rng = np.random.default_rng(5)
+    images = rng.normal(size=(2, 37, 53)).astype(np.float32)
+    images[0, :3, :] = -np.inf  # the edges' cut windows, as -inf padding
+    for size in (1, 3, 5, 13):
+        got = max_filter_tensor(torch.from_numpy(images), size).numpy()
+        direct = torch.nn.functional.max_pool2d(torch.from_numpy(images)[:, None], size, 1, size // 2)[:, 0].numpy()
+        assert np.array_equal(got, direct)
+        for b in range(2):
+            assert np.array_equal(got[b], maximum_filter(images[b], size=size, mode="constant", cval=-np.inf))
+    with pytest.raises(ValueError, match="odd"):
+        max_filter_tensor(torch.from_numpy(images), 4)
+
+
 def test_find_peaks_adds_difference_sources_after_the_detectors_without_duplicates() -> None:
     snr = matched_filter_snr(_difference_scene(), 4.0)
     heat = np.zeros((3, 128, 128), np.float32)
