@@ -52,7 +52,7 @@ import redis
 from packaging.version import Version  # a dependency of Ray
 from ray.util import metrics as ray_metrics
 
-from skyblink.bytecode import packages_without_bytecode
+from skyblink.bytecode import compile_command, packages_without_bytecode
 from skyblink.config import SkyblinkConfig
 from skyblink.lazy_import import lazy_module
 from skyblink.model_io import CLASSIFIER_CLASSES
@@ -456,7 +456,7 @@ class NightRun:
         for name, folder in packages_without_bytecode():
             hooks.say(f"{name} ({folder}) has no compiled bytecode and this Python will not write it: every Ray worker "
                       f"and actor compiles it from source at start (the GPU demo night: 18-20 s in the run against 11-12 s); "
-                      f"`python -m compileall -q {folder}` writes it")
+                      f"`{compile_command(folder)}` writes it")
         # One writer per store: taken before anything is started, held to the end (watch included).
         lock = StoreLock(config.store, "skyblink night run").acquire(wait=self.wait, say=hooks.say)
         with lock, ray_session(config.ray):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import sys
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["NIGHT_PACKAGES", "packages_without_bytecode"]
+__all__ = ["NIGHT_PACKAGES", "compile_command", "packages_without_bytecode"]
 
 #: The packages a night's worker processes import at start (torch only where it is installed).
 NIGHT_PACKAGES = ("skyblink", "ray", "torch")
@@ -64,3 +66,35 @@ def packages_without_bytecode(names: Iterable[str] = NIGHT_PACKAGES) -> list[tup
         if sys.dont_write_bytecode or not os.access(folder, os.W_OK):
             found.append((name, Path(spec.origin).parent))
     return found
+
+
+def compile_command(folder: Path) -> str:
+    """
+    The shell command that writes the bytecode of the package installed in ``folder``.
+
+    For a source checkout (an editable install: ``pyproject.toml`` beside ``folder``, its
+    subpackages in the folders its ``[tool.setuptools.package-dir]`` names), every one of those
+    folders; otherwise ``folder``.
+
+    Parameters
+    ----------
+    folder : Path
+        A package's folder, as `packages_without_bytecode` gives it.
+
+    Returns
+    -------
+    str
+        ``python -m compileall -q ...`` with this Python and quoted paths.
+    """
+    folders = [folder]
+    project = folder.parent / "pyproject.toml"
+    if project.is_file():
+        try:
+            mapping = tomllib.loads(project.read_text())["tool"]["setuptools"]["package-dir"]
+        except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+            mapping = {}
+        named = sorted({folder.parent / path for path in mapping.values() if isinstance(path, str)})
+        if folder in named:  # compileall recurses: the outermost folders suffice
+            folders = [path for path in named if path.is_dir() and not any(path.is_relative_to(other) and path != other
+                                                                           for other in named)]
+    return " ".join(shlex.quote(str(part)) for part in [sys.executable, "-m", "compileall", "-q", *folders])
