@@ -55,5 +55,5 @@ fi
 # Bytecode of skyblink's own modules: the editable install leaves the source tree uncompiled, every Ray
 # worker and actor imports them at start, and where PYTHONDONTWRITEBYTECODE is set no process would ever
 # write it (`skyblink.bytecode`; a night run says so). Quick when nothing changed.
-"$venv/bin/python" -c 'import pathlib, subprocess, skyblink.bytecode as b
-subprocess.run(b.compile_command(pathlib.Path("skyblink").resolve()), shell=True, check=True, stdout=subprocess.DEVNULL)'
+"$venv/bin/python" -c 'import compileall, pathlib, sys, skyblink.bytecode as b
+sys.exit(not all(compileall.compile_dir(d, quiet=1) for d in b.compile_folders(pathlib.Path("skyblink").resolve())))'

@@ -23,7 +23,7 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["NIGHT_PACKAGES", "compile_command", "packages_without_bytecode"]
+__all__ = ["NIGHT_PACKAGES", "compile_command", "compile_folders", "packages_without_bytecode"]
 
 #: The packages a night's worker processes import at start (torch only where it is installed).
 NIGHT_PACKAGES = ("skyblink", "ray", "torch")
@@ -68,13 +68,39 @@ def packages_without_bytecode(names: Iterable[str] = NIGHT_PACKAGES) -> list[tup
     return found
 
 
+def compile_folders(folder: Path) -> list[Path]:
+    """
+    The folders whose bytecode the package installed in ``folder`` needs written.
+
+    For a source checkout (an editable install: ``pyproject.toml`` beside ``folder``, its
+    subpackages in the folders its ``[tool.setuptools.package-dir]`` names), the outermost of
+    those folders (compiling a folder compiles what it holds); otherwise ``folder``.
+
+    Parameters
+    ----------
+    folder : Path
+        A package's folder, as `packages_without_bytecode` gives it.
+
+    Returns
+    -------
+    list of Path
+    """
+    project = folder.parent / "pyproject.toml"
+    if not project.is_file():
+        return [folder]
+    try:
+        mapping = tomllib.loads(project.read_text())["tool"]["setuptools"]["package-dir"]
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return [folder]
+    named = sorted({folder.parent / path for path in mapping.values() if isinstance(path, str)})
+    if folder not in named:
+        return [folder]
+    return [path for path in named if path.is_dir() and not any(path != other and path.is_relative_to(other) for other in named)]
+
+
 def compile_command(folder: Path) -> str:
     """
     The shell command that writes the bytecode of the package installed in ``folder``.
-
-    For a source checkout (an editable install: ``pyproject.toml`` beside ``folder``, its
-    subpackages in the folders its ``[tool.setuptools.package-dir]`` names), every one of those
-    folders; otherwise ``folder``.
 
     Parameters
     ----------
@@ -84,17 +110,7 @@ def compile_command(folder: Path) -> str:
     Returns
     -------
     str
-        ``python -m compileall -q ...`` with this Python and quoted paths.
+        ``python -m compileall -q`` over `compile_folders`, with this Python and quoted paths.
     """
-    folders = [folder]
-    project = folder.parent / "pyproject.toml"
-    if project.is_file():
-        try:
-            mapping = tomllib.loads(project.read_text())["tool"]["setuptools"]["package-dir"]
-        except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
-            mapping = {}
-        named = sorted({folder.parent / path for path in mapping.values() if isinstance(path, str)})
-        if folder in named:  # compileall recurses: the outermost folders suffice
-            folders = [path for path in named if path.is_dir() and not any(path.is_relative_to(other) and path != other
-                                                                           for other in named)]
-    return " ".join(shlex.quote(str(part)) for part in [sys.executable, "-m", "compileall", "-q", *folders])
+    argv = [sys.executable, "-m", "compileall", "-q", *map(str, compile_folders(folder))]
+    return " ".join(shlex.quote(part) for part in argv)
