@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from skyblink.psf_units import FWHM_PER_SIGMA
 
@@ -45,8 +44,10 @@ from .matched_filter import matched_filter_snr_tensor, matched_filter_taps
 from .peaks import (
     DIFFERENCE_SNR_THRESHOLD,
     difference_point_sources_tensor,
+    difference_windows,
     masked_cores_tensor,
     max_filter_tensor,
+    windows_bound,
 )
 from .pipeline import extract_stamps, uint16_from_int16
 from .program_config import TileProgram
@@ -81,7 +82,7 @@ class _Layout:
     threshold: float
     top_k: int
     snr_threshold: float
-    difference_fwhm: float  # the difference's point sources (`skyblink.workers.peaks`): their windows and ring
+    difference_bound: int  # the padding of the difference's point-source windows (`skyblink.workers.peaks.windows_bound`)
 
 
 def _field_numbers(layout: _Layout, *, science_fwhm_px: float, reference_fwhm_px: float, scale: float,
@@ -90,12 +91,14 @@ def _field_numbers(layout: _Layout, *, science_fwhm_px: float, reference_fwhm_px
     """Every per-field number of the program in one float64 vector on ``device`` (one small copy)."""
     sci_taps, ref_taps, sci_factor, ref_factor = tp.psf_match_taps(science_fwhm_px, reference_fwhm_px,
                                                                    radius=layout.match_radius)
-    filter_taps, filter_norm = matched_filter_taps(max(science_fwhm_px, reference_fwhm_px), radius=layout.filter_radius)
+    difference_fwhm = max(science_fwhm_px, reference_fwhm_px)
+    filter_taps, filter_norm = matched_filter_taps(difference_fwhm, radius=layout.filter_radius)
     scalars = [1.0 if gain is None else float(gain), math.inf if saturate is None else float(saturate),
                0.0 if bias is None else float(bias), float(read_noise), float(scale) * (gain or 1.0), sci_factor, ref_factor,
                filter_norm]
     values = torch.from_numpy(np.concatenate([np.asarray(scalars), sci_taps.double().numpy(), ref_taps.double().numpy(),
-                                              filter_taps.double().numpy()]))
+                                              filter_taps.double().numpy(), difference_windows(difference_fwhm)],
+                                             dtype=np.float64))
     if device.type != "cuda":
         return values.to(device)
     # Pinned and asynchronous: a pageable copy would wait for the work queued on the stream.
@@ -117,6 +120,12 @@ def _unpack(numbers: torch.Tensor, layout: _Layout) -> tuple[dict[str, torch.Ten
     return scalars, tuple(t.to(torch.float32) for t in taps)
 
 
+def _windows(numbers: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """The difference's point-source windows (`skyblink.workers.peaks.difference_windows`) from `_field_numbers`, int64."""
+    start = len(_SCALARS) + 2 * (2 * layout.match_radius + 1) + 2 * layout.filter_radius + 1
+    return numbers[start:].to(torch.int64)
+
+
 def _calibrated(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, v: dict[str, torch.Tensor],
                 bias_frame: torch.Tensor | None, flat: torch.Tensor | None,
                 layout: _Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,16 +136,28 @@ def _calibrated(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tens
     overflowed the cleaning's capacity. No host sync.
     """
     bias = v["bias"] if bias_frame is None else bias_frame
-    calibrated = calibrate_tensor(uint16_from_int16(science), gain=v["gain"], bias=bias, flat=flat, saturate=v["saturate"])
-    sci, bad = calibrated.electrons, calibrated.mask
-    saturated = calibrated.mask
+    sci, bad, unmeasured, ref = _electrons_and_reference(science, v["gain"], v["saturate"], bias, flat, reference, grid)
+    saturated = bad
     if layout.reject_cosmics:
-        cosmics = detect_cosmics_tensor(sci, read_noise=v["read_noise"], mask=bad | ~torch.isfinite(sci))
+        cosmics = detect_cosmics_tensor(sci, read_noise=v["read_noise"], mask=unmeasured)
         sci, bad = cosmics.cleaned, bad | cosmics.mask
-        # A tile that flagged more pixels in a pass than the cleaning's capacity (1/32 of its pixels)
+        # A tile that flagged more pixels in a pass than the cleaning's capacity (`CLEANING_CAPACITY`)
         # may keep some of them uncleaned: no candidate may stand on its flagged pixels (no host sync).
         saturated = saturated | (cosmics.mask & cosmics.overflow[:, None, None])
-    return sci, bad & torch.isfinite(sci), saturated, tp.warp_reference(reference, grid)
+    return sci, bad & torch.isfinite(sci), saturated, ref
+
+
+@fused
+def _electrons_and_reference(science: torch.Tensor, gain: torch.Tensor, saturate: torch.Tensor, bias: torch.Tensor,
+                             flat: torch.Tensor | None, reference: torch.Tensor,
+                             grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The 16-bit science calibrated to electrons, its mask (saturated, unusable flat), that mask
+    with the non-finite pixels, and the reference warped onto the tiles' grid; fused on CUDA.
+    """
+    calibrated = calibrate_tensor(uint16_from_int16(science), gain=gain, bias=bias, flat=flat, saturate=saturate)
+    sci, mask = calibrated.electrons, calibrated.mask
+    return sci, mask, mask | ~torch.isfinite(sci), tp.warp_reference(reference, grid)
 
 
 def _front(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, numbers: torch.Tensor,
@@ -184,21 +205,19 @@ def _kernel_back(layout: _Layout, sci: torch.Tensor, sci_rms: torch.Tensor, ref:
     return triplet, snr
 
 
-@fused
 def _detector_peaks(heat: torch.Tensor, snr: torch.Tensor, threshold: float,
                     snr_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The detector's peaks that pass the S/N gate: (keep, score, peak S/N) maps; fused on CUDA."""
-    peak_snr = F.max_pool2d(snr[:, None], 3, 1, 1)[:, 0]  # as find_peaks: the best S/N within 1 pixel
+    """The detector's peaks that pass the S/N gate: (keep, score, peak S/N) maps."""
+    peak_snr = max_filter_tensor(snr, 3)  # as find_peaks: the best S/N within 1 pixel
     score = heat[:, 1:3].amax(dim=1).float()  # new source: transient or moving
-    keep = (score == F.max_pool2d(score[:, None], 5, 1, 2)[:, 0]) & (score >= threshold) & (peak_snr >= snr_threshold)
+    keep = (score == max_filter_tensor(score, 5)) & (score >= threshold) & (peak_snr >= snr_threshold)
     return keep, score, peak_snr
 
 
-@fused
 def _slots(triplet: torch.Tensor, offsets: torch.Tensor, priority: torch.Tensor, from_detector: torch.Tensor,
            score: torch.Tensor, peak_snr: torch.Tensor, sub_dy: torch.Tensor, sub_dx: torch.Tensor,
            top_k: int) -> tuple[torch.Tensor, ...]:
-    """Top-K slots of ``priority`` and their stamps: (valid, tile, y, x, score, snr, stamps); fused on CUDA."""
+    """Top-K slots of ``priority`` and their stamps: (valid, tile, y, x, score, snr, stamps)."""
     values, index = torch.topk(priority.flatten(1), k=top_k, dim=1)
     # Fixed-size outputs with a validity mask: a data-dependent count would stall the host.
     b = score.shape[0]
@@ -214,25 +233,26 @@ def _slots(triplet: torch.Tensor, offsets: torch.Tensor, priority: torch.Tensor,
             peak_snr[tile, y, x], stamps)
 
 
+@fused
 def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor, masked: torch.Tensor,
-           layout: _Layout) -> tuple[torch.Tensor, ...]:
+           windows: torch.Tensor, threshold: float, snr_threshold: float, top_k: int,
+           bound: int) -> tuple[torch.Tensor, ...]:
     """
     Peaks, their S/N gate, top-K slots and stamps, as `skyblink.workers.find_peaks`: the detector's
     peaks first, then the difference's own point sources with no detector peak within 1 FWHM;
     none whose core holds a ``masked`` pixel (`skyblink.workers.peaks.masked_cores`).
-    No host sync (a CUDA graph captures it whole); the point-source windows depend on the FWHM,
-    which is why it is part of the layout.
+    No host sync (a CUDA graph captures it whole); fused on CUDA. The FWHM enters as its
+    ``windows`` (`skyblink.workers.peaks.difference_windows`, a device tensor within ``bound``),
+    so one compiled program serves every seeing up to the bound.
     """
-    keep, score, peak_snr = _detector_peaks(heat, snr, layout.threshold, layout.snr_threshold)
-    fwhm = layout.difference_fwhm
-    blocked = masked_cores_tensor(masked, fwhm)
+    keep, score, peak_snr = _detector_peaks(heat, snr, threshold, snr_threshold)
+    blocked = masked_cores_tensor(masked, windows[0], bound=bound)
     keep &= ~blocked
     source, sub_dy, sub_dx = difference_point_sources_tensor(
-        snr, fwhm, snr_threshold=max(layout.snr_threshold, DIFFERENCE_SNR_THRESHOLD))
-    reach = int(math.ceil(fwhm))
-    source &= (max_filter_tensor(keep.float(), 2 * reach + 1) == 0) & ~blocked
+        snr, windows, snr_threshold=max(snr_threshold, DIFFERENCE_SNR_THRESHOLD), bound=bound)
+    source &= (max_filter_tensor(keep.float(), 2 * windows[2] + 1, bound=bound) == 0) & ~blocked
     priority = torch.where(keep, 2.0 + score, torch.where(source, 1.0 + torch.tanh(snr / 1000.0), 0.0))
-    return _slots(triplet, offsets, priority, keep, score, peak_snr, sub_dy, sub_dx, layout.top_k)
+    return _slots(triplet, offsets, priority, keep, score, peak_snr, sub_dy, sub_dx, top_k)
 
 
 class _Graph:
@@ -336,7 +356,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     layout = _Layout(_padded_radius(int(4.0 * match_sigma + 0.5), _MATCH_RADIUS),
                      _padded_radius(int(4.0 * filter_sigma + 0.5), _FILTER_RADIUS),
                      reject_cosmics, float(threshold), int(top_k), float(snr_threshold),
-                     float(max(science_fwhm_px, reference_fwhm_px)))
+                     _padded_radius(windows_bound(difference_windows(max(science_fwhm_px, reference_fwhm_px))), 8))
     bias_frame = bias if isinstance(bias, torch.Tensor) else None
     numbers = _field_numbers(layout, science_fwhm_px=science_fwhm_px, reference_fwhm_px=reference_fwhm_px, scale=scale,
                              gain=gain, saturate=saturate, read_noise=read_noise,
@@ -366,9 +386,10 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     def kernel_back(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return _kernel_back(layout, *tensors)
 
-    def back(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor,
-             masked: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _peaks(triplet, heat, offsets, snr, masked, layout)
+    def back(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor, masked: torch.Tensor,
+             nums: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _peaks(triplet, heat, offsets, snr, masked, _windows(nums, layout), layout.threshold, layout.snr_threshold,
+                      layout.top_k, layout.difference_bound)
 
     def stage(name: str, fn: Callable[..., tuple[torch.Tensor, ...]], args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return _graph(name, fn, args, layout)(args) if use_graphs else fn(*args)
@@ -388,7 +409,7 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
                                                            kernel_fwhm[1], fit=fit)
                 triplet, snr = stage("kernel back", kernel_back, [sci, sci_rms, ref, ref_rms, covered, *matched, solved, numbers])
             heat, offsets = detector.infer_tensors(triplet)  # type: ignore[attr-defined]
-            middle = [triplet, heat, offsets, snr, masked]
+            middle = [triplet, heat, offsets, snr, masked, numbers]
             found = stage("peaks", back, middle)
             valid, tile, y, x, score, peak_snr, stamps = found
             rb, probs = classifier.infer_tensors(stamps)  # type: ignore[attr-defined]

@@ -46,8 +46,8 @@ else:
     F = lazy_module("torch.nn.functional")
 
 __all__ = ["DIFFERENCE_SNR_THRESHOLD", "MASKED_CORE_FWHM", "MAX_NEGATIVE_LOBE", "MAX_RING", "Peaks",
-           "difference_point_sources", "difference_point_sources_tensor", "find_peaks", "masked_cores", "masked_cores_tensor",
-           "max_filter_tensor"]
+           "difference_point_sources", "difference_point_sources_tensor", "difference_windows", "find_peaks", "masked_cores",
+           "masked_cores_tensor", "max_filter_tensor", "windows_bound"]
 
 #: S/N a point-like difference source needs to be a candidate without the detector's new-source score.
 DIFFERENCE_SNR_THRESHOLD = 10.0
@@ -102,20 +102,25 @@ def masked_cores(masked: np.ndarray, fwhm_px: float | None) -> np.ndarray:
     return maximum_filter(np.asarray(masked, dtype=bool), size=2 * r + 1, mode="constant", cval=False)
 
 
-def max_filter_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
+def max_filter_tensor(x: torch.Tensor, size: int | torch.Tensor, *, bound: int | None = None) -> torch.Tensor:
     """
     Maximum over the ``size x size`` window centred on each pixel of each (H, W) image.
 
     As ``F.max_pool2d(x[:, None], size, 1, size // 2)[:, 0]`` (windows cut at the edges, as
     ``scipy.ndimage.maximum_filter`` with ``mode="constant"`` and ``cval`` -inf), bit for bit,
-    computed as a maximum along columns and then along rows: ``2 * size`` reads a pixel instead
-    of ``size**2``.
+    computed as a maximum along columns and then along rows over shifted views: ``2 * size``
+    reads a pixel instead of ``size**2``, and a compiler (`skyblink.workers.fused`) makes each
+    axis one kernel with no index map (CUDA's max-pool writes an int64 argmax per pixel).
 
     Parameters
     ----------
     x : (B, H, W) float tensor
-    size : int
-        Odd window edge, pixels.
+    size : int or 0-d integer tensor
+        Odd window edge, pixels. A tensor (with ``bound``) lets one compiled program serve every
+        window up to ``2 * bound + 1``: the views beyond it are masked out, not compiled in.
+    bound : int, optional
+        Largest half-width ``size`` may have when it is a tensor (not checked: no host sync);
+        default ``size // 2`` for an int.
 
     Returns
     -------
@@ -124,32 +129,53 @@ def max_filter_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
     Raises
     ------
     ValueError
-        If ``size`` is not a positive odd number.
+        If an int ``size`` is not a positive odd number, or a tensor comes without ``bound``.
     """
-    if size < 1 or size % 2 == 0:
-        msg = f"size must be a positive odd number of pixels, got {size!r}"
+    if isinstance(size, int):
+        if size < 1 or size % 2 == 0:
+            msg = f"size must be a positive odd number of pixels, got {size!r}"
+            raise ValueError(msg)
+        half: torch.Tensor | None = None
+        reach = size // 2
+    elif bound is None:
+        msg = "a tensor size needs its bound: the largest half-width it may have"
         raise ValueError(msg)
-    half = size // 2
-    columns = F.max_pool2d(x[:, None], (size, 1), 1, (half, 0))
-    return F.max_pool2d(columns, (1, size), 1, (0, half))[:, 0]
+    else:
+        half, reach = size // 2, int(bound)
+
+    def along(y: torch.Tensor, dim: int) -> torch.Tensor:
+        n = y.shape[dim]
+        padded = F.pad(y, (reach, reach) if dim == 2 else (0, 0, reach, reach), value=-float("inf"))
+        out = padded.narrow(dim, reach, n)
+        for k in range(1, reach + 1):
+            for shift in (-k, k):
+                view = padded.narrow(dim, reach + shift, n)
+                out = torch.maximum(out, view if half is None else torch.where(half >= k, view, -float("inf")))
+        return out
+
+    return along(along(x, 1), 2)
 
 
-def masked_cores_tensor(masked: torch.Tensor, fwhm_px: float | None) -> torch.Tensor:
+def masked_cores_tensor(masked: torch.Tensor, fwhm_px: float | torch.Tensor | None, *,
+                        bound: int | None = None) -> torch.Tensor:
     """
     `masked_cores` for a batch on any device.
 
     Parameters
     ----------
     masked : (B, H, W) bool tensor
-    fwhm_px : float or None
-        As `masked_cores`.
+    fwhm_px : float, None or 0-d int64 tensor
+        As `masked_cores`; or the core's half-width as a tensor (the first of
+        `difference_windows`), with ``bound``, for one compiled program at every seeing.
+    bound : int, optional
+        With a tensor: the largest half-width it may hold.
 
     Returns
     -------
     (B, H, W) bool tensor
     """
-    r = _core_radius(fwhm_px)
-    return max_filter_tensor(masked.to(torch.float32), 2 * r + 1) > 0
+    size = 2 * fwhm_px + 1 if isinstance(fwhm_px, torch.Tensor) else 2 * _core_radius(fwhm_px) + 1
+    return max_filter_tensor(masked.to(torch.float32), size, bound=bound) > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,16 +375,68 @@ def difference_point_sources(snr: np.ndarray, fwhm_px: float, *, snr_threshold: 
     return ys, xs
 
 
-def difference_point_sources_tensor(snr: torch.Tensor, fwhm_px: float, *, snr_threshold: float = DIFFERENCE_SNR_THRESHOLD,
-                                    kernel: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def difference_windows(fwhm_px: float) -> list[int]:
+    """
+    The integer windows of the difference's point sources at ``fwhm_px``, as `find_peaks` and
+    `difference_point_sources` use them, in one list (a program copies it to the device as a
+    tensor, so that one compiled program serves every seeing up to `windows_bound`):
+    ``[core half-width (masked_cores), lobe half-width, reach of a detector peak, ring dy0, dx0,
+    dy1, dx1, ...]``, the ring's `_RING_DIRECTIONS` offsets with the distinct ones repeated to fill.
+
+    Raises
+    ------
+    ValueError
+        If ``fwhm_px`` is not positive.
+    """
+    if not fwhm_px > 0:
+        msg = f"fwhm_px must be positive, got {fwhm_px!r}"
+        raise ValueError(msg)
+    ring = _ring_offsets(fwhm_px)
+    ring = (ring * _RING_DIRECTIONS)[:_RING_DIRECTIONS]
+    return [_core_radius(fwhm_px), int(np.ceil(_LOBE_RADIUS_FWHM * fwhm_px)), int(np.ceil(fwhm_px)),
+            *(v for pair in ring for v in pair)]
+
+
+def windows_bound(windows: list[int]) -> int:
+    """The largest half-width or ring offset of `difference_windows`: the padding its tensors need."""
+    return max(abs(v) for v in windows)
+
+
+def _ring_max_tensor(snr: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
+    """Maximum of each (B, H, W) map at the (dy, dx) rows of ``ring`` (int64 (N, 2)) around each pixel; -inf outside."""
+    _, h, w = snr.shape
+    rows = torch.arange(h, device=snr.device)[:, None]
+    cols = torch.arange(w, device=snr.device)[None, :]
+    out = None
+    for k in range(ring.shape[0]):
+        # Row and column indices read from a tensor (one compiled kernel for every ring, no per-seeing code),
+        # kept apart so that no linear index is divided back into rows and columns.
+        y, x = rows + ring[k, 0], cols + ring[k, 1]
+        inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        view = snr[:, y.clamp(0, h - 1), x.clamp(0, w - 1)]
+        view = torch.where(inside, view, -float("inf"))
+        out = view if out is None else torch.maximum(out, view)
+    assert out is not None
+    return out
+
+
+def difference_point_sources_tensor(snr: torch.Tensor, fwhm_px: float | torch.Tensor, *,
+                                    snr_threshold: float = DIFFERENCE_SNR_THRESHOLD, kernel: int = 5,
+                                    bound: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     `difference_point_sources` for a batch on any device, as maps.
 
     Parameters
     ----------
     snr : (B, H, W) float tensor
-    fwhm_px, snr_threshold, kernel
+    fwhm_px : float or int64 tensor
+        As `difference_point_sources`; or its `difference_windows` as a tensor on ``snr``'s
+        device, with ``bound`` (`windows_bound` or more), so that one compiled program serves
+        every seeing (the windows are masks and gathers, not shapes).
+    snr_threshold, kernel
         As `difference_point_sources`.
+    bound : int, optional
+        With windows: the padding they need.
 
     Returns
     -------
@@ -370,23 +448,21 @@ def difference_point_sources_tensor(snr: torch.Tensor, fwhm_px: float, *, snr_th
     Raises
     ------
     ValueError
-        If ``fwhm_px`` is not positive.
+        If ``fwhm_px`` is not positive, or windows come without ``bound``.
     """
-    if not fwhm_px > 0:
-        msg = f"fwhm_px must be positive, got {fwhm_px!r}"
-        raise ValueError(msg)
+    if isinstance(fwhm_px, torch.Tensor):
+        if bound is None:
+            msg = "windows need their bound (windows_bound)"
+            raise ValueError(msg)
+        windows = fwhm_px
+    else:
+        listed = difference_windows(fwhm_px)
+        windows, bound = torch.tensor(listed, device=snr.device), windows_bound(listed)
     snr = torch.nan_to_num(snr.to(torch.float32))
     is_source = (snr >= snr_threshold) & (snr == max_filter_tensor(snr, kernel))
-    lobe = int(np.ceil(_LOBE_RADIUS_FWHM * fwhm_px))
-    is_source &= -max_filter_tensor(-snr, 2 * lobe + 1) > -MAX_NEGATIVE_LOBE * snr
-    snr = snr[:, None]
-    reach = int(np.ceil(_RING_RADIUS_FWHM * fwhm_px)) + 1
-    padded = F.pad(snr, (reach, reach, reach, reach), mode="constant", value=-float("inf"))
-    h, w = snr.shape[-2:]
-    ring = torch.stack([padded[..., reach + dy: reach + dy + h, reach + dx: reach + dx + w]
-                        for dy, dx in _ring_offsets(fwhm_px)]).amax(dim=0)
-    is_source = is_source & (ring < MAX_RING * snr)[:, 0]
-    edge = F.pad(snr, (1, 1, 1, 1), mode="replicate")[:, 0]
+    is_source &= -max_filter_tensor(-snr, 2 * windows[1] + 1, bound=bound) > -MAX_NEGATIVE_LOBE * snr
+    is_source &= _ring_max_tensor(snr, windows[3:].reshape(-1, 2)) < MAX_RING * snr
+    edge = F.pad(snr[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
     centre = edge[:, 1:-1, 1:-1]
     dy = _parabola(edge[:, :-2, 1:-1], centre, edge[:, 2:, 1:-1])
     dx = _parabola(edge[:, 1:-1, :-2], centre, edge[:, 1:-1, 2:])

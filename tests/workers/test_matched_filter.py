@@ -167,6 +167,39 @@ def test_max_filter_tensor_is_the_square_maximum_filter_bit_for_bit() -> None:
             assert np.array_equal(got[b], maximum_filter(images[b], size=size, mode="constant", cval=-np.inf))
     with pytest.raises(ValueError, match="odd"):
         max_filter_tensor(torch.from_numpy(images), 4)
+    # A window given as a tensor, within a larger bound (one compiled program for every seeing): the same values.
+    for size in (1, 3, 5, 13):
+        got = max_filter_tensor(torch.from_numpy(images), torch.tensor(size), bound=8).numpy()
+        assert np.array_equal(got, max_filter_tensor(torch.from_numpy(images), size).numpy())
+    with pytest.raises(ValueError, match="bound"):
+        max_filter_tensor(torch.from_numpy(images), torch.tensor(3))
+
+
+@pytest.mark.parametrize("fwhm", [2.6, 3.3, 4.0, 5.7])
+def test_difference_sources_by_window_tensors_match_numpy_at_every_seeing(fwhm: float) -> None:
+    """The device program's form (windows as a tensor, one padding bound) finds numpy's sources and masked cores."""
+    torch = pytest.importorskip("torch")
+    from skyblink.workers.peaks import (
+        difference_point_sources_tensor,
+        difference_windows,
+        masked_cores,
+        masked_cores_tensor,
+        windows_bound,
+    )
+
+    snr = np.stack([matched_filter_snr(_difference_scene(seed), fwhm) for seed in (3, 4)])
+    windows = difference_windows(fwhm)
+    assert len(windows) == 3 + 2 * 16 and windows_bound(windows) <= 16
+    found, dy, dx = difference_point_sources_tensor(torch.from_numpy(snr), torch.tensor(windows), bound=16)
+    by_float = difference_point_sources_tensor(torch.from_numpy(snr), fwhm)
+    assert all(torch.equal(a, b) for a, b in zip((found, dy, dx), by_float, strict=True))
+    for b in range(2):
+        ys, xs = difference_point_sources(snr[b], fwhm)
+        assert len(ys) and sorted(zip(*np.nonzero(found[b].numpy()), strict=True)) == sorted(zip(ys, xs, strict=True))
+    masked = np.zeros((2, 128, 128), bool)
+    masked[0, 40, 50] = masked[1, 0, 127] = True
+    cores = masked_cores_tensor(torch.from_numpy(masked), torch.tensor(windows[0]), bound=16).numpy()
+    assert all(np.array_equal(cores[b], masked_cores(masked[b], fwhm)) for b in range(2))
 
 
 def test_find_peaks_adds_difference_sources_after_the_detectors_without_duplicates() -> None:
