@@ -146,19 +146,23 @@ def _histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tens
     return _histogram_result(state)
 
 
+@fused
 def _histogram_tables(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """
     The tables a pass reads and the initial state: (3, rows, bins + 1) float64 cumulative counts,
     first and second moments (exact integers); the (rows, bins) pair sums ``C[p] + C[p + 1]`` (nondecreasing); the
     counts with their edge bins repeated (a clamped lookup is a gather at ``index + 1``); the
     window ``[lo, hi]`` (rows, 2) int64; and ``[sig, sig_prev, mean, median]`` (rows, 4) float64.
+    Fused on CUDA: built operation by operation the tables cost 3.3 ms a batch of 16 tiles on an
+    H100 (8,192 rows of 4,085 bins, about 5 GB of float64 traffic), most of the backgrounds' time.
     """
     n_rows, n_bins = histo.shape
     f64 = torch.float64
     bins = torch.arange(n_bins, device=histo.device, dtype=f64)
     counts = histo.to(f64)
     # Integers, exact in float64: the second moment of a full 64x64 mesh is below 4096**3 < 2**53.
-    table = F.pad(torch.stack([counts, counts * bins, counts * bins * bins]).cumsum(2), (1, 0))
+    # The leading zero column padded before the scan, not after it: no copy of the whole table.
+    table = F.pad(torch.stack([counts, counts * bins, counts * bins * bins]), (1, 0)).cumsum(2)
     c0 = table[0]
     pair = c0[:, :-1] + c0[:, 1:]
     padded = torch.cat([counts[:, :1], counts, counts[:, -1:]], dim=1)
@@ -463,13 +467,20 @@ def _backgrounds(sci: torch.Tensor, reference_on_grid: torch.Tensor, scale: floa
                  science_mask: torch.Tensor | None, mesh: int, passes: int | None,
                  operators: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
     """(covered, science mask, scaled reference, level (2B, H, W), rms (2B, H, W)): science first."""
+    covered, sci_mask, ref, both, both_mask = _background_inputs(sci, reference_on_grid, scale, science_mask)
+    # One background call for both images: half the kernel launches and host syncs of two.
+    level, rms = background(both, mask=both_mask, mesh=mesh, passes=passes, operators=operators)
+    return covered, sci_mask, ref, level, rms
+
+
+@fused
+def _background_inputs(sci: torch.Tensor, reference_on_grid: torch.Tensor, scale: float | torch.Tensor,
+                       science_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """(covered, science mask, scaled reference, both images (2B, H, W), their masks); fused on CUDA."""
     covered = ~torch.isnan(reference_on_grid)
     ref = reference_on_grid.to(torch.float32) * scale
     sci_mask = ~covered if science_mask is None else (science_mask | ~covered)  # as the numpy version
-    # One background call for both images: half the kernel launches and host syncs of two.
-    level, rms = background(torch.cat([sci, ref]), mask=torch.cat([sci_mask, torch.zeros_like(sci_mask)]), mesh=mesh,
-                            passes=passes, operators=operators)
-    return covered, sci_mask, ref, level, rms
+    return covered, sci_mask, ref, torch.cat([sci, ref]), torch.cat([sci_mask, torch.zeros_like(sci_mask)])
 
 
 def _subtracted(sci: torch.Tensor, ref: torch.Tensor, level: torch.Tensor, rms: torch.Tensor,
