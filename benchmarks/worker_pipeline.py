@@ -30,17 +30,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tile_program_stages import synthetic_batch
 
 from skyblink.engines.backends import TorchRunner
-from skyblink.engines.catalog import load_card, load_network
-from skyblink.engines.manifest import IO_NAMES
+from skyblink.engines.backends.select import torch_runner
+from skyblink.engines.catalog import load_card
 from skyblink.workers.device_program import make_device_program
 from skyblink.workers.pipeline import TilePipeline
 from skyblink.workers.program_config import TileProgram
 
 
 def runner(model: str, root: Path | None = None) -> TorchRunner:
-    names = IO_NAMES[model]
-    return TorchRunner(load_network(model, root), input_name=names.inputs[0], output_names=names.outputs, device="cuda",
-                       precision="fp16", mode="compile" if model == "detector" else "eager", channels_last=True)
+    """The runner a GPU actor makes without TensorRT (``night.compile_device_program`` on, fp16)."""
+    return torch_runner(model, device="cuda", precision="fp16", compiled=True, models_root=root)
 
 
 def measure(program, host_batches: list[np.ndarray], batch: int, size: int) -> dict[str, Any]:

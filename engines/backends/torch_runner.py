@@ -79,15 +79,20 @@ class TorchRunner(InferenceRunner):
     precision : {"fp32", "fp16"}
         fp16 runs the half-precision module (inputs are cast on the device).
     mode : TorchMode
+    static_shapes : bool
+        With ``compile``: one graph per input shape (True), or torch's automatic dynamic shapes
+        (False: a second batch size compiles one graph for every batch size, for inputs whose
+        batch varies).
     channels_last : bool
-        Keep activations in NHWC, the layout cuDNN's tensor-core convolutions read directly.
+        Keep activations in NHWC, the layout cuDNN's tensor-core convolutions read directly, and give the
+        detector's stem zero input channels up to a multiple of 8 (`Detector.pad_stem_channels`).
     """
 
     backend = "torch"
 
     def __init__(self, network: Any, *, input_name: str, output_names: tuple[str, ...], device: str = "cuda",
                  precision: Literal["fp32", "fp16"] = "fp32", mode: TorchMode = "eager", channels_last: bool = False,
-                 name: str | None = None) -> None:
+                 name: str | None = None, static_shapes: bool = True) -> None:
         super().__init__(name or f"{type(network).__name__.lower()}/torch-{mode}-{precision}{'-nhwc' if channels_last else ''}")
         self.channels_last = channels_last
         self.network = network
@@ -96,6 +101,7 @@ class TorchRunner(InferenceRunner):
         self.device = device
         self.precision = precision
         self.mode = mode
+        self.static_shapes = static_shapes
         if mode != "eager" and mode != "compile" and not device.startswith("cuda"):
             msg = f"mode {mode!r} needs a CUDA device, got device={device!r}"
             raise ValueError(msg)
@@ -111,9 +117,11 @@ class TorchRunner(InferenceRunner):
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         module = fold_batch_norms(self.network).to(self.device, dtype)
         if self.channels_last:
+            if hasattr(module, "pad_stem_channels"):  # the detector: tensor cores read 8 channels at a time
+                module.pad_stem_channels(8)
             module = module.to(memory_format=torch.channels_last)
         if self.mode.startswith("compile"):
-            module = torch.compile(module, dynamic=False)
+            module = torch.compile(module, dynamic=False if self.static_shapes else None)
         self._module = module
 
     def _deactivate(self) -> None:

@@ -80,3 +80,24 @@ def test_the_torch_runner_folds_batch_norms_and_keeps_the_networks_outputs(expor
         before, after = network(x), folded(x)
     for a, b in zip(after, before, strict=True):
         assert rel_err(a.numpy(), b.numpy()) < 1e-5
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_detectors_padded_stem_is_the_same_function(stride: int) -> None:
+    """What a GPU runner does to the detector (zero channels to a multiple of 8): same outputs, same weights' files."""
+    from skyblink.engines.backends.torch_runner import fold_batch_norms
+    from skyblink.engines.networks import Detector
+
+    torch.manual_seed(3)
+    network = fold_batch_norms(Detector(width=8, stride=stride))
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    padded = fold_batch_norms(network)
+    padded.pad_stem_channels(8)
+    assert padded.stem[0].in_channels == 8 * -(-3 * stride * stride // 8) and padded.stem_padding > 0
+    x = torch.from_numpy(np.random.default_rng(7).normal(0, 3, (2, 3, 64, 96)).astype(np.float32))
+    with torch.inference_mode():
+        for a, b in zip(padded(x), network(x), strict=True):
+            assert rel_err(a.numpy(), b.numpy()) < 1e-6
+    assert all(torch.equal(v, network.state_dict()[k]) for k, v in state.items())  # the original is untouched
+    padded.pad_stem_channels(8)  # already a multiple: nothing more
+    assert padded.stem[0].in_channels % 8 == 0 and padded.stem_padding == 8 * -(-3 * stride * stride // 8) - 3 * stride * stride
