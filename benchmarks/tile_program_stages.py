@@ -182,7 +182,7 @@ def main() -> None:
     def classify() -> None:
         state["rb"] = classifier.infer_tensors(state["stamps"])
 
-    # As a GPU actor runs it without TensorRT (compiled, NHWC, fp16).
+    # As a GPU actor runs it without TensorRT (eager, NHWC, fp16).
     classifier = torch_runner("classifier", device=device, precision="fp16", compiled=True)
     classifier.activate()
 
@@ -202,7 +202,7 @@ def main() -> None:
         ("matched filter S/N", timed(matched, args.repeat)),
         ("peaks (max-pool, S/N gate, top-K)", timed(peaks, args.repeat)),
         (f"stamps ({top_k} slots a tile, 3x63x63)", timed(stamps, args.repeat)),
-        (f"classifier (compiled fp16, {args.batch * top_k} stamps)", timed(classify, args.repeat)),
+        (f"classifier (eager fp16 NHWC, {args.batch * top_k} stamps)", timed(classify, args.repeat)),
     ]
     if args.compare:
         from stage_algorithms import previous_algorithms  # this script's folder is on sys.path

@@ -73,7 +73,6 @@ else:
     F = lazy_module("torch.nn.functional")
 
 from .fused import fused
-from .peaks import max_filter_tensor
 
 __all__ = ["CLEANING_CAPACITY", "Cosmics", "detect_cosmics", "detect_cosmics_tensor", "persistent_pixels"]
 
@@ -187,18 +186,6 @@ def _sorting_network(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def _sorted_wires(values: list[Any]) -> list[Any]:
-    """
-    Same-shape tensors sorted elementwise by `_sorting_network` (exact: min and max only): for a
-    few values per element, a compiler fuses the network into one kernel where a sort along an
-    axis is a segmented sort over the whole batch.
-    """
-    wires = list(values)
-    for i, j in _SORT_25 if len(wires) == 25 else _sorting_network(len(wires)):
-        wires[i], wires[j] = torch.minimum(wires[i], wires[j]), torch.maximum(wires[i], wires[j])
-    return wires
-
-
 @cache
 def _median_plan(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
     """The comparators of `_sorting_network` that the middle wire depends on, with which outputs are used."""
@@ -214,7 +201,6 @@ def _median_plan(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
 
 #: The plans the filters use, made at import (a compiler then reads constants, not a cached function).
 _PLANS = {n: _median_plan(n) for n in (3, 5, 7)}
-_SORT_25 = tuple(_sorting_network(25))  # the cleaning's 5x5 neighbourhoods
 
 
 def _median_of(values: list[Any], minimum: Any, maximum: Any) -> Any:
@@ -430,9 +416,8 @@ def _lplus_tensor(x: torch.Tensor) -> torch.Tensor:
     return total * 0.25
 
 
-def _dilate_tensor(mask: torch.Tensor, half: int = 1) -> torch.Tensor:
-    """Grow a (B, H, W) mask by ``half`` pixels (a square window): a separable maximum, no argmax map."""
-    return max_filter_tensor(mask.to(torch.float32), 2 * half + 1) > 0
+def _dilate_tensor(mask: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(mask[:, None].to(torch.float32), 3, stride=1, padding=1)[:, 0] > 0
 
 
 def _pass_tensor(image: torch.Tensor, bad: torch.Tensor, gain: float, read_noise_sq: Any, sigclip: float, low: float,
@@ -470,7 +455,7 @@ def _prepared_tensor(raw: torch.Tensor, given: torch.Tensor, protect: int) -> tu
     unusable = given | ~finite
     bad = unusable
     if protect:
-        bad = _dilate_tensor(unusable, protect)
+        bad = F.max_pool2d(unusable[:, None].to(torch.float32), 2 * protect + 1, stride=1, padding=protect)[:, 0] > 0
     step = _FALLBACK_STRIDE
     sample = torch.where(unusable, torch.full_like(raw, float("nan")), raw)[:, ::step, ::step].flatten(1)
     fallback, n_good = _nanmedian_rows(sample)
@@ -506,12 +491,12 @@ def _clean_sparse(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tens
     n = h * w
     k = min(int(capacity), n)
     device = data.device
-    # The pixel of slot r is where the running count of flagged pixels first reaches r + 1 (a binary
-    # search a slot, not a scatter of every pixel); n where fewer are flagged (a column then dropped).
-    count = replace.reshape(b, n).to(torch.int32).cumsum(1, dtype=torch.int32)
-    slots = torch.arange(1, k + 1, dtype=torch.int32, device=device).expand(b, k).contiguous()
-    index = torch.searchsorted(count, slots)
-    overflow = count[:, -1] > k
+    flat = replace.reshape(b, n)
+    rank = flat.to(torch.int32).cumsum(1, dtype=torch.int32) - 1  # slot of each flagged pixel
+    slot = torch.where(flat & (rank < k), rank, k).to(torch.int64)  # slot k collects the rest, then is dropped
+    pixels = torch.arange(n, device=device).expand(b, n)
+    index = torch.full((b, k + 1), n, dtype=torch.int64, device=device).scatter(1, slot, pixels)[:, :k]
+    overflow = rank[:, -1] >= k
     inf = float("inf")
     source = F.pad(torch.where(exclude, torch.full_like(data, inf), data)[:, None], (2, 2, 2, 2), value=inf)
     source = source.reshape(b, (h + 4) * (w + 4))
@@ -520,7 +505,7 @@ def _clean_sparse(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tens
     steps = torch.arange(5, device=device)
     offsets = (steps[:, None] * (w + 4) + steps[None, :]).reshape(25)
     neighbours = source.gather(1, (corner[:, :, None] + offsets).reshape(b, k * 25)).reshape(b, k, 25)
-    ordered = torch.stack(_sorted_wires(list(neighbours.unbind(-1))), dim=-1)  # +inf last
+    ordered = neighbours.sort(dim=-1).values  # +inf last
     count = (neighbours != inf).sum(dim=-1, keepdim=True)
     lo = (count - 1).clamp(min=0) // 2
     hi = count // 2

@@ -402,19 +402,18 @@ def windows_bound(windows: list[int]) -> int:
     return max(abs(v) for v in windows)
 
 
-def _ring_max_tensor(snr: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
-    """Maximum of each (B, H, W) map at the (dy, dx) rows of ``ring`` (int64 (N, 2)) around each pixel; -inf outside."""
-    _, h, w = snr.shape
-    rows = torch.arange(h, device=snr.device)[:, None]
-    cols = torch.arange(w, device=snr.device)[None, :]
+def _ring_max_tensor(snr: torch.Tensor, ring: torch.Tensor, bound: int) -> torch.Tensor:
+    """Maximum of each (B, H, W) map at the (dy, dx) rows of ``ring`` (int64 (N, 2), within ``bound``); -inf outside."""
+    b, h, w = snr.shape
+    wide = w + 2 * bound
+    flat = F.pad(snr, (bound, bound, bound, bound), value=-float("inf")).reshape(b, -1)
+    rows = torch.arange(h, device=snr.device)[:, None] + bound
+    cols = torch.arange(w, device=snr.device)[None, :] + bound
+    base = (rows * wide + cols).reshape(1, -1)
     out = None
     for k in range(ring.shape[0]):
-        # Row and column indices read from a tensor (one compiled kernel for every ring, no per-seeing code),
-        # kept apart so that no linear index is divided back into rows and columns.
-        y, x = rows + ring[k, 0], cols + ring[k, 1]
-        inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
-        view = snr[:, y.clamp(0, h - 1), x.clamp(0, w - 1)]
-        view = torch.where(inside, view, -float("inf"))
+        # A gather at offsets read from a tensor: one compiled kernel for every ring, no per-seeing code.
+        view = flat.gather(1, (base + (ring[k, 0] * wide + ring[k, 1])).expand(b, -1)).reshape(b, h, w)
         out = view if out is None else torch.maximum(out, view)
     assert out is not None
     return out
@@ -461,7 +460,7 @@ def difference_point_sources_tensor(snr: torch.Tensor, fwhm_px: float | torch.Te
     snr = torch.nan_to_num(snr.to(torch.float32))
     is_source = (snr >= snr_threshold) & (snr == max_filter_tensor(snr, kernel))
     is_source &= -max_filter_tensor(-snr, 2 * windows[1] + 1, bound=bound) > -MAX_NEGATIVE_LOBE * snr
-    is_source &= _ring_max_tensor(snr, windows[3:].reshape(-1, 2)) < MAX_RING * snr
+    is_source &= _ring_max_tensor(snr, windows[3:].reshape(-1, 2), bound) < MAX_RING * snr
     edge = F.pad(snr[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
     centre = edge[:, 1:-1, 1:-1]
     dy = _parabola(edge[:, :-2, 1:-1], centre, edge[:, 2:, 1:-1])

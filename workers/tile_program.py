@@ -161,8 +161,7 @@ def _histogram_tables(histo: torch.Tensor, nlevels: torch.Tensor, mean: torch.Te
     bins = torch.arange(n_bins, device=histo.device, dtype=f64)
     counts = histo.to(f64)
     # Integers, exact in float64: the second moment of a full 64x64 mesh is below 4096**3 < 2**53.
-    # The leading zero column padded before the scan, not after it: no copy of the whole table.
-    table = F.pad(torch.stack([counts, counts * bins, counts * bins * bins]), (1, 0)).cumsum(2)
+    table = F.pad(torch.stack([counts, counts * bins, counts * bins * bins]).cumsum(2), (1, 0))
     c0 = table[0]
     pair = c0[:, :-1] + c0[:, 1:]
     padded = torch.cat([counts[:, :1], counts, counts[:, -1:]], dim=1)
@@ -467,20 +466,13 @@ def _backgrounds(sci: torch.Tensor, reference_on_grid: torch.Tensor, scale: floa
                  science_mask: torch.Tensor | None, mesh: int, passes: int | None,
                  operators: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
     """(covered, science mask, scaled reference, level (2B, H, W), rms (2B, H, W)): science first."""
-    covered, sci_mask, ref, both, both_mask = _background_inputs(sci, reference_on_grid, scale, science_mask)
-    # One background call for both images: half the kernel launches and host syncs of two.
-    level, rms = background(both, mask=both_mask, mesh=mesh, passes=passes, operators=operators)
-    return covered, sci_mask, ref, level, rms
-
-
-@fused
-def _background_inputs(sci: torch.Tensor, reference_on_grid: torch.Tensor, scale: float | torch.Tensor,
-                       science_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """(covered, science mask, scaled reference, both images (2B, H, W), their masks); fused on CUDA."""
     covered = ~torch.isnan(reference_on_grid)
     ref = reference_on_grid.to(torch.float32) * scale
     sci_mask = ~covered if science_mask is None else (science_mask | ~covered)  # as the numpy version
-    return covered, sci_mask, ref, torch.cat([sci, ref]), torch.cat([sci_mask, torch.zeros_like(sci_mask)])
+    # One background call for both images: half the kernel launches and host syncs of two.
+    level, rms = background(torch.cat([sci, ref]), mask=torch.cat([sci_mask, torch.zeros_like(sci_mask)]), mesh=mesh,
+                            passes=passes, operators=operators)
+    return covered, sci_mask, ref, level, rms
 
 
 def _subtracted(sci: torch.Tensor, ref: torch.Tensor, level: torch.Tensor, rms: torch.Tensor,

@@ -73,8 +73,8 @@ def torch_runner(model: str, *, device: str, precision: Literal["fp32", "fp16"] 
     tensor-core convolutions read) and, when ``compiled`` (``night.compile_device_program``), the
     detector is compiled by Inductor for the program's one padded batch shape: at batch 8 of
     1024x1024 tiles on an H100 that is 2.9x the eager fp16 network (BENCHMARKS.md, "Engines:
-    detector backends"); the classifier too (its batch size dynamic: the device program's slots,
-    or the stamps a host-processed CCD found). On the CPU: eager, NCHW, fp32.
+    detector backends"). The classifier runs on a few stamps per tile and stays eager. On the
+    CPU: eager, NCHW, fp32.
 
     Parameters
     ----------
@@ -85,18 +85,15 @@ def torch_runner(model: str, *, device: str, precision: Literal["fp32", "fp16"] 
     precision : {"fp32", "fp16"}
         The network's precision on a CUDA device (the CPU runs fp32).
     compiled : bool
-        Compile the networks on a CUDA device.
+        Compile the detector on a CUDA device.
     models_root : Path, optional
         Models folder (default: the shipped models).
     """
     names = IO_NAMES[model]
     gpu = device.startswith("cuda")
-    mode: TorchMode = "compile" if gpu and compiled else "eager"
-    # The device program hands the classifier a fixed number of stamps a batch; a CCD processed on the
-    # host (`process_tile`) hands it as many as it found, so its batch size is left dynamic.
+    mode: TorchMode = "compile" if gpu and compiled and model == "detector" else "eager"
     return TorchRunner(load_network(model, models_root), input_name=names.inputs[0], output_names=names.outputs,
-                       device=device, precision=precision if gpu else "fp32", mode=mode, channels_last=gpu,
-                       static_shapes=model == "detector")
+                       device=device, precision=precision if gpu else "fp32", mode=mode, channels_last=gpu)
 
 
 def select_runner(

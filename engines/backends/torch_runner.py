@@ -79,10 +79,6 @@ class TorchRunner(InferenceRunner):
     precision : {"fp32", "fp16"}
         fp16 runs the half-precision module (inputs are cast on the device).
     mode : TorchMode
-    static_shapes : bool
-        With ``compile``: one graph per input shape (True), or torch's automatic dynamic shapes
-        (False: a second batch size compiles one graph for every batch size, for inputs whose
-        batch varies).
     channels_last : bool
         Keep activations in NHWC, the layout cuDNN's tensor-core convolutions read directly, and give the
         detector's stem zero input channels up to a multiple of 8 (`Detector.pad_stem_channels`).
@@ -92,7 +88,7 @@ class TorchRunner(InferenceRunner):
 
     def __init__(self, network: Any, *, input_name: str, output_names: tuple[str, ...], device: str = "cuda",
                  precision: Literal["fp32", "fp16"] = "fp32", mode: TorchMode = "eager", channels_last: bool = False,
-                 name: str | None = None, static_shapes: bool = True) -> None:
+                 name: str | None = None) -> None:
         super().__init__(name or f"{type(network).__name__.lower()}/torch-{mode}-{precision}{'-nhwc' if channels_last else ''}")
         self.channels_last = channels_last
         self.network = network
@@ -101,7 +97,6 @@ class TorchRunner(InferenceRunner):
         self.device = device
         self.precision = precision
         self.mode = mode
-        self.static_shapes = static_shapes
         if mode != "eager" and mode != "compile" and not device.startswith("cuda"):
             msg = f"mode {mode!r} needs a CUDA device, got device={device!r}"
             raise ValueError(msg)
@@ -121,7 +116,7 @@ class TorchRunner(InferenceRunner):
                 module.pad_stem_channels(8)
             module = module.to(memory_format=torch.channels_last)
         if self.mode.startswith("compile"):
-            module = torch.compile(module, dynamic=False if self.static_shapes else None)
+            module = torch.compile(module, dynamic=False)
         self._module = module
 
     def _deactivate(self) -> None:
