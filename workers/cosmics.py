@@ -80,8 +80,8 @@ __all__ = ["CLEANING_CAPACITY", "Cosmics", "detect_cosmics", "detect_cosmics_ten
 #: ``capacity``): the gather and sort of each slot's 5x5 neighbourhood cost the same whether a slot is used or
 #: not. Flagged fractions measured with `detect_cosmics`: a raw 150 s CCD frame (shared/data/ccdproc) 0.013 %,
 #: the Spitzer mosaic (photutils-datasets) 0.075 %, the simulator's frames 0.20 % (mostly hot pixels) and
-#: 0.37-0.41 % at 20 times its cosmic-ray rate (the tests' frames): 1/64 (1.6 %) leaves a margin of 4 or more,
-#: and a tile beyond it is reported (`Cosmics.overflow`) and its flags masked, never silently half-cleaned.
+#: 0.37-0.41 % at 20 times its cosmic-ray rate (the tests' frames): 1/64 (1.6 %) is 3.9 times the last and 8
+#: times the simulator's own, and a tile beyond it is reported (`Cosmics.overflow`) and its flags masked.
 CLEANING_CAPACITY = 1 / 64
 #: A pass's mask at a pixel depends on the image within this many pixels (Chebyshev).
 _REACH = 6
