@@ -75,3 +75,50 @@ def test_graphed_program_finds_the_eager_programs_candidates(psf_match: str) -> 
     for name in ("valid", "tile", "y", "x"):
         np.testing.assert_allclose(graphed[name].cpu().numpy(), eager[name].cpu().numpy(), atol=1e-3, err_msg=name)
     np.testing.assert_allclose(graphed["snr"].cpu().numpy(), eager["snr"].cpu().numpy(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(("psf_match", "size", "fwhm"), [("gaussian", 256, (3.0, 2.5)), ("gaussian", 1088, (4.0, 3.0)),
+                                                         ("kernel", 1088, (4.0, 3.0))])
+def test_compiled_program_finds_the_uncompiled_programs_candidates(psf_match: str, size: int, fwhm: tuple[float, float]) -> None:
+    """
+    Inductor's kernels (`skyblink.workers.fused`) find what the same program finds with every step
+    launched by torch (``compile_device_program = false``): a miscompiled step shows here, on the
+    geometry of the workers' tiles and of `benchmarks/subtraction_vs_sfft.py`'s pair (1088^2 windows,
+    FWHM 4 and 3 px), with cosmic rays for the cleaning to work on.
+    """
+    from skyblink.engines.backends.select import torch_runner
+    from skyblink.workers.device_program import make_device_program
+    from skyblink.workers.program_config import TileProgram
+
+    rng = np.random.default_rng(2)
+    batch = 2
+    yy, xx = np.mgrid[:size, :size]
+    reference = 1000.0 + rng.normal(0, 10, (size + 64, size + 64))
+    tiles = 1000.0 + rng.normal(0, 30, (batch, size, size))
+    sigma = fwhm[0] / 2.3548
+    for _ in range(size * size // 2000):
+        b, y0, x0, flux = rng.integers(0, batch), rng.uniform(10, size - 10), rng.uniform(10, size - 10), rng.uniform(500, 8000)
+        star = flux * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2))
+        tiles[b] += star
+        if rng.uniform() < 0.7:  # most are static: in the reference too, at its own seeing
+            ry, rx = yy + 32, xx + 32
+            reference[ry, rx] += star * (fwhm[0] / fwhm[1]) ** 2 * np.exp(
+                -((xx - x0) ** 2 + (yy - y0) ** 2) * (1 / (2 * (fwhm[1] / 2.3548) ** 2) - 1 / (2 * sigma**2)))
+    for _ in range(size * size // 4000):  # cosmic rays: single hot pixels and short tracks
+        b, y0, x0 = rng.integers(0, batch), rng.integers(5, size - 5), rng.integers(5, size - 5)
+        tiles[b, y0, x0 : x0 + rng.integers(1, 4)] += rng.uniform(2000, 20000)
+    science = torch.from_numpy(np.clip(tiles, 0, 65535).astype(np.uint16).view(np.int16)).cuda()
+    ref = torch.tensor(reference, dtype=torch.float32, device="cuda")
+    grid = torch.tensor(np.stack([xx + 32.0, yy + 32.0]), dtype=torch.float32, device="cuda")[None].expand(batch, 2, size, size).contiguous()
+    det, cls = (torch_runner(m, device="cuda", precision="fp16", compiled=False) for m in ("detector", "classifier"))
+    options = {"science_fwhm_px": fwhm[0], "reference_fwhm_px": fwhm[1], "gain": 1.0, "read_noise": 5.0}
+    with det, cls:
+        compiled = make_device_program(det, cls, ref, grid, TileProgram(psf_match=psf_match), **options)(science, 0)
+        compiled = {k: v.cpu().numpy() for k, v in compiled.items()}
+        plain = make_device_program(det, cls, ref, grid, TileProgram(psf_match=psf_match, compile_device_program=False),
+                                    **options)(science, 0)
+        plain = {k: v.cpu().numpy() for k, v in plain.items()}
+    assert int(plain["valid"].sum()) > 0
+    for name in ("valid", "tile", "y", "x"):
+        np.testing.assert_allclose(compiled[name], plain[name], atol=1e-3, err_msg=name)
+    np.testing.assert_allclose(compiled["snr"], plain["snr"], rtol=1e-3, atol=1e-3)
