@@ -182,7 +182,7 @@ def main() -> None:
     def classify() -> None:
         state["rb"] = classifier.infer_tensors(state["stamps"])
 
-    # As a GPU actor runs it without TensorRT (eager, NHWC, fp16).
+    # As a GPU actor runs it without TensorRT (`torch_runner` compiles only the detector: the classifier is eager, NHWC, fp16).
     classifier = torch_runner("classifier", device=device, precision="fp16", compiled=True)
     classifier.activate()
 

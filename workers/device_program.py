@@ -88,17 +88,19 @@ class _Layout:
 
 def _field_numbers(layout: _Layout, *, science_fwhm_px: float, reference_fwhm_px: float, scale: float,
                    gain: float | None, saturate: float | None, read_noise: float, bias: float | None,
-                   device: torch.device) -> torch.Tensor:
-    """Every per-field number of the program in one float64 vector on ``device`` (one small copy)."""
+                   windows: list[int], device: torch.device) -> torch.Tensor:
+    """
+    Every per-field number of the program in one float64 vector on ``device`` (one small copy):
+    the scalars, the taps and the difference's ``windows`` (`skyblink.workers.peaks.difference_windows`).
+    """
     sci_taps, ref_taps, sci_factor, ref_factor = tp.psf_match_taps(science_fwhm_px, reference_fwhm_px,
                                                                    radius=layout.match_radius)
-    difference_fwhm = max(science_fwhm_px, reference_fwhm_px)
-    filter_taps, filter_norm = matched_filter_taps(difference_fwhm, radius=layout.filter_radius)
+    filter_taps, filter_norm = matched_filter_taps(max(science_fwhm_px, reference_fwhm_px), radius=layout.filter_radius)
     scalars = [1.0 if gain is None else float(gain), math.inf if saturate is None else float(saturate),
                0.0 if bias is None else float(bias), float(read_noise), float(scale) * (gain or 1.0), sci_factor, ref_factor,
                filter_norm]
     values = torch.from_numpy(np.concatenate([np.asarray(scalars), sci_taps.double().numpy(), ref_taps.double().numpy(),
-                                              filter_taps.double().numpy(), difference_windows(difference_fwhm)],
+                                              filter_taps.double().numpy(), windows],
                                              dtype=np.float64))
     if device.type != "cuda":
         return values.to(device)
@@ -112,19 +114,23 @@ def _operators(height: int, width: int, device: torch.device) -> tuple[torch.Ten
     return tp.background_operators(height, width, 64, device)
 
 
-def _unpack(numbers: torch.Tensor, layout: _Layout) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
-    """`_field_numbers` back into named 0-d tensors (float32, the read noise float64) and three tap vectors."""
-    scalars = {name: numbers[i] if name == "read_noise" else numbers[i].to(torch.float32) for i, name in enumerate(_SCALARS)}
+def _sections(numbers: torch.Tensor, layout: _Layout) -> tuple[torch.Tensor, ...]:
+    """`_field_numbers` cut into its parts (views): scalars, science taps, reference taps, filter taps, windows."""
     m, f = 2 * layout.match_radius + 1, 2 * layout.filter_radius + 1
     n = len(_SCALARS)
-    taps = numbers[n : n + m], numbers[n + m : n + 2 * m], numbers[n + 2 * m : n + 2 * m + f]
+    return tuple(numbers.split([n, m, m, f, numbers.shape[0] - n - 2 * m - f]))
+
+
+def _unpack(numbers: torch.Tensor, layout: _Layout) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """`_field_numbers` back into named 0-d tensors (float32, the read noise float64) and three tap vectors."""
+    values, *taps, _ = _sections(numbers, layout)
+    scalars = {name: values[i] if name == "read_noise" else values[i].to(torch.float32) for i, name in enumerate(_SCALARS)}
     return scalars, tuple(t.to(torch.float32) for t in taps)
 
 
 def _windows(numbers: torch.Tensor, layout: _Layout) -> torch.Tensor:
     """The difference's point-source windows (`skyblink.workers.peaks.difference_windows`) from `_field_numbers`, int64."""
-    start = len(_SCALARS) + 2 * (2 * layout.match_radius + 1) + 2 * layout.filter_radius + 1
-    return numbers[start:].to(torch.int64)
+    return _sections(numbers, layout)[-1].to(torch.int64)
 
 
 def _calibrated(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tensor, v: dict[str, torch.Tensor],
@@ -354,14 +360,15 @@ def make_device_program(detector: object, classifier: object, reference: torch.T
     b, _, h, w = grid.shape
     match_sigma = max(match_kernel_sigma(science_fwhm_px, reference_fwhm_px))
     filter_sigma = max(science_fwhm_px, reference_fwhm_px) / FWHM_PER_SIGMA
+    windows = difference_windows(max(science_fwhm_px, reference_fwhm_px))  # the difference's point sources
     layout = _Layout(_padded_radius(int(4.0 * match_sigma + 0.5), _MATCH_RADIUS),
                      _padded_radius(int(4.0 * filter_sigma + 0.5), _FILTER_RADIUS),
                      reject_cosmics, float(threshold), int(top_k), float(snr_threshold),
-                     _padded_radius(windows_bound(difference_windows(max(science_fwhm_px, reference_fwhm_px))), 8))
+                     _padded_radius(windows_bound(windows), 8))
     bias_frame = bias if isinstance(bias, torch.Tensor) else None
     numbers = _field_numbers(layout, science_fwhm_px=science_fwhm_px, reference_fwhm_px=reference_fwhm_px, scale=scale,
                              gain=gain, saturate=saturate, read_noise=read_noise,
-                             bias=None if isinstance(bias, torch.Tensor) else bias, device=device)
+                             bias=None if isinstance(bias, torch.Tensor) else bias, windows=windows, device=device)
     operators = _operators(h, w, device)
     use_graphs = device.type == "cuda" if graphs is None else graphs
     kernel_fwhm = None if psf_match == "gaussian" else (science_fwhm_px, reference_fwhm_px)

@@ -283,7 +283,7 @@ def find_peaks(
     if snr is not None and difference_fwhm_px is not None and len(ys) < top_k:
         near = np.zeros(best.shape, dtype=bool)
         near[ys, xs] = True
-        reach = int(np.ceil(difference_fwhm_px))
+        reach = difference_windows(difference_fwhm_px)[2]
         near = maximum_filter(near, size=2 * reach + 1, mode="constant", cval=False)
         dys, dxs, dfy, dfx = _difference_sources(snr, difference_fwhm_px, max(snr_threshold, difference_snr_threshold), kernel)
         extra = ~near[dys, dxs] if blocked is None else ~(near | blocked)[dys, dxs]
@@ -315,12 +315,9 @@ def _parabola(minus: np.ndarray | torch.Tensor, centre: np.ndarray | torch.Tenso
 def _difference_sources(snr: np.ndarray, fwhm_px: float, snr_threshold: float,
                         kernel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Integer and sub-pixel positions (ys, xs, fy, fx) of `difference_point_sources`, by decreasing S/N."""
-    if not fwhm_px > 0:
-        msg = f"fwhm_px must be positive, got {fwhm_px!r}"
-        raise ValueError(msg)
+    lobe = difference_windows(fwhm_px)[1]  # raises for a non-positive FWHM
     snr = np.nan_to_num(np.asarray(snr, dtype=np.float32))
     is_source = (snr >= snr_threshold) & (snr == maximum_filter(snr, size=kernel, mode="constant", cval=-np.inf))
-    lobe = int(np.ceil(_LOBE_RADIUS_FWHM * fwhm_px))
     is_source &= minimum_filter(snr, size=2 * lobe + 1, mode="nearest") > -MAX_NEGATIVE_LOBE * snr
     reach = int(np.ceil(_RING_RADIUS_FWHM * fwhm_px)) + 1
     padded = np.pad(snr, reach, mode="constant", constant_values=-np.inf)
