@@ -119,6 +119,34 @@ def test_compiled_program_finds_the_uncompiled_programs_candidates(psf_match: st
                                     **options)(science, 0)
         plain = {k: v.cpu().numpy() for k, v in plain.items()}
     assert int(plain["valid"].sum()) > 0
-    for name in ("valid", "tile", "y", "x"):
-        np.testing.assert_allclose(compiled[name], plain[name], atol=1e-3, err_msg=name)
-    np.testing.assert_allclose(compiled["snr"], plain["snr"], rtol=1e-3, atol=1e-3)
+    _assert_same_candidates(compiled, plain, TileProgram().top_k)
+
+
+def _assert_same_candidates(a: dict[str, np.ndarray], b: dict[str, np.ndarray], top_k: int) -> None:
+    """
+    The same candidates in each tile, by position (within 0.05 px) with S/N within 1 %, in any
+    slot order. A tile whose ``top_k`` slots are all taken may differ in at most two candidates
+    of its last four slots: a near-tie at the cut, which float rounding may break either way.
+    """
+    problems = []
+    for tile in np.union1d(a["tile"][a["valid"]], b["tile"][b["valid"]]):
+        sides = []
+        for out in (a, b):
+            slots = np.flatnonzero((out["tile"] == tile) & out["valid"])
+            sides.append((slots - slots.min() if len(slots) else slots, np.c_[out["y"][slots], out["x"][slots]], out["snr"][slots]))
+        (rank_a, xy_a, snr_a), (rank_b, xy_b, snr_b) = sides
+        d = np.hypot(*(xy_a[:, None] - xy_b[None]).transpose(2, 0, 1)) if len(xy_a) and len(xy_b) else np.zeros((len(xy_a), len(xy_b)))
+        near_a = d.min(axis=1) <= 0.05 if len(xy_b) else np.zeros(len(xy_a), bool)
+        near_b = d.min(axis=0) <= 0.05 if len(xy_a) else np.zeros(len(xy_b), bool)
+        full = len(xy_a) == top_k and len(xy_b) == top_k
+        at_cut = np.all(rank_a[~near_a] >= top_k - 4) and np.all(rank_b[~near_b] >= top_k - 4)
+        if (~near_a).sum() + (~near_b).sum() and not (full and at_cut and (~near_a).sum() <= 2):
+            problems.append(f"tile {tile}: {len(xy_a)} and {len(xy_b)} candidates; unmatched {xy_a[~near_a].round(2).tolist()} "
+                            f"(slots {rank_a[~near_a].tolist()}) and {xy_b[~near_b].round(2).tolist()} (slots {rank_b[~near_b].tolist()})")
+        pairs = np.flatnonzero(near_a)
+        if len(pairs):
+            partner = d[pairs].argmin(axis=1)
+            worst = np.max(np.abs(snr_a[pairs] - snr_b[partner]) / np.maximum(np.abs(snr_b[partner]), 1.0))
+            if worst > 0.01:
+                problems.append(f"tile {tile}: S/N differs by {worst:.3%} at worst")
+    assert not problems, "; ".join(problems)
