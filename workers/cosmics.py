@@ -416,8 +416,9 @@ def _lplus_tensor(x: torch.Tensor) -> torch.Tensor:
     return total * 0.25
 
 
-def _dilate_tensor(mask: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(mask[:, None].to(torch.float32), 3, stride=1, padding=1)[:, 0] > 0
+def _dilate_tensor(mask: torch.Tensor, half: int = 1) -> torch.Tensor:
+    """Grow a (B, H, W) boolean mask by ``half`` pixels (a square window of ``2 * half + 1``)."""
+    return F.max_pool2d(mask[:, None].to(torch.float32), 2 * half + 1, stride=1, padding=half)[:, 0] > 0
 
 
 def _pass_tensor(image: torch.Tensor, bad: torch.Tensor, gain: float, read_noise_sq: Any, sigclip: float, low: float,
@@ -455,7 +456,7 @@ def _prepared_tensor(raw: torch.Tensor, given: torch.Tensor, protect: int) -> tu
     unusable = given | ~finite
     bad = unusable
     if protect:
-        bad = F.max_pool2d(unusable[:, None].to(torch.float32), 2 * protect + 1, stride=1, padding=protect)[:, 0] > 0
+        bad = _dilate_tensor(unusable, protect)
     step = _FALLBACK_STRIDE
     sample = torch.where(unusable, torch.full_like(raw, float("nan")), raw)[:, ::step, ::step].flatten(1)
     fallback, n_good = _nanmedian_rows(sample)
