@@ -401,16 +401,15 @@ def windows_bound(windows: list[int]) -> int:
 
 def _ring_max_tensor(snr: torch.Tensor, ring: torch.Tensor, bound: int) -> torch.Tensor:
     """Maximum of each (B, H, W) map at the (dy, dx) rows of ``ring`` (int64 (N, 2), within ``bound``); -inf outside."""
-    b, h, w = snr.shape
-    wide = w + 2 * bound
-    flat = F.pad(snr, (bound, bound, bound, bound), value=-float("inf")).reshape(b, -1)
+    _, h, w = snr.shape
+    padded = F.pad(snr, (bound, bound, bound, bound), value=-float("inf"))
     rows = torch.arange(h, device=snr.device)[:, None] + bound
     cols = torch.arange(w, device=snr.device)[None, :] + bound
-    base = (rows * wide + cols).reshape(1, -1)
     out = None
     for k in range(ring.shape[0]):
-        # A gather at offsets read from a tensor: one compiled kernel for every ring, no per-seeing code.
-        view = flat.gather(1, (base + (ring[k, 0] * wide + ring[k, 1])).expand(b, -1)).reshape(b, h, w)
+        # Rows and columns indexed by offsets read from a tensor: one compiled kernel for every ring,
+        # no per-seeing code, and no linear index divided back into rows and columns.
+        view = padded[:, rows + ring[k, 0], cols + ring[k, 1]]
         out = view if out is None else torch.maximum(out, view)
     assert out is not None
     return out
