@@ -100,19 +100,19 @@ class GpuUnitProcessor:
         torch.cuda.synchronize(self.device)
         self.pipeline.wait_seconds = self.pipeline.compute_seconds = 0.0
 
-    def _host_reference(self, store: NightStore, key: str, ccd: str) -> np.ndarray:
-        """The reference CCD as it crosses the bus: 16-bit ADU as stored (half the bytes of float32,
-        widened on the device), floating point as float32 with its holes (NaN) filled."""
+    def _host_reference(self, store: NightStore, key: str, ccd: str) -> torch.Tensor:
+        """The reference CCD as it crosses the bus, in pinned memory: 16-bit ADU as stored (as int16:
+        half the bytes of float32, widened on the device), floating point as float32 with its holes
+        (NaN) filled. Pinned here, in the preparing thread, so that the launch only queues its copy."""
         image = np.asarray(store.image(key, ccd)[...])
-        if image.dtype == np.uint16:
-            return image
-        image = image.astype(np.float32, copy=False)
-        holes = np.isnan(image)
-        if holes.any():  # a median of 1 pixel in 64 is a fill as good as the full median, 60x cheaper
-            image[holes] = float(np.nanmedian(image[::8, ::8]))
-        return image
+        if image.dtype != np.uint16:
+            image = image.astype(np.float32, copy=False)
+            holes = np.isnan(image)
+            if holes.any():  # a median of 1 pixel in 64 is a fill as good as the full median, 60x cheaper
+                image[holes] = float(np.nanmedian(image[::8, ::8]))
+        return _pinned_copy(image)
 
-    def _device_reference(self, store: NightStore, key: str, ccd: str, host: np.ndarray | None) -> torch.Tensor:
+    def _device_reference(self, store: NightStore, key: str, ccd: str, host: torch.Tensor | None) -> torch.Tensor:
         cache_key = (store.url, key, ccd)
         if cache_key not in self._references:
             image = host if host is not None else self._host_reference(store, key, ccd)
@@ -120,11 +120,9 @@ class GpuUnitProcessor:
             # from reuse by the allocator until the compute stream is done with it, also once
             # it leaves the cache.
             with torch.cuda.stream(self.pipeline.copy_stream):
-                if image.dtype == np.uint16:  # torch has few uint16 kernels: sent as int16, as the science is
-                    sent = torch.from_numpy(image.view(np.int16)).pin_memory().to(self.device, non_blocking=True)
-                    tensor = uint16_from_int16(sent)
-                else:
-                    tensor = torch.from_numpy(image).pin_memory().to(self.device, non_blocking=True)
+                tensor = image.to(self.device, non_blocking=True)
+                if tensor.dtype == torch.int16:  # 16-bit ADU: torch has few uint16 kernels, sent as int16
+                    tensor = uint16_from_int16(tensor)
             tensor.record_stream(self.pipeline.compute_stream)
             self._references[cache_key] = tensor
             while len(self._references) > _REFERENCE_CACHE:
@@ -201,18 +199,21 @@ class GpuUnitProcessor:
         batches = []
         for start in range(0, len(units), b):
             chunk = range(start, min(start + b, len(units)))
-            windows, points = [], []
+            # The windows go straight into pinned memory (int16, as they cross the bus), here in the
+            # preparing thread: the launch, which holds the device, only queues their copy.
+            windows = torch.empty((b, edge, edge), dtype=torch.int16, pin_memory=True)
+            pixels = windows.numpy().view(np.uint16)
+            pixels[len(chunk):] = 0  # padding slots
+            points = []
             rows_in, cols_in = np.zeros((b, edge), bool), np.zeros((b, edge), bool)  # padding slots: all out
             for slot, i in enumerate(chunk):
                 y, x = oys[i] - by0, oxs[i] - bx0
-                windows.append(raw[y : y + edge, x : x + edge])
+                pixels[slot] = raw[y : y + edge, x : x + edge]
                 points.append(control_points(sci_wcs, ref_wcs, (edge, edge), origin=(oys[i], oxs[i])))
                 rows_in[slot] = (oys[i] + offsets >= 0) & (oys[i] + offsets < ny)
                 cols_in[slot] = (oxs[i] + offsets >= 0) & (oxs[i] + offsets < nx)
-            pad = b - len(windows)
-            windows += [np.zeros((edge, edge), np.uint16)] * pad
-            points += [points[-1]] * pad
-            batches.append(_HostBatch(np.stack(windows), np.stack(points).astype(np.float32), rows_in, cols_in))
+            points += [points[-1]] * (b - len(points))
+            batches.append(_HostBatch(windows, np.stack(points).astype(np.float32), rows_in, cols_in))
         return PreparedCcd(units, reference_key=reference_key, reference=reference, options=options, batches=batches)
 
     def launch(self, prepared: Sequence[PreparedCcd], store: NightStore) -> LaunchedCall:
@@ -295,7 +296,7 @@ class GpuUnitProcessor:
 
 @dataclass(frozen=True, slots=True)
 class _HostBatch:
-    windows: np.ndarray  # (batch, edge, edge) uint16
+    windows: torch.Tensor  # (batch, edge, edge) int16 in pinned memory: the 16-bit pixels as they cross the bus
     points: np.ndarray  # (batch, 2, my, mx) float32 control points
     rows_inside: np.ndarray  # (batch, edge) bool: the window's row lies on the CCD (padding slots: none)
     cols_inside: np.ndarray  # (batch, edge) bool: the window's column lies on the CCD
@@ -304,7 +305,7 @@ class _HostBatch:
 @dataclass(frozen=True, slots=True)
 class PreparedCcd:
     """
-    One CCD's units after `GpuUnitProcessor.prepare`: host arrays only. Internal to the actor.
+    One CCD's units after `GpuUnitProcessor.prepare`: host memory only (pixels pinned). Internal to the actor.
 
     ``on_host`` CCDs (stored as floating point) run the per-tile program in `launch` instead.
     """
@@ -312,7 +313,7 @@ class PreparedCcd:
     units: list[WorkUnit]
     on_host: bool = False
     reference_key: str = ""
-    reference: np.ndarray | None = None  # None: the device held it when prepared
+    reference: torch.Tensor | None = None  # pinned; None: the device held it when prepared
     options: dict[str, Any] = field(default_factory=dict)
     batches: list[_HostBatch] = field(default_factory=list)
 
@@ -325,6 +326,15 @@ class LaunchedCall:
     in_flight: list[tuple[list[WorkUnit], InFlight]] = field(default_factory=list)
     #: Candidates of units already done (CCDs run on the host).
     done: dict[str, list[CandidateRecord]] = field(default_factory=dict)
+
+
+def _pinned_copy(image: np.ndarray) -> torch.Tensor:
+    """A copy of ``image`` in pinned host memory (uint16 as int16, the same bits), ready to cross the bus."""
+    if image.dtype == np.uint16:
+        image = image.view(np.int16)
+    pinned = torch.empty(image.shape, dtype=torch.from_numpy(image[:0]).dtype, pin_memory=True)
+    pinned.numpy()[...] = image
+    return pinned
 
 
 def read_raw_region(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:

@@ -113,8 +113,8 @@ class TilePipeline:
         #: start on the stream to its end, measured with CUDA events): the GPU's busy time.
         self.compute_seconds = 0.0
 
-    def submit(self, array: np.ndarray, program: Callable[[torch.Tensor, int], dict[str, torch.Tensor]] | None = None,
-               *, index: int = 0) -> InFlight:
+    def submit(self, array: np.ndarray | torch.Tensor,
+               program: Callable[[torch.Tensor, int], dict[str, torch.Tensor]] | None = None, *, index: int = 0) -> InFlight:
         """
         Copy one batch of 16-bit pixels into the next ring slot and queue ``program`` on it.
 
@@ -123,7 +123,10 @@ class TilePipeline:
 
         Parameters
         ----------
-        array : (batch, height, width) ndarray of uint16 or int16
+        array : (batch, height, width) ndarray of uint16 or int16, or pinned int16 tensor
+            The pixels. An array is copied into the ring's pinned slot first; a pinned tensor
+            (filled by the caller, for example in another thread) crosses the bus from where it
+            is, with no copy on the host. Torch keeps its memory from reuse until the copy is done.
         program : callable, optional
             This batch's program; default: the pipeline's.
         index : int
@@ -132,18 +135,28 @@ class TilePipeline:
         Raises
         ------
         ValueError
-            Neither the pipeline nor the call names a program.
+            Neither the pipeline nor the call names a program, or a tensor is not a pinned int16
+            batch of the pipeline's shape.
         """
         program = program or self.program
         if program is None:
             msg = "no device program: give one to TilePipeline or to submit"
             raise ValueError(msg)
+        if isinstance(array, torch.Tensor) and not (
+                array.is_pinned() and array.dtype == torch.int16 and array.shape == self.host[0].shape):
+            msg = (f"submit takes a pinned int16 tensor of shape {tuple(self.host[0].shape)}, got {array.dtype} "
+                   f"{tuple(array.shape)}{'' if array.is_pinned() else ' (not pinned)'}")
+            raise ValueError(msg)
         slot = self._submitted % self.slots
         self._submitted += 1
         self.computed[slot].synchronize()  # the slot's previous batch is done with its buffers
-        self.host[slot].numpy()[...] = array.view(np.int16)
+        if isinstance(array, torch.Tensor):
+            source = array
+        else:
+            source = self.host[slot]
+            source.numpy()[...] = array.view(np.int16)
         with torch.cuda.stream(self.copy_stream):
-            self.dev[slot].copy_(self.host[slot], non_blocking=True)
+            self.dev[slot].copy_(source, non_blocking=True)
             self.copied[slot].record(self.copy_stream)
         with torch.cuda.stream(self.compute_stream):
             self.compute_stream.wait_event(self.copied[slot])

@@ -35,11 +35,17 @@ def test_pipelined_and_synchronous_candidates_are_identical() -> None:
         pipeline = TilePipeline(program, batch=batch, height=size, width=size, slots=3)
         sync = list(pipeline.run(batches, overlap=False))
         piped = list(pipeline.run(batches, overlap=True))
+        # Batches already in pinned memory (as the GPU actor prepares them) cross from where they are.
+        pinned = [torch.from_numpy(b.view(np.int16)).pin_memory() for b in batches]
+        from_pinned = [pipeline.collect(pipeline.submit(p, index=i)) for i, p in enumerate(pinned)]
+        with pytest.raises(ValueError, match="not pinned"):
+            pipeline.submit(torch.from_numpy(batches[0].view(np.int16)))
     assert [c.batch for c in piped] == list(range(5))
     assert sum(len(c) for c in piped) > 0
-    for a, b in zip(sync, piped, strict=True):
+    for a, b, c in zip(sync, piped, from_pinned, strict=True):
         for name in a.columns:
             np.testing.assert_array_equal(a.columns[name], b.columns[name], err_msg=name)
+            np.testing.assert_array_equal(a.columns[name], c.columns[name], err_msg=name)
 
 
 @pytest.mark.parametrize("psf_match", ["gaussian", "kernel"])
