@@ -1,0 +1,127 @@
+"""
+The host side of a GPU actor's call, in threads: what one node's CPUs prepare a second.
+
+    python benchmarks/host_prepare.py [--ccds 16] [--size 4096] [--threads 1,2,4,8,16] [--work DIR]
+
+A GPU actor prepares its calls in threads while one call holds the device (`GpuUnitProcessor.prepare`):
+per CCD the store's facts (`ccd_setup`), the read of the science CCD's region, the read of its
+reference CCD and the windows' control points. A night's dispatch is bound by this when the GPU
+is faster than the threads together. This times those steps over a simulated exposure of
+``--ccds`` CCDs and its reference, in 1..N threads, with each read either as the store reads
+(zarr's synchronous API: every thread's reads run on zarr's one IO event loop) or, as an
+experiment, on an event loop of the reading thread (`asyncio.run` of zarr's async read, a
+local store only), side by side in one run. Prints a table of CCDs a second and tiles a second (16 tiles of 1024^2 a 4096^2 CCD), with
+each step's time summed over threads; JSON to $OUT when set. Needs no GPU and no Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skyblink.storage import NightStore, StoreLayout, exposure_key, open_fits_exposure
+from skyblink.workers.align import control_points
+from skyblink.workers.tile_unit import ccd_setup
+
+TILE, MARGIN = 1024, 32
+
+
+def build_store(work: Path, ccds: int, size: int) -> Path:
+    """Simulate one exposure of ``ccds`` CCDs and its reference, and write both into a store (no Ray)."""
+    night, store_path = work / "night", work / "store.zarr"
+    if (store_path / "zarr.json").exists():
+        return store_path
+    subprocess.run([sys.executable, "-m", "skyblink.cli", "sim", "night", str(night), "--fields", "1", "--exposures", "1",
+                    "--ccds", str(ccds), "--size", str(size)], check=True, capture_output=True)
+    store = NightStore(str(store_path), mode="a", layout=StoreLayout())
+    for kind, folder in (("reference", "references"), ("exposure", "exposures")):
+        for path in sorted((night / folder).glob("*.fits*")):
+            with open_fits_exposure(path) as reader:
+                store.write_exposure(exposure_key(kind, path.name.split(".")[0]), reader.exposure, reader.images(),
+                                     kind=kind, source={"path": path.name}, threads=8)
+    return store_path
+
+
+def _through_zarrs_loop(image: Any, selection: tuple[slice, slice]) -> np.ndarray:
+    return np.asarray(image[selection])  # as the store reads: zarr's synchronous API, on zarr's IO loop
+
+
+def _on_a_loop_of_this_thread(image: Any, selection: tuple[slice, slice]) -> np.ndarray:
+    # An experiment, not what the store does: zarr's async read run on an event loop of the reading thread.
+    return np.asarray(asyncio.run(image.array.async_array.getitem(selection)))
+
+
+READERS: dict[str, Callable[[Any, tuple[slice, slice]], np.ndarray]] = {
+    "zarr's IO loop (store)": _through_zarrs_loop, "loop per thread (exp.)": _on_a_loop_of_this_thread}
+
+
+def prepare_ccd(store: NightStore, exposure: str, ccd: str, read: Callable[..., np.ndarray],
+                seconds: dict[str, float], lock: threading.Lock) -> None:
+    """The host steps of one CCD of a GPU call, timed into ``seconds``."""
+    marks = [time.perf_counter()]
+    setup = ccd_setup(store, exposure, ccd)
+    marks.append(time.perf_counter())
+    image = store.image(exposure, ccd)
+    ny, nx = image.shape
+    read(image, (slice(0, ny), slice(0, nx)))
+    marks.append(time.perf_counter())
+    read(store.image(setup.reference_key, ccd), (slice(None), slice(None)))
+    marks.append(time.perf_counter())
+    edge = TILE + 2 * MARGIN
+    for y in range(0, ny, TILE):
+        for x in range(0, nx, TILE):
+            control_points(setup.science_wcs, setup.reference_wcs, (edge, edge), origin=(y - MARGIN, x - MARGIN))
+    marks.append(time.perf_counter())
+    with lock:
+        for name, t0, t1 in zip(("ccd_setup", "science read", "reference read", "control points"), marks, marks[1:], strict=False):
+            seconds[name] = seconds.get(name, 0.0) + t1 - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ccds", type=int, default=16)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--threads", default="1,2,4,8,16")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over the CCDs in each setting")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/host-prepare"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    store = NightStore(str(build_store(args.work, args.ccds, args.size)))
+    print(f"store ready in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} CPUs", flush=True)
+    exposure = next(k for k in store.exposure_keys() if k.startswith("exposures/"))
+    jobs = store.ccd_names(exposure) * args.rounds
+    tiles_per_ccd = (args.size // TILE) ** 2
+    rows = []
+    for reader, read in READERS.items():
+        for threads in (int(t) for t in args.threads.split(",")):
+            seconds: dict[str, float] = {}
+            lock = threading.Lock()
+            start = time.perf_counter()
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda ccd: prepare_ccd(store, exposure, ccd, read, seconds, lock), jobs))  # noqa: B023
+            wall = time.perf_counter() - start
+            rows.append({"reader": reader, "threads": threads, "ccds_per_s": len(jobs) / wall,
+                         "tiles_per_s": len(jobs) * tiles_per_ccd / wall,
+                         "ms_per_ccd": {k: 1e3 * v / len(jobs) for k, v in seconds.items()}})
+            r = rows[-1]
+            print(f"{reader:<24} {threads:>3} threads: {r['ccds_per_s']:6.1f} CCDs/s {r['tiles_per_s']:7.0f} tiles/s; "
+                  "summed ms a CCD: " + ", ".join(f"{k} {v:.0f}" for k, v in r["ms_per_ccd"].items()), flush=True)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "host_prepare.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
