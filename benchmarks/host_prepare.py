@@ -7,17 +7,20 @@ A GPU actor prepares its calls in threads while one call holds the device (`GpuU
 per CCD the store's facts (`ccd_setup`), the read of the science CCD's region, the read of its
 reference CCD and the windows' control points. A night's dispatch is bound by this when the GPU
 is faster than the threads together. This times those steps over a simulated exposure of
-``--ccds`` CCDs and its reference, in 1..N threads, with each read either as the store reads
-(zarr's synchronous API: every thread's reads run on zarr's one IO event loop) or, as an
-experiment, on an event loop of the reading thread (`asyncio.run` of zarr's async read, a
-local store only), side by side in one run. Prints a table of CCDs a second and tiles a second (16 tiles of 1024^2 a 4096^2 CCD), with
-each step's time summed over threads; JSON to $OUT when set. Needs no GPU and no Ray.
+``--ccds`` CCDs and its reference, in 1..N threads, with each read either through zarr's
+synchronous API (every thread's reads run on zarr's one IO event loop: how the store read
+before) or as the store reads a local store now, on an event loop of the reading thread
+(`skyblink.storage.night_store.read_in_this_thread`), side by side in one run.
+
+Prints CCDs a second and tiles a second (16 tiles of 1024^2 a 4096^2 CCD), each step's time
+summed over threads, how many cores the process kept busy, and what share of the wall zarr's IO
+thread was busy (near 100 %: that one thread bounds the reads; cores busy near 1: the GIL does);
+JSON to $OUT when set. Needs no GPU and no Ray.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr.core.sync as zarr_sync
 
 from skyblink.storage import NightStore, StoreLayout, exposure_key, open_fits_exposure
 from skyblink.workers.align import control_points
@@ -55,16 +59,15 @@ def build_store(work: Path, ccds: int, size: int) -> Path:
 
 
 def _through_zarrs_loop(image: Any, selection: tuple[slice, slice]) -> np.ndarray:
-    return np.asarray(image[selection])  # as the store reads: zarr's synchronous API, on zarr's IO loop
+    return np.asarray(image.array[selection])  # zarr's synchronous API: every thread's read runs on zarr's IO loop
 
 
-def _on_a_loop_of_this_thread(image: Any, selection: tuple[slice, slice]) -> np.ndarray:
-    # An experiment, not what the store does: zarr's async read run on an event loop of the reading thread.
-    return np.asarray(asyncio.run(image.array.async_array.getitem(selection)))
+def _as_the_store_reads(image: Any, selection: tuple[slice, slice]) -> np.ndarray:
+    return np.asarray(image[selection])  # `skyblink.storage.night_store.read_in_this_thread`
 
 
 READERS: dict[str, Callable[[Any, tuple[slice, slice]], np.ndarray]] = {
-    "zarr's IO loop (store)": _through_zarrs_loop, "loop per thread (exp.)": _on_a_loop_of_this_thread}
+    "zarr's IO loop (before)": _through_zarrs_loop, "reading thread (store)": _as_the_store_reads}
 
 
 def prepare_ccd(store: NightStore, exposure: str, ccd: str, read: Callable[..., np.ndarray],
@@ -89,6 +92,21 @@ def prepare_ccd(store: NightStore, exposure: str, ccd: str, read: Callable[..., 
             seconds[name] = seconds.get(name, 0.0) + t1 - t0
 
 
+def _thread_cpu_s(native_id: int | None) -> float:
+    """CPU seconds of one thread of this process so far (Linux's /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _zarr_io_thread() -> int | None:
+    """The native id of zarr's IO thread (its event loop runs every synchronous read), once started."""
+    thread = zarr_sync.iothread[0]
+    return thread.native_id if thread is not None else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ccds", type=int, default=16)
@@ -109,15 +127,20 @@ def main() -> None:
         for threads in (int(t) for t in args.threads.split(",")):
             seconds: dict[str, float] = {}
             lock = threading.Lock()
-            start = time.perf_counter()
+            io_thread = _zarr_io_thread()
+            io0, cpu0, start = _thread_cpu_s(io_thread), sum(os.times()[:2]), time.perf_counter()
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(lambda ccd: prepare_ccd(store, exposure, ccd, read, seconds, lock), jobs))  # noqa: B023
             wall = time.perf_counter() - start
+            # What bounds the threads: the process's CPU (all cores busy?) and zarr's IO loop (one thread's work).
+            process_cpu, io_cpu = sum(os.times()[:2]) - cpu0, _thread_cpu_s(io_thread) - io0
             rows.append({"reader": reader, "threads": threads, "ccds_per_s": len(jobs) / wall,
                          "tiles_per_s": len(jobs) * tiles_per_ccd / wall,
-                         "ms_per_ccd": {k: 1e3 * v / len(jobs) for k, v in seconds.items()}})
+                         "ms_per_ccd": {k: 1e3 * v / len(jobs) for k, v in seconds.items()},
+                         "process_cpu_per_wall": process_cpu / wall, "zarr_io_thread_busy": io_cpu / wall})
             r = rows[-1]
             print(f"{reader:<24} {threads:>3} threads: {r['ccds_per_s']:6.1f} CCDs/s {r['tiles_per_s']:7.0f} tiles/s; "
+                  f"cores busy {r['process_cpu_per_wall']:4.1f}, zarr's IO thread busy {r['zarr_io_thread_busy']:4.0%}; "
                   "summed ms a CCD: " + ", ".join(f"{k} {v:.0f}" for k, v in r["ms_per_ccd"].items()), flush=True)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "host_prepare.json").write_text(json.dumps(rows, indent=1))

@@ -34,9 +34,13 @@ paths and fsspec URLs are both accepted.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -572,7 +576,7 @@ class CheckedImage:
     def __getitem__(self, selection: Any) -> Any:
         """Read a region (as `zarr.Array`); raise `ChunkChecksumError` on a checksum mismatch."""
         try:
-            return self.array[selection]
+            return read_in_this_thread(self.array, selection)
         except ValueError as exc:
             if "checksum" not in str(exc):
                 raise
@@ -584,6 +588,70 @@ class CheckedImage:
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
+
+
+#: Threads of each reading thread's pool for zarr's chunk decoding (Blosc releases the GIL).
+_DECODE_THREADS = min(8, os.cpu_count() or 1)
+
+
+class _ReadingLoop:
+    """An event loop of one reading thread, with its own pool for zarr's decoding; closed with the thread."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="skyblink-decode"))
+
+    def __del__(self) -> None:
+        if os.getpid() == self.pid:  # a forked child leaves its parent's loop and pool alone
+            self.loop.close()  # shuts its pool down too
+
+
+_READING_LOOPS = threading.local()
+
+
+def _forget_reading_loops() -> None:
+    """In a forked child: start without the parent's loops (their pools' threads are not there)."""
+    global _READING_LOOPS
+    _READING_LOOPS = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_reading_loops)
+
+
+def read_in_this_thread(array: zarr.Array, selection: Any) -> Any:
+    """
+    ``array[selection]``, with zarr's work done in the calling thread where that is safe.
+
+    zarr's synchronous API runs every read of a process on one IO thread's event loop: the
+    checksums, the assembly of the decoded chunks into the result and zarr's Python all queue
+    there, so threads that read at once (a GPU actor preparing several calls) wait for each
+    other; that thread was busy about half of a single reader's time here. A region (slices,
+    ``...``) of a local store is read instead on an event loop of the calling thread, kept for
+    the thread's life, with its own decoding pool. Other stores (fsspec's, whose sessions belong
+    to zarr's loop), other selections, and callers inside a running event loop read through
+    zarr's loop as before.
+
+    Returns
+    -------
+    ndarray or scalar
+        What ``array[selection]`` returns.
+
+    Raises
+    ------
+    Whatever ``array[selection]`` raises (a checksum mismatch is a ValueError).
+    """
+    parts = selection if isinstance(selection, tuple) else (selection,)
+    if not isinstance(array.store, zarr.storage.LocalStore) or not all(p is Ellipsis or isinstance(p, slice) for p in parts):
+        return array[selection]
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        reading = getattr(_READING_LOOPS, "reading", None)
+        if reading is None:
+            reading = _READING_LOOPS.reading = _ReadingLoop()
+        return reading.loop.run_until_complete(array.async_array.getitem(selection))
+    return array[selection]
 
 
 def _members(parent: zarr.Group) -> list[tuple[str, zarr.Group]]:

@@ -100,6 +100,46 @@ def test_bit_shuffled_exposures_read_back_exactly_beside_byte_shuffled_ones(tmp_
         assert [c["configuration"]["shuffle"] for c in inner if c["name"] == "blosc"] == [shuffle]
 
 
+def test_threads_read_regions_without_waiting_for_zarrs_io_loop(tmp_path: Path, exposure_writer) -> None:
+    """A GPU actor prepares calls in threads: their reads of a local store must not queue on zarr's one IO
+    loop. With that loop held busy, regions (and whole images) still read, exactly, from several threads;
+    a read from inside a running event loop still works."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zarr.core.sync import _get_loop
+
+    pixels = exposure_writer(tmp_path / "e.fits", shape=(300, 260))[0]
+    store = NightStore(str(tmp_path / "s.zarr"), mode="a", layout=StoreLayout(tile_size=64, shard_tiles=2))
+    ingest_one(store, tmp_path / "e.fits", "exposures/e")
+    image = NightStore(str(tmp_path / "s.zarr")).image("exposures/e")
+    regions = [..., (slice(None), slice(None)), (slice(10, 200), slice(70, 260)), (slice(250, None),), slice(3, 90)]
+    held, release, let_go = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(15)
+        let_go.set()
+
+    _get_loop().call_soon_threadsafe(hold)
+    assert held.wait(10)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            reads = list(pool.map(lambda region: np.asarray(image[region]), regions * 2))
+        finished_while_held = not let_go.is_set()
+    finally:
+        release.set()
+    assert finished_while_held
+    for region, read in zip(regions * 2, reads, strict=True):
+        np.testing.assert_array_equal(read, pixels[region])
+
+    async def inside_a_loop() -> np.ndarray:
+        return np.asarray(image[5:9, 0:4])
+
+    np.testing.assert_array_equal(asyncio.run(inside_a_loop()), pixels[5:9, 0:4])
+
+
 def test_missing_store_is_named(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="no skyblink store"):
         NightStore(str(tmp_path / "absent.zarr"))
