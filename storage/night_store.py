@@ -626,7 +626,7 @@ def read_in_this_thread(array: zarr.Array, selection: Any) -> Any:
     zarr's synchronous API runs every read of a process on one IO thread's event loop: the
     checksums, the assembly of the decoded chunks into the result and zarr's Python all queue
     there, so threads that read at once (a GPU actor preparing several calls) wait for each
-    other; that thread was busy about half of a single reader's time here. A region (slices,
+    other (that thread was busy 43-48 % of a single reader's time, `benchmarks/host_prepare.py`). A region (slices,
     ``...``) of a local store is read instead on an event loop of the calling thread, kept for
     the thread's life, with its own decoding pool. Other stores (fsspec's, whose sessions belong
     to zarr's loop), other selections, and callers inside a running event loop read through
@@ -639,7 +639,8 @@ def read_in_this_thread(array: zarr.Array, selection: Any) -> Any:
 
     Raises
     ------
-    Whatever ``array[selection]`` raises (a checksum mismatch is a ValueError).
+    ValueError
+        A chunk's checksum does not match; and whatever else ``array[selection]`` raises.
     """
     parts = selection if isinstance(selection, tuple) else (selection,)
     if not isinstance(array.store, zarr.storage.LocalStore) or not all(p is Ellipsis or isinstance(p, slice) for p in parts):
