@@ -1,7 +1,8 @@
 """
 The host side of a GPU actor's call, in threads: what one node's CPUs prepare a second.
 
-    python benchmarks/host_prepare.py [--ccds 16] [--size 4096] [--threads 1,2,4,8,16] [--work DIR]
+    python benchmarks/host_prepare.py [--ccds 16] [--size 4096] [--threads 1,2,4,8,16]
+        [--codecs blosc-zstd:byte,blosc-lz4:bit] [--work DIR]
 
 A GPU actor prepares its calls in threads while one call holds the device (`GpuUnitProcessor.prepare`):
 per CCD the store's facts (`ccd_setup`), the read of the science CCD's region, the read of its
@@ -10,7 +11,9 @@ is faster than the threads together. This times those steps over a simulated exp
 ``--ccds`` CCDs and its reference, in 1..N threads, with each read either through zarr's
 synchronous API (every thread's reads run on zarr's one IO event loop: how the store read
 before) or as the store reads a local store now, on an event loop of the reading thread
-(`skyblink.storage.night_store.read_in_this_thread`), side by side in one run.
+(`skyblink.storage.night_store.read_in_this_thread`), side by side in one run; and, with
+``--codecs``, the same pixels stored with each named compressor and shuffle (``ingest.compressor``,
+``ingest.shuffle``) and read the same ways.
 
 Prints CCDs a second and tiles a second (16 tiles of 1024^2 a 4096^2 CCD), each step's time
 summed over threads, how many cores the process kept busy, and what share of the wall zarr's IO
@@ -42,14 +45,16 @@ from skyblink.workers.tile_unit import ccd_setup
 TILE, MARGIN = 1024, 32
 
 
-def build_store(work: Path, ccds: int, size: int) -> Path:
-    """Simulate one exposure of ``ccds`` CCDs and its reference, and write both into a store (no Ray)."""
-    night, store_path = work / "night", work / "store.zarr"
+def build_store(work: Path, ccds: int, size: int, layout: StoreLayout) -> Path:
+    """Simulate one exposure of ``ccds`` CCDs and its reference (once), and write both into a store
+    with ``layout``'s codecs (no Ray)."""
+    night, store_path = work / "night", work / f"store-{layout.compressor}-{layout.shuffle}.zarr"
     if (store_path / "zarr.json").exists():
         return store_path
-    subprocess.run([sys.executable, "-m", "skyblink.cli", "sim", "night", str(night), "--fields", "1", "--exposures", "1",
-                    "--ccds", str(ccds), "--size", str(size)], check=True, capture_output=True)
-    store = NightStore(str(store_path), mode="a", layout=StoreLayout())
+    if not (night / "night.json").exists():
+        subprocess.run([sys.executable, "-m", "skyblink.cli", "sim", "night", str(night), "--fields", "1", "--exposures", "1",
+                        "--ccds", str(ccds), "--size", str(size)], check=True, capture_output=True)
+    store = NightStore(str(store_path), mode="a", layout=layout)
     for kind, folder in (("reference", "references"), ("exposure", "exposures")):
         for path in sorted((night / folder).glob("*.fits*")):
             with open_fits_exposure(path) as reader:
@@ -113,18 +118,33 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--threads", default="1,2,4,8,16")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the CCDs in each setting")
+    parser.add_argument("--codecs", default="blosc-zstd:byte",
+                        help="stores to read, as compressor:shuffle (ingest.compressor, ingest.shuffle), comma-separated")
     parser.add_argument("--work", type=Path, default=Path("/tmp/host-prepare"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    store = NightStore(str(build_store(args.work, args.ccds, args.size)))
-    print(f"store ready in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} CPUs", flush=True)
-    exposure = next(k for k in store.exposure_keys() if k.startswith("exposures/"))
-    jobs = store.ccd_names(exposure) * args.rounds
     tiles_per_ccd = (args.size // TILE) ** 2
     rows = []
+    for codec in args.codecs.split(","):
+        compressor, _, shuffle = codec.partition(":")
+        t0 = time.perf_counter()
+        path = build_store(args.work, args.ccds, args.size, StoreLayout(compressor=compressor, shuffle=shuffle or "byte"))
+        store = NightStore(str(path))
+        stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        print(f"store {path.name} ready in {time.perf_counter() - t0:.0f} s ({stored / 2**20:.0f} MiB); "
+              f"{os.cpu_count()} CPUs", flush=True)
+        rows += _time_readers(store, codec, args.threads, args.rounds, tiles_per_ccd)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "host_prepare.json").write_text(json.dumps(rows, indent=1))
+
+
+def _time_readers(store: NightStore, codec: str, threads_list: str, rounds: int, tiles_per_ccd: int) -> list[dict[str, Any]]:
+    """Each reader in 1..N threads over the store's exposure: one row a setting (also printed)."""
+    exposure = next(k for k in store.exposure_keys() if k.startswith("exposures/"))
+    jobs = store.ccd_names(exposure) * rounds
+    rows: list[dict[str, Any]] = []
     for reader, read in READERS.items():
-        for threads in (int(t) for t in args.threads.split(",")):
+        for threads in (int(t) for t in threads_list.split(",")):
             seconds: dict[str, float] = {}
             lock = threading.Lock()
             io_thread = _zarr_io_thread()
@@ -134,16 +154,15 @@ def main() -> None:
             wall = time.perf_counter() - start
             # What bounds the threads: the process's CPU (all cores busy?) and zarr's IO loop (one thread's work).
             process_cpu, io_cpu = sum(os.times()[:2]) - cpu0, _thread_cpu_s(io_thread) - io0
-            rows.append({"reader": reader, "threads": threads, "ccds_per_s": len(jobs) / wall,
+            rows.append({"codec": codec, "reader": reader, "threads": threads, "ccds_per_s": len(jobs) / wall,
                          "tiles_per_s": len(jobs) * tiles_per_ccd / wall,
                          "ms_per_ccd": {k: 1e3 * v / len(jobs) for k, v in seconds.items()},
                          "process_cpu_per_wall": process_cpu / wall, "zarr_io_thread_busy": io_cpu / wall})
             r = rows[-1]
-            print(f"{reader:<24} {threads:>3} threads: {r['ccds_per_s']:6.1f} CCDs/s {r['tiles_per_s']:7.0f} tiles/s; "
+            print(f"{codec:<15} {reader:<24} {threads:>3} threads: {r['ccds_per_s']:6.1f} CCDs/s {r['tiles_per_s']:7.0f} tiles/s; "
                   f"cores busy {r['process_cpu_per_wall']:4.1f}, zarr's IO thread busy {r['zarr_io_thread_busy']:4.0%}; "
                   "summed ms a CCD: " + ", ".join(f"{k} {v:.0f}" for k, v in r["ms_per_ccd"].items()), flush=True)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "host_prepare.json").write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 if __name__ == "__main__":
