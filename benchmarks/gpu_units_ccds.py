@@ -38,7 +38,7 @@ import torch
 from torch.profiler import ProfilerActivity
 
 sys.path.insert(0, str(Path(__file__).parent))
-from host_prepare import build_store
+from host_prepare import build_store, ccd_units, exposure_of
 
 from skyblink.engines.backends.select import torch_runner
 from skyblink.storage import NightStore, StoreLayout
@@ -47,11 +47,14 @@ from skyblink.workers.program_config import TileProgram
 from skyblink.workers.tile_unit import WorkUnit
 
 
-def ccd_calls(store: NightStore, program: TileProgram) -> list[list[WorkUnit]]:
+def ccd_calls(store: NightStore) -> list[list[WorkUnit]]:
     """One call per CCD of the store's exposure: the units that tile it, as the planner sends them."""
-    exposure = next(k for k in store.exposure_keys() if k.startswith("exposures/"))
-    return [WorkUnit.tiling(store.url, exposure, ccd, store.image(exposure, ccd).shape, size=program.tile_size,
-                            margin=program.margin) for ccd in store.ccd_names(exposure)]
+    exposure = exposure_of(store)
+    return [ccd_units(store, exposure, ccd) for ccd in store.ccd_names(exposure)]
+
+
+def _rates(calls: list[list[WorkUnit]], wall: float) -> dict[str, float]:
+    return {"wall_s": wall, "ccds_per_s": len(calls) / wall, "tiles_per_s": sum(len(units) for units in calls) / wall}
 
 
 def actor_round(processor: GpuUnitProcessor, store: NightStore, calls: list[list[WorkUnit]], threads: int) -> dict[str, Any]:
@@ -71,9 +74,7 @@ def actor_round(processor: GpuUnitProcessor, store: NightStore, calls: list[list
     with ThreadPoolExecutor(threads) as pool:
         candidates = sum(pool.map(call, calls))
     torch.cuda.synchronize()
-    wall = time.perf_counter() - start
-    tiles = sum(len(units) for units in calls)
-    return {"calls at once": threads, "wall_s": wall, "ccds_per_s": len(calls) / wall, "tiles_per_s": tiles / wall,
+    return {"calls at once": threads, **_rates(calls, time.perf_counter() - start),
             "gpu_busy_s": processor.pipeline.compute_seconds - busy0, "candidates": candidates,
             **{f"{k}_s": processor.seconds[k] - before[k] for k in before}}
 
@@ -89,9 +90,7 @@ def program_alone(processor: GpuUnitProcessor, store: NightStore, calls: list[li
     launched = processor.launch(prepared, store)
     processor.finish(launched)
     torch.cuda.synchronize()
-    wall = time.perf_counter() - start
-    tiles = sum(len(units) for units in calls)
-    return {"calls at once": "program alone", "wall_s": wall, "ccds_per_s": len(calls) / wall, "tiles_per_s": tiles / wall,
+    return {"calls at once": "program alone", **_rates(calls, time.perf_counter() - start),
             "gpu_busy_s": processor.pipeline.compute_seconds - busy0}
 
 
@@ -121,7 +120,7 @@ def main() -> None:
     store = NightStore(str(build_store(args.work, args.ccds, args.size, StoreLayout())))
     print(f"store ready in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} CPUs; {torch.cuda.get_device_name()}", flush=True)
     program = TileProgram()
-    calls = ccd_calls(store, program)
+    calls = ccd_calls(store)
     with torch_runner("detector", device="cuda", precision="fp16", compiled=True) as detector, \
             torch_runner("classifier", device="cuda", precision="fp16", compiled=True) as classifier:
         t0 = time.perf_counter()

@@ -40,9 +40,11 @@ import zarr.core.sync as zarr_sync
 
 from skyblink.storage import NightStore, StoreLayout, exposure_key, open_fits_exposure
 from skyblink.workers.align import control_points
-from skyblink.workers.tile_unit import ccd_setup
+from skyblink.workers.program_config import TileProgram
+from skyblink.workers.tile_unit import WorkUnit, ccd_setup
 
-TILE, MARGIN = 1024, 32
+#: The program whose tiling the reads serve (the configuration's tile size and margin).
+PROGRAM = TileProgram()
 
 
 def build_store(work: Path, ccds: int, size: int, layout: StoreLayout) -> Path:
@@ -61,6 +63,17 @@ def build_store(work: Path, ccds: int, size: int, layout: StoreLayout) -> Path:
                 store.write_exposure(exposure_key(kind, path.name.split(".")[0]), reader.exposure, reader.images(),
                                      kind=kind, source={"path": path.name}, threads=8)
     return store_path
+
+
+def exposure_of(store: NightStore) -> str:
+    """The store's one exposure (the simulated one; the other key is its reference)."""
+    return next(k for k in store.exposure_keys() if k.startswith("exposures/"))
+
+
+def ccd_units(store: NightStore, exposure: str, ccd: str, shape: tuple[int, ...] | None = None) -> list[WorkUnit]:
+    """The units that tile one CCD (of ``shape``, else read from the store), as the planner sends them in one call."""
+    shape = store.image(exposure, ccd).shape if shape is None else shape
+    return WorkUnit.tiling(store.url, exposure, ccd, shape, size=PROGRAM.tile_size, margin=PROGRAM.margin)
 
 
 def _through_zarrs_loop(image: Any, selection: tuple[slice, slice]) -> np.ndarray:
@@ -87,10 +100,9 @@ def prepare_ccd(store: NightStore, exposure: str, ccd: str, read: Callable[..., 
     marks.append(time.perf_counter())
     read(store.image(setup.reference_key, ccd), (slice(None), slice(None)))
     marks.append(time.perf_counter())
-    edge = TILE + 2 * MARGIN
-    for y in range(0, ny, TILE):
-        for x in range(0, nx, TILE):
-            control_points(setup.science_wcs, setup.reference_wcs, (edge, edge), origin=(y - MARGIN, x - MARGIN))
+    edge = PROGRAM.window_edge
+    for unit in ccd_units(store, exposure, ccd, (ny, nx)):
+        control_points(setup.science_wcs, setup.reference_wcs, (edge, edge), origin=unit.origin)
     marks.append(time.perf_counter())
     with lock:
         for name, t0, t1 in zip(("ccd_setup", "science read", "reference read", "control points"), marks, marks[1:], strict=False):
@@ -123,7 +135,6 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/host-prepare"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    tiles_per_ccd = (args.size // TILE) ** 2
     rows = []
     for codec in args.codecs.split(","):
         compressor, _, shuffle = codec.partition(":")
@@ -133,15 +144,16 @@ def main() -> None:
         stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         print(f"store {path.name} ready in {time.perf_counter() - t0:.0f} s ({stored / 2**20:.0f} MiB); "
               f"{os.cpu_count()} CPUs", flush=True)
-        rows += _time_readers(store, codec, args.threads, args.rounds, tiles_per_ccd)
+        rows += _time_readers(store, codec, args.threads, args.rounds)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "host_prepare.json").write_text(json.dumps(rows, indent=1))
 
 
-def _time_readers(store: NightStore, codec: str, threads_list: str, rounds: int, tiles_per_ccd: int) -> list[dict[str, Any]]:
+def _time_readers(store: NightStore, codec: str, threads_list: str, rounds: int) -> list[dict[str, Any]]:
     """Each reader in 1..N threads over the store's exposure: one row a setting (also printed)."""
-    exposure = next(k for k in store.exposure_keys() if k.startswith("exposures/"))
+    exposure = exposure_of(store)
     jobs = store.ccd_names(exposure) * rounds
+    tiles = sum(len(ccd_units(store, exposure, ccd)) for ccd in jobs)
     rows: list[dict[str, Any]] = []
     for reader, read in READERS.items():
         for threads in (int(t) for t in threads_list.split(",")):
@@ -155,7 +167,7 @@ def _time_readers(store: NightStore, codec: str, threads_list: str, rounds: int,
             # What bounds the threads: the process's CPU (all cores busy?) and zarr's IO loop (one thread's work).
             process_cpu, io_cpu = sum(os.times()[:2]) - cpu0, _thread_cpu_s(io_thread) - io0
             rows.append({"codec": codec, "reader": reader, "threads": threads, "ccds_per_s": len(jobs) / wall,
-                         "tiles_per_s": len(jobs) * tiles_per_ccd / wall,
+                         "tiles_per_s": tiles / wall,
                          "ms_per_ccd": {k: 1e3 * v / len(jobs) for k, v in seconds.items()},
                          "process_cpu_per_wall": process_cpu / wall, "zarr_io_thread_busy": io_cpu / wall})
             r = rows[-1]
