@@ -2,7 +2,7 @@
 The host side of a GPU actor's call, in threads: what one node's CPUs prepare a second.
 
     python benchmarks/host_prepare.py [--ccds 16] [--size 4096] [--threads 1,2,4,8,16]
-        [--codecs blosc-zstd:byte,blosc-lz4:bit] [--work DIR]
+        [--codecs blosc-zstd:byte,blosc-lz4:bit] [--revisit] [--work DIR]
 
 A GPU actor prepares its calls in threads while one call holds the device (`GpuUnitProcessor.prepare`):
 per CCD the store's facts (`ccd_setup`), the read of the science CCD's region, the read of its
@@ -13,7 +13,9 @@ synchronous API (every thread's reads run on zarr's one IO event loop: how the s
 before) or as the store reads a local store now, on an event loop of the reading thread
 (`skyblink.storage.night_store.read_in_this_thread`), side by side in one run; and, with
 ``--codecs``, the same pixels stored with each named compressor and shuffle (``ingest.compressor``,
-``ingest.shuffle``) and read the same ways.
+``ingest.shuffle``) and read the same ways. With ``--revisit``, the store's reader also runs as a
+field visited again does on a GPU actor that holds the references (`skyblink.workers.reference_cache`):
+no reference read, only the check of its stored version.
 
 Prints CCDs a second and tiles a second (16 tiles of 1024^2 a 4096^2 CCD), each step's time
 summed over threads, how many cores the process kept busy, and what share of the wall zarr's IO
@@ -89,8 +91,9 @@ READERS: dict[str, Callable[[Any, tuple[slice, slice]], np.ndarray]] = {
 
 
 def prepare_ccd(store: NightStore, exposure: str, ccd: str, read: Callable[..., np.ndarray],
-                seconds: dict[str, float], lock: threading.Lock) -> None:
-    """The host steps of one CCD of a GPU call, timed into ``seconds``."""
+                seconds: dict[str, float], lock: threading.Lock, *, reference_held: bool = False) -> None:
+    """The host steps of one CCD of a GPU call, timed into ``seconds``; with ``reference_held``, as
+    when the device holds the reference: its stored version is checked instead of reading it."""
     marks = [time.perf_counter()]
     setup = ccd_setup(store, exposure, ccd)
     marks.append(time.perf_counter())
@@ -98,7 +101,10 @@ def prepare_ccd(store: NightStore, exposure: str, ccd: str, read: Callable[..., 
     ny, nx = image.shape
     read(image, (slice(0, ny), slice(0, nx)))
     marks.append(time.perf_counter())
-    read(store.image(setup.reference_key, ccd), (slice(None), slice(None)))
+    if reference_held:
+        store.stored_version(setup.reference_key)  # what `GpuUnitProcessor.prepare` checks the cache with
+    else:
+        read(store.image(setup.reference_key, ccd), (slice(None), slice(None)))
     marks.append(time.perf_counter())
     edge = PROGRAM.window_edge
     for unit in ccd_units(store, exposure, ccd, (ny, nx)):
@@ -132,6 +138,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="passes over the CCDs in each setting")
     parser.add_argument("--codecs", default="blosc-zstd:byte",
                         help="stores to read, as compressor:shuffle (ingest.compressor, ingest.shuffle), comma-separated")
+    parser.add_argument("--revisit", action="store_true",
+                        help="also read as a field visited again does, its reference held on the device")
     parser.add_argument("--work", type=Path, default=Path("/tmp/host-prepare"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -144,25 +152,30 @@ def main() -> None:
         stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         print(f"store {path.name} ready in {time.perf_counter() - t0:.0f} s ({stored / 2**20:.0f} MiB); "
               f"{os.cpu_count()} CPUs", flush=True)
-        rows += _time_readers(store, codec, args.threads, args.rounds)
+        rows += _time_readers(store, codec, args.threads, args.rounds, revisit=args.revisit)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "host_prepare.json").write_text(json.dumps(rows, indent=1))
 
 
-def _time_readers(store: NightStore, codec: str, threads_list: str, rounds: int) -> list[dict[str, Any]]:
+def _time_readers(store: NightStore, codec: str, threads_list: str, rounds: int, *,
+                  revisit: bool = False) -> list[dict[str, Any]]:
     """Each reader in 1..N threads over the store's exposure: one row a setting (also printed)."""
     exposure = exposure_of(store)
     jobs = store.ccd_names(exposure) * rounds
     tiles = sum(len(ccd_units(store, exposure, ccd)) for ccd in jobs)
     rows: list[dict[str, Any]] = []
-    for reader, read in READERS.items():
+    settings = [(reader, read, False) for reader, read in READERS.items()]
+    if revisit:
+        settings.append(("reference on the device", _as_the_store_reads, True))
+    for reader, read, held in settings:
         for threads in (int(t) for t in threads_list.split(",")):
             seconds: dict[str, float] = {}
             lock = threading.Lock()
             io_thread = _zarr_io_thread()
             io0, cpu0, start = _thread_cpu_s(io_thread), sum(os.times()[:2]), time.perf_counter()
             with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda ccd: prepare_ccd(store, exposure, ccd, read, seconds, lock), jobs))  # noqa: B023
+                list(pool.map(lambda ccd: prepare_ccd(store, exposure, ccd, read, seconds, lock,  # noqa: B023
+                                                      reference_held=held), jobs))  # noqa: B023
             wall = time.perf_counter() - start
             # What bounds the threads: the process's CPU (all cores busy?) and zarr's IO loop (one thread's work).
             process_cpu, io_cpu = sum(os.times()[:2]) - cpu0, _thread_cpu_s(io_thread) - io0

@@ -337,6 +337,10 @@ class NightConfig(_Section):
     gpu_prepare_calls: int = Field(
         4, ge=1, le=16, description="Calls a GPU worker actor reads and prepares on the host while one launches on its device."
     )
+    gpu_reference_cache_gib: float | None = Field(
+        None, ge=0.0, description="Device memory a GPU worker actor keeps reference CCDs in, so that a field visited again "
+        "reads only its science pixels (unset: half the memory free after the actor's warm-up; 0: only the one in use).",
+    )
     workers: int | None = Field(
         None, ge=1, description="Worker actors (unset: one per GPU, else one per CPU of the cluster, sharing all CPUs but one)."
     )

@@ -181,7 +181,7 @@ class NightStore:
                 msg = f"store {self.url} was written with another tiling ({diffs}); use a new store"
                 raise StoreLayoutError(msg)
             self.layout = layout
-        self._contexts = CcdContextCache(self, version=self._stored_version)
+        self._contexts = CcdContextCache(self, version=self.stored_version)
         self._noise: dict[tuple[str, str, object], float] = {}
         #: The night's Parquet files beside the arrays: unit results and catalogs (`NightFiles`).
         self.files = NightFiles(self.url)
@@ -436,10 +436,18 @@ class NightStore:
         path = cast(dict[str, Any], source).get("path")
         return f"{path} ({key}/{ccd})" if path else f"{self.url}: {key}/{ccd}"
 
-    def _stored_version(self, key: str) -> object:
+    def stored_version(self, key: str) -> object:
         """
         What identifies the content under ``key``: the write that put it there (``write_id``), or
         for exposures written before it had one, its source file's facts (path, size, sha256).
+        Caches of what was read from a key (the CCDs' facts, a GPU actor's reference CCDs) keep it
+        to notice that the key was ingested again.
+
+        Returns
+        -------
+        object
+            A token that compares equal while the content is the same; None where ``key`` is not
+            written.
         """
         group = self._written_group(key)
         if group is None:
@@ -483,7 +491,7 @@ class NightStore:
         ``SKYLEVEL``, gain and read noise where the header gives the sky, else a robust estimate
         on the CCD's central window (`skyblink.storage.ccd_context.sky_noise_adu`).
         """
-        version = self._stored_version(key)
+        version = self.stored_version(key)
         found = self._noise.get((key, ccd, version))
         if found is None:
             context = self.ccd_context(key, ccd)

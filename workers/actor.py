@@ -178,7 +178,7 @@ class TileWorker:
 
             t0 = time.perf_counter()
             self._gpu = GpuUnitProcessor(self._runners["detector"], self._runners["classifier"], config.program,
-                                         batch=config.device_batch)
+                                         batch=config.device_batch, reference_cache_gib=config.reference_cache_gib)
             self._startup["device_program_s"] = time.perf_counter() - t0
         self._startup["ready_at"] = time.time()
         log.info("TileWorker ready (%s): %s", "GPU pipeline" if self._gpu else "per tile",
@@ -309,6 +309,7 @@ class TileWorker:
             pipeline = self._gpu.pipeline
             seconds = {**self._gpu.seconds, "device_wait": pipeline.wait_seconds, "gpu": pipeline.compute_seconds}
             health["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
+            health["references"] = self._gpu.references.stats()
         return health
 
     def shutdown(self) -> None:

@@ -2,8 +2,9 @@
 Work units on the GPU: the worker actor's pipelined path.
 
 `GpuUnitProcessor` holds one `TilePipeline` (pinned ring and device buffers sized once, for
-``batch`` windows of the work units' edge) and a small cache of reference CCDs resident on the
-device. Units of one exposure CCD share the reference and the calibration, so they are batched
+``batch`` windows of the work units' edge) and the reference CCDs resident on the device
+(`skyblink.workers.reference_cache`: as many as the memory the program leaves allows, so that a
+field visited again reads only its science pixels). Units of one exposure CCD share the reference and the calibration, so they are batched
 together: the raw 16-bit windows cross the bus, the device program
 (`skyblink.workers.device_program`) runs on the compute stream while the next batch is copied,
 and only candidate records and stamps come back. Candidates are kept where their pixel lies in the
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -48,12 +48,14 @@ from .align import control_points
 from .device_program import make_device_program
 from .pipeline import Candidates, InFlight, TilePipeline, uint16_from_int16
 from .program_config import TileProgram
+from .reference_cache import ReferenceCache
 from .tile_unit import CandidateRecord, WorkUnit, ccd_setup, process_tile
 
 __all__ = ["GpuUnitProcessor", "LaunchedCall", "PreparedCcd", "read_raw_region", "upsample_grid"]
 
-#: Reference CCDs kept on the device (one per field and CCD being processed).
-_REFERENCE_CACHE = 4
+#: Share of the device memory free after the warm-up that the reference CCDs may take by
+#: default: the rest is the program's margin (its temporaries grow with what a call holds).
+REFERENCE_CACHE_SHARE = 0.5
 
 
 class GpuUnitProcessor:
@@ -71,22 +73,32 @@ class GpuUnitProcessor:
         Windows per device batch (``night.device_batch``).
     slots : int
         Pinned host buffers in the ring.
+    reference_cache_gib : float, optional
+        Device memory the reference CCDs may take (``night.gpu_reference_cache_gib``); default:
+        `REFERENCE_CACHE_SHARE` of the memory free after the warm-up. The reference in use is
+        held even beyond it.
     """
 
-    def __init__(self, detector: Any, classifier: Any, program: TileProgram, *, batch: int = 8, slots: int = 3) -> None:
+    def __init__(self, detector: Any, classifier: Any, program: TileProgram, *, batch: int = 8, slots: int = 3,
+                 reference_cache_gib: float | None = None) -> None:
         self.detector, self.classifier = detector, classifier
         self.program = program
         self.size, self.margin, self.batch = program.tile_size, program.margin, batch
         self.edge = program.window_edge
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.pipeline = TilePipeline(batch=batch, height=self.edge, width=self.edge, slots=slots, device=str(self.device))
-        self._references: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
         #: Seconds spent so far in `prepare` (host: reads, control points), `launch` (holding the
         #: device: copies into the pinned ring, kernel launches) and `finish` (waiting for and
         #: reading back results).
         self.seconds = {"prepare": 0.0, "launch": 0.0, "finish": 0.0}
         self._seconds_lock = threading.Lock()
         self._warm_up()
+        if reference_cache_gib is None:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int(REFERENCE_CACHE_SHARE * free)
+        else:
+            budget = int(reference_cache_gib * 2**30)
+        self.references = ReferenceCache(budget)
 
     def _warm_up(self) -> None:
         """Run one batch of blank windows through the pipeline: kernels and allocator ready at start."""
@@ -114,9 +126,13 @@ class GpuUnitProcessor:
                 image[holes] = float(np.nanmedian(image[::8, ::8]))
         return _pinned_copy(image)
 
-    def _device_reference(self, store: NightStore, key: str, ccd: str, host: torch.Tensor | None) -> torch.Tensor:
-        cache_key = (store.url, key, ccd)
-        if cache_key not in self._references:
+    def _device_reference(self, store: NightStore, held_as: tuple[str, str, str, object],
+                          host: torch.Tensor | None) -> torch.Tensor:
+        """The reference CCD ``held_as`` (store url, key, CCD, `NightStore.stored_version`) on the
+        device: from the cache, else sent from ``host`` (read now if None) and cached."""
+        tensor = self.references.get(held_as)
+        if tensor is None:
+            _, key, ccd, _ = held_as
             image = host if host is not None else self._host_reference(store, key, ccd)
             # Queued on the copy stream, ahead of the science copy the programs wait for; kept
             # from reuse by the allocator until the compute stream is done with it, also once
@@ -126,11 +142,8 @@ class GpuUnitProcessor:
                 if tensor.dtype == torch.int16:  # 16-bit ADU: torch has few uint16 kernels, sent as int16
                     tensor = uint16_from_int16(tensor)
             tensor.record_stream(self.pipeline.compute_stream)
-            self._references[cache_key] = tensor
-            while len(self._references) > _REFERENCE_CACHE:
-                self._references.popitem(last=False)
-        self._references.move_to_end(cache_key)
-        return self._references[cache_key]
+            self.references.add(held_as, tensor)
+        return tensor
 
     def process(self, units: Sequence[WorkUnit], store: NightStore) -> dict[str, list[CandidateRecord]]:
         """
@@ -187,8 +200,9 @@ class GpuUnitProcessor:
         reference_key, sci_wcs, ref_wcs, spec = setup.reference_key, setup.science_wcs, setup.reference_wcs, setup.calibration
         options = {"science_fwhm_px": setup.fwhm_px[0], "reference_fwhm_px": setup.fwhm_px[1], "gain": spec.gain,
                    "saturate": spec.saturate, "read_noise": spec.read_noise, "scale": setup.flux_scale}
-        held = (store.url, reference_key, ccd) in self._references
-        reference = None if held else self._host_reference(store, reference_key, ccd)
+        # Held as its store's version too: a reference ingested again mid-night is read again.
+        held_as = (store.url, reference_key, ccd, store.stored_version(reference_key))
+        reference = None if held_as in self.references else self._host_reference(store, reference_key, ccd)
         edge, b = self.edge, self.batch
         # One read of the region the group's windows cover: each stored chunk is decompressed once,
         # and the 16-bit pixels stay 16-bit up to the device.
@@ -216,7 +230,7 @@ class GpuUnitProcessor:
                 cols_in[slot] = (oxs[i] + offsets >= 0) & (oxs[i] + offsets < nx)
             points += [points[-1]] * (b - len(points))
             batches.append(_HostBatch(windows, np.stack(points).astype(np.float32), rows_in, cols_in))
-        return PreparedCcd(units, reference_key=reference_key, reference=reference, options=options, batches=batches)
+        return PreparedCcd(units, reference_as=held_as, reference=reference, options=options, batches=batches)
 
     def launch(self, prepared: Sequence[PreparedCcd], store: NightStore) -> LaunchedCall:
         """
@@ -237,7 +251,7 @@ class GpuUnitProcessor:
                 for unit in ccd.units:
                     launched.done[unit.key] = process_tile(unit, store, self.detector, self.classifier, self.program)
                 continue
-            reference = self._device_reference(store, ccd.reference_key, ccd.units[0].ccd, ccd.reference)
+            reference = self._device_reference(store, ccd.reference_as, ccd.reference)
             for index, batch in enumerate(ccd.batches):
                 program = self._batch_program(reference, batch, ccd.options)
                 launched.in_flight.append((ccd.units, self.pipeline.submit(batch.windows, program, index=index)))
@@ -314,7 +328,8 @@ class PreparedCcd:
 
     units: list[WorkUnit]
     on_host: bool = False
-    reference_key: str = ""
+    #: The reference CCD as the device's cache holds it: (store url, key, CCD, stored version).
+    reference_as: tuple[str, str, str, object] = ("", "", "", None)
     reference: torch.Tensor | None = None  # pinned; None: the device held it when prepared
     options: dict[str, Any] = field(default_factory=dict)
     batches: list[_HostBatch] = field(default_factory=list)

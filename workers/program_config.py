@@ -182,6 +182,9 @@ class WorkerConfig:
         Windows a GPU actor runs through its device program at once (``night.device_batch``).
     prepare_calls : int
         Calls a GPU actor reads and prepares on the host while one launches (``night.gpu_prepare_calls``).
+    reference_cache_gib : float or None
+        Device memory a GPU actor keeps reference CCDs in (``night.gpu_reference_cache_gib``; None:
+        half of what its warm-up leaves free).
     actors : int or None
         Actors asked for (``night.workers``; None: one per GPU, else one per CPU).
     health_check_s : float
@@ -199,6 +202,7 @@ class WorkerConfig:
     units_per_call: int = _default(NightConfig, "units_per_call")
     device_batch: int = _default(NightConfig, "device_batch")
     prepare_calls: int = _default(NightConfig, "gpu_prepare_calls")
+    reference_cache_gib: float | None = _default(NightConfig, "gpu_reference_cache_gib")
     actors: int | None = None
     health_check_s: float = _default(NightConfig, "health_check_s")
     cpu_threads: int | None = None
@@ -222,5 +226,6 @@ class WorkerConfig:
         return cls(program=TileProgram.from_config(config), backend=engines.backend, registry=engines.registry,
                    trusted_manifest=engines.trusted_manifest, compile_cache=Path(cache).expanduser() if cache else None,
                    units_per_call=night.units_per_call,
-                   device_batch=night.device_batch, prepare_calls=night.gpu_prepare_calls, actors=night.workers,
+                   device_batch=night.device_batch, prepare_calls=night.gpu_prepare_calls,
+                   reference_cache_gib=night.gpu_reference_cache_gib, actors=night.workers,
                    health_check_s=night.health_check_s)

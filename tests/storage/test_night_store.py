@@ -174,7 +174,7 @@ def test_each_ccd_is_readable_as_it_lands_and_the_exposure_once_all_have(tmp_pat
             np.testing.assert_array_equal(reader_store.image("exposures/mef", "ccd000")[...], hdul[1].data)
         assert reader_store.ccd_metadata("exposures/mef", "ccd000") == store.ccd_metadata("exposures/mef", "ccd000")
         assert str(path) in reader_store.source_name("exposures/mef", "ccd000")
-        version = reader_store._stored_version("exposures/mef")
+        version = reader_store.stored_version("exposures/mef")
         with pytest.raises(KeyError, match="ccd001"):  # not written yet
             reader_store.image("exposures/mef", "ccd001")
         with pytest.raises(KeyError):
@@ -183,9 +183,9 @@ def test_each_ccd_is_readable_as_it_lands_and_the_exposure_once_all_have(tmp_pat
     assert store.exposure_keys() == ["exposures/mef"]
     assert store.landed_ccds("exposures/mef") == store.ccd_names("exposures/mef") == ["ccd000", "ccd001", "ccd002"]
     # The same write: a CCD's facts cached while it was landing stay valid once the exposure is complete.
-    assert store._stored_version("exposures/mef") == version
+    assert store.stored_version("exposures/mef") == version
     ingest_one(store, path, "exposures/mef")  # written again: another write, the cached facts read again
-    assert store._stored_version("exposures/mef") != version
+    assert store.stored_version("exposures/mef") != version
 
 
 def test_a_writer_stopped_after_some_ccds_leaves_nothing_of_the_exposure(tmp_path: Path, exposure_writer) -> None:

@@ -33,7 +33,12 @@ def test_gpu_units_match_the_per_tile_program(tmp_path: Path, ray_local: None) -
     with det, cls:
         gpu = GpuUnitProcessor(det, cls, TileProgram(tile_size=256, margin=32), batch=3)  # 16 units: the last batch is padded
         found = gpu.process(units, store)
+        misses = gpu.references.misses
+        again = gpu.process(units, store)  # the field visited again: its reference is on the device
         cpu = {u.key: process_tile(u, store, det, cls) for u in units}
+    assert gpu.references.misses == misses and gpu.references.hits >= 1
+    assert {k: [(c.x, c.y, c.score) for c in v] for k, v in again.items()} == {k: [(c.x, c.y, c.score) for c in v]
+                                                                            for k, v in found.items()}
     assert set(found) == {u.key for u in units}
     gpu_xy = np.array([(c.x, c.y) for records in found.values() for c in records])
     cpu_xy = np.array([(c.x, c.y) for records in cpu.values() for c in records])

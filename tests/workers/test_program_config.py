@@ -17,7 +17,7 @@ def test_a_configuration_builds_both_records_under_its_own_names(tmp_path: Path)
     path = tmp_path / "skyblink.toml"
     path.write_text('[ingest]\ntile_size = 512\n[night]\nmargin = 40\ndetector_threshold = 0.4\nsnr_threshold = 6.0\n'
                     'top_k = 32\npsf_match = "kernel"\nunits_per_call = 6\ndevice_batch = 3\ngpu_prepare_calls = 5\n'
-                    'workers = 2\nhealth_check_s = 7.5\n[engines]\nbackend = "torch"\nprecision = "fp32"\n'
+                    'gpu_reference_cache_gib = 12.5\nworkers = 2\nhealth_check_s = 7.5\n[engines]\nbackend = "torch"\nprecision = "fp32"\n'
                     f'registry = "{tmp_path / "engines"}"\n[headers]\nfwhm_px = ["PSFPIX"]\n')
     config = load_config(path, environ={})
     workers = WorkerConfig.from_config(config)
@@ -29,6 +29,10 @@ def test_a_configuration_builds_both_records_under_its_own_names(tmp_path: Path)
     assert workers.backend is Backend.TORCH and workers.registry == str(tmp_path / "engines")
     # Calls per actor and the device batch are two keys now, each reaching its own field.
     assert (workers.units_per_call, workers.device_batch, workers.prepare_calls) == (6, 3, 5)
+    assert workers.reference_cache_gib == 12.5
+    assert WorkerConfig().reference_cache_gib is None  # default: sized by the actor to its device's free memory
+    with pytest.raises(ConfigError, match="gpu_reference_cache_gib"):
+        load_config(path, overrides={"night.gpu_reference_cache_gib": -1}, environ={})
     assert (workers.actors, workers.health_check_s) == (2, 7.5)
     # The compiled device program's caches sit beside the engines unless given their own folder.
     assert workers.compile_cache == tmp_path / "engines" / "torch-compile"

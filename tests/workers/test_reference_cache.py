@@ -1,0 +1,82 @@
+"""The GPU actor's reference CCDs on the device: kept within a byte budget, least recently used out first."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from skyblink.workers.reference_cache import ReferenceCache  # noqa: E402 - after the importorskip
+
+
+def _ccd(mib: int) -> torch.Tensor:
+    return torch.zeros(mib * 2**18)  # float32: 4 bytes a pixel
+
+
+def test_a_night_of_revisits_reads_each_reference_once_when_the_budget_holds_them() -> None:
+    cache = ReferenceCache(budget_bytes=64 * 2**20)
+    fields = [("store", f"references/F{f}", f"ccd{c:03d}", "write-1") for f in range(3) for c in range(4)]  # 12 x 4 MiB
+    reads = 0
+    for _visit in range(3):
+        for key in fields:
+            if cache.get(key) is None:
+                reads += 1
+                cache.add(key, _ccd(4))
+    assert reads == len(fields)
+    assert (cache.hits, cache.misses) == (2 * len(fields), len(fields))
+    assert cache.stats() == {"held": 12, "gib": 0.047, "budget_gib": 0.062, "hits": 24, "misses": 12}
+
+
+def test_the_least_recently_used_reference_leaves_first_and_the_budget_is_kept() -> None:
+    cache = ReferenceCache(budget_bytes=10 * 2**20)
+    for name in "abc":
+        cache.add(name, _ccd(3))
+    assert cache.get("a") is not None  # a is now the most recent: b leaves first
+    cache.add("d", _ccd(3))
+    assert "b" not in cache and all(k in cache for k in "acd")
+    assert cache.nbytes == 9 * 2**20 <= cache.budget_bytes
+    cache.add("e", _ccd(6))
+    assert [k in cache for k in "acde"] == [False, False, True, True]
+    assert cache.nbytes == 9 * 2**20
+
+
+def test_a_reference_larger_than_the_budget_is_kept_alone_while_in_use() -> None:
+    cache = ReferenceCache(budget_bytes=0)
+    cache.add("a", _ccd(1))
+    assert "a" in cache and len(cache) == 1
+    cache.add("b", _ccd(1))
+    assert "a" not in cache and "b" in cache and cache.nbytes == 2**20
+
+
+def test_a_reference_ingested_again_is_a_new_entry_and_replacing_one_counts_its_bytes_once() -> None:
+    cache = ReferenceCache(budget_bytes=100 * 2**20)
+    cache.add(("s", "references/F0", "ccd000", "write-1"), _ccd(2))
+    assert cache.get(("s", "references/F0", "ccd000", "write-2")) is None  # another version: read again
+    cache.add(("s", "references/F0", "ccd000", "write-1"), _ccd(3))
+    assert cache.nbytes == 3 * 2**20 and len(cache) == 1
+
+
+def test_a_negative_budget_is_refused_with_its_value() -> None:
+    with pytest.raises(ValueError, match="got -1"):
+        ReferenceCache(budget_bytes=-1)
+
+
+def test_threads_adding_and_getting_keep_the_bytes_consistent() -> None:
+    cache = ReferenceCache(budget_bytes=20 * 2**20)
+
+    def work(offset: int) -> None:
+        for i in range(200):
+            key = (offset + i) % 16
+            if cache.get(key) is None:
+                cache.add(key, _ccd(1 + key % 3))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held = [cache.get(k) for k in range(16)]
+    assert cache.nbytes == sum(t.numel() * 4 for t in held if t is not None) <= cache.budget_bytes
+    assert cache.hits + cache.misses == 4 * 200 + 16

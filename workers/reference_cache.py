@@ -1,0 +1,109 @@
+"""
+Reference CCDs resident on a GPU actor's device, kept by bytes, least recently used first out.
+
+A field is observed again later in the night (survey cadences revisit within the hour), and every
+CCD of every visit needs its reference CCD on the device. Read from the store, pinned and sent, a
+4096^2 reference costs the host about half of what a CCD's preparation costs (its read ~60-70 ms
+of ~135 ms on one core, `benchmarks/host_prepare.py --revisit`); kept on the device, a revisit
+reads only its science pixels. The cache holds as many references as its byte budget allows,
+sized by the actor to the memory its device program leaves free.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import torch
+
+__all__ = ["ReferenceCache"]
+
+
+class ReferenceCache:
+    """
+    Tensors by key within a byte budget, least recently used evicted first. Thread-safe.
+
+    Parameters
+    ----------
+    budget_bytes : int
+        Bytes the held tensors may take together. The tensor last added is kept even when it
+        alone is larger (the call that added it is using it); the others are evicted to make room.
+
+    Raises
+    ------
+    ValueError
+        ``budget_bytes`` is negative.
+
+    Notes
+    -----
+    Eviction only drops the cache's reference: a tensor still in use by queued device work stays
+    valid (the actor records it on the compute stream, so the allocator does not reuse its memory
+    until that work is done).
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        if budget_bytes < 0:
+            msg = f"reference cache budget must be >= 0 bytes, got {budget_bytes}"
+            raise ValueError(msg)
+        self.budget_bytes = int(budget_bytes)
+        self._held: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        #: Lookups that found their reference held, and those that did not (`get`).
+        self.hits = 0
+        self.misses = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` is held (a peek: neither counted nor made recent)."""
+        with self._lock:
+            return key in self._held
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        with self._lock:
+            return self._bytes
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        """
+        The tensor held for ``key`` (made the most recent), or None; counted as a hit or a miss.
+
+        Returns
+        -------
+        tensor or None
+        """
+        with self._lock:
+            tensor = self._held.get(key)
+            if tensor is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._held.move_to_end(key)
+            return tensor
+
+    def add(self, key: Hashable, tensor: torch.Tensor) -> None:
+        """
+        Hold ``tensor`` for ``key`` (replacing what it held), evicting the least recently used
+        others until the held bytes fit the budget.
+        """
+        size = tensor.numel() * tensor.element_size()
+        with self._lock:
+            old = self._held.pop(key, None)
+            if old is not None:
+                self._bytes -= old.numel() * old.element_size()
+            self._held[key] = tensor
+            self._bytes += size
+            while self._bytes > self.budget_bytes and len(self._held) > 1:
+                _, evicted = self._held.popitem(last=False)
+                self._bytes -= evicted.numel() * evicted.element_size()
+
+    def stats(self) -> dict[str, float | int]:
+        """What the actor reports: references held, GiB held and budgeted, hits and misses so far."""
+        with self._lock:
+            return {"held": len(self._held), "gib": round(self._bytes / 2**30, 3),
+                    "budget_gib": round(self.budget_bytes / 2**30, 3), "hits": self.hits, "misses": self.misses}
