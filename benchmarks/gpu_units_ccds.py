@@ -14,7 +14,8 @@ reference (written once into a store, as `benchmarks/host_prepare.py` does) go t
 `skyblink.workers.actor.TileWorker` runs a call of one CCD's units, with ``--calls`` calls at
 once (``night.gpu_prepare_calls``). Per setting: CCDs and tiles a second, the actor's summed
 seconds in each part, and the GPU's busy time (CUDA events around each batch on the compute
-stream). The baseline, in the same run: the CCDs' own prepared windows re-submitted to the
+stream), each setting run as a first visit (no reference on the device) and then again (the
+references held by the device's cache, `skyblink.workers.reference_cache`). The baseline, in the same run: the CCDs' own prepared windows re-submitted to the
 device program alone (no reads, no launch lock), the GPU's pace on these windows.
 
 ``--profile N`` then runs N CCD calls in one thread under `torch.profiler` and prints where
@@ -44,6 +45,7 @@ from skyblink.engines.backends.select import torch_runner
 from skyblink.storage import NightStore, StoreLayout
 from skyblink.workers.gpu_units import GpuUnitProcessor
 from skyblink.workers.program_config import TileProgram
+from skyblink.workers.reference_cache import ReferenceCache
 from skyblink.workers.tile_unit import WorkUnit
 
 
@@ -57,8 +59,13 @@ def _rates(calls: list[list[WorkUnit]], wall: float) -> dict[str, float]:
     return {"wall_s": wall, "ccds_per_s": len(calls) / wall, "tiles_per_s": sum(len(units) for units in calls) / wall}
 
 
-def actor_round(processor: GpuUnitProcessor, store: NightStore, calls: list[list[WorkUnit]], threads: int) -> dict[str, Any]:
-    """Every call through prepare / launch (locked) / finish in ``threads`` at once; the round's figures."""
+def actor_round(processor: GpuUnitProcessor, store: NightStore, calls: list[list[WorkUnit]], threads: int, *,
+                revisit: bool = False) -> dict[str, Any]:
+    """Every call through prepare / launch (locked) / finish in ``threads`` at once; the round's figures.
+    A first visit (``revisit`` False) starts with no reference on the device; a revisit with those
+    the previous round left in the cache."""
+    if not revisit:
+        processor.references = ReferenceCache(processor.references.budget_bytes)
     device_lock = threading.Lock()
     before = dict(processor.seconds)
     busy0 = processor.pipeline.compute_seconds
@@ -74,7 +81,7 @@ def actor_round(processor: GpuUnitProcessor, store: NightStore, calls: list[list
     with ThreadPoolExecutor(threads) as pool:
         candidates = sum(pool.map(call, calls))
     torch.cuda.synchronize()
-    return {"calls at once": threads, **_rates(calls, time.perf_counter() - start),
+    return {"calls at once": threads, "visit": "again" if revisit else "first", **_rates(calls, time.perf_counter() - start),
             "gpu_busy_s": processor.pipeline.compute_seconds - busy0, "candidates": candidates,
             **{f"{k}_s": processor.seconds[k] - before[k] for k in before}}
 
@@ -129,11 +136,12 @@ def main() -> None:
         print(f"processor ready and warm in {time.perf_counter() - t0:.1f} s", flush=True)
         rows = [program_alone(processor, store, calls)]
         for threads in (int(t) for t in args.calls.split(",")):
-            rows += [actor_round(processor, store, calls, threads) for _ in range(args.rounds)]
+            for _ in range(args.rounds):
+                rows += [actor_round(processor, store, calls, threads), actor_round(processor, store, calls, threads, revisit=True)]
         rows.append(program_alone(processor, store, calls))  # the baseline again, after the rounds
         for r in rows:
             parts = ", ".join(f"{k[:-2]} {r[k]:.2f} s" for k in ("prepare_s", "launch_s", "finish_s") if k in r)
-            print(f"{r['calls at once']!s:>14}: {r['wall_s']:6.2f} s, {r['ccds_per_s']:5.1f} CCDs/s, {r['tiles_per_s']:6.0f} tiles/s, "
+            print(f"{r['calls at once']!s:>14} {r.get('visit', ''):>5}: {r['wall_s']:6.2f} s, {r['ccds_per_s']:5.1f} CCDs/s, {r['tiles_per_s']:6.0f} tiles/s, "
                   f"GPU busy {r['gpu_busy_s']:5.2f} s ({r['gpu_busy_s'] / r['wall_s']:4.0%})"
                   + (f", {r['candidates']} candidates; summed: {parts}" if parts else ""), flush=True)
         if args.profile:
