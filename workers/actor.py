@@ -307,7 +307,8 @@ class TileWorker:
 
             health["peak_device_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             pipeline = self._gpu.pipeline
-            seconds = {**self._gpu.seconds, "device_wait": pipeline.wait_seconds, "gpu": pipeline.compute_seconds}
+            seconds = {**self._gpu.seconds, "slot_wait": pipeline.slot_wait_seconds, "device_wait": pipeline.wait_seconds,
+                       "gpu": pipeline.compute_seconds}
             health["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
             health["references"] = self._gpu.references.stats()
         return health

@@ -112,7 +112,7 @@ class GpuUnitProcessor:
         blank = np.random.default_rng(0).poisson(1000.0, (self.batch, edge, edge)).astype(np.uint16)
         self.pipeline.collect(self.pipeline.submit(blank, program))
         torch.cuda.synchronize(self.device)
-        self.pipeline.wait_seconds = self.pipeline.compute_seconds = 0.0
+        self.pipeline.wait_seconds = self.pipeline.compute_seconds = self.pipeline.slot_wait_seconds = 0.0
 
     def _host_reference(self, store: NightStore, key: str, ccd: str) -> torch.Tensor:
         """The reference CCD as it crosses the bus, in pinned memory: 16-bit ADU as stored (as int16:

@@ -110,8 +110,12 @@ class TilePipeline:
         #: Seconds the host has spent waiting for the device's results.
         self.wait_seconds = 0.0
         #: Seconds the compute stream spent on the batches collected so far (from each batch's
-        #: start on the stream to its end, measured with CUDA events): the GPU's busy time.
+        #: start on the stream to its end, measured with CUDA events): the GPU's busy time, which
+        #: also counts any gap while the submitting thread was still queuing the batch's work.
         self.compute_seconds = 0.0
+        #: Seconds `submit` waited for a ring slot's previous batch (the device behind the host);
+        #: the rest of a submit's time is the host queuing work.
+        self.slot_wait_seconds = 0.0
 
     def submit(self, array: np.ndarray | torch.Tensor,
                program: Callable[[torch.Tensor, int], dict[str, torch.Tensor]] | None = None, *, index: int = 0) -> InFlight:
@@ -149,7 +153,9 @@ class TilePipeline:
             raise ValueError(msg)
         slot = self._submitted % self.slots
         self._submitted += 1
+        waiting = time.perf_counter()
         self.computed[slot].synchronize()  # the slot's previous batch is done with its buffers
+        self.slot_wait_seconds += time.perf_counter() - waiting  # one submitting thread: no lock
         if isinstance(array, torch.Tensor):
             source = array
         else:
