@@ -2,7 +2,7 @@
 The host side of a GPU actor's call, in threads: what one node's CPUs prepare a second.
 
     python benchmarks/host_prepare.py [--ccds 16] [--size 4096] [--threads 1,2,4,8,16]
-        [--codecs blosc-zstd:byte,blosc-lz4:bit] [--revisit] [--work DIR]
+        [--codecs blosc-zstd:byte,blosc-lz4:bit] [--revisit] [--units-per-call N] [--work DIR]
 
 A GPU actor prepares its calls in threads while one call holds the device (`GpuUnitProcessor.prepare`):
 per CCD the store's facts (`ccd_setup`), the read of the science CCD's region, the read of its
@@ -15,7 +15,10 @@ before) or as the store reads a local store now, on an event loop of the reading
 ``--codecs``, the same pixels stored with each named compressor and shuffle (``ingest.compressor``,
 ``ingest.shuffle``) and read the same ways. With ``--revisit``, the store's reader also runs as a
 field visited again does on a GPU actor that holds the references (`skyblink.workers.reference_cache`):
-no reference read, only the check of its stored version.
+no reference read, only the check of its stored version. With ``--units-per-call N`` each CCD's
+units go in calls of N (``night.units_per_call``), each call reading the region its windows cover
+and the reference, and also as the actor prepares them now: one read of a CCD's reference shared
+by its calls (`skyblink.workers.reference_cache.SharedReads`).
 
 Prints CCDs a second and tiles a second (16 tiles of 1024^2 a 4096^2 CCD), each step's time
 summed over threads, how many cores the process kept busy, and what share of the wall zarr's IO
@@ -43,6 +46,7 @@ import zarr.core.sync as zarr_sync
 from skyblink.storage import NightStore, StoreLayout, exposure_key, open_fits_exposure
 from skyblink.workers.align import control_points
 from skyblink.workers.program_config import TileProgram
+from skyblink.workers.reference_cache import SharedReads
 from skyblink.workers.tile_unit import WorkUnit, ccd_setup
 
 #: The program whose tiling the reads serve (the configuration's tile size and margin).
@@ -90,24 +94,33 @@ READERS: dict[str, Callable[[Any, tuple[slice, slice]], np.ndarray]] = {
     "zarr's IO loop (before)": _through_zarrs_loop, "reading thread (store)": _as_the_store_reads}
 
 
-def prepare_ccd(store: NightStore, exposure: str, ccd: str, read: Callable[..., np.ndarray],
-                seconds: dict[str, float], lock: threading.Lock, *, reference_held: bool = False) -> None:
-    """The host steps of one CCD of a GPU call, timed into ``seconds``; with ``reference_held``, as
-    when the device holds the reference: its stored version is checked instead of reading it."""
+def prepare_call(store: NightStore, exposure: str, ccd: str, units: list[WorkUnit], read: Callable[..., np.ndarray],
+                 seconds: dict[str, float], lock: threading.Lock, *, reference: str | SharedReads[Any] = "read") -> None:
+    """
+    The host steps of one GPU call of ``units`` of one CCD, timed into ``seconds``: the region their
+    windows cover (clipped to the CCD) and the reference, read (``"read"``), checked by its stored
+    version as when the device holds it (``"held"``), or read once for every call of the CCD
+    (a `SharedReads`, as the actor shares one read among the calls of a CCD prepared at once).
+    """
     marks = [time.perf_counter()]
     setup = ccd_setup(store, exposure, ccd)
     marks.append(time.perf_counter())
     image = store.image(exposure, ccd)
     ny, nx = image.shape
-    read(image, (slice(0, ny), slice(0, nx)))
-    marks.append(time.perf_counter())
-    if reference_held:
-        store.stored_version(setup.reference_key)  # what `GpuUnitProcessor.prepare` checks the cache with
-    else:
-        read(store.image(setup.reference_key, ccd), (slice(None), slice(None)))
-    marks.append(time.perf_counter())
     edge = PROGRAM.window_edge
-    for unit in ccd_units(store, exposure, ccd, (ny, nx)):
+    oys, oxs = [u.origin[0] for u in units], [u.origin[1] for u in units]
+    read(image, (slice(max(0, min(oys)), min(ny, max(oys) + edge)), slice(max(0, min(oxs)), min(nx, max(oxs) + edge))))
+    marks.append(time.perf_counter())
+    whole = (slice(None), slice(None))
+    if reference == "held":
+        store.stored_version(setup.reference_key)  # what `GpuUnitProcessor.prepare` checks the cache with
+    elif isinstance(reference, SharedReads):
+        key = (setup.reference_key, ccd)
+        reference.get(key, lambda: read(store.image(setup.reference_key, ccd), whole))
+    else:
+        read(store.image(setup.reference_key, ccd), whole)
+    marks.append(time.perf_counter())
+    for unit in units:
         control_points(setup.science_wcs, setup.reference_wcs, (edge, edge), origin=unit.origin)
     marks.append(time.perf_counter())
     with lock:
@@ -140,6 +153,9 @@ def main() -> None:
                         help="stores to read, as compressor:shuffle (ingest.compressor, ingest.shuffle), comma-separated")
     parser.add_argument("--revisit", action="store_true",
                         help="also read as a field visited again does, its reference held on the device")
+    parser.add_argument("--units-per-call", type=int, default=0,
+                        help="night.units_per_call: a CCD's units in calls of this many (default 0: one call a CCD); "
+                             "then also read each CCD's reference once for all its calls, as the actor shares it")
     parser.add_argument("--work", type=Path, default=Path("/tmp/host-prepare"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -152,39 +168,49 @@ def main() -> None:
         stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         print(f"store {path.name} ready in {time.perf_counter() - t0:.0f} s ({stored / 2**20:.0f} MiB); "
               f"{os.cpu_count()} CPUs", flush=True)
-        rows += _time_readers(store, codec, args.threads, args.rounds, revisit=args.revisit)
+        rows += _time_readers(store, codec, args.threads, args.rounds, revisit=args.revisit,
+                              units_per_call=args.units_per_call)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "host_prepare.json").write_text(json.dumps(rows, indent=1))
 
 
-def _time_readers(store: NightStore, codec: str, threads_list: str, rounds: int, *,
-                  revisit: bool = False) -> list[dict[str, Any]]:
-    """Each reader in 1..N threads over the store's exposure: one row a setting (also printed)."""
+def _time_readers(store: NightStore, codec: str, threads_list: str, rounds: int, *, revisit: bool = False,
+                  units_per_call: int = 0) -> list[dict[str, Any]]:
+    """Each reader in 1..N threads over the store's exposure's calls: one row a setting (also printed)."""
     exposure = exposure_of(store)
-    jobs = store.ccd_names(exposure) * rounds
-    tiles = sum(len(ccd_units(store, exposure, ccd)) for ccd in jobs)
+    ccds = store.ccd_names(exposure) * rounds
+    calls = []
+    for ccd in ccds:
+        units = ccd_units(store, exposure, ccd)
+        step = units_per_call or len(units)
+        calls += [(ccd, units[i : i + step]) for i in range(0, len(units), step)]
+    tiles = sum(len(units) for _, units in calls)
     rows: list[dict[str, Any]] = []
-    settings = [(reader, read, False) for reader, read in READERS.items()]
+    settings: list[tuple[str, Callable[..., np.ndarray], str]] = [(reader, read, "read") for reader, read in READERS.items()]
+    if units_per_call:
+        settings.append(("reference read once a CCD", _as_the_store_reads, "shared"))
     if revisit:
-        settings.append(("reference on the device", _as_the_store_reads, True))
-    for reader, read, held in settings:
+        settings.append(("reference on the device", _as_the_store_reads, "held"))
+    for reader, read, reference in settings:
         for threads in (int(t) for t in threads_list.split(",")):
             seconds: dict[str, float] = {}
             lock = threading.Lock()
             io_thread = _zarr_io_thread()
+            shared: SharedReads[Any] = SharedReads()  # a round's CCDs, as an actor that launched none of them yet
+            mode = shared if reference == "shared" else reference
             io0, cpu0, start = _thread_cpu_s(io_thread), sum(os.times()[:2]), time.perf_counter()
             with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda ccd: prepare_ccd(store, exposure, ccd, read, seconds, lock,  # noqa: B023
-                                                      reference_held=held), jobs))  # noqa: B023
+                list(pool.map(lambda call: prepare_call(store, exposure, call[0], call[1], read, seconds, lock,  # noqa: B023
+                                                        reference=mode), calls))  # noqa: B023
             wall = time.perf_counter() - start
             # What bounds the threads: the process's CPU (all cores busy?) and zarr's IO loop (one thread's work).
             process_cpu, io_cpu = sum(os.times()[:2]) - cpu0, _thread_cpu_s(io_thread) - io0
-            rows.append({"codec": codec, "reader": reader, "threads": threads, "ccds_per_s": len(jobs) / wall,
-                         "tiles_per_s": tiles / wall,
-                         "ms_per_ccd": {k: 1e3 * v / len(jobs) for k, v in seconds.items()},
+            rows.append({"codec": codec, "reader": reader, "threads": threads, "units_per_call": units_per_call or None,
+                         "ccds_per_s": len(ccds) / wall, "tiles_per_s": tiles / wall,
+                         "ms_per_ccd": {k: 1e3 * v / len(ccds) for k, v in seconds.items()},
                          "process_cpu_per_wall": process_cpu / wall, "zarr_io_thread_busy": io_cpu / wall})
             r = rows[-1]
-            print(f"{codec:<15} {reader:<24} {threads:>3} threads: {r['ccds_per_s']:6.1f} CCDs/s {r['tiles_per_s']:7.0f} tiles/s; "
+            print(f"{codec:<15} {reader:<25} {threads:>3} threads: {r['ccds_per_s']:6.1f} CCDs/s {r['tiles_per_s']:7.0f} tiles/s; "
                   f"cores busy {r['process_cpu_per_wall']:4.1f}, zarr's IO thread busy {r['zarr_io_thread_busy']:4.0%}; "
                   "summed ms a CCD: " + ", ".join(f"{k} {v:.0f}" for k, v in r["ms_per_ccd"].items()), flush=True)
     return rows

@@ -310,7 +310,7 @@ class TileWorker:
             seconds = {**self._gpu.seconds, "slot_wait": pipeline.slot_wait_seconds, "device_wait": pipeline.wait_seconds,
                        "gpu": pipeline.compute_seconds}
             health["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
-            health["references"] = self._gpu.references.stats()
+            health["references"] = self._gpu.reference_stats()
         return health
 
     def shutdown(self) -> None:

@@ -48,7 +48,7 @@ from .align import control_points
 from .device_program import make_device_program
 from .pipeline import Candidates, InFlight, TilePipeline, uint16_from_int16
 from .program_config import TileProgram
-from .reference_cache import ReferenceCache
+from .reference_cache import ReferenceCache, SharedReads
 from .tile_unit import CandidateRecord, WorkUnit, ccd_setup, process_tile
 
 __all__ = ["GpuUnitProcessor", "LaunchedCall", "PreparedCcd", "read_raw_region", "upsample_grid"]
@@ -99,6 +99,9 @@ class GpuUnitProcessor:
         else:
             budget = int(reference_cache_gib * 2**30)
         self.references = ReferenceCache(budget)
+        #: Reference CCDs read into pinned memory and not yet on the device: one read for the
+        #: calls of a CCD prepared at once (its units split over several calls).
+        self._host_references: SharedReads[torch.Tensor] = SharedReads()
 
     def _warm_up(self) -> None:
         """Run one batch of blank windows through the pipeline: kernels and allocator ready at start."""
@@ -143,7 +146,14 @@ class GpuUnitProcessor:
                     tensor = uint16_from_int16(tensor)
             tensor.record_stream(self.pipeline.compute_stream)
             self.references.add(held_as, tensor)
+        self._host_references.forget(held_as)  # on the device now: later calls find it there
         return tensor
+
+    def reference_stats(self) -> dict[str, float | int]:
+        """The reference CCDs: the device's cache (`ReferenceCache.stats`), the host's reads of them and
+        the calls that shared another call's read."""
+        return {**self.references.stats(), "host_reads": self._host_references.reads,
+                "shared_reads": self._host_references.shared}
 
     def process(self, units: Sequence[WorkUnit], store: NightStore) -> dict[str, list[CandidateRecord]]:
         """
@@ -202,7 +212,19 @@ class GpuUnitProcessor:
                    "saturate": spec.saturate, "read_noise": spec.read_noise, "scale": setup.flux_scale}
         # Held as its store's version too: a reference ingested again mid-night is read again.
         held_as = (store.url, reference_key, ccd, store.stored_version(reference_key))
-        reference = None if held_as in self.references else self._host_reference(store, reference_key, ccd)
+        reference = None
+        if held_as not in self.references:
+            reference = self._host_references.get(held_as, lambda: self._host_reference(store, reference_key, ccd))
+        try:
+            batches = self._host_batches(units, store, exposure, ccd, sci_wcs, ref_wcs)
+        except BaseException:
+            self._host_references.forget(held_as)  # not launched: nothing will forget it
+            raise
+        return PreparedCcd(units, reference_as=held_as, reference=reference, options=options, batches=batches)
+
+    def _host_batches(self, units: list[WorkUnit], store: NightStore, exposure: str, ccd: str, sci_wcs: Any,
+                      ref_wcs: Any) -> list[_HostBatch]:
+        """The CCD's windows in pinned memory, a device batch at a time, with their control points."""
         edge, b = self.edge, self.batch
         # One read of the region the group's windows cover: each stored chunk is decompressed once,
         # and the 16-bit pixels stay 16-bit up to the device.
@@ -230,7 +252,7 @@ class GpuUnitProcessor:
                 cols_in[slot] = (oxs[i] + offsets >= 0) & (oxs[i] + offsets < nx)
             points += [points[-1]] * (b - len(points))
             batches.append(_HostBatch(windows, np.stack(points).astype(np.float32), rows_in, cols_in))
-        return PreparedCcd(units, reference_as=held_as, reference=reference, options=options, batches=batches)
+        return batches
 
     def launch(self, prepared: Sequence[PreparedCcd], store: NightStore) -> LaunchedCall:
         """

@@ -6,18 +6,24 @@ CCD of every visit needs its reference CCD on the device. Read from the store, p
 4096^2 reference costs the host about half of what a CCD's preparation costs (its read ~60-70 ms
 of ~135 ms on one core, `benchmarks/host_prepare.py --revisit`); kept on the device, a revisit
 reads only its science pixels. The cache holds as many references as its byte budget allows,
-sized by the actor to the memory its device program leaves free.
+sized by the actor to the memory its device program leaves free. Before a reference reaches the
+device, the calls of its CCD being prepared at once (a CCD's units split over several calls)
+share one read of it (`SharedReads`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from typing import Generic, TypeVar
 
 import torch
 
-__all__ = ["ReferenceCache"]
+__all__ = ["ReferenceCache", "SharedReads"]
+
+T = TypeVar("T")
 
 
 class ReferenceCache:
@@ -107,3 +113,55 @@ class ReferenceCache:
         with self._lock:
             return {"held": len(self._held), "gib": round(self._bytes / 2**30, 3),
                     "budget_gib": round(self.budget_bytes / 2**30, 3), "hits": self.hits, "misses": self.misses}
+
+
+class SharedReads(Generic[T]):
+    """
+    Values read once per key however many threads ask at once: a thread asking for a key that
+    another is reading waits for that read and gets the same value. Thread-safe.
+
+    A value stays shared until `forget` (the GPU actor forgets a reference once it is on the
+    device, where the cache then serves it).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[Hashable, Future[T]] = {}
+        self._lock = threading.Lock()
+        #: Reads made, and asks answered by another thread's read.
+        self.reads = 0
+        self.shared = 0
+
+    def get(self, key: Hashable, read: Callable[[], T]) -> T:
+        """
+        The value of ``key``: read by ``read()`` unless a read of it is under way or done and not
+        forgotten.
+
+        Raises
+        ------
+        Exception
+            What ``read`` raised, in every thread that asked for that read (the key is then
+            forgotten, so that a later ask reads again).
+        """
+        with self._lock:
+            future = self._pending.get(key)
+            owner = future is None
+            if future is None:
+                future = self._pending[key] = Future()
+                self.reads += 1
+            else:
+                self.shared += 1
+        if not owner:
+            return future.result()
+        try:
+            value = read()
+        except BaseException as exc:
+            self.forget(key)
+            future.set_exception(exc)
+            raise
+        future.set_result(value)
+        return value
+
+    def forget(self, key: Hashable) -> None:
+        """Stop sharing ``key``'s value (threads that have it keep it)."""
+        with self._lock:
+            self._pending.pop(key, None)

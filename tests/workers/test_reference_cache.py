@@ -1,4 +1,7 @@
-"""The GPU actor's reference CCDs on the device: kept within a byte budget, least recently used out first."""
+"""
+The GPU actor's reference CCDs on the device: kept within a byte budget, least recently used out
+first; on the host, read once for the calls of a CCD prepared at once.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from skyblink.workers.reference_cache import ReferenceCache  # noqa: E402 - after the importorskip
+from skyblink.workers.reference_cache import ReferenceCache, SharedReads  # noqa: E402 - after the importorskip
 
 
 def _ccd(mib: int) -> torch.Tensor:
@@ -80,3 +83,58 @@ def test_threads_adding_and_getting_keep_the_bytes_consistent() -> None:
     held = [cache.get(k) for k in range(16)]
     assert cache.nbytes == sum(t.numel() * 4 for t in held if t is not None) <= cache.budget_bytes
     assert cache.hits + cache.misses == 4 * 200 + 16
+
+
+def test_calls_of_one_ccd_prepared_at_once_share_one_read_of_its_reference() -> None:
+    shared: SharedReads[torch.Tensor] = SharedReads()
+    started, release = threading.Event(), threading.Event()
+    reads = []
+
+    def read() -> torch.Tensor:
+        reads.append(1)
+        started.set()
+        release.wait(5)  # the read is slow: the other calls ask meanwhile
+        return _ccd(1)
+
+    got: list[torch.Tensor] = []
+    first = threading.Thread(target=lambda: got.append(shared.get("references/F0/ccd000", read)))
+    first.start()
+    assert started.wait(5)
+    others = [threading.Thread(target=lambda: got.append(shared.get("references/F0/ccd000", read))) for _ in range(3)]
+    for t in others:
+        t.start()
+    release.set()
+    for t in [first, *others]:
+        t.join()
+    assert len(reads) == 1 and len(got) == 4 and all(t is got[0] for t in got)
+    assert (shared.reads, shared.shared) == (1, 3)
+    shared.forget("references/F0/ccd000")  # on the device now: a later call would be served there
+    shared.get("references/F0/ccd000", read)
+    assert len(reads) == 2
+
+
+def test_a_failed_reference_read_fails_every_call_waiting_for_it_and_is_read_again_later() -> None:
+    shared: SharedReads[torch.Tensor] = SharedReads()
+    gate = threading.Event()
+
+    def broken() -> torch.Tensor:
+        gate.wait(5)
+        msg = "chunk checksum mismatch in references/F0/ccd000"
+        raise ValueError(msg)
+
+    errors: list[str] = []
+
+    def ask() -> None:
+        try:
+            shared.get("k", broken)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert errors == ["chunk checksum mismatch in references/F0/ccd000"] * 3
+    assert shared.get("k", lambda: _ccd(1)).numel() == 2**18  # the store was repaired: read anew
