@@ -420,6 +420,8 @@ def test_the_configmap_holds_a_file_the_cli_accepts(objects: Objects, tmp_path: 
     config = load_config(path, environ={k: v for k, v in env.items() if k != "SKYBLINK_CONFIG"})
     assert config.redis.password is not None and config.redis.password.get_secret_value() == "stand-in-secret"
     assert config.ray.address == "auto"
+    # The GPU workers take a whole 4096^2 CCD of 1024^2 tiles a call, in full device batches.
+    assert config.night.units_per_call >= 16 and config.night.units_per_call % config.night.device_batch == 0
     # The bundled Redis is where the configuration says.
     url = urlsplit(config.redis.url or "")
     service = find(objects, "Service", "skyblink-redis")
