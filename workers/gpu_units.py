@@ -4,11 +4,12 @@ Work units on the GPU: the worker actor's pipelined path.
 `GpuUnitProcessor` holds one `TilePipeline` (pinned ring and device buffers sized once, for
 ``batch`` windows of the work units' edge) and the reference CCDs resident on the device
 (`skyblink.workers.reference_cache`: as many as the memory the program leaves allows, so that a
-field visited again reads only its science pixels). Units of one exposure CCD share the reference and the calibration, so they are batched
-together: the raw 16-bit windows cross the bus, the device program
-(`skyblink.workers.device_program`) runs on the compute stream while the next batch is copied,
-and only candidate records and stamps come back. Candidates are kept where their pixel lies in the
-unit's core, as on the CPU (`process_tile`), so each source is reported once.
+field visited again reads only its science pixels). Units of one exposure CCD share the
+reference and the calibration, so they are batched together: the raw 16-bit windows cross the
+bus, the device program (`skyblink.workers.device_program`) runs on the compute stream while the
+next batch is copied, and only candidate records and stamps come back. Candidates are kept where
+their pixel lies in the unit's core, as on the CPU (`process_tile`), so each source is reported
+once.
 
 Notes
 -----
