@@ -146,6 +146,8 @@ class GpuUnitProcessor:
                 if tensor.dtype == torch.int16:  # 16-bit ADU: torch has few uint16 kernels, sent as int16
                     tensor = uint16_from_int16(tensor)
             tensor.record_stream(self.pipeline.compute_stream)
+            # Another version of this reference (ingested again) is no longer wanted.
+            self.references.discard(lambda other: other[:3] == held_as[:3] and other != held_as)  # type: ignore[index]
             self.references.add(held_as, tensor)
         self._host_references.forget(held_as)  # on the device now: later calls find it there
         return tensor

@@ -108,6 +108,16 @@ class ReferenceCache:
                 _, evicted = self._held.popitem(last=False)
                 self._bytes -= evicted.numel() * evicted.element_size()
 
+    def discard(self, match: Callable[[Hashable], bool]) -> int:
+        """Drop every held tensor whose key ``match`` accepts (a reference ingested again: its old
+        versions); return how many."""
+        with self._lock:
+            gone = [key for key in self._held if match(key)]
+            for key in gone:
+                old = self._held.pop(key)
+                self._bytes -= old.numel() * old.element_size()
+            return len(gone)
+
     def stats(self) -> dict[str, float | int]:
         """What the actor reports: references held, GiB held and budgeted, hits and misses so far."""
         with self._lock:

@@ -59,6 +59,10 @@ def test_a_reference_ingested_again_is_a_new_entry_and_replacing_one_counts_its_
     assert cache.get(("s", "references/F0", "ccd000", "write-2")) is None  # another version: read again
     cache.add(("s", "references/F0", "ccd000", "write-1"), _ccd(3))
     assert cache.nbytes == 3 * 2**20 and len(cache) == 1
+    # The actor drops the old version when it sends the new one (`GpuUnitProcessor`).
+    cache.add(("s", "references/F1", "ccd000", "write-1"), _ccd(1))
+    assert cache.discard(lambda key: key[:3] == ("s", "references/F0", "ccd000")) == 1  # type: ignore[index]
+    assert len(cache) == 1 and cache.nbytes == 2**20
 
 
 def test_a_negative_budget_is_refused_with_its_value() -> None:
