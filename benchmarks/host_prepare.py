@@ -5,7 +5,8 @@ The host side of a GPU actor's call, in threads: what one node's CPUs prepare a 
         [--codecs blosc-zstd:byte,blosc-lz4:bit] [--revisit] [--units-per-call N] [--work DIR]
 
 A GPU actor prepares its calls in threads while one call holds the device (`GpuUnitProcessor.prepare`):
-per CCD the store's facts (`ccd_setup`), the read of the science CCD's region, the read of its
+per CCD the store's facts (`ccd_setup`), its windows read from the science CCD
+(`skyblink.workers.gpu_units.read_windows`, one read of the region they cover), the read of its
 reference CCD and the windows' control points. A night's dispatch is bound by this when the GPU
 is faster than the threads together. This times those steps over a simulated exposure of
 ``--ccds`` CCDs and its reference, in 1..N threads, with each read either through zarr's
@@ -45,6 +46,7 @@ import zarr.core.sync as zarr_sync
 
 from skyblink.storage import NightStore, StoreLayout, exposure_key, open_fits_exposure
 from skyblink.workers.align import control_points
+from skyblink.workers.gpu_units import read_windows
 from skyblink.workers.program_config import TileProgram
 from skyblink.workers.reference_cache import SharedReads
 from skyblink.workers.tile_unit import WorkUnit, ccd_setup
@@ -82,49 +84,52 @@ def ccd_units(store: NightStore, exposure: str, ccd: str, shape: tuple[int, ...]
     return WorkUnit.tiling(store.url, exposure, ccd, shape, size=PROGRAM.tile_size, margin=PROGRAM.margin)
 
 
-def _through_zarrs_loop(image: Any, selection: tuple[slice, slice]) -> np.ndarray:
-    return np.asarray(image.array[selection])  # zarr's synchronous API: every thread's read runs on zarr's IO loop
+def _through_zarrs_loop(image: Any) -> Any:
+    return image.array  # zarr's synchronous API: every thread's read runs on zarr's IO loop
 
 
-def _as_the_store_reads(image: Any, selection: tuple[slice, slice]) -> np.ndarray:
-    return np.asarray(image[selection])  # `skyblink.storage.night_store.read_in_this_thread`
+def _as_the_store_reads(image: Any) -> Any:
+    return image  # `skyblink.storage.night_store.read_in_this_thread`
 
 
-READERS: dict[str, Callable[[Any, tuple[slice, slice]], np.ndarray]] = {
+#: How a stored image is read: the array whose slices are taken.
+READERS: dict[str, Callable[[Any], Any]] = {
     "zarr's IO loop (before)": _through_zarrs_loop, "reading thread (store)": _as_the_store_reads}
 
 
-def prepare_call(store: NightStore, exposure: str, ccd: str, units: list[WorkUnit], read: Callable[..., np.ndarray],
+def prepare_call(store: NightStore, exposure: str, ccd: str, units: list[WorkUnit], read: Callable[[Any], Any],
                  seconds: dict[str, float], lock: threading.Lock, *, reference: str | SharedReads[Any] = "read") -> None:
     """
-    The host steps of one GPU call of ``units`` of one CCD, timed into ``seconds``: the region their
-    windows cover (clipped to the CCD) and the reference, read (``"read"``), checked by its stored
+    The host steps of one GPU call of ``units`` of one CCD, timed into ``seconds``: their windows
+    read as the actor reads them (`skyblink.workers.gpu_units.read_windows`, into host memory here,
+    pinned there) and the reference, read (``"read"``), checked by its stored
     version as when the device holds it (``"held"``), or read once for every call of the CCD
     (a `SharedReads`, as the actor shares one read among the calls of a CCD prepared at once).
     """
     marks = [time.perf_counter()]
     setup = ccd_setup(store, exposure, ccd)
     marks.append(time.perf_counter())
-    image = store.image(exposure, ccd)
-    ny, nx = image.shape
     edge = PROGRAM.window_edge
-    oys, oxs = [u.origin[0] for u in units], [u.origin[1] for u in units]
-    read(image, (slice(max(0, min(oys)), min(ny, max(oys) + edge)), slice(max(0, min(oxs)), min(nx, max(oxs) + edge))))
+    windows = np.empty((len(units), edge, edge), np.uint16)
+    read_windows(read(store.image(exposure, ccd)), [u.origin for u in units], edge, list(windows))
     marks.append(time.perf_counter())
-    whole = (slice(None), slice(None))
+
+    def read_reference() -> np.ndarray:
+        return np.asarray(read(store.image(setup.reference_key, ccd))[:, :])
+
     if reference == "held":
         store.stored_version(setup.reference_key)  # what `GpuUnitProcessor.prepare` checks the cache with
     elif isinstance(reference, SharedReads):
-        key = (setup.reference_key, ccd)
-        reference.get(key, lambda: read(store.image(setup.reference_key, ccd), whole))
+        reference.get((setup.reference_key, ccd), read_reference)
     else:
-        read(store.image(setup.reference_key, ccd), whole)
+        read_reference()
     marks.append(time.perf_counter())
     for unit in units:
         control_points(setup.science_wcs, setup.reference_wcs, (edge, edge), origin=unit.origin)
     marks.append(time.perf_counter())
     with lock:
-        for name, t0, t1 in zip(("ccd_setup", "science read", "reference read", "control points"), marks, marks[1:], strict=False):
+        for name, t0, t1 in zip(("ccd_setup", "science windows", "reference read", "control points"), marks, marks[1:],
+                                strict=False):
             seconds[name] = seconds.get(name, 0.0) + t1 - t0
 
 
@@ -186,7 +191,7 @@ def _time_readers(store: NightStore, codec: str, threads_list: str, rounds: int,
         calls += [(ccd, units[i : i + step]) for i in range(0, len(units), step)]
     tiles = sum(len(units) for _, units in calls)
     rows: list[dict[str, Any]] = []
-    settings: list[tuple[str, Callable[..., np.ndarray], str]] = [(reader, read, "read") for reader, read in READERS.items()]
+    settings: list[tuple[str, Callable[[Any], Any], str]] = [(reader, read, "read") for reader, read in READERS.items()]
     if units_per_call:
         settings.append(("reference read once a CCD", _as_the_store_reads, "shared"))
     if revisit:
