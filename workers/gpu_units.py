@@ -134,7 +134,7 @@ class GpuUnitProcessor:
                           host: torch.Tensor | None) -> torch.Tensor:
         """The reference CCD ``held_as`` (store url, key, CCD, `NightStore.stored_version`) on the
         device: from the cache, else sent from ``host`` (read now if None) and cached."""
-        tensor = self.references.get(held_as)
+        tensor = self.references.get(held_as[:3], held_as[3])
         if tensor is None:
             _, key, ccd, _ = held_as
             image = host if host is not None else self._host_reference(store, key, ccd)
@@ -146,9 +146,7 @@ class GpuUnitProcessor:
                 if tensor.dtype == torch.int16:  # 16-bit ADU: torch has few uint16 kernels, sent as int16
                     tensor = uint16_from_int16(tensor)
             tensor.record_stream(self.pipeline.compute_stream)
-            # Another version of this reference (ingested again) is no longer wanted.
-            self.references.discard(lambda other: other[:3] == held_as[:3] and other != held_as)  # type: ignore[index]
-            self.references.add(held_as, tensor)
+            self.references.add(held_as[:3], tensor, held_as[3])  # replaces another version held
         self._host_references.forget(held_as)  # on the device now: later calls find it there
         return tensor
 
@@ -216,7 +214,7 @@ class GpuUnitProcessor:
         # Held as its store's version too: a reference ingested again mid-night is read again.
         held_as = (store.url, reference_key, ccd, store.stored_version(reference_key))
         reference = None
-        if held_as not in self.references:
+        if not self.references.holds(held_as[:3], held_as[3]):
             reference = self._host_references.get(held_as, lambda: self._host_reference(store, reference_key, ccd))
         try:
             batches = self._host_batches(units, store, exposure, ccd, sci_wcs, ref_wcs)

@@ -30,6 +30,10 @@ class ReferenceCache:
     """
     Tensors by key within a byte budget, least recently used evicted first. Thread-safe.
 
+    Each tensor is held with the version of what it was read from (`NightStore.stored_version`):
+    a lookup for another version misses, and adding one replaces the tensor held for its key, so a
+    reference ingested again is read again and its old pixels leave the device.
+
     Parameters
     ----------
     budget_bytes : int
@@ -53,17 +57,18 @@ class ReferenceCache:
             msg = f"reference cache budget must be >= 0 bytes, got {budget_bytes}"
             raise ValueError(msg)
         self.budget_bytes = int(budget_bytes)
-        self._held: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._held: OrderedDict[Hashable, tuple[object, torch.Tensor]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         #: Lookups that found their reference held, and those that did not (`get`).
         self.hits = 0
         self.misses = 0
 
-    def __contains__(self, key: Hashable) -> bool:
-        """Whether ``key`` is held (a peek: neither counted nor made recent)."""
+    def holds(self, key: Hashable, version: object = None) -> bool:
+        """Whether ``key`` is held at ``version`` (a peek: neither counted nor made recent)."""
         with self._lock:
-            return key in self._held
+            found = self._held.get(key)
+            return found is not None and found[0] == version
 
     def __len__(self) -> int:
         with self._lock:
@@ -75,48 +80,38 @@ class ReferenceCache:
         with self._lock:
             return self._bytes
 
-    def get(self, key: Hashable) -> torch.Tensor | None:
+    def get(self, key: Hashable, version: object = None) -> torch.Tensor | None:
         """
-        The tensor held for ``key`` (made the most recent), or None; counted as a hit or a miss.
+        The tensor held for ``key`` at ``version`` (made the most recent), or None; counted as a
+        hit or a miss.
 
         Returns
         -------
         tensor or None
         """
         with self._lock:
-            tensor = self._held.get(key)
-            if tensor is None:
+            found = self._held.get(key)
+            if found is None or found[0] != version:
                 self.misses += 1
                 return None
             self.hits += 1
             self._held.move_to_end(key)
-            return tensor
+            return found[1]
 
-    def add(self, key: Hashable, tensor: torch.Tensor) -> None:
+    def add(self, key: Hashable, tensor: torch.Tensor, version: object = None) -> None:
         """
-        Hold ``tensor`` for ``key`` (replacing what it held), evicting the least recently used
-        others until the held bytes fit the budget.
+        Hold ``tensor`` for ``key`` at ``version`` (replacing what it held, of any version),
+        evicting the least recently used others until the held bytes fit the budget.
         """
-        size = tensor.numel() * tensor.element_size()
         with self._lock:
             old = self._held.pop(key, None)
             if old is not None:
-                self._bytes -= old.numel() * old.element_size()
-            self._held[key] = tensor
-            self._bytes += size
+                self._bytes -= old[1].nbytes
+            self._held[key] = (version, tensor)
+            self._bytes += tensor.nbytes
             while self._bytes > self.budget_bytes and len(self._held) > 1:
-                _, evicted = self._held.popitem(last=False)
-                self._bytes -= evicted.numel() * evicted.element_size()
-
-    def discard(self, match: Callable[[Hashable], bool]) -> int:
-        """Drop every held tensor whose key ``match`` accepts (a reference ingested again: its old
-        versions); return how many."""
-        with self._lock:
-            gone = [key for key in self._held if match(key)]
-            for key in gone:
-                old = self._held.pop(key)
-                self._bytes -= old.numel() * old.element_size()
-            return len(gone)
+                _, (_, evicted) = self._held.popitem(last=False)
+                self._bytes -= evicted.nbytes
 
     def stats(self) -> dict[str, float | int]:
         """What the actor reports: references held, GiB held and budgeted, hits and misses so far."""
