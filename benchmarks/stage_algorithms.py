@@ -19,8 +19,9 @@ hits of 1-3 pixels per tile, in electrons):
    as two installed wheels side by side).
 
 ``--compare`` also runs the previous algorithm (kept here only for this comparison: the
-histogram passes as they were before issue 23's second session, ~77 operations each, and the
-dense 5x5 masked median on every pixel of every pass), interleaved with the current one, and
+histogram passes as they were before issue 23's second session, ~77 operations each, and every
+L.A.Cosmic pass over the whole tile, as before 2026-12-08: `detect_cosmics_tensor` with
+``dense_passes=4``), interleaved with the current one, and
 checks that both give the same tensors bit for bit. Torch runs eagerly (``set_fusion(False)``)
 unless ``--fused``, which compiles the fused steps on CUDA as the device program does. Prints a
 table; writes JSON to ``$OUT/stage_algorithms.json`` when ``OUT`` is set.
@@ -50,6 +51,9 @@ from skyblink.workers import tile_program as tp
 from skyblink.workers.fused import set_fusion
 
 PASSES = 24  # skyblink.workers.device_program.BACKGROUND_PASSES
+COSMICS_PASSES = 4  # detect_cosmics_tensor's niter in the device program
+#: `detect_cosmics_tensor`'s passes over the whole tile: the shipped `cosmics.DENSE_PASSES`, or all of them (previous).
+COSMICS = {"dense_passes": cr.DENSE_PASSES}
 VIEWS = frozenset({
     "aten::view", "aten::reshape", "aten::expand", "aten::select", "aten::slice", "aten::unbind", "aten::unsqueeze",
     "aten::as_strided", "aten::squeeze", "aten::detach", "aten::alias", "aten::t", "aten::transpose", "aten::permute",
@@ -120,56 +124,15 @@ def previous_histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: to
     return mode, sig
 
 
-def _lowest_plan(n: int, keep: int) -> tuple[tuple[int, int, bool, bool], ...]:
-    need = set(range(keep))
-    plan = []
-    for i, j in reversed(cr._sorting_network(n)):
-        low, high = i in need, j in need
-        if low or high:
-            plan.append((i, j, low, high))
-            need |= {i, j}
-    return tuple(reversed(plan))
-
-
-_LOWEST_13_OF_25 = _lowest_plan(25, 13)
-
-
-def previous_clean(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tensor, fallback: torch.Tensor,
-                   capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`cosmics._clean_dense` as of 9852eff: the lowest 13 of a 25-wire sorting network at every pixel (no capacity)."""
-    del capacity
-    _, h, w = data.shape
-    inf = float("inf")
-    padded = F.pad(torch.where(exclude, torch.full_like(data, inf), data)[:, None], (2, 2, 2, 2), value=inf)[:, 0]
-    wires: list[Any] = [padded[:, dy : dy + h, dx : dx + w] for dy in range(5) for dx in range(5)]
-    count = sum((v != inf).to(torch.int32) for v in wires)
-    for i, j, low, high in _LOWEST_13_OF_25:
-        a, b = wires[i], wires[j]
-        wires[i] = torch.minimum(a, b) if low else None
-        wires[j] = torch.maximum(a, b) if high else None
-    lo = (count - 1).clamp(min=0) // 2
-    hi = count // 2
-
-    def rank(r: torch.Tensor) -> torch.Tensor:
-        out = wires[0]
-        for k in range(1, 13):
-            out = torch.where(r == k, wires[k], out)
-        return out
-
-    med = (rank(lo) + rank(hi)) * 0.5
-    med = torch.where(count > 0, med, fallback[:, None, None].expand_as(med))
-    return torch.where(replace, med, data), torch.zeros(data.shape[0], dtype=torch.bool, device=data.device)
-
-
 @contextlib.contextmanager
 def previous_algorithms() -> Iterator[None]:
     """Run the stages with the previous algorithms (module attributes swapped for the duration)."""
-    saved = tp._histogram_mode, cr._clean_sparse
-    tp._histogram_mode, cr._clean_sparse = previous_histogram_mode, previous_clean
+    saved = tp._histogram_mode, COSMICS["dense_passes"]
+    tp._histogram_mode, COSMICS["dense_passes"] = previous_histogram_mode, COSMICS_PASSES
     try:
         yield
     finally:
-        tp._histogram_mode, cr._clean_sparse = saved
+        tp._histogram_mode, COSMICS["dense_passes"] = saved
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -297,7 +260,8 @@ def main() -> None:
 
 
 def detect_cosmics(tiles: dict[str, torch.Tensor]) -> cr.Cosmics:
-    return cr.detect_cosmics_tensor(tiles["science"], read_noise=5.0, mask=tiles["saturated"])
+    return cr.detect_cosmics_tensor(tiles["science"], read_noise=5.0, mask=tiles["saturated"],
+                                    dense_passes=COSMICS["dense_passes"])
 
 
 def _flat(value: Any) -> list[torch.Tensor]:

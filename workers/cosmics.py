@@ -38,9 +38,12 @@ Notes
 -----
 The numpy version runs passes after the first only in windows around the pixels the previous
 cleaning changed (one pass's mask at a pixel depends on the image within 6 pixels). The torch
-version computes the detection densely with elementwise min/max on shifted views (no sort, no
-per-pixel window tensors), and never synchronises with the host: it runs all ``niter`` passes
-(a pass after one that flagged nothing new changes nothing) and cleans only the flagged pixels,
+version computes the detection with elementwise min/max on shifted views (no sort, no per-pixel
+window tensors), and never synchronises with the host: it runs all ``niter`` passes (a pass after
+one that flagged nothing new changes nothing), the first `DENSE_PASSES` over the whole tile and
+the later ones, as numpy does, only near what the cleaning changed, in a fixed number of 32x32
+blocks a tile (`REPASS_CAPACITY`; the third and fourth passes of a 1024x1024 tile then cost about
+a fifth of a dense one each, measured on the CPU), and cleans only the flagged pixels,
 through a fixed-capacity index of them per tile (a cumulative count gives each its slot; their
 5x5 neighbourhoods are gathered and sorted), so a CUDA graph can hold the loop; a tile flagging
 more than the capacity in a pass is reported (`Cosmics.overflow`). It gives the same mask and
@@ -52,6 +55,7 @@ Thread-safe; no global state.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -74,7 +78,7 @@ else:
 
 from .fused import fused
 
-__all__ = ["CLEANING_CAPACITY", "Cosmics", "detect_cosmics", "detect_cosmics_tensor", "persistent_pixels"]
+__all__ = ["CLEANING_CAPACITY", "DENSE_PASSES", "REPASS_CAPACITY", "Cosmics", "detect_cosmics", "detect_cosmics_tensor", "persistent_pixels"]
 
 #: Fraction of a tile's pixels that the torch version's cleaning has slots for (`detect_cosmics_tensor`'s
 #: ``capacity``): the gather and sort of each slot's 5x5 neighbourhood cost the same whether a slot is used or
@@ -83,6 +87,23 @@ __all__ = ["CLEANING_CAPACITY", "Cosmics", "detect_cosmics", "detect_cosmics_ten
 #: 0.37-0.41 % at 20 times its cosmic-ray rate (the tests' frames): 1/64 (1.6 %) is 3.9 times the last and 8
 #: times the simulator's own, and a tile beyond it is reported (`Cosmics.overflow`) and its flags masked.
 CLEANING_CAPACITY = 1 / 64
+#: Passes of the torch version computed over the whole tile; later passes recompute only the
+#: blocks within reach of the pixels the previous cleaning changed (`_restep_tensor`). Measured
+#: with `detect_cosmics` on the 1024x1024 tiles of a simulated 2048^2 frame (benchmarks/cosmics_repass.py):
+#: the second pass must look again at 13.0 % of a tile's 32x32 blocks at the simulator's cosmic-ray
+#: rate (14.3 % at most), 26.5 % at 10x and 40.5 % at 20x (22.1 % of the real SAAO raw frame of
+#: shared/data/ccdproc), too many to gain from a fixed-capacity window pass; the third 1.0 %, 5.2 %
+#: and 11.9 % (3.7 %), the fourth under 2 %.
+DENSE_PASSES = 2
+#: Fraction of a tile's blocks that each pass after `DENSE_PASSES` recomputes (`detect_cosmics_tensor`'s
+#: ``repass_capacity``): 1/8 holds every tile measured up to 10x the simulator's cosmic-ray rate
+#: (7.1 % at most, over two exposures) and the real frame; a tile that needs more is reported
+#: (`Cosmics.overflow`) and its other blocks keep the previous pass's flags.
+REPASS_CAPACITY = 1 / 8
+#: Side of those blocks (pixels). Each is recomputed in a window `_REACH` pixels wider on each
+#: side: (32 + 12)^2 / 32^2 = 1.9 times its pixels, so a pass over 1/8 of the blocks costs about
+#: a quarter of a dense one.
+_BLOCK = 32
 #: A pass's mask at a pixel depends on the image within this many pixels (Chebyshev).
 _REACH = 6
 #: Extra context read around each window of the later passes.
@@ -445,6 +466,75 @@ def _step_tensor(current: torch.Tensor, crmask: torch.Tensor, data: torch.Tensor
     return crmask, cleaned, overflow
 
 
+def _repass_tensor(current: torch.Tensor, previous: torch.Tensor, bad: torch.Tensor, gain: float, read_noise_sq: Any,
+                   sigclip: float, low: float, objlim: float, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    A detection pass recomputed only where the cleaning changed the image: (the pass's mask on the
+    recomputed blocks, False elsewhere; the (B,) tiles with more blocks to recompute than ``capacity``).
+
+    A pass's mask at a pixel depends on the image within `_REACH` pixels, so only the `_BLOCK`-square
+    blocks within that reach of a pixel where ``current`` differs from ``previous`` can change. Each
+    tile gives its first ``capacity`` such blocks a slot in block order (a cumulative count), gathers
+    each slot's window (the block and `_REACH` pixels around it, moved inside the tile at its edges,
+    so a window's edge is either `_REACH` from the block or the tile's own edge and its padding
+    the tile's), runs `_pass_tensor` on all windows as one batch and scatters the blocks back:
+    the dense pass's mask on those blocks, bit for bit. Fixed shapes, no host sync. A partial last
+    block row or column is moved inside the tile too (its pixels overlap its neighbour's, with the
+    same values).
+    """
+    b, h, w = current.shape
+    block, halo = _BLOCK, _REACH
+    side = block + 2 * halo
+    rows, cols = -(-h // block), -(-w // block)
+    nb = rows * cols
+    k = min(int(capacity), nb)
+    device = current.device
+    # A block is touched when a changed pixel lies within `halo` of it (its aligned extent: every pixel of the
+    # tile is in one aligned block, and the block moved inside the tile covers it).
+    changed = F.pad((current != previous)[:, None].to(torch.float32), (halo, cols * block - w + halo, halo, rows * block - h + halo))
+    touched = F.max_pool2d(changed, block + 2 * halo, stride=block)[:, 0].reshape(b, nb) > 0
+    rank = touched.to(torch.int32).cumsum(1, dtype=torch.int32) - 1
+    slot = torch.where(touched & (rank < k), rank, k).to(torch.int64)
+    blocks = torch.arange(nb, device=device).expand(b, nb)
+    index = torch.full((b, k + 1), nb, dtype=torch.int64, device=device).scatter(1, slot, blocks)[:, :k]
+    overflow = rank[:, -1] >= k
+    used = index < nb
+    at = index.clamp(max=nb - 1)
+    y0 = ((at // cols) * block).clamp(max=h - block)
+    x0 = ((at % cols) * block).clamp(max=w - block)
+    wy, wx = (y0 - halo).clamp(min=0, max=h - side), (x0 - halo).clamp(min=0, max=w - side)
+    steps = torch.arange(side, device=device)
+    inside = (steps[:, None] * w + steps[None, :]).reshape(side * side)
+    where = ((wy * w + wx)[:, :, None] + inside).reshape(b, k * side * side)
+    image = current.reshape(b, h * w).gather(1, where).reshape(b * k, side, side)
+    known = bad.reshape(b, h * w).gather(1, where).reshape(b * k, side, side)
+    found = _pass_tensor(image, known, gain, read_noise_sq, sigclip, low, objlim).reshape(b, k, side * side)
+    core = torch.arange(block, device=device)
+    in_window = ((y0 - wy) * side + (x0 - wx))[:, :, None] + (core[:, None] * side + core[None, :]).reshape(block * block)
+    in_tile = (y0 * w + x0)[:, :, None] + (core[:, None] * w + core[None, :]).reshape(block * block)
+    in_tile = torch.where(used[:, :, None], in_tile, h * w)  # unused slots write to a dropped column
+    values = found.gather(2, in_window)
+    out = torch.zeros((b, h * w + 1), dtype=torch.bool, device=device).scatter(1, in_tile.reshape(b, -1), values.reshape(b, -1))
+    return out[:, : h * w].reshape(b, h, w), overflow
+
+
+@fused
+def _restep_tensor(current: torch.Tensor, previous: torch.Tensor, crmask: torch.Tensor, data: torch.Tensor,
+                   bad: torch.Tensor, unusable: torch.Tensor, fallback: torch.Tensor, read_noise_sq: Any, gain: float,
+                   sigclip: float, low: float, objlim: float, capacity: int,
+                   blocks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    `_step_tensor` with the detection recomputed only near the pixels the last cleaning changed
+    (`_repass_tensor`, at most ``blocks`` blocks a tile): elsewhere the previous passes' flags stand,
+    as a dense pass would find them again. Returns the grown mask, the cleaned image and the tiles
+    over either capacity (fused on CUDA).
+    """
+    found, over_blocks = _repass_tensor(current, previous, bad, gain, read_noise_sq, sigclip, low, objlim, blocks)
+    crmask = crmask | found
+    cleaned, overflow = _clean_sparse(data, crmask, crmask | unusable, fallback, capacity)
+    return crmask, cleaned, overflow | over_blocks
+
+
 @fused
 def _prepared_tensor(raw: torch.Tensor, given: torch.Tensor, protect: int) -> tuple[torch.Tensor, ...]:
     """
@@ -519,7 +609,8 @@ def _clean_sparse(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tens
 def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Tensor, gain: float = 1.0,
                           mask: torch.Tensor | None = None,
                           sigclip: float = 5.0, sigfrac: float = 0.3, objlim: float = 8.0, niter: int = 4,
-                          protect: int = 2, capacity: int | None = None) -> Cosmics:
+                          protect: int = 2, capacity: int | None = None, dense_passes: int = DENSE_PASSES,
+                          repass_capacity: float = REPASS_CAPACITY) -> Cosmics:
     """
     `detect_cosmics` in torch, for one frame or a batch of tiles on any device.
 
@@ -538,15 +629,22 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
         Most flagged pixels per tile that a pass cleans (the cleaning works only there, in fixed
         shapes). Default: `CLEANING_CAPACITY` of the tile's pixels, at least 1,024 (16,384 for 1024x1024);
         ``H * W`` can never overflow.
+    dense_passes : int
+        Passes computed over the whole tile (at least 1); each later pass recomputes only the
+        32x32 blocks within reach of the pixels the previous cleaning changed, which gives the
+        same flags. ``niter`` makes every pass dense.
+    repass_capacity : float
+        Fraction of a tile's blocks (in (0, 1]) that a later pass has slots for; 1 never overflows.
 
     Returns
     -------
     Cosmics
         ``mask`` (bool tensor) and ``cleaned`` (float32 tensor) of ``images``' shape, equal to
         `detect_cosmics`'s on the CPU; ``overflow`` (bool tensor, one per tile, 0-d for one
-        frame) is True for a tile where a pass flagged more than ``capacity`` pixels: its
-        pixels beyond the capacity were not cleaned, so its mask and cleaned image may differ
-        from numpy's (never seen on survey frames; check it, it costs no host sync to carry).
+        frame) is True for a tile where a pass flagged more than ``capacity`` pixels (its pixels
+        beyond the capacity were not cleaned) or a later pass had more blocks to recompute than
+        ``repass_capacity`` (its other blocks kept the previous pass's flags): its mask and
+        cleaned image may differ from numpy's (check it, it costs no host sync to carry).
 
     Raises
     ------
@@ -571,6 +669,13 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
     if capacity < 1:
         msg = f"capacity must be at least 1 pixel, got {capacity!r}"
         raise ValueError(msg)
+    if dense_passes < 1:
+        msg = f"dense_passes must be at least 1, got {dense_passes!r}"
+        raise ValueError(msg)
+    if not 0 < repass_capacity <= 1:
+        msg = f"repass_capacity must be in (0, 1], got {repass_capacity!r}"
+        raise ValueError(msg)
+    blocks = max(1, math.ceil(-(-height // _BLOCK) * -(-width // _BLOCK) * repass_capacity))
     finite, unusable, bad, fallback, data = _prepared_tensor(raw, given, protect)
     current = data
     crmask = torch.zeros_like(bad)
@@ -579,9 +684,17 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
     # result is numpy's, which stops there.
     p = params
     overflow = torch.zeros(raw.shape[0], dtype=torch.bool, device=raw.device)
-    for _ in range(niter):
-        crmask, current, over = _step_tensor(current, crmask, data, bad, unusable, fallback, p.read_noise_sq, p.gain,
-                                             p.sigclip, p.low, p.objlim, capacity)
+    by_blocks = height >= _BLOCK + 2 * _REACH and width >= _BLOCK + 2 * _REACH
+    looked_at = data  # the image the last pass looked at, before its cleaning
+    for i in range(niter):
+        if i < dense_passes or not by_blocks:
+            step = _step_tensor(current, crmask, data, bad, unusable, fallback, p.read_noise_sq, p.gain, p.sigclip, p.low,
+                                p.objlim, capacity)
+        else:
+            step = _restep_tensor(current, looked_at, crmask, data, bad, unusable, fallback, p.read_noise_sq, p.gain,
+                                  p.sigclip, p.low, p.objlim, capacity, blocks)
+        looked_at = current
+        crmask, current, over = step
         overflow = overflow | over
     cleaned = torch.where(finite, current, raw)
     return Cosmics(mask=crmask[0] if single else crmask, cleaned=cleaned[0] if single else cleaned,

@@ -140,7 +140,7 @@ def _calibrated(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tens
     Calibration, cosmic rays and the warp: (science in electrons, its bad pixels, the pixels where
     no candidate may stand, the reference on the tiles' grid), each (B, H, W). The last mask holds
     the saturated or unusable-flat pixels, and the cosmic-ray pixels of a tile whose flags
-    overflowed the cleaning's capacity. No host sync.
+    overflowed the cleaning's or the later passes' capacity (`skyblink.workers.cosmics.Cosmics`). No host sync.
     """
     bias = v["bias"] if bias_frame is None else bias_frame
     sci, bad, unmeasured, ref = _electrons_and_reference(science, v["gain"], v["saturate"], bias, flat, reference, grid)
@@ -148,8 +148,10 @@ def _calibrated(science: torch.Tensor, reference: torch.Tensor, grid: torch.Tens
     if layout.reject_cosmics:
         cosmics = detect_cosmics_tensor(sci, read_noise=v["read_noise"], mask=unmeasured)
         sci, bad = cosmics.cleaned, bad | cosmics.mask
-        # A tile that flagged more pixels in a pass than the cleaning's capacity (`CLEANING_CAPACITY`)
-        # may keep some of them uncleaned: no candidate may stand on its flagged pixels (no host sync).
+        # A tile that flagged more pixels in a pass than the cleaning's capacity (`CLEANING_CAPACITY`), or
+        # had more blocks to look at again than a later pass's (`REPASS_CAPACITY`), may keep some flagged
+        # pixels uncleaned or a cosmic ray's edge unflagged: no candidate may stand on its flagged pixels
+        # (no host sync).
         saturated = saturated | (cosmics.mask & cosmics.overflow[:, None, None])
     return sci, bad & torch.isfinite(sci), saturated, ref
 

@@ -34,7 +34,7 @@ from skyblink.workers.cosmics import (
 
 torch = pytest.importorskip("torch")
 
-from skyblink.workers.cosmics import detect_cosmics_tensor  # noqa: E402
+from skyblink.workers.cosmics import DENSE_PASSES, detect_cosmics_tensor  # noqa: E402
 
 # Seed 5: exposure 0 has a 1.59 px FWHM, exposure 1 1.33 px (the survey's sharpest seeing,
 # where stars are most like cosmic rays).
@@ -147,6 +147,30 @@ def test_cleaning_capacity_is_exact_up_to_it_and_reports_overflow(frames: list[d
     assert not np.array_equal(short.cleaned[0].numpy(), r.cleaned)
     with pytest.raises(ValueError, match="capacity"):
         detect_cosmics_tensor(torch.from_numpy(tiles), read_noise=READ_NOISE, capacity=0)
+
+
+def test_later_passes_by_blocks_give_the_dense_passes_flags(frames: list[dict], results: list) -> None:
+    """Passes after the first recomputed only near what the cleaning changed: numpy's result, a tile short of blocks reported."""
+    f, r = frames[1], results[1]
+    # Odd sizes: the last block row and column are moved inside the tile.
+    crops = [(slice(None), slice(None)), (slice(7, 157), slice(30, 201)), (slice(0, 44), slice(0, 300))]
+    for dense in (1, DENSE_PASSES):
+        for rows, cols in crops:
+            image, saturated = f["electrons"][rows, cols].copy(), f["saturated"][rows, cols].copy()
+            want = r if rows == slice(None) else detect_cosmics(image, read_noise=READ_NOISE, mask=saturated)
+            got = detect_cosmics_tensor(torch.from_numpy(image), read_noise=READ_NOISE, mask=torch.from_numpy(saturated),
+                                        dense_passes=dense, repass_capacity=1.0)
+            np.testing.assert_array_equal(got.mask.numpy(), want.mask)
+            np.testing.assert_array_equal(got.cleaned.numpy(), want.cleaned)
+            assert not got.overflow
+    # At 20x the cosmic-ray rate the second pass has many blocks to look at again; one block a tile is short.
+    short = detect_cosmics_tensor(torch.from_numpy(f["electrons"]), read_noise=READ_NOISE,
+                                  mask=torch.from_numpy(f["saturated"]), dense_passes=1, repass_capacity=1e-6)
+    assert short.overflow and not np.array_equal(short.mask.numpy(), r.mask)
+    assert (short.mask.numpy() & ~r.mask).sum() == 0  # flags of fewer passes, none that numpy lacks
+    for bad in ({"dense_passes": 0}, {"repass_capacity": 0.0}, {"repass_capacity": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            detect_cosmics_tensor(torch.from_numpy(f["electrons"]), read_noise=READ_NOISE, **bad)
 
 
 def test_fast_laplacian_equals_subsample_convolve_rebin() -> None:
