@@ -52,8 +52,6 @@ from skyblink.workers.fused import set_fusion
 
 PASSES = 24  # skyblink.workers.device_program.BACKGROUND_PASSES
 COSMICS_PASSES = 4  # detect_cosmics_tensor's niter in the device program
-#: `detect_cosmics_tensor`'s passes over the whole tile: the shipped `cosmics.DENSE_PASSES`, or all of them (previous).
-COSMICS = {"dense_passes": cr.DENSE_PASSES}
 VIEWS = frozenset({
     "aten::view", "aten::reshape", "aten::expand", "aten::select", "aten::slice", "aten::unbind", "aten::unsqueeze",
     "aten::as_strided", "aten::squeeze", "aten::detach", "aten::alias", "aten::t", "aten::transpose", "aten::permute",
@@ -127,12 +125,12 @@ def previous_histogram_mode(histo: torch.Tensor, nlevels: torch.Tensor, mean: to
 @contextlib.contextmanager
 def previous_algorithms() -> Iterator[None]:
     """Run the stages with the previous algorithms (module attributes swapped for the duration)."""
-    saved = tp._histogram_mode, COSMICS["dense_passes"]
-    tp._histogram_mode, COSMICS["dense_passes"] = previous_histogram_mode, COSMICS_PASSES
+    saved = tp._histogram_mode, cr.DENSE_PASSES
+    tp._histogram_mode, cr.DENSE_PASSES = previous_histogram_mode, COSMICS_PASSES
     try:
         yield
     finally:
-        tp._histogram_mode, COSMICS["dense_passes"] = saved
+        tp._histogram_mode, cr.DENSE_PASSES = saved
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -260,8 +258,7 @@ def main() -> None:
 
 
 def detect_cosmics(tiles: dict[str, torch.Tensor]) -> cr.Cosmics:
-    return cr.detect_cosmics_tensor(tiles["science"], read_noise=5.0, mask=tiles["saturated"],
-                                    dense_passes=COSMICS["dense_passes"])
+    return cr.detect_cosmics_tensor(tiles["science"], read_noise=5.0, mask=tiles["saturated"])
 
 
 def _flat(value: Any) -> list[torch.Tensor]:

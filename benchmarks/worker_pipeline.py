@@ -4,13 +4,16 @@ copies alone, the program alone, and the pipelined run; tiles/s, overlap efficie
 fraction of the pinned-copy limit. Also checks that pipelined and synchronous candidates agree.
 
     python benchmarks/worker_pipeline.py [--batch 16] [--batches 24] [--size 1024] [--eager] [--dump FILE]
-        [--baseline-root DIR]
+        [--baseline-root DIR] [--cosmics-dense-passes N]
 
 Synthetic tiles (see benchmarks/tile_program_stages.py). Prints a table; JSON to $OUT when set.
 ``--eager`` runs the program as it ran before issue 23 in launch terms: no CUDA graphs and no
 compiled steps (`skyblink.workers.fused.set_fusion(False)`, as ``night.compile_device_program = false``), to show what they buy on the same code; ``--dump`` saves the
 pipelined candidates (npz) to compare programs; ``--baseline-root DIR`` runs the same program with the
-detector of another release (``DIR/detector``) as well, side by side in one run.
+detector of another release (``DIR/detector``) as well, side by side in one run;
+``--cosmics-dense-passes 4`` runs every L.A.Cosmic pass over the whole tile, as before 2026-12-08
+(`skyblink.workers.cosmics.DENSE_PASSES`; the captured graphs do not key on it, so compare it in a
+second process, as ``--eager``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tile_program_stages import synthetic_batch
 from skyblink.engines.backends import TorchRunner
 from skyblink.engines.backends.select import torch_runner
 from skyblink.engines.catalog import load_card
+from skyblink.workers import cosmics
 from skyblink.workers.device_program import make_device_program
 from skyblink.workers.pipeline import TilePipeline
 from skyblink.workers.program_config import TileProgram
@@ -103,7 +107,11 @@ def main() -> None:
     parser.add_argument("--dump", type=Path, help="save the pipelined candidates here (npz)")
     parser.add_argument("--baseline-root", type=Path,
                         help="a models folder whose detector/ runs in the same program too, as the baseline (for example an earlier version from git)")
+    parser.add_argument("--cosmics-dense-passes", type=int, default=cosmics.DENSE_PASSES,
+                        help="L.A.Cosmic passes over the whole tile (4: every pass, as before 2026-12-08)")
     args = parser.parse_args()
+    cosmics.DENSE_PASSES = args.cosmics_dense_passes
+    print(f"L.A.Cosmic: {cosmics.DENSE_PASSES} dense passes, later ones by blocks", flush=True)
     science, reference, grid = synthetic_batch(args.batch, args.size, "cuda")
     rng = np.random.default_rng(1)
     base = science.cpu().numpy()

@@ -609,7 +609,7 @@ def _clean_sparse(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tens
 def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Tensor, gain: float = 1.0,
                           mask: torch.Tensor | None = None,
                           sigclip: float = 5.0, sigfrac: float = 0.3, objlim: float = 8.0, niter: int = 4,
-                          protect: int = 2, capacity: int | None = None, dense_passes: int = DENSE_PASSES,
+                          protect: int = 2, capacity: int | None = None, dense_passes: int | None = None,
                           repass_capacity: float = REPASS_CAPACITY) -> Cosmics:
     """
     `detect_cosmics` in torch, for one frame or a batch of tiles on any device.
@@ -629,10 +629,10 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
         Most flagged pixels per tile that a pass cleans (the cleaning works only there, in fixed
         shapes). Default: `CLEANING_CAPACITY` of the tile's pixels, at least 1,024 (16,384 for 1024x1024);
         ``H * W`` can never overflow.
-    dense_passes : int
-        Passes computed over the whole tile (at least 1); each later pass recomputes only the
-        32x32 blocks within reach of the pixels the previous cleaning changed, which gives the
-        same flags. ``niter`` makes every pass dense.
+    dense_passes : int, optional
+        Passes computed over the whole tile (at least 1; default `DENSE_PASSES`, read at the
+        call); each later pass recomputes only the 32x32 blocks within reach of the pixels the
+        previous cleaning changed, which gives the same flags. ``niter`` makes every pass dense.
     repass_capacity : float
         Fraction of a tile's blocks (in (0, 1]) that a later pass has slots for; 1 never overflows.
 
@@ -669,6 +669,7 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
     if capacity < 1:
         msg = f"capacity must be at least 1 pixel, got {capacity!r}"
         raise ValueError(msg)
+    dense_passes = DENSE_PASSES if dense_passes is None else dense_passes
     if dense_passes < 1:
         msg = f"dense_passes must be at least 1, got {dense_passes!r}"
         raise ValueError(msg)
