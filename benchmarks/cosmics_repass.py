@@ -9,9 +9,11 @@ Frames: `cosmics_vs_astroscrappy.make_frame`'s simulated 2048^2 science CCDs (ex
 sees them, and the real SAAO raw frame of shared/data/ccdproc (bias from its overscan, gain 1.9 e/ADU,
 read noise 5 e, one 512-column tile) when it is there.
 
-Table 1, per pass after the first: the pixels the previous cleaning changed, and the fraction of
+Table 1, per pass after the first: the pixels the previous cleaning changed, the fraction of
 the tile's 32x32 blocks within 6 pixels of one (the blocks `detect_cosmics_tensor` recomputes;
-mean over tiles and the worst tile), from numpy's `detect_cosmics` loop. Table 2: the tiles in
+mean over tiles and the worst tile), and the most flagged pixels within 2 of the pass's new flags
+in one block and the 2 px around it (what its window cleans again, `RECLEAN_SLOTS` at most), from
+numpy's `detect_cosmics` loop. Table 2: the tiles in
 torch on this CPU (eager) with every pass dense (``dense_passes=4``, as before 2026-12-08) and
 with the shipped `DENSE_PASSES` / `REPASS_CAPACITY`, interleaved, median ms; whether each equals
 numpy's mask and cleaned image bit for bit, and the tiles reported over capacity.
@@ -49,17 +51,33 @@ def tiles_of(image: np.ndarray, bad: np.ndarray, size: int) -> tuple[np.ndarray,
     return np.stack([image[c] for c in cuts]), np.stack([bad[c] for c in cuts])
 
 
-def blocks_per_pass(image: np.ndarray, bad: np.ndarray, read_noise: float) -> list[tuple[int, float]]:
-    """For passes 2..4 of numpy's L.A.Cosmic on one tile: (pixels the last cleaning changed, fraction of blocks within reach)."""
+def again_per_block(crmask: np.ndarray, new: np.ndarray) -> int:
+    """The most flagged pixels within 2 of a new flag in one block and the 2 px around it (what a window cleans again)."""
+    again = crmask & cr._grown(new, 2)
+    block, (h, w) = cr._BLOCK, again.shape
+    return max(int(again[max(0, y - 2) : y + block + 2, max(0, x - 2) : x + block + 2].sum())
+               for y in range(0, h, block) for x in range(0, w, block))
+
+
+def blocks_per_pass(image: np.ndarray, bad: np.ndarray, read_noise: float) -> list[tuple[int, float, int]]:
+    """
+    For passes 2..4 of numpy's L.A.Cosmic on one tile: (pixels the last cleaning changed, fraction
+    of blocks within reach of them, the most pixels a block's window cleans again after the pass).
+    """
     p = cr._Params.make(gain=1.0, read_noise=read_noise, sigclip=5.0, sigfrac=0.3, objlim=8.0, niter=4)
     data, unusable, fallback = cr._filled(image, bad)
     guarded = cr._protected(unusable, 2)
     current, crmask = data, np.zeros(data.shape, dtype=bool)
     final = cr._pass(current, guarded, p)
-    out = []
+    out: list[tuple[int, float, int]] = []
     block = cr._BLOCK
-    for i in range(3):
+    for i in range(4):
+        new = final & ~crmask
         crmask |= final
+        if i:  # the cleaning after pass i + 1, in its windows
+            out[-1] = (*out[-1][:2], again_per_block(crmask, new))
+        if i == 3:
+            break
         previous, current = current, cr._clean(data, crmask, crmask | unusable, fallback)
         changed = current != previous
         zone = cr._grown(changed, cr._REACH)
@@ -67,9 +85,8 @@ def blocks_per_pass(image: np.ndarray, bad: np.ndarray, read_noise: float) -> li
         padded = np.zeros((h, w), dtype=bool)
         padded[: zone.shape[0], : zone.shape[1]] = zone
         touched = padded.reshape(h // block, block, w // block, block).any(axis=(1, 3))
-        out.append((int(changed.sum()), float(touched.mean())))
-        if i < 2:
-            final = cr._repass(current, previous, final, guarded, p)
+        out.append((int(changed.sum()), float(touched.mean()), 0))
+        final = cr._repass(current, previous, final, guarded, p)
     return out
 
 
@@ -101,8 +118,8 @@ def main() -> None:
 
     print(f"\nL.A.Cosmic's later passes: blocks of {cr._BLOCK}x{cr._BLOCK} within {cr._REACH} px of a changed pixel, "
           f"per {TILE}^2 tile (numpy)")
-    print(f"{'frame':<32} {'tiles':>5} " + " ".join(f"{'pass ' + str(k) + ' changed px':>20} {'blocks mean / max':>18}"
-                                                    for k in (2, 3, 4)))
+    print(f"{'frame':<32} {'tiles':>5} " + " ".join(f"{'pass ' + str(k) + ' changed px':>20} {'blocks mean / max':>18} "
+                                                    f"{'clean again':>11}" for k in (2, 3, 4)))
     timings: dict[str, dict[str, list[float]]] = {}
     checks: dict[str, dict[str, str]] = {}
     for name, (image, bad, read_noise) in frames.items():
@@ -112,7 +129,8 @@ def main() -> None:
         for k in range(3):
             changed = sum(t[k][0] for t in per_tile) / len(per_tile)
             fractions = [t[k][1] for t in per_tile]
-            cells.append(f"{changed:>20.0f} {100 * np.mean(fractions):>8.1f} / {100 * max(fractions):>5.1f} %")
+            most = max(t[k][2] for t in per_tile)
+            cells.append(f"{changed:>20.0f} {100 * np.mean(fractions):>8.1f} / {100 * max(fractions):>5.1f} % {most:>11}")
         print(f"{name:<32} {len(tiles):>5} " + " ".join(cells))
 
         want = [cr.detect_cosmics(tiles[i], read_noise=read_noise, mask=masks[i]) for i in range(len(tiles))]

@@ -40,16 +40,17 @@ The numpy version runs passes after the first only in windows around the pixels 
 cleaning changed (one pass's mask at a pixel depends on the image within 6 pixels). The torch
 version computes the detection with elementwise min/max on shifted views (no sort, no per-pixel
 window tensors), and never synchronises with the host: it runs all ``niter`` passes (a pass after
-one that flagged nothing new changes nothing), the first `DENSE_PASSES` over the whole tile and
-the later ones, as numpy does, only near what the cleaning changed, in a fixed number of 32x32
-blocks a tile (`REPASS_CAPACITY`; the third and fourth passes of a 1024x1024 tile then cost about
-a fifth of a dense one each, measured on the CPU), and cleans only the flagged pixels,
-through a fixed-capacity index of them per tile (a cumulative count gives each its slot; their
-5x5 neighbourhoods are gathered and sorted), so a CUDA graph can hold the loop; a tile flagging
-more than the capacity in a pass is reported (`Cosmics.overflow`). It gives the same mask and
-cleaned image as the numpy version (both compute in float32 with the same operations in the
-same order). Unusable pixels are filled with the
-median of the good pixels of every 4th row and column (a fixed subsample, in both versions).
+one that flagged nothing new changes nothing). The first `DENSE_PASSES` look at the whole tile and
+clean every flagged pixel through a fixed-capacity index of them per tile (a cumulative count
+gives each its slot; their 5x5 neighbourhoods are gathered and sorted). The later ones work, as
+numpy does, only near what the cleaning changed: in a fixed number of 32x32 blocks a tile
+(`REPASS_CAPACITY`), each in a window 6 pixels wider, where they detect and then clean again the
+flagged pixels within 2 of a new flag (a cleaned value depends on the flags within 2), at most
+`RECLEAN_SLOTS` a window. Fixed shapes throughout, so a CUDA graph can hold the loop; a tile over
+any of these capacities is reported (`Cosmics.overflow`). It gives the same mask and cleaned image
+as the numpy version (both compute in float32 with the same operations in the same order).
+Unusable pixels are filled with the median of the good pixels of every 4th row and column (a
+fixed subsample, in both versions).
 Thread-safe; no global state.
 """
 
@@ -100,6 +101,12 @@ DENSE_PASSES = 2
 #: (7.1 % at most, over two exposures) and the real frame; a tile that needs more is reported
 #: (`Cosmics.overflow`) and its other blocks keep the previous pass's flags.
 REPASS_CAPACITY = 1 / 8
+#: Flagged pixels that a window of a later pass can clean again (`_restep_tensor`): those within 2 px
+#: of the pass's new flags, in the window's block and 2 px around it. Measured with `detect_cosmics`
+#: on simulated 2048^2 frames (two exposures each): at most 10 (the simulator's rate), 13 (10x) and 17
+#: (20x) in one block's region in the third and fourth passes; a window with more is reported
+#: (`Cosmics.overflow`) and its other pixels keep their previous cleaning.
+RECLEAN_SLOTS = 32
 #: Side of those blocks (pixels). Each is recomputed in a window `_REACH` pixels wider on each
 #: side: (32 + 12)^2 / 32^2 = 1.9 times its pixels, so a pass over 1/8 of the blocks costs about
 #: a quarter of a dense one.
@@ -466,73 +473,121 @@ def _step_tensor(current: torch.Tensor, crmask: torch.Tensor, data: torch.Tensor
     return crmask, cleaned, overflow
 
 
-def _repass_tensor(current: torch.Tensor, previous: torch.Tensor, bad: torch.Tensor, gain: float, read_noise_sq: Any,
-                   sigclip: float, low: float, objlim: float, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _slots(flags: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    A detection pass recomputed only where the cleaning changed the image: (the pass's mask on the
-    recomputed blocks, False elsewhere; the (B,) tiles with more blocks to recompute than ``capacity``).
+    The positions along the last axis of the first ``k`` True values of each row of ``flags``
+    (..., n), in order, ``n`` in the slots left over; and the rows with more than ``k``. A
+    cumulative count gives each its slot and one scatter writes them: fixed shapes, no host sync.
+    """
+    n = flags.shape[-1]
+    rank = flags.to(torch.int32).cumsum(-1, dtype=torch.int32) - 1
+    slot = torch.where(flags & (rank < k), rank, k).to(torch.int64)  # slot k collects the rest, then is dropped
+    positions = torch.arange(n, device=flags.device).expand_as(slot)
+    empty = torch.full((*flags.shape[:-1], k + 1), n, dtype=torch.int64, device=flags.device)
+    return empty.scatter(-1, slot, positions)[..., :k], rank[..., -1] >= k
 
-    A pass's mask at a pixel depends on the image within `_REACH` pixels, so only the `_BLOCK`-square
-    blocks within that reach of a pixel where ``current`` differs from ``previous`` can change. Each
-    tile gives its first ``capacity`` such blocks a slot in block order (a cumulative count), gathers
-    each slot's window (the block and `_REACH` pixels around it, moved inside the tile at its edges,
-    so a window's edge is either `_REACH` from the block or the tile's own edge and its padding
-    the tile's), runs `_pass_tensor` on all windows as one batch and scatters the blocks back:
-    the dense pass's mask on those blocks, bit for bit. Fixed shapes, no host sync. A partial last
-    block row or column is moved inside the tile too (its pixels overlap its neighbour's, with the
-    same values).
+
+def _medians_of_good(source: torch.Tensor, corner: torch.Tensor, stride: int, fallback: torch.Tensor) -> torch.Tensor:
+    """
+    numpy's ``nanmedian`` of the 5x5 window at each ``corner`` (..., k) of ``source`` (..., rows *
+    ``stride``, excluded values +inf): the mean of the two middle good values, ``fallback`` where
+    none is good. The 25 values are gathered and sorted (+inf last).
+    """
+    inf = float("inf")
+    steps = torch.arange(5, device=source.device)
+    offsets = (steps[:, None] * stride + steps[None, :]).reshape(25)
+    lead, k = corner.shape[:-1], corner.shape[-1]
+    neighbours = source.gather(-1, (corner[..., None] + offsets).reshape(*lead, k * 25)).reshape(*lead, k, 25)
+    ordered = neighbours.sort(dim=-1).values
+    count = (neighbours != inf).sum(dim=-1, keepdim=True)
+    lo = (count - 1).clamp(min=0) // 2
+    hi = count // 2
+    med = ((ordered.gather(-1, lo) + ordered.gather(-1, hi)) * 0.5)[..., 0]
+    return torch.where(count[..., 0] > 0, med, fallback.expand_as(med))
+
+
+def _block_windows(current: torch.Tensor, previous: torch.Tensor,
+                   capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The windows a later pass looks at: each tile's first ``capacity`` `_BLOCK`-square blocks within
+    `_REACH` of a pixel where ``current`` differs from ``previous``, each with `_REACH` pixels
+    around it, moved inside the tile at its edges (so a window's edge is either `_REACH` from its
+    block or the tile's own edge). Returns the windows' pixels as flat tile positions (B, k, side,
+    side), their blocks' first row and column inside the window (B, k) each, the slots in use
+    (B, k), and the (B,) tiles with more blocks than ``capacity``. A partial last block row or
+    column is moved inside the tile too (its pixels overlap its neighbour's).
     """
     b, h, w = current.shape
     block, halo = _BLOCK, _REACH
     side = block + 2 * halo
     rows, cols = -(-h // block), -(-w // block)
     nb = rows * cols
-    k = min(int(capacity), nb)
-    device = current.device
     # A block is touched when a changed pixel lies within `halo` of it (its aligned extent: every pixel of the
     # tile is in one aligned block, and the block moved inside the tile covers it).
     changed = F.pad((current != previous)[:, None].to(torch.float32), (halo, cols * block - w + halo, halo, rows * block - h + halo))
-    touched = F.max_pool2d(changed, block + 2 * halo, stride=block)[:, 0].reshape(b, nb) > 0
-    rank = touched.to(torch.int32).cumsum(1, dtype=torch.int32) - 1
-    slot = torch.where(touched & (rank < k), rank, k).to(torch.int64)
-    blocks = torch.arange(nb, device=device).expand(b, nb)
-    index = torch.full((b, k + 1), nb, dtype=torch.int64, device=device).scatter(1, slot, blocks)[:, :k]
-    overflow = rank[:, -1] >= k
-    used = index < nb
+    touched = F.max_pool2d(changed, side, stride=block)[:, 0].reshape(b, nb) > 0
+    index, overflow = _slots(touched, min(int(capacity), nb))
     at = index.clamp(max=nb - 1)
     y0 = ((at // cols) * block).clamp(max=h - block)
     x0 = ((at % cols) * block).clamp(max=w - block)
     wy, wx = (y0 - halo).clamp(min=0, max=h - side), (x0 - halo).clamp(min=0, max=w - side)
-    steps = torch.arange(side, device=device)
-    inside = (steps[:, None] * w + steps[None, :]).reshape(side * side)
-    where = ((wy * w + wx)[:, :, None] + inside).reshape(b, k * side * side)
-    image = current.reshape(b, h * w).gather(1, where).reshape(b * k, side, side)
-    known = bad.reshape(b, h * w).gather(1, where).reshape(b * k, side, side)
-    found = _pass_tensor(image, known, gain, read_noise_sq, sigclip, low, objlim).reshape(b, k, side * side)
-    core = torch.arange(block, device=device)
-    in_window = ((y0 - wy) * side + (x0 - wx))[:, :, None] + (core[:, None] * side + core[None, :]).reshape(block * block)
-    in_tile = (y0 * w + x0)[:, :, None] + (core[:, None] * w + core[None, :]).reshape(block * block)
-    in_tile = torch.where(used[:, :, None], in_tile, h * w)  # unused slots write to a dropped column
-    values = found.gather(2, in_window)
-    out = torch.zeros((b, h * w + 1), dtype=torch.bool, device=device).scatter(1, in_tile.reshape(b, -1), values.reshape(b, -1))
-    return out[:, : h * w].reshape(b, h, w), overflow
+    steps = torch.arange(side, device=current.device)
+    where = (wy * w + wx)[:, :, None, None] + (steps[:, None] * w + steps[None, :])
+    return where, y0 - wy, x0 - wx, index < nb, overflow
 
 
 @fused
 def _restep_tensor(current: torch.Tensor, previous: torch.Tensor, crmask: torch.Tensor, data: torch.Tensor,
                    bad: torch.Tensor, unusable: torch.Tensor, fallback: torch.Tensor, read_noise_sq: Any, gain: float,
-                   sigclip: float, low: float, objlim: float, capacity: int,
-                   blocks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   sigclip: float, low: float, objlim: float, blocks: int,
+                   slots: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
-    `_step_tensor` with the detection recomputed only near the pixels the last cleaning changed
-    (`_repass_tensor`, at most ``blocks`` blocks a tile): elsewhere the previous passes' flags stand,
-    as a dense pass would find them again. Returns the grown mask, the cleaned image and the tiles
-    over either capacity (fused on CUDA).
+    `_step_tensor` done only near what the last cleaning changed, in the windows of `_block_windows`
+    (at most ``blocks`` a tile): the pass on every window as one batch, its flags kept on the
+    windows' blocks; then the flagged pixels within 2 of a new flag (all in a block or 2 px
+    around it) cleaned again in their window, at most ``slots`` a window. Elsewhere the flags and
+    cleaned values stand, as the dense step would find them again (a pass's flags at a pixel
+    depend on the image within `_REACH`, a cleaned value on the flags within 2): the dense step's
+    result bit for bit. Returns the grown mask, the cleaned image and the tiles over either
+    capacity (fused on CUDA).
     """
-    found, over_blocks = _repass_tensor(current, previous, bad, gain, read_noise_sq, sigclip, low, objlim, blocks)
-    crmask = crmask | found
-    cleaned, overflow = _clean_sparse(data, crmask, crmask | unusable, fallback, capacity)
-    return crmask, cleaned, overflow | over_blocks
+    b, h, w = current.shape
+    n = h * w
+    where, cy, cx, used, over_blocks = _block_windows(current, previous, blocks)
+    k, side = where.shape[1], where.shape[2]
+    flat = where.reshape(b, k * side * side)
+
+    def window(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, n).gather(1, flat).reshape(b, k, side, side)
+
+    def within(start: torch.Tensor, size: int, margin: int) -> torch.Tensor:
+        """(B, k, side): the window's rows (or columns) from ``start - margin`` to ``start + size + margin``."""
+        steps = torch.arange(side, device=where.device)
+        return (steps >= start[..., None] - margin) & (steps < start[..., None] + size + margin)
+
+    def scattered(base: torch.Tensor, values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``base`` (B, H, W) with ``values`` written at tile positions ``at``, positions ``n`` dropped."""
+        out = F.pad(base.reshape(b, n), (0, 1)).scatter(1, at.reshape(b, -1), values.reshape(b, -1))
+        return out[:, :n].reshape(b, h, w)
+
+    found = _pass_tensor(window(current).reshape(b * k, side, side), window(bad).reshape(b * k, side, side), gain,
+                         read_noise_sq, sigclip, low, objlim).reshape(b, k, side, side)
+    core = within(cy, _BLOCK, 0)[..., :, None] & within(cx, _BLOCK, 0)[..., None, :] & used[..., None, None]
+    grown = crmask | scattered(torch.zeros_like(crmask), found, torch.where(core, where, n))
+    flagged, before = window(grown), window(crmask)
+    # The pixels to clean again lie within 2 of a new flag, so within 2 of a block: their 5x5
+    # neighbourhoods (and the new flags near them) lie inside the window.
+    near = _dilate_tensor((flagged & ~before).reshape(b * k, side, side), 2).reshape(b, k, side, side)
+    region = within(cy, _BLOCK, 2)[..., :, None] & within(cx, _BLOCK, 2)[..., None, :] & used[..., None, None]
+    position, over_clean = _slots((flagged & near & region).reshape(b, k, side * side), slots)
+    inf = float("inf")
+    values = window(data)
+    source = torch.where(flagged | window(unusable), torch.full_like(values, inf), values)
+    source = F.pad(source.reshape(b * k, 1, side, side), (2, 2, 2, 2), value=inf).reshape(b, k, (side + 4) ** 2)
+    at = position.clamp(max=side * side - 1)  # an unused slot reads some pixel; its value is dropped
+    med = _medians_of_good(source, (at // side) * (side + 4) + at % side, side + 4, fallback[:, None, None])
+    target = torch.where(position < side * side, where.reshape(b, k, side * side).gather(2, at), n)
+    return grown, scattered(current, med, target), over_blocks | over_clean.any(dim=1)
 
 
 @fused
@@ -580,28 +635,12 @@ def _clean_sparse(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tens
     """
     b, h, w = data.shape
     n = h * w
-    k = min(int(capacity), n)
-    device = data.device
-    flat = replace.reshape(b, n)
-    rank = flat.to(torch.int32).cumsum(1, dtype=torch.int32) - 1  # slot of each flagged pixel
-    slot = torch.where(flat & (rank < k), rank, k).to(torch.int64)  # slot k collects the rest, then is dropped
-    pixels = torch.arange(n, device=device).expand(b, n)
-    index = torch.full((b, k + 1), n, dtype=torch.int64, device=device).scatter(1, slot, pixels)[:, :k]
-    overflow = rank[:, -1] >= k
+    index, overflow = _slots(replace.reshape(b, n), min(int(capacity), n))
     inf = float("inf")
     source = F.pad(torch.where(exclude, torch.full_like(data, inf), data)[:, None], (2, 2, 2, 2), value=inf)
     source = source.reshape(b, (h + 4) * (w + 4))
     at = index.clamp(max=n - 1)  # an unused slot reads some pixel; its median is written to the dropped column n
-    corner = (at // w) * (w + 4) + at % w  # the 5x5 window's first pixel in the padded frame
-    steps = torch.arange(5, device=device)
-    offsets = (steps[:, None] * (w + 4) + steps[None, :]).reshape(25)
-    neighbours = source.gather(1, (corner[:, :, None] + offsets).reshape(b, k * 25)).reshape(b, k, 25)
-    ordered = neighbours.sort(dim=-1).values  # +inf last
-    count = (neighbours != inf).sum(dim=-1, keepdim=True)
-    lo = (count - 1).clamp(min=0) // 2
-    hi = count // 2
-    med = ((ordered.gather(-1, lo) + ordered.gather(-1, hi)) * 0.5)[..., 0]
-    med = torch.where(count[..., 0] > 0, med, fallback[:, None].expand_as(med))
+    med = _medians_of_good(source, (at // w) * (w + 4) + at % w, w + 4, fallback[:, None])
     out = F.pad(data.reshape(b, n), (0, 1)).scatter(1, index, med)
     return out[:, :n].reshape(b, h, w), overflow
 
@@ -626,13 +665,15 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
     mask : bool tensor of ``images``' shape, optional
         Known bad pixels.
     capacity : int, optional
-        Most flagged pixels per tile that a pass cleans (the cleaning works only there, in fixed
-        shapes). Default: `CLEANING_CAPACITY` of the tile's pixels, at least 1,024 (16,384 for 1024x1024);
-        ``H * W`` can never overflow.
+        Most flagged pixels per tile that a dense pass cleans (every pixel flagged so far; the
+        cleaning works only there, in fixed shapes). Default: `CLEANING_CAPACITY` of the tile's
+        pixels, at least 1,024 (16,384 for 1024x1024); ``H * W`` can never overflow.
     dense_passes : int, optional
         Passes computed over the whole tile (at least 1; default `DENSE_PASSES`, read at the
         call); each later pass recomputes only the 32x32 blocks within reach of the pixels the
-        previous cleaning changed, which gives the same flags. ``niter`` makes every pass dense.
+        previous cleaning changed and cleans again the flagged pixels near its new flags there
+        (at most `RECLEAN_SLOTS` a block), which gives the same flags and cleaned image.
+        ``niter`` makes every pass dense.
     repass_capacity : float
         Fraction of a tile's blocks (in (0, 1]) that a later pass has slots for; 1 never overflows.
 
@@ -642,8 +683,9 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
         ``mask`` (bool tensor) and ``cleaned`` (float32 tensor) of ``images``' shape, equal to
         `detect_cosmics`'s on the CPU; ``overflow`` (bool tensor, one per tile, 0-d for one
         frame) is True for a tile where a pass flagged more than ``capacity`` pixels (its pixels
-        beyond the capacity were not cleaned) or a later pass had more blocks to recompute than
-        ``repass_capacity`` (its other blocks kept the previous pass's flags): its mask and
+        beyond the capacity were not cleaned), a later pass had more blocks to recompute than
+        ``repass_capacity`` (its other blocks kept the previous pass's flags) or a block more
+        pixels to clean again than `RECLEAN_SLOTS` (the others kept their cleaning): its mask and
         cleaned image may differ from numpy's (check it, it costs no host sync to carry).
 
     Raises
@@ -693,7 +735,7 @@ def detect_cosmics_tensor(images: torch.Tensor, *, read_noise: float | torch.Ten
                                 p.objlim, capacity)
         else:
             step = _restep_tensor(current, looked_at, crmask, data, bad, unusable, fallback, p.read_noise_sq, p.gain,
-                                  p.sigclip, p.low, p.objlim, capacity, blocks)
+                                  p.sigclip, p.low, p.objlim, blocks, RECLEAN_SLOTS)
         looked_at = current
         crmask, current, over = step
         overflow = overflow | over

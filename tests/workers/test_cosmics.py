@@ -34,6 +34,7 @@ from skyblink.workers.cosmics import (
 
 torch = pytest.importorskip("torch")
 
+from skyblink.workers import cosmics  # noqa: E402
 from skyblink.workers.cosmics import DENSE_PASSES, detect_cosmics_tensor  # noqa: E402
 
 # Seed 5: exposure 0 has a 1.59 px FWHM, exposure 1 1.33 px (the survey's sharpest seeing,
@@ -131,10 +132,11 @@ def test_torch_gives_the_same_mask_and_cleaned_image(frames: list[dict], results
 
 
 def test_cleaning_capacity_is_exact_up_to_it_and_reports_overflow(frames: list[dict], results: list) -> None:
-    """The torch cleaning works on at most ``capacity`` flagged pixels per tile and pass: numpy's result up to it, a reported tile beyond."""
+    """A dense pass cleans at most ``capacity`` flagged pixels a tile: numpy's result up to it, a reported tile beyond."""
     f, r = frames[1], results[1]
-    flagged = int(r.mask.sum())
-    assert flagged > 100  # 20x the cosmic-ray rate
+    # The dense passes clean every pixel flagged so far; the later ones, by blocks, only near their new flags.
+    flagged = int(detect_cosmics(f["electrons"], read_noise=READ_NOISE, mask=f["saturated"], niter=DENSE_PASSES).mask.sum())
+    assert 100 < flagged < int(r.mask.sum())  # 20x the cosmic-ray rate; the later passes flag more
     tiles = np.stack([f["electrons"], f["electrons"][::-1].copy()])
     saturated = torch.from_numpy(np.stack([f["saturated"], f["saturated"][::-1].copy()]))
     exact = detect_cosmics_tensor(torch.from_numpy(tiles), read_noise=READ_NOISE, mask=saturated, capacity=flagged)
@@ -149,8 +151,9 @@ def test_cleaning_capacity_is_exact_up_to_it_and_reports_overflow(frames: list[d
         detect_cosmics_tensor(torch.from_numpy(tiles), read_noise=READ_NOISE, capacity=0)
 
 
-def test_later_passes_by_blocks_give_the_dense_passes_flags(frames: list[dict], results: list) -> None:
-    """Passes after the first recomputed only near what the cleaning changed: numpy's result, a tile short of blocks reported."""
+def test_later_passes_by_blocks_give_the_dense_passes_flags(frames: list[dict], results: list,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passes after the first done only near what the cleaning changed: numpy's result; a tile short of room reported."""
     f, r = frames[1], results[1]
     # Odd sizes: the last block row and column are moved inside the tile.
     crops = [(slice(None), slice(None)), (slice(7, 157), slice(30, 201)), (slice(0, 44), slice(0, 300))]
@@ -168,6 +171,12 @@ def test_later_passes_by_blocks_give_the_dense_passes_flags(frames: list[dict], 
                                   mask=torch.from_numpy(f["saturated"]), dense_passes=1, repass_capacity=1e-6)
     assert short.overflow and not np.array_equal(short.mask.numpy(), r.mask)
     assert (short.mask.numpy() & ~r.mask).sum() == 0  # flags of fewer passes, none that numpy lacks
+    # A block cleans again at most RECLEAN_SLOTS pixels near its new flags: one is too few here.
+    monkeypatch.setattr(cosmics, "RECLEAN_SLOTS", 1)
+    few = detect_cosmics_tensor(torch.from_numpy(f["electrons"]), read_noise=READ_NOISE,
+                                mask=torch.from_numpy(f["saturated"]), dense_passes=1, repass_capacity=1.0)
+    assert few.overflow and not np.array_equal(few.cleaned.numpy(), r.cleaned)
+    monkeypatch.undo()
     for bad in ({"dense_passes": 0}, {"repass_capacity": 0.0}, {"repass_capacity": 1.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             detect_cosmics_tensor(torch.from_numpy(f["electrons"]), read_noise=READ_NOISE, **bad)
