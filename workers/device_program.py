@@ -44,9 +44,9 @@ from .fused import fused, set_fusion
 from .matched_filter import matched_filter_snr_tensor, matched_filter_taps
 from .peaks import (
     DIFFERENCE_SNR_THRESHOLD,
-    difference_point_sources_tensor,
+    any_within,
+    difference_point_sources_at,
     difference_windows,
-    masked_cores_tensor,
     max_filter_tensor,
     windows_bound,
 )
@@ -65,6 +65,11 @@ BACKGROUND_PASSES = 24
 _MATCH_RADIUS = 8
 _FILTER_RADIUS = 16
 
+#: Places a tile's peaks are tested at (`_peaks`), as a multiple of its ``top_k`` slots: the detector's
+#: peaks and the difference's local maxima at its S/N threshold, best first (the synthetic tiles of
+#: benchmarks/worker_pipeline.py hold 305-313 such places a tile, 236-239 of them detector peaks, and
+#: fill their 64 slots from the best 256 as from all of them).
+_CANDIDATES_PER_SLOT = 4
 #: Per-field numbers of the program, in this order, then the taps (`_FieldNumbers`).
 _SCALARS = ("gain", "saturate", "bias", "read_noise", "scale", "sci_factor", "ref_factor", "filter_norm")
 
@@ -223,25 +228,6 @@ def _detector_peaks(heat: torch.Tensor, snr: torch.Tensor, threshold: float,
     return keep, score, peak_snr
 
 
-def _slots(triplet: torch.Tensor, offsets: torch.Tensor, priority: torch.Tensor, from_detector: torch.Tensor,
-           score: torch.Tensor, peak_snr: torch.Tensor, sub_dy: torch.Tensor, sub_dx: torch.Tensor,
-           top_k: int) -> tuple[torch.Tensor, ...]:
-    """Top-K slots of ``priority`` and their stamps: (valid, tile, y, x, score, snr, stamps)."""
-    values, index = torch.topk(priority.flatten(1), k=top_k, dim=1)
-    # Fixed-size outputs with a validity mask: a data-dependent count would stall the host.
-    b = score.shape[0]
-    tile = torch.arange(b, device=score.device).repeat_interleave(top_k)
-    index, values = index.reshape(-1), values.reshape(-1)
-    width = score.shape[-1]
-    y, x = index // width, index % width
-    stamps = extract_stamps(triplet, tile, y, x)
-    detector = from_detector[tile, y, x]
-    off_y = torch.where(detector, offsets[tile, 1, y, x].float(), sub_dy[tile, y, x])
-    off_x = torch.where(detector, offsets[tile, 0, y, x].float(), sub_dx[tile, y, x])
-    return (values > 0, tile, y.float() + off_y, x.float() + off_x, torch.where(values > 0, score[tile, y, x], 0.0),
-            peak_snr[tile, y, x], stamps)
-
-
 @fused
 def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr: torch.Tensor, masked: torch.Tensor,
            windows: torch.Tensor, threshold: float, snr_threshold: float, top_k: int,
@@ -249,19 +235,48 @@ def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr
     """
     Peaks, their S/N gate, top-K slots and stamps, as `skyblink.workers.find_peaks`: the detector's
     peaks first, then the difference's own point sources with no detector peak within 1 FWHM;
-    none whose core holds a ``masked`` pixel (`skyblink.workers.peaks.masked_cores`).
-    No host sync (a CUDA graph captures it whole); fused on CUDA. The FWHM enters as its
-    ``windows`` (`skyblink.workers.peaks.difference_windows`, a device tensor within ``bound``),
-    so one compiled program serves every seeing up to the bound.
+    none whose core holds a ``masked`` pixel (`skyblink.workers.peaks.masked_cores`). Returns
+    (valid, tile, y, x, score, snr, stamps), ``top_k`` slots a tile.
+
+    The maps are only searched for places that could be either (the detector's peaks above its
+    threshold and S/N gate, the local maxima of the S/N at the difference's threshold); their
+    `_CANDIDATES_PER_SLOT` times ``top_k`` best of a tile, by the priority each would have, are
+    then tested where they stand (masked core, negative lobe, ring, a detector peak near a
+    source: the windows of `skyblink.workers.peaks.difference_point_sources_tensor` read at
+    those places, not filtered over the whole tile), and the ``top_k`` best that pass fill the
+    slots. These are the slots of testing every pixel (a test only lowers a place's priority)
+    whenever a tile holds no more places than it tests or ``top_k`` of those tested pass; a tile
+    whose best `_CANDIDATES_PER_SLOT` times ``top_k`` places mostly fail may leave slots empty
+    that a lower place would have filled. No host sync (a CUDA graph captures it whole); fused on CUDA. The
+    FWHM enters as its ``windows`` (`skyblink.workers.peaks.difference_windows`, a device tensor
+    within ``bound``), so one compiled program serves every seeing up to the bound.
     """
+    b, h, w = snr.shape
     keep, score, peak_snr = _detector_peaks(heat, snr, threshold, snr_threshold)
-    blocked = masked_cores_tensor(masked, windows[0], bound=bound)
-    keep &= ~blocked
-    source, sub_dy, sub_dx = difference_point_sources_tensor(
-        snr, windows, snr_threshold=max(snr_threshold, DIFFERENCE_SNR_THRESHOLD), bound=bound)
-    source &= (max_filter_tensor(keep.float(), 2 * windows[2] + 1, bound=bound) == 0) & ~blocked
-    priority = torch.where(keep, 2.0 + score, torch.where(source, 1.0 + torch.tanh(snr / 1000.0), 0.0))
-    return _slots(triplet, offsets, priority, keep, score, peak_snr, sub_dy, sub_dx, top_k)
+    level = torch.nan_to_num(snr.to(torch.float32))
+    least = max(snr_threshold, DIFFERENCE_SNR_THRESHOLD)
+    local = (level >= least) & (level == max_filter_tensor(level, 5))
+    rank = 1.0 + torch.tanh(level / 1000.0)  # a source's priority, by S/N
+    hoped = torch.where(keep, 2.0 + score, torch.where(local, rank, 0.0)).flatten(1)
+    _, at = torch.topk(hoped, k=min(h * w, _CANDIDATES_PER_SLOT * top_k), dim=1)  # (B, n) places
+    blocked = any_within(masked, at, windows[0], bound=bound)
+    detected = keep.flatten(1).gather(1, at) & ~blocked
+    source, sub_dy, sub_dx = difference_point_sources_at(snr, at, windows, bound=bound, snr_threshold=least)
+    # A source with a detector peak near it is that peak's: the peaks (all among the places) as a map.
+    peaks_map = torch.zeros((b, h * w), dtype=torch.bool, device=snr.device).scatter(1, at, detected).reshape(b, h, w)
+    source &= ~any_within(peaks_map, at, windows[2], bound=bound) & ~blocked
+    priority = torch.where(detected, 2.0 + score.flatten(1).gather(1, at),
+                           torch.where(source, rank.flatten(1).gather(1, at), 0.0))
+    values, pick = torch.topk(priority, k=top_k, dim=1)
+    tile = torch.arange(b, device=snr.device).repeat_interleave(top_k)
+    index, values = at.gather(1, pick).reshape(-1), values.reshape(-1)
+    from_detector = detected.gather(1, pick).reshape(-1)
+    y, x = index // w, index % w
+    off_y = torch.where(from_detector, offsets[tile, 1, y, x].float(), sub_dy.gather(1, pick).reshape(-1))
+    off_x = torch.where(from_detector, offsets[tile, 0, y, x].float(), sub_dx.gather(1, pick).reshape(-1))
+    stamps = extract_stamps(triplet, tile, y, x)
+    return (values > 0, tile, y.float() + off_y, x.float() + off_x, torch.where(values > 0, score[tile, y, x], 0.0),
+            peak_snr[tile, y, x], stamps)
 
 
 class _Graph:

@@ -45,8 +45,9 @@ else:
     torch = lazy_module("torch")
     F = lazy_module("torch.nn.functional")
 
-__all__ = ["DIFFERENCE_SNR_THRESHOLD", "MASKED_CORE_FWHM", "MAX_NEGATIVE_LOBE", "MAX_RING", "Peaks",
-           "difference_point_sources", "difference_point_sources_tensor", "difference_windows", "find_peaks", "masked_cores",
+__all__ = ["DIFFERENCE_SNR_THRESHOLD", "MASKED_CORE_FWHM", "MAX_NEGATIVE_LOBE", "MAX_RING", "Peaks", "any_within",
+           "difference_point_sources", "difference_point_sources_at", "difference_point_sources_tensor",
+           "difference_windows", "find_peaks", "masked_cores",
            "masked_cores_tensor", "max_filter_tensor", "windows_bound"]
 
 #: S/N a point-like difference source needs to be a candidate without the detector's new-source score.
@@ -413,6 +414,97 @@ def _ring_max_tensor(snr: torch.Tensor, ring: torch.Tensor, bound: int) -> torch
         out = view if out is None else torch.maximum(out, view)
     assert out is not None
     return out
+
+
+def _square(bound: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row and column offsets of `_around`'s (2 ``bound`` + 1)^2 square, row by row, and their Chebyshev distance."""
+    steps = torch.arange(-bound, bound + 1, device=device)
+    side = steps.shape[0]
+    dy, dx = steps[:, None].expand(side, side).reshape(-1), steps[None, :].expand(side, side).reshape(-1)
+    return dy, dx, torch.maximum(dy.abs(), dx.abs())
+
+
+def _around(values: torch.Tensor, fill: float | bool, bound: int, index: torch.Tensor) -> torch.Tensor:
+    """
+    The (2 ``bound`` + 1)^2 square around each flat pixel ``index`` (B, n) of ``values`` (B, H, W),
+    ``fill`` beyond the tiles' edges: (B, n, (2 bound + 1)^2), in `_square`'s order.
+    """
+    b, h, w = values.shape
+    side = w + 2 * bound
+    padded = F.pad(values[:, None], (bound,) * 4, value=fill)[:, 0].reshape(b, (h + 2 * bound) * side)
+    steps = torch.arange(2 * bound + 1, device=values.device)
+    square = (steps[:, None] * side + steps[None, :]).reshape(-1)  # from the square's top-left corner
+    corner = (index // w) * side + index % w
+    return padded.gather(1, (corner[:, :, None] + square).reshape(b, -1)).reshape(b, index.shape[1], square.shape[0])
+
+
+def any_within(mask: torch.Tensor, index: torch.Tensor, radius: torch.Tensor, *, bound: int) -> torch.Tensor:
+    """
+    Whether a ``mask`` pixel lies within ``radius`` pixels (Chebyshev) of each place: the
+    ``(2 radius + 1)^2`` maximum filter of ``mask`` (`max_filter_tensor`, `masked_cores_tensor`)
+    read only at the places.
+
+    Parameters
+    ----------
+    mask : (B, H, W) bool tensor
+    index : (B, n) int64 tensor
+        Flat pixel positions ``y * W + x`` in each image.
+    radius : 0-d integer tensor
+        At most ``bound`` (not checked: no host sync).
+    bound : int
+
+    Returns
+    -------
+    (B, n) bool tensor
+    """
+    _, _, reach = _square(bound, mask.device)
+    return (_around(mask, False, bound, index) & (reach <= radius)).any(dim=2)
+
+
+def difference_point_sources_at(snr: torch.Tensor, index: torch.Tensor, windows: torch.Tensor, *, bound: int,
+                                snr_threshold: float = DIFFERENCE_SNR_THRESHOLD) -> tuple[torch.Tensor, ...]:
+    """
+    `difference_point_sources_tensor` read only at given places: each one's test (threshold, 5x5
+    local maximum, negative lobe, ring) from the square of the map around it, and its sub-pixel
+    offsets; the same values as the maps at those pixels, at a cost per place, not per pixel.
+
+    Parameters
+    ----------
+    snr : (B, H, W) float tensor
+    index : (B, n) int64 tensor
+        Flat pixel positions ``y * W + x`` in each image.
+    windows : int64 tensor
+        `difference_windows` on ``snr``'s device.
+    bound : int
+        `windows_bound` or more (and at least 2).
+    snr_threshold : float
+
+    Returns
+    -------
+    is_source : (B, n) bool tensor
+    dy, dx : (B, n) float32 tensors
+    """
+    b, h, w = snr.shape
+    level = torch.nan_to_num(snr.to(torch.float32))
+    dy, dx, reach = _square(bound, snr.device)
+    square = _around(level, float("nan"), bound, index)  # NaN beyond the edges (none inside)
+    outside = torch.isnan(square)
+    here = level.flatten(1).gather(1, index)
+    peak = torch.where(outside | (reach > 2), -float("inf"), square).amax(dim=2)  # the 5x5 maximum, cut at the edges
+    lobe = torch.where(outside | (reach > windows[1]), float("inf"), square).amin(dim=2)
+    on_ring = ((dy[None, :] == windows[3::2, None]) & (dx[None, :] == windows[4::2, None])).any(dim=0)
+    ring = torch.where(outside | ~on_ring, -float("inf"), square).amax(dim=2)
+    is_source = ((here >= snr_threshold) & (here == peak) & (lobe > -MAX_NEGATIVE_LOBE * here)
+                 & (ring < MAX_RING * here))
+    y, x = index // w, index % w
+    flat = level.flatten(1)
+
+    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        return flat.gather(1, yy * w + xx)
+
+    sub_dy = _parabola(at((y - 1).clamp(min=0), x), here, at((y + 1).clamp(max=h - 1), x))
+    sub_dx = _parabola(at(y, (x - 1).clamp(min=0)), here, at(y, (x + 1).clamp(max=w - 1)))
+    return is_source, sub_dy.float(), sub_dx.float()  # type: ignore[union-attr]
 
 
 def difference_point_sources_tensor(snr: torch.Tensor, fwhm_px: float | torch.Tensor, *,

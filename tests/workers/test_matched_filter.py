@@ -215,3 +215,89 @@ def test_find_peaks_adds_difference_sources_after_the_detectors_without_duplicat
     once = find_peaks(heat, threshold=0.3, channels=(1, 2), snr=snr, difference_fwhm_px=4.0)
     assert len(once) == 2 and (once.x[1], once.y[1]) == (42.0, 31.0)
     assert len(find_peaks(heat, threshold=0.3, channels=(1, 2), snr=snr, difference_fwhm_px=4.0, top_k=1)) == 1
+
+
+@pytest.mark.parametrize("fwhm", [2.6, 4.0, 5.7])
+def test_sources_read_at_their_places_equal_the_maps(fwhm: float) -> None:
+    """`difference_point_sources_at` and `any_within` give the maps' values at every pixel, edges included."""
+    torch = pytest.importorskip("torch")
+    from skyblink.workers.peaks import (
+        any_within,
+        difference_point_sources_at,
+        difference_point_sources_tensor,
+        difference_windows,
+        masked_cores_tensor,
+        windows_bound,
+    )
+
+    snr = np.stack([matched_filter_snr(_difference_scene(seed), fwhm) for seed in (3, 4)])
+    snr[1, :6, :6] += 30.0 * np.exp(-0.5 * ((np.arange(6)[:, None] - 1) ** 2 + (np.arange(6)[None, :] - 2) ** 2))  # at a corner
+    snr[0, 70, 3] = np.nan
+    windows = difference_windows(fwhm)
+    bound = 8 * -(-windows_bound(windows) // 8)
+    maps = difference_point_sources_tensor(torch.from_numpy(snr), torch.tensor(windows), bound=bound)
+    every = torch.arange(128 * 128).expand(2, -1)
+    at = difference_point_sources_at(torch.from_numpy(snr), every, torch.tensor(windows), bound=bound)
+    assert maps[0].sum() >= 3 and maps[0][1, 1, 2]  # the point sources, the corner's among them
+    for full, sparse in zip(maps, at, strict=True):
+        assert torch.equal(full.flatten(1), sparse)
+    masked = np.zeros((2, 128, 128), bool)
+    masked[0, 40, 50] = masked[1, 0, 127] = masked[1, 64, 64] = True
+    cores = masked_cores_tensor(torch.from_numpy(masked), torch.tensor(windows[0]), bound=bound)
+    assert torch.equal(any_within(torch.from_numpy(masked), every, torch.tensor(windows[0]), bound=bound), cores.flatten(1))
+
+
+def test_device_peaks_tested_at_their_places_fill_the_slots_of_every_pixel() -> None:
+    """The device program's peaks, tested only where a peak could be, fill the slots that testing every pixel fills."""
+    torch = pytest.importorskip("torch")
+    from skyblink.workers import device_program as dp
+    from skyblink.workers.peaks import (
+        difference_point_sources_tensor,
+        difference_windows,
+        masked_cores_tensor,
+        max_filter_tensor,
+        windows_bound,
+    )
+
+    fwhm, threshold, snr_threshold = 4.0, 0.3, 5.0
+    windows = torch.tensor(difference_windows(fwhm))
+    bound = 8 * -(-windows_bound(difference_windows(fwhm)) // 8)
+    snr = torch.from_numpy(np.stack([matched_filter_snr(_difference_scene(seed), fwhm) for seed in (3, 4)]).astype(np.float32))
+    rng = np.random.default_rng(7)
+    heat = torch.from_numpy(rng.uniform(0.0, 0.2, (2, 3, 128, 128)).astype(np.float32))
+    for b, y, x, value in ((0, 100, 20, 0.9), (0, 31, 42, 0.5), (1, 10, 10, 0.7), (1, 64, 64, 0.8), (1, 90, 91, 0.6)):
+        heat[b, 1, y, x] = value
+        snr[b, y - 1 : y + 2, x - 1 : x + 2] = torch.maximum(snr[b, y - 1 : y + 2, x - 1 : x + 2], torch.tensor(6.0))
+    masked = torch.zeros((2, 128, 128), dtype=torch.bool)
+    masked[1, 65, 65] = True  # blocks the detector peak at (64, 64)
+    offsets = torch.from_numpy(rng.uniform(-0.5, 0.5, (2, 2, 128, 128)).astype(np.float32))
+    triplet = torch.from_numpy(rng.normal(size=(2, 3, 128, 128)).astype(np.float32))
+
+    def every_pixel(top_k: int) -> set[tuple]:
+        """The slots as the program found them before 2026-12-08: every pixel tested, one top-K of the tile."""
+        keep, score, peak_snr = dp._detector_peaks(heat, snr, threshold, snr_threshold)
+        blocked = masked_cores_tensor(masked, windows[0], bound=bound)
+        keep &= ~blocked
+        source, dy, dx = difference_point_sources_tensor(snr, windows, snr_threshold=10.0, bound=bound)
+        source &= (max_filter_tensor(keep.float(), 2 * windows[2] + 1, bound=bound) == 0) & ~blocked
+        priority = torch.where(keep, 2.0 + score, torch.where(source, 1.0 + torch.tanh(snr / 1000.0), 0.0))
+        values, index = torch.topk(priority.flatten(1), k=top_k, dim=1)
+        out = set()
+        for b in range(2):
+            for v, i in zip(values[b].tolist(), index[b].tolist(), strict=True):
+                if v > 0:
+                    y, x = divmod(i, 128)
+                    sub = (offsets[b, 1, y, x], offsets[b, 0, y, x]) if keep[b, y, x] else (dy[b, y, x], dx[b, y, x])
+                    out.add((b, float(np.float32(y) + sub[0].numpy()), float(np.float32(x) + sub[1].numpy()),
+                             float(score[b, y, x]), float(peak_snr[b, y, x])))
+        return out
+
+    for top_k in (64, 2):
+        valid, tile, y, x, score, peak, stamps = dp._peaks(triplet, heat, offsets, snr, masked, windows, threshold,
+                                                            snr_threshold, top_k, bound)
+        found = {(int(t), float(yy), float(xx), float(s), float(p))
+                 for t, yy, xx, s, p in zip(tile[valid], y[valid], x[valid], score[valid], peak[valid], strict=True)}
+        assert found == every_pixel(top_k)
+        # The 4 unblocked detector peaks (one on the first scene's point source) and the second scene's point source.
+        assert len(found) == (5 if top_k == 64 else 4)  # two slots: the second tile's source is cut
+    assert stamps.shape == (2 * 2, 3, 63, 63)
