@@ -78,6 +78,7 @@ else:
     F = lazy_module("torch.nn.functional")
 
 from .fused import fused
+from .peaks import max_filter_tensor
 
 __all__ = ["CLEANING_CAPACITY", "DENSE_PASSES", "REPASS_CAPACITY", "Cosmics", "detect_cosmics", "detect_cosmics_tensor", "persistent_pixels"]
 
@@ -445,8 +446,13 @@ def _lplus_tensor(x: torch.Tensor) -> torch.Tensor:
 
 
 def _dilate_tensor(mask: torch.Tensor, half: int = 1) -> torch.Tensor:
-    """Grow a (B, H, W) boolean mask by ``half`` pixels (a square window of ``2 * half + 1``)."""
-    return F.max_pool2d(mask[:, None].to(torch.float32), 2 * half + 1, stride=1, padding=half)[:, 0] > 0
+    """
+    Grow a (B, H, W) boolean mask by ``half`` pixels (a square window of ``2 * half + 1``): the
+    separable maximum filter of `skyblink.workers.peaks.max_filter_tensor` (4 ``half`` reads a
+    pixel; a max-pool also writes an int64 argmax per pixel, 0.46 ms for the protect dilation of
+    a batch of 16 1024^2 tiles on the H100).
+    """
+    return max_filter_tensor(mask.to(torch.float32), 2 * half + 1) > 0
 
 
 def _pass_tensor(image: torch.Tensor, bad: torch.Tensor, gain: float, read_noise_sq: Any, sigclip: float, low: float,
