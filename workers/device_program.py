@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from skyblink.psf_units import FWHM_PER_SIGMA
 
@@ -222,7 +221,7 @@ def _kernel_back(layout: _Layout, sci: torch.Tensor, sci_rms: torch.Tensor, ref:
 def _detector_peaks(heat: torch.Tensor, snr: torch.Tensor, threshold: float,
                     snr_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The detector's peaks that pass the S/N gate: (keep, score, peak S/N) maps."""
-    peak_snr = F.max_pool2d(snr[:, None], 3, 1, 1)[:, 0]  # as find_peaks: the best S/N within 1 pixel
+    peak_snr = max_filter_tensor(snr, 3)  # as find_peaks: the best S/N within 1 pixel (NaN spreads, as a max-pool)
     score = heat[:, 1:3].amax(dim=1).float()  # new source: transient or moving
     keep = (score == max_filter_tensor(score, 5)) & (score >= threshold) & (peak_snr >= snr_threshold)
     return keep, score, peak_snr
