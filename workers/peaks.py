@@ -21,9 +21,11 @@ was alerted on the scoring night (benchmarks/BENCHMARKS.md, issue 20).
 
 Notes
 -----
-Pure numpy/scipy. The GPU tile program does the same with `max_filter_tensor` (a square maximum
+Pure numpy/scipy. The torch versions give the same maps with `max_filter_tensor` (a square maximum
 filter as two 1-D max-pools, exact: a 13x13 window reads 26 pixels, not 169) and
-`difference_point_sources_tensor` (the same formulas, tested against these).
+`difference_point_sources_tensor` (the same formulas, tested against these); the GPU tile program
+reads the same tests only at the places that could be a peak (`difference_point_sources_at`,
+`any_within`: each place's square of the map gathered, tested against the maps).
 """
 
 from __future__ import annotations
