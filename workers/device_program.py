@@ -266,6 +266,7 @@ def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr
     source &= ~any_within(peaks_map, at, windows[2], bound=bound) & ~blocked
     priority = torch.where(detected, 2.0 + score.flatten(1).gather(1, at),
                            torch.where(source, rank.flatten(1).gather(1, at), 0.0))
+    # Fixed-size outputs with a validity mask: a data-dependent count would stall the host.
     values, pick = torch.topk(priority, k=top_k, dim=1)
     tile = torch.arange(b, device=snr.device).repeat_interleave(top_k)
     index, values = at.gather(1, pick).reshape(-1), values.reshape(-1)
