@@ -496,20 +496,15 @@ def _slots(flags: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _medians_of_good(source: torch.Tensor, corner: torch.Tensor, stride: int, fallback: torch.Tensor) -> torch.Tensor:
     """
     numpy's ``nanmedian`` of the 5x5 window at each ``corner`` (..., k) of ``source`` (..., rows *
-    ``stride``, excluded values +inf): the mean of the two middle good values, ``fallback`` where
-    none is good. The 25 values are gathered and sorted (+inf last).
+    ``stride``, excluded values +inf): `_median_of_finite` of the 25 gathered values, ``fallback``
+    where none is good.
     """
-    inf = float("inf")
     steps = torch.arange(5, device=source.device)
     offsets = (steps[:, None] * stride + steps[None, :]).reshape(25)
     lead, k = corner.shape[:-1], corner.shape[-1]
     neighbours = source.gather(-1, (corner[..., None] + offsets).reshape(*lead, k * 25)).reshape(*lead, k, 25)
-    ordered = neighbours.sort(dim=-1).values
-    count = (neighbours != inf).sum(dim=-1, keepdim=True)
-    lo = (count - 1).clamp(min=0) // 2
-    hi = count // 2
-    med = ((ordered.gather(-1, lo) + ordered.gather(-1, hi)) * 0.5)[..., 0]
-    return torch.where(count[..., 0] > 0, med, fallback.expand_as(med))
+    med, count = _median_of_finite(neighbours)
+    return torch.where(count > 0, med, fallback.expand_as(med))
 
 
 def _block_windows(current: torch.Tensor, previous: torch.Tensor,
@@ -609,21 +604,25 @@ def _prepared_tensor(raw: torch.Tensor, given: torch.Tensor, protect: int) -> tu
     if protect:
         bad = _dilate_tensor(unusable, protect)
     step = _FALLBACK_STRIDE
-    sample = torch.where(unusable, torch.full_like(raw, float("nan")), raw)[:, ::step, ::step].flatten(1)
-    fallback, n_good = _nanmedian_rows(sample)
+    sample = torch.where(unusable, torch.full_like(raw, float("inf")), raw)[:, ::step, ::step].flatten(1)
+    fallback, n_good = _median_of_finite(sample)
     fallback = torch.where(n_good > 0, fallback, torch.zeros_like(fallback))
     data = torch.where(finite, raw, fallback[:, None, None])
     return finite, unusable, bad, fallback, data
 
 
-def _nanmedian_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Median over the last axis ignoring NaN (mean of the two middle values, as numpy), and the count."""
-    ordered, _ = torch.sort(x, dim=-1)  # NaN sort last
-    n = (~torch.isnan(x)).sum(dim=-1, keepdim=True)
-    lo = ((n - 1).clamp(min=0) // 2).to(torch.int64)
-    hi = (n // 2).clamp(max=x.shape[-1] - 1).to(torch.int64)
+def _median_of_finite(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Median over the last axis of the values below +inf (+inf marks the excluded ones): the mean of
+    the two middle values of an even count, as numpy's ``nanmedian``; and their count. The values
+    are sorted (+inf last); where none counts, the median is +inf (the caller's fallback goes there).
+    """
+    ordered = x.sort(dim=-1).values
+    count = (x != float("inf")).sum(dim=-1, keepdim=True)
+    lo = (count - 1).clamp(min=0) // 2
+    hi = count // 2
     med = (ordered.gather(-1, lo) + ordered.gather(-1, hi)) * 0.5
-    return med[..., 0], n[..., 0]
+    return med[..., 0], count[..., 0]
 
 
 def _clean_sparse(data: torch.Tensor, replace: torch.Tensor, exclude: torch.Tensor, fallback: torch.Tensor,
