@@ -241,7 +241,7 @@ def _peaks(triplet: torch.Tensor, heat: torch.Tensor, offsets: torch.Tensor, snr
     threshold and S/N gate, the local maxima of the S/N at the difference's threshold); their
     `_CANDIDATES_PER_SLOT` times ``top_k`` best of a tile, by the priority each would have, are
     then tested where they stand (masked core, negative lobe, ring, a detector peak near a
-    source: the windows of `skyblink.workers.peaks.difference_point_sources_tensor` read at
+    source: the windows of `skyblink.workers.peaks.difference_point_sources` read at
     those places, not filtered over the whole tile), and the ``top_k`` best that pass fill the
     slots. These are the slots of testing every pixel (a test only lowers a place's priority)
     whenever a tile holds no more places than it tests or ``top_k`` of those tested pass; a tile

@@ -21,11 +21,10 @@ was alerted on the scoring night (benchmarks/BENCHMARKS.md, issue 20).
 
 Notes
 -----
-Pure numpy/scipy. The torch versions give the same maps with `max_filter_tensor` (a square maximum
-filter as two 1-D max-pools, exact: a 13x13 window reads 26 pixels, not 169) and
-`difference_point_sources_tensor` (the same formulas, tested against these); the GPU tile program
-reads the same tests only at the places that could be a peak (`difference_point_sources_at`,
-`any_within`: each place's square of the map gathered, tested against the maps).
+Pure numpy/scipy. The GPU tile program finds the places that could be a peak with
+`max_filter_tensor` (a square maximum filter as two 1-D max-pools, exact: a 13x13 window reads
+26 pixels, not 169) and reads the same tests only there (`difference_point_sources_at`,
+`any_within`: each place's square of the map gathered; tested against these at every pixel).
 """
 
 from __future__ import annotations
@@ -48,9 +47,8 @@ else:
     F = lazy_module("torch.nn.functional")
 
 __all__ = ["DIFFERENCE_SNR_THRESHOLD", "MASKED_CORE_FWHM", "MAX_NEGATIVE_LOBE", "MAX_RING", "Peaks", "any_within",
-           "difference_point_sources", "difference_point_sources_at", "difference_point_sources_tensor",
-           "difference_windows", "find_peaks", "masked_cores",
-           "masked_cores_tensor", "max_filter_tensor", "windows_bound"]
+           "difference_point_sources", "difference_point_sources_at", "difference_windows", "find_peaks", "masked_cores",
+           "max_filter_tensor", "windows_bound"]
 
 #: S/N a point-like difference source needs to be a candidate without the detector's new-source score.
 DIFFERENCE_SNR_THRESHOLD = 10.0
@@ -105,7 +103,7 @@ def masked_cores(masked: np.ndarray, fwhm_px: float | None) -> np.ndarray:
     return maximum_filter(np.asarray(masked, dtype=bool), size=2 * r + 1, mode="constant", cval=False)
 
 
-def max_filter_tensor(x: torch.Tensor, size: int | torch.Tensor, *, bound: int | None = None) -> torch.Tensor:
+def max_filter_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
     """
     Maximum over the ``size x size`` window centred on each pixel of each (H, W) image.
 
@@ -118,12 +116,8 @@ def max_filter_tensor(x: torch.Tensor, size: int | torch.Tensor, *, bound: int |
     Parameters
     ----------
     x : (B, H, W) float tensor
-    size : int or 0-d integer tensor
-        Odd window edge, pixels. A tensor (with ``bound``) lets one compiled program serve every
-        window up to ``2 * bound + 1``: the views beyond it are masked out, not compiled in.
-    bound : int, optional
-        Largest half-width ``size`` may have when it is a tensor (not checked: no host sync);
-        default ``size // 2`` for an int.
+    size : int
+        Odd window edge, pixels.
 
     Returns
     -------
@@ -132,19 +126,12 @@ def max_filter_tensor(x: torch.Tensor, size: int | torch.Tensor, *, bound: int |
     Raises
     ------
     ValueError
-        If an int ``size`` is not a positive odd number, or a tensor comes without ``bound``.
+        If ``size`` is not a positive odd number.
     """
-    if isinstance(size, int):
-        if size < 1 or size % 2 == 0:
-            msg = f"size must be a positive odd number of pixels, got {size!r}"
-            raise ValueError(msg)
-        half: torch.Tensor | None = None
-        reach = size // 2
-    elif bound is None:
-        msg = "a tensor size needs its bound: the largest half-width it may have"
+    if size < 1 or size % 2 == 0:
+        msg = f"size must be a positive odd number of pixels, got {size!r}"
         raise ValueError(msg)
-    else:
-        half, reach = size // 2, int(bound)
+    reach = size // 2
 
     def along(y: torch.Tensor, dim: int) -> torch.Tensor:
         n = y.shape[dim]
@@ -152,33 +139,10 @@ def max_filter_tensor(x: torch.Tensor, size: int | torch.Tensor, *, bound: int |
         out = padded.narrow(dim, reach, n)
         for k in range(1, reach + 1):
             for shift in (-k, k):
-                view = padded.narrow(dim, reach + shift, n)
-                out = torch.maximum(out, view if half is None else torch.where(half >= k, view, -float("inf")))
+                out = torch.maximum(out, padded.narrow(dim, reach + shift, n))
         return out
 
     return along(along(x, 1), 2)
-
-
-def masked_cores_tensor(masked: torch.Tensor, fwhm_px: float | torch.Tensor | None, *,
-                        bound: int | None = None) -> torch.Tensor:
-    """
-    `masked_cores` for a batch on any device.
-
-    Parameters
-    ----------
-    masked : (B, H, W) bool tensor
-    fwhm_px : float, None or 0-d int64 tensor
-        As `masked_cores`; or the core's half-width as a tensor (the first of
-        `difference_windows`), with ``bound``, for one compiled program at every seeing.
-    bound : int, optional
-        With a tensor: the largest half-width it may hold.
-
-    Returns
-    -------
-    (B, H, W) bool tensor
-    """
-    size = 2 * fwhm_px + 1 if isinstance(fwhm_px, torch.Tensor) else 2 * _core_radius(fwhm_px) + 1
-    return max_filter_tensor(masked.to(torch.float32), size, bound=bound) > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,22 +366,6 @@ def windows_bound(windows: list[int]) -> int:
     return max(abs(v) for v in windows)
 
 
-def _ring_max_tensor(snr: torch.Tensor, ring: torch.Tensor, bound: int) -> torch.Tensor:
-    """Maximum of each (B, H, W) map at the (dy, dx) rows of ``ring`` (int64 (N, 2), within ``bound``); -inf outside."""
-    _, h, w = snr.shape
-    padded = F.pad(snr, (bound, bound, bound, bound), value=-float("inf"))
-    rows = torch.arange(h, device=snr.device)[:, None] + bound
-    cols = torch.arange(w, device=snr.device)[None, :] + bound
-    out = None
-    for k in range(ring.shape[0]):
-        # Rows and columns indexed by offsets read from a tensor: one compiled kernel for every ring,
-        # no per-seeing code, and no linear index divided back into rows and columns.
-        view = padded[:, rows + ring[k, 0], cols + ring[k, 1]]
-        out = view if out is None else torch.maximum(out, view)
-    assert out is not None
-    return out
-
-
 def _square(bound: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row and column offsets of `_around`'s (2 ``bound`` + 1)^2 square, row by row, and their Chebyshev distance."""
     steps = torch.arange(-bound, bound + 1, device=device)
@@ -443,7 +391,7 @@ def _around(values: torch.Tensor, fill: float | bool, bound: int, index: torch.T
 def any_within(mask: torch.Tensor, index: torch.Tensor, radius: torch.Tensor, *, bound: int) -> torch.Tensor:
     """
     Whether a ``mask`` pixel lies within ``radius`` pixels (Chebyshev) of each place: the
-    ``(2 radius + 1)^2`` maximum filter of ``mask`` (`max_filter_tensor`, `masked_cores_tensor`)
+    ``(2 radius + 1)^2`` maximum filter of ``mask`` (as `masked_cores` with the core's radius)
     read only at the places.
 
     Parameters
@@ -466,9 +414,10 @@ def any_within(mask: torch.Tensor, index: torch.Tensor, radius: torch.Tensor, *,
 def difference_point_sources_at(snr: torch.Tensor, index: torch.Tensor, windows: torch.Tensor, *, bound: int,
                                 snr_threshold: float = DIFFERENCE_SNR_THRESHOLD) -> tuple[torch.Tensor, ...]:
     """
-    `difference_point_sources_tensor` read only at given places: each one's test (threshold, 5x5
-    local maximum, negative lobe, ring) from the square of the map around it, and its sub-pixel
-    offsets; the same values as the maps at those pixels, at a cost per place, not per pixel.
+    `difference_point_sources` for a batch on any device, read only at given places: each one's
+    test (threshold, 5x5 local maximum, negative lobe, ring) from the square of the map around
+    it, and its sub-pixel offsets (the parabola through it and its neighbours, edges repeated),
+    at a cost per place, not per pixel.
 
     Parameters
     ----------
@@ -507,52 +456,3 @@ def difference_point_sources_at(snr: torch.Tensor, index: torch.Tensor, windows:
     sub_dy = _parabola(at((y - 1).clamp(min=0), x), here, at((y + 1).clamp(max=h - 1), x))
     sub_dx = _parabola(at(y, (x - 1).clamp(min=0)), here, at(y, (x + 1).clamp(max=w - 1)))
     return is_source, sub_dy.float(), sub_dx.float()  # type: ignore[union-attr]
-
-
-def difference_point_sources_tensor(snr: torch.Tensor, fwhm_px: float | torch.Tensor, *,
-                                    snr_threshold: float = DIFFERENCE_SNR_THRESHOLD, kernel: int = 5,
-                                    bound: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    `difference_point_sources` for a batch on any device, as maps.
-
-    Parameters
-    ----------
-    snr : (B, H, W) float tensor
-    fwhm_px : float or int64 tensor
-        As `difference_point_sources`; or its `difference_windows` as a tensor on ``snr``'s
-        device, with ``bound`` (`windows_bound` or more), so that one compiled program serves
-        every seeing (the windows are masks and gathers, not shapes).
-    snr_threshold, kernel
-        As `difference_point_sources`.
-    bound : int, optional
-        With windows: the padding they need.
-
-    Returns
-    -------
-    is_source : (B, H, W) bool tensor
-        True at the sources' pixels.
-    dy, dx : (B, H, W) float32 tensors
-        Sub-pixel offsets of the S/N peak from each pixel (the parabola through it and its neighbours).
-
-    Raises
-    ------
-    ValueError
-        If ``fwhm_px`` is not positive, or windows come without ``bound``.
-    """
-    if isinstance(fwhm_px, torch.Tensor):
-        if bound is None:
-            msg = "windows need their bound (windows_bound)"
-            raise ValueError(msg)
-        windows = fwhm_px
-    else:
-        listed = difference_windows(fwhm_px)
-        windows, bound = torch.tensor(listed, device=snr.device), windows_bound(listed)
-    snr = torch.nan_to_num(snr.to(torch.float32))
-    is_source = (snr >= snr_threshold) & (snr == max_filter_tensor(snr, kernel))
-    is_source &= -max_filter_tensor(-snr, 2 * windows[1] + 1, bound=bound) > -MAX_NEGATIVE_LOBE * snr
-    is_source &= _ring_max_tensor(snr, windows[3:].reshape(-1, 2), bound) < MAX_RING * snr
-    edge = F.pad(snr[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    centre = edge[:, 1:-1, 1:-1]
-    dy = _parabola(edge[:, :-2, 1:-1], centre, edge[:, 2:, 1:-1])
-    dx = _parabola(edge[:, 1:-1, :-2], centre, edge[:, 1:-1, 2:])
-    return is_source, dy.float(), dx.float()  # type: ignore[union-attr]

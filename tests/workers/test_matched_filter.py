@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, maximum_filter
 
 from skyblink.workers.difference import FWHM_PER_SIGMA
 from skyblink.workers.matched_filter import matched_filter_snr, psf_norm
@@ -136,17 +136,19 @@ def test_difference_point_sources_keep_point_sources_not_dipoles_or_trails() -> 
     assert list(zip(ys.tolist(), xs.tolist(), strict=True)) == [(30, 41)]
 
 
-def test_difference_point_sources_tensor_matches_numpy() -> None:
+def test_difference_point_sources_at_match_numpy() -> None:
     torch = pytest.importorskip("torch")
-    from skyblink.workers.peaks import difference_point_sources_tensor
+    from skyblink.workers.peaks import difference_point_sources_at, difference_windows
 
     snr = np.stack([matched_filter_snr(_difference_scene(seed), 4.0) for seed in (3, 4)])
-    found, dy, dx = difference_point_sources_tensor(torch.from_numpy(snr), 4.0)
+    every = torch.arange(128 * 128).expand(2, -1)
+    found, dy, dx = difference_point_sources_at(torch.from_numpy(snr), every, torch.tensor(difference_windows(4.0)), bound=8)
     for b in range(2):
         ys, xs = difference_point_sources(snr[b], 4.0)
-        assert sorted(zip(*np.nonzero(found[b].numpy()), strict=True)) == sorted(zip(ys, xs, strict=True))
+        assert sorted(zip(*np.nonzero(found[b].reshape(128, 128).numpy()), strict=True)) == sorted(zip(ys, xs, strict=True))
     peaks = find_peaks(np.zeros((3, 128, 128), np.float32), threshold=0.3, channels=(1, 2), snr=snr[0], difference_fwhm_px=4.0)
-    assert np.allclose(peaks.y, 30 + dy[0, 30, 41].item()) and np.allclose(peaks.x, 41 + dx[0, 30, 41].item())
+    at = 30 * 128 + 41
+    assert np.allclose(peaks.y, 30 + dy[0, at].item()) and np.allclose(peaks.x, 41 + dx[0, at].item())
     assert abs(peaks.y[0] - 30.3) < 0.3 and abs(peaks.x[0] - 40.6) < 0.3
 
 
@@ -167,38 +169,42 @@ def test_max_filter_tensor_is_the_square_maximum_filter_bit_for_bit() -> None:
             assert np.array_equal(got[b], maximum_filter(images[b], size=size, mode="constant", cval=-np.inf))
     with pytest.raises(ValueError, match="odd"):
         max_filter_tensor(torch.from_numpy(images), 4)
-    # A window given as a tensor, within a larger bound (one compiled program for every seeing): the same values.
-    for size in (1, 3, 5, 13):
-        got = max_filter_tensor(torch.from_numpy(images), torch.tensor(size), bound=8).numpy()
-        assert np.array_equal(got, max_filter_tensor(torch.from_numpy(images), size).numpy())
-    with pytest.raises(ValueError, match="bound"):
-        max_filter_tensor(torch.from_numpy(images), torch.tensor(3))
 
 
 @pytest.mark.parametrize("fwhm", [2.6, 3.3, 4.0, 5.7])
-def test_difference_sources_by_window_tensors_match_numpy_at_every_seeing(fwhm: float) -> None:
-    """The device program's form (windows as a tensor, one padding bound) finds numpy's sources and masked cores."""
+def test_sources_read_at_their_places_match_numpy_at_every_seeing(fwhm: float) -> None:
+    """
+    The device program's form (windows as a tensor, one padding bound, tests read at places) gives
+    numpy's sources, sub-pixel peaks and masked cores at every pixel, edges and a NaN included.
+    """
     torch = pytest.importorskip("torch")
     from skyblink.workers.peaks import (
-        difference_point_sources_tensor,
+        _difference_sources,
+        any_within,
+        difference_point_sources_at,
         difference_windows,
         masked_cores,
-        masked_cores_tensor,
         windows_bound,
     )
 
     snr = np.stack([matched_filter_snr(_difference_scene(seed), fwhm) for seed in (3, 4)])
+    snr[1, :6, :6] += 30.0 * np.exp(-0.5 * ((np.arange(6)[:, None] - 1) ** 2 + (np.arange(6)[None, :] - 2) ** 2))  # at a corner
+    snr[0, 70, 3] = np.nan
     windows = difference_windows(fwhm)
     assert len(windows) == 3 + 2 * 16 and windows_bound(windows) <= 16
-    found, dy, dx = difference_point_sources_tensor(torch.from_numpy(snr), torch.tensor(windows), bound=16)
-    by_float = difference_point_sources_tensor(torch.from_numpy(snr), fwhm)
-    assert all(torch.equal(a, b) for a, b in zip((found, dy, dx), by_float, strict=True))
+    every = torch.arange(128 * 128).expand(2, -1)
+    found, dy, dx = difference_point_sources_at(torch.from_numpy(snr), every, torch.tensor(windows), bound=16)
     for b in range(2):
-        ys, xs = difference_point_sources(snr[b], fwhm)
-        assert len(ys) and sorted(zip(*np.nonzero(found[b].numpy()), strict=True)) == sorted(zip(ys, xs, strict=True))
+        ys, xs, fy, fx = _difference_sources(snr[b], fwhm, 10.0, 5)
+        assert len(ys) and sorted(zip(*np.nonzero(found[b].reshape(128, 128).numpy()), strict=True)) == sorted(
+            zip(ys, xs, strict=True))
+        at = ys * 128 + xs
+        np.testing.assert_array_equal(dy[b, at].numpy(), (fy - ys).astype(np.float32))
+        np.testing.assert_array_equal(dx[b, at].numpy(), (fx - xs).astype(np.float32))
+    assert found[1, 1 * 128 + 2]  # the corner's source
     masked = np.zeros((2, 128, 128), bool)
-    masked[0, 40, 50] = masked[1, 0, 127] = True
-    cores = masked_cores_tensor(torch.from_numpy(masked), torch.tensor(windows[0]), bound=16).numpy()
+    masked[0, 40, 50] = masked[1, 0, 127] = masked[1, 64, 64] = True
+    cores = any_within(torch.from_numpy(masked), every, torch.tensor(windows[0]), bound=16).reshape(2, 128, 128).numpy()
     assert all(np.array_equal(cores[b], masked_cores(masked[b], fwhm)) for b in range(2))
 
 
@@ -217,45 +223,14 @@ def test_find_peaks_adds_difference_sources_after_the_detectors_without_duplicat
     assert len(find_peaks(heat, threshold=0.3, channels=(1, 2), snr=snr, difference_fwhm_px=4.0, top_k=1)) == 1
 
 
-@pytest.mark.parametrize("fwhm", [2.6, 4.0, 5.7])
-def test_sources_read_at_their_places_equal_the_maps(fwhm: float) -> None:
-    """`difference_point_sources_at` and `any_within` give the maps' values at every pixel, edges included."""
-    torch = pytest.importorskip("torch")
-    from skyblink.workers.peaks import (
-        any_within,
-        difference_point_sources_at,
-        difference_point_sources_tensor,
-        difference_windows,
-        masked_cores_tensor,
-        windows_bound,
-    )
-
-    snr = np.stack([matched_filter_snr(_difference_scene(seed), fwhm) for seed in (3, 4)])
-    snr[1, :6, :6] += 30.0 * np.exp(-0.5 * ((np.arange(6)[:, None] - 1) ** 2 + (np.arange(6)[None, :] - 2) ** 2))  # at a corner
-    snr[0, 70, 3] = np.nan
-    windows = difference_windows(fwhm)
-    bound = 8 * -(-windows_bound(windows) // 8)
-    maps = difference_point_sources_tensor(torch.from_numpy(snr), torch.tensor(windows), bound=bound)
-    every = torch.arange(128 * 128).expand(2, -1)
-    at = difference_point_sources_at(torch.from_numpy(snr), every, torch.tensor(windows), bound=bound)
-    assert maps[0].sum() >= 3 and maps[0][1, 1, 2]  # the point sources, the corner's among them
-    for full, sparse in zip(maps, at, strict=True):
-        assert torch.equal(full.flatten(1), sparse)
-    masked = np.zeros((2, 128, 128), bool)
-    masked[0, 40, 50] = masked[1, 0, 127] = masked[1, 64, 64] = True
-    cores = masked_cores_tensor(torch.from_numpy(masked), torch.tensor(windows[0]), bound=bound)
-    assert torch.equal(any_within(torch.from_numpy(masked), every, torch.tensor(windows[0]), bound=bound), cores.flatten(1))
-
-
 def test_device_peaks_tested_at_their_places_fill_the_slots_of_every_pixel() -> None:
     """The device program's peaks, tested only where a peak could be, fill the slots that testing every pixel fills."""
     torch = pytest.importorskip("torch")
     from skyblink.workers import device_program as dp
     from skyblink.workers.peaks import (
-        difference_point_sources_tensor,
+        _difference_sources,
         difference_windows,
-        masked_cores_tensor,
-        max_filter_tensor,
+        masked_cores,
         windows_bound,
     )
 
@@ -274,12 +249,18 @@ def test_device_peaks_tested_at_their_places_fill_the_slots_of_every_pixel() -> 
     triplet = torch.from_numpy(rng.normal(size=(2, 3, 128, 128)).astype(np.float32))
 
     def every_pixel(top_k: int) -> set[tuple]:
-        """The slots as the program found them before 2026-12-08: every pixel tested, one top-K of the tile."""
+        """The slots of testing every pixel (numpy's sources and masked cores, as `find_peaks`), one top-K of the tile."""
         keep, score, peak_snr = dp._detector_peaks(heat, snr, threshold, snr_threshold)
-        blocked = masked_cores_tensor(masked, windows[0], bound=bound)
+        blocked = torch.from_numpy(np.stack([masked_cores(m, fwhm) for m in masked.numpy()]))
         keep &= ~blocked
-        source, dy, dx = difference_point_sources_tensor(snr, windows, snr_threshold=10.0, bound=bound)
-        source &= (max_filter_tensor(keep.float(), 2 * windows[2] + 1, bound=bound) == 0) & ~blocked
+        source = torch.zeros_like(keep)
+        dy, dx = torch.zeros_like(snr), torch.zeros_like(snr)
+        for b in range(2):
+            ys, xs, fy, fx = _difference_sources(snr[b].numpy(), fwhm, 10.0, 5)
+            source[b, ys, xs] = True
+            dy[b, ys, xs], dx[b, ys, xs] = torch.from_numpy((fy - ys).astype(np.float32)), torch.from_numpy((fx - xs).astype(np.float32))
+        near = np.stack([maximum_filter(k, size=2 * int(windows[2]) + 1, mode="constant", cval=False) for k in keep.numpy()])
+        source &= ~torch.from_numpy(near) & ~blocked
         priority = torch.where(keep, 2.0 + score, torch.where(source, 1.0 + torch.tanh(snr / 1000.0), 0.0))
         values, index = torch.topk(priority.flatten(1), k=top_k, dim=1)
         out = set()
